@@ -1,0 +1,119 @@
+"""What every zone factory shares: resources, the month partitions, and the per-month loop.
+
+Resources:
+    ``lake``   the lake root (:class:`lakehouse.io.lake.Lake`): every path and Delta read/write.
+    ``spark``  this process's Spark session (local or Spark Connect), built once per process.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import dagster as dg
+from pyspark.sql import SparkSession
+
+from lakehouse.io.lake import Lake
+from lakehouse.io.spark import get_spark
+from lakehouse.specs.models import Project, SparkSpec
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The lake root; the only way assets reach data on disk."""
+
+    root: str
+
+    @property
+    def lake(self) -> Lake:
+        return Lake(self.root)
+
+
+class SparkResource(dg.ConfigurableResource):
+    """This process's Spark session (``remote`` = a Spark Connect URL wins over ``master``)."""
+
+    master: str = "local[2]"
+    remote: str | None = None
+    conf: dict[str, str] = {}
+
+    def session(self) -> SparkSession:
+        return get_spark(SparkSpec(master=self.master, remote=self.remote, conf=self.conf))
+
+
+def resources(project: Project) -> dict[str, Any]:
+    spark = project.lakehouse.spark
+    return {
+        "lake": LakeResource(root=str(project.lake_root)),
+        "spark": SparkResource(master=spark.master, remote=spark.remote, conf=dict(spark.conf)),
+    }
+
+
+def monthly(project: Project) -> dg.MonthlyPartitionsDefinition:
+    months = project.lakehouse.months
+    return dg.MonthlyPartitionsDefinition(start_date=months.start, end_date=months.end, fmt="%Y-%m")
+
+
+def key(zone: str, table: str) -> dg.AssetKey:
+    return dg.AssetKey([zone, table])
+
+
+def months_of(context: dg.AssetExecutionContext) -> list[str]:
+    """The months of this run: one key, or every key of a backfilled range."""
+    return list(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else []
+
+
+def run_months(
+    context: dg.AssetExecutionContext, step: Callable[[str], dict[str, Any]], what: str
+) -> dict[str, Any]:
+    """Run ``step`` for each month of the run, each committing on its own.
+
+    A month that fails does not stop the others (their commits stand); the step fails at the end naming
+    every failed month. Returns the run's metadata: the last month's figures when one month ran, totals
+    and a per-month table for a range.
+    """
+    months = months_of(context)
+    results: dict[str, dict[str, Any]] = {}
+    failures: dict[str, BaseException] = {}
+    started = time.monotonic()
+    for i, month in enumerate(months, 1):
+        t0 = time.monotonic()
+        try:
+            results[month] = step(month)
+        except Exception as exc:  # noqa: BLE001 - reported below, per month
+            failures[month] = exc
+            context.log.error(f"{what} {month}: {type(exc).__name__}: {exc}")
+            continue
+        results[month]["seconds"] = round(time.monotonic() - t0, 2)
+        context.log.info(
+            f"{what} {month} ({i}/{len(months)}): "
+            + ", ".join(f"{k}={v}" for k, v in results[month].items() if not isinstance(v, (dict, list)))
+        )
+    if failures:
+        first = next(iter(failures.values()))
+        raise dg.Failure(
+            description=f"{what}: {len(failures)} of {len(months)} month(s) failed: "
+            + "; ".join(f"{m}: {type(e).__name__}: {e}" for m, e in failures.items()),
+            metadata={"failed_months": sorted(failures), "committed_months": sorted(results)},
+        ) from first
+    return summarize(results, time.monotonic() - started)
+
+
+def summarize(results: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
+    if len(results) == 1:
+        return {k: _md(v) for k, v in next(iter(results.values())).items()}
+    numeric = sorted({k for r in results.values() for k, v in r.items() if isinstance(v, int) and not isinstance(v, bool)})
+    totals = {f"total_{k}": sum(int(r.get(k, 0)) for r in results.values()) for k in numeric if k != "delta_version"}
+    header = "| month | " + " | ".join(numeric) + " |\n|---|" + "---|" * len(numeric) + "\n"
+    rows = "".join(f"| {m} | " + " | ".join(str(r.get(k, "")) for k in numeric) + " |\n" for m, r in results.items())
+    return {
+        **totals,
+        "months": len(results),
+        "seconds": round(seconds, 2),
+        "per_month": dg.MetadataValue.md(header + rows),
+    }
+
+
+def _md(value: Any) -> Any:
+    if isinstance(value, (dict, list)):
+        return dg.MetadataValue.json(value)
+    return value

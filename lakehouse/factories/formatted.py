@@ -1,0 +1,61 @@
+"""Formatted assets: ``formatted/<source>``, the source's canonical relational table in Delta.
+
+Spark parses the month's landed files, casts every column to its declared type and writes the month in
+one Delta transaction; rows that cannot be read go to the quarantine with file, line and cause.
+"""
+
+
+import dagster as dg
+
+from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, run_months
+from lakehouse.factories.schema import column_schema
+from lakehouse.quality import quarantine
+from lakehouse.specs.models import Project, SourceSpec
+from lakehouse.transforms.parse import cast_to_canonical, empty_raw, read_raw
+
+
+def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:
+    """The formatted asset of ``source`` (each call builds exactly one asset)."""
+
+    @dg.asset(
+        key=key("formatted", source.name),
+        deps=[key("landing", source.name)],
+        group_name="formatted",
+        description=f"**{source.name}** in its canonical schema, one Delta table partitioned by month.\n\n"
+        f"{source.description}",
+        partitions_def=monthly(project),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        kinds={"spark", "delta"},
+        tags={"zone": "formatted"},
+        metadata={"dagster/column_schema": column_schema(source.columns)},
+    )
+    def _formatted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource) -> dg.MaterializeResult:
+        root, session = lake.lake, spark.session()
+        path = root.table_path("formatted", source.name)
+
+        def step(month: str) -> dict:
+            month_dir = root.landing_dir(source.name, month)
+            has_files = month_dir.is_dir() and any(p.is_file() and not p.name.startswith(("_", ".")) for p in month_dir.iterdir())
+            raw = read_raw(session, str(month_dir), source) if has_files else empty_raw(session, source)
+            raw = raw.persist()
+            try:
+                good, bad = cast_to_canonical(raw, source, month)
+                data = good.toArrow()
+                rejected = quarantine.quarantine_rows(
+                    bad, dataset=source.name, stage="formatted", run_id=context.run_id, month=month, record_columns=None
+                ).toArrow()
+            finally:
+                raw.unpersist()
+            version = root.overwrite_month("formatted", source.name, data, month)
+            quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month)
+            return {
+                "rows": data.num_rows,
+                "rows_quarantined": rejected.num_rows,
+                "delta_version": version,
+                "path": dg.MetadataValue.path(str(path)),
+            }
+
+        meta = run_months(context, step, f"formatted/{source.name}")
+        return dg.MaterializeResult(metadata={**meta, "dagster/row_count": meta.get("rows", meta.get("total_rows", 0))})
+
+    return _formatted

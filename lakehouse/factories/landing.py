@@ -1,0 +1,47 @@
+"""Landing assets: one per source, ``landing/<source>``, partitioned by month.
+
+Materializing a month runs the source's collector and lands what it fetched, each file exactly once,
+with the month's manifest (``_manifest.json``) next to the raw files.
+"""
+
+
+import dagster as dg
+
+from lakehouse.collectors import collect
+from lakehouse.factories.common import LakeResource, key, monthly, run_months
+from lakehouse.specs.models import Project, SourceSpec
+
+
+def build_landing_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:
+    """The landing asset of ``source`` (each call builds exactly one asset)."""
+
+    @dg.asset(
+        key=key("landing", source.name),
+        group_name="landing",
+        description=f"Raw files of **{source.name}** as received ({source.collector.type} collector), "
+        f"with a manifest per month.\n\n{source.description}",
+        partitions_def=monthly(project),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        kinds={"python", source.collector.type.replace("_", "")},
+        tags={"zone": "landing", "collector": source.collector.type},
+        metadata={"collector": source.collector.type},
+    )
+    def _landing(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        root = lake.lake
+
+        def step(month: str) -> dict:
+            month_dir = root.inside(root.landing_dir(source.name, month))
+            result = collect(project, source, month, month_dir)
+            current = [e for e in result.manifest if e.status == "landed"]
+            return {
+                "files_landed": len(result.landed),
+                "files_already_landed": len(result.skipped),
+                "files": len(current),
+                "rows": sum(e.rows for e in current),
+                "bytes": sum(e.bytes for e in current),
+                "path": str(month_dir),
+            }
+
+        return dg.MaterializeResult(metadata=run_months(context, step, f"landing/{source.name}"))
+
+    return _landing

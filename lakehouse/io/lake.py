@@ -1,0 +1,215 @@
+"""The lake on disk: where every zone's data lives, and Delta reads/writes through ``deltalake``.
+
+Layout under the lake root::
+
+    landing/<source>/<YYYY-MM>/<file>           raw bytes as received, never modified
+    landing/<source>/<YYYY-MM>/_manifest.json   one entry per file: name, sha256, bytes, rows, origin, ...
+    formatted/<dataset>/                        Delta, partitioned by ``month``
+    trusted/<dataset>/                          Delta, partitioned by ``month``
+    quality/{metrics,quarantine,repairs}/       Delta, partitioned by ``month``
+    exploitation/<view>/                        Delta, partitioned by ``month``
+    ml/<pipeline>/...                           features, splits, models (versioned files), predictions
+
+Spark computes, delta-rs commits: a month is replaced with one ``write_deltalake(mode="overwrite",
+predicate="month = '…'")`` transaction, so a rerun of a month gives the same rows and leaves the other
+months untouched, and a crash before the commit leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+PARTITION_COLUMN = "month"
+ZONES = ("landing", "formatted", "trusted", "quality", "exploitation", "ml")
+
+
+class TableMissingError(LookupError):
+    """A Delta table was read before anything was written to it."""
+
+
+def _utc_timestamps(table: pa.Table) -> pa.Table:
+    """Naive timestamps would become ``timestamp_ntz`` and raise the table protocol; keep them UTC."""
+    fields = []
+    changed = False
+    for f in table.schema:
+        if pa.types.is_timestamp(f.type) and f.type.tz is None:
+            fields.append(pa.field(f.name, pa.timestamp("us", tz="UTC"), f.nullable))
+            changed = True
+        elif pa.types.is_timestamp(f.type) and f.type.unit != "us":
+            fields.append(pa.field(f.name, pa.timestamp("us", tz=f.type.tz), f.nullable))
+            changed = True
+        elif pa.types.is_large_string(f.type):
+            fields.append(pa.field(f.name, pa.string(), f.nullable))
+            changed = True
+        else:
+            fields.append(f)
+    return table.cast(pa.schema(fields)) if changed else table
+
+
+class Lake:
+    """Paths and Delta tables under one lake root. The only place a table's path is built."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+
+    # ----------------------------------------------------------------------------------------- paths
+    def table_path(self, zone: str, table: str) -> Path:
+        if zone not in ZONES:
+            raise ValueError(f"unknown zone {zone!r}; zones are {ZONES}")
+        return self.root / zone / table
+
+    def landing_dir(self, source: str, month: str) -> Path:
+        return self.table_path("landing", source) / month
+
+    def inside(self, path: Path) -> Path:
+        """``path`` resolved, refusing anything that escapes the lake root (e.g. ``../`` in a name)."""
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root):
+            raise PermissionError(f"{path} resolves outside the lake root {self.root}")
+        return resolved
+
+    # ------------------------------------------------------------------------------------ delta: meta
+    def _uri(self, zone: str, table: str) -> str:
+        return str(self.table_path(zone, table))
+
+    def exists(self, zone: str, table: str) -> bool:
+        return DeltaTable.is_deltatable(self._uri(zone, table))
+
+    def delta(self, zone: str, table: str, version: int | None = None) -> DeltaTable:
+        try:
+            return DeltaTable(self._uri(zone, table), version=version)
+        except TableNotFoundError as exc:
+            raise TableMissingError(
+                f"{zone}/{table} has no Delta table at {self._uri(zone, table)}: materialize it first"
+            ) from exc
+
+    def version(self, zone: str, table: str) -> int | None:
+        return self.delta(zone, table).version() if self.exists(zone, table) else None
+
+    def months(self, zone: str, table: str) -> list[str]:
+        """The months that hold at least one row."""
+        if not self.exists(zone, table):
+            return []
+        parts = self.delta(zone, table).partitions()
+        return sorted({p[PARTITION_COLUMN] for p in parts if p.get(PARTITION_COLUMN)})
+
+    # ----------------------------------------------------------------------------------- delta: write
+    def overwrite_month(
+        self, zone: str, table: str, data: pa.Table, month: str, *, where: dict[str, str] | None = None
+    ) -> int:
+        """Replace exactly ``month`` of ``zone/table`` with ``data`` in one transaction; the new version.
+
+        ``where`` narrows the replaced slice further (``{"dataset": "meter_readings"}``) for shared tables
+        such as the quarantine; every row of ``data`` must match it.
+        """
+        data = _utc_timestamps(data)
+        if PARTITION_COLUMN not in data.column_names:
+            data = data.append_column(PARTITION_COLUMN, pa.array([month] * data.num_rows, pa.string()))
+        bad = set(data.column(PARTITION_COLUMN).unique().to_pylist()) - {month}
+        if bad:
+            raise ValueError(f"{zone}/{table}: rows for months {sorted(bad)} in a write of month {month}")
+        predicate = f"{PARTITION_COLUMN} = '{month}'"
+        for column, value in (where or {}).items():
+            if "'" in value:
+                raise ValueError(f"{zone}/{table}: quote in predicate value {value!r}")
+            predicate += f" AND {column} = '{value}'"
+        return self._commit(
+            zone,
+            table,
+            lambda: write_deltalake(
+                self._uri(zone, table),
+                data,
+                mode="overwrite",
+                predicate=predicate,
+                partition_by=[PARTITION_COLUMN],
+            ),
+        )
+
+    def append(self, zone: str, table: str, data: pa.Table) -> int:
+        """Append rows (for append-only logs such as the quarantine); the new version."""
+        data = _utc_timestamps(data)
+        return self._commit(
+            zone,
+            table,
+            lambda: write_deltalake(
+                self._uri(zone, table),
+                data,
+                mode="append",
+                partition_by=[PARTITION_COLUMN],
+                schema_mode="merge",
+            ),
+        )
+
+    def _commit(self, zone: str, table: str, write, attempts: int = 5) -> int:
+        """Run a write, retrying a commit that lost a race with a concurrent writer."""
+        self.table_path(zone, table).parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, attempts + 1):
+            try:
+                write()
+                break
+            except CommitFailedError:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.2 * attempt)
+        return self.delta(zone, table).version()
+
+    # ------------------------------------------------------------------------------------ delta: read
+    def _filters(self, months: Sequence[str] | None):
+        return None if months is None else [(PARTITION_COLUMN, "in", list(months))]
+
+    def read_arrow(
+        self,
+        zone: str,
+        table: str,
+        *,
+        months: Sequence[str] | None = None,
+        version: int | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        dt = self.delta(zone, table, version)
+        if months is not None and not months:
+            return dt.to_pyarrow_table(columns=columns).slice(0, 0)
+        return dt.to_pyarrow_table(filters=self._filters(months), columns=columns)
+
+    def read_spark(
+        self,
+        spark: SparkSession,
+        zone: str,
+        table: str,
+        *,
+        months: Iterable[str] | None = None,
+        version: int | None = None,
+    ) -> DataFrame:
+        """A Spark DataFrame over a snapshot of the table (Spark reads the Parquet files in parallel).
+
+        Valid for what delta-rs writes by default (no deletion vectors, no column mapping).
+        """
+        months = None if months is None else sorted(set(months))
+        dt = self.delta(zone, table, version)
+        partition_filters = None if months is None else [(PARTITION_COLUMN, "in", months)]
+        files = dt.file_uris(partition_filters=partition_filters) if months != [] else []
+        if not files:
+            empty = dt.to_pyarrow_table(filters=[(PARTITION_COLUMN, "=", "~none~")])
+            return spark.createDataFrame(empty.slice(0, 0))
+        df = spark.read.option("basePath", self._uri(zone, table)).parquet(*files)
+        # the partition column is rebuilt from paths; keep the table's column order
+        order = [f.name for f in dt.schema().fields]
+        return df.select(*order)
+
+    def history(self, zone: str, table: str) -> list[dict]:
+        return self.delta(zone, table).history() if self.exists(zone, table) else []
+
+
+def spark_to_arrow(df: DataFrame) -> pa.Table:
+    """Collect a (month-sized) Spark DataFrame as Arrow for a delta-rs commit."""
+    return df.toArrow()

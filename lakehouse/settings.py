@@ -1,0 +1,53 @@
+"""The only reader of the process environment.
+
+``LAKEHOUSE_CONFIGS``   the configs directory (default: ``configs/`` next to this package's parent)
+``LAKEHOUSE_ROOT``      overrides ``lake_root`` from ``lakehouse.yaml``
+``LAKEHOUSE_SPARK_REMOTE`` / ``LAKEHOUSE_SPARK_MASTER``  override ``spark.remote`` / ``spark.master``
+
+Every other variable is visible to configs only through ``${VAR}`` interpolation (see the loader), and
+secrets only through ``dagster.EnvVar`` at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lakehouse.specs import Project, load_project
+from lakehouse.specs.models import LakehouseSpec, SparkSpec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def configs_dir() -> Path:
+    return Path(os.environ.get("LAKEHOUSE_CONFIGS", REPO_ROOT / "configs")).resolve()
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ)
+
+
+def secret(name: str) -> str | None:
+    """A secret from the environment (never logged, never written to a config or metadata)."""
+    return os.environ.get(name)
+
+
+def load(configs: Path | None = None) -> Project:
+    """The project from ``configs`` (or ``LAKEHOUSE_CONFIGS``), with environment overrides applied."""
+    project = load_project(configs or configs_dir(), env=env())
+    lake = project.lakehouse
+    spark = lake.spark
+    overrides_spark: dict[str, object] = {}
+    if "LAKEHOUSE_SPARK_REMOTE" in os.environ:
+        overrides_spark["remote"] = os.environ["LAKEHOUSE_SPARK_REMOTE"] or None
+    if "LAKEHOUSE_SPARK_MASTER" in os.environ:
+        overrides_spark["master"] = os.environ["LAKEHOUSE_SPARK_MASTER"]
+    overrides: dict[str, object] = {}
+    if overrides_spark:
+        overrides["spark"] = SparkSpec(**{**spark.model_dump(), **overrides_spark})
+    if "LAKEHOUSE_ROOT" in os.environ:
+        overrides["lake_root"] = os.environ["LAKEHOUSE_ROOT"]
+    if overrides:
+        new_lake = LakehouseSpec(**{**lake.model_dump(), **{k: v for k, v in overrides.items()}})
+        project = project.model_copy(update={"lakehouse": new_lake})
+    return project

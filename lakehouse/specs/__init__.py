@@ -1,0 +1,24 @@
+"""Pydantic models of ``configs/*.yaml`` and their loader. No Dagster, no Spark."""
+
+from lakehouse.specs.loader import SpecError, load_project
+from lakehouse.specs.models import (
+    ColumnSpec,
+    LakehouseSpec,
+    PipelineSpec,
+    Project,
+    RuleSpec,
+    SourceSpec,
+    ViewSpec,
+)
+
+__all__ = [
+    "ColumnSpec",
+    "LakehouseSpec",
+    "PipelineSpec",
+    "Project",
+    "RuleSpec",
+    "SourceSpec",
+    "SpecError",
+    "ViewSpec",
+    "load_project",
+]

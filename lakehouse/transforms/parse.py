@@ -1,0 +1,237 @@
+"""Raw text → rows of strings, then strings → the canonical typed table. Nothing is dropped.
+
+Parsing happens on Spark executors (``binaryFile`` + ``mapInArrow``) so every row keeps its file name
+and line number; a line that cannot be parsed becomes a row with ``_error`` set and its text in ``_raw``.
+Casting (:func:`cast_to_canonical`) splits the rows into the formatted table and rejected rows, each
+rejected row carrying a message that names the column, the value and the expected type.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from lakehouse.specs.models import ColumnSpec, FormatSpec, SourceSpec
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+FILE_COL = "_source_file"
+LINE_COL = "_source_line"
+RAW_COL = "_raw"
+ERROR_COL = "_error"
+LINEAGE_COLUMNS = (FILE_COL, LINE_COL)
+
+
+def raw_schema(raw_names: list[str]) -> pa.Schema:
+    return pa.schema(
+        [pa.field(n, pa.string()) for n in raw_names]
+        + [
+            pa.field(FILE_COL, pa.string()),
+            pa.field(LINE_COL, pa.int64()),
+            pa.field(RAW_COL, pa.string()),
+            pa.field(ERROR_COL, pa.string()),
+        ]
+    )
+
+
+def parse_text(name: str, data: bytes, fmt: FormatSpec, raw_names: list[str]) -> pa.Table:
+    """Parse one delimited text file into string columns ``raw_names`` plus lineage and error columns.
+
+    Line numbers are 1-based and count the header. File-level problems (no header, missing columns)
+    produce a row with ``_source_line = 0`` and every data line of that file is rejected with the cause.
+    """
+    cols: dict[str, list] = {n: [] for n in raw_names}
+    files: list[str] = []
+    lines: list[int] = []
+    raws: list[str | None] = []
+    errors: list[str | None] = []
+
+    def emit(line_no: int, values: list[str | None] | None, raw: str | None, error: str | None) -> None:
+        for i, n in enumerate(raw_names):
+            cols[n].append(values[i] if values is not None else None)
+        files.append(name)
+        lines.append(line_no)
+        raws.append(raw)
+        errors.append(error)
+
+    if data.startswith(b"\xef\xbb\xbf") and fmt.encoding.lower().replace("-", "") == "utf8":
+        data = data[3:]
+    if data[:2] in (b"\x1f\x8b",):
+        emit(0, None, None, f"{name}: gzip-compressed data, expected {fmt.encoding} text")
+        return _table(cols, files, lines, raws, errors, raw_names)
+    raw_lines = data.split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()
+
+    def decode(b: bytes) -> tuple[str | None, str | None]:
+        if b.endswith(b"\r"):
+            b = b[:-1]
+        try:
+            return b.decode(fmt.encoding), None
+        except UnicodeDecodeError as exc:
+            return None, f"not valid {fmt.encoding} at byte {exc.start}: {b[max(0, exc.start - 8) : exc.start + 8]!r}"
+
+    header_map: list[int] | None = None
+    start = 0
+    file_error: str | None = None
+    if fmt.header:
+        first = next((i for i, b in enumerate(raw_lines) if b.strip()), None)
+        if first is None:
+            emit(0, None, None, f"{name}: empty file, expected a header line")
+            return _table(cols, files, lines, raws, errors, raw_names)
+        text, err = decode(raw_lines[first])
+        start = first + 1
+        if err:
+            file_error = f"header line {first + 1}: {err}"
+        else:
+            header = [h.strip() for h in text.split(fmt.delimiter)]
+            missing = [n for n in raw_names if n not in header]
+            unknown = [h for h in header if h not in raw_names]
+            if missing or unknown:
+                file_error = (
+                    f"header line {first + 1} {header} does not match the declared columns {raw_names}"
+                    f" with delimiter {fmt.delimiter!r}"
+                    + (f"; missing {missing}" if missing else "")
+                    + (f"; unknown {unknown}" if unknown else "")
+                )
+            else:
+                header_map = [header.index(n) for n in raw_names]
+        if file_error:
+            emit(0, None, text, f"{name}: {file_error}")
+    else:
+        header_map = list(range(len(raw_names)))
+    expected = len(header_map) if header_map is not None else len(raw_names)
+    width = max(expected, (max(header_map) + 1) if header_map else 0)
+    header_text = None if not fmt.header or file_error else raw_lines[start - 1].rstrip(b"\r")
+
+    for idx in range(start, len(raw_lines)):
+        b = raw_lines[idx]
+        line_no = idx + 1
+        if not b.strip():
+            continue
+        text, err = decode(b)
+        if err:
+            emit(line_no, None, b.decode(fmt.encoding, errors="backslashreplace")[:2000], err)
+            continue
+        if file_error:
+            emit(line_no, None, text[:2000], f"rejected with its file: {file_error}")
+            continue
+        if header_text is not None and b.rstrip(b"\r") == header_text:
+            emit(line_no, None, text[:2000], "repeated header line")
+            continue
+        parts = text.split(fmt.delimiter)
+        if len(parts) != width:
+            emit(line_no, None, text[:2000], f"expected {width} fields separated by {fmt.delimiter!r}, got {len(parts)}")
+            continue
+        emit(line_no, [parts[i].strip() for i in header_map], None, None)
+    return _table(cols, files, lines, raws, errors, raw_names)
+
+
+def _table(cols, files, lines, raws, errors, raw_names) -> pa.Table:
+    arrays = [pa.array(cols[n], pa.string()) for n in raw_names] + [
+        pa.array(files, pa.string()),
+        pa.array(lines, pa.int64()),
+        pa.array(raws, pa.string()),
+        pa.array(errors, pa.string()),
+    ]
+    return pa.Table.from_arrays(arrays, schema=raw_schema(raw_names))
+
+
+def read_raw(spark: SparkSession, month_dir: str, source: SourceSpec) -> DataFrame:
+    """Every landed file of a month as rows of strings (one Spark task parses whole files)."""
+    fmt = source.format
+    raw_names = [c.raw_name for c in source.columns]
+    schema = raw_schema(raw_names)
+
+    def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            paths = batch.column("path").to_pylist()
+            contents = batch.column("content").to_pylist()
+            for path, content in zip(paths, contents, strict=True):
+                yield from parse_text(os.path.basename(path), content, fmt, raw_names).to_batches()
+
+    files = spark.read.format("binaryFile").load(month_dir)
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return files.select("path", "content").mapInArrow(parse_batches, from_arrow_schema(schema))
+
+
+def _typed(column: ColumnSpec):
+    """A Spark expression casting the raw string column to ``column.type``; NULL when it cannot."""
+    from pyspark.sql import functions as F
+
+    raw = F.col(f"`{column.raw_name}`")
+    text = F.when(F.trim(raw) == "", F.lit(None)).otherwise(F.trim(raw))
+    if column.type == "timestamp":
+        return F.try_to_timestamp(text, F.lit(column.format)) if column.format else text.try_cast("timestamp")
+    if column.type == "date":
+        return F.try_to_date(text, F.lit(column.format)) if column.format else text.try_cast("date")
+    if column.type == "double":
+        value = text.try_cast("double")
+        # NaN and infinities are not readings
+        return F.when(F.isnan(value) | (F.abs(value) == float("inf")), F.lit(None)).otherwise(value)
+    if column.type == "boolean":
+        return F.lower(text).try_cast("boolean")
+    return text.try_cast(column.type)
+
+
+def cast_to_canonical(raw: DataFrame, source: SourceSpec, month: str) -> tuple[DataFrame, DataFrame]:
+    """Split parsed rows into (canonical rows of ``month``, rejected rows with ``_error``).
+
+    A row is rejected when it could not be parsed, a value does not cast to its declared type, a
+    non-nullable value is empty, or its time column places it in another month than the one delivered.
+    """
+    from pyspark.sql import functions as F
+
+    typed = raw.select(
+        *[_typed(c).alias(c.name) for c in source.columns],
+        *[F.col(f"`{c.raw_name}`").alias(f"__raw_{c.name}") for c in source.columns],
+        FILE_COL,
+        LINE_COL,
+        RAW_COL,
+        ERROR_COL,
+    )
+    problems = [F.col(ERROR_COL)]
+    for c in source.columns:
+        rawc = F.col(f"__raw_{c.name}")
+        bad_cast = rawc.isNotNull() & (F.trim(rawc) != "") & F.col(c.name).isNull()
+        problems.append(
+            F.when(
+                bad_cast,
+                F.format_string(f"column {c.name}: cannot read '%s' as {c.type}", F.substring(rawc, 1, 200)),
+            )
+        )
+        if not c.nullable:
+            problems.append(
+                F.when(F.col(ERROR_COL).isNull() & ~bad_cast & F.col(c.name).isNull(), F.lit(f"column {c.name}: empty"))
+            )
+    part_col = source.partitioning.column
+    if source.partitioning.kind == "time_column" and part_col:
+        row_month = F.date_format(F.col(part_col), "yyyy-MM")
+        problems.append(
+            F.when(
+                F.col(part_col).isNotNull() & (row_month != F.lit(month)),
+                F.format_string(f"{part_col} %s belongs to month %s, delivered for {month}", F.col(part_col).cast("string"), row_month),
+            )
+        )
+    checked = typed.withColumn("__problem", F.concat_ws("; ", *problems))
+    good = checked.filter(F.col("__problem") == "").select(
+        *[c.name for c in source.columns], FILE_COL, LINE_COL, F.lit(month).alias("month")
+    )
+    record = F.to_json(F.struct(*[F.col(f"__raw_{c.name}").alias(c.raw_name) for c in source.columns]))
+    bad = checked.filter(F.col("__problem") != "").select(
+        F.lit(month).alias("month"),
+        F.col(FILE_COL),
+        F.col(LINE_COL),
+        F.coalesce(F.col(RAW_COL), record).alias("record"),
+        F.col("__problem").alias("error"),
+    )
+    return good, bad
+
+
+def empty_raw(spark: SparkSession, source: SourceSpec) -> DataFrame:
+    return spark.createDataFrame(raw_schema([c.raw_name for c in source.columns]).empty_table())

@@ -1,0 +1,43 @@
+"""One Spark session for the whole suite, and projects on temporary lake roots."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lakehouse.specs import Project, load_project
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from lakehouse.io.spark import get_spark
+    from lakehouse.specs.models import SparkSpec
+
+    session = get_spark(SparkSpec(master="local[2]", conf={"spark.sql.shuffle.partitions": "2"}))
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def configs_copy(tmp_path: Path) -> Path:
+    """A writable copy of the repository's configs/ under a temporary project root."""
+    target = tmp_path / "project" / "configs"
+    shutil.copytree(REPO / "configs", target)
+    return target
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> Callable[..., Project]:
+    """Load a configs dir with the lake and the demo world under ``tmp_path``."""
+
+    def load(configs: Path | None = None, **env: str) -> Project:
+        configs = configs or (REPO / "configs")
+        values = {"LAKEHOUSE_ROOT": str(tmp_path / "lake"), "LAKEHOUSE_DEMO_ROOT": str(tmp_path / "world"), **env}
+        return load_project(configs, env=values)
+
+    return load

@@ -1,0 +1,43 @@
+"""The asset graph's shape: a snapshot of sorted keys shows any accidental change."""
+
+import ast
+from pathlib import Path
+
+from lakehouse.factories import build_definitions
+
+EXPECTED_KEYS = [
+    "exploitation/daily_consumption",
+    "formatted/meter_readings",
+    "landing/meter_readings",
+    "ml/consumption_model",
+    "trusted/meter_readings",
+]
+
+
+def test_asset_keys_snapshot(make_project):
+    defs = build_definitions(make_project())
+    keys = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())
+    assert keys == EXPECTED_KEYS
+
+
+def test_groups_are_zones_and_zone_tables_are_monthly(make_project):
+    defs = build_definitions(make_project())
+    for asset in defs.assets:
+        zone = asset.key.path[0]
+        assert asset.group_names_by_key[asset.key] == zone
+        if zone != "ml":
+            assert asset.partitions_def.get_partition_keys()[:2] == ["2012-01", "2012-02"]
+
+
+def test_lakehouse_never_imports_the_demo_world():
+    package = Path(__file__).resolve().parent.parent / "lakehouse"
+    offenders = []
+    for path in package.rglob("*.py"):
+        if "sim" in path.relative_to(package).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path}: {n}" for n in names if n.startswith("lakehouse.sim")]
+    assert offenders == []
