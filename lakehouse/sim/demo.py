@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from lakehouse import settings
@@ -81,8 +82,8 @@ def summary(lake: Lake) -> list[str]:
         for table in sorted(p.name for p in folder.iterdir() if p.is_dir()):
             if lake.exists(zone, table):
                 dt = lake.delta(zone, table)
-                rows = sum(int(a["num_records"]) for a in dt.get_add_actions(flatten=True).to_pylist())
-                lines.append(f"  {zone}/{table:<24} {rows:>10,} rows  {len(lake.months(zone, table)):>3} months  v{dt.version()}")
+                rows = sum(int(n or 0) for n in pa.table(dt.get_add_actions(flatten=True)).column("num_records").to_pylist())
+                lines.append(f"  {zone + '/' + table:<36} {rows:>10,} rows  {len(lake.months(zone, table)):>3} months  v{dt.version()}")
     return lines
 
 
