@@ -6,7 +6,9 @@ from pathlib import Path
 from lakehouse.factories import build_definitions
 
 EXPECTED_KEYS = [
+    "exploitation/consumption_daily",
     "exploitation/daily_consumption",
+    "exploitation/golden_customers",
     "formatted/meter_readings",
     "landing/meter_readings",
     "ml/consumption_model",

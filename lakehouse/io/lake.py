@@ -150,6 +150,59 @@ class Lake:
             ),
         )
 
+    def merge(
+        self,
+        zone: str,
+        table: str,
+        data: pa.Table,
+        *,
+        on: Sequence[str],
+        newer: str | None = None,
+        keep_first: Sequence[str] = (),
+    ) -> int:
+        """Upsert ``data`` into the unpartitioned ``zone/table`` with one Delta MERGE on the ``on`` columns.
+
+        New keys are inserted; a matched row is updated from ``data`` — only when its ``newer`` column is
+        not older than the stored one (if ``newer`` is given), otherwise only its ``keep_first`` columns
+        move. ``keep_first`` columns always keep the smaller of the stored and the new value. The first
+        call creates the table. Returns the new version.
+        """
+        data = _utc_timestamps(data)
+        if not on:
+            raise ValueError(f"{zone}/{table}: merge needs key columns")
+        missing = [c for c in [*on, *([newer] if newer else []), *keep_first] if c not in data.column_names]
+        if missing:
+            raise ValueError(f"{zone}/{table}: merge columns {missing} are not in the data {data.column_names}")
+        keys = data.select(list(on)).to_pylist()
+        if len({tuple(k.values()) for k in keys}) != len(keys):
+            raise ValueError(f"{zone}/{table}: the rows to merge repeat a key of {list(on)}")
+        uri = self._uri(zone, table)
+
+        def first(c: str) -> str:
+            return f"CASE WHEN t.{c} IS NULL OR s.{c} < t.{c} THEN s.{c} ELSE t.{c} END"
+
+        def write() -> None:
+            if not DeltaTable.is_deltatable(uri):
+                write_deltalake(uri, data, mode="error")
+                return
+            merger = DeltaTable(uri).merge(
+                data, " AND ".join(f"t.{c} = s.{c}" for c in on), source_alias="s", target_alias="t"
+            )
+            updates = {c: first(c) if c in keep_first else f"s.{c}" for c in data.column_names}
+            if newer is None:
+                merger = merger.when_matched_update(updates)
+            else:
+                merger = merger.when_matched_update(updates, predicate=f"s.{newer} >= t.{newer}")
+                if keep_first:
+                    merger = merger.when_matched_update({c: first(c) for c in keep_first})
+            merger.when_not_matched_insert_all().execute()
+
+        return self._commit(zone, table, write)
+
+    def partitioned(self, zone: str, table: str) -> bool:
+        """Whether ``zone/table`` is partitioned by month (merge tables are not)."""
+        return PARTITION_COLUMN in self.delta(zone, table).metadata().partition_columns
+
     def _commit(self, zone: str, table: str, write, attempts: int = 5) -> int:
         """Run a write, retrying a commit that lost a race with a concurrent writer."""
         self.table_path(zone, table).parent.mkdir(parents=True, exist_ok=True)

@@ -309,9 +309,46 @@ class ViewInputSpec(Spec):
         return self.alias or self.table.split("/")[1]
 
 
+class ViewColumnSpec(ColumnSpec):
+    """A declared column of a view's result. ``lineage``: the input columns it is computed from, each
+    ``<zone>/<table>.<column>`` or ``<alias>.<column>`` (shown as ``dagster/column_lineage``)."""
+
+    lineage: list[str] = Field(default_factory=list)
+
+
+class ViewWriteSpec(Spec):
+    """How a view's rows reach its Delta table.
+
+    ``overwrite_month`` (default): each run replaces its month of a month-partitioned table.
+    ``merge``: rows are upserted with one Delta MERGE on the ``keys`` columns into an unpartitioned table
+    (e.g. golden records maintained as months arrive). With ``newer``, a matched row is replaced only by a
+    row whose ``newer`` value is not older (a rerun of an old month does not undo later ones), and
+    ``keep_first`` columns keep their smallest value (e.g. the month a record was first seen).
+    """
+
+    mode: Literal["overwrite_month", "merge"] = "overwrite_month"
+    #: the merge key (not ``on``: YAML 1.1 reads ``on`` as a boolean)
+    keys: list[str] = Field(default_factory=list)
+    newer: str | None = None
+    keep_first: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _keys(self) -> ViewWriteSpec:
+        if self.mode == "merge" and not self.keys:
+            raise ValueError("write.mode 'merge' needs the key columns in 'keys'")
+        if self.mode == "overwrite_month" and (self.keys or self.newer or self.keep_first):
+            raise ValueError("write.keys/newer/keep_first only apply to write.mode 'merge'")
+        return self
+
+
 class ViewSpec(Spec):
     """An exploitation view: Spark SQL over its inputs (registered as temp views under their alias),
-    or a named Python transform ``module:function`` taking ``(inputs: dict[str, DataFrame], month)``."""
+    or a named Python transform ``module:function`` taking ``(inputs: dict[str, DataFrame], month, options)``.
+
+    ``columns``, when declared, are the view's contract: the result is reduced to them in this order and
+    cast to their types (a missing column fails the month), and they give the asset its column schema and
+    column lineage.
+    """
 
     name: str
     description: str = ""
@@ -320,8 +357,8 @@ class ViewSpec(Spec):
     transform: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
     key: list[str] = Field(default_factory=list)
-    #: a column of the result that places each row in its month (the view's month when unset)
-    columns: list[ColumnSpec] = Field(default_factory=list)
+    columns: list[ViewColumnSpec] = Field(default_factory=list)
+    write: ViewWriteSpec = Field(default_factory=ViewWriteSpec)
 
     @field_validator("name")
     @classmethod
@@ -333,6 +370,34 @@ class ViewSpec(Spec):
         if (self.sql is None) == (self.transform is None):
             raise ValueError(f"view {self.name!r} needs exactly one of 'sql' or 'transform'")
         return self
+
+    @model_validator(mode="after")
+    def _columns(self) -> ViewSpec:
+        names = [c.name for c in self.columns]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"view {self.name!r}: column names must be unique, repeated: {dupes}")
+        known = {i.table for i in self.inputs} | {i.name for i in self.inputs}
+        for column in self.columns:
+            for ref in column.lineage:
+                table, dot, col = ref.rpartition(".")
+                if not dot or not col or table not in known:
+                    raise ValueError(
+                        f"view {self.name!r}: lineage {ref!r} of column {column.name!r} must be"
+                        f" '<input table or alias>.<column>'; inputs: {sorted(known)}"
+                    )
+        if names:
+            for col in [*self.key, *self.write.keys, *([self.write.newer] if self.write.newer else []), *self.write.keep_first]:
+                if col not in names:
+                    raise ValueError(f"view {self.name!r}: key/write column {col!r} is not a declared column")
+        return self
+
+    def input_for(self, ref: str) -> ViewInputSpec:
+        """The input named by a lineage reference's table part (a ``zone/table`` or an alias)."""
+        for inp in self.inputs:
+            if ref in (inp.table, inp.name):
+                return inp
+        raise KeyError(ref)
 
 
 # ---------------------------------------------------------------------------------------------------
