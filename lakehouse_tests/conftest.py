@@ -41,3 +41,12 @@ def make_project(tmp_path: Path) -> Callable[..., Project]:
         return load_project(configs, env=values)
 
     return load
+
+
+@pytest.fixture(scope="session")
+def weather_server():
+    """The demo world's weather provider on a free port of 127.0.0.1 (faults cleared by each user)."""
+    from lakehouse.sim.weather_server import WeatherServer
+
+    with WeatherServer(host="127.0.0.1", port=0) as server:
+        yield server

@@ -9,10 +9,22 @@ EXPECTED_KEYS = [
     "exploitation/consumption_daily",
     "exploitation/daily_consumption",
     "exploitation/golden_customers",
+    "formatted/billing_customers",
+    "formatted/calendar",
+    "formatted/customers",
     "formatted/meter_readings",
+    "formatted/weather",
+    "landing/billing_customers",
+    "landing/calendar",
+    "landing/customers",
     "landing/meter_readings",
+    "landing/weather",
     "ml/consumption_model",
+    "trusted/billing_customers",
+    "trusted/calendar",
+    "trusted/customers",
     "trusted/meter_readings",
+    "trusted/weather",
 ]
 
 

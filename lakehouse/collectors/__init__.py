@@ -1,17 +1,22 @@
 """Collectors fetch a source's raw bytes for one month and land them. No Spark, no Dagster here.
 
-:func:`collect` dispatches on the collector ``type`` of a source spec; adding a source of an existing
-type needs only its YAML file.
+:func:`fetch` dispatches on the collector ``type`` of a source spec (``file_drop``, ``http``, ``sql``,
+``library``); adding a source of an existing type needs only its YAML file. Every failure is a
+:class:`CollectorError` naming the source, the month and the cause. Fetching completes before anything
+lands, and :func:`collect` lands each file atomically and exactly once; bytes a provider sent that were
+rejected (truncated, an HTML page instead of data) are kept under ``<month>/_rejected/`` for inspection and
+never become a landed file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-from lakehouse.collectors import file_drop
+from lakehouse.collectors import file_drop, http, library, sql
 from lakehouse.collectors.base import Fetched
-from lakehouse.collectors.landing import CollectorError, ManifestEntry, land, read_manifest
+from lakehouse.collectors.landing import CollectorError, ManifestEntry, atomic_write, land, read_manifest, safe_name
 from lakehouse.specs.models import Project, SourceSpec
 
 
@@ -23,17 +28,45 @@ class CollectResult:
     manifest: list[ManifestEntry] = field(default_factory=list)
 
 
+REJECTED = "_rejected"
+
+
 def fetch(project: Project, source: SourceSpec, month: str) -> list[Fetched]:
+    """Every file ``source`` delivers for ``month``, complete, in memory (nothing is written here)."""
     spec = source.collector
     if spec.type == "file_drop":
-        return list(file_drop.fetch(spec, project.resolve(spec.inbox), month))
-    raise CollectorError(f"source {source.name!r}: collector type {spec.type!r} is not available")
+        try:
+            return list(file_drop.fetch(spec, project.resolve(spec.inbox), month))
+        except OSError as exc:
+            raise CollectorError(f"source {source.name!r} month {month}: cannot read the inbox: {exc}") from None
+    if spec.type == "http":
+        return list(http.fetch(spec, month, source=source.name))
+    if spec.type == "sql":
+        return list(sql.fetch(spec, month, root=project.root, source=source.name))
+    if spec.type == "library":
+        return list(library.fetch(spec, month, source=source.name))
+    raise CollectorError(f"source {source.name!r} month {month}: collector type {spec.type!r} is not available")
+
+
+def keep_rejected(month_dir: Path, name: str, data: bytes) -> Path:
+    """Keep bytes that arrived but were rejected, under ``_rejected/`` (ignored by Spark and the manifest)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    path = month_dir / REJECTED / f"{stamp}_{safe_name(name)}"
+    atomic_write(path, data)
+    return path
 
 
 def collect(project: Project, source: SourceSpec, month: str, month_dir: Path) -> CollectResult:
     """Fetch ``source`` for ``month`` and land each file exactly once in ``month_dir``."""
     result = CollectResult(month=month)
-    for item in fetch(project, source, month):
+    try:
+        fetched = fetch(project, source, month)
+    except http.RejectedResponse as exc:
+        if exc.data:
+            kept = keep_rejected(month_dir, exc.name, exc.data)
+            raise CollectorError(f"{exc}; the rejected bytes are kept in {kept}") from None
+        raise
+    for item in fetched:
         entry = land(month_dir, item.name, item.data, origin=item.origin, header=source.format.header)
         if entry is None:
             result.skipped.append(item.name)

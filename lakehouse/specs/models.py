@@ -7,6 +7,7 @@ Every model forbids unknown keys, so a typo in a config is an error that names t
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -113,25 +114,63 @@ class FileDropCollector(Spec):
         return value
 
 
+def _template_fields(template: str) -> set[str]:
+    """The ``{name}`` fields of a ``str.format`` template (``{{``/``}}`` are literal braces)."""
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+
+
+#: fields every collector template may use besides its own ``params``
+MONTH_FIELDS = frozenset({"month", "year", "mm"})
+
+
+def _check_template(template: str, known: set[str], what: str) -> None:
+    try:
+        fields = _template_fields(template)
+    except ValueError as exc:
+        raise ValueError(f"{what} {template!r} is not a valid template: {exc}") from None
+    unknown = sorted(f for f in fields if f not in known)
+    if unknown or any(not f for f in fields):
+        raise ValueError(f"{what} {template!r} uses unknown field(s) {unknown or ['{}']}; known: {sorted(known)}")
+
+
 class HttpCollector(Spec):
-    """Downloads one file per month from a URL template (``{month}``, ``{year}``, ``{mm}`` and ``params``)."""
+    """Downloads one file per month from a URL template (``{month}``, ``{year}``, ``{mm}`` and ``params``).
+
+    Transient failures (connection errors, timeouts, HTTP 429/5xx) are retried ``retries`` times with
+    exponential backoff (``backoff_s * 2**n``). A body that is shorter than its ``Content-Length`` or does
+    not start with ``expect_prefix`` is rejected. Credentials never appear in a config: ``headers_env``
+    maps a header name to the environment variable holding its value (e.g. ``Authorization``).
+    """
 
     type: Literal["http"]
     url: str
     params: dict[str, str] = Field(default_factory=dict)
     file_name: str = "{month}.csv"
-    timeout_s: float = 30.0
-    retries: int = 3
-    backoff_s: float = 0.5
-    #: a substring every valid response body starts with (catches HTML error pages served with 200)
+    timeout_s: float = Field(default=30.0, gt=0)
+    retries: int = Field(default=3, ge=0, le=10)
+    backoff_s: float = Field(default=0.5, ge=0)
+    #: a prefix every valid response body starts with (catches HTML error pages served with 200)
     expect_prefix: str | None = None
+    #: header name -> name of the environment variable holding its value (never the value itself)
+    headers_env: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _templates(self) -> HttpCollector:
+        known = set(MONTH_FIELDS) | set(self.params)
+        _check_template(self.url, known, "collector.url")
+        _check_template(self.file_name, known, "collector.file_name")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"collector.url {self.url!r} must start with http:// or https://")
+        return self
 
 
 class SqlCollector(Spec):
     """Extracts a snapshot per month with a SQL query through SQLAlchemy.
 
     The URL is never written in a config: ``url_env`` names the environment variable that holds it,
-    ``default_url`` (credential-free, e.g. a SQLite file) is used when that variable is unset.
+    ``default_url`` (credential-free, e.g. a SQLite file) is used when that variable is unset. The query
+    may use the bound parameters ``:month`` (``YYYY-MM``), ``:month_start`` and ``:month_end`` (ISO dates,
+    end exclusive), e.g. to extract the registry as it stood in that month.
     """
 
     type: Literal["sql"]
@@ -139,6 +178,12 @@ class SqlCollector(Spec):
     default_url: str | None = None
     query: str
     file_name: str = "{month}.csv"
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _templates(self) -> SqlCollector:
+        _check_template(self.file_name, set(MONTH_FIELDS), "collector.file_name")
+        return self
 
 
 class LibraryCollector(Spec):
@@ -148,6 +193,11 @@ class LibraryCollector(Spec):
     name: Literal["holidays_calendar"]
     options: dict[str, Any] = Field(default_factory=dict)
     file_name: str = "{month}.csv"
+
+    @model_validator(mode="after")
+    def _templates(self) -> LibraryCollector:
+        _check_template(self.file_name, set(MONTH_FIELDS), "collector.file_name")
+        return self
 
 
 CollectorSpec = Annotated[
@@ -252,7 +302,8 @@ class SourceSpec(Spec):
     partitioning: PartitioningSpec
     quality: QualitySpec = Field(default_factory=QualitySpec)
     freshness: FreshnessSpec = Field(default_factory=FreshnessSpec)
-    #: the schedule of a periodic collector (cron); file drops are sensor-driven and ignore it
+    #: the schedule of a periodic collector (cron, UTC): each tick collects the month that ended last;
+    #: file drops are sensor-driven and ignore it
     schedule: str | None = None
 
     @field_validator("name")
@@ -277,6 +328,8 @@ class SourceSpec(Spec):
         for key_col in self.quality.key:
             if key_col not in names:
                 raise ValueError(f"quality.key column {key_col!r} is not a declared column")
+        if self.schedule is not None and len(self.schedule.split()) != 5:
+            raise ValueError(f"schedule {self.schedule!r} must be a cron expression with 5 fields")
         return self
 
     def column(self, name: str) -> ColumnSpec:

@@ -169,7 +169,7 @@ def _typed(column: ColumnSpec):
     if column.type == "timestamp":
         return F.try_to_timestamp(text, F.lit(column.format)) if column.format else text.try_cast("timestamp")
     if column.type == "date":
-        return F.try_to_date(text, F.lit(column.format)) if column.format else text.try_cast("date")
+        return F.try_to_date(text, column.format) if column.format else text.try_cast("date")  # format: a str here
     if column.type == "double":
         value = text.try_cast("double")
         # NaN and infinities are not readings

@@ -1,0 +1,271 @@
+"""Collectors against real local endpoints: the demo's HTTP weather provider, a SQLite registry, the library.
+
+Each failure must name the source, the month and the cause, and land nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import sqlite3
+
+import pytest
+
+from lakehouse.collectors import collect
+from lakehouse.collectors.landing import CollectorError, read_manifest
+from lakehouse.io.lake import Lake
+from lakehouse.sim.customers import CustomerWorld
+from lakehouse.sim.world import WorldConfig, make_buildings, seattle_weather
+
+MONTH = "2012-03"
+
+
+@pytest.fixture
+def weather(weather_server):
+    weather_server.clear()
+    yield weather_server
+    weather_server.clear()
+
+
+@pytest.fixture
+def project(make_project, weather):
+    return make_project(LAKEHOUSE_WEATHER_URL=weather.url)
+
+
+def http_source(project, **changes):
+    """The weather source with collector settings changed (fast retries for tests)."""
+    source = project.source("weather")
+    collector = source.collector.model_copy(update={"backoff_s": 0.01, "timeout_s": 2.0, **changes})
+    return source.model_copy(update={"collector": collector})
+
+
+def month_dir(project, source, month=MONTH):
+    return Lake(project.lake_root).landing_dir(source, month)
+
+
+def landed_nothing(folder) -> bool:
+    """No manifest and no data file (``_rejected/`` and lock files do not count)."""
+    if not folder.exists():
+        return True
+    data_files = [p for p in folder.iterdir() if not p.name.startswith(("_", "."))]
+    return data_files == [] and read_manifest(folder) == []
+
+
+# ------------------------------------------------------------------------------------------------ HTTP
+def test_http_lands_the_real_observations_with_origin_and_checksum(project, weather):
+    source = http_source(project)
+    folder = month_dir(project, "weather")
+    result = collect(project, source, MONTH, folder)
+
+    (entry,) = result.landed
+    data = (folder / entry.name).read_bytes()
+    assert entry.sha256 == hashlib.sha256(data).hexdigest() and entry.bytes == len(data)
+    assert entry.origin == f"{weather.url}/stations/USW00024233/daily/{MONTH}.csv"
+    assert entry.name == f"weather_USW00024233_{MONTH}.csv" and entry.rows == 31
+    # the served rows are NOAA's observations for the month, value for value
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    truth = seattle_weather()
+    truth = truth[[d.strftime("%Y-%m") == MONTH for d in truth["date"]]]
+    assert [r["date"] for r in rows] == [d.isoformat() for d in truth["date"]]
+    assert [float(r["tmax_c"]) for r in rows] == pytest.approx(list(truth["temp_max"]))
+    assert [r["weather"] for r in rows] == list(truth["weather"])
+    # collecting again lands nothing new (exactly once)
+    again = collect(project, source, MONTH, folder)
+    assert again.landed == [] and again.skipped == [entry.name]
+
+
+def test_http_retries_two_server_errors_then_lands(project, weather):
+    weather.inject(fail=2, match=MONTH)
+    folder = month_dir(project, "weather")
+    result = collect(project, http_source(project, retries=3), MONTH, folder)
+    assert len(result.landed) == 1 and result.landed[0].rows == 31
+    assert weather.requests(MONTH) == 3  # two 500s, then the data
+
+
+def test_http_exhausted_retries_name_source_month_cause_and_land_nothing(project, weather):
+    weather.inject(fail=100, match=MONTH)
+    folder = month_dir(project, "weather")
+    with pytest.raises(CollectorError) as err:
+        collect(project, http_source(project, retries=2), MONTH, folder)
+    message = str(err.value)
+    assert "'weather'" in message and MONTH in message and "HTTP 500" in message and "2 retries" in message
+    assert weather.requests(MONTH) == 3
+    assert landed_nothing(folder)
+
+
+def test_http_timeout_is_retried_then_reported(project, weather):
+    folder = month_dir(project, "weather")
+    weather.inject(delay_s=1.5, delay_n=1, match=MONTH)
+    result = collect(project, http_source(project, timeout_s=0.4, retries=2), MONTH, folder)
+    assert len(result.landed) == 1
+    assert weather.requests(MONTH) == 2
+
+    weather.inject(delay_s=1.5, delay_n=100, match="2012-04")
+    with pytest.raises(CollectorError, match=r"'weather' month 2012-04: .* timed out"):
+        collect(project, http_source(project, timeout_s=0.3, retries=1), "2012-04", month_dir(project, "weather", "2012-04"))
+    assert landed_nothing(month_dir(project, "weather", "2012-04"))
+
+
+def test_http_html_page_with_200_is_rejected_and_kept_aside(project, weather):
+    weather.inject(html=100, match=MONTH)
+    folder = month_dir(project, "weather")
+    with pytest.raises(CollectorError, match=r"'weather' month 2012-03: .*an HTML page.*'station,date,'"):
+        collect(project, http_source(project, retries=1), MONTH, folder)
+    assert read_manifest(folder) == []
+    assert not (folder / f"weather_USW00024233_{MONTH}.csv").exists()
+    (kept,) = (folder / "_rejected").iterdir()
+    assert kept.read_bytes().startswith(b"<!DOCTYPE html>")
+
+
+def test_http_truncated_body_is_rejected_and_retried(project, weather):
+    folder = month_dir(project, "weather")
+    weather.inject(truncate=100, match=MONTH)
+    with pytest.raises(CollectorError, match=r"'weather' month 2012-03: .*truncated body"):
+        collect(project, http_source(project, retries=1), MONTH, folder)
+    assert read_manifest(folder) == [] and weather.requests(MONTH) == 2
+
+    weather.clear()
+    weather.inject(truncate=1, match=MONTH)
+    result = collect(project, http_source(project, retries=1), MONTH, folder)
+    (entry,) = result.landed
+    assert entry.rows == 31 and (folder / entry.name).read_bytes().endswith(b"\n")
+
+
+def test_http_not_found_is_not_retried(project, weather):
+    with pytest.raises(CollectorError, match=r"'weather' month 2019-01: .*HTTP 404"):
+        collect(project, http_source(project), "2019-01", month_dir(project, "weather", "2019-01"))
+    assert weather.requests("2019-01") == 1
+
+
+def test_http_credentials_never_reach_the_manifest_or_errors(project, weather, monkeypatch):
+    monkeypatch.setenv("WEATHER_TOKEN", "Bearer tok-s3cret")
+    url = weather.url.replace("http://", "http://alice:pa55word@") + "/stations/{station}/daily/{month}.csv"
+    source = http_source(project, url=url, headers_env={"Authorization": "WEATHER_TOKEN"})
+    folder = month_dir(project, "weather")
+    collect(project, source, MONTH, folder)
+    manifest = (folder / "_manifest.json").read_text()
+    assert "pa55word" not in manifest and "alice" not in manifest and "s3cret" not in manifest
+    assert f"{weather.url}/stations/" in manifest
+
+    weather.inject(fail=100, match="2012-05")
+    with pytest.raises(CollectorError) as err:
+        collect(project, source, "2012-05", month_dir(project, "weather", "2012-05"))
+    assert "pa55word" not in str(err.value) and "s3cret" not in str(err.value)
+
+    monkeypatch.delenv("WEATHER_TOKEN")
+    with pytest.raises(CollectorError, match="WEATHER_TOKEN, which is not set"):
+        collect(project, source, "2012-06", month_dir(project, "weather", "2012-06"))
+
+
+# ------------------------------------------------------------------------------------------------- SQL
+@pytest.fixture
+def registry(tmp_path):
+    world = tmp_path / "world_sql"
+    CustomerWorld(WorldConfig(meters=6, seed=5)).write(world, [MONTH])
+    return world / "customers.sqlite"
+
+
+def sql_source(project, db_path):
+    source = project.source("customers")
+    collector = source.collector.model_copy(update={"default_url": f"sqlite:///{db_path}"})
+    return source.model_copy(update={"collector": collector})
+
+
+def test_sql_extracts_the_registry_snapshot_as_of_the_month(project, registry, monkeypatch):
+    monkeypatch.delenv("LAKEHOUSE_CUSTOMERS_DB_URL", raising=False)
+    source = sql_source(project, registry)
+    folder = month_dir(project, "customers")
+    (entry,) = collect(project, source, MONTH, folder).landed
+    assert entry.origin == f"sql:sqlite:///{registry}" and entry.name == f"customers_{MONTH}.csv"
+    rows = list(csv.DictReader(io.StringIO((folder / entry.name).read_text())))
+    assert list(rows[0]) == [c.name for c in source.columns]
+    buildings = make_buildings(6, 5)
+    assert [(r["customer_id"], r["meter_id"], float(r["heated_area_m2"])) for r in rows] == [
+        (b.customer_id, b.device_id, b.heated_area_m2) for b in buildings
+    ]
+
+    # a customer registered later is not in the earlier snapshot, and is in the later one
+    with sqlite3.connect(registry) as con:
+        con.execute(
+            "INSERT INTO customers VALUES ('C9999','M9999','New Comer','Lake Road',5,'98101','Seattle',"
+            "'apartment',70.0,2013,'heat_pump','2013-06-15')"
+        )
+    assert collect(project, source, "2013-05", month_dir(project, "customers", "2013-05")).landed[0].rows == 6
+    assert collect(project, source, "2013-06", month_dir(project, "customers", "2013-06")).landed[0].rows == 7
+
+
+def test_sql_url_from_the_environment_wins(project, registry, monkeypatch, tmp_path):
+    source = sql_source(project, tmp_path / "not_there.sqlite")
+    monkeypatch.setenv("LAKEHOUSE_CUSTOMERS_DB_URL", f"sqlite:///{registry}")
+    (entry,) = collect(project, source, MONTH, month_dir(project, "customers")).landed
+    assert entry.rows == 6
+
+
+def test_sql_database_down_names_source_month_and_cause(project, monkeypatch, tmp_path):
+    monkeypatch.delenv("LAKEHOUSE_CUSTOMERS_DB_URL", raising=False)
+    folder = month_dir(project, "customers")
+    missing = tmp_path / "gone" / "customers.sqlite"
+    with pytest.raises(CollectorError, match=rf"'customers' month {MONTH}: database unreachable: .*{missing.name} does not exist"):
+        collect(project, sql_source(project, missing), MONTH, folder)
+    assert not missing.exists(), "a missing SQLite file must not be created empty"
+
+    garbage = tmp_path / "broken.sqlite"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(CollectorError, match=rf"'customers' month {MONTH}: .*file is not a database"):
+        collect(project, sql_source(project, garbage), MONTH, folder)
+
+    # an unreachable server URL with a password: the cause is named, the password is not
+    monkeypatch.setenv("LAKEHOUSE_CUSTOMERS_DB_URL", "mysql+pymysql://reader:t0ps3cret@127.0.0.1:1/registry")
+    with pytest.raises(CollectorError) as err:
+        collect(project, sql_source(project, garbage), MONTH, folder)
+    assert f"'customers' month {MONTH}" in str(err.value) and "t0ps3cret" not in str(err.value)
+    assert landed_nothing(folder)
+
+
+def test_sql_bad_query_is_a_clear_error(project, registry):
+    source = sql_source(project, registry)
+    bad = source.model_copy(update={"collector": source.collector.model_copy(update={"query": "SELECT nope FROM customers"})})
+    with pytest.raises(CollectorError, match=rf"'customers' month {MONTH}: query failed .*no such column: nope"):
+        collect(project, bad, MONTH, month_dir(project, "customers"))
+    unknown = source.model_copy(
+        update={"collector": source.collector.model_copy(update={"query": "SELECT * FROM customers WHERE x < :month_after"})}
+    )
+    with pytest.raises(CollectorError, match=r"unknown parameter\(s\) \['month_after'\]"):
+        collect(project, unknown, MONTH, month_dir(project, "customers"))
+
+
+# --------------------------------------------------------------------------------------------- library
+def test_library_calendar_knows_weekends_and_holidays(project):
+    source = project.source("calendar")
+    folder = month_dir(project, "calendar", "2012-01")
+    (entry,) = collect(project, source, "2012-01", folder).landed
+    assert entry.origin.startswith("library:holidays==") and "subdiv=WA" in entry.origin
+    rows = {r["date"]: r for r in csv.DictReader(io.StringIO((folder / entry.name).read_text()))}
+    assert len(rows) == 31 and list(next(iter(rows.values()))) == [c.name for c in source.columns]
+    assert rows["2012-01-01"]["weekday"] == "7" and rows["2012-01-01"]["is_weekend"] == "true"
+    assert rows["2012-01-02"]["is_holiday"] == "true" and "New Year" in rows["2012-01-02"]["holiday_name"]
+    assert rows["2012-01-16"]["holiday_name"].startswith("Martin Luther King")
+    assert rows["2012-01-17"]["is_working_day"] == "true" and rows["2012-01-17"]["holiday_name"] == ""
+    # January 2012: 9 weekend days, 2 holidays on weekdays (Jan 2 observed, Jan 16)
+    assert sum(r["is_working_day"] == "true" for r in rows.values()) == 20
+
+
+def test_library_bad_option_is_a_clear_error(project):
+    source = project.source("calendar")
+    bad = source.model_copy(update={"collector": source.collector.model_copy(update={"options": {"country": "XX"}})})
+    with pytest.raises(CollectorError, match=r"'calendar' month 2012-01: .*does not know country 'XX'"):
+        collect(project, bad, "2012-01", month_dir(project, "calendar", "2012-01"))
+    typo = source.model_copy(update={"collector": source.collector.model_copy(update={"options": {"contry": "US"}})})
+    with pytest.raises(CollectorError, match=r"unknown option\(s\) \['contry'\]"):
+        collect(project, typo, "2012-01", month_dir(project, "calendar", "2012-01"))
+
+
+# ----------------------------------------------------------------------------------------------- specs
+def test_http_url_template_fields_are_checked_at_load(configs_copy, make_project):
+    path = configs_copy / "sources" / "weather.yaml"
+    path.write_text(path.read_text().replace("{station}/daily", "{statoin}/daily"))
+    from lakehouse.specs import SpecError
+
+    with pytest.raises(SpecError, match=r"weather.yaml:\d+: collector: .*collector.url .*unknown field\(s\) \['statoin'\]"):
+        make_project(configs_copy)
