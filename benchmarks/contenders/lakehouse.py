@@ -1,0 +1,84 @@
+"""Contender 1, this lakehouse: landing → formatted → trusted → exploitation as Dagster runs it.
+
+One ``dg.materialize`` of the meter assets over the month range, in process (one Spark session), on a
+lake under ``--work`` (``LAKEHOUSE_ROOT``), the world as ``LAKEHOUSE_DEMO_ROOT`` and a SQLite Dagster
+instance under ``--work``. Seconds per zone come from the run's step statistics. ML assets are not run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from benchmarks.contenders import Clock, arguments, meter_files, write_result
+
+ASSETS = ("landing/meter_readings", "formatted/meter_readings", "trusted/meter_readings", "exploitation/daily_consumption")
+
+
+def bench_configs(configs: Path, target: Path) -> Path:
+    """The project's configs reduced to the meter pipeline: lakehouse.yaml, the meter source, its daily view.
+
+    The other sources need the demo's HTTP and SQL servers; the benchmark measures the meter files only.
+    """
+    shutil.rmtree(target, ignore_errors=True)
+    for rel in ("lakehouse.yaml", "sources/meter_readings.yaml", "exploitation/daily_consumption.yaml"):
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(configs / rel, target / rel)
+    return target
+
+
+def main() -> None:
+    args = arguments("benchmarks.contenders.lakehouse")
+    os.environ["LAKEHOUSE_ROOT"] = str(args.work / "lake")
+    os.environ["LAKEHOUSE_DEMO_ROOT"] = str(args.world)
+    clock = Clock()
+    import dagster as dg
+    import pyarrow as pa
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    import lakehouse
+    from lakehouse import settings
+    from lakehouse.factories import build_definitions
+    from lakehouse.io.lake import Lake
+
+    months = list(meter_files(args.world, args.months))
+    os.environ["LAKEHOUSE_CONFIGS"] = str(bench_configs(Path(lakehouse.__file__).parent.parent / "configs", args.work / "configs"))
+    project = settings.load()
+    defs = build_definitions(project)
+    keys = [dg.AssetKey.from_user_string(k) for k in ASSETS]
+    (args.work / "dagster_home").mkdir(parents=True, exist_ok=True)
+    instance = dg.DagsterInstance.local_temp(str(args.work / "dagster_home"))
+    clock.lap("import_and_definitions")
+    # start this process's Spark session up front (the assets reuse it) so zone seconds exclude the JVM start
+    defs.resources["spark"].session()
+    clock.lap("spark_start")
+    result = dg.materialize(
+        defs.assets,
+        selection=keys,
+        resources=defs.resources,
+        instance=instance,
+        tags={ASSET_PARTITION_RANGE_START_TAG: months[0], ASSET_PARTITION_RANGE_END_TAG: months[-1]},
+        raise_on_error=False,
+    )
+    clock.lap("materialize")
+    if not result.success:
+        raise SystemExit("the run failed")
+    zones: dict[str, float] = {}
+    for stat in instance.get_run_step_stats(result.run_id):
+        zone = stat.step_key.split("__")[0]
+        zones[zone] = round(zones.get(zone, 0.0) + (stat.end_time or time.time()) - stat.start_time, 3)
+    lake = Lake(project.lake_root)
+    rows = {}
+    for zone, table in (("formatted", "meter_readings"), ("trusted", "meter_readings"), ("exploitation", "daily_consumption")):
+        actions = pa.table(lake.delta(zone, table).get_add_actions(flatten=True))
+        rows[zone] = int(sum(int(n or 0) for n in actions.column("num_records").to_pylist()))
+    write_result(
+        args.result,
+        {"months": len(months), "zone_seconds": zones, "code": os.path.dirname(os.path.dirname(lakehouse.__file__)), "stages": clock.stages, "rows": rows, "run_id": result.run_id},
+    )
+
+
+if __name__ == "__main__":
+    main()
