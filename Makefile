@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 3000
+WEATHER_PORT ?= 8765
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export LAKEHOUSE_DEMO_ROOT ?= $(CURDIR)/.demo
 export PYTHONUNBUFFERED := 1
@@ -44,9 +45,11 @@ reliability: install java-check
 bench: install java-check
 	$(PY) -m benchmarks
 
+# The demo world's weather provider serves alongside the UI (LAKEHOUSE_WEATHER_URL is set for dagster dev).
 ui: install java-check $(DAGSTER_HOME)/dagster.yaml
 	@echo "Dagster UI: http://$(HOST):$(PORT)  (Ctrl-C stops it)"
-	exec $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	exec $(PY) -m lakehouse.sim.weather_server --port $(WEATHER_PORT) --quiet -- \
+	  $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 
 clean:
 	rm -rf .lakehouse .demo .dagster_home

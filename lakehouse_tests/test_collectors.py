@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import sqlite3
 
 import pytest
@@ -269,3 +270,46 @@ def test_http_url_template_fields_are_checked_at_load(configs_copy, make_project
 
     with pytest.raises(SpecError, match=r"weather.yaml:\d+: collector: .*collector.url .*unknown field\(s\) \['statoin'\]"):
         make_project(configs_copy)
+
+
+# ------------------------------------------------------------------------------------- the demo world
+def test_registry_billing_and_meters_describe_the_same_buildings(tmp_path):
+    from lakehouse.sim.world import MeterWorld
+
+    config = WorldConfig(meters=8, seed=4)
+    MeterWorld(config).write(tmp_path, ["2012-01"])
+    summary = CustomerWorld(config).write(tmp_path, ["2012-01", "2012-02"])
+    with sqlite3.connect(tmp_path / "customers.sqlite") as con:
+        registry = dict(con.execute("SELECT customer_id, meter_id FROM customers").fetchall())
+    devices = {p.name.split("_")[1] for p in (tmp_path / "inbox" / "meter_readings").iterdir()}
+    assert set(registry.values()) == devices and len(registry) == 8
+
+    truth = list(csv.DictReader((tmp_path / "truth" / "customer_matches.csv").open()))
+    export = list(csv.DictReader((tmp_path / "inbox" / "billing_customers" / "billing_export_2012-02.csv").open(), delimiter=";"))
+    accounts = {r["account_no"] for r in export}
+    assert accounts == {t["account_no"] for t in truth if t["account_no"]}
+    matched = [t for t in truth if t["kind"] == "match"]
+    assert matched and all(t["customer_id"] in registry for t in matched)
+    assert {t["customer_id"] for t in truth if t["kind"] == "registry_only"}.isdisjoint({t["customer_id"] for t in matched})
+    assert summary["billing_only"] == sum(t["kind"] == "billing_only" for t in truth) >= 1
+    # the billing system spells them its own way: ids never agree, and most names are written differently
+    with sqlite3.connect(tmp_path / "customers.sqlite") as con:
+        names = dict(con.execute("SELECT customer_id, name FROM customers").fetchall())
+    holders = {r["account_no"]: r["holder_name"] for r in export}
+    assert not accounts & set(registry)
+    assert sum(holders[t["account_no"]] != names[t["customer_id"]] for t in matched) >= len(matched) // 2
+
+
+def test_demo_weather_provider_sets_and_restores_the_url(monkeypatch):
+    import requests
+
+    from lakehouse.sim.demo import WEATHER_URL_ENV, weather_provider
+
+    monkeypatch.delenv(WEATHER_URL_ENV, raising=False)
+    with weather_provider(port=0) as url:
+        assert os.environ[WEATHER_URL_ENV] == url
+        body = requests.get(f"{url}/stations/USW00024233/daily/2015-12.csv", timeout=5).text
+        assert body.splitlines()[1].startswith("USW00024233,2015-12-01,")
+    assert WEATHER_URL_ENV not in os.environ
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{url}/health", timeout=2)

@@ -25,15 +25,18 @@ def content_hash(lake: Lake, zone: str, table: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def world_and_project(tmp_path_factory):
+def world_and_project(tmp_path_factory, weather_server):
+    from lakehouse.sim.customers import CustomerWorld
     from lakehouse.specs import load_project
     from lakehouse_tests.conftest import REPO
 
     root = tmp_path_factory.mktemp("pipeline")
-    MeterWorld(WorldConfig(meters=3, fault_rate=0.01, seed=3)).write(root / "world", MONTHS)
-    project = load_project(
-        REPO / "configs", env={"LAKEHOUSE_ROOT": str(root / "lake"), "LAKEHOUSE_DEMO_ROOT": str(root / "world")}
-    )
+    config = WorldConfig(meters=3, fault_rate=0.01, seed=3)
+    MeterWorld(config).write(root / "world", MONTHS)
+    CustomerWorld(config).write(root / "world", MONTHS)  # registry (SQLite) + billing exports
+    env = {"LAKEHOUSE_ROOT": str(root / "lake"), "LAKEHOUSE_DEMO_ROOT": str(root / "world"),
+           "LAKEHOUSE_WEATHER_URL": weather_server.url}
+    project = load_project(REPO / "configs", env=env)
     return root, project
 
 

@@ -1,4 +1,8 @@
-"""``python -m lakehouse.sim build --out .demo --start 2012-01 --end 2015-12 --meters 40``"""
+"""``python -m lakehouse.sim build --out .demo --start 2012-01 --end 2015-12 --meters 40``
+
+Writes the demo world: the meters' inbox files, the customer registry (SQLite) and the billing exports,
+and the ground truth of both. The weather provider is a server: ``python -m lakehouse.sim.weather_server``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from lakehouse.sim.customers import CustomerWorld
 from lakehouse.sim.world import FAULT_KINDS, MeterWorld, WorldConfig, months_between
 
 
@@ -42,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo world: {config.meters} meters x {len(months)} months -> {args.out}/", file=sys.stderr)
     summary = MeterWorld(config).write(args.out, months, progress=_progress)
     print(f"  wrote {summary['files']} meter files, {summary['faults']} injected faulty rows", file=sys.stderr)
+    customers = CustomerWorld(config).write(args.out, months)
+    print(
+        f"  wrote the registry ({customers['customers']} customers, {args.out}/customers.sqlite) and"
+        f" {customers['billing_files']} billing exports ({customers['accounts']} accounts:"
+        f" {customers['matched_accounts']} matched, {customers['billing_only']} billing-only;"
+        f" {customers['registry_only']} registry-only customers)",
+        file=sys.stderr,
+    )
     return 0
 
 

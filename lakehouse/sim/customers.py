@@ -153,11 +153,12 @@ def spell_town(city: str, zip_code: str, rng: np.random.Generator) -> tuple[str,
 class CustomerWorld:
     """The registry and the billing exports for the buildings of a :class:`WorldConfig`."""
 
-    def __init__(self, config: WorldConfig, *, registry_only_share: float = 0.1, billing_only: int = 6) -> None:
+    def __init__(self, config: WorldConfig, *, registry_only_share: float = 0.1, billing_only: int | None = None) -> None:
         self.config = config
         self.buildings = make_buildings(config.meters, config.seed)
         self.registry_only_share = registry_only_share
-        self.billing_only = billing_only
+        #: accounts of people billing knows and the registry does not (default: 15 % of the customers)
+        self.billing_only = billing_only if billing_only is not None else max(1, round(0.15 * config.meters))
 
     def accounts(self, months: list[str]) -> tuple[list[Account], list[str]]:
         """Every billing account, and the ids of registry customers without one."""

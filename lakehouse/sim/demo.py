@@ -1,15 +1,20 @@
 """``make demo``: build the demo world, materialize the whole graph for every month, print a summary.
 
 Runs in one process against the project's Dagster instance (``DAGSTER_HOME``), so everything it
-materializes shows in ``make ui``.
+materializes shows in ``make ui``. The world's providers run for the duration: the weather provider
+(:mod:`lakehouse.sim.weather_server`) serves on 127.0.0.1 and ``LAKEHOUSE_WEATHER_URL`` points the
+``weather`` source at it; the registry is a SQLite file and the inboxes are folders under the world.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +24,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from lakehouse import settings
 from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
+from lakehouse.sim import weather_server
+from lakehouse.sim.customers import CustomerWorld
 from lakehouse.sim.world import MeterWorld, WorldConfig, months_between
 
 
@@ -26,7 +33,13 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+WEATHER_URL_ENV = "LAKEHOUSE_WEATHER_URL"
+#: the port configs/sources/weather.yaml defaults to
+WEATHER_PORT = 8765
+
+
 def build_world(out: Path, start: str, end: str, meters: int, fault_rate: float) -> None:
+    """Meter inbox files, the customer registry (SQLite), billing exports and the truth of both."""
     months = months_between(start, end)
     _say(f"[1/3] demo world: {meters} meters x {len(months)} months -> {out}")
 
@@ -34,7 +47,64 @@ def build_world(out: Path, start: str, end: str, meters: int, fault_rate: float)
         if done % 6 == 0 or done == total:
             _say(f"      meter files written for {done}/{total} months (up to {month})")
 
-    MeterWorld(WorldConfig(meters=meters, start=start, end=end, fault_rate=fault_rate)).write(out, months, progress)
+    config = WorldConfig(meters=meters, start=start, end=end, fault_rate=fault_rate)
+    MeterWorld(config).write(out, months, progress)
+    customers = CustomerWorld(config).write(out, months)
+    _say(
+        f"      registry {out / 'customers.sqlite'}: {customers['customers']} customers; billing exports:"
+        f" {customers['billing_files']} files, {customers['accounts']} accounts ({customers['billing_only']} billing-only)"
+    )
+
+
+@contextlib.contextmanager
+def weather_provider(port: int = WEATHER_PORT) -> Iterator[str]:
+    """Serve the demo's weather while the block runs; ``LAKEHOUSE_WEATHER_URL`` points at it meanwhile.
+
+    A provider given by the environment (``LAKEHOUSE_WEATHER_URL`` already set) is used as is. Port
+    ``port`` is preferred (the config's default); a free port is taken when it is busy.
+    """
+    given = os.environ.get(WEATHER_URL_ENV)
+    if given:
+        _say(f"      weather provider from the environment: {given}")
+        yield given
+        return
+    server = weather_server.start("127.0.0.1", port)
+    os.environ[WEATHER_URL_ENV] = server.url
+    _say(f"      weather provider (NOAA Seattle daily, local): {server.url}")
+    try:
+        yield server.url
+    finally:
+        os.environ.pop(WEATHER_URL_ENV, None)
+        server.stop()
+
+
+#: the console shows the runs' INFO lines (one per asset and month: figures, elapsed, time left) and
+#: warnings/errors, not every DEBUG event
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+
+def report(result: dg.ExecuteInProcessResult) -> None:
+    """One line per materialized asset of a finished run: months, rows, Delta version, step time."""
+    seconds = {
+        e.step_key: e.event_specific_data.duration_ms / 1000
+        for e in result.all_events
+        if e.event_type_value == "STEP_SUCCESS"
+    }
+    assets: dict[str, tuple[set, dict]] = {}
+    for event in result.get_asset_materialization_events():
+        m = event.materialization
+        assets.setdefault(m.asset_key.to_user_string(), (set(), {}))[0].add(m.partition)
+        assets[m.asset_key.to_user_string()][1].update({k: v.value for k, v in m.metadata.items()})
+    for name, (months, meta) in sorted(assets.items()):
+        rows = meta.get("total_rows", meta.get("rows", meta.get("dagster/row_count")))
+        version = meta.get("delta_version", meta.get("input_delta_version"))
+        step = seconds.get(name.replace("/", "__"))
+        _say(
+            f"      {name:<34} {len(months - {None}) or '':>3}{' months' if months - {None} else '       '}"
+            + (f" {rows:>11,} rows" if isinstance(rows, int) else "")
+            + (f"  v{version}" if version is not None else "")
+            + (f"  {step:.0f}s" if step is not None else "")
+        )
 
 
 def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = None) -> dict:
@@ -50,13 +120,20 @@ def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = 
         resources=defs.resources,
         instance=instance,
         tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
+        run_config=QUIET,
+        raise_on_error=False,
     )
     zones_s = time.monotonic() - t0
-    _say(f"      zones done in {zones_s:.0f}s; [3/3] training {len(ml_assets)} ML asset(s)")
+    _say(f"      zones {'done' if res.success else 'FAILED (see the errors above)'} in {zones_s:.0f}s:")
+    report(res)
+    _say(f"[3/3] training {len(ml_assets)} ML asset(s)")
     t1 = time.monotonic()
     res_ml = dg.materialize(
-        defs.assets, selection=[a.key for a in ml_assets], resources=defs.resources, instance=instance
-    ) if ml_assets else None
+        defs.assets, selection=[a.key for a in ml_assets], resources=defs.resources, instance=instance,
+        run_config=QUIET, raise_on_error=False,
+    ) if ml_assets and res.success else None
+    if res_ml is not None:
+        report(res_ml)
     ml_meta = {}
     if res_ml is not None:
         for event in res_ml.get_asset_materialization_events():
@@ -97,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
     build_world(args.world, args.start, args.end, args.meters, args.fault_rate)
-    result = materialize_all(args.start, args.end, instance=dg.DagsterInstance.get())
+    with weather_provider():
+        result = materialize_all(args.start, args.end, instance=dg.DagsterInstance.get())
     lake = Lake(result["lake_root"])
     print("\n== demo summary ==")
     print(f"wall time: {time.monotonic() - started:.0f}s (zones {result['zones_seconds']}s, ml {result['ml_seconds']}s)")

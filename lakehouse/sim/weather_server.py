@@ -27,14 +27,18 @@ request path, empty matches everything)::
     GET    /_stats    {"requests": {"<path>": n, ...}, "faults_served": {...}}
 
 Run it: ``python -m lakehouse.sim.weather_server --port 8765`` (``--port 0`` picks a free port and prints
-the URL). In Python: ``with WeatherServer() as server: server.url``.
+the URL); ``... --port 8765 -- dagster dev ...`` runs a command while serving, with ``LAKEHOUSE_WEATHER_URL``
+set for it (``make ui``). In Python: ``with WeatherServer() as server: server.url``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -302,15 +306,52 @@ class WeatherServer:
         self.stop()
 
 
+def start(host: str = "127.0.0.1", port: int = 8765, *, verbose: bool = False) -> WeatherServer:
+    """Start a provider on ``port``, or on a free port when that one is taken."""
+    try:
+        server = WeatherServer(host, port, verbose=verbose)
+    except OSError:
+        server = WeatherServer(host, 0, verbose=verbose)
+    return server.start()
+
+
+def run_alongside(server: WeatherServer, command: list[str]) -> int:
+    """Run ``command`` with ``LAKEHOUSE_WEATHER_URL`` pointing at ``server``; stop serving when it exits.
+
+    The command runs in its own session and receives each SIGINT/SIGTERM sent to this process exactly
+    once (``make ui``: Ctrl-C stops ``dagster dev`` gracefully, then the provider).
+    """
+    env = {**os.environ, "LAKEHOUSE_WEATHER_URL": server.url}
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def forward(signum, _frame) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        code = child.wait()
+    finally:
+        server.stop()
+    return 128 - code if code < 0 else code  # killed by a signal: the shell's convention
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lakehouse.sim.weather_server", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (a taken port falls back to a free one)")
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
+    parser.add_argument(
+        "command", nargs=argparse.REMAINDER,
+        help="after --: a command to run while serving, with LAKEHOUSE_WEATHER_URL set (e.g. dagster dev)",
+    )
     args = parser.parse_args(argv)
-    server = WeatherServer(args.host, args.port, verbose=not args.quiet)
-    server.start()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    server = start(args.host, args.port, verbose=not args.quiet)
     print(f"weather provider: {server.url}/stations/{SEATTLE_STATION}/daily/2012-01.csv", flush=True)
+    if command:
+        return run_alongside(server, command)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
