@@ -6,12 +6,13 @@ one Delta transaction; rows that cannot be read go to the quarantine with file, 
 
 
 import dagster as dg
+import pyarrow.compute as pc
 
 from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, run_months
 from lakehouse.factories.schema import column_schema
 from lakehouse.quality import quarantine
 from lakehouse.specs.models import Project, SourceSpec
-from lakehouse.transforms.parse import cast_to_canonical, empty_raw, read_raw
+from lakehouse.transforms.parse import FILE_COL, LINE_COL, cast_checked, empty_raw, read_raw
 
 
 def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:
@@ -37,15 +38,19 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
             month_dir = root.landing_dir(source.name, month)
             has_files = month_dir.is_dir() and any(p.is_file() and not p.name.startswith(("_", ".")) for p in month_dir.iterdir())
             raw = read_raw(session, str(month_dir), source) if has_files else empty_raw(session, source)
-            raw = raw.persist()
-            try:
-                good, bad = cast_to_canonical(raw, source, month)
-                data = good.toArrow()
-                rejected = quarantine.quarantine_rows(
-                    bad, dataset=source.name, stage="formatted", run_id=context.run_id, month=month, record_columns=None
+            # one Spark job parses and casts the month (no cache, no second pass); split on the driver
+            checked = cast_checked(raw, source, month).toArrow()
+            is_bad = pc.is_valid(checked.column("error"))
+            data = checked.filter(pc.invert(is_bad)).drop_columns(["error", "record"])
+            bad = checked.filter(is_bad).select(["month", FILE_COL, LINE_COL, "record", "error"])
+            rejected = (
+                quarantine.quarantine_rows(
+                    session.createDataFrame(bad), dataset=source.name, stage="formatted", run_id=context.run_id,
+                    month=month, record_columns=None,
                 ).toArrow()
-            finally:
-                raw.unpersist()
+                if bad.num_rows
+                else quarantine.SCHEMA.empty_table()
+            )
             version = root.overwrite_month("formatted", source.name, data, month)
             quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month)
             return {

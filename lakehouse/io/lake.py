@@ -254,7 +254,15 @@ class Lake:
         if not files:
             empty = dt.to_pyarrow_table(filters=[(PARTITION_COLUMN, "=", "~none~")])
             return spark.createDataFrame(empty.slice(0, 0))
-        df = spark.read.option("basePath", self._uri(zone, table)).parquet(*files)
+        reader = spark.read.option("basePath", self._uri(zone, table))
+        try:
+            from pyspark.sql.pandas.types import from_arrow_schema
+
+            # the table's schema: without it Spark runs a job per read to infer it from Parquet footers
+            reader = reader.schema(from_arrow_schema(pa.schema(dt.schema().to_arrow())))
+        except (TypeError, ValueError, NotImplementedError):
+            pass  # a type Spark cannot take from Arrow: let Spark infer it
+        df = reader.parquet(*files)
         # the partition column is rebuilt from paths; keep the table's column order
         order = [f.name for f in dt.schema().fields]
         return df.select(*order)

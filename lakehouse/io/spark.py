@@ -27,6 +27,9 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "4g",
     "spark.sql.adaptive.enabled": "true",
+    # a month is read as an explicit list of files (the landing manifest, the Delta snapshot); above 32
+    # paths Spark lists them with a distributed job — on one machine that costs more than a local stat
+    "spark.sql.sources.parallelPartitionDiscovery.threshold": "4096",
 }
 
 
