@@ -71,6 +71,24 @@ def git_head() -> str:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def progress(lake: Path) -> str:
+    """What a stopped lakehouse run had committed: months and rows per zone table."""
+    from deltalake import DeltaTable
+    import pyarrow as pa
+
+    parts = []
+    for zone, table in (("formatted", "meter_readings"), ("trusted", "meter_readings"), ("exploitation", "daily_consumption")):
+        uri = lake / zone / table
+        if not DeltaTable.is_deltatable(str(uri)):
+            parts.append(f"{zone} 0 months")
+            continue
+        actions = pa.table(DeltaTable(str(uri)).get_add_actions(flatten=True))
+        months = len(set(actions.column("partition.month").to_pylist())) if actions.num_rows else 0
+        rows = sum(int(n or 0) for n in actions.column("num_records").to_pylist())
+        parts.append(f"{zone} {months} months ({rows:,} rows)")
+    return ", ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scales", default="10x12,40x48", help="comma-separated <meters>x<months>")
@@ -149,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             cwd=sha_path[1] if sha_path and sha_path[1] else None,
             env={"DAGSTER_HOME": str(work / "dagster_home")},
         )
+        if r.status in ("timeout", "memory") and (work / "lake").is_dir():
+            r.note += "; committed when stopped: " + progress(work / "lake")
         log(f"    {r.status} {r.wall_s:.1f}s peak {r.peak_rss_mb:.0f} MB {r.note}")
         rec = r.to_json()
         session["runs"].append(rec)
@@ -168,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                                       for r in session["runs"]):
                     continue  # it did not fit the budget once; do not spend it again
                 one(name, [], scale, repeat, runs_dir / scale.label / name, world)
-            if "write_path" in extras:
+            if "write_path" in extras and repeat == 1:  # two Spark runs per scale: once is enough
                 for mode in ("collect", "executors"):
                     one(f"write_{mode}", ["benchmarks.contenders.write_path", "--mode", mode], scale, repeat,
                         runs_dir / scale.label / f"write_{mode}", world)

@@ -1,0 +1,51 @@
+"""Smoke test of the benchmark harness at a tiny scale (marker ``benchmark``: deselected by default).
+
+Run with ``pytest -m benchmark lakehouse_tests/test_benchmarks.py``. It checks that every contender runs and
+that they agree on the rows they produce; it measures nothing (speed targets live in benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.benchmark
+
+
+def test_contenders_run_and_agree(tmp_path):
+    from benchmarks import runner
+    from benchmarks.world import Scale, ensure_world
+
+    world = ensure_world(Scale(3, 2), log=lambda *_: None)
+    rows = {}
+    for name, module in (
+        ("floor", "benchmarks.contenders.pyarrow_floor"),
+        ("pandas", "benchmarks.contenders.pandas_baseline"),
+        ("pyspark", "benchmarks.contenders.pyspark_script"),
+        ("lakehouse", "benchmarks.contenders.lakehouse"),
+    ):
+        work = tmp_path / name
+        run = runner.run(name, [module, "--world", world["path"], "--work", str(work)], scale="3x2", repeat=1,
+                         budget_s=900, log_dir=tmp_path, env={"DAGSTER_HOME": str(work / "dagster_home")})
+        assert run.status == "ok", (name, run.note)
+        assert run.peak_rss_mb > 0 and run.wall_s > 0
+        rows[name] = run.figures["rows"]
+    assert rows["floor"]["formatted"] == world["readings"]
+    for name in ("pandas", "pyspark", "lakehouse"):
+        assert rows[name]["formatted"] == world["readings"], name
+        assert rows[name]["trusted"] == rows["pandas"]["trusted"], name
+        assert rows[name]["exploitation"] == rows["pandas"]["exploitation"], name
+
+
+def test_report_renders_a_session(tmp_path):
+    from benchmarks import report
+
+    run = {"contender": "lakehouse", "scale": "1x1", "repeat": 1, "status": "ok", "wall_s": 10.0, "peak_rss_mb": 100.0,
+           "loadavg_before": [1, 1, 1], "loadavg_after": [1, 1, 1], "note": "",
+           "figures": {"zone_seconds": {"formatted": 2.0}, "rows": {"formatted": 730}}}
+    session = {"started": "now", "machine": {"cpus": 2, "memory_gb": 1, "platform": "p", "python": "3.11", "java": "j", "versions": {}},
+               "loadavg_start": [1, 1, 1], "code": {}, "args": {"repeats": 1, "budget": 1, "rss_limit": 1}, "note": "",
+               "worlds": {"1x1": {"readings": 730, "files": 1, "bytes": 1}}, "runs": [run, {**run, "contender": "pyspark", "wall_s": 5.0}],
+               "skipped": []}
+    report.render([session], tmp_path)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "2.00×" in text and (tmp_path / "cost_vs_size.png").exists()
