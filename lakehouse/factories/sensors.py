@@ -23,7 +23,8 @@ source + month + a digest of the files' names and sha256s. So:
 * a tick over 50,000 unchanged files costs one directory listing (see ``benchmarks/sensor_tick.py``).
 
 Names without a month, or with a month outside the partition range, are skipped and counted in the
-tick's log. The cursor assumes the inbox is a local filesystem whose clock does not run backwards.
+tick's log. A file for a month that is still running (in the range, but a monthly partition exists only
+once its month is over) is remembered in the cursor and requested on the first tick after the month ends. The cursor assumes the inbox is a local filesystem whose clock does not run backwards.
 
 **Schedules** ``<source>_monthly`` for every source with a ``schedule`` (cron, UTC) and a collector that
 is not a file drop: each tick requests the source's landing run for the month that ended last — the
@@ -70,16 +71,24 @@ class InboxCursor:
     name: str = ""
     #: name -> [sha256, month] of files requested but not yet seen in the landing manifest
     pending: dict[str, list[str]] = field(default_factory=dict)
+    #: name -> month of files whose month is in the range but not a partition yet (still running)
+    deferred: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str | None) -> "InboxCursor":
         if not text:
             return cls()
         data = json.loads(text)
-        return cls(changed_ns=int(data["changed_ns"]), name=str(data["name"]), pending=dict(data.get("pending", {})))
+        return cls(
+            changed_ns=int(data["changed_ns"]),
+            name=str(data["name"]),
+            pending=dict(data.get("pending", {})),
+            deferred=dict(data.get("deferred", {})),
+        )
 
     def dump(self) -> str:
-        return json.dumps({"changed_ns": self.changed_ns, "name": self.name, "pending": self.pending}, separators=(",", ":"))
+        data = {"changed_ns": self.changed_ns, "name": self.name, "pending": self.pending, "deferred": self.deferred}
+        return json.dumps(data, separators=(",", ":"))
 
 
 @dataclass
@@ -139,11 +148,17 @@ def plan_tick(
     cursor: InboxCursor,
     *,
     has_month,
+    may_become_month=None,
     now_ns: int | None = None,
     settle_seconds: float = SETTLE_SECONDS,
     limit: int = MAX_FILES_PER_TICK,
 ) -> TickPlan:
-    """Decide one tick of ``source``'s inbox sensor (pure apart from reading the inbox and manifests)."""
+    """Decide one tick of ``source``'s inbox sensor (pure apart from reading the inbox and manifests).
+
+    ``has_month(month)``: the month is a partition now. ``may_become_month(month)``: it is not yet but
+    will be (the month is still running); such files are remembered in the cursor and requested once
+    their month is a partition. Other months are skipped for good.
+    """
     spec = source.collector
     assert isinstance(spec, FileDropCollector)
     now_ns = time.time_ns() if now_ns is None else now_ns
@@ -165,16 +180,26 @@ def plan_tick(
             del pending[name]
 
     plan = TickPlan(requests={}, cursor=cursor, listed=listed, changed=len(changed), backlog=backlog)
-    skipped = {"without a month in the name": 0, "month outside the partitions": 0, "already landed": 0,
-               "already requested": 0, "vanished": 0}
-    for changed_ns, name in batch:
+    skipped = {"without a month in the name": 0, "month outside the partitions": 0, "month not over yet": 0,
+               "already landed": 0, "already requested": 0, "vanished": 0}
+    deferred = dict(cursor.deferred)
+    # files of a month that was still running: their turn comes when the month is a partition
+    due = [(0, name) for name, month in deferred.items() if has_month(month) and name not in {n for _, n in batch}]
+    for _, name in due:
+        del deferred[name]
+    for changed_ns, name in [*due, *batch]:
         month = file_month(spec, name)
         if month is None:
             skipped["without a month in the name"] += 1
             continue
         if not has_month(month):
-            skipped["month outside the partitions"] += 1
+            if may_become_month is not None and may_become_month(month):
+                deferred[name] = month
+                skipped["month not over yet"] += 1
+            else:
+                skipped["month outside the partitions"] += 1
             continue
+        deferred.pop(name, None)
         try:
             sha = sha256_file(inbox / name)
         except FileNotFoundError:
@@ -193,7 +218,7 @@ def plan_tick(
     if len(pending) > MAX_PENDING:  # keep the newest requests
         pending = dict(list(pending.items())[-MAX_PENDING:])
     last = batch[-1] if batch else (cursor.changed_ns, cursor.name)
-    plan.cursor = InboxCursor(changed_ns=last[0], name=last[1], pending=pending)
+    plan.cursor = InboxCursor(changed_ns=last[0], name=last[1], pending=pending, deferred=deferred)
     plan.skipped = skipped
     return plan
 
@@ -230,6 +255,10 @@ def build_inbox_sensor(
     inbox = project.resolve(spec.inbox)
     lake = Lake(project.lake_root)
     partitions = monthly(project)
+    months = project.lakehouse.months
+
+    def in_range(month: str) -> bool:
+        return month >= months.start and (months.end is None or month < months.end)
 
     @dg.sensor(
         name=f"{source.name}_inbox",
@@ -242,7 +271,14 @@ def build_inbox_sensor(
     def _inbox(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = InboxCursor.parse(context.cursor)
         plan = plan_tick(
-            source, inbox, lake, cursor, has_month=partitions.has_partition_key, settle_seconds=settle_seconds, limit=limit
+            source,
+            inbox,
+            lake,
+            cursor,
+            has_month=partitions.has_partition_key,
+            may_become_month=in_range,
+            settle_seconds=settle_seconds,
+            limit=limit,
         )
         context.log.info(f"{source.name} inbox {inbox}: {plan.summary()}")
         requests = [
