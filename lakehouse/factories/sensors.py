@@ -35,6 +35,7 @@ by default as well.
 """
 
 import fnmatch
+import functools
 import hashlib
 import json
 import os
@@ -162,6 +163,7 @@ def plan_tick(
     spec = source.collector
     assert isinstance(spec, FileDropCollector)
     now_ns = time.time_ns() if now_ns is None else now_ns
+    has_month = functools.cache(has_month)  # asked once per month, not once per file
     listed, changed = changed_files(spec, inbox, (cursor.changed_ns, cursor.name))
     settled = [c for c in changed if c[0] <= now_ns - int(settle_seconds * 1e9)]
     batch, backlog = settled[:limit], len(changed) - min(len(settled), limit)
@@ -270,12 +272,14 @@ def build_inbox_sensor(
     )
     def _inbox(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         cursor = InboxCursor.parse(context.cursor)
+        # the partition keys once per tick: has_partition_key costs milliseconds per call
+        keys = frozenset(partitions.get_partition_keys())
         plan = plan_tick(
             source,
             inbox,
             lake,
             cursor,
-            has_month=partitions.has_partition_key,
+            has_month=keys.__contains__,
             may_become_month=in_range,
             settle_seconds=settle_seconds,
             limit=limit,
