@@ -11,7 +11,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export LAKEHOUSE_DEMO_ROOT ?= $(CURDIR)/.demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test ui java-check clean reliability bench
+.PHONY: install demo test ui java-check clean reliability bench instance e2e
 
 install: $(STAMP)
 
@@ -28,16 +28,34 @@ java-check:
 	  echo "       Install it, e.g.:  sudo apt-get install -y openjdk-17-jre-headless"; \
 	  exit 1; }
 
-$(DAGSTER_HOME)/dagster.yaml: dagster_home/dagster.yaml
-	@mkdir -p $(DAGSTER_HOME)
-	cp dagster_home/dagster.yaml $@
+# The Dagster instance: dagster_home/dagster.yaml (SQLite under $(DAGSTER_HOME)) by default;
+# DAGSTER_STORAGE=postgres selects dagster_home/dagster.postgres.yaml (DAGSTER_PG_* variables, see
+# docs/operations.md) and installs the pinned dagster-postgres extra. Copied only when it differs.
+DAGSTER_STORAGE ?= sqlite
+INSTANCE_YAML := dagster_home/$(if $(filter postgres,$(DAGSTER_STORAGE)),dagster.postgres.yaml,dagster.yaml)
 
-demo: install java-check $(DAGSTER_HOME)/dagster.yaml
+instance: install
+	@case "$(DAGSTER_STORAGE)" in sqlite|postgres) ;; *) echo "ERROR: DAGSTER_STORAGE must be sqlite or postgres, not '$(DAGSTER_STORAGE)'"; exit 1;; esac
+	@if [ "$(DAGSTER_STORAGE)" = postgres ]; then \
+	  for v in DAGSTER_PG_HOST DAGSTER_PG_PORT DAGSTER_PG_USER DAGSTER_PG_PASSWORD DAGSTER_PG_DB; do \
+	    [ -n "$${!v}" ] || { echo "ERROR: DAGSTER_STORAGE=postgres needs $$v (see docs/operations.md)"; exit 1; }; done; \
+	  $(PY) -c 'import dagster_postgres' 2>/dev/null || $(PY) -m pip install --quiet -e '.[dev,postgres]'; \
+	fi
+	@mkdir -p $(DAGSTER_HOME)
+	@cmp -s $(INSTANCE_YAML) $(DAGSTER_HOME)/dagster.yaml || { cp $(INSTANCE_YAML) $(DAGSTER_HOME)/dagster.yaml; \
+	  echo "instance: $(INSTANCE_YAML) -> $(DAGSTER_HOME)/dagster.yaml ($(DAGSTER_STORAGE) storage)"; }
+
+demo: install java-check instance
 	$(PY) -m lakehouse.sim.demo --world $(LAKEHOUSE_DEMO_ROOT)
 
 test: install java-check
 	@# pytest exits 5 when it collects no tests; make fails on any non-zero status
 	$(PY) -m pytest -q
+
+# The real webserver + daemon driven through GraphQL and headless Chromium (a few minutes: one Spark run).
+# The browser test skips with its reason when /usr/bin/chromium is missing (.ci/run installs it).
+e2e: install java-check
+	$(PY) -m pytest -q -m 'e2e or browser' lakehouse_tests/e2e
 
 reliability: install java-check
 	$(PY) -m pytest -q -m slow
@@ -46,8 +64,10 @@ bench: install java-check
 	$(PY) -m benchmarks
 
 # The demo world's weather provider serves alongside the UI (LAKEHOUSE_WEATHER_URL is set for dagster dev).
-ui: install java-check $(DAGSTER_HOME)/dagster.yaml
-	@echo "Dagster UI: http://$(HOST):$(PORT)  (Ctrl-C stops it)"
+# Webserver + daemon (sensors, schedules, automation, backfills) on $(HOST) only. `exec` replaces the
+# shell, so Ctrl-C (SIGINT to the foreground group) reaches dagster dev, which stops its children.
+ui: install java-check instance
+	@echo "Dagster UI: http://$(HOST):$(PORT)  (webserver + daemon; Ctrl-C stops both)"
 	exec $(PY) -m lakehouse.sim.weather_server --port $(WEATHER_PORT) --quiet -- \
 	  $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 

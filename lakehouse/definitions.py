@@ -3,4 +3,4 @@
 from lakehouse import settings
 from lakehouse.factories import build_definitions
 
-defs = build_definitions(settings.load())
+defs = build_definitions(settings.load(), months_per_run=settings.backfill_months_per_run())

@@ -3,6 +3,7 @@
 ``LAKEHOUSE_CONFIGS``   the configs directory (default: ``configs/`` next to this package's parent)
 ``LAKEHOUSE_ROOT``      overrides ``lake_root`` from ``lakehouse.yaml``
 ``LAKEHOUSE_SPARK_REMOTE`` / ``LAKEHOUSE_SPARK_MASTER``  override ``spark.remote`` / ``spark.master``
+``LAKEHOUSE_BACKFILL_MONTHS_PER_RUN``  zone backfills in runs of that many months (unset: one run per range)
 
 Every other variable is visible to configs only through ``${VAR}`` interpolation (see the loader), and
 secrets only through ``dagster.EnvVar`` at run time.
@@ -51,3 +52,13 @@ def load(configs: Path | None = None) -> Project:
         new_lake = LakehouseSpec(**{**lake.model_dump(), **{k: v for k, v in overrides.items()}})
         project = project.model_copy(update={"lakehouse": new_lake})
     return project
+
+
+def backfill_months_per_run() -> int | None:
+    """``LAKEHOUSE_BACKFILL_MONTHS_PER_RUN`` as a positive int; ``None`` (one run per range) when unset."""
+    value = os.environ.get("LAKEHOUSE_BACKFILL_MONTHS_PER_RUN", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"LAKEHOUSE_BACKFILL_MONTHS_PER_RUN must be a positive integer, got {value!r}")
+    return int(value)

@@ -67,9 +67,9 @@ def run_months(
 ) -> dict[str, Any]:
     """Run ``step`` for each month of the run, each committing on its own.
 
-    A month that fails does not stop the others (their commits stand); the step fails at the end naming
-    every failed month. Returns the run's metadata: the last month's figures when one month ran, totals
-    and a per-month table for a range.
+    A month that fails does not stop the others (their commits stand, and are reported as one
+    materialization per month); the step fails at the end naming every failed month. Returns the run's
+    metadata: the last month's figures when one month ran, totals and a per-month table for a range.
     """
     months = months_of(context)
     results: dict[str, dict[str, Any]] = {}
@@ -84,11 +84,21 @@ def run_months(
             context.log.error(f"{what} {month}: {type(exc).__name__}: {exc}")
             continue
         results[month]["seconds"] = round(time.monotonic() - t0, 2)
+        elapsed = time.monotonic() - started
+        left = f", ~{elapsed / i * (len(months) - i):.0f}s left" if i < len(months) else ""
         context.log.info(
-            f"{what} {month} ({i}/{len(months)}): "
-            + ", ".join(f"{k}={v}" for k, v in results[month].items() if not isinstance(v, (dict, list)))
+            f"{what} {month} ({i}/{len(months)}, {elapsed:.0f}s{left}): "
+            + ", ".join(f"{k}={_short(v)}" for k, v in results[month].items() if not isinstance(v, (dict, list)))
         )
     if failures:
+        # the months that committed are materialized (their Delta versions stand); report them before
+        # failing, so the UI shows them done and only the failed months failed
+        for month, figures in results.items():
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=context.asset_key, partition=month, metadata={k: _md(v) for k, v in figures.items()}
+                )
+            )
         first = next(iter(failures.values()))
         raise dg.Failure(
             description=f"{what}: {len(failures)} of {len(months)} month(s) failed: "
@@ -111,6 +121,11 @@ def summarize(results: dict[str, dict[str, Any]], seconds: float) -> dict[str, A
         "seconds": round(seconds, 2),
         "per_month": dg.MetadataValue.md(header + rows),
     }
+
+
+def _short(value: Any) -> Any:
+    """A metadata value as a progress line shows it (a path, not its repr)."""
+    return value.value if isinstance(value, dg.MetadataValue) else value
 
 
 def _md(value: Any) -> Any:
