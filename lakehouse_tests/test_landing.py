@@ -23,7 +23,11 @@ def test_changed_file_supersedes_and_keeps_the_old_bytes(tmp_path):
 
 
 def test_names_cannot_escape():
-    assert safe_name("../../etc/passwd") == "passwd"
-    assert safe_name("..\\..\\x y.csv") == "x_y.csv"
+    assert safe_name("../../etc/passwd").startswith("passwd-")
+    assert safe_name("a/x.csv") != safe_name("b/x.csv")
+    cleaned = safe_name("..\\..\\x y.csv")
+    assert cleaned.startswith("x_y-") and cleaned.endswith(".csv")
+    # a changed name carries a hash of the original: two names never collapse into one landing file
+    assert cleaned != safe_name("x_y.csv") == "x_y.csv"
     assert safe_name("..") == "file"
     assert "/" not in safe_name("a/b/../c é.csv")

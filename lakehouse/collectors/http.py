@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
@@ -193,7 +194,11 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _timed_out(exc: BaseException) -> bool:
-    return any(isinstance(e, (Urllib3Timeout, requests.exceptions.Timeout, TimeoutError)) for e in _chain(exc))
+    chain = _chain(exc)
+    # urllib3's NewConnectionError subclasses ConnectTimeoutError, but it is a refused/failed connect
+    if any(isinstance(e, NewConnectionError) for e in chain):
+        return False
+    return any(isinstance(e, (Urllib3Timeout, requests.exceptions.Timeout, TimeoutError)) for e in chain)
 
 
 def _cause(exc: BaseException) -> str:

@@ -7,21 +7,32 @@
 A file is identified by (name, sha256): the same bytes under the same name never land twice. A file that
 arrives again under the same name with different bytes supersedes the earlier one, which moves to
 ``_superseded/`` (Spark ignores ``_`` folders) and stays listed in the manifest — nothing is lost.
+
+Crash safety: the file is written to a temp file and renamed, then the manifest is replaced the same way,
+under an exclusive lock on the month (``.lock``), so concurrent landings of one month never lose an entry.
+A crash between the two renames leaves a file the manifest does not list: readers go by the manifest
+(:func:`landed_files`), and the next landing of that file records it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from lakehouse.transforms.parse import count_data_lines
+
 MANIFEST = "_manifest.json"
 SUPERSEDED = "_superseded"
+LOCK = ".lock"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -41,10 +52,23 @@ class ManifestEntry:
 
 
 def safe_name(name: str) -> str:
-    """A landing file name: the base name only, reduced to ``[A-Za-z0-9._-]`` (no ``..``, no paths)."""
+    """A landing file name: the base name only, reduced to ``[A-Za-z0-9._-]`` (no ``..``, no paths).
+
+    When the name had to change, a short hash of the original name is added before the extension, so
+    two different names never collapse into one (``a b.csv`` and ``a_b.csv``, ``x/f.csv`` and ``y/f.csv``
+    stay two files; without it the second would supersede the first as if it were a new version).
+    """
     base = Path(name.replace("\\", "/")).name
-    cleaned = _SAFE.sub("_", base).strip("._") or "file"
-    return cleaned
+    cleaned = _SAFE.sub("_", base).strip("._")
+    if not cleaned:
+        return "file"  # nothing usable in the name ("..", "")
+    if cleaned == name:
+        return cleaned
+    stem, dot, ext = cleaned.rpartition(".")
+    tag = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    if not dot or not stem or not ext.isalnum():
+        return f"{cleaned}-{tag}"
+    return f"{stem}-{tag}.{ext}"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -60,9 +84,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def count_rows(data: bytes, header: bool) -> int:
-    """Data lines in a text file (non-empty lines, minus the header)."""
-    lines = sum(1 for line in data.splitlines() if line.strip())
-    return max(0, lines - (1 if header else 0))
+    """Data lines in a text file (non-empty lines, minus the header), counted exactly as the parser reads
+    them (:func:`lakehouse.transforms.parse.count_data_lines`): 0 for gzip or binary content."""
+    return count_data_lines(data, header)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -92,6 +116,18 @@ def write_manifest(month_dir: Path, entries: list[ManifestEntry]) -> None:
     atomic_write(month_dir / MANIFEST, json.dumps([asdict(e) for e in ordered], indent=1).encode())
 
 
+@contextlib.contextmanager
+def month_lock(month_dir: Path) -> Iterator[None]:
+    """An exclusive lock on ``month_dir`` for this process (``flock``; released when the process dies)."""
+    month_dir.mkdir(parents=True, exist_ok=True)
+    with open(month_dir / LOCK, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def land(month_dir: Path, name: str, data: bytes, *, origin: str, header: bool = True) -> ManifestEntry | None:
     """Land ``data`` as ``name`` in ``month_dir`` unless these exact bytes are already there.
 
@@ -99,28 +135,46 @@ def land(month_dir: Path, name: str, data: bytes, *, origin: str, header: bool =
     """
     name = safe_name(name)
     digest = sha256_bytes(data)
-    entries = read_manifest(month_dir)
-    current = [e for e in entries if e.name == name and e.status == "landed"]
-    if any(e.sha256 == digest for e in current):
-        return None
-    for old in current:
-        src = month_dir / name
-        if src.exists():
-            dest = month_dir / SUPERSEDED / f"{old.sha256[:12]}_{name}"
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dest)
-        entries[entries.index(old)] = ManifestEntry(**{**asdict(old), "status": "superseded"})
-    atomic_write(month_dir / name, data)
-    entry = ManifestEntry(
-        name=name,
-        sha256=digest,
-        bytes=len(data),
-        rows=count_rows(data, header),
-        origin=origin,
-        received_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
-    write_manifest(month_dir, [*entries, entry])
-    return entry
+    with month_lock(month_dir):
+        entries = read_manifest(month_dir)
+        current = [e for e in entries if e.name == name and e.status == "landed"]
+        if any(e.sha256 == digest for e in current) and (month_dir / name).is_file():
+            return None
+        for old in current:
+            if old.sha256 == digest:
+                # listed but its file is gone (e.g. removed by hand): write it again, keep one entry
+                entries.remove(old)
+                continue
+            _keep_superseded(month_dir, name, old)
+            entries[entries.index(old)] = ManifestEntry(**{**asdict(old), "status": "superseded"})
+        atomic_write(month_dir / name, data)
+        entry = ManifestEntry(
+            name=name,
+            sha256=digest,
+            bytes=len(data),
+            rows=count_rows(data, header),
+            origin=origin,
+            received_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        write_manifest(month_dir, [*entries, entry])
+        return entry
+
+
+def _keep_superseded(month_dir: Path, name: str, old: ManifestEntry) -> None:
+    """Keep the bytes of ``old`` under ``_superseded/`` before its name is reused.
+
+    A hard link (or copy), not a move: ``name`` keeps a complete file until the new bytes replace it in
+    one rename, so a crash in between never leaves the month without it. Idempotent after a crash.
+    """
+    src = month_dir / name
+    dest = month_dir / SUPERSEDED / f"{old.sha256[:12]}_{name}"
+    if dest.exists() or not src.is_file() or sha256_file(src) != old.sha256:
+        return  # already kept (a crash after this step), or the old bytes are no longer at ``name``
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        atomic_write(dest, src.read_bytes())
 
 
 def landed_files(month_dir: Path) -> list[Path]:

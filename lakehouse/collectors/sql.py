@@ -90,11 +90,18 @@ def _reason(exc: SQLAlchemyError) -> str:
     return f"{type(exc).__name__}: {cause}"
 
 
+def shown_url(url: URL) -> str:
+    """``url`` safe for manifests, logs and errors: password and every query value masked (drivers take
+    credentials in the query too, e.g. ``?password=``, ``?odbc_connect=...PWD=...``, tokens)."""
+    text = url.set(query={}).render_as_string(hide_password=True)
+    return text + ("?" + "&".join(f"{k}=***" for k in sorted(url.query)) if url.query else "")
+
+
 def fetch(spec: SqlCollector, month: str, *, root: Path, source: str = "?") -> Iterator[Fetched]:
     """Run ``spec.query`` for ``month`` and yield its result as one CSV file."""
     where = f"source {source!r} month {month}"
     url = resolve_url(spec, root, where)
-    shown = url.render_as_string(hide_password=True)
+    shown = shown_url(url)
     query = sa.text(spec.query)
     bounds = month_bounds(month)
     wanted = set(re.findall(r"(?<!:):([A-Za-z_][A-Za-z0-9_]*)", spec.query))

@@ -8,6 +8,7 @@ one Delta transaction; rows that cannot be read go to the quarantine with file, 
 import dagster as dg
 import pyarrow.compute as pc
 
+from lakehouse.collectors.landing import landed_files
 from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, run_months
 from lakehouse.factories.schema import column_schema
 from lakehouse.quality import quarantine
@@ -35,9 +36,12 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
         path = root.table_path("formatted", source.name)
 
         def step(month: str) -> dict:
-            month_dir = root.landing_dir(source.name, month)
-            has_files = month_dir.is_dir() and any(p.is_file() and not p.name.startswith(("_", ".")) for p in month_dir.iterdir())
-            raw = read_raw(session, str(month_dir), source) if has_files else empty_raw(session, source)
+            # exactly the files the manifest lists: a file a crashed landing left unlisted is not read
+            files = landed_files(root.landing_dir(source.name, month))
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise FileNotFoundError(f"landing/{source.name}/{month}: listed in the manifest but missing: {missing}")
+            raw = read_raw(session, [str(f) for f in files], source) if files else empty_raw(session, source)
             # one Spark job parses and casts the month (no cache, no second pass); split on the driver
             checked = cast_checked(raw, source, month).toArrow()
             is_bad = pc.is_valid(checked.column("error"))

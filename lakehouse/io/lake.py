@@ -17,6 +17,7 @@ months untouched, and a crash before the commit leaves the previous version inta
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -33,8 +34,26 @@ PARTITION_COLUMN = "month"
 ZONES = ("landing", "formatted", "trusted", "quality", "exploitation", "ml")
 
 
+#: tries of a write whose commit keeps losing races with concurrent writers (jittered backoff, ~10 s)
+COMMIT_ATTEMPTS = 8
+
+
 class TableMissingError(LookupError):
     """A Delta table was read before anything was written to it."""
+
+
+class CommitConflictError(RuntimeError):
+    """A write kept losing commit races with concurrent writers and was given up (nothing committed)."""
+
+
+def _lost_race(exc: BaseException) -> bool:
+    """Whether ``exc`` means another writer committed first (the write may simply run again).
+
+    delta-rs raises :class:`CommitFailedError` for a conflicting concurrent transaction ("a concurrent
+    transaction added new data", "Metadata changed since last commit"), and a plain :class:`DeltaError`
+    ("A table already exists at ...") when two writers create the same table and this one lost.
+    """
+    return isinstance(exc, CommitFailedError) or (isinstance(exc, DeltaError) and "already exists" in str(exc))
 
 
 def _utc_timestamps(table: pa.Table) -> pa.Table:
@@ -203,17 +222,27 @@ class Lake:
         """Whether ``zone/table`` is partitioned by month (merge tables are not)."""
         return PARTITION_COLUMN in self.delta(zone, table).metadata().partition_columns
 
-    def _commit(self, zone: str, table: str, write, attempts: int = 5) -> int:
-        """Run a write, retrying a commit that lost a race with a concurrent writer."""
+    def _commit(self, zone: str, table: str, write, attempts: int = COMMIT_ATTEMPTS) -> int:
+        """Run a write, retrying it when its commit lost a race with a concurrent writer.
+
+        A retry runs the whole write again against the newer table (an overwrite of a month or a MERGE
+        is recomputed, never replayed blindly). After ``attempts`` lost races it raises
+        :class:`CommitConflictError`: the write is not committed, and says so.
+        """
         self.table_path(zone, table).parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, attempts + 1):
             try:
                 write()
                 break
-            except CommitFailedError:
-                if attempt == attempts:
+            except DeltaError as exc:
+                if not _lost_race(exc):
                     raise
-                time.sleep(0.2 * attempt)
+                if attempt == attempts:
+                    raise CommitConflictError(
+                        f"{zone}/{table}: the commit lost {attempts} races with concurrent writers and was given"
+                        f" up; nothing of this write was committed ({type(exc).__name__}: {exc})"
+                    ) from exc
+                time.sleep(min(4.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + random.random()))
         return self.delta(zone, table).version()
 
     # ------------------------------------------------------------------------------------ delta: read

@@ -9,7 +9,7 @@ rejected row carrying a message that names the column, the value and the expecte
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -36,6 +36,54 @@ def raw_schema(raw_names: list[str]) -> pa.Schema:
             pa.field(ERROR_COL, pa.string()),
         ]
     )
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+#: like git: NUL bytes in the first 8 KiB mark a binary file (text never holds NUL)
+BINARY_SNIFF_BYTES = 8192
+#: the longest raw text kept in a quarantine record (a huge line is cut, its line number stays)
+MAX_RAW_CHARS = 2000
+
+
+def sniff(data: bytes) -> tuple[bytes, str | None]:
+    """The bytes to split into lines, and why the file is not text at all (``None`` when it is).
+
+    A UTF-16 file that says so with its byte order mark is transcoded to UTF-8; gzip and other binary
+    content (NUL bytes near the start) are file-level problems. :func:`split_lines` and the landing
+    manifest's row count use the same rules, so "rows landed" and "rows parsed" always agree.
+    """
+    if data[:2] in UTF16_BOMS:
+        try:
+            return data.decode("utf-16").encode("utf-8"), None
+        except UnicodeDecodeError as exc:
+            return b"", f"starts with a UTF-16 byte order mark but is not valid UTF-16 (byte {exc.start})"
+    if data.startswith(GZIP_MAGIC):
+        return b"", "gzip-compressed data, expected text (decompress before delivery)"
+    nul = data.find(b"\x00", 0, BINARY_SNIFF_BYTES)
+    if nul >= 0:
+        return b"", f"binary data (NUL byte at offset {nul}), expected text"
+    return data, None
+
+
+def split_lines(data: bytes) -> tuple[list[bytes], bool]:
+    """Lines split on ``\\n`` (a trailing ``\\r`` stays), and whether the last line lacks its terminator."""
+    lines = data.split(b"\n")
+    unterminated = bool(lines) and lines[-1] != b""
+    if not unterminated:
+        lines.pop()
+    return lines, unterminated
+
+
+def count_data_lines(data: bytes, header: bool) -> int:
+    """The rows :func:`parse_text` reports with a line number (``> 0``) for ``data``: non-blank lines,
+    minus the header. The landing manifest records this number."""
+    text, problem = sniff(data)
+    if problem:
+        return 0
+    lines, _ = split_lines(text)
+    nonblank = sum(1 for b in lines if b.strip())
+    return max(0, nonblank - (1 if header else 0))
 
 
 #: bytes that Python's ``str.strip`` / ``bytes.strip`` remove (besides the line feed): a file holding none
@@ -109,8 +157,11 @@ def _parse_fast(name: str, data: bytes, fmt: FormatSpec, raw_names: list[str]) -
 def parse_text(name: str, data: bytes, fmt: FormatSpec, raw_names: list[str]) -> pa.Table:
     """Parse one delimited text file into string columns ``raw_names`` plus lineage and error columns.
 
-    Line numbers are 1-based and count the header. File-level problems (no header, missing columns)
-    produce a row with ``_source_line = 0`` and every data line of that file is rejected with the cause.
+    Line numbers are 1-based and count the header. Every non-blank line after the header becomes exactly
+    one row (parsed, or with ``_error`` set). File-level findings (not text, empty, no header, missing
+    columns, no data lines) produce a row with ``_source_line = 0``; when the header is unusable every data
+    line of that file is rejected with the cause. A last line without its line terminator is rejected as
+    truncated: a cut value (``12.5`` from ``12.53``) would otherwise pass as a valid reading.
     """
     fast = _parse_fast(name, data, fmt, raw_names)
     if fast is not None:
@@ -126,25 +177,28 @@ def parse_text(name: str, data: bytes, fmt: FormatSpec, raw_names: list[str]) ->
             cols[n].append(values[i] if values is not None else None)
         files.append(name)
         lines.append(line_no)
-        raws.append(raw)
+        raws.append(raw[:MAX_RAW_CHARS] if raw is not None else None)
         errors.append(error)
 
-    if data.startswith(b"\xef\xbb\xbf") and fmt.encoding.lower().replace("-", "") == "utf8":
-        data = data[3:]
-    if data[:2] in (b"\x1f\x8b",):
-        emit(0, None, None, f"{name}: gzip-compressed data, expected {fmt.encoding} text")
+    encoding = fmt.encoding
+    if data[:2] in UTF16_BOMS:
+        encoding = "utf-8"  # sniff transcodes it
+    data, problem = sniff(data)
+    if problem:
+        emit(0, None, None, f"{name}: {problem}")
         return _table(cols, files, lines, raws, errors, raw_names)
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()
+    if data.startswith(b"\xef\xbb\xbf") and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
+        data = data[3:]
+    raw_lines, unterminated = split_lines(data)
+    last_idx = len(raw_lines) - 1 if unterminated else -1
 
     def decode(b: bytes) -> tuple[str | None, str | None]:
         if b.endswith(b"\r"):
             b = b[:-1]
         try:
-            return b.decode(fmt.encoding), None
+            return b.decode(encoding), None
         except UnicodeDecodeError as exc:
-            return None, f"not valid {fmt.encoding} at byte {exc.start}: {b[max(0, exc.start - 8) : exc.start + 8]!r}"
+            return None, f"not valid {encoding} at byte {exc.start}: {b[max(0, exc.start - 8) : exc.start + 8]!r}"
 
     header_map: list[int] | None = None
     start = 0
@@ -186,19 +240,25 @@ def parse_text(name: str, data: bytes, fmt: FormatSpec, raw_names: list[str]) ->
             continue
         text, err = decode(b)
         if err:
-            emit(line_no, None, b.decode(fmt.encoding, errors="backslashreplace")[:2000], err)
+            emit(line_no, None, b[: MAX_RAW_CHARS * 4].decode(encoding, errors="backslashreplace"), err)
             continue
         if file_error:
-            emit(line_no, None, text[:2000], f"rejected with its file: {file_error}")
+            emit(line_no, None, text, f"rejected with its file: {file_error}")
             continue
         if header_text is not None and b.rstrip(b"\r") == header_text:
-            emit(line_no, None, text[:2000], "repeated header line")
+            emit(line_no, None, text, "repeated header line")
+            continue
+        if idx == last_idx:
+            emit(line_no, None, text, f"last line {line_no} has no line terminator: the file looks truncated")
             continue
         parts = text.split(fmt.delimiter)
         if len(parts) != width:
-            emit(line_no, None, text[:2000], f"expected {width} fields separated by {fmt.delimiter!r}, got {len(parts)}")
+            detail = f" ({len(text):,} characters)" if len(text) > MAX_RAW_CHARS else ""
+            emit(line_no, None, text, f"expected {width} fields separated by {fmt.delimiter!r}, got {len(parts)}{detail}")
             continue
         emit(line_no, [parts[i].strip() for i in header_map], None, None)
+    if header_map is not None and not any(n > 0 for n in lines):
+        emit(0, None, None, f"{name}: header only, no data lines" if fmt.header else f"{name}: empty file, no data lines")
     return _table(cols, files, lines, raws, errors, raw_names)
 
 
@@ -212,11 +272,18 @@ def _table(cols, files, lines, raws, errors, raw_names) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=raw_schema(raw_names))
 
 
-def read_raw(spark: SparkSession, month_dir: str, source: SourceSpec) -> DataFrame:
-    """Every landed file of a month as rows of strings (one Spark task parses whole files)."""
+def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec) -> DataFrame:
+    """Landed files as rows of strings (one Spark task parses whole files).
+
+    ``files``: the exact files to read (the month's manifest, see
+    :func:`lakehouse.collectors.landing.landed_files`), or a folder (every file Spark sees in it).
+    """
     fmt = source.format
     raw_names = [c.raw_name for c in source.columns]
     schema = raw_schema(raw_names)
+    paths = [files] if isinstance(files, str) else [str(f) for f in files]
+    if not paths:
+        return empty_raw(spark, source)
 
     def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -225,10 +292,21 @@ def read_raw(spark: SparkSession, month_dir: str, source: SourceSpec) -> DataFra
             for path, content in zip(paths, contents, strict=True):
                 yield from parse_text(os.path.basename(path), content, fmt, raw_names).to_batches()
 
-    files = spark.read.format("binaryFile").load(month_dir)
-    from pyspark.sql.pandas.types import from_arrow_schema
+    # Spark skips zero-byte files when it plans the scan: parse those here, or they would vanish unreported
+    empty = [p for p in paths if not p.startswith(("file:", "hdfs:", "s3")) and os.path.isfile(p) and os.path.getsize(p) == 0]
+    found = [p for p in paths if p not in empty]
+    parts = []
+    if empty:
+        parts.append(spark.createDataFrame(pa.concat_tables(parse_text(os.path.basename(p), b"", fmt, raw_names) for p in empty)))
+    if found:
+        from pyspark.sql.pandas.types import from_arrow_schema
 
-    return files.select("path", "content").mapInArrow(parse_batches, from_arrow_schema(schema))
+        binary = spark.read.format("binaryFile").load(found if len(found) > 1 else found[0])
+        parts.append(binary.select("path", "content").mapInArrow(parse_batches, from_arrow_schema(schema)))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out
 
 
 def _typed(column: ColumnSpec):
