@@ -35,18 +35,22 @@ def write_fixture_lake(lake: Lake) -> None:
                     ts.append(dt.datetime(d.year, d.month, d.day, h, tzinfo=dt.UTC))
                     meters.append(meter)
                     values.append(base + 0.01 * h)
-        # M1 on the 3rd: stuck register from 05:00 to 10:00, one reading at :30, one hour missing
+        clean = pa.table({"meter_id": meters, "ts": ts, "reading_kwh": values})
+        lake.overwrite_month("trusted", "meter_readings", clean, month)
+        # as received, M1's 3rd had a stuck register from 05:00 to 10:00, one reading stamped at :30, one
+        # hour missing, a negative reading and a duplicated one (cleaning repaired all of it in trusted)
+        raw_ts, raw_values = list(ts), list(values)
         for i, t in enumerate(ts):
             if meters[i] == "M1" and t.day == 3 and 5 <= t.hour <= 10:
-                values[i] = 9.99
-        drop = next(i for i, t in enumerate(ts) if meters[i] == "M1" and t.day == 3 and t.hour == 20)
-        shift = next(i for i, t in enumerate(ts) if meters[i] == "M1" and t.day == 3 and t.hour == 21)
-        ts[shift] = ts[shift] + dt.timedelta(minutes=30)
-        keep = [i for i in range(len(ts)) if i != drop]
+                raw_values[i] = 9.99
+        first = next(i for i, t in enumerate(ts) if meters[i] == "M1" and t.day == 3)
+        raw_ts[first + 21] = ts[first + 21] + dt.timedelta(minutes=30)
+        raw_values[first + 2] = -0.5
+        keep = [i for i in range(len(ts)) if i != first + 20] + [first + 12]
         lake.overwrite_month(
-            "trusted",
+            "formatted",
             "meter_readings",
-            pa.table({"meter_id": [meters[i] for i in keep], "ts": [ts[i] for i in keep], "reading_kwh": [values[i] for i in keep]}),
+            pa.table({"meter_id": [meters[i] for i in keep], "ts": [raw_ts[i] for i in keep], "reading_kwh": [raw_values[i] for i in keep]}),
             month,
         )
         lake.overwrite_month(
@@ -134,10 +138,12 @@ def test_consumption_daily_joins_and_profile(materialized):
     assert len(df) == 3 * (31 + 29)  # every meter-day, also the meter the registry does not know
     m1 = df[df.meter_id == "M1"].set_index("date")
     day3 = m1.loc[dt.date(2012, 1, 3)]
-    assert day3.hours_covered == 23 and day3.readings == 23
-    assert day3.max_repeat_run == 6 and day3.off_hour_readings == 1
+    assert day3.hours_covered == 24 and day3.max_repeat_run == 1  # trusted: repaired
+    assert day3.raw_hours_covered == 23 and day3.raw_readings == 24  # one hour missing, one duplicated
+    assert day3.raw_max_repeat_run == 6 and day3.raw_off_hour_readings == 1 and day3.raw_negative_readings == 1
     normal = m1.loc[dt.date(2012, 1, 4)]
-    assert normal.hours_covered == 24 and normal.max_repeat_run == 1
+    assert normal.hours_covered == 24 and normal.max_repeat_run == 1 and normal.raw_hours_covered == 24
+    assert normal.raw_consumption_kwh == pytest.approx(normal.consumption_kwh)
     assert normal.consumption_kwh == pytest.approx(24 * 1.0 + 0.01 * sum(range(24)), abs=1e-6)
     assert normal.temp_mean_c == pytest.approx((10.4 + 2.0) / 2)
     assert normal.heated_area_m2 == 150.0 and normal.golden_id == "G-C1" and normal.station == STATION

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 if TYPE_CHECKING:
@@ -168,6 +168,31 @@ class Lake:
                 schema_mode="merge",
             ),
         )
+
+    def replace(self, zone: str, table: str, data: pa.Table, *, commit_metadata: dict[str, str] | None = None) -> int:
+        """Replace the whole table (every month, and its schema) in one transaction; the new version.
+
+        For derived tables recomputed from scratch (ML features, labels, splits). ``commit_metadata`` is
+        stored in the Delta commit (e.g. the lineage of the data) and read back by :meth:`commit_info`.
+        """
+        data = _utc_timestamps(data)
+        partition_by = [PARTITION_COLUMN] if PARTITION_COLUMN in data.column_names else None
+        props = CommitProperties(custom_metadata=commit_metadata) if commit_metadata else None
+        return self._commit(
+            zone,
+            table,
+            lambda: write_deltalake(
+                self._uri(zone, table), data, mode="overwrite", schema_mode="overwrite",
+                partition_by=partition_by, commit_properties=props,
+            ),
+        )
+
+    def commit_info(self, zone: str, table: str, version: int) -> dict:
+        """The commit entry of ``version`` (operation, metrics, custom metadata)."""
+        for entry in self.history(zone, table):
+            if entry.get("version") == version:
+                return entry
+        raise LookupError(f"{zone}/{table} has no commit {version} in its history")
 
     def merge(
         self,

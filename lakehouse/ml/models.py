@@ -1,31 +1,52 @@
 """Versioned model files under the lake root, each with the data versions it learned from.
 
-``ml/<pipeline>/models/v0001/{model.joblib, lineage.json}`` — never in git, never overwritten.
+``ml/<pipeline>/models/<model>/v0001/{model.joblib, lineage.json, ...}`` — never in git, never overwritten.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import joblib
 
+VERSION_RE = re.compile(r"v(\d{4,})")
+
+
+def versions(folder: Path) -> list[Path]:
+    """The version folders under ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := VERSION_RE.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
 
 def next_version_dir(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    taken = [int(m.group(1)) for p in folder.iterdir() if (m := re.fullmatch(r"v(\d{4,})", p.name))]
+    taken = [int(m.group(1)) for p in folder.iterdir() if (m := VERSION_RE.fullmatch(p.name))]
     return folder / f"v{(max(taken) + 1) if taken else 1:04d}"
 
 
-def save_model(folder: Path, model: Any, lineage: dict[str, Any]) -> Path:
-    """Write ``model`` and ``lineage`` to a new version folder; the folder."""
+def save_model(
+    folder: Path, model: Any, lineage: dict[str, Any], extra: Callable[[Path], None] | None = None
+) -> Path:
+    """Write ``model``, ``lineage`` (and whatever ``extra`` writes into the folder) to a new version folder.
+
+    The folder appears complete or not at all (written under a temporary name, then renamed).
+    """
     target = next_version_dir(folder)
     tmp = target.with_name(f".{target.name}.part")
+    if tmp.exists():
+        shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     joblib.dump(model, tmp / "model.joblib")
     (tmp / "lineage.json").write_text(json.dumps(lineage, indent=1, default=str))
+    if extra is not None:
+        extra(tmp)
     tmp.rename(target)
     return target
 

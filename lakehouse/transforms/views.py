@@ -30,12 +30,13 @@ def city_station(city: Column, stations: dict[str, str], default: str | None) ->
     return fallback if expr is None else expr.otherwise(fallback)
 
 
-def daily_meter_profile(readings: DataFrame) -> DataFrame:
+def daily_meter_profile(readings: DataFrame, prefix: str = "") -> DataFrame:
     """Per meter and UTC day: consumption and the shape figures a fault leaves behind.
 
     ``consumption_kwh`` (sum), ``readings`` (rows), ``hours_covered`` (distinct hours), ``max_hour_kwh``,
     ``max_hour_share`` (largest hour / day), ``max_repeat_run`` (longest run of identical consecutive
-    readings: a stuck register), ``off_hour_readings`` (timestamps not on the hour: a drifting clock).
+    readings: a stuck register), ``off_hour_readings`` (timestamps not on the hour: a drifting clock),
+    ``negative_readings``. Every name but the key gets ``prefix``.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -52,12 +53,14 @@ def daily_meter_profile(readings: DataFrame) -> DataFrame:
         F.countDistinct(F.date_trunc("hour", "ts")).alias("hours_covered"),
         F.max("reading_kwh").alias("max_hour_kwh"),
         F.sum(((F.minute("ts") != 0) | (F.second("ts") != 0)).cast("int")).alias("off_hour_readings"),
+        F.sum((F.col("reading_kwh") < 0).cast("int")).alias("negative_readings"),
     )
     day = day.withColumn(
         "max_hour_share",
         F.when(F.col("consumption_kwh") > 0, F.round(F.col("max_hour_kwh") / F.col("consumption_kwh"), 4)),
     )
-    return day.join(longest, ["meter_id", "date"], "left")
+    day = day.join(longest, ["meter_id", "date"], "left")
+    return day.select("meter_id", "date", *(F.col(c).alias(prefix + c) for c in day.columns if c not in ("meter_id", "date")))
 
 
 def consumption_daily(inputs: dict[str, DataFrame], month: str, options: dict[str, Any]) -> DataFrame:
@@ -65,9 +68,11 @@ def consumption_daily(inputs: dict[str, DataFrame], month: str, options: dict[st
     building's city, the building's features (golden customer) and the calendar.
 
     Inputs (aliases): ``readings`` (trusted/meter_readings), ``weather`` (trusted/weather), ``calendar``
-    (trusted/calendar), ``customers`` (exploitation/golden_customers). ``options``: ``stations`` maps a city
-    to its weather station, ``default_station`` serves the other cities. Meters unknown to the golden
-    records keep their consumption with empty building fields (left joins: no reading is dropped).
+    (trusted/calendar), ``customers`` (exploitation/golden_customers), and optionally ``raw``
+    (formatted/meter_readings): the same day profile *as received*, columns prefixed ``raw_`` — cleaning
+    repairs what a faulty meter sent, so fault detection looks at what arrived. ``options``: ``stations``
+    maps a city to its weather station, ``default_station`` serves the other cities. Meters unknown to the
+    golden records keep their consumption with empty building fields (left joins: no reading is dropped).
     """
     from pyspark.sql import functions as F
 
@@ -98,6 +103,8 @@ def consumption_daily(inputs: dict[str, DataFrame], month: str, options: dict[st
         F.col("condition").alias("weather_condition"),
     )
     calendar = inputs["calendar"].select("date", "weekday", "is_weekend", "is_holiday", "is_working_day")
+    if "raw" in inputs:
+        day = day.join(daily_meter_profile(inputs["raw"], prefix="raw_"), ["meter_id", "date"], "left")
     out = (
         day.join(customers, "meter_id", "left")
         .withColumn("station", F.coalesce(F.col("station"), F.lit(default).cast("string")))
