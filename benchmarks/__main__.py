@@ -71,6 +71,12 @@ def git_head() -> str:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def all_sessions() -> list[dict]:
+    """Every saved session of every ``benchmarks/results*.json``, oldest first."""
+    sessions = [s for f in sorted(HERE.glob("results*.json")) for s in json.loads(f.read_text())]
+    return sorted(sessions, key=lambda s: s["started"])
+
+
 def progress(lake: Path) -> str:
     """What a stopped lakehouse run had committed: months and rows per zone table."""
     from deltalake import DeltaTable
@@ -104,11 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--incremental-scale", default=None, help="scale of the incremental-month figure (default: the largest)")
     p.add_argument("--append", action="store_true", help="add this session to benchmarks/results.json instead of replacing it")
     p.add_argument("--note", default="", help="a note printed with this session in the report")
-    p.add_argument("--report-only", action="store_true", help="re-render RESULTS.md and the plot from results.json")
+    p.add_argument("--report-only", action="store_true", help="re-render RESULTS.md and the plot from results*.json")
+    p.add_argument("--results", type=Path, default=RESULTS,
+                   help="where this session is saved (sessions running at once need one file each); the report "
+                        "renders every benchmarks/results*.json")
     args = p.parse_args(argv)
 
     if args.report_only:
-        report.render(json.loads(RESULTS.read_text()), HERE)
+        report.render(all_sessions(), HERE)
         return 0
     scales = [Scale.parse(s) for s in args.scales.split(",") if s]
     contenders = [c for c in args.contenders.split(",") if c]
@@ -144,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     logs = WORK / "logs" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
     def save() -> None:
-        sessions = json.loads(RESULTS.read_text()) if (args.append and RESULTS.exists()) else []
+        sessions = json.loads(args.results.read_text()) if (args.append and args.results.exists()) else []
         if args.append:
             sessions = [s for s in sessions if s["started"] != session["started"]]
         sessions.append(session)
-        RESULTS.write_text(json.dumps(sessions, indent=1))
-        report.render(sessions, HERE)
+        args.results.write_text(json.dumps(sessions, indent=1, default=str))
+        report.render(all_sessions(), HERE)
 
     def one(name: str, module_args: list[str], scale: Scale, repeat: int, work: Path, world: dict, keep: bool = False) -> dict:
         base = name.split("@")[0] if name.startswith("lakehouse") else name
