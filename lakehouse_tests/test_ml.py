@@ -19,6 +19,7 @@ from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
 from lakehouse.ml import champion, drift, forecast
 from lakehouse.ml import pipeline as fp
+from lakehouse.ml.reproduce import main as reproduce_cli
 from lakehouse.ml.reproduce import reproduce
 from lakehouse_tests.conftest import REPO
 from lakehouse_tests.ml_fixtures import inject_faults, synthetic_daily
@@ -213,6 +214,7 @@ def test_reproduce_gives_identical_metrics_after_the_input_moved_on(trained, lak
         assert any(c["what"] == "rmse" for c in result.checks) and any(c["what"] == "features hash" for c in result.checks)
     detector = sorted((lake_copy / "ml" / "meter_anomaly" / "models").iterdir())[-1]
     assert reproduce(detector).identical
+    assert reproduce_cli([str(folder)]) == 0  # the command: exit 0 when identical
 
 
 def test_reproduce_notices_a_different_input(trained, lake_copy):
@@ -222,6 +224,7 @@ def test_reproduce_notices_a_different_input(trained, lake_copy):
     (folder / "lineage.json").write_text(json.dumps(lineage))
     result = reproduce(folder)
     assert not result.identical
+    assert reproduce_cli([str(folder)]) == 1
 
 
 def test_champion_gate_refuses_a_worse_model(trained, lake_copy, tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from lakehouse.factories.common import LakeResource, key, monthly, months_of
 from lakehouse.io.lake import Lake
@@ -273,7 +274,8 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
         backfill_policy=dg.BackfillPolicy.single_run(),
         description="Day-ahead consumption predictions of the current champion for each meter and day of the "
         "month (features from the 13 months before it). `sample` says whether the month was training, "
-        "validation or new data for the model.",
+        "validation or new data for the model; `has_history` is false in a meter's first weeks (no energy "
+        "signature yet, the prediction is a fallback).",
         kinds={"python", "delta"},
         **common,
     )
@@ -284,7 +286,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
             raise dg.Failure("no champion has been promoted yet: materialize the champion first")
         model_dir = Path(current["model_dir"])
         model, lineage = load_model(model_dir)
-        cols = list(lineage["params"]["models"][lineage["model"]]["features"])
+        cols = fp.ModelConfig.of(lineage["model"], lineage["params"]["models"][lineage["model"]]).columns
         run_params = fp.ForecastParams.of(lineage["params"])
         months = months_of(context)
         src_zone, src_table = spec.input.split("/")
@@ -307,14 +309,14 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
                 pred = model.predict(f[cols])
             out = f[["meter_id", "date", "month"]].copy()
             out["predicted_kwh"] = pred
+            # a meter's first weeks have no energy signature yet: predictions without history are marked
+            out["has_history"] = f["sig_pred"].notna().to_numpy()
             out = out.merge(lab, on=KEY, how="left").rename(columns={"label_kwh": "actual_kwh"})
             out["model"] = lineage["model"]
             out["model_version"] = model_dir.name
             out["sample"] = "train" if month in train_months else "validation" if month in valid_months else "new"
-            import pyarrow as pa
-
             v = root.overwrite_month("ml", f"{prefix}_predictions", pa.Table.from_pandas(out, preserve_index=False), month)
-            ok = out[out["label_ok"].fillna(False).astype(bool)]
+            ok = out[out["label_ok"].fillna(False).astype(bool) & out["has_history"]]
             rmse = float(np.sqrt(np.mean((ok["predicted_kwh"] - ok["actual_kwh"]) ** 2))) if len(ok) else float("nan")
             per_month.append({"month": month, "rows": len(out), "rmse": rmse, "sample": out["sample"].iloc[0], "delta_version": v})
         table = pd.DataFrame(per_month)
@@ -407,7 +409,7 @@ def _rescore(root: Lake, current: dict, candidate_dir: Path, t_features: str, t_
         labels, _, _ = fp.read_table(root, t_labels, v[f"ml/{t_labels}"]["delta_version"])
         split, _, _ = fp.read_table(root, t_split, v[f"ml/{t_split}"]["delta_version"])
         data = fp.dataset(feats, labels, split)
-        cols = list(lineage["params"]["models"][lineage["model"]]["features"])
+        cols = fp.ModelConfig.of(lineage["model"], lineage["params"]["models"][lineage["model"]]).columns
         with single_threaded():
             return evaluate.regression_metrics(data.y_valid, model.predict(data.valid[cols]))["rmse"]
     except Exception as exc:  # noqa: BLE001 - a champion that cannot score today's rows keeps its record
@@ -556,8 +558,6 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
         **common,
     )
     def _flags(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        import pyarrow as pa
-
         root = lake.lake
         found = versions(models_root(root))
         if not found:

@@ -38,18 +38,26 @@ class ModelConfig:
     features: tuple[str, ...]
     params: dict[str, Any]
     cv: bool = False
+    #: a feature column the model corrects (learns target / baseline) instead of predicting from scratch
+    baseline: str | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        return train.input_columns(self.features, self.baseline)
 
     @classmethod
     def of(cls, name: str, raw: dict[str, Any]) -> ModelConfig:
         raw = dict(raw)
-        unknown = sorted(set(raw) - {"type", "features", "params", "cv"})
+        unknown = sorted(set(raw) - {"type", "features", "params", "cv", "baseline"})
         if unknown:
             raise ValueError(f"model {name!r}: unknown key(s) {unknown}")
         if raw.get("type") not in train.MODEL_TYPES:
             raise ValueError(f"model {name!r}: type must be one of {train.MODEL_TYPES}, got {raw.get('type')!r}")
         if not raw.get("features"):
             raise ValueError(f"model {name!r}: 'features' lists the feature columns it uses")
-        return cls(name, raw["type"], tuple(raw["features"]), dict(raw.get("params", {})), bool(raw.get("cv", False)))
+        return cls(
+            name, raw["type"], tuple(raw["features"]), dict(raw.get("params", {})), bool(raw.get("cv", False)), raw.get("baseline")
+        )
 
 
 @dataclass(frozen=True)
@@ -172,11 +180,13 @@ class ModelRun:
 
 def fit_model(cfg: ModelConfig, data: Dataset, p: ForecastParams) -> ModelRun:
     """Train ``cfg`` on the training rows, optionally cross-validate, score the validation rows."""
-    cols = list(cfg.features)
+    cols = cfg.columns
     cv = []
     if cfg.cv:
-        cv = train.time_series_cv(cfg.type, data.train, data.y_train, cols, cfg.params, p.seed, folds=p.cv_folds).folds
-    model = train.fit(cfg.type, data.train, data.y_train, cols, cfg.params, p.seed)
+        cv = train.time_series_cv(
+            cfg.type, data.train, data.y_train, list(cfg.features), cfg.params, p.seed, folds=p.cv_folds, baseline=cfg.baseline
+        ).folds
+    model = train.fit(cfg.type, data.train, data.y_train, list(cfg.features), cfg.params, p.seed, cfg.baseline)
     pred = model.predict(data.valid[cols])
     metrics = evaluate.regression_metrics(data.y_valid, pred)
     metrics.update({"train_rows": int(len(data.train)), "validation_rows": int(len(data.valid))})
@@ -206,7 +216,7 @@ def fit_model(cfg: ModelConfig, data: Dataset, p: ForecastParams) -> ModelRun:
 def write_plots(run: ModelRun, cfg: ModelConfig, data: Dataset, folder: Path, seed: int) -> tuple[dict[str, Path], pd.Series]:
     """Predicted vs actual, residuals by month, permutation feature importance: PNG files in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    cols = list(cfg.features)
+    cols = cfg.columns
     importance = evaluate.permutation_importance(run.model, data.valid[cols], data.y_valid, seed=seed)
     return {
         "predicted_vs_actual": evaluate.plot_predicted_vs_actual(

@@ -187,24 +187,68 @@ class _deterministic:
         torch.use_deterministic_algorithms(self._was)
 
 
-def make_model(kind: str, features: Sequence[str], params: dict[str, Any], seed: int) -> Pipeline:
-    """An unfitted pipeline of ``kind`` (``sklearn_gbm`` or ``torch_mlp``) over ``features``."""
+class BaselineRatioRegressor(RegressorMixin, BaseEstimator):
+    """Learns the ratio of the target to a baseline column (e.g. the meter's energy-signature prediction)
+    and predicts ``baseline * ratio``: the model corrects a physical baseline instead of re-learning it.
+
+    Rows whose baseline is missing or not positive are left out of training; for them the prediction
+    falls back to the training target's median (they are rare: a meter with under ``signature_min_days``
+    usable days in its window).
+    """
+
+    def __init__(self, estimator: Any = None, baseline: str = "sig_pred") -> None:
+        self.estimator = estimator
+        self.baseline = baseline
+
+    def fit(self, X: pd.DataFrame, y):
+        y = np.asarray(y, dtype=float)
+        base = X[self.baseline].to_numpy(dtype=float)
+        ok = np.isfinite(base) & (base > 0)
+        if not ok.any():
+            raise ValueError(f"baseline {self.baseline!r} is missing on every training row")
+        self.estimator_ = self.estimator.fit(X[ok], y[ok] / base[ok])
+        self.fallback_ = float(np.median(y))
+        return self
+
+    def predict(self, X: pd.DataFrame):
+        base = X[self.baseline].to_numpy(dtype=float)
+        ok = np.isfinite(base) & (base > 0)
+        out = np.full(len(X), self.fallback_)
+        if ok.any():
+            out[ok] = base[ok] * self.estimator_.predict(X[ok])
+        return out
+
+
+def make_model(kind: str, features: Sequence[str], params: dict[str, Any], seed: int, baseline: str | None = None):
+    """An unfitted pipeline of ``kind`` (``sklearn_gbm`` or ``torch_mlp``) over ``features``, learning the
+    ratio to the ``baseline`` column when one is given."""
     params = dict(params)
     if kind == "sklearn_gbm":
-        return Pipeline(
+        model = Pipeline(
             [("prep", _preprocess(features, impute=False)), ("model", HistGradientBoostingRegressor(random_state=seed, **params))]
         )
-    if kind == "torch_mlp":
-        return Pipeline([("prep", _preprocess(features, impute=True)), ("model", TorchMLPRegressor(seed=seed, **params))])
-    raise ValueError(f"unknown model type {kind!r}; known: {MODEL_TYPES}")
+    elif kind == "torch_mlp":
+        model = Pipeline([("prep", _preprocess(features, impute=True)), ("model", TorchMLPRegressor(seed=seed, **params))])
+    else:
+        raise ValueError(f"unknown model type {kind!r}; known: {MODEL_TYPES}")
+    return BaselineRatioRegressor(model, baseline) if baseline else model
 
 
-def fit(kind: str, train: pd.DataFrame, target: np.ndarray, features: Sequence[str], params: dict[str, Any], seed: int) -> Pipeline:
-    missing = [c for c in features if c not in train.columns]
+def input_columns(features: Sequence[str], baseline: str | None = None) -> list[str]:
+    """The columns a model reads: its features, plus its baseline."""
+    return list(dict.fromkeys([*features, *([baseline] if baseline else [])]))
+
+
+def fit(
+    kind: str, train: pd.DataFrame, target: np.ndarray, features: Sequence[str], params: dict[str, Any], seed: int,
+    baseline: str | None = None,
+):
+    cols = input_columns(features, baseline)
+    missing = [c for c in cols if c not in train.columns]
     if missing:
         raise KeyError(f"model features {missing} are not in the feature table")
-    model = make_model(kind, features, params, seed)
-    model.fit(train[list(features)], target)
+    model = make_model(kind, features, params, seed, baseline)
+    model.fit(train[cols], target)
     return model
 
 
@@ -226,6 +270,7 @@ def time_series_cv(
     params: dict[str, Any],
     seed: int,
     folds: int = 10,
+    baseline: str | None = None,
 ) -> CVResult:
     """Forward-chaining CV over the training days (see the module docstring for why)."""
     day_of_row = pd.to_datetime(train["date"]).to_numpy()
@@ -236,8 +281,8 @@ def time_series_cv(
     for k, (fit_days, test_days) in enumerate(TimeSeriesSplit(n_splits=folds).split(days), 1):
         fit_mask = np.isin(day_of_row, days[fit_days])
         test_mask = np.isin(day_of_row, days[test_days])
-        model = fit(kind, train[fit_mask], target[fit_mask], features, params, seed)
-        m = regression_metrics(target[test_mask], model.predict(train.loc[test_mask, list(features)]))
+        model = fit(kind, train[fit_mask], target[fit_mask], features, params, seed, baseline)
+        m = regression_metrics(target[test_mask], model.predict(train.loc[test_mask, input_columns(features, baseline)]))
         out.append(
             {
                 "fold": k,
