@@ -188,6 +188,8 @@ def outcome_table(o: Outcome) -> list[dict]:
                     counts["quarantined_parse"] += 1
                 elif (name, ln) in o.quarantine["trusted"]:
                     counts["quarantined_quality"] += 1
+                elif (name, ln) in o.repairs and (name, ln) in o.trusted:
+                    counts["repaired"] += 1
                 elif (name, ln) in o.trusted:
                     counts["trusted"] += 1
         file_level = sum(1 for f in files if (safe_name(f.name), 0) in o.quarantine["formatted"])
