@@ -196,7 +196,13 @@ def test_forecast_assets_train_validate_and_promote(trained):
         assert lineage["inputs"]["ml/consumption_split"]["delta_version"] == lake.version("ml", "consumption_split")
         assert lineage["code_version"]["lakehouse"] and "git_commit" in lineage["code_version"]
     assert meta["consumption_gbm"]["cv_folds"].value == 3 and "| fold |" in meta["consumption_gbm"]["cv"].value
-    pointer = json.loads((lake.table_path("ml", "consumption_forecast") / "champion.json").read_text())
+    pointer = json.loads((lake.table_path("ml", "consumption_champion") / "champion.json").read_text())
+    # table maintenance keeps every version a model depends on readable (vacuum skips them)
+    from lakehouse.factories.maintenance import versions_in_use
+
+    in_use = versions_in_use(lake)
+    assert lake.version("exploitation", "consumption_daily") in in_use[("exploitation", "consumption_daily")]
+    assert lake.version("ml", "consumption_split") in in_use[("ml", "consumption_split")]
     best = min(("gbm", "mlp"), key=lambda n: meta[f"consumption_{n}"]["rmse"].value)
     assert pointer["model"] == best and meta["consumption_champion"]["promoted"].value is True
 
@@ -208,17 +214,17 @@ def test_reproduce_gives_identical_metrics_after_the_input_moved_on(trained, lak
     month["consumption_kwh"] *= 1.5
     lake.overwrite_month("exploitation", "consumption_daily", pa.Table.from_pandas(month, preserve_index=False), "2013-06")
     for name in ("gbm", "mlp"):
-        folder = sorted((lake_copy / "ml" / "consumption_forecast" / "models" / name).iterdir())[-1]
+        folder = sorted((lake_copy / "ml" / f"consumption_{name}" / "models").iterdir())[-1]
         result = reproduce(folder)
         assert result.identical, result.render()
         assert any(c["what"] == "rmse" for c in result.checks) and any(c["what"] == "features hash" for c in result.checks)
-    detector = sorted((lake_copy / "ml" / "meter_anomaly" / "models").iterdir())[-1]
+    detector = sorted((lake_copy / "ml" / "meter_model" / "models").iterdir())[-1]
     assert reproduce(detector).identical
     assert reproduce_cli([str(folder)]) == 0  # the command: exit 0 when identical
 
 
 def test_reproduce_notices_a_different_input(trained, lake_copy):
-    folder = sorted((lake_copy / "ml" / "consumption_forecast" / "models" / "gbm").iterdir())[-1]
+    folder = sorted((lake_copy / "ml" / "consumption_gbm" / "models").iterdir())[-1]
     lineage = json.loads((folder / "lineage.json").read_text())
     lineage["inputs"]["exploitation/consumption_daily"]["delta_version"] -= 1  # one month fewer
     (folder / "lineage.json").write_text(json.dumps(lineage))
@@ -230,7 +236,7 @@ def test_reproduce_notices_a_different_input(trained, lake_copy):
 def test_champion_gate_refuses_a_worse_model(trained, lake_copy, tmp_path):
     configs = tiny_configs(tmp_path / "configs", gbm={"max_iter": 2, "learning_rate": 0.01}, mlp={"epochs": 1, "lr": 1e-5})
     _, defs = load(configs, lake_copy)
-    pointer = lake_copy / "ml" / "consumption_forecast" / "champion.json"
+    pointer = lake_copy / "ml" / "consumption_champion" / "champion.json"
     before = pointer.read_text()
     result = run(defs, keys("consumption_gbm", "consumption_mlp", "consumption_champion"))
     assert not result.success

@@ -50,8 +50,9 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
     t_features, t_labels, t_split = f"{prefix}_features", f"{prefix}_labels", f"{prefix}_split"
     k_features, k_labels, k_split = key("ml", t_features), key("ml", t_labels), key("ml", t_split)
     k_champion, k_predictions = key("ml", f"{prefix}_champion"), key("ml", f"{prefix}_predictions")
-    models_root = lambda lake: lake.table_path("ml", spec.name) / "models"  # noqa: E731
-    pointer = lambda lake: lake.table_path("ml", spec.name) / "champion.json"  # noqa: E731
+    # one folder per asset, like every table: ml/<prefix>_<model>/models/vNNNN, ml/<prefix>_champion/
+    models_root = lambda lake, name: lake.table_path("ml", f"{prefix}_{name}") / "models"  # noqa: E731
+    pointer = lambda lake: lake.table_path("ml", f"{prefix}_champion") / "champion.json"  # noqa: E731
     all_months = {"daily": dg.AssetIn(key=source_key, partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)}
     common = {"group_name": "ml", "tags": {"zone": "ml", "pipeline": spec.name}}
 
@@ -210,7 +211,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
         tolerance = float(params.champion.get("tolerance", 0.0))
         cands = []
         for name in params.models:
-            found = versions(models_root(root) / name)
+            found = versions(models_root(root, name))
             if not found:
                 raise dg.Failure(f"model {name} has no trained version yet")
             metrics = json.loads((found[-1] / "metrics.json").read_text())
@@ -359,14 +360,13 @@ def _model_asset(spec, params, name, k_split, t_features, t_labels, t_split, mod
         with single_threaded():
             run = fp.fit_model(cfg, data, params)
         versions_ = {
-            "source": spec.input,
             spec.input: split_lineage["inputs"][spec.input],
             f"ml/{t_features}": {"delta_version": feat_version},
             f"ml/{t_labels}": {"delta_version": lab_version},
             f"ml/{t_split}": {"delta_version": split_version},
         }
         hashes = {"features": feat_lineage.get("hash"), "labels": lab_lineage.get("hash"), "split": split_lineage.get("hash")}
-        lineage = fp.model_lineage(cfg, params, spec.name, versions_, hashes, run)
+        lineage = fp.model_lineage(cfg, params, spec.name, spec.input, versions_, hashes, run)
         lineage["split"] = split_lineage.get("cut", {})
         lineage["run_id"] = context.run_id
         plot_files: dict[str, str] = {}
@@ -380,7 +380,7 @@ def _model_asset(spec, params, name, k_split, t_features, t_labels, t_split, mod
             importance.rename("rmse_increase").to_csv(folder / "feature_importance.csv")
             plot_files.update({k: p.name for k, p in paths.items()})
 
-        folder = save_model(models_root(root) / name, run.model, lineage, extra)
+        folder = save_model(models_root(root, name), run.model, lineage, extra)
         plots = {k: folder / "plots" / f for k, f in plot_files.items()}
         context.log.info(f"ml/{prefix}_{name}: {run.metrics} -> {folder}")
         cv_md = evaluate.markdown_table(pd.DataFrame(run.cv), 3) if run.cv else "no cross-validation for this model"
@@ -456,7 +456,7 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
     k_drift, k_model, k_flags = key("ml", f"{prefix}_drift"), key("ml", f"{prefix}_model"), key("ml", f"{prefix}_flags")
     all_months = {"daily": dg.AssetIn(key=source_key, partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)}
     common = {"group_name": "ml", "tags": {"zone": "ml", "pipeline": spec.name}}
-    models_root = lambda lake: lake.table_path("ml", spec.name) / "models"  # noqa: E731
+    models_root = lambda lake: lake.table_path("ml", f"{prefix}_model") / "models"  # noqa: E731
     drift_check = "drift_psi"
 
     @dg.asset(

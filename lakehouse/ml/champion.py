@@ -1,6 +1,6 @@
 """Choosing the model to deploy, and the gate that refuses a worse one.
 
-The champion pointer is a small JSON file next to the models (``ml/<pipeline>/champion.json``): which
+The champion pointer is a small JSON file (``ml/<prefix>_champion/champion.json``): which
 model version serves predictions and how it scored. A candidate replaces it only when it is not worse
 than the current champion *measured on the same validation rows* (the current model is re-scored on
 today's validation set when it can be; otherwise its recorded score stands), and when no severe drift

@@ -1,6 +1,8 @@
 """Versioned model files under the lake root, each with the data versions it learned from.
 
-``ml/<pipeline>/models/<model>/v0001/{model.joblib, lineage.json, ...}`` — never in git, never overwritten.
+``ml/<asset>/models/v0001/{model.joblib, lineage.json, ...}`` (``<asset>``: the model asset's name) — never
+in git, never overwritten. ``lineage.json`` maps every input table to the Delta version used; table
+maintenance keeps those versions readable.
 """
 
 from __future__ import annotations

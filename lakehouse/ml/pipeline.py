@@ -229,12 +229,15 @@ def write_plots(run: ModelRun, cfg: ModelConfig, data: Dataset, folder: Path, se
 
 
 def model_lineage(
-    cfg: ModelConfig, p: ForecastParams, pipeline: str, versions: dict[str, Any], hashes: dict[str, str], run: ModelRun
+    cfg: ModelConfig, p: ForecastParams, pipeline: str, source: str, versions: dict[str, Any], hashes: dict[str, str], run: ModelRun
 ) -> dict[str, Any]:
+    """``inputs`` maps every table the model depends on to ``{"delta_version": n}`` (table maintenance keeps
+    those versions readable); ``source`` names the one features, labels and split are computed from."""
     return {
         "pipeline": pipeline,
         "model": cfg.name,
         "model_type": cfg.type,
+        "source": source,
         "inputs": versions,
         "data_hashes": hashes,
         "code_version": code_version(),

@@ -3,7 +3,7 @@
     python -m lakehouse.ml.reproduce <model dir> [--lake <lake root>]
 
 ``<model dir>`` is a version folder written by an ML asset, e.g.
-``.lakehouse/ml/consumption_forecast/models/gbm/v0003``. Its ``lineage.json`` names the input table and
+``.lakehouse/ml/consumption_gbm/models/v0003``. Its ``lineage.json`` names the input table and
 the Delta version the model learned from, the parameters, the seed and the metrics. The command reads the
 input *at that version* (even if the table has moved on since), recomputes features, labels and split,
 checks their content hashes against the recorded ones, retrains with the same parameters and seed, and
@@ -92,7 +92,7 @@ def _read_version(lake: Lake, table: str, version: int):
 
 def _forecast(lineage: dict, lake: Lake, out: Reproduction, tolerance: float) -> None:
     params = fp.ForecastParams.of(lineage["params"])
-    source = lineage["inputs"]["source"]
+    source = lineage["source"]
     version = lineage["inputs"][source]["delta_version"]
     out.notes.append(f"{source} read at Delta version {version} (latest: {lake.version(*source.split('/'))})")
     daily = _read_version(lake, source, version)
