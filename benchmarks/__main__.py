@@ -149,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
         "skipped": [],
     }
-    runs_dir = WORK / "runs"
-    logs = WORK / "logs" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    runs_dir = WORK / "runs" / stamp  # one per session: sessions may run at once on the same scale
+    logs = WORK / "logs" / stamp
 
     def save() -> None:
         sessions = json.loads(args.results.read_text()) if (args.append and args.results.exists()) else []
