@@ -9,9 +9,10 @@ import dagster as dg
 import pyarrow.compute as pc
 
 from lakehouse.collectors.landing import landed_files
-from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, run_months
+from lakehouse.factories.checks import pandera_result, pandera_spec, validate_written
+from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, months_of, run_months
 from lakehouse.factories.schema import column_schema
-from lakehouse.quality import quarantine
+from lakehouse.quality import quarantine, schemas
 from lakehouse.specs.models import Project, SourceSpec
 from lakehouse.transforms.parse import FILE_COL, LINE_COL, cast_checked, empty_raw, read_raw
 
@@ -30,6 +31,7 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
         kinds={"spark", "delta"},
         tags={"zone": "formatted"},
         metadata={"dagster/column_schema": column_schema(source.columns)},
+        check_specs=[pandera_spec(key("formatted", source.name), blocking=False)],
     )
     def _formatted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource) -> dg.MaterializeResult:
         root, session = lake.lake, spark.session()
@@ -56,7 +58,7 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
                 else quarantine.SCHEMA.empty_table()
             )
             version = root.overwrite_month("formatted", source.name, data, month)
-            quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month)
+            quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month, run_id=context.run_id)
             return {
                 "rows": data.num_rows,
                 "rows_quarantined": rejected.num_rows,
@@ -65,6 +67,10 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
             }
 
         meta = run_months(context, step, f"formatted/{source.name}")
-        return dg.MaterializeResult(metadata={**meta, "dagster/row_count": meta.get("rows", meta.get("total_rows", 0))})
+        report = validate_written(session, root, "formatted", source.name, months_of(context), schemas.source_contract(source, "formatted"))
+        return dg.MaterializeResult(
+            metadata={**meta, "dagster/row_count": meta.get("rows", meta.get("total_rows", 0))},
+            check_results=[pandera_result(report)],
+        )
 
     return _formatted

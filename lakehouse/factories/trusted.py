@@ -1,67 +1,216 @@
 """Trusted assets: ``trusted/<source>``, the formatted table after the source's quality rules and cleaning.
 
-Rejected rows go to ``quality/quarantine`` with the rule they broke; a ``fail`` rule with violations
-fails the month (downstream does not run on it).
+Per month: the rules and cleaning steps of ``quality:`` run in Spark (:mod:`lakehouse.quality.cleaning`);
+rejected and merged rows are appended to ``quality/quarantine``, changed cells to ``quality/repairs``, the
+month's assessment to ``quality/metrics``. Every rule and step is an asset check of the partition
+(blocking for ``fail`` rules), plus ``conservation`` (blocking: formatted = trusted - imputed +
+quarantined + merged, counted on what was written) and ``pandera_schema`` (blocking).
 """
 
 
 import dagster as dg
 
-from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, run_months
+from lakehouse.factories.checks import PANDERA, pandera_result, pandera_spec, validate_written, verdict_results
+from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, months_of, run_months
 from lakehouse.factories.schema import column_schema
-from lakehouse.quality import quarantine
-from lakehouse.quality.cleaning import canonical_columns, clean_month
-from lakehouse.specs.models import Project, SourceSpec
+from lakehouse.io.lake import Lake
+from lakehouse.quality import metrics, quarantine, repairs, schemas
+from lakehouse.quality.cleaning import EXACT_DUPLICATE, CleanResult, clean_month, validate_quality
+from lakehouse.quality.constraints import CompiledRule
+from lakehouse.specs.models import Project, ReferenceSpec, RulesStep, SourceSpec, UnitStep
+from lakehouse.transforms.parse import LINE_COL
+
+
+def _check_specs(source: SourceSpec, rules: list[CompiledRule]) -> list[dg.AssetCheckSpec]:
+    asset = key("trusted", source.name)
+    specs = []
+    if source.quality.drop_exact_duplicates:
+        specs.append(dg.AssetCheckSpec(EXACT_DUPLICATE, asset=asset, description="Rows identical in every column (merged, first kept)."))
+    for cr in rules:
+        r = cr.spec
+        specs.append(
+            dg.AssetCheckSpec(
+                r.name,
+                asset=asset,
+                blocking=r.action == "fail",
+                description=f"[{r.action}] {r.description or ''} — denies: {cr.describe()}".strip(),
+            )
+        )
+    for step in source.quality.cleaning:
+        if isinstance(step, RulesStep):
+            continue
+        action = getattr(step, "action", "repair")
+        specs.append(dg.AssetCheckSpec(step.name, asset=asset, description=f"[{step.step}, {action}] {step.description}".strip()))
+    specs.append(
+        dg.AssetCheckSpec(
+            "conservation",
+            asset=asset,
+            blocking=True,
+            description="No row lost: formatted rows = trusted rows - imputed + quarantined + merged, read back from the written tables.",
+        )
+    )
+    specs.append(pandera_spec(asset, blocking=True))
+    return specs
+
+
+def _history(root: Lake, session, source: SourceSpec, month: str):
+    """Trusted rows of the months before ``month`` that unit steps compare with (None if there are none)."""
+    n = max((s.history_months for s in source.quality.cleaning if isinstance(s, UnitStep)), default=0)
+    if n == 0 or not root.exists("trusted", source.name):
+        return None
+    earlier = [m for m in root.months("trusted", source.name) if m < month][-n:]
+    return root.read_spark(session, "trusted", source.name, months=earlier) if earlier else None
+
+
+def _reference_months(ref: ReferenceSpec, month: str, available: list[str]) -> list[str]:
+    if ref.months == "same":
+        return [month] if month in available else []
+    if ref.months == "all":
+        return available
+    return [m for m in available if m <= month][-1:]
+
+
+def _references(root: Lake, session, source: SourceSpec, month: str) -> dict:
+    out = {}
+    for rule in source.quality.rules:
+        if rule.reference is None:
+            continue
+        zone, table = rule.reference.table.split("/")
+        if not root.exists(zone, table):
+            continue
+        months = _reference_months(rule.reference, month, root.months(zone, table))
+        if months:
+            out[rule.name] = root.read_spark(session, zone, table, months=months)
+    return out
+
+
+def conservation(root: Lake, source: SourceSpec, month: str, batch: metrics.Batch) -> metrics.Conservation:
+    """The conservation figures of ``month``, read back from what is stored (not from the computation)."""
+    import pyarrow.compute as pc
+
+    first = source.columns[0].name
+    formatted = metrics.month_rows(root, "formatted", source.name, month, column=first).num_rows
+    trusted = metrics.month_rows(root, "trusted", source.name, month, column=LINE_COL)
+    imputed = trusted.num_rows - pc.count(trusted[LINE_COL]).as_py() if trusted.num_rows else 0
+    q = metrics.month_rows(root, *quarantine.TABLE, month, column="disposition", where={"batch_id": batch.batch_id})
+    rejected = int(pc.sum(pc.equal(q["disposition"], quarantine.REJECTED)).as_py() or 0) if q.num_rows else 0
+    merged = int(pc.sum(pc.equal(q["disposition"], quarantine.MERGED)).as_py() or 0) if q.num_rows else 0
+    return metrics.Conservation(formatted, trusted.num_rows, imputed, rejected, merged)
 
 
 def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:
     """The trusted asset of ``source`` (each call builds exactly one asset)."""
-    rules = "\n".join(f"- `{r.name}` ({r.action}): {r.description or r.deny or ''}" for r in source.quality.rules)
+    compiled = validate_quality(source)  # a rule or step that does not fit the table fails at load time
+    rules = "\n".join(f"- `{cr.name}` ({cr.spec.action}): {cr.spec.description or cr.describe()}" for cr in compiled)
+    steps = "\n".join(
+        f"- `{s.name}` ({s.step}): {s.description}" for s in source.quality.cleaning if not isinstance(s, RulesStep)
+    )
+    known = {f"{z}/{s.name}" for s in project.sources for z in ("formatted", "trusted")} | {
+        f"exploitation/{v.name}" for v in project.views
+    }
+    ref_deps = [
+        dg.AssetDep(key(*r.reference.table.split("/")), partition_mapping=dg.AllPartitionMapping() if r.reference.months == "all" else None)
+        for r in source.quality.rules
+        if r.reference is not None and r.reference.table in known and r.reference.table != f"trusted/{source.name}"
+    ]
+    contract = schemas.source_contract(source, "trusted")
 
     @dg.asset(
         key=key("trusted", source.name),
-        deps=[key("formatted", source.name)],
+        deps=[key("formatted", source.name), *ref_deps],
         group_name="trusted",
         description=f"**{source.name}** after quality rules and cleaning; rejected rows are in "
-        f"`quality/quarantine`.\n\nRules:\n{rules or '- none declared'}",
+        f"`quality/quarantine`, changed cells in `quality/repairs`, the assessment in `quality/metrics`."
+        f"\n\nRules:\n{rules or '- none declared'}\n\nCleaning:\n{steps or '- none declared'}",
         partitions_def=monthly(project),
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"spark", "delta"},
         tags={"zone": "trusted"},
         metadata={"dagster/column_schema": column_schema(source.columns)},
+        check_specs=_check_specs(source, compiled),
     )
     def _trusted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource) -> dg.MaterializeResult:
         root, session = lake.lake, spark.session()
         path = root.table_path("trusted", source.name)
+        verdicts: dict[str, list[metrics.CheckEval]] = {}
+        batches: dict[str, metrics.Batch] = {}
+        summaries: dict[str, str] = {}
 
         def step(month: str) -> dict:
             formatted = root.read_spark(session, "formatted", source.name, months=[month])
-            result = clean_month(formatted, source)
-            if result.failed_rules:
-                raise dg.Failure(
-                    f"trusted/{source.name} {month}: blocking rule(s) violated: "
-                    + ", ".join(f"{r} ({result.violations[r]} rows)" for r in result.failed_rules)
-                )
-            data = result.trusted.toArrow()
-            rejected = quarantine.quarantine_rows(
-                result.rejected,
-                dataset=source.name,
-                stage="trusted",
-                run_id=context.run_id,
+            result: CleanResult = clean_month(
+                formatted,
+                source,
                 month=month,
-                record_columns=canonical_columns(source),
-            ).toArrow()
-            version = root.overwrite_month("trusted", source.name, data, month)
-            quarantine.write(root, rejected, dataset=source.name, stage="trusted", month=month)
+                history=_history(root, session, source, month),
+                references=_references(root, session, source, month),
+            )
+            try:
+                batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=context.run_id)
+                data = result.trusted.toArrow()
+                rejected = quarantine.quarantine_rows(
+                    result.rejected, dataset=source.name, stage="trusted", run_id=context.run_id, month=month, record_columns=None
+                ).toArrow()
+                changed = result.repairs.toArrow()
+                # order matters: the metrics row written last publishes the batch (see quality.metrics)
+                quarantine.append(root, rejected, batch)
+                repairs.append(root, changed, batch)
+                version = root.overwrite_month("trusted", source.name, data, month)
+                cons = conservation(root, source, month, batch)
+                checks = metrics.evaluate(result, cons)
+                figures = metrics.rows(batch, metrics.figures(result, cons, checks))
+                metrics.publish(root, batch, rejected.num_rows, figures)
+                summaries[month] = metrics.summary_markdown(result, cons, checks)
+            finally:
+                result.close()
+            verdicts[month] = checks
+            batches[month] = batch
             return {
                 "rows": data.num_rows,
-                "rows_quarantined": rejected.num_rows,
-                **{f"violations_{k}": v for k, v in result.violations.items()},
+                "rows_in": result.counts["rows_in"],
+                "rows_quarantined": result.counts["rows_rejected"],
+                "rows_merged": result.counts["rows_merged"],
+                "rows_imputed": result.counts["rows_imputed"],
+                "cells_repaired": changed.num_rows,
+                **{f"violations_{name}": o.violations for name, o in result.outcomes.items()},
+                "conserved": cons.holds,
                 "delta_version": version,
                 "path": dg.MetadataValue.path(str(path)),
             }
 
         meta = run_months(context, step, f"trusted/{source.name}")
-        return dg.MaterializeResult(metadata={**meta, "dagster/row_count": meta.get("rows", meta.get("total_rows", 0))})
+        months = months_of(context)
+        report = validate_written(session, root, "trusted", source.name, months, contract)
+        pandera_rows = []
+        for month, batch in batches.items():
+            failing = sum(_failing_in(f, month) for f in report.failures)
+            pandera_rows.append(metrics.rows(batch, [("check_passed", PANDERA, None, 0.0 if failing else 1.0), ("pandera_failing_rows", PANDERA, None, failing)]))
+        if pandera_rows:
+            import pyarrow as pa
+
+            metrics.append(root, pa.concat_tables(pandera_rows))
+        if len(summaries) == 1:
+            meta["quality_summary"] = dg.MetadataValue.md(next(iter(summaries.values())))
+        elif summaries:
+            meta["quality_summary"] = dg.MetadataValue.md(_range_summary(verdicts, summaries))
+        return dg.MaterializeResult(
+            metadata={**meta, "dagster/row_count": meta.get("rows", meta.get("total_rows", 0))},
+            check_results=[*verdict_results(verdicts), pandera_result(report)],
+        )
 
     return _trusted
+
+
+def _failing_in(failure: schemas.Failure, month: str) -> int:
+    """Failing rows of one month (schema-level failures, without per-month counts, hit every month)."""
+    if failure.per_month:
+        return failure.per_month.get(month, 0)
+    return failure.failures or 0
+
+
+def _range_summary(verdicts: dict[str, list[metrics.CheckEval]], summaries: dict[str, str]) -> str:
+    """A range run: the failed checks per month, then the last month's full account."""
+    failed = [f"- {m}: " + ", ".join(f"`{e.name}` ({e.severity})" for e in es if not e.passed) for m, es in sorted(verdicts.items()) if any(not e.passed for e in es)]
+    head = f"{len(summaries)} months; " + ("every check passed in every month." if not failed else "failed checks:\n" + "\n".join(failed))
+    last = sorted(summaries)[-1]
+    return head + f"\n\nLast month in full:\n\n{summaries[last]}\n\nPer-month figures: table `quality/metrics`."

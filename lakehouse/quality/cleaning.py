@@ -1,86 +1,775 @@
-"""Formatted → trusted for one month: assess the rules, clean, and set rejected rows aside.
+"""Formatted → trusted for one month: assess the rules, clean, and set rejected rows aside — in Spark.
 
-Every row of the formatted month ends in exactly one place: the trusted table or the quarantine (with
-the rule it broke). Exact duplicates are quarantined too (rule ``exact_duplicate``), one copy is kept —
-so ``formatted rows = trusted rows + quarantined rows`` holds for every month.
+The month is carried through the steps as one *annotated* DataFrame: every formatted row stays in it
+from start to end with its status, so no row can get lost between steps:
+
+``__status``   ``kept`` · ``rejected`` (a quarantine rule or step refused it) · ``merged`` (a duplicate
+               folded into the row it repeats) · ``imputed`` (a row cleaning added to fill a gap)
+``__flags``    every rule/step that flagged the row, whatever its action (the assessment counts these)
+``__reasons``  the rule(s) that rejected or merged it; ``__errors`` why, in words
+``__repairs``  every cell a step changed: ``(column, old, new, rule)`` — becomes ``quality/repairs``
+``__orig``     the row as it came from the formatted table — the quarantine keeps exactly this
+
+Order: exact duplicates are merged first, then the declared cleaning steps run in order, with the rules
+evaluated where ``- step: rules`` stands (right after the exact duplicates when absent). Rules are all
+evaluated on the same snapshot (so their counts do not depend on their order), then applied: quarantine
+rules reject, ``repair`` rules repair the rows still kept, ``warn`` and ``fail`` only flag. Every step
+only looks at the rows still kept (``kept``/``imputed``): a quarantined reading neither feeds a rolling
+median nor ends a stuck run.
+
+``formatted rows = trusted rows - imputed rows + rejected rows + merged rows`` holds by construction and
+is asserted on what was actually written (see :mod:`lakehouse.quality.metrics`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from lakehouse.quality.constraints import parse_deny, violating_rows
-from lakehouse.specs.models import SourceSpec
+from lakehouse.quality.constraints import CompiledRule, compile_rules, reference_flags, rule_condition
+from lakehouse.specs.models import (
+    ImputeStep,
+    OutlierStep,
+    RulesStep,
+    SourceSpec,
+    StandardizeStep,
+    StuckStep,
+    UnitStep,
+    duration_seconds,
+)
 from lakehouse.transforms.parse import FILE_COL, LINE_COL
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
-ROW_ID = "__row_id"
+ROW_ID = "__rid"
+STATUS = "__status"
+FLAGS = "__flags"
+REASONS = "__reasons"
+ERRORS = "__errors"
+REPAIRS = "__repairs"
+ORIG = "__orig"
+ACTIVE = "__active"
+KEPT, REJECTED, MERGED, IMPUTED = "kept", "rejected", "merged", "imputed"
 EXACT_DUPLICATE = "exact_duplicate"
+MONTH = "month"
+TS_TEXT = "yyyy-MM-dd'T'HH:mm:ssXXX"
+REPAIR_TYPE = "array<struct<column:string,old:string,new:string,rule:string>>"
+
+
+class CleaningError(ValueError):
+    """A cleaning step does not fit the table; the message names the step."""
+
+
+@dataclass
+class Outcome:
+    """What one rule or step did to the month."""
+
+    name: str
+    kind: str  # "rule", "step" or "builtin"
+    action: str
+    description: str = ""
+    violations: int = 0
+    rejected: int = 0
+    merged: int = 0
+    repaired_cells: int = 0
+    evaluated: bool = True
+    note: str = ""
+    max_rate: float | None = None
 
 
 @dataclass
 class CleanResult:
-    trusted: DataFrame
-    #: rejected rows: the canonical columns, lineage, ``rule`` and ``error``
-    rejected: DataFrame
-    #: violations per rule (all actions), computed eagerly
-    violations: dict[str, int] = field(default_factory=dict)
-    failed_rules: list[str] = field(default_factory=list)
+    """The cleaned month. ``annotated`` is persisted; call :meth:`close` when done."""
+
+    annotated: DataFrame
+    source: SourceSpec
+    month: str
+    outcomes: dict[str, Outcome]
+    counts: dict[str, int]
+    completeness_in: dict[str, float]
+    completeness_out: dict[str, float]
+    key_uniqueness_in: float | None
+    key_uniqueness_out: float | None
+    notes: list[str] = field(default_factory=list)
+    _held: list = field(default_factory=list, repr=False)
+
+    @property
+    def trusted(self) -> DataFrame:
+        """Rows for the trusted table: canonical columns, lineage (null on imputed rows), month."""
+        from pyspark.sql import functions as F
+
+        return self.annotated.filter(F.col(STATUS).isin(KEPT, IMPUTED)).select(
+            *canonical_columns(self.source), FILE_COL, LINE_COL, MONTH
+        )
+
+    @property
+    def rejected(self) -> DataFrame:
+        """Rejected and merged rows with their original content, rule(s), disposition and lineage."""
+        from pyspark.sql import functions as F
+
+        key = _key_json(self.source, F.col(ORIG))
+        return self.annotated.filter(F.col(STATUS).isin(REJECTED, MERGED)).select(
+            F.array_join(F.col(REASONS), ",").alias("rule"),
+            F.col(STATUS).alias("disposition"),
+            F.array_join(F.col(ERRORS), "; ").alias("error"),
+            F.col(FILE_COL),
+            F.col(LINE_COL),
+            key.alias("key"),
+            F.to_json(F.col(ORIG), {"timestampFormat": TS_TEXT}).alias("record"),
+        )
+
+    @property
+    def repairs(self) -> DataFrame:
+        """One row per changed cell: the row's key (as in trusted), column, old, new, rule, lineage."""
+        from pyspark.sql import functions as F
+
+        cols = {c: F.col(c) for c in canonical_columns(self.source)}
+        key = _key_json(self.source, F.struct(*[v.alias(k) for k, v in cols.items()]))
+        exploded = self.annotated.select(
+            key.alias("key"), F.col(STATUS).alias("row_status"), FILE_COL, LINE_COL, F.explode(REPAIRS).alias("r")
+        )
+        return exploded.select(
+            "key",
+            F.col("r.column").alias("column"),
+            F.col("r.old").alias("old_value"),
+            F.col("r.new").alias("new_value"),
+            F.col("r.rule").alias("rule"),
+            "row_status",
+            FILE_COL,
+            LINE_COL,
+        )
+
+    @property
+    def failed_rules(self) -> list[str]:
+        """``fail`` rules whose violation rate exceeds their ``max_rate`` (0 when unset)."""
+        n = max(self.counts["rows_in"], 1)
+        return [
+            o.name
+            for o in self.outcomes.values()
+            if o.action == "fail" and o.evaluated and o.violations / n > (o.max_rate or 0.0)
+        ]
+
+    def close(self) -> None:
+        for df in self._held:
+            df.unpersist()
+        self._held.clear()
 
 
 def canonical_columns(source: SourceSpec) -> list[str]:
     return [c.name for c in source.columns]
 
 
-def clean_month(formatted: DataFrame, source: SourceSpec) -> CleanResult:
-    """Apply ``source.quality`` to one month of the formatted table."""
+def _key_json(source: SourceSpec, row: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    key = source.quality.key
+    if not key:
+        return F.lit(None).cast("string")
+    return F.to_json(F.struct(*[row.getField(k).alias(k) for k in key]), {"timestampFormat": TS_TEXT})
+
+
+def _as_text(col: Column, spark_type: str) -> Column:
+    from pyspark.sql import functions as F
+
+    if spark_type == "timestamp":
+        return F.date_format(col, TS_TEXT)
+    return col.cast("string")
+
+
+def _active() -> Column:
+    from pyspark.sql import functions as F
+
+    return F.col(STATUS).isin(KEPT, IMPUTED)
+
+
+def _append(array_col: str, cond: Column, value: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.when(cond, F.concat(F.col(array_col), F.array(value))).otherwise(F.col(array_col))
+
+
+def _flag(cond: Column, name: str) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.when(cond, F.array_union(F.col(FLAGS), F.array(F.lit(name)))).otherwise(F.col(FLAGS))
+
+
+def _remove(df: DataFrame, cond: Column, name: str, error: Column, status: str = REJECTED) -> DataFrame:
+    """Move the active rows where ``cond`` holds out of the table (rejected or merged), with a reason."""
+    from pyspark.sql import functions as F
+
+    hit = _active() & F.coalesce(cond, F.lit(False))
+    return df.withColumns(
+        {
+            REASONS: _append(REASONS, hit, F.lit(name)),
+            ERRORS: _append(ERRORS, hit, error),
+            FLAGS: _flag(hit, name),
+            STATUS: F.when(hit, F.lit(status)).otherwise(F.col(STATUS)),
+        }
+    )
+
+
+def _set(df: DataFrame, cond: Column, column: str, new: Column, rule: str, spark_type: str) -> DataFrame:
+    """Replace ``column`` by ``new`` on the active rows where ``cond`` holds, logging changed cells."""
+    from pyspark.sql import functions as F
+
+    old = F.col(f"`{column}`")
+    hit = _active() & F.coalesce(cond, F.lit(False))
+    changed = hit & ~old.eqNullSafe(new)
+    entry = F.struct(
+        F.lit(column).alias("column"),
+        _as_text(old, spark_type).alias("old"),
+        _as_text(new, spark_type).alias("new"),
+        F.lit(rule).alias("rule"),
+    )
+    return df.withColumns(
+        {
+            REPAIRS: _append(REPAIRS, changed, entry),
+            FLAGS: _flag(changed, rule),
+            column: F.when(changed, new.cast(spark_type)).otherwise(old),
+        }
+    )
+
+
+# ------------------------------------------------------------------------------------- the month
+@dataclass
+class _Ctx:
+    source: SourceSpec
+    month: str
+    rules: list[CompiledRule]
+    history: DataFrame | None
+    references: dict[str, DataFrame]
+    outcomes: dict[str, Outcome]
+    notes: list[str]
+    held: list
+
+    def type_of(self, column: str) -> str:
+        try:
+            return self.source.column(column).type
+        except KeyError:
+            raise CleaningError(f"{self.source.name}: unknown column {column!r}") from None
+
+    def checkpoint(self, df: DataFrame) -> DataFrame:
+        """Materialize ``df`` once (later steps join it with itself) and release the previous one."""
+        kept = df.persist()
+        kept.count()
+        for old in self.held:
+            old.unpersist()
+        self.held[:] = [kept]
+        return kept
+
+
+def validate_quality(source: SourceSpec) -> list[CompiledRule]:
+    """Compile the rules and check every step against the declared columns (raises on a mismatch)."""
+    cols = canonical_columns(source)
+    rules = compile_rules(source.quality.rules, cols)
+    for step in source.quality.steps:
+        if isinstance(step, RulesStep):
+            continue
+        used = [step.column] + list(getattr(step, "group_by", [])) + ([step.time] if hasattr(step, "time") else [])
+        missing = sorted(set(used) - set(cols))
+        if missing:
+            raise CleaningError(f"{source.name}: cleaning step {step.name!r} names unknown column(s) {missing}")
+        kind = source.column(step.column).type
+        numeric = kind in ("double", "int", "bigint")
+        if isinstance(step, (UnitStep, OutlierStep, StuckStep, ImputeStep)) and not numeric:
+            raise CleaningError(f"{source.name}: step {step.name!r} needs a numeric column, {step.column!r} is {kind}")
+        if hasattr(step, "time") and source.column(step.time).type != "timestamp":
+            raise CleaningError(f"{source.name}: step {step.name!r}: time column {step.time!r} must be a timestamp")
+        if isinstance(step, StandardizeStep):
+            if step.truncate and kind not in ("timestamp",):
+                raise CleaningError(f"{source.name}: step {step.name!r}: truncate needs a timestamp column")
+            if (step.trim or step.case) and kind != "string":
+                raise CleaningError(f"{source.name}: step {step.name!r}: trim/case need a string column")
+            if step.round is not None and not numeric:
+                raise CleaningError(f"{source.name}: step {step.name!r}: round needs a numeric column")
+    return rules
+
+
+def clean_month(
+    formatted: DataFrame,
+    source: SourceSpec,
+    *,
+    month: str,
+    history: DataFrame | None = None,
+    references: dict[str, DataFrame] | None = None,
+) -> CleanResult:
+    """Apply ``source.quality`` to one month of the formatted table.
+
+    Args:
+        formatted: the month's formatted rows (canonical columns, ``_source_file``/``_source_line``).
+        source: the dataset's spec (its ``quality`` section drives everything).
+        month: the month, ``YYYY-MM``.
+        history: trusted rows of earlier months (the unit step's per-series reference), if any.
+        references: rule name → the referenced table's rows, for ``reference`` rules.
+    """
+    from pyspark.sql import functions as F
+
+    rules = validate_quality(source)
+    cols = canonical_columns(source)
+    outcomes: dict[str, Outcome] = {}
+    ctx = _Ctx(source, month, rules, history, references or {}, outcomes, [], [])
+    df = formatted.select(
+        *cols,
+        FILE_COL,
+        LINE_COL,
+        F.lit(month).alias(MONTH),
+        F.concat_ws(":", F.col(FILE_COL), F.col(LINE_COL).cast("string")).alias(ROW_ID),
+        F.struct(*cols).alias(ORIG),
+        F.lit(KEPT).alias(STATUS),
+        F.array().cast("array<string>").alias(FLAGS),
+        F.array().cast("array<string>").alias(REASONS),
+        F.array().cast("array<string>").alias(ERRORS),
+        F.array().cast(REPAIR_TYPE).alias(REPAIRS),
+    )
+    common = _common_partition(source, rules)
+    if common:
+        # every window below partitions by a superset of these columns: one shuffle serves them all
+        df = df.repartition(*[F.col(f"`{c}`") for c in common])
+    if source.quality.drop_exact_duplicates:
+        outcomes[EXACT_DUPLICATE] = Outcome(
+            EXACT_DUPLICATE, "builtin", "merge", "rows identical in every column: the first is kept"
+        )
+        df = _exact_duplicates(df, cols)
+    for step in source.quality.steps:
+        if isinstance(step, RulesStep):
+            df = _apply_rules(df, ctx)
+        elif isinstance(step, StandardizeStep):
+            df = _standardize(df, step, ctx)
+        elif isinstance(step, UnitStep):
+            df = _unit(ctx.checkpoint(df), step, ctx)
+        elif isinstance(step, OutlierStep):
+            df = _outliers(df, step, ctx)
+        elif isinstance(step, StuckStep):
+            df = _stuck(df, step, ctx)
+        elif isinstance(step, ImputeStep):
+            df = _impute(ctx.checkpoint(df), step, ctx)
+    df = ctx.checkpoint(df)
+    counts, comp_in, comp_out, uniq_in, uniq_out = _tally(df, source, outcomes)
+    return CleanResult(
+        annotated=df,
+        source=source,
+        month=month,
+        outcomes=outcomes,
+        counts=counts,
+        completeness_in=comp_in,
+        completeness_out=comp_out,
+        key_uniqueness_in=uniq_in,
+        key_uniqueness_out=uniq_out,
+        notes=ctx.notes,
+        _held=ctx.held,
+    )
+
+
+def _common_partition(source: SourceSpec, rules: list[CompiledRule]) -> list[str]:
+    """Columns every step and two-tuple rule groups by (their windows then need no further shuffle)."""
+    groups: list[set[str]] = []
+    for step in source.quality.steps:
+        if hasattr(step, "group_by"):
+            groups.append(set(step.group_by))
+    for cr in rules:
+        for dc in cr.constraints:
+            if dc.two_tuple:
+                groups.append(set(dc.blocking_keys()))
+    if not groups:
+        return []
+    common = set.intersection(*groups)
+    return [c for c in canonical_columns(source) if c in common]
+
+
+def _tally(df: DataFrame, source: SourceSpec, outcomes: dict[str, Outcome]):
+    """One aggregation: status counts, per rule/step figures, completeness and key uniqueness."""
     from pyspark.sql import functions as F
 
     cols = canonical_columns(source)
-    df = formatted.withColumn(ROW_ID, F.concat_ws(":", F.col(FILE_COL), F.col(LINE_COL).cast("string")))
-    rejected_parts: list[DataFrame] = []
-    violations: dict[str, int] = {}
-    failed: list[str] = []
+    status = F.col(STATUS)
+    source_row = status != IMPUTED
+    out_row = status.isin(KEPT, IMPUTED)
+    aggs = {
+        "rows_in": F.sum(source_row.cast("long")),
+        "rows_out": F.sum(out_row.cast("long")),
+        "rows_kept": F.sum((status == KEPT).cast("long")),
+        "rows_rejected": F.sum((status == REJECTED).cast("long")),
+        "rows_merged": F.sum((status == MERGED).cast("long")),
+        "rows_imputed": F.sum((status == IMPUTED).cast("long")),
+    }
+    for i, name in enumerate(outcomes):
+        aggs[f"v{i}"] = F.sum(F.array_contains(FLAGS, name).cast("long"))
+        aggs[f"r{i}"] = F.sum((F.array_contains(REASONS, name) & (status == REJECTED)).cast("long"))
+        aggs[f"m{i}"] = F.sum((F.array_contains(REASONS, name) & (status == MERGED)).cast("long"))
+        aggs[f"c{i}"] = F.sum(F.size(F.filter(REPAIRS, _rule_is(name))).cast("long"))
+    for j, c in enumerate(cols):
+        aggs[f"in{j}"] = F.sum((source_row & F.col(ORIG).getField(c).isNotNull()).cast("long"))
+        aggs[f"out{j}"] = F.sum((out_row & F.col(f"`{c}`").isNotNull()).cast("long"))
+    key = source.quality.key
+    if key:
+        aggs["uk_in"] = F.count_distinct(F.when(source_row, F.struct(*[F.col(ORIG).getField(k) for k in key])))
+        aggs["uk_out"] = F.count_distinct(F.when(out_row, F.struct(*[F.col(f"`{k}`") for k in key])))
+    row = df.agg(*[v.alias(k) for k, v in aggs.items()]).collect()[0].asDict()
+    row = {k: (v or 0) for k, v in row.items()}
+    for i, o in enumerate(outcomes.values()):
+        o.violations, o.rejected, o.merged, o.repaired_cells = row[f"v{i}"], row[f"r{i}"], row[f"m{i}"], row[f"c{i}"]
+    counts = {k: int(row[k]) for k in ("rows_in", "rows_out", "rows_kept", "rows_rejected", "rows_merged", "rows_imputed")}
+    n_in, n_out = counts["rows_in"], counts["rows_out"]
+    comp_in = {c: (row[f"in{j}"] / n_in if n_in else 1.0) for j, c in enumerate(cols)}
+    comp_out = {c: (row[f"out{j}"] / n_out if n_out else 1.0) for j, c in enumerate(cols)}
+    uniq_in = (row["uk_in"] / n_in if n_in else 1.0) if key else None
+    uniq_out = (row["uk_out"] / n_out if n_out else 1.0) if key else None
+    return counts, comp_in, comp_out, uniq_in, uniq_out
 
-    if source.quality.drop_exact_duplicates:
-        from pyspark.sql import Window
 
-        w = Window.partitionBy(*cols).orderBy(F.col(FILE_COL), F.col(LINE_COL))
-        ranked = df.withColumn("__dup_rank", F.row_number().over(w))
-        dups = ranked.filter(F.col("__dup_rank") > 1).drop("__dup_rank")
-        rejected_parts.append(
-            dups.select(*df.columns, F.lit(EXACT_DUPLICATE).alias("rule"), F.lit("identical to an earlier row").alias("error"))
-        )
-        df = ranked.filter(F.col("__dup_rank") == 1).drop("__dup_rank")
+def _rule_is(name: str):
+    # F.filter inspects the lambda's arity: no default arguments here
+    return lambda r: r["rule"] == name
 
-    for rule in source.quality.rules:
-        if rule.deny is None:
-            continue  # convenience forms are compiled by the quality system
-        dc = parse_deny(rule.name, rule.deny)
-        ids = violating_rows(df, dc, ROW_ID)
-        flagged = df.join(ids, on=ROW_ID, how="left_semi")
-        violations[rule.name] = flagged.count()
-        if rule.action == "fail" and violations[rule.name]:
-            failed.append(rule.name)
-        if rule.action == "quarantine":
-            rejected_parts.append(
-                flagged.select(
-                    *df.columns, F.lit(rule.name).alias("rule"), F.lit(f"violates: {rule.deny}").alias("error")
-                )
-            )
-            df = df.join(ids, on=ROW_ID, how="left_anti")
 
-    rejected = rejected_parts[0] if rejected_parts else None
-    for part in rejected_parts[1:]:
-        rejected = rejected.unionByName(part)
-    if rejected is None:
-        rejected = df.limit(0).select(*df.columns, F.lit("").alias("rule"), F.lit("").alias("error"))
-    return CleanResult(
-        trusted=df.drop(ROW_ID),
-        rejected=rejected.drop(ROW_ID),
-        violations=violations,
-        failed_rules=failed,
+# ----------------------------------------------------------------------------------------- steps
+def _exact_duplicates(df: DataFrame, cols: list[str]) -> DataFrame:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy(*[F.col(f"`{c}`") for c in cols]).orderBy(F.col(FILE_COL), F.col(LINE_COL))
+    ranked = df.withColumns({"__dup_rank": F.row_number().over(w), "__dup_first": F.first(ROW_ID).over(w)})
+    error = F.concat(F.lit("identical to "), F.col("__dup_first"))
+    return _remove(ranked, F.col("__dup_rank") > 1, EXACT_DUPLICATE, error, status=MERGED).drop(
+        "__dup_rank", "__dup_first"
     )
+
+
+def _standardize(df: DataFrame, step: StandardizeStep, ctx: _Ctx) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    ctx.outcomes[step.name] = Outcome(step.name, "step", "repair", step.description or f"standardize {step.column}", max_rate=step.max_rate)
+    col = F.col(f"`{step.column}`")
+    new = col
+    if step.truncate:
+        new = F.date_trunc(step.truncate, new)
+    if step.trim:
+        new = F.trim(new)
+    if step.case == "lower":
+        new = F.lower(new)
+    elif step.case == "upper":
+        new = F.upper(new)
+    if step.round is not None:
+        new = F.round(new, step.round)
+    return _set(df, col.isNotNull(), step.column, new, step.name, ctx.type_of(step.column))
+
+
+def _median_of(col: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.median(col)
+
+
+def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
+    """Find files delivered in a unit ``factor`` times too small and convert them (see UnitStep)."""
+    from pyspark.sql import functions as F
+
+    ctx.outcomes[step.name] = Outcome(
+        step.name, "step", "repair", step.description or f"{step.column} in a unit {step.factor:g}x off", max_rate=step.max_rate
+    )
+    group = step.group_by
+    value = F.col(f"`{step.column}`")
+    active = df.filter(_active() & value.isNotNull())
+    per_file = active.groupBy(*group, FILE_COL).agg(_median_of(value).alias("med"), F.count(F.lit(1)).alias("n"))
+    files = [r.asDict() for r in per_file.collect()]
+    if not files:
+        return df
+    positive = sorted(f["med"] for f in files if f["med"] is not None and f["med"] > 0)
+    fleet = positive[len(positive) // 2] if len(positive) % 2 else (
+        (positive[len(positive) // 2 - 1] + positive[len(positive) // 2]) / 2 if positive else None
+    )
+    history: dict[tuple, tuple[float, int]] = {}
+    if ctx.history is not None and step.history_months > 0:
+        hv = F.col(f"`{step.column}`")
+        rows = ctx.history.filter(hv.isNotNull()).groupBy(*group).agg(_median_of(hv).alias("med"), F.count(F.lit(1)).alias("n"))
+        history = {tuple(r[g] for g in group): (r["med"], r["n"]) for r in rows.collect()}
+    limit = math.sqrt(step.factor)
+    converted = []
+    for f in files:
+        gkey = tuple(f[g] for g in group)
+        med = f["med"]
+        h = history.get(gkey)
+        if h is not None and h[1] >= step.min_history and h[0] and h[0] > 0:
+            ref, basis = h[0], "its own history"
+        elif fleet is not None and len(positive) >= step.min_fleet:
+            ref, basis = fleet, "the month's other files"
+        else:
+            ref, basis = None, "the absolute bound"
+        if med is None or f[FILE_COL] is None:
+            continue
+        scaled = (med / ref > limit) if ref else (step.max_typical is not None and med > step.max_typical)
+        if scaled:
+            why = f"median {med:g} vs {ref:g} from {basis}" if ref else f"median {med:g} > max_typical {step.max_typical:g}"
+            converted.append((gkey, f[FILE_COL]))
+            ctx.notes.append(f"{step.name}: {f[FILE_COL]} ({', '.join(map(str, gkey))}) divided by {step.factor:g}: {why}")
+    if not converted:
+        return df
+    marker = F.concat_ws("\u0001", *[F.col(f"`{g}`").cast("string") for g in group], F.col(FILE_COL))
+    targets = ["\u0001".join([*map(str, g), f]) for g, f in converted]
+    return _set(df, marker.isin(targets), step.column, value / F.lit(step.factor), step.name, ctx.type_of(step.column))
+
+
+def _series_window(step, ordered: bool = True):
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE))
+    return w.orderBy(F.col(f"`{step.time}`"), F.col(ROW_ID)) if ordered else w
+
+
+def _middle(sorted_arr: Column, n: Column) -> Column:
+    """Median of a sorted array of length ``n`` (mean of the two middle elements when even)."""
+    from pyspark.sql import functions as F
+
+    lo = F.element_at(sorted_arr, F.floor((n + 1) / 2).cast("int"))
+    hi = F.element_at(sorted_arr, F.ceil((n + 1) / 2).cast("int"))
+    return (lo + hi) / 2
+
+
+def _outliers(df: DataFrame, step: OutlierStep, ctx: _Ctx) -> DataFrame:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ctx.outcomes[step.name] = Outcome(
+        step.name, "step", step.action,
+        step.description or f"{step.method} outliers of {step.column} over {step.window} per {', '.join(step.group_by)}",
+        max_rate=step.max_rate,
+    )
+    half = int(duration_seconds(step.window) / 2)
+    value = F.col(f"`{step.column}`")
+    w = (
+        Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE))
+        .orderBy(F.col(f"`{step.time}`").cast("long"))
+        .rangeBetween(-half, half)
+    )
+    x = df.withColumn(ACTIVE, _active() & value.isNotNull())
+    x = x.withColumn("__win", F.array_sort(F.collect_list(value).over(w)))
+    n = F.size("__win")
+    x = x.withColumn("__med", _middle(F.col("__win"), n))
+    floor_scale = F.lit(step.min_relative_scale) * F.abs(F.col("__med"))
+    if step.method == "mad":
+        dev = F.array_sort(F.transform("__win", lambda v: F.abs(v - F.col("__med"))))
+        x = x.withColumn("__scale", F.greatest(F.lit(1.4826) * _middle(dev, n), floor_scale))
+        out = F.abs(value - F.col("__med")) > F.lit(step.threshold) * F.col("__scale")
+        how = F.format_string(
+            f"{step.column} %s is %.1f robust deviations from the {step.window} median %s (mad, threshold {step.threshold:g})",
+            value.cast("string"), F.abs(value - F.col("__med")) / F.col("__scale"), F.round(F.col("__med"), 4).cast("string"),
+        )
+    else:
+        q1 = F.element_at("__win", F.greatest(F.lit(1), F.ceil(n * 0.25).cast("int")))
+        q3 = F.element_at("__win", F.greatest(F.lit(1), F.ceil(n * 0.75).cast("int")))
+        x = x.withColumns({"__q1": q1, "__q3": q3})
+        x = x.withColumn("__scale", F.greatest(F.col("__q3") - F.col("__q1"), floor_scale))
+        lo = F.col("__q1") - F.lit(step.threshold) * F.col("__scale")
+        hi = F.col("__q3") + F.lit(step.threshold) * F.col("__scale")
+        out = (value < lo) | (value > hi)
+        how = F.format_string(
+            f"{step.column} %s outside [%s, %s] (iqr over {step.window}, threshold {step.threshold:g})",
+            value.cast("string"), F.round(lo, 4).cast("string"), F.round(hi, 4).cast("string"),
+        )
+    hit = F.col(ACTIVE) & (n >= step.min_points) & F.coalesce(out, F.lit(False))
+    if step.action == "quarantine":
+        x = _remove(x, hit, step.name, how)
+    elif step.action == "repair":
+        x = _set(x, hit, step.column, F.col("__med"), step.name, ctx.type_of(step.column))
+    else:
+        x = x.withColumn(FLAGS, _flag(hit, step.name))
+    return x.drop(ACTIVE, "__win", "__med", "__scale", "__q1", "__q3")
+
+
+def _stuck(df: DataFrame, step: StuckStep, ctx: _Ctx) -> DataFrame:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ctx.outcomes[step.name] = Outcome(
+        step.name, "step", step.action,
+        step.description or f"{step.min_run}+ identical consecutive {step.column} per {', '.join(step.group_by)}",
+        max_rate=step.max_rate,
+    )
+    value = F.col(f"`{step.column}`")
+    x = df.withColumn(ACTIVE, _active() & value.isNotNull())
+    w = _series_window(step)
+    x = x.withColumn("__new_run", (~value.eqNullSafe(F.lag(value).over(w))).cast("int"))
+    x = x.withColumn("__run", F.sum("__new_run").over(w.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
+    run_w = Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE), F.col("__run"))
+    x = x.withColumn("__run_len", F.count(F.lit(1)).over(run_w))
+    ignored = value.isin(step.ignore_values) if step.ignore_values else F.lit(False)
+    hit = F.col(ACTIVE) & (F.col("__run_len") >= step.min_run) & ~ignored
+    error = F.format_string(f"{step.column} %s repeated in %d consecutive readings", value.cast("string"), F.col("__run_len"))
+    if step.action == "quarantine":
+        x = _remove(x, hit, step.name, error)
+    else:
+        x = x.withColumn(FLAGS, _flag(hit, step.name))
+    return x.drop(ACTIVE, "__new_run", "__run", "__run_len")
+
+
+def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    ctx.outcomes[step.name] = Outcome(
+        step.name, "step", "repair",
+        step.description or f"{step.method} fill of gaps up to {step.max_gap} x {step.every} in {step.column}",
+        max_rate=step.max_rate,
+    )
+    every = int(duration_seconds(step.every))
+    value = F.col(f"`{step.column}`")
+    t = F.col(f"`{step.time}`").cast("long")
+    x = df.withColumn(ACTIVE, _active() & value.isNotNull() & F.col(f"`{step.time}`").isNotNull())
+    w = _series_window(step)
+    gaps = (
+        x.filter(F.col(ACTIVE))
+        .withColumns({"__t": t, "__next_t": F.lead(t).over(w), "__next_v": F.lead(value).over(w)})
+        .withColumn("__steps", ((F.col("__next_t") - F.col("__t")) / every))
+        .filter(
+            ((F.col("__next_t") - F.col("__t")) % every == 0)
+            & (F.col("__steps") >= 2)
+            & (F.col("__steps") <= step.max_gap + 1)
+        )
+    )
+    k = F.col("__k")
+    steps = F.col("__steps").cast("int")
+    filled = gaps.withColumn("__k", F.explode(F.sequence(F.lit(1), steps - 1)))
+    if step.method == "linear":
+        new_value = value + (F.col("__next_v") - value) * k / steps
+    else:
+        new_value = value
+    if step.round is not None:
+        new_value = F.round(new_value, step.round)
+    new_ts = F.timestamp_seconds(F.col("__t") + k * every)
+    cols = canonical_columns(ctx.source)
+    keep_cols = set(step.group_by)
+    ctype = ctx.type_of(step.column)
+    select = []
+    for c in cols:
+        if c == step.time:
+            select.append(new_ts.alias(c))
+        elif c == step.column:
+            select.append(new_value.cast(ctype).alias(c))
+        elif c in keep_cols:
+            select.append(F.col(f"`{c}`"))
+        else:
+            select.append(F.lit(None).cast(ctx.type_of(c)).alias(c))
+    new_rows = filled.select(*select)
+    orig_type = df.schema[ORIG].dataType
+    entry = F.struct(
+        F.lit(step.column).alias("column"),
+        F.lit(None).cast("string").alias("old"),
+        _as_text(F.col(f"`{step.column}`"), ctype).alias("new"),
+        F.lit(step.name).alias("rule"),
+    )
+    new_rows = new_rows.select(
+        *cols,
+        F.lit(None).cast("string").alias(FILE_COL),
+        F.lit(None).cast("bigint").alias(LINE_COL),
+        F.lit(ctx.month).alias(MONTH),
+        F.concat(F.lit("imputed:"), F.to_json(F.struct(*[F.col(f"`{c}`") for c in [*step.group_by, step.time]]))).alias(ROW_ID),
+        F.lit(None).cast(orig_type).alias(ORIG),
+        F.lit(IMPUTED).alias(STATUS),
+        F.array(F.lit(step.name)).alias(FLAGS),
+        F.array().cast("array<string>").alias(REASONS),
+        F.array().cast("array<string>").alias(ERRORS),
+        F.array(entry).cast(REPAIR_TYPE).alias(REPAIRS),
+    )
+    return df.unionByName(new_rows.select(*df.columns))
+
+
+# ------------------------------------------------------------------------------------------ rules
+def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
+    """Evaluate every rule on the same snapshot of the kept rows, then apply the actions."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    flags: dict[str, str] = {}
+    for i, cr in enumerate(ctx.rules):
+        rule = cr.spec
+        outcome = Outcome(rule.name, "rule", rule.action, rule.description or cr.describe(), max_rate=rule.max_rate)
+        ctx.outcomes[rule.name] = outcome
+        col = f"__v{i}"
+        if cr.reference is not None:
+            if rule.name not in ctx.references:
+                outcome.evaluated = False
+                outcome.note = f"not evaluated: {cr.reference.table} has no data for this month"
+                continue
+            known = reference_flags(cr, ctx.references[rule.name])
+            value = F.col(f"`{cr.reference.column}`")
+            df = df.join(known, value == F.col("__ref_value"), "left")
+            df = df.withColumn(col, _active() & value.isNotNull() & F.col("__ref_found").isNull()).drop("__ref_value", "__ref_found")
+        else:
+            # every rule sees the same snapshot: the rows kept when the rules step starts
+            df = df.withColumn(col, rule_condition(cr, ROW_ID, scope=_active()))
+        flags[rule.name] = col
+    for name, col in flags.items():
+        df = df.withColumn(FLAGS, _flag(F.col(col), name))
+    # quarantine: every quarantine rule the row breaks is named
+    q = [(cr, flags[cr.name]) for cr in ctx.rules if cr.spec.action == "quarantine" and cr.name in flags]
+    if q:
+        hit = F.lit(False)
+        for _, col in q:
+            hit = hit | F.col(col)
+        names = F.filter(F.array(*[F.when(F.col(col), F.lit(cr.name)) for cr, col in q]), lambda v: v.isNotNull())
+        errors = F.filter(
+            F.array(*[F.when(F.col(col), F.lit(f"violates {cr.name}: {cr.describe()}")) for cr, col in q]),
+            lambda v: v.isNotNull(),
+        )
+        rejecting = _active() & hit
+        df = df.withColumns(
+            {
+                REASONS: F.when(rejecting, F.concat(F.col(REASONS), names)).otherwise(F.col(REASONS)),
+                ERRORS: F.when(rejecting, F.concat(F.col(ERRORS), errors)).otherwise(F.col(ERRORS)),
+                STATUS: F.when(rejecting, F.lit(REJECTED)).otherwise(F.col(STATUS)),
+            }
+        )
+    # repairs, in rule order, on the rows still kept
+    for cr in ctx.rules:
+        rule = cr.spec
+        if rule.action != "repair" or cr.name not in flags:
+            continue
+        col = F.col(flags[cr.name])
+        if rule.repair.set:
+            for target, expr in rule.repair.set.items():
+                df = _set(df, col, target, F.expr(expr), rule.name, ctx.type_of(target))
+        else:
+            keys = cr.blocking_keys() if cr.two_tuple else []
+            in_block = _active() & col
+            order = _keep_order(rule.repair.keep, rule.repair.by)
+            w = Window.partitionBy(*[F.col(f"`{k}`") for k in keys], in_block).orderBy(*order)
+            df = df.withColumns({"__keep_rank": F.row_number().over(w), "__keep_first": F.first(ROW_ID).over(w)})
+            error = F.format_string(f"conflicts on {', '.join(keys)}; kept %s (keep {rule.repair.keep})", F.col("__keep_first"))
+            df = _remove(df, in_block & (F.col("__keep_rank") > 1), rule.name, error, status=MERGED)
+            df = df.drop("__keep_rank", "__keep_first")
+    return df.drop(*flags.values())
+
+
+def _keep_order(keep: str, by: str | None) -> list[Column]:
+    from pyspark.sql import functions as F
+
+    lineage = [F.col(FILE_COL).asc_nulls_last(), F.col(LINE_COL).asc_nulls_last()]
+    if keep == "first":
+        return lineage
+    if keep == "last":
+        return [F.col(FILE_COL).desc_nulls_last(), F.col(LINE_COL).desc_nulls_last()]
+    column = F.col(f"`{by}`")
+    return [column.asc_nulls_last() if keep == "min" else column.desc_nulls_last(), *lineage]
+
+
+def summary_rows(result: CleanResult) -> list[dict[str, Any]]:
+    """The outcomes as plain dicts (for metadata and tests)."""
+    n = max(result.counts["rows_in"], 1)
+    return [
+        {
+            "name": o.name,
+            "kind": o.kind,
+            "action": o.action,
+            "violations": o.violations,
+            "rate": o.violations / n,
+            "rejected": o.rejected,
+            "merged": o.merged,
+            "repaired_cells": o.repaired_cells,
+            "evaluated": o.evaluated,
+            "note": o.note,
+        }
+        for o in result.outcomes.values()
+    ]

@@ -1,4 +1,4 @@
-"""Denial constraints: parse ``deny`` expressions and compile them to Spark.
+"""Denial constraints: parse ``deny`` expressions, compile every rule form, evaluate them in Spark.
 
 A denial constraint lists predicates that must not all hold together::
 
@@ -6,15 +6,29 @@ A denial constraint lists predicates that must not all hold together::
     t1.meter_id = t2.meter_id & t1.ts = t2.ts & t1.reading_kwh != t2.reading_kwh   two tuples
 
 Operands are column references (``t.col``, ``t1.col``, ``t2.col``), numbers, quoted strings or ``null``;
-operators are ``= != < <= > >=``. A two-tuple constraint is evaluated as a self-join blocked on its
-equality predicates between ``t1`` and ``t2`` (never a cross join); it needs at least one.
+operators are ``= != < <= > >=``. A two-tuple constraint is evaluated within blocks of rows equal on its
+equality predicates between ``t1`` and ``t2`` (a window partitioned by those keys: each row meets only the
+rows of its own block — never a cross join); it needs at least one such equality.
+
+The convenience forms of :class:`~lakehouse.specs.models.RuleSpec` compile to the same representation
+(a rule is the disjunction of its constraints: a row violates the rule when it violates any of them)::
+
+    not_null: [a, b]             t.a = null          |  t.b = null
+    range: {x: {min: 0, max: 9}} t.x < 0             |  t.x > 9
+    allowed: {c: [u, v]}         t.c != 'u' & t.c != 'v'
+    unique: [k1, k2]             t1.k1 = t2.k1 & t1.k2 = t2.k2
+
+``reference`` (a value must exist in another table) is not a constraint over one table: it compiles to a
+left join against the referenced column.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+
+from lakehouse.specs.models import ReferenceSpec, RuleSpec
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -27,13 +41,26 @@ Op = Literal["=", "!=", "<", "<=", ">", ">="]
 
 
 class ConstraintError(ValueError):
-    """A ``deny`` expression does not parse or does not fit the table; the message names the rule."""
+    """A rule does not parse or does not fit the table; the message names the rule."""
 
 
 @dataclass(frozen=True)
 class Ref:
     tuple: str  # "t", "t1" or "t2"
     column: str
+
+    def __str__(self) -> str:
+        return f"{self.tuple}.{self.column}"
+
+
+def _text(o: object) -> str:
+    if isinstance(o, Ref):
+        return str(o)
+    if o is None:
+        return "null"
+    if isinstance(o, str):
+        return "'" + o.replace("'", "\\'") + "'"
+    return repr(o)
 
 
 @dataclass(frozen=True)
@@ -42,11 +69,17 @@ class Predicate:
     op: Op
     right: Ref | object
 
+    def __str__(self) -> str:
+        return f"{_text(self.left)} {self.op} {_text(self.right)}"
+
 
 @dataclass(frozen=True)
 class DenialConstraint:
     rule: str
     predicates: tuple[Predicate, ...]
+
+    def __str__(self) -> str:
+        return " & ".join(str(p) for p in self.predicates)
 
     @property
     def tuples(self) -> set[str]:
@@ -66,8 +99,14 @@ class DenialConstraint:
         for p in self.predicates:
             if p.op == "=" and isinstance(p.left, Ref) and isinstance(p.right, Ref):
                 if {p.left.tuple, p.right.tuple} == {"t1", "t2"} and p.left.column == p.right.column:
-                    keys.append(p.left.column)
+                    if p.left.column not in keys:
+                        keys.append(p.left.column)
         return keys
+
+    @property
+    def key_equality_only(self) -> bool:
+        """Every predicate is a blocking equality (``unique``): a group count decides, no join needed."""
+        return self.two_tuple and len(self.blocking_keys()) == len(self.predicates)
 
 
 def _operand(kind: str, text: str):
@@ -109,21 +148,118 @@ def parse_deny(rule: str, text: str) -> DenialConstraint:
             i += 1
     if not preds:
         raise ConstraintError(f"rule {rule!r}: empty deny expression")
-    dc = DenialConstraint(rule, tuple(preds))
+    return _validated(DenialConstraint(rule, tuple(preds)))
+
+
+def _validated(dc: DenialConstraint) -> DenialConstraint:
+    rule = dc.rule
+    if not dc.tuples:
+        raise ConstraintError(f"rule {rule!r}: {dc} compares constants only; reference a column (t.col)")
     if "t" in dc.tuples and dc.two_tuple:
         raise ConstraintError(f"rule {rule!r}: use either t (one tuple) or t1/t2 (two tuples), not both")
     if dc.two_tuple and not dc.blocking_keys():
         raise ConstraintError(
             f"rule {rule!r}: a two-tuple constraint needs an equality t1.c = t2.c to block on (no cross joins)"
         )
+    for p in dc.predicates:
+        if p.left is None:
+            raise ConstraintError(f"rule {rule!r}: write 'null' on the right of {p}")
+        if p.right is None and p.op not in ("=", "!="):
+            raise ConstraintError(f"rule {rule!r}: only '= null' and '!= null' compare with null, not {p}")
     return dc
 
 
+# ------------------------------------------------------------------------------------- rule forms
+@dataclass(frozen=True)
+class CompiledRule:
+    """A rule ready to evaluate: a disjunction of denial constraints, or a reference check."""
+
+    spec: RuleSpec
+    constraints: tuple[DenialConstraint, ...] = ()
+    reference: ReferenceSpec | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def two_tuple(self) -> bool:
+        return any(dc.two_tuple for dc in self.constraints)
+
+    @property
+    def columns(self) -> set[str]:
+        cols = {c for dc in self.constraints for c in dc.columns}
+        if self.reference is not None:
+            cols.add(self.reference.column)
+        return cols
+
+    def blocking_keys(self) -> list[str]:
+        """The block of a two-tuple rule (the keys shared by all its constraints)."""
+        keys = [dc.blocking_keys() for dc in self.constraints if dc.two_tuple]
+        return [k for k in keys[0] if all(k in other for other in keys[1:])] if keys else []
+
+    def describe(self) -> str:
+        """What the rule denies, in the constraint syntax."""
+        if self.reference is not None:
+            r = self.reference
+            return f"t.{r.column} not in {r.table}.{r.target_column}"
+        return "  |  ".join(str(dc) for dc in self.constraints)
+
+
+def compile_rule(rule: RuleSpec) -> CompiledRule:
+    """The constraints of any rule form (see the module docstring)."""
+    name = rule.name
+    if rule.deny is not None:
+        return CompiledRule(rule, (parse_deny(name, rule.deny),))
+    if rule.not_null:
+        return CompiledRule(rule, tuple(DenialConstraint(name, (Predicate(Ref("t", c), "=", None),)) for c in rule.not_null))
+    if rule.range:
+        dcs = []
+        for col, bounds in rule.range.items():
+            if bounds.min is not None:
+                dcs.append(DenialConstraint(name, (Predicate(Ref("t", col), "<", bounds.min),)))
+            if bounds.max is not None:
+                dcs.append(DenialConstraint(name, (Predicate(Ref("t", col), ">", bounds.max),)))
+        return CompiledRule(rule, tuple(dcs))
+    if rule.allowed:
+        dcs = []
+        for col, values in rule.allowed.items():
+            if not values:
+                raise ConstraintError(f"rule {name!r}: allowed values of {col!r} are empty")
+            dcs.append(DenialConstraint(name, tuple(Predicate(Ref("t", col), "!=", v) for v in values)))
+        return CompiledRule(rule, tuple(dcs))
+    if rule.unique:
+        preds = tuple(Predicate(Ref("t1", c), "=", Ref("t2", c)) for c in rule.unique)
+        return CompiledRule(rule, (_validated(DenialConstraint(name, preds)),))
+    if rule.reference is not None:
+        return CompiledRule(rule, (), reference=rule.reference)
+    raise ConstraintError(f"rule {name!r}: no form")  # unreachable: RuleSpec validates one form
+
+
+def compile_rules(rules: list[RuleSpec], columns: list[str]) -> list[CompiledRule]:
+    """Compile ``rules`` and check every column they use exists in ``columns``."""
+    compiled = []
+    for rule in rules:
+        cr = compile_rule(rule)
+        missing = sorted(cr.columns - set(columns))
+        if missing:
+            raise ConstraintError(f"rule {rule.name!r}: unknown column(s) {missing}; the table has {columns}")
+        if rule.repair is not None:
+            targets = set(rule.repair.set or {}) | ({rule.repair.by} if rule.repair.by else set())
+            bad = sorted(targets - set(columns))
+            if bad:
+                raise ConstraintError(f"rule {rule.name!r}: repair names unknown column(s) {bad}")
+        compiled.append(cr)
+    return compiled
+
+
+# ------------------------------------------------------------------------------------------ spark
 def _spark_operand(o, prefix: dict[str, str]) -> Column:
     from pyspark.sql import functions as F
 
     if isinstance(o, Ref):
-        return F.col(f"{prefix[o.tuple]}{o.column}")
+        return F.col(f"`{prefix[o.tuple]}{o.column}`")
     return F.lit(o)
 
 
@@ -147,7 +283,7 @@ def violation_condition(dc: DenialConstraint, prefix: dict[str, str] | None = No
     """
     from pyspark.sql import functions as F
 
-    prefix = prefix or {"t": "", "t1": "l.", "t2": "r."}
+    prefix = prefix or {"t": "", "t1": "l_", "t2": "r_"}
     cond = F.lit(True)
     for p in dc.predicates:
         pred = _compare(
@@ -157,10 +293,92 @@ def violation_condition(dc: DenialConstraint, prefix: dict[str, str] | None = No
     return cond
 
 
+def row_condition(cr: CompiledRule) -> Column:
+    """For a one-tuple rule: true on the rows that violate any of its constraints."""
+    from pyspark.sql import functions as F
+
+    if cr.two_tuple or cr.reference is not None:
+        raise ConstraintError(f"rule {cr.name!r} is not a one-tuple rule")
+    cond = F.lit(False)
+    for dc in cr.constraints:
+        cond = cond | violation_condition(dc, {"t": ""})
+    return cond
+
+
 def check_columns(dc: DenialConstraint, columns: list[str]) -> None:
     missing = sorted(dc.columns - set(columns))
     if missing:
         raise ConstraintError(f"rule {dc.rule!r}: unknown column(s) {missing}; table has {columns}")
+
+
+def _resolved(dc: DenialConstraint, resolve) -> Column:
+    """Like :func:`violation_condition`, with ``resolve(Ref) -> Column`` giving each reference."""
+    from pyspark.sql import functions as F
+
+    cond = F.lit(True)
+    for p in dc.predicates:
+        left = resolve(p.left) if isinstance(p.left, Ref) else F.lit(p.left)
+        right = resolve(p.right) if isinstance(p.right, Ref) else F.lit(p.right)
+        pred = _compare(left, p.op, right, p.right is None and p.op in ("=", "!="))
+        cond = cond & F.coalesce(pred, F.lit(False))
+    return cond
+
+
+def _all_not_null(columns: list[str]) -> Column:
+    from pyspark.sql import functions as F
+
+    cond = F.lit(True)
+    for c in columns:
+        cond = cond & F.col(f"`{c}`").isNotNull()
+    return cond
+
+
+def block_condition(dc: DenialConstraint, row_id: str, scope: Column | None = None) -> Column:
+    """True on the rows that take part in a violation of the two-tuple ``dc`` (a window expression).
+
+    The rows are blocked on ``dc``'s equality keys: a window partitioned by them (a hash partitioning —
+    rows of different blocks never meet, so nothing like a cross join is ever planned) gathers each
+    block, and the predicates are tested between each row and the other members of its block, with the
+    row as ``t1`` and as ``t2``. Pure key equalities (``unique``) only count the block. ``scope``: a
+    boolean column; only rows where it holds take part (the others form their own blocks).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    keys = dc.blocking_keys()
+    parts = [F.col(f"`{k}`") for k in keys] + ([scope] if scope is not None else [])
+    w = Window.partitionBy(*parts)
+    inside = _all_not_null(keys) & (scope if scope is not None else F.lit(True))
+    if dc.key_equality_only:
+        return inside & (F.count(F.lit(1)).over(w) > 1)
+    cols = sorted(dc.columns)
+    members = F.collect_list(F.struct(F.col(row_id).alias("__id"), *[F.col(f"`{c}`").alias(c) for c in cols])).over(w)
+
+    def me(ref: Ref) -> Column:
+        return F.col(f"`{ref.column}`")
+
+    def as_t1(other):
+        return (other["__id"] != F.col(row_id)) & _resolved(dc, lambda r: me(r) if r.tuple == "t1" else other[r.column])
+
+    def as_t2(other):
+        return (other["__id"] != F.col(row_id)) & _resolved(dc, lambda r: me(r) if r.tuple == "t2" else other[r.column])
+
+    return inside & (F.exists(members, as_t1) | F.exists(members, as_t2))
+
+
+def rule_condition(cr: CompiledRule, row_id: str, scope: Column | None = None) -> Column:
+    """True on the rows violating a one- or two-tuple rule (any of its constraints)."""
+    from pyspark.sql import functions as F
+
+    if cr.reference is not None:
+        raise ConstraintError(f"rule {cr.name!r}: a reference rule needs the referenced table (rule_violations)")
+    cond = F.lit(False)
+    for dc in cr.constraints:
+        if dc.two_tuple:
+            cond = cond | block_condition(dc, row_id, scope)
+        else:
+            cond = cond | violation_condition(dc, {"t": ""})
+    return cond & scope if scope is not None else cond
 
 
 def violating_rows(df: DataFrame, dc: DenialConstraint, row_id: str) -> DataFrame:
@@ -170,15 +388,43 @@ def violating_rows(df: DataFrame, dc: DenialConstraint, row_id: str) -> DataFram
     check_columns(dc, df.columns)
     if not dc.two_tuple:
         return df.filter(violation_condition(dc, {"t": ""})).select(row_id)
-    keys = dc.blocking_keys()
-    cols = sorted(dc.columns | {row_id})
-    left = df.select(*[F.col(c).alias(f"l_{c}") for c in cols])
-    right = df.select(*[F.col(c).alias(f"r_{c}") for c in cols])
-    joined = left.join(right, on=[F.col(f"l_{k}") == F.col(f"r_{k}") for k in keys], how="inner")
-    cond = violation_condition(dc, {"t1": "l_", "t2": "r_"}) & (F.col(f"l_{row_id}") != F.col(f"r_{row_id}"))
-    pairs = joined.filter(cond)
-    return (
-        pairs.select(F.col(f"l_{row_id}").alias(row_id))
-        .union(pairs.select(F.col(f"r_{row_id}").alias(row_id)))
-        .distinct()
-    )
+    return df.withColumn("__violates", block_condition(dc, row_id)).filter(F.col("__violates")).select(row_id)
+
+
+def rule_violations(df: DataFrame, cr: CompiledRule, row_id: str, reference: DataFrame | None = None) -> DataFrame:
+    """Ids of the rows of ``df`` that violate ``cr`` (any of its constraints, or a missing reference).
+
+    ``reference``: the referenced table's rows (for ``reference`` rules; its column ``to``).
+    """
+    from pyspark.sql import functions as F
+
+    if cr.reference is not None:
+        return df.join(reference_flags(cr, reference), on=_ref_on(df, cr), how="left").filter(
+            F.col("__ref_found").isNull() & F.col(f"`{cr.reference.column}`").isNotNull()
+        ).select(row_id)
+    return df.withColumn("__violates", rule_condition(cr, row_id)).filter(F.col("__violates")).select(row_id)
+
+
+def reference_flags(cr: CompiledRule, reference: DataFrame | None) -> DataFrame:
+    """The distinct known values of a reference rule (``__ref_value``, ``__ref_found``), to broadcast."""
+    from pyspark.sql import functions as F
+
+    if reference is None:
+        raise ConstraintError(f"rule {cr.name!r}: the referenced table {cr.reference.table} is not available")
+    r = cr.reference
+    if r.target_column not in reference.columns:
+        raise ConstraintError(f"rule {cr.name!r}: {r.table} has no column {r.target_column!r}")
+    known = reference.select(F.col(f"`{r.target_column}`").alias("__ref_value")).where("__ref_value IS NOT NULL")
+    return F.broadcast(known.distinct().withColumn("__ref_found", F.lit(True)))
+
+
+def _ref_on(df: DataFrame, cr: CompiledRule):
+    from pyspark.sql import functions as F
+
+    return F.col(f"`{cr.reference.column}`") == F.col("__ref_value")
+
+
+def has_cross_join(df: DataFrame) -> bool:
+    """Whether Spark's physical plan of ``df`` holds a cartesian product or a nested-loop join."""
+    plan = df._jdf.queryExecution().executedPlan().toString()  # noqa: SLF001 - plan text, classic Spark
+    return "CartesianProduct" in plan or "BroadcastNestedLoopJoin" in plan

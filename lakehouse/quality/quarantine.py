@@ -1,8 +1,17 @@
-"""The quarantine: every row a zone refused, with its original content, the rule and where it came from.
+"""The quarantine: every row a zone refused, with its original content, the rule(s) and where it came from.
 
-``quality/quarantine`` is one Delta table for all datasets, partitioned by month. Rerunning a month of a
-dataset replaces that dataset/stage/month slice (so reruns never duplicate rows); earlier contents stay
-reachable through the table's Delta history.
+``quality/quarantine`` is one Delta table for all datasets, partitioned by month, and **append-only**:
+every write adds a batch (``run_id``, ``batch_id``, ``written_at``) and nothing is ever overwritten, so
+the decisions of every run stay readable for as long as the table lives (not only until the next
+``vacuum``, as Delta time travel would). A rerun of a month adds a new batch; :func:`current` returns,
+per dataset/stage/month, the rows of the newest *published* batch (see :mod:`lakehouse.quality.metrics`),
+which is what conservation checks and consumers use.
+
+Columns: ``dataset, stage, rule, disposition, error, source_file, source_line, key, record, run_id,
+batch_id, written_at, month``. ``disposition``: ``rejected`` (a rule or step refused the row) or
+``merged`` (a duplicate folded into the row it repeats; ``error`` names the row that was kept).
+``record`` is the row exactly as the stage received it (JSON of the canonical columns, or the raw line
+for rows the formatted stage could not parse); ``key`` is the row's key as JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from lakehouse.io.lake import Lake
+from lakehouse.quality import metrics
 from lakehouse.transforms.parse import FILE_COL, LINE_COL
 
 if TYPE_CHECKING:
@@ -23,14 +33,19 @@ SCHEMA = pa.schema(
         pa.field("dataset", pa.string()),
         pa.field("stage", pa.string()),
         pa.field("rule", pa.string()),
+        pa.field("disposition", pa.string()),
         pa.field("error", pa.string()),
         pa.field("source_file", pa.string()),
         pa.field("source_line", pa.int64()),
+        pa.field("key", pa.string()),
         pa.field("record", pa.string()),
         pa.field("run_id", pa.string()),
+        pa.field("batch_id", pa.string()),
+        pa.field("written_at", pa.timestamp("us", tz="UTC")),
         pa.field("month", pa.string()),
     ]
 )
+REJECTED, MERGED = "rejected", "merged"
 
 
 def quarantine_rows(
@@ -40,22 +55,61 @@ def quarantine_rows(
     content; ``None`` when ``rejected`` already has a ``record`` text column (raw lines)."""
     from pyspark.sql import functions as F
 
+    def opt(name: str, default):
+        return F.col(name) if name in rejected.columns else default
+
     record = F.col("record") if record_columns is None else F.to_json(F.struct(*record_columns))
-    rule = F.col("rule") if "rule" in rejected.columns else F.lit("parse")
     return rejected.select(
         F.lit(dataset).alias("dataset"),
         F.lit(stage).alias("stage"),
-        rule.alias("rule"),
+        opt("rule", F.lit("parse")).alias("rule"),
+        opt("disposition", F.lit(REJECTED)).alias("disposition"),
         F.col("error"),
         F.col(FILE_COL).alias("source_file"),
         F.col(LINE_COL).cast("bigint").alias("source_line"),
+        opt("key", F.lit(None).cast("string")).alias("key"),
         record.alias("record"),
         F.lit(run_id).alias("run_id"),
+        F.lit(None).cast("string").alias("batch_id"),
+        F.lit(None).cast("timestamp").alias("written_at"),
         F.lit(month).alias("month"),
     )
 
 
-def write(lake: Lake, rows: pa.Table, *, dataset: str, stage: str, month: str) -> int:
-    """Replace the dataset/stage/month slice of the quarantine; the new Delta version."""
-    rows = rows.select(SCHEMA.names).cast(SCHEMA)
-    return lake.overwrite_month(*TABLE, rows, month, where={"dataset": dataset, "stage": stage})
+def _conform(rows: pa.Table) -> pa.Table:
+    for f in SCHEMA:
+        if f.name not in rows.column_names:
+            rows = rows.append_column(f.name, pa.nulls(rows.num_rows, f.type))
+    return rows.select(SCHEMA.names).cast(SCHEMA)
+
+
+def append(lake: Lake, rows: pa.Table, batch: metrics.Batch) -> int | None:
+    """Append ``rows`` as part of ``batch`` (not yet published); the new version, None if no rows."""
+    if rows.num_rows == 0:
+        return None
+    bad = set(rows.column("month").unique().to_pylist()) - {batch.month} if "month" in rows.column_names else set()
+    if bad:
+        raise ValueError(f"quarantine rows for months {sorted(bad)} in a batch of {batch.month}")
+    return lake.append(*TABLE, _conform(batch.stamp(rows)))
+
+
+def write(lake: Lake, rows: pa.Table, *, dataset: str, stage: str, month: str, run_id: str | None = None) -> int:
+    """Append one stage's rejected rows for a month and publish the batch; the quarantine's version.
+
+    Used by stages that only quarantine (the formatted zone); the trusted zone publishes its batch with
+    its metrics (:func:`lakehouse.quality.metrics.publish`).
+    """
+    if run_id is None:
+        ids = set(rows.column("run_id").to_pylist()) if "run_id" in rows.column_names and rows.num_rows else set()
+        run_id = ids.pop() if len(ids) == 1 else "unknown"
+    batch = metrics.Batch.new(dataset=dataset, stage=stage, month=month, run_id=run_id)
+    append(lake, rows, batch)
+    metrics.publish(lake, batch, rows.num_rows)
+    return lake.version(*TABLE) if lake.exists(*TABLE) else -1
+
+
+def current(lake: Lake, *, dataset: str | None = None, stage: str | None = None, months: list[str] | None = None) -> pa.Table:
+    """The quarantine as of the newest published batch of every dataset/stage/month."""
+    if not lake.exists(*TABLE):
+        return SCHEMA.empty_table()
+    return metrics.current(lake, TABLE, dataset=dataset, stage=stage, months=months)

@@ -227,22 +227,97 @@ class PartitioningSpec(Spec):
         return self
 
 
+RuleAction = Literal["warn", "quarantine", "repair", "fail"]
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|min|h|d)\s*$")
+_DURATION_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86400}
+
+
+def duration_seconds(text: str) -> float:
+    """``"30min"``, ``"1h"``, ``"2d"`` → seconds."""
+    m = _DURATION_RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration such as '30s', '15min', '1h', '2d'")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+class RangeSpec(Spec):
+    """Inclusive bounds of a column (numbers, or ISO text for dates/timestamps); either may be omitted."""
+
+    min: float | str | None = None
+    max: float | str | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> RangeSpec:
+        if self.min is None and self.max is None:
+            raise ValueError("a range needs 'min', 'max' or both")
+        return self
+
+
+class ReferenceSpec(Spec):
+    """Every non-null value of ``column`` must exist in ``to`` of ``table`` (``<zone>/<table>``).
+    ``months``: which months of the referenced table count (``latest``: the newest one not after the
+    checked month, for snapshots such as a registry; ``same``; ``all``)."""
+
+    column: str
+    table: str
+    to: str | None = None
+    months: Literal["same", "latest", "all"] = "latest"
+
+    @field_validator("table")
+    @classmethod
+    def _zone_table(cls, value: str) -> str:
+        if value.count("/") != 1:
+            raise ValueError(f"reference table {value!r} must be '<zone>/<table>'")
+        return value
+
+    @property
+    def target_column(self) -> str:
+        return self.to or self.column
+
+
+class RepairSpec(Spec):
+    """What ``action: repair`` does to the rows a rule flags.
+
+    ``set``: column → Spark SQL expression over the row (``abs(reading_kwh)``, ``NULL``), for one-tuple
+    rules. ``keep``: for two-tuple and ``unique`` rules, keep one row per block of equal keys (``first`` /
+    ``last`` in source order, or the row with the ``min``/``max`` of column ``by``); the others are merged
+    (moved to the quarantine with disposition ``merged``)."""
+
+    set: dict[str, str] | None = None
+    keep: Literal["first", "last", "min", "max"] | None = None
+    by: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> RepairSpec:
+        if (self.set is None) == (self.keep is None):
+            raise ValueError("a repair needs exactly one of 'set' or 'keep'")
+        if self.keep in ("min", "max") and not self.by:
+            raise ValueError(f"keep: {self.keep} needs 'by' (the column to compare)")
+        return self
+
+
 class RuleSpec(Spec):
     """A data-quality rule. ``deny``: predicates that must not all hold together (a denial constraint),
     written over ``t`` (one tuple) or ``t1``/``t2`` (two tuples of the same table), joined by ``&``.
     Convenience forms (``not_null``, ``range``, ``unique``, ``allowed``, ``reference``) compile to the same.
+
+    ``action``: ``warn`` keeps the rows and counts them; ``quarantine`` moves them to the quarantine;
+    ``repair`` applies ``repair``; ``fail`` keeps them and fails the blocking check (downstream stops).
+    ``max_rate``: the violation rate (violations / rows in) above which the rule's check fails — for
+    ``fail`` rules 0 when unset; for other actions the check only reports (WARN above ``max_rate`` if set).
     """
 
     name: str
     description: str = ""
-    action: Literal["warn", "quarantine", "repair", "fail"] = "quarantine"
+    action: RuleAction = "quarantine"
     deny: str | None = None
     not_null: list[str] | None = None
-    range: dict[str, Any] | None = None
+    range: dict[str, RangeSpec] | None = None
     unique: list[str] | None = None
-    allowed: dict[str, Any] | None = None
-    reference: dict[str, Any] | None = None
-    repair: dict[str, Any] | None = None
+    allowed: dict[str, list[str | int | float | bool]] | None = None
+    reference: ReferenceSpec | None = None
+    repair: RepairSpec | None = None
+    max_rate: float | None = Field(default=None, ge=0, le=1)
 
     @field_validator("name")
     @classmethod
@@ -251,38 +326,187 @@ class RuleSpec(Spec):
 
     @model_validator(mode="after")
     def _one_form(self) -> RuleSpec:
-        forms = [f for f in ("deny", "not_null", "range", "unique", "allowed", "reference") if getattr(self, f)]
+        forms = [f for f in RULE_FORMS if getattr(self, f)]
         if len(forms) != 1:
             raise ValueError(
-                f"rule {self.name!r} must have exactly one of deny/not_null/range/unique/allowed/reference,"
-                f" got {forms or 'none'}"
+                f"rule {self.name!r} must have exactly one of {'/'.join(RULE_FORMS)}, got {forms or 'none'}"
             )
         if self.action == "repair" and not self.repair:
             raise ValueError(f"rule {self.name!r} has action 'repair' but no 'repair' block")
+        if self.repair and self.action != "repair":
+            raise ValueError(f"rule {self.name!r} has a 'repair' block but action {self.action!r}")
+        if self.repair and self.repair.keep and not (self.unique or (self.deny and "t1." in self.deny)):
+            raise ValueError(f"rule {self.name!r}: 'keep' repairs need a two-tuple deny or a unique rule")
+        if self.repair and self.repair.set and (self.unique or self.reference or (self.deny and "t1." in self.deny)):
+            raise ValueError(f"rule {self.name!r}: 'set' repairs need a one-tuple rule")
+        return self
+
+    @property
+    def form(self) -> str:
+        return next(f for f in RULE_FORMS if getattr(self, f))
+
+
+RULE_FORMS = ("deny", "not_null", "range", "unique", "allowed", "reference")
+
+
+class _Step(Spec):
+    """Fields every cleaning step shares. ``name`` is the step's check and its ``rule`` in the logs."""
+
+    name: str
+    description: str = ""
+    #: the share of rows the step may flag before its check fails with WARN severity (unset: never)
+    max_rate: float | None = Field(default=None, ge=0, le=1)
+
+    @field_validator("name")
+    @classmethod
+    def _ident(cls, value: str) -> str:
+        return _check_ident(value)
+
+
+class _SeriesStep(_Step):
+    """A step over each series: rows grouped by ``group_by`` and ordered by ``time``."""
+
+    column: str
+    group_by: list[str] = Field(min_length=1)
+    time: str
+
+
+class RulesStep(Spec):
+    """Where, in the cleaning order, the rules are evaluated (right after exact duplicates if absent)."""
+
+    step: Literal["rules"]
+
+
+class StandardizeStep(_Step):
+    """Rewrite values into one convention: timestamps truncated to a unit (a reading stamped 10:30 belongs
+    to the hour 10:00), text trimmed and/or case-folded, numbers rounded."""
+
+    step: Literal["standardize"]
+    column: str
+    truncate: Literal["minute", "hour", "day"] | None = None
+    trim: bool = False
+    case: Literal["lower", "upper"] | None = None
+    round: int | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> StandardizeStep:
+        if not (self.truncate or self.trim or self.case or self.round is not None):
+            raise ValueError(f"standardize step {self.name!r} does nothing: set truncate, trim, case or round")
         return self
 
 
-class CleaningSpec(Spec):
-    """Cleaning steps applied in order after the rules are assessed."""
+class UnitStep(_Step):
+    """Values delivered in a unit ``factor`` times too small (Wh instead of kWh: factor 1000).
 
-    step: str
-    options: dict[str, Any] = Field(default_factory=dict)
+    The median of each file (per group) is compared with a reference: the group's median over the
+    ``history_months`` trusted months before (when it has ``min_history`` rows there), else the median
+    of the month's file medians over all groups (when at least ``min_fleet`` files), else the absolute
+    bound ``max_typical``. A file whose median is more than ``sqrt(factor)`` times its reference (or
+    above ``max_typical``) is divided by ``factor``; every converted cell is logged as a repair.
+    """
+
+    step: Literal["unit_harmonization"]
+    column: str
+    group_by: list[str] = Field(min_length=1)
+    factor: float = Field(default=1000.0, gt=1)
+    history_months: int = Field(default=3, ge=0)
+    min_history: int = Field(default=48, ge=1)
+    min_fleet: int = Field(default=3, ge=1)
+    max_typical: float | None = None
+
+
+class OutlierStep(_SeriesStep):
+    """Robust outliers per series over a centred time window of ``window`` (e.g. ``24h``).
+
+    ``mad``: flag ``|x - median| > threshold * 1.4826 * MAD``; ``iqr``: flag outside
+    ``[Q1 - threshold * IQR, Q3 + threshold * IQR]``. The scale never drops below ``min_relative_scale *
+    |median|`` (flat windows). Windows with fewer than ``min_points`` readings are not judged.
+    ``action: repair`` replaces the value by the window median."""
+
+    step: Literal["outliers"]
+    method: Literal["mad", "iqr"] = "mad"
+    window: str = "24h"
+    threshold: float = Field(default=8.0, gt=0)
+    min_points: int = Field(default=8, ge=3)
+    min_relative_scale: float = Field(default=0.05, ge=0)
+    action: Literal["warn", "quarantine", "repair"] = "quarantine"
+
+    @field_validator("window")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        duration_seconds(value)
+        return value
+
+
+class StuckStep(_SeriesStep):
+    """A stuck meter repeats one value: ``min_run`` or more consecutive identical readings (values in
+    ``ignore_values``, e.g. a true zero, are never stuck)."""
+
+    step: Literal["stuck"]
+    min_run: int = Field(default=5, ge=2)
+    ignore_values: list[float] = Field(default_factory=lambda: [0.0])
+    action: Literal["warn", "quarantine"] = "quarantine"
+
+
+class ImputeStep(_SeriesStep):
+    """Fill gaps of at most ``max_gap`` missing steps of ``every`` between two readings of a series
+    (linear interpolation, or the ``previous`` value). Imputed rows have no source file/line and one
+    repair each (old value null)."""
+
+    step: Literal["impute_gaps"]
+    every: str = "1h"
+    max_gap: int = Field(default=3, ge=1)
+    method: Literal["linear", "previous"] = "linear"
+    round: int | None = 3
+
+    @field_validator("every")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        duration_seconds(value)
+        return value
+
+
+CleaningSpec = Annotated[
+    RulesStep | StandardizeStep | UnitStep | OutlierStep | StuckStep | ImputeStep, Field(discriminator="step")
+]
+
+#: check names the trusted asset always has; rules and steps may not use them
+RESERVED_CHECKS = ("exact_duplicate", "conservation", "pandera_schema")
 
 
 class QualitySpec(Spec):
+    """Rules and cleaning of one dataset (formatted → trusted); see docs/quality.md.
+
+    Order: exact duplicates are merged first, then ``cleaning`` runs in its declared order; the rules run
+    where a ``- step: rules`` entry stands (right after exact duplicates when there is none).
+    """
+
     key: list[str] = Field(default_factory=list)
     rules: list[RuleSpec] = Field(default_factory=list)
     cleaning: list[CleaningSpec] = Field(default_factory=list)
-    #: drop rows that are identical in every column, keeping one (counted as merged duplicates)
+    #: merge rows identical in every column, keeping the first (the others go to the quarantine as merged)
     drop_exact_duplicates: bool = True
 
     @model_validator(mode="after")
     def _unique_names(self) -> QualitySpec:
-        names = [r.name for r in self.rules]
+        names = [r.name for r in self.rules] + [s.name for s in self.cleaning if not isinstance(s, RulesStep)]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"rule names must be unique, repeated: {dupes}")
+            raise ValueError(f"rule and cleaning step names must be unique, repeated: {dupes}")
+        reserved = sorted(set(names) & set(RESERVED_CHECKS))
+        if reserved:
+            raise ValueError(f"names {reserved} are reserved for built-in checks")
+        if sum(isinstance(s, RulesStep) for s in self.cleaning) > 1:
+            raise ValueError("'- step: rules' may appear at most once")
         return self
+
+    @property
+    def steps(self) -> list:
+        """The cleaning order with the rules placed (a ``RulesStep`` marks where)."""
+        steps = list(self.cleaning)
+        if not any(isinstance(s, RulesStep) for s in steps):
+            steps.insert(0, RulesStep(step="rules"))
+        return steps
 
 
 class FreshnessSpec(Spec):

@@ -1,0 +1,107 @@
+"""Asset checks shared by the zone factories: quality verdicts and Pandera schemas → Dagster.
+
+Checks are declared with ``check_specs`` on each zone asset and their results returned in the
+``MaterializeResult``. A step that covers several months (a backfilled range) reports one result per
+check: passed only if every month passed, with a per-month table in its metadata (the per-month
+figures are also in ``quality/metrics``).
+"""
+
+
+from collections.abc import Sequence
+
+import dagster as dg
+from pyspark.sql import SparkSession
+
+from lakehouse.io.lake import Lake
+from lakehouse.quality import schemas
+from lakehouse.quality.metrics import CheckEval
+from lakehouse.specs.models import ViewSpec
+
+PANDERA = "pandera_schema"
+
+
+def pandera_spec(asset_key: dg.AssetKey, *, blocking: bool) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        PANDERA,
+        asset=asset_key,
+        blocking=blocking,
+        description="Pandera (pandera.pyspark) schema derived from the configs: column types, nullability, "
+        "ranges/allowed values the rules guarantee, key uniqueness. Metadata: failing rows per check, examples.",
+    )
+
+
+def validate_written(
+    spark: SparkSession, lake: Lake, zone: str, table: str, months: Sequence[str], contract: schemas.Contract
+) -> schemas.Report:
+    """Validate the months just written, read back from Delta (the table as stored, not as computed)."""
+    df = lake.read_spark(spark, zone, table, months=list(months))
+    return schemas.validate(df, contract)
+
+
+def validate_view(spark: SparkSession, lake: Lake, view: ViewSpec, months: Sequence[str]) -> schemas.Report:
+    """Validate an exploitation view as written: its months, or the whole table for merge (unpartitioned) views."""
+    partitioned = lake.partitioned("exploitation", view.name)
+    df = lake.read_spark(spark, "exploitation", view.name, months=list(months) if partitioned else None)
+    return schemas.validate(df, schemas.view_contract(view, df.schema))
+
+
+def pandera_result(report: schemas.Report) -> dg.AssetCheckResult:
+    failures = [
+        {"column": f.column, "check": f.check, "failing_rows": f.failures, "examples": f.examples, "per_month": f.per_month}
+        for f in report.failures
+    ]
+    return dg.AssetCheckResult(
+        check_name=PANDERA,
+        passed=report.passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{len(report.failures)} failed check(s) over {report.rows} rows" if failures else f"{report.rows} rows valid",
+        metadata={
+            "rows": report.rows,
+            "failed_checks": len(report.failures),
+            "failing_rows": report.failed_rows,
+            "summary": dg.MetadataValue.md(report.markdown()),
+            "failures": dg.MetadataValue.json(failures),
+        },
+    )
+
+
+def verdict_results(per_month: dict[str, list[CheckEval]]) -> list[dg.AssetCheckResult]:
+    """One result per check over the months of the step (failed if any month failed)."""
+    names: list[str] = []
+    for evals in per_month.values():
+        names += [e.name for e in evals if e.name not in names]
+    results = []
+    for name in names:
+        evals = {m: e for m, es in per_month.items() for e in es if e.name == name}
+        failed = {m: e for m, e in evals.items() if not e.passed}
+        any_eval = next(iter(evals.values()))
+        severity = dg.AssetCheckSeverity.ERROR if any(e.severity == "ERROR" for e in failed.values()) else dg.AssetCheckSeverity.WARN
+        meta: dict = {"months": len(evals), "months_failed": len(failed)}
+        violations = [e.violations for e in evals.values() if e.violations is not None]
+        if violations:
+            meta["violations"] = int(sum(violations))
+            rates = [e.rate for e in evals.values() if e.rate is not None]
+            meta["max_violation_rate"] = float(max(rates)) if rates else 0.0
+        if len(evals) == 1:
+            (month, e), = evals.items()
+            meta["month"] = month
+            description = e.description
+        else:
+            rows = "".join(
+                f"| {m} | {'' if e.violations is None else e.violations} | "
+                f"{'' if e.rate is None else f'{e.rate:.3%}'} | {'pass' if e.passed else e.severity} | {e.description} |\n"
+                for m, e in sorted(evals.items())
+            )
+            meta["per_month"] = dg.MetadataValue.md("| month | violations | rate | result | detail |\n|---|---:|---:|---|---|\n" + rows)
+            description = (f"failed in {len(failed)} of {len(evals)} months: {', '.join(sorted(failed))}"
+                           if failed else f"passed in all {len(evals)} months")
+        results.append(
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=not failed,
+                severity=severity if failed else (dg.AssetCheckSeverity.ERROR if any_eval.severity == "ERROR" else dg.AssetCheckSeverity.WARN),
+                description=description[:1000],
+                metadata=meta,
+            )
+        )
+    return results

@@ -1,0 +1,250 @@
+"""Pandera schemas (``pandera.pyspark``) of every zone table, derived from the configs — never written twice.
+
+* ``formatted/<source>``: the declared canonical columns (Spark type, nullability) plus lineage columns.
+* ``trusted/<source>``: the same, plus what cleaning guarantees: ``range`` / ``allowed`` / ``not_null``
+  rules whose action removes or repairs violations (``quarantine``, ``repair``) become column checks,
+  and the dataset's key must be unique within each month. (``warn`` and ``fail`` rules keep their rows, so they are not
+  part of the contract; denial constraints are checked by the rule checks themselves.)
+* ``exploitation/<view>``: the view's declared ``columns`` when present, else the written Spark schema;
+  the view's ``key`` must be unique (within each month for monthly views).
+
+``pandera.pyspark`` does not raise: it records errors in ``df.pandera.errors`` and says neither how many
+rows failed nor which. :func:`validate` turns each error into a count and a few example rows by running
+the same condition the check stands for (kept next to the check when the schema is built).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lakehouse.specs.models import ColumnSpec, SourceSpec, ViewSpec
+from lakehouse.transforms.parse import FILE_COL, LINE_COL
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame
+    from pyspark.sql.types import StructType
+
+MONTH = "month"
+
+
+def _spark_type(name: str):
+    from pyspark.sql import types as T
+
+    return {
+        "string": T.StringType(),
+        "int": T.IntegerType(),
+        "bigint": T.LongType(),
+        "double": T.DoubleType(),
+        "boolean": T.BooleanType(),
+        "date": T.DateType(),
+        "timestamp": T.TimestampType(),
+    }[name]
+
+
+@dataclass
+class Contract:
+    """A pandera schema and, per check, the Spark condition that is true on a failing row."""
+
+    name: str
+    schema: Any  # pandera.pyspark.DataFrameSchema
+    failing: dict[tuple[str, str], Callable[[], Column]] = field(default_factory=dict)
+    key: list[str] = field(default_factory=list)
+    columns: dict[str, str] = field(default_factory=dict)  # column -> expected Spark simple type name
+
+
+@dataclass
+class Failure:
+    column: str
+    check: str
+    error: str
+    failures: int | None
+    examples: list[dict[str, Any]]
+    per_month: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    contract: str
+    rows: int
+    failures: list[Failure]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def failed_rows(self) -> int:
+        return sum(f.failures or 0 for f in self.failures)
+
+    def markdown(self) -> str:
+        if self.passed:
+            return f"`{self.contract}`: {self.rows} rows, every check passed."
+        lines = ["| column | check | failing rows | example |", "|---|---|---:|---|"]
+        for f in self.failures:
+            example = json.dumps(f.examples[0], default=str) if f.examples else ""
+            lines.append(f"| `{f.column}` | {f.check} | {f.failures if f.failures is not None else '?'} | `{example[:200]}` |")
+        return f"`{self.contract}`: {self.rows} rows, {len(self.failures)} failed check(s)\n\n" + "\n".join(lines)
+
+
+def _column(pa, spark_type: str, nullable: bool, checks: list) -> Any:
+    return pa.Column(_spark_type(spark_type), nullable=nullable, checks=checks or None)
+
+
+def _contract(name: str, columns: list[tuple[str, str, bool, list]], key: list[str]) -> Contract:
+    """``columns``: (name, type, nullable, [(label, pandera check, failing condition factory)])."""
+    import pandera.pyspark as pa
+
+    failing: dict[tuple[str, str], Callable[[], Column]] = {}
+    cols = {}
+    for col, kind, nullable, checks in columns:
+        pchecks = []
+        for label, check, cond in checks:
+            pchecks.append(check)
+            failing[(col, label)] = cond
+        cols[col] = _column(pa, kind, nullable, pchecks)
+    schema = pa.DataFrameSchema(cols, name=name, unique=key or None)
+    return Contract(name, schema, failing, list(key), {c: k for c, k, _, _ in columns})
+
+
+def _range_checks(col: str, lo, hi) -> list[tuple]:
+    import pandera.pyspark as pa
+    from pyspark.sql import functions as F
+
+    out = []
+    if lo is not None:
+        label = f"{col} >= {lo}"
+        out.append((label, pa.Check.ge(lo, error=label), lambda c=col, v=lo: F.col(f"`{c}`") < F.lit(v)))
+    if hi is not None:
+        label = f"{col} <= {hi}"
+        out.append((label, pa.Check.le(hi, error=label), lambda c=col, v=hi: F.col(f"`{c}`") > F.lit(v)))
+    return out
+
+
+def _allowed_check(col: str, values: list) -> tuple:
+    import pandera.pyspark as pa
+    from pyspark.sql import functions as F
+
+    label = f"{col} in {values}"
+    return (label, pa.Check.isin(list(values), error=label), lambda c=col, v=tuple(values): ~F.col(f"`{c}`").isin(list(v)))
+
+
+def source_contract(source: SourceSpec, zone: str) -> Contract:
+    """The schema of ``formatted/<source>`` or ``trusted/<source>`` (see the module docstring)."""
+    if zone not in ("formatted", "trusted"):
+        raise ValueError(f"no source contract for zone {zone!r}")
+    checks: dict[str, list] = {c.name: [] for c in source.columns}
+    required = {c.name for c in source.columns if not c.nullable}
+    if zone == "trusted":
+        for rule in source.quality.rules:
+            if rule.action not in ("quarantine", "repair"):
+                continue
+            if rule.range:
+                for col, b in rule.range.items():
+                    checks[col] += _range_checks(col, b.min, b.max)
+            if rule.allowed:
+                for col, values in rule.allowed.items():
+                    checks[col].append(_allowed_check(col, values))
+            if rule.not_null:
+                required |= set(rule.not_null)
+    columns = [(c.name, c.type, c.name not in required, checks[c.name]) for c in source.columns]
+    lineage_nullable = zone == "trusted"  # imputed rows have no source line
+    columns += [(FILE_COL, "string", lineage_nullable, []), (LINE_COL, "bigint", lineage_nullable, []), (MONTH, "string", False, [])]
+    # a key identifies a row within its month (snapshot sources repeat every key each month)
+    key = [*source.quality.key, MONTH] if zone == "trusted" and source.quality.key else []
+    return _contract(f"{zone}/{source.name}", columns, key)
+
+
+def view_contract(view: ViewSpec, spark_schema: StructType | None = None) -> Contract:
+    """The schema of ``exploitation/<view>``: declared ``columns``, else the written Spark schema
+    (``spark_schema`` also tells whether the table carries ``month``: merge views are unpartitioned)."""
+    if view.columns:
+        declared: list[ColumnSpec] = list(view.columns)
+        columns = [(c.name, c.type, c.nullable, []) for c in declared]
+        written = set(spark_schema.fieldNames()) if spark_schema is not None else {MONTH}
+        if MONTH not in {c.name for c in declared} and MONTH in written:
+            columns.append((MONTH, "string", False, []))
+    elif spark_schema is not None:
+        columns = []
+        for f in spark_schema.fields:
+            kind = _type_name(f.dataType)
+            if kind is None:
+                continue  # nested types: no pandera dtype check
+            columns.append((f.name, kind, f.nullable, []))
+    else:
+        raise ValueError(f"view {view.name!r}: no declared columns and no schema to derive one from")
+    # a monthly view's key holds within each month (a snapshot view repeats its keys every month)
+    monthly = any(c[0] == MONTH for c in columns)
+    key = [*view.key, MONTH] if view.key and monthly and MONTH not in view.key else list(view.key)
+    return _contract(f"exploitation/{view.name}", columns, key)
+
+
+def _type_name(dtype) -> str | None:
+    from pyspark.sql import types as T
+
+    for name, cls in (
+        ("string", T.StringType),
+        ("int", T.IntegerType),
+        ("bigint", T.LongType),
+        ("double", T.DoubleType),
+        ("boolean", T.BooleanType),
+        ("date", T.DateType),
+        ("timestamp", T.TimestampType),
+    ):
+        if isinstance(dtype, cls):
+            return name
+    return None
+
+
+def _examples(df: DataFrame, cond: Column, n: int) -> list[dict[str, Any]]:
+    return [{k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in r.asDict().items()}
+            for r in df.filter(cond).limit(n).collect()]
+
+
+def _per_month(df: DataFrame, cond: Column) -> dict[str, int]:
+    from pyspark.sql import functions as F
+
+    if MONTH not in df.columns:
+        return {}
+    return {r[MONTH]: int(r["n"]) for r in df.filter(cond).groupBy(MONTH).agg(F.count(F.lit(1)).alias("n")).collect()}
+
+
+def validate(df: DataFrame, contract: Contract, *, examples: int = 3) -> Report:
+    """Run the pandera schema on ``df`` and count, per failed check, the failing rows (with examples)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    validated = contract.schema.validate(df)
+    errors = dict(getattr(validated.pandera, "errors", {}) or {})
+    rows = df.count()
+    failures: list[Failure] = []
+    for _scope, by_kind in errors.items():
+        for kind, entries in by_kind.items():
+            for e in entries:
+                col, check, error = str(e.get("column")), str(e.get("check")), str(e.get("error"))
+                cond = None
+                if (col, check) in contract.failing:
+                    cond = contract.failing[(col, check)]()
+                    cond = F.coalesce(cond, F.lit(False))
+                elif kind == "SERIES_CONTAINS_NULLS" and col in df.columns:
+                    cond = F.col(f"`{col}`").isNull()
+                elif kind == "DUPLICATES" and contract.key:
+                    w = Window.partitionBy(*[F.col(f"`{k}`") for k in contract.key])
+                    marked = df.withColumn("__key_n", F.count(F.lit(1)).over(w))
+                    cond_df = marked.filter(F.col("__key_n") > 1).drop("__key_n")
+                    failures.append(
+                        Failure(", ".join(contract.key), check, error, cond_df.count(), _examples(cond_df, F.lit(True), examples),
+                                _per_month(cond_df, F.lit(True)))
+                    )
+                    continue
+                if cond is not None:
+                    failures.append(
+                        Failure(col, check, error, df.filter(cond).count(), _examples(df, cond, examples), _per_month(df, cond))
+                    )
+                else:  # schema-level (missing column, wrong type): every row is affected
+                    actual = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+                    ex = [{"column": col, "expected": contract.columns.get(col), "actual": actual.get(col, "missing")}]
+                    failures.append(Failure(col, check, error, rows, ex))
+    return Report(contract.name, rows, failures)

@@ -1,0 +1,266 @@
+"""Cleaning, per action, on a crafted month whose faults are known row by row.
+
+Three meters, three days of hourly readings in January 2012. Meter M1 carries one fault of each kind,
+M2 sent its whole file in Wh, M3 is clean. The repository's meter_readings quality section is applied.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+
+import pytest
+
+from lakehouse.quality.cleaning import IMPUTED, clean_month, summary_rows
+from lakehouse.specs import load_project
+from lakehouse.specs.models import SourceSpec
+from lakehouse_tests.conftest import REPO
+
+MONTH = "2012-01"
+T0 = dt.datetime(2012, 1, 1, tzinfo=dt.timezone.utc)
+HOURS = 72
+SCHEMA = "meter_id string, ts timestamp, reading_kwh double, _source_file string, _source_line bigint"
+
+
+def level(h: int) -> float:
+    return round(1.0 + 0.3 * math.sin(2 * math.pi * h / 24) + 0.0001 * h, 4)
+
+
+def meter_source(**quality) -> SourceSpec:
+    base = load_project(REPO / "configs", env={}).source("meter_readings")
+    if not quality:
+        return base
+    data = base.model_dump()
+    data["quality"] = {**data["quality"], **quality}
+    return SourceSpec.model_validate(data)
+
+
+def crafted_rows() -> list[tuple]:
+    rows = []
+
+    def add(meter, h, value, minute=0):
+        rows.append((meter, T0 + dt.timedelta(hours=h, minutes=minute), value, f"meter_{meter}_{MONTH}.csv"))
+
+    for h in range(HOURS):
+        v = level(h)
+        if h in (50, 51, 52):
+            continue  # missing hours
+        if h == 20:
+            v = -0.4  # negative
+        if h == 30:
+            v = v * 30 + 50  # spike
+        if 40 <= h <= 45:
+            v = level(40)  # stuck
+        add("M1", h, v, minute=30 if h == 60 else 0)  # h60: clock running 30 min late
+        if h == 5:
+            add("M1", h, v)  # exact duplicate
+        if h == 10:
+            add("M1", h, v * 2)  # conflicting second reading
+    for h in range(HOURS):
+        add("M2", h, level(h) * 1.3 * 1000)  # the whole file in Wh
+        add("M3", h, level(h) * 0.8)
+    lines: dict[str, int] = {}
+    out = []
+    for meter, ts, value, file in rows:
+        lines[file] = lines.get(file, 1) + 1
+        out.append((meter, ts, value, file, lines[file]))
+    return out
+
+
+def _utc(v):
+    # Spark hands timestamps back as naive datetimes in the session time zone (UTC here)
+    return v.replace(tzinfo=dt.timezone.utc) if isinstance(v, dt.datetime) and v.tzinfo is None else v
+
+
+def as_rows(df) -> list[dict]:
+    return [{k: _utc(v) for k, v in r.asDict().items()} for r in df.collect()]
+
+
+@pytest.fixture(scope="module")
+def cleaned(spark):
+    formatted = spark.createDataFrame(crafted_rows(), SCHEMA)
+    result = clean_month(formatted, meter_source(), month=MONTH)
+    out = {
+        "result": result,
+        "trusted": as_rows(result.trusted),
+        "rejected": as_rows(result.rejected),
+        "repairs": as_rows(result.repairs),
+        "summary": {r["name"]: r for r in summary_rows(result)},
+        "formatted_rows": formatted.count(),
+    }
+    result.close()
+    return out
+
+
+def at(h: int, minute: int = 0) -> dt.datetime:
+    return T0 + dt.timedelta(hours=h, minutes=minute)
+
+
+def rejected_by(cleaned, rule: str) -> list[dict]:
+    return [r for r in cleaned["rejected"] if rule in r["rule"].split(",")]
+
+
+def key_ts(row: dict) -> str:
+    return json.loads(row["key"])["ts"]
+
+
+def test_exact_duplicate_is_merged_and_names_the_kept_row(cleaned):
+    (dup,) = rejected_by(cleaned, "exact_duplicate")
+    assert dup["disposition"] == "merged"
+    assert key_ts(dup) == "2012-01-01T05:00:00Z"
+    assert dup["error"] == f"identical to meter_M1_{MONTH}.csv:7"  # line 7 is hour 5's first copy
+    assert dup["_source_line"] == 8
+
+
+def test_conflicting_reading_keeps_the_first(cleaned):
+    (conflict,) = rejected_by(cleaned, "conflicting_readings")
+    assert conflict["disposition"] == "merged"
+    assert json.loads(conflict["record"])["reading_kwh"] == pytest.approx(level(10) * 2)
+    kept = [r for r in cleaned["trusted"] if r["meter_id"] == "M1" and r["ts"] == at(10)]
+    assert [r["reading_kwh"] for r in kept] == [pytest.approx(level(10))]
+    # the unique rule saw the same pair (same snapshot) but had nothing left to merge
+    assert cleaned["summary"]["one_reading_per_hour"]["violations"] == 2
+    assert cleaned["summary"]["one_reading_per_hour"]["merged"] == 0
+
+
+def test_negative_reading_quarantined_with_its_original_content(cleaned):
+    (neg,) = rejected_by(cleaned, "non_negative_reading")
+    assert neg["disposition"] == "rejected"
+    assert json.loads(neg["record"]) == {"meter_id": "M1", "ts": "2012-01-01T20:00:00Z", "reading_kwh": -0.4}
+    assert neg["_source_file"] == f"meter_M1_{MONTH}.csv" and neg["_source_line"] > 1
+    assert "reading_kwh < 0" in neg["error"]
+
+
+def test_wh_file_is_converted_and_every_cell_logged(cleaned):
+    wh = [r for r in cleaned["repairs"] if r["rule"] == "wh_to_kwh"]
+    assert len(wh) == HOURS
+    assert {json.loads(r["key"])["meter_id"] for r in wh} == {"M2"}
+    sample = next(r for r in wh if json.loads(r["key"])["ts"] == "2012-01-01T03:00:00Z")
+    assert float(sample["old_value"]) == pytest.approx(level(3) * 1.3 * 1000)
+    assert float(sample["new_value"]) == pytest.approx(level(3) * 1.3)
+    m2 = [r["reading_kwh"] for r in cleaned["trusted"] if r["meter_id"] == "M2"]
+    assert max(m2) < 2
+
+
+def test_clock_shift_is_aligned_to_the_hour(cleaned):
+    (shift,) = [r for r in cleaned["repairs"] if r["rule"] == "align_to_hour"]
+    assert shift["column"] == "ts"
+    assert shift["old_value"] == "2012-01-03T12:30:00Z" and shift["new_value"] == "2012-01-03T12:00:00Z"
+    assert any(r["meter_id"] == "M1" and r["ts"] == at(60) for r in cleaned["trusted"])
+
+
+def test_stuck_run_is_quarantined(cleaned):
+    stuck = rejected_by(cleaned, "stuck_meter")
+    assert sorted(key_ts(r) for r in stuck) == [f"2012-01-02T{h - 24:02d}:00:00Z" for h in range(40, 46)]
+
+
+def test_spike_is_an_outlier(cleaned):
+    (spike,) = rejected_by(cleaned, "outlier_reading")
+    assert key_ts(spike) == "2012-01-02T06:00:00Z"  # hour 30
+    assert "robust deviations" in spike["error"]
+
+
+def test_short_gaps_are_imputed_between_neighbours(cleaned):
+    imputed = {r["ts"]: r for r in cleaned["trusted"] if r["meter_id"] == "M1" and r["_source_line"] is None}
+    # missing 50-52, plus the holes left by the negative (20), the spike (30) and the stuck run (40-45)
+    assert sorted(imputed) == sorted(at(h) for h in [20, 30, 40, 41, 42, 43, 44, 45, 50, 51, 52])
+    expected = level(49) + (level(53) - level(49)) * 2 / 4
+    assert imputed[at(51)]["reading_kwh"] == pytest.approx(expected, abs=1e-3)
+    logged = [r for r in cleaned["repairs"] if r["rule"] == "fill_short_gaps"]
+    assert len(logged) == 11 and all(r["old_value"] is None and r["row_status"] == IMPUTED for r in logged)
+
+
+def test_trusted_is_complete_unique_and_clean(cleaned):
+    trusted = cleaned["trusted"]
+    assert len(trusted) == 3 * HOURS
+    assert len({(r["meter_id"], r["ts"]) for r in trusted}) == len(trusted)
+    assert min(r["reading_kwh"] for r in trusted) >= 0
+    result = cleaned["result"]
+    assert result.key_uniqueness_out == 1.0 and result.key_uniqueness_in < 1.0
+    assert result.completeness_out == {"meter_id": 1.0, "ts": 1.0, "reading_kwh": 1.0}
+
+
+def test_every_formatted_row_is_accounted_for(cleaned):
+    c = cleaned["result"].counts
+    assert c["rows_in"] == cleaned["formatted_rows"] == 3 * HOURS - 3 + 2
+    assert c["rows_in"] == c["rows_out"] - c["rows_imputed"] + c["rows_rejected"] + c["rows_merged"]
+    assert (c["rows_rejected"], c["rows_merged"], c["rows_imputed"]) == (8, 2, 11)
+    assert len(cleaned["rejected"]) == c["rows_rejected"] + c["rows_merged"]
+    assert cleaned["result"].failed_rules == []
+
+
+def test_fail_warn_set_repair_iqr_and_keep_policies(spark):
+    """Other actions on a tiny table: a fail rule, warn rules (one a reference to a registry), a set
+    repair, iqr outliers repaired, conflicts resolved by keeping the max."""
+    rows = [("M1", at(h), level(h), "f.csv", h + 2) for h in range(24)]
+    rows[3] = ("M1", at(3), -1.5, "f.csv", 5)  # repaired by abs()
+    rows[12] = ("M1", at(12), 80.0, "f.csv", 14)  # iqr outlier, repaired to the median
+    rows.append(("M1", at(7), 1.6, "f.csv", 40))  # conflict with hour 7: keep max
+    rows.append(("M1", at(8), 3000.0, "f.csv", 41))  # conflict with hour 8 and > 2000
+    quality = {
+        "rules": [
+            {"name": "too_big", "deny": "t.reading_kwh > 2000", "action": "warn"},
+            {"name": "never_above_100", "range": {"reading_kwh": {"max": 100}}, "action": "fail"},
+            {"name": "negative_flipped", "deny": "t.reading_kwh < 0", "action": "repair",
+             "repair": {"set": {"reading_kwh": "abs(reading_kwh)"}}},
+            {"name": "one_per_hour", "unique": ["meter_id", "ts"], "action": "repair", "repair": {"keep": "max", "by": "reading_kwh"}},
+            {"name": "registered", "reference": {"column": "meter_id", "table": "trusted/customers", "to": "meter_id"},
+             "action": "warn"},
+        ],
+        "cleaning": [
+            {"step": "rules"},
+            {"step": "outliers", "name": "iqr_outlier", "column": "reading_kwh", "group_by": ["meter_id"], "time": "ts",
+             "method": "iqr", "threshold": 3, "window": "12h", "action": "repair"},
+        ],
+    }
+    df = spark.createDataFrame(rows, SCHEMA)
+    registry = spark.createDataFrame([("M7",), ("M8",)], "meter_id string")  # M1 is not registered
+    result = clean_month(df, meter_source(**quality), month=MONTH, references={"registered": registry})
+    try:
+        trusted = {r["ts"]: r["reading_kwh"] for r in as_rows(result.trusted)}
+        repairs = as_rows(result.repairs)
+        merged = as_rows(result.rejected)
+        summary = {r["name"]: r for r in summary_rows(result)}
+    finally:
+        result.close()
+    assert result.failed_rules == ["never_above_100"] and summary["never_above_100"]["violations"] == 1
+    assert summary["too_big"]["violations"] == 1  # warn: counted, kept
+    assert summary["registered"]["violations"] == len(rows) and summary["registered"]["rejected"] == 0
+    # keep max: at hour 7 and 8 the larger reading stays, the other is merged
+    assert trusted[at(7)] == 1.6
+    assert sorted(json.loads(r["record"])["reading_kwh"] for r in merged) == sorted([level(7), level(8)])
+    assert {r["disposition"] for r in merged} == {"merged"}
+    # ... and the 3000 kept at hour 8 is then an iqr outlier, repaired to its window's median
+    assert any(r["rule"] == "iqr_outlier" and r["old_value"] == "3000.0" for r in repairs) and trusted[at(8)] < 2
+    assert trusted[at(3)] == 1.5
+    assert [(r["old_value"], r["new_value"]) for r in repairs if r["rule"] == "negative_flipped"] == [("-1.5", "1.5")]
+    (fixed,) = [r for r in repairs if r["rule"] == "iqr_outlier" and r["old_value"] == "80.0"]
+    assert 0.5 < float(fixed["new_value"]) < 1.5 and 0.5 < trusted[at(12)] < 1.5
+    assert len(trusted) == 24
+
+
+@pytest.mark.parametrize("case", ["history", "absolute"])
+def test_unit_harmonization_without_a_fleet(spark, case):
+    """One meter alone: its own history decides, else the absolute bound; a normal file is left alone."""
+    wh = [("M9", at(h), level(h) * 1000, "wh.csv", h + 2) for h in range(48)]
+    ok = [("M8", at(h), level(h) * 50, "ok.csv", h + 2) for h in range(48)]  # large, plausible in kWh
+    history = None
+    if case == "history":
+        history = spark.createDataFrame(
+            [("M9", at(h) - dt.timedelta(days=31), level(h), None, None) for h in range(200)]
+            + [("M8", at(h) - dt.timedelta(days=31), level(h) * 50, None, None) for h in range(200)],
+            SCHEMA,
+        )
+    step = {"step": "unit_harmonization", "name": "wh", "column": "reading_kwh", "group_by": ["meter_id"],
+            "min_history": 168, "min_fleet": 3, "max_typical": 100}
+    df = spark.createDataFrame(wh + ok, SCHEMA)
+    result = clean_month(df, meter_source(rules=[], cleaning=[step]), month=MONTH, history=history)
+    try:
+        trusted = as_rows(result.trusted)
+        notes = list(result.notes)
+    finally:
+        result.close()
+    assert max(r["reading_kwh"] for r in trusted if r["meter_id"] == "M9") < 2
+    assert min(r["reading_kwh"] for r in trusted if r["meter_id"] == "M8") > 30
+    assert len(notes) == 1 and ("own history" in notes[0] if case == "history" else "max_typical" in notes[0])
