@@ -60,8 +60,7 @@ def safe_name(name: str) -> str:
     """
     base = Path(name.replace("\\", "/")).name
     cleaned = _SAFE.sub("_", base).strip("._")
-    if not cleaned:
-        return "file"  # nothing usable in the name ("..", "")
+    cleaned = cleaned or "file"  # nothing usable in the name ("..", ""): still one file per name
     if cleaned == name:
         return cleaned
     stem, dot, ext = cleaned.rpartition(".")

@@ -194,7 +194,9 @@ def test_names_from_a_source_cannot_write_outside_the_lake(tmp_path, make_projec
     monkeypatch.setattr(collectors, "fetch", lambda *a, **k: [Fetched(n, data + n.encode("utf-8", "replace") + b"\n", "test") for n in hostile])
     before = {p for p in tmp_path.rglob("*")}
     result = collect(project, source, "2012-01", month_dir)
-    assert len(result.landed) == len(hostile)  # each its own file: no name collapses into another
+    # each its own file: no name collapses into another (which would supersede it)
+    assert len({e.name for e in result.landed}) == len(hostile)
+    assert sum(e.status == "landed" for e in read_manifest(month_dir)) == len(hostile)
     created = {p for p in tmp_path.rglob("*")} - before
     files = {p for p in created if p.is_file()}
     assert files and all(p.resolve().is_relative_to(month_dir) for p in files), sorted(map(str, files))
