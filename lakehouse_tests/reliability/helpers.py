@@ -17,6 +17,11 @@ REPO = Path(__file__).resolve().parents[2]
 #: columns that name the run rather than the data (excluded from content hashes)
 RUN_COLUMNS = frozenset({"run_id", "batch_id", "written_at", "created_at", "computed_at", "run_started_at"})
 SOURCE = "meter_readings"
+#: the fast corpus run: one month holding the US fall-back DST change (2012-11-04), three days per file
+FAST_MONTHS = ["2012-11"]
+FAST_DAYS = [3, 4, 5]
+#: the views materialized with the meter zones in the crash and idempotency runs
+VIEWS = ["daily_consumption"]
 #: the zone tables of the meter source and the quarantine, in write order
 ZONE_KEYS = [("landing", SOURCE), ("formatted", SOURCE), ("trusted", SOURCE)]
 

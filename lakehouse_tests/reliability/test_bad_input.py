@@ -20,6 +20,7 @@ from lakehouse.collectors.landing import read_manifest, safe_name
 from lakehouse.io.lake import Lake
 from lakehouse.sim import corpus as bad
 from lakehouse_tests.reliability.helpers import (
+    FAST_MONTHS,
     SOURCE,
     materialize,
     meter_keys,
@@ -29,8 +30,6 @@ from lakehouse_tests.reliability.helpers import (
     zone_definitions,
 )
 
-FAST_MONTHS = ["2012-11"]  # holds the US fall-back DST change (2012-11-04)
-FAST_DAYS = [3, 4, 5]
 
 
 class Outcome:
@@ -65,8 +64,9 @@ def run_corpus(tmp: Path, months: list[str], days: list[int] | None, huge: int) 
 
 
 @pytest.fixture(scope="module")
-def outcome(spark, tmp_path_factory) -> Outcome:
-    return run_corpus(tmp_path_factory.mktemp("bad_input"), FAST_MONTHS, FAST_DAYS, huge=1 << 20)
+def outcome(corpus_run) -> Outcome:
+    """The session's corpus run (see conftest): every kind, one month, three days per file."""
+    return Outcome(corpus_run.corpus, Lake(corpus_run.lake_dir), corpus_run.result, corpus_run.world)
 
 
 # ---------------------------------------------------------------------------------------- checks

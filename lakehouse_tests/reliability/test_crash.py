@@ -13,8 +13,10 @@ a Delta commit) or at a random moment. After every kill:
 The kills accumulate on one lake; a final rerun must reach the reference's content hash. Rerunning the
 reference (R3) changes no content, adds no duplicates and leaves the manifests as they were.
 
-Fast: 2 kills (one in landing, one in a Delta commit) + one delta-rs writer killed 3 times. Slow
-(``make reliability``): 20 kills, half at injected writes, half at random moments.
+Fast: the session's corpus run (every bad-file kind, see conftest) is the reference; 2 kills (one in
+landing, one in a Delta commit of the formatted zone) + one delta-rs writer killed 3 times. Slow
+(``make reliability``): a three-month meter world, 20 kills, half at injected writes, half at random
+moments.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from lakehouse_tests.reliability.helpers import (
     REPO,
     RUN_COLUMNS,
     SOURCE,
+    VIEWS,
     duplicates,
     landing_state,
     quarantine_rows,
@@ -48,7 +51,6 @@ from lakehouse_tests.reliability.helpers import (
     rows_hash,
 )
 
-VIEWS = ["daily_consumption"]
 #: random but reproducible: RELIABILITY_SEED=<n> replays a failing sequence of kills
 SEED = int(os.environ.get("RELIABILITY_SEED", time.time_ns() % 100_000))
 #: quality logs read through their current view, keyed by these columns besides the month
@@ -180,15 +182,20 @@ def make_reference(root: Path, months: list[str], meters: int) -> dict:
     build_world(root / "world", months, meters=meters)
     t0 = time.monotonic()
     result, writes = crash_run.record_writes(root / "ref", root / "world", months[0], months[-1], VIEWS)
+    return describe(root, months, result, writes, time.monotonic() - t0)
+
+
+def describe(root: Path, months: list[str], result, writes: list, seconds: float) -> dict:
     assert result.success
     lake = Lake(root / "ref")
     return {"root": root, "months": months, "lake": lake, "writes": writes, "content": lake_content(lake),
-            "landing": landing_state(lake), "seconds": time.monotonic() - t0}
+            "landing": landing_state(lake), "seconds": seconds}
 
 
 @pytest.fixture(scope="module")
-def reference(spark, tmp_path_factory):
-    return make_reference(tmp_path_factory.mktemp("crash"), ["2012-01"], meters=3)
+def reference(corpus_run):
+    """The session's corpus run (every bad-file kind, see conftest) is the fast reference."""
+    return describe(corpus_run.root, corpus_run.months, corpus_run.result, corpus_run.writes, corpus_run.seconds)
 
 
 @pytest.fixture(scope="module")
