@@ -105,19 +105,14 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     steps = "\n".join(
         f"- `{s.name}` ({s.step}): {s.description}" for s in source.quality.cleaning if not isinstance(s, RulesStep)
     )
-    known = {f"{z}/{s.name}" for s in project.sources for z in ("formatted", "trusted")} | {
-        f"exploitation/{v.name}" for v in project.views
-    }
-    ref_deps = [
-        dg.AssetDep(key(*r.reference.table.split("/")), partition_mapping=dg.AllPartitionMapping() if r.reference.months == "all" else None)
-        for r in source.quality.rules
-        if r.reference is not None and r.reference.table in known and r.reference.table != f"trusted/{source.name}"
-    ]
+    # reference rules read whatever the referenced table holds when the month runs ("not evaluated" when
+    # nothing): a soft dependency, kept out of the graph so a late registry never holds readings back
+    references = sorted({r.reference.table for r in source.quality.rules if r.reference is not None})
     contract = schemas.source_contract(source, "trusted")
 
     @dg.asset(
         key=key("trusted", source.name),
-        deps=[key("formatted", source.name), *ref_deps],
+        deps=[key("formatted", source.name)],
         group_name="trusted",
         description=f"**{source.name}** after quality rules and cleaning; rejected rows are in "
         f"`quality/quarantine`, changed cells in `quality/repairs`, the assessment in `quality/metrics`."
@@ -126,7 +121,10 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"spark", "delta"},
         tags={"zone": "trusted"},
-        metadata={"dagster/column_schema": column_schema(source.columns)},
+        metadata={
+            "dagster/column_schema": column_schema(source.columns),
+            **({"reference_tables": references} if references else {}),
+        },
         check_specs=_check_specs(source, compiled),
     )
     def _trusted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource) -> dg.MaterializeResult:
