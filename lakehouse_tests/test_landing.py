@@ -31,3 +31,40 @@ def test_names_cannot_escape():
     assert cleaned != safe_name("x_y.csv") == "x_y.csv"
     assert safe_name("..").startswith("file-") and safe_name("..") != safe_name("")
     assert "/" not in safe_name("a/b/../c é.csv")
+
+
+def test_a_month_of_files_writes_its_manifest_once(tmp_path, monkeypatch):
+    import lakehouse.collectors.landing as landing
+
+    writes = []
+    real = landing.write_manifest
+    monkeypatch.setattr(landing, "write_manifest", lambda d, e: (writes.append(len(e)), real(d, e)))
+    month = tmp_path / "2012-01"
+    items = [(f"m{i:03d}.csv", f"h\n{i}\n".encode(), "o") for i in range(200)]
+    entries = landing.land_many(month, items)
+    assert writes == [200]  # one manifest replacement for the whole month, listing every file
+    assert all(e is not None for e in entries) and len(landed_files(month)) == 200
+    # a rerun with one new file and one changed file: still one write, nothing landed twice
+    again = landing.land_many(month, [*items, ("new.csv", b"h\n9\n", "o"), ("m000.csv", b"h\n7\n", "o")])
+    assert writes == [200, 202] and sum(e is not None for e in again) == 2
+    assert sorted(e.status for e in read_manifest(month)).count("superseded") == 1
+
+
+def test_files_landed_before_a_crash_are_listed_by_the_rerun(tmp_path, monkeypatch):
+    import lakehouse.collectors.landing as landing
+
+    month = tmp_path / "2012-01"
+    items = [(f"m{i}.csv", f"h\n{i}\n".encode(), "o") for i in range(3)]
+
+    def crash(*_):
+        raise KeyboardInterrupt("killed before the manifest was replaced")
+
+    monkeypatch.setattr(landing, "write_manifest", crash)
+    try:
+        landing.land_many(month, items)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    assert read_manifest(month) == [] and len(list(month.glob("m*.csv"))) == 3
+    assert all(e is not None for e in landing.land_many(month, items))
+    assert [e.name for e in read_manifest(month)] == ["m0.csv", "m1.csv", "m2.csv"]

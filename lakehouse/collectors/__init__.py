@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lakehouse.collectors import file_drop, http, library, sql
 from lakehouse.collectors.base import Fetched
-from lakehouse.collectors.landing import CollectorError, ManifestEntry, atomic_write, land, read_manifest, safe_name
+from lakehouse.collectors.landing import CollectorError, ManifestEntry, atomic_write, land_many, read_manifest, safe_name
 from lakehouse.specs.models import Project, SourceSpec
 
 
@@ -66,8 +66,8 @@ def collect(project: Project, source: SourceSpec, month: str, month_dir: Path) -
             kept = keep_rejected(month_dir, exc.name, exc.data)
             raise CollectorError(f"{exc}; the rejected bytes are kept in {kept}") from None
         raise
-    for item in fetched:
-        entry = land(month_dir, item.name, item.data, origin=item.origin, header=source.format.header)
+    items = [(item.name, item.data, item.origin) for item in fetched]
+    for item, entry in zip(fetched, land_many(month_dir, items, header=source.format.header), strict=True):
         if entry is None:
             result.skipped.append(item.name)
         else:
