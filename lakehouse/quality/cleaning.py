@@ -88,6 +88,8 @@ class CleanResult:
     month: str
     outcomes: dict[str, Outcome]
     counts: dict[str, int]
+    #: changed cells in the month (the repairs log's rows); 0 lets :attr:`repairs` skip its Spark job
+    cells_repaired: int
     completeness_in: dict[str, float]
     completeness_out: dict[str, float]
     key_uniqueness_in: float | None
@@ -110,7 +112,9 @@ class CleanResult:
         from pyspark.sql import functions as F
 
         key = _key_json(self.source, F.col(ORIG))
-        return self.annotated.filter(F.col(STATUS).isin(REJECTED, MERGED)).select(
+        # a month with nothing rejected (the usual case) collects an empty plan: no Spark job
+        rows = self.annotated if self.counts["rows_rejected"] + self.counts["rows_merged"] else self.annotated.limit(0)
+        return rows.filter(F.col(STATUS).isin(REJECTED, MERGED)).select(
             F.array_join(F.col(REASONS), ",").alias("rule"),
             F.col(STATUS).alias("disposition"),
             F.array_join(F.col(ERRORS), "; ").alias("error"),
@@ -127,7 +131,8 @@ class CleanResult:
 
         cols = {c: F.col(c) for c in canonical_columns(self.source)}
         key = _key_json(self.source, F.struct(*[v.alias(k) for k, v in cols.items()]))
-        exploded = self.annotated.select(
+        rows = self.annotated if self.cells_repaired else self.annotated.limit(0)
+        exploded = rows.select(
             key.alias("key"), F.col(STATUS).alias("row_status"), FILE_COL, LINE_COL, F.explode(REPAIRS).alias("r")
         )
         return exploded.select(
@@ -347,13 +352,14 @@ def clean_month(
         elif isinstance(step, ImputeStep):
             df = _impute(ctx.checkpoint(df), step, ctx)
     df = ctx.checkpoint(df)
-    counts, comp_in, comp_out, uniq_in, uniq_out = _tally(df, source, outcomes)
+    counts, cells_repaired, comp_in, comp_out, uniq_in, uniq_out = _tally(df, source, outcomes)
     return CleanResult(
         annotated=df,
         source=source,
         month=month,
         outcomes=outcomes,
         counts=counts,
+        cells_repaired=cells_repaired,
         completeness_in=comp_in,
         completeness_out=comp_out,
         key_uniqueness_in=uniq_in,
@@ -403,12 +409,12 @@ def _tally(df: DataFrame, source: SourceSpec, outcomes: dict[str, Outcome]):
     for j, c in enumerate(cols):
         aggs[f"in{j}"] = F.sum((source_row & F.col(ORIG).getField(c).isNotNull()).cast("long"))
         aggs[f"out{j}"] = F.sum((out_row & F.col(f"`{c}`").isNotNull()).cast("long"))
-    key = source.quality.key
-    if key:
-        aggs["uk_in"] = F.count_distinct(F.when(source_row, F.struct(*[F.col(ORIG).getField(k) for k in key])))
-        aggs["uk_out"] = F.count_distinct(F.when(out_row, F.struct(*[F.col(f"`{k}`") for k in key])))
+    aggs["cells_repaired"] = F.sum(F.size(REPAIRS).cast("long"))
     row = df.agg(*[v.alias(k) for k, v in aggs.items()]).collect()[0].asDict()
     row = {k: (v or 0) for k, v in row.items()}
+    key = source.quality.key
+    if key:
+        row.update(_distinct_keys(df, key, source_row, out_row))
     for i, o in enumerate(outcomes.values()):
         o.violations, o.rejected, o.merged, o.repaired_cells = row[f"v{i}"], row[f"r{i}"], row[f"m{i}"], row[f"c{i}"]
     counts = {k: int(row[k]) for k in ("rows_in", "rows_out", "rows_kept", "rows_rejected", "rows_merged", "rows_imputed")}
@@ -417,7 +423,24 @@ def _tally(df: DataFrame, source: SourceSpec, outcomes: dict[str, Outcome]):
     comp_out = {c: (row[f"out{j}"] / n_out if n_out else 1.0) for j, c in enumerate(cols)}
     uniq_in = (row["uk_in"] / n_in if n_in else 1.0) if key else None
     uniq_out = (row["uk_out"] / n_out if n_out else 1.0) if key else None
-    return counts, comp_in, comp_out, uniq_in, uniq_out
+    return counts, int(row["cells_repaired"]), comp_in, comp_out, uniq_in, uniq_out
+
+
+def _distinct_keys(df: DataFrame, key: list[str], source_row, out_row) -> dict[str, int]:
+    """Distinct keys among the source rows (original values) and the output rows (cleaned values).
+
+    A job of its own: two ``count_distinct`` in the tally's aggregation make Spark expand every row
+    three times for all of its aggregates (measured: 2.5 s instead of 1.2 s per meter month).
+    """
+    from pyspark.sql import functions as F
+
+    tagged = F.array(
+        F.when(source_row, F.struct(F.lit("uk_in").alias("tag"), *[F.col(ORIG).getField(k).alias(k) for k in key])),
+        F.when(out_row, F.struct(F.lit("uk_out").alias("tag"), *[F.col(f"`{k}`").alias(k) for k in key])),
+    )
+    keys = df.select(F.explode(tagged).alias("k")).where(F.col("k").isNotNull()).select("k.*").distinct()
+    found = {r["tag"]: r["n"] for r in keys.groupBy("tag").agg(F.count(F.lit(1)).alias("n")).collect()}
+    return {"uk_in": int(found.get("uk_in", 0)), "uk_out": int(found.get("uk_out", 0))}
 
 
 def _rule_is(name: str):
