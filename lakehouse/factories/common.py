@@ -7,8 +7,10 @@ Resources:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
@@ -63,33 +65,61 @@ def months_of(context: dg.AssetExecutionContext) -> list[str]:
 
 
 def run_months(
-    context: dg.AssetExecutionContext, step: Callable[[str], dict[str, Any]], what: str
+    context: dg.AssetExecutionContext,
+    step: Callable[[str], dict[str, Any]],
+    what: str,
+    *,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Run ``step`` for each month of the run, each committing on its own.
 
     A month that fails does not stop the others (their commits stand, and are reported as one
     materialization per month); the step fails at the end naming every failed month. Returns the run's
     metadata: the last month's figures when one month ran, totals and a per-month table for a range.
+
+    ``workers`` > 1 runs months in that many threads sharing the process's Spark session, for assets whose
+    months do not read each other (a month is a few small Spark jobs and Delta commits, so one month at a
+    time leaves the cores mostly idle). The first month runs alone: it creates the tables the others
+    commit to. Commits to one table from several threads are retried when they lose a race
+    (:meth:`lakehouse.io.lake.Lake._commit`); the content of every month is the same in any order.
     """
     months = months_of(context)
     results: dict[str, dict[str, Any]] = {}
     failures: dict[str, BaseException] = {}
     started = time.monotonic()
-    for i, month in enumerate(months, 1):
+    lock = threading.Lock()
+
+    def one(month: str) -> None:
         t0 = time.monotonic()
         try:
-            results[month] = step(month)
+            figures = step(month)
         except Exception as exc:  # noqa: BLE001 - reported below, per month
-            failures[month] = exc
+            with lock:
+                failures[month] = exc
             context.log.error(f"{what} {month}: {type(exc).__name__}: {exc}")
-            continue
-        results[month]["seconds"] = round(time.monotonic() - t0, 2)
+            return
+        figures["seconds"] = round(time.monotonic() - t0, 2)
+        with lock:
+            results[month] = figures
+            done = len(results) + len(failures)
         elapsed = time.monotonic() - started
-        left = f", ~{elapsed / i * (len(months) - i):.0f}s left" if i < len(months) else ""
+        left = f", ~{elapsed / done * (len(months) - done):.0f}s left" if done < len(months) else ""
         context.log.info(
-            f"{what} {month} ({i}/{len(months)}, {elapsed:.0f}s{left}): "
-            + ", ".join(f"{k}={_short(v)}" for k, v in results[month].items() if not isinstance(v, (dict, list)))
+            f"{what} {month} ({done}/{len(months)}, {elapsed:.0f}s{left}): "
+            + ", ".join(f"{k}={_short(v)}" for k, v in figures.items() if not isinstance(v, (dict, list)))
         )
+
+    if months:
+        one(months[0])
+    rest = months[1:]
+    if workers > 1 and len(rest) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(rest)), thread_name_prefix="month") as pool:
+            list(pool.map(one, rest))
+    else:
+        for month in rest:
+            one(month)
+    results = {m: results[m] for m in months if m in results}
+    failures = {m: failures[m] for m in months if m in failures}
     if failures:
         # the months that committed are materialized (their Delta versions stand); report them before
         # failing, so the UI shows them done and only the failed months failed

@@ -66,7 +66,8 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
                 "path": dg.MetadataValue.path(str(path)),
             }
 
-        meta = run_months(context, step, f"formatted/{source.name}")
+        # months are independent (each parses its own landed files)
+        meta = run_months(context, step, f"formatted/{source.name}", workers=project.lakehouse.month_workers)
         report = validate_written(session, root, "formatted", source.name, months_of(context), schemas.source_contract(source, "formatted"))
         return dg.MaterializeResult(
             metadata={**meta, "dagster/row_count": meta.get("rows", meta.get("total_rows", 0))},

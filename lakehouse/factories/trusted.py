@@ -109,6 +109,10 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     # nothing): a soft dependency, kept out of the graph so a late registry never holds readings back
     references = sorted({r.reference.table for r in source.quality.rules if r.reference is not None})
     contract = schemas.source_contract(source, "trusted")
+    # a unit step compares a month with the trusted months before it: those months must be written
+    # first, so such a source cleans its months in order; any other source's months are independent
+    ordered = any(isinstance(s, UnitStep) and s.history_months > 0 for s in source.quality.cleaning)
+    workers = 1 if ordered else project.lakehouse.month_workers
 
     @dg.asset(
         key=key("trusted", source.name),
@@ -176,7 +180,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 "path": dg.MetadataValue.path(str(path)),
             }
 
-        meta = run_months(context, step, f"trusted/{source.name}")
+        meta = run_months(context, step, f"trusted/{source.name}", workers=workers)
         months = months_of(context)
         report = validate_written(session, root, "trusted", source.name, months, contract)
         pandera_rows = []

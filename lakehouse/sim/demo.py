@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,11 @@ from lakehouse.io.lake import Lake
 from lakehouse.sim import scores, weather_server
 from lakehouse.sim.customers import CustomerWorld
 from lakehouse.sim.world import MeterWorld, WorldConfig, months_between
+
+
+# the demo prints progress for people; Dagster's notices about beta parameters would bury it
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def _say(msg: str) -> None:

@@ -69,6 +69,9 @@ class LakehouseSpec(Spec):
     lake_root: str = ".lakehouse"
     months: MonthsSpec
     spark: SparkSpec = Field(default_factory=SparkSpec)
+    #: months of a backfilled range processed at the same time (threads sharing the Spark session), for
+    #: zone assets whose months are independent; 1 processes them one after the other
+    month_workers: int = Field(default=3, ge=1, le=16)
 
 
 # ---------------------------------------------------------------------------------------------------
