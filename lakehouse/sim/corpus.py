@@ -338,7 +338,7 @@ def future_timestamps(ctx: Context) -> BadFile:
 
 
 def ancient_timestamps(ctx: Context) -> BadFile:
-    return _shift_some(ctx, "ancient_timestamps", lambda t: t.replace(year=1970))
+    return _shift_some(ctx, "ancient_timestamps", lambda t: t.replace(year=1972))  # a leap year: 29 February exists
 
 
 def file_for_other_month(ctx: Context) -> BadFile:
@@ -476,14 +476,16 @@ def name_with_traversal(ctx: Context) -> BadFile:
 
 
 def month_after_range(ctx: Context) -> BadFile:
-    f = _renamed(ctx, "month_after_range", f"meter_{ctx.device}_2031-01.csv")
-    f.month, f.out_of_range, f.lines = "2031-01", True, {}
+    month = f"2031-{ctx.month[5:]}"  # the delivery's month, 2031: one file name per month of a corpus
+    f = _renamed(ctx, "month_after_range", f"meter_{ctx.device}_{month}.csv")
+    f.month, f.out_of_range, f.lines = month, True, {}
     return f
 
 
 def month_before_range(ctx: Context) -> BadFile:
-    f = _renamed(ctx, "month_before_range", f"meter_{ctx.device}_1999-12.csv")
-    f.month, f.out_of_range, f.lines = "1999-12", True, {}
+    month = f"1999-{ctx.month[5:]}"  # the delivery's month, 1999
+    f = _renamed(ctx, "month_before_range", f"meter_{ctx.device}_{month}.csv")
+    f.month, f.out_of_range, f.lines = month, True, {}
     return f
 
 
@@ -516,7 +518,7 @@ FILE_KINDS: tuple[FileKind, ...] = (
     FileKind("timestamps_other_format", "dd/mm/yyyy HH:MM", timestamps_other_format),
     FileKind("timestamps_epoch_seconds", "Unix epoch seconds", timestamps_epoch_seconds),
     FileKind("future_timestamps", "some rows 20 years in the future", future_timestamps),
-    FileKind("ancient_timestamps", "some rows in 1970", ancient_timestamps),
+    FileKind("ancient_timestamps", "some rows in 1972", ancient_timestamps),
     FileKind("file_for_other_month", "named for this month, rows from the previous one", file_for_other_month),
     FileKind("unknown_device_id", "readings of a device no customer owns", unknown_device_id, "quality"),
     FileKind("exact_duplicates", "some rows repeated verbatim", exact_duplicates, "quality"),
@@ -532,8 +534,8 @@ FILE_KINDS: tuple[FileKind, ...] = (
     FileKind("name_with_spaces", "spaces and parentheses in the file name", name_with_spaces, "landing"),
     FileKind("name_non_ascii", "non-ASCII letters in the file name", name_non_ascii, "landing"),
     FileKind("name_with_traversal", "..\\..\\ path separators in the file name", name_with_traversal, "landing"),
-    FileKind("month_after_range", "a file for 2031-01 (after the partition range)", month_after_range, "collector"),
-    FileKind("month_before_range", "a file for 1999-12 (before the partition range)", month_before_range, "collector"),
+    FileKind("month_after_range", "a file for the same month of 2031 (after the partition range)", month_after_range, "collector"),
+    FileKind("month_before_range", "a file for the same month of 1999 (before the partition range)", month_before_range, "collector"),
 )
 
 

@@ -136,10 +136,10 @@ def lake_hashes(lake: Lake, tables: Iterable[tuple[str, str]]) -> dict[str, str]
     """Content hashes of ``tables``: manifests for landing, the current slices for quality logs."""
     out = {}
     for zone, table in tables:
-        if (zone, table) == ("quality", "quarantine"):
-            out[f"{zone}/{table}"] = rows_hash(quarantine_rows(lake))
-        elif (zone, table) == ("quality", "repairs"):
-            out[f"{zone}/{table}"] = rows_hash(repair_rows(lake))
+        if (zone, table) in (("quality", "quarantine"), ("quality", "repairs")):
+            # the current batch of every dataset's slices; which run wrote it is not content
+            rows = quarantine_rows(lake, dataset=None) if table == "quarantine" else repair_rows(lake, dataset=None)
+            out[f"{zone}/{table}"] = rows_hash({k: v for k, v in r.items() if k not in RUN_COLUMNS} for r in rows)
         elif zone == "landing":
             out[f"{zone}/{table}"] = rows_hash([{"month": m, **e} for m, es in landing_state(lake, table).items() for e in es])
         else:

@@ -37,7 +37,8 @@ def test_every_zone_asset_twice_gives_the_same_content(spark, tmp_path, weather_
     build_world(tmp_path / "world", "2012-01", "2012-03", meters=4, fault_rate=0.01)
     project = project_at(tmp_path / "lake", tmp_path / "world", LAKEHOUSE_WEATHER_URL=weather_server.url)
     defs = build_definitions(project)
-    keys = [a.key for a in defs.assets if a.partitions_def is not None]
+    # every zone asset; the monthly ML outputs need a promoted champion (trained over all months), not a zone
+    keys = [a.key for a in defs.assets if a.partitions_def is not None and a.key.path[0] != "ml"]
     instance = dg.DagsterInstance.ephemeral()
     first = materialize(defs, keys, MONTH, instance=instance)
     assert first.success
