@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,13 @@ import pytest
 from lakehouse.specs import Project, load_project
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (bound once by the OS, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ arrives again under the same name with different bytes supersedes the earlier on
 
 Crash safety: each file is written to a temp file and renamed, then the manifest is replaced the same way
 (once per collect, :func:`land_many`), under an exclusive lock on the month (``.lock``), so concurrent
-landings of one month never lose an entry. A crash before the manifest's rename leaves files it does not list: readers go by the manifest
-(:func:`landed_files`), and the next landing of that file records it.
+landings of one month never lose an entry. A crash before the manifest's rename leaves files it does not
+list: readers go by the manifest (:func:`landed_files`), and the next landing of those files records them.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ so the only runs are the backfill's (deterministic and quick).
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 import requests
 
-from lakehouse_tests.conftest import REPO
+from lakehouse_tests.conftest import REPO, free_port
 
 MONTHS = ["2012-01", "2012-02"]
 METERS = 2
@@ -62,12 +61,6 @@ def default_signals() -> None:
     webserver, daemon and code servers by sending them SIGINT) then cannot stop anything."""
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

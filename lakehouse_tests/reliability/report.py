@@ -45,8 +45,6 @@ def file_rows(months: list[str], days: list[int] | None, huge: int) -> tuple[lis
 
 
 def source_rows() -> list[str]:
-    import socket
-
     import pytest  # noqa: F401 - the kinds reuse the tests' helpers
 
     from lakehouse.collectors import collect
@@ -54,6 +52,7 @@ def source_rows() -> list[str]:
     from lakehouse.io.lake import Lake
     from lakehouse.sim import corpus as bad
     from lakehouse.sim.weather_server import WeatherServer
+    from lakehouse_tests.conftest import free_port
     from lakehouse_tests.reliability.helpers import project_at
 
     lines = ["| kind | what | outcome | collector message (excerpt) |", "|---|---|---|---|"]
@@ -78,9 +77,7 @@ def source_rows() -> list[str]:
                 os.environ[source.collector.url_env] = url
                 faults = {}
             if faults.pop("port", None):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", 0))
-                    closed = s.getsockname()[1]
+                closed = free_port()
                 source = weather.model_copy(update={"collector": collector.model_copy(
                     update={"url": collector.url.replace(f":{server.port}/", f":{closed}/")})})
             month = faults.pop("month", month)

@@ -9,7 +9,6 @@ under ``_rejected/``). One failing month does not stop the others of a run.
 
 from __future__ import annotations
 
-import socket
 
 import dagster as dg
 import pytest
@@ -21,6 +20,7 @@ from lakehouse.io.lake import Lake
 from lakehouse.sim import corpus as bad
 from lakehouse.sim.customers import CustomerWorld
 from lakehouse.sim.world import WorldConfig
+from lakehouse_tests.conftest import free_port
 from lakehouse_tests.reliability.helpers import materialize, project_at
 
 TIMEOUT_S = 0.4
@@ -63,9 +63,7 @@ def test_http_fault(project, weather, kind, tmp_path):
     folder = Lake(project.lake_root).landing_dir("weather", month)
     faults = dict(spec.faults)
     if faults.pop("port", None) == "closed":
-        with socket.socket() as s:  # a port nothing listens on
-            s.bind(("127.0.0.1", 0))
-            closed = s.getsockname()[1]
+        closed = free_port()  # a port nothing listens on
         source = http_source(project, url=source.collector.url.replace(f":{weather.port}/", f":{closed}/"))
     month = faults.pop("month", month)
     folder = Lake(project.lake_root).landing_dir("weather", month)
