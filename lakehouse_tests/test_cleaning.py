@@ -177,8 +177,25 @@ def test_trusted_is_complete_unique_and_clean(cleaned):
     assert len({(r["meter_id"], r["ts"]) for r in trusted}) == len(trusted)
     assert min(r["reading_kwh"] for r in trusted) >= 0
     result = cleaned["result"]
-    assert result.key_uniqueness_out == 1.0 and result.key_uniqueness_in < 1.0
+    # 215 source rows; the exact duplicate and the conflicting reading repeat a key (the late reading at
+    # h60 has its own key before alignment)
+    assert result.key_uniqueness_out == 1.0 and result.key_uniqueness_in == pytest.approx(213 / 215)
     assert result.completeness_out == {"meter_id": 1.0, "ts": 1.0, "reading_kwh": 1.0}
+    assert result.completeness_in == {"meter_id": 1.0, "ts": 1.0, "reading_kwh": 1.0}
+
+
+def test_every_rule_and_step_is_counted(cleaned):
+    """The tally per outcome: rows flagged, rejected, merged and cells changed, from the crafted faults."""
+    figures = {r["name"]: (r["violations"], r["rejected"], r["merged"], r["repaired_cells"]) for r in summary_rows(cleaned["result"])}
+    assert figures["exact_duplicate"] == (1, 0, 1, 0)
+    assert figures["align_to_hour"] == (1, 0, 0, 1)
+    assert figures["wh_to_kwh"] == (HOURS, 0, 0, HOURS)  # M2's whole file
+    assert figures["non_negative_reading"] == (1, 1, 0, 0)
+    assert figures["conflicting_readings"][2] == 1 and figures["conflicting_readings"][1] == 0
+    assert figures["stuck_meter"][1] == 6
+    assert figures["outlier_reading"][1] == 1
+    assert figures["fill_short_gaps"] == (11, 0, 0, 11)
+    assert cleaned["result"].cells_repaired == len(cleaned["repairs"]) == 1 + HOURS + 11
 
 
 def test_every_formatted_row_is_accounted_for(cleaned):

@@ -386,62 +386,84 @@ def _common_partition(source: SourceSpec, rules: list[CompiledRule]) -> list[str
 
 
 def _tally(df: DataFrame, source: SourceSpec, outcomes: dict[str, Outcome]):
-    """One aggregation: status counts, per rule/step figures, completeness and key uniqueness."""
+    """Status counts, per rule/step figures, completeness and key uniqueness of the annotated month.
+
+    One narrow projection of the persisted month is collected (status, flag/reason/repair names, one
+    null-flag per column, the key before and after) and counted with pyarrow on the driver. The same
+    figures as a Spark aggregation need 4 aggregates per rule and 2 per column, plus a job for the
+    distinct keys, and their planning and code generation cost more than the counting: over 20
+    source-months of the demo lake, 0.76-2.33 s per month that way, 0.16-0.55 s this way, identical
+    figures. The projection is no larger than the month's rows, which the driver collects for the write.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from pyspark.sql import functions as F
 
     cols = canonical_columns(source)
-    status = F.col(STATUS)
-    source_row = status != IMPUTED
-    out_row = status.isin(KEPT, IMPUTED)
-    aggs = {
-        "rows_in": F.sum(source_row.cast("long")),
-        "rows_out": F.sum(out_row.cast("long")),
-        "rows_kept": F.sum((status == KEPT).cast("long")),
-        "rows_rejected": F.sum((status == REJECTED).cast("long")),
-        "rows_merged": F.sum((status == MERGED).cast("long")),
-        "rows_imputed": F.sum((status == IMPUTED).cast("long")),
+    key = source.quality.key or []
+    names = [
+        F.col(STATUS).alias("status"),
+        F.col(FLAGS).alias("flags"),
+        F.col(REASONS).alias("reasons"),
+        F.transform(F.col(REPAIRS), lambda r: r["rule"]).alias("repairs"),
+    ]
+    present = [F.col(ORIG).getField(c).isNotNull().alias(f"in{j}") for j, c in enumerate(cols)]
+    present += [F.col(f"`{c}`").isNotNull().alias(f"out{j}") for j, c in enumerate(cols)]
+    keys = [F.col(ORIG).getField(k).alias(f"ki{i}") for i, k in enumerate(key)]
+    keys += [F.col(f"`{k}`").alias(f"ko{i}") for i, k in enumerate(key)]
+    t = df.select(*names, *present, *keys).toArrow()
+
+    status = t["status"]
+    source_row = pc.not_equal(status, IMPUTED)
+    out_row = pc.is_in(status, pa.array([KEPT, IMPUTED]))
+
+    def n(mask) -> int:
+        return int(pc.sum(mask).as_py() or 0) if len(mask) else 0
+
+    row: dict[str, int] = {
+        "rows_in": n(source_row),
+        "rows_out": n(out_row),
+        "rows_kept": n(pc.equal(status, KEPT)),
+        "rows_rejected": n(pc.equal(status, REJECTED)),
+        "rows_merged": n(pc.equal(status, MERGED)),
+        "rows_imputed": n(pc.equal(status, IMPUTED)),
     }
-    for i, name in enumerate(outcomes):
-        aggs[f"v{i}"] = F.sum(F.array_contains(FLAGS, name).cast("long"))
-        aggs[f"r{i}"] = F.sum((F.array_contains(REASONS, name) & (status == REJECTED)).cast("long"))
-        aggs[f"m{i}"] = F.sum((F.array_contains(REASONS, name) & (status == MERGED)).cast("long"))
-        aggs[f"c{i}"] = F.sum(F.size(F.filter(REPAIRS, _rule_is(name))).cast("long"))
-    for j, c in enumerate(cols):
-        aggs[f"in{j}"] = F.sum((source_row & F.col(ORIG).getField(c).isNotNull()).cast("long"))
-        aggs[f"out{j}"] = F.sum((out_row & F.col(f"`{c}`").isNotNull()).cast("long"))
-    aggs["cells_repaired"] = F.sum(F.size(REPAIRS).cast("long"))
-    row = df.agg(*[v.alias(k) for k, v in aggs.items()]).collect()[0].asDict()
-    row = {k: (v or 0) for k, v in row.items()}
-    key = source.quality.key
-    if key:
-        row.update(_distinct_keys(df, key, source_row, out_row))
-    for i, o in enumerate(outcomes.values()):
-        o.violations, o.rejected, o.merged, o.repaired_cells = row[f"v{i}"], row[f"r{i}"], row[f"m{i}"], row[f"c{i}"]
-    counts = {k: int(row[k]) for k in ("rows_in", "rows_out", "rows_kept", "rows_rejected", "rows_merged", "rows_imputed")}
+
+    def rows_naming(column: str) -> dict[str, tuple[list[int], list[str]]]:
+        """name -> the rows whose list column names it (each row once) and their status."""
+        values = t[column].combine_chunks() if t.num_rows else pa.array([], pa.list_(pa.string()))
+        flat = pc.list_flatten(values)
+        if not len(flat):
+            return {}
+        pairs = pa.table({"row": pc.list_parent_indices(values), "name": flat}).group_by(["row", "name"]).aggregate([])
+        found: dict[str, list[int]] = {}
+        for r, name in zip(pairs["row"].to_pylist(), pairs["name"].to_pylist(), strict=True):
+            found.setdefault(name, []).append(r)
+        return found
+
+    flagged, reasons = rows_naming("flags"), rows_naming("reasons")
+    statuses = status.to_pylist() if reasons else []
+    repaired = pc.list_flatten(t["repairs"].combine_chunks()) if t.num_rows else pa.array([], pa.string())
+    per_rule = dict(zip(*[c.to_pylist() for c in pc.value_counts(repaired).flatten()], strict=True)) if len(repaired) else {}
+    for o in outcomes.values():
+        why = [statuses[r] for r in reasons.get(o.name, [])]
+        o.violations = len(flagged.get(o.name, []))
+        o.rejected, o.merged = why.count(REJECTED), why.count(MERGED)
+        o.repaired_cells = int(per_rule.get(o.name, 0))
+    counts = {k: int(v) for k, v in row.items()}
     n_in, n_out = counts["rows_in"], counts["rows_out"]
-    comp_in = {c: (row[f"in{j}"] / n_in if n_in else 1.0) for j, c in enumerate(cols)}
-    comp_out = {c: (row[f"out{j}"] / n_out if n_out else 1.0) for j, c in enumerate(cols)}
-    uniq_in = (row["uk_in"] / n_in if n_in else 1.0) if key else None
-    uniq_out = (row["uk_out"] / n_out if n_out else 1.0) if key else None
-    return counts, int(row["cells_repaired"]), comp_in, comp_out, uniq_in, uniq_out
+    comp_in = {c: (n(pc.and_(source_row, t[f"in{j}"])) / n_in if n_in else 1.0) for j, c in enumerate(cols)}
+    comp_out = {c: (n(pc.and_(out_row, t[f"out{j}"])) / n_out if n_out else 1.0) for j, c in enumerate(cols)}
+    uniq_in = uniq_out = None
+    if key:
+        # distinct keys as Spark's distinct() counts them: a NULL key value is one value
+        def distinct(mask, prefix: str) -> int:
+            part = t.filter(mask).select([f"{prefix}{i}" for i in range(len(key))])
+            return part.group_by(part.column_names).aggregate([]).num_rows if part.num_rows else 0
 
-
-def _distinct_keys(df: DataFrame, key: list[str], source_row, out_row) -> dict[str, int]:
-    """Distinct keys among the source rows (original values) and the output rows (cleaned values).
-
-    A job of its own: two ``count_distinct`` in the tally's aggregation make Spark expand every row
-    three times for all of its aggregates (measured per demo meter month: tally 2.1-2.6 s with them,
-    1.0-1.2 s without, this job 0.3-0.5 s).
-    """
-    from pyspark.sql import functions as F
-
-    tagged = F.array(
-        F.when(source_row, F.struct(F.lit("uk_in").alias("tag"), *[F.col(ORIG).getField(k).alias(k) for k in key])),
-        F.when(out_row, F.struct(F.lit("uk_out").alias("tag"), *[F.col(f"`{k}`").alias(k) for k in key])),
-    )
-    keys = df.select(F.explode(tagged).alias("k")).where(F.col("k").isNotNull()).select("k.*").distinct()
-    found = {r["tag"]: r["n"] for r in keys.groupBy("tag").agg(F.count(F.lit(1)).alias("n")).collect()}
-    return {"uk_in": int(found.get("uk_in", 0)), "uk_out": int(found.get("uk_out", 0))}
+        uniq_in = distinct(source_row, "ki") / n_in if n_in else 1.0
+        uniq_out = distinct(out_row, "ko") / n_out if n_out else 1.0
+    return counts, len(repaired), comp_in, comp_out, uniq_in, uniq_out
 
 
 def _rule_is(name: str):
