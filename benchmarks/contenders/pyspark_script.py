@@ -15,20 +15,17 @@ from benchmarks.contenders import Clock, arguments, meter_files, write_result
 
 
 def session():
+    """A local[2] session with the lakehouse's engine settings (lakehouse.io.spark.DEFAULT_CONF), so the
+    ratio measures orchestration and per-month work, not Spark configuration."""
     from pyspark.sql import SparkSession
 
+    from lakehouse.io.spark import DEFAULT_CONF
+
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return (
-        SparkSession.builder.master("local[2]")
-        .appName("pyspark-script")
-        .config("spark.driver.memory", "4g")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
+    builder = SparkSession.builder.master("local[2]").appName("pyspark-script").config("spark.driver.bindAddress", "127.0.0.1")
+    for key, value in DEFAULT_CONF.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
 
 
 def main() -> None:

@@ -729,6 +729,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
     from pyspark.sql import functions as F
 
     flags: dict[str, str] = {}
+    conditions: dict[str, Column] = {}  # added in one projection: each DataFrame step costs an analysis
     for i, cr in enumerate(ctx.rules):
         rule = cr.spec
         outcome = Outcome(rule.name, "rule", rule.action, rule.description or cr.describe(), max_rate=rule.max_rate)
@@ -745,10 +746,14 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             df = df.withColumn(col, _active() & value.isNotNull() & F.col("__ref_found").isNull()).drop("__ref_value", "__ref_found")
         else:
             # every rule sees the same snapshot: the rows kept when the rules step starts
-            df = df.withColumn(col, rule_condition(cr, ROW_ID, scope=_active()))
+            conditions[col] = rule_condition(cr, ROW_ID, scope=_active())
         flags[rule.name] = col
-    for name, col in flags.items():
-        df = df.withColumn(FLAGS, _flag(F.col(col), name))
+    if conditions:
+        df = df.withColumns(conditions)
+    if flags:
+        # the names of the rules a row breaks, in rule order, added to its flags (as _flag does one by one)
+        broken = F.filter(F.array(*[F.when(F.col(c), F.lit(n)) for n, c in flags.items()]), lambda v: v.isNotNull())
+        df = df.withColumn(FLAGS, F.array_union(F.col(FLAGS), broken))
     # quarantine: every quarantine rule the row breaks is named
     q = [(cr, flags[cr.name]) for cr in ctx.rules if cr.spec.action == "quarantine" and cr.name in flags]
     if q:
