@@ -69,7 +69,10 @@ def session_md(s: dict) -> list[str]:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         f"- code: " + ", ".join(f"{k} at `{v}`" for k, v in s.get("code", {}).items()),
         f"- load average (1/5/15 min) at start {s['loadavg_start']}, at end {s.get('loadavg_end', '(unfinished)')}; "
-        f"per-run load is in results.json. Other engineers shared the 2 cores: compare ratios, not seconds.",
+        "per-run load is in results.json. "
+        + ("The load was above the core count: other work shared the machine; compare ratios, not seconds."
+           if max(s["loadavg_start"][0], (s.get("loadavg_end") or [0])[0]) > (m["cpus"] or 1) + 1
+           else "The load stayed within the core count + 1: no other heavy work shared the machine."),
         f"- repeats: {s['args']['repeats']}; budget {s['args']['budget']:.0f} s and {s['args']['rss_limit']:.0f} MB RSS per run",
         "",
     ]
