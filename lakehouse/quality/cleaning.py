@@ -195,6 +195,13 @@ def _append(array_col: str, cond: Column, value: Column) -> Column:
     return F.when(cond, F.concat(F.col(array_col), F.array(value))).otherwise(F.col(array_col))
 
 
+def _where_true(pairs: list[tuple[str, Column]]) -> Column:
+    """An array of the values whose boolean column holds on the row, in the given order."""
+    from pyspark.sql import functions as F
+
+    return F.filter(F.array(*[F.when(F.col(col), value) for col, value in pairs]), lambda v: v.isNotNull())
+
+
 def _flag(cond: Column, name: str) -> Column:
     from pyspark.sql import functions as F
 
@@ -420,7 +427,7 @@ def _tally(df: DataFrame, source: SourceSpec, outcomes: dict[str, Outcome]):
     def n(mask) -> int:
         return int(pc.sum(mask).as_py() or 0) if len(mask) else 0
 
-    row: dict[str, int] = {
+    counts: dict[str, int] = {
         "rows_in": n(source_row),
         "rows_out": n(out_row),
         "rows_kept": n(pc.equal(status, KEPT)),
@@ -429,8 +436,8 @@ def _tally(df: DataFrame, source: SourceSpec, outcomes: dict[str, Outcome]):
         "rows_imputed": n(pc.equal(status, IMPUTED)),
     }
 
-    def rows_naming(column: str) -> dict[str, tuple[list[int], list[str]]]:
-        """name -> the rows whose list column names it (each row once) and their status."""
+    def rows_naming(column: str) -> dict[str, list[int]]:
+        """name -> the indices of the rows whose list column names it (each row once)."""
         values = t[column].combine_chunks() if t.num_rows else pa.array([], pa.list_(pa.string()))
         flat = pc.list_flatten(values)
         if not len(flat):
@@ -450,7 +457,6 @@ def _tally(df: DataFrame, source: SourceSpec, outcomes: dict[str, Outcome]):
         o.violations = len(flagged.get(o.name, []))
         o.rejected, o.merged = why.count(REJECTED), why.count(MERGED)
         o.repaired_cells = int(per_rule.get(o.name, 0))
-    counts = {k: int(v) for k, v in row.items()}
     n_in, n_out = counts["rows_in"], counts["rows_out"]
     comp_in = {c: (n(pc.and_(source_row, t[f"in{j}"])) / n_in if n_in else 1.0) for j, c in enumerate(cols)}
     comp_out = {c: (n(pc.and_(out_row, t[f"out{j}"])) / n_out if n_out else 1.0) for j, c in enumerate(cols)}
@@ -464,11 +470,6 @@ def _tally(df: DataFrame, source: SourceSpec, outcomes: dict[str, Outcome]):
         uniq_in = distinct(source_row, "ki") / n_in if n_in else 1.0
         uniq_out = distinct(out_row, "ko") / n_out if n_out else 1.0
     return counts, len(repaired), comp_in, comp_out, uniq_in, uniq_out
-
-
-def _rule_is(name: str):
-    # F.filter inspects the lambda's arity: no default arguments here
-    return lambda r: r["rule"] == name
 
 
 # ----------------------------------------------------------------------------------------- steps
@@ -752,7 +753,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
         df = df.withColumns(conditions)
     if flags:
         # the names of the rules a row breaks, in rule order, added to its flags (as _flag does one by one)
-        broken = F.filter(F.array(*[F.when(F.col(c), F.lit(n)) for n, c in flags.items()]), lambda v: v.isNotNull())
+        broken = _where_true([(c, F.lit(n)) for n, c in flags.items()])
         df = df.withColumn(FLAGS, F.array_union(F.col(FLAGS), broken))
     # quarantine: every quarantine rule the row breaks is named
     q = [(cr, flags[cr.name]) for cr in ctx.rules if cr.spec.action == "quarantine" and cr.name in flags]
@@ -760,11 +761,8 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
         hit = F.lit(False)
         for _, col in q:
             hit = hit | F.col(col)
-        names = F.filter(F.array(*[F.when(F.col(col), F.lit(cr.name)) for cr, col in q]), lambda v: v.isNotNull())
-        errors = F.filter(
-            F.array(*[F.when(F.col(col), F.lit(f"violates {cr.name}: {cr.describe()}")) for cr, col in q]),
-            lambda v: v.isNotNull(),
-        )
+        names = _where_true([(col, F.lit(cr.name)) for cr, col in q])
+        errors = _where_true([(col, F.lit(f"violates {cr.name}: {cr.describe()}")) for cr, col in q])
         rejecting = _active() & hit
         df = df.withColumns(
             {
