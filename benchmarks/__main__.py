@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
 CONTENDERS = {
     "lakehouse": "benchmarks.contenders.lakehouse",
+    "spark_same": "benchmarks.contenders.spark_same",
     "pyspark": "benchmarks.contenders.pyspark_script",
     "pandas": "benchmarks.contenders.pandas_baseline",
     "floor": "benchmarks.contenders.pyarrow_floor",

@@ -21,6 +21,7 @@ def test_contenders_run_and_agree(tmp_path):
         ("floor", "benchmarks.contenders.pyarrow_floor"),
         ("pandas", "benchmarks.contenders.pandas_baseline"),
         ("pyspark", "benchmarks.contenders.pyspark_script"),
+        ("spark_same", "benchmarks.contenders.spark_same"),
         ("lakehouse", "benchmarks.contenders.lakehouse"),
     ):
         work = tmp_path / name
@@ -34,6 +35,8 @@ def test_contenders_run_and_agree(tmp_path):
         assert rows[name]["formatted"] == world["readings"], name
         assert rows[name]["trusted"] == rows["pandas"]["trusted"], name
         assert rows[name]["exploitation"] == rows["pandas"]["exploitation"], name
+    # the same transforms without orchestration: the same rows as the lakehouse in every zone
+    assert rows["spark_same"] == rows["lakehouse"]
 
 
 def test_report_renders_a_session(tmp_path):

@@ -17,7 +17,7 @@ import pyarrow as pa
 from lakehouse.specs.models import ColumnSpec, FormatSpec, SourceSpec
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 FILE_COL = "_source_file"
 LINE_COL = "_source_line"
@@ -328,9 +328,12 @@ def _typed(column: ColumnSpec):
     return text.try_cast(column.type)
 
 
-def cast_checked(raw: DataFrame, source: SourceSpec, month: str) -> DataFrame:
+def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column) -> DataFrame:
     """Every parsed row, cast: the canonical columns, lineage, ``month``, and ``error`` / ``record`` (the
     cause and the row as received), both NULL on rows that are accepted.
+
+    ``month`` is the month the files were delivered for (``YYYY-MM``), or a column giving it per row
+    (e.g. taken from the file name) when several months are cast at once.
 
     One frame for both outcomes, so a caller can compute it in one Spark job (no cache, no second pass
     over the files) and split it on ``error``; :func:`cast_to_canonical` splits it in Spark.
@@ -339,6 +342,7 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str) -> DataFrame:
     """
     from pyspark.sql import functions as F
 
+    delivered = F.lit(month) if isinstance(month, str) else month
     typed = raw.select(
         *[_typed(c).alias(c.name) for c in source.columns],
         *[F.col(f"`{c.raw_name}`").alias(f"__raw_{c.name}") for c in source.columns],
@@ -366,8 +370,8 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str) -> DataFrame:
         row_month = F.date_format(F.col(part_col), "yyyy-MM")
         problems.append(
             F.when(
-                F.col(part_col).isNotNull() & (row_month != F.lit(month)),
-                F.format_string(f"{part_col} %s belongs to month %s, delivered for {month}", F.col(part_col).cast("string"), row_month),
+                F.col(part_col).isNotNull() & (row_month != delivered),
+                F.format_string(f"{part_col} %s belongs to month %s, delivered for %s", F.col(part_col).cast("string"), row_month, delivered),
             )
         )
     checked = typed.withColumn("__problem", F.concat_ws("; ", *problems))
@@ -377,7 +381,7 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str) -> DataFrame:
         *[c.name for c in source.columns],
         FILE_COL,
         LINE_COL,
-        F.lit(month).alias("month"),
+        delivered.alias("month"),
         F.when(rejected, F.col("__problem")).alias("error"),
         F.when(rejected, F.coalesce(F.col(RAW_COL), record)).alias("record"),
     )
