@@ -168,22 +168,51 @@ def test_parallel_months_run_the_first_alone_then_overlap(tmp_path):
     assert lake.version("formatted", "toy2") == len(MONTHS) - 1  # one commit per month, none lost
 
 
-def test_parallel_months_write_what_one_month_at_a_time_writes(spark, tmp_path):
-    """The real zone factories with ``month_workers: 3`` and ``1``: the same rows in every table."""
+def test_parallel_months_write_what_one_month_at_a_time_writes(spark, tmp_path, monkeypatch):
+    """The real zone factories with ``month_workers: 3`` and ``1``: the same rows in every table.
+
+    ``trusted/meter_readings`` reads the trusted months before each month (its unit step's history): with
+    workers its months overlap, yet each month must read its history only after every earlier month of
+    the run wrote its trusted rows, exactly what a one-by-one run shows it.
+    """
+    from lakehouse.factories import trusted
     from lakehouse_tests.reliability.helpers import content_hash, materialize, project_at, zone_definitions
 
     world = tmp_path / "world"
     MeterWorld(WorldConfig(meters=2, fault_rate=0.02, seed=11)).write(world, MONTHS)
-    hashes = {}
+    real_history = trusted._history
+    hashes, seen, events = {}, {}, []
+
+    def history(root, session, source, month):
+        seen[workers][month] = root.months("trusted", source.name)
+        events.append(("history", month))
+        return real_history(root, session, source, month)
+
+    def formatted_read(read):
+        def read_spark(self, session, zone, table, *args, **kwargs):
+            if (zone, table) == ("formatted", "meter_readings"):
+                events.append(("cleaning", kwargs["months"][0]))
+            return read(self, session, zone, table, *args, **kwargs)
+
+        return read_spark
+
+    monkeypatch.setattr(trusted, "_history", history)
+    monkeypatch.setattr(Lake, "read_spark", formatted_read(Lake.read_spark))
     for workers in (1, 3):
+        seen[workers] = {}
+        events.clear()
         project = project_at(tmp_path / f"lake{workers}", world)
         project = project.model_copy(update={"lakehouse": project.lakehouse.model_copy(update={"month_workers": workers})})
         defs = zone_definitions(project, sources=("meter_readings", "calendar"))
-        # trusted/meter_readings cleans its months in order (its unit step reads earlier months): not run
-        keys = [a.key for a in defs.assets if a.key != dg.AssetKey(["trusted", "meter_readings"])]
-        assert materialize(defs, keys, MONTHS[0], MONTHS[-1]).success
+        assert materialize(defs, [a.key for a in defs.assets], MONTHS[0], MONTHS[-1]).success
         lake = Lake(project.lake_root)
-        tables = [("formatted", "meter_readings"), ("formatted", "calendar"), ("trusted", "calendar"), ("quality", "quarantine")]
+        tables = [("formatted", "meter_readings"), ("formatted", "calendar"), ("trusted", "calendar"),
+                  ("trusted", "meter_readings"), ("quality", "quarantine"), ("quality", "repairs")]
         hashes[workers] = {f"{z}/{t}": content_hash(lake, z, t) for z, t in tables}
         assert lake.months("trusted", "calendar") == MONTHS and lake.months("formatted", "meter_readings") == MONTHS
+        assert lake.months("trusted", "meter_readings") == MONTHS
+        # every month's history was read with all the earlier months written, none of the later ones
+        assert seen[workers] == {m: MONTHS[:i] for i, m in enumerate(MONTHS)}, seen[workers]
     assert hashes[3] == hashes[1]
+    # and with workers the months did overlap: the third began cleaning before the second read its history
+    assert events.index(("cleaning", MONTHS[2])) < events.index(("history", MONTHS[1])), events

@@ -77,9 +77,10 @@ def run_months(
     materialization per month); the step fails at the end naming every failed month. Returns the run's
     metadata: the last month's figures when one month ran, totals and a per-month table for a range.
 
-    ``workers`` > 1 runs months in that many threads sharing the process's Spark session, for assets whose
-    months do not read each other (a month is a few small Spark jobs and Delta commits, so one month at a
-    time leaves the cores mostly idle). The first month runs alone: it creates the tables the others
+    ``workers`` > 1 runs months in that many threads sharing the process's Spark session, in month order
+    (a month is a few small Spark jobs and Delta commits, so one month at a time leaves the cores mostly
+    idle). Months that read each other's output must wait for it inside ``step`` (see the trusted
+    assets' ``_InOrder``). The first month runs alone: it creates the tables the others
     commit to. Commits to one table from several threads are retried when they lose a race
     (:meth:`lakehouse.io.lake.Lake._commit`); the content of every month is the same in any order.
     """

@@ -7,6 +7,7 @@ month's assessment to ``quality/metrics``. Every rule and step is an asset check
 quarantined + merged, counted on what was written) and ``pandera_schema`` (blocking).
 """
 
+import threading
 
 import dagster as dg
 
@@ -62,6 +63,29 @@ def _history(root: Lake, session, source: SourceSpec, month: str):
     return root.read_spark(session, "trusted", source.name, months=earlier) if earlier else None
 
 
+class _InOrder:
+    """Months of a source whose unit step reads the trusted months before it, run in overlapping threads.
+
+    A month may read its formatted rows, merge duplicates and standardize while the month before it is
+    still cleaning; it reads its history only once every earlier month of the run has written its trusted
+    rows, so each month sees exactly what a one-by-one run would show it. A month that fails still lets
+    the next one go on (with the history it would have had in a one-by-one run).
+    """
+
+    def __init__(self, months: list[str]) -> None:
+        self._written = {m: threading.Event() for m in months}
+        self._before = dict(zip(months[1:], months, strict=False))
+
+    def wait_for_earlier(self, month: str) -> None:
+        if month in self._before:
+            self._written[self._before[month]].wait()
+
+    def written(self, month: str) -> None:
+        """``month``'s trusted rows are written (or it failed): the next month may read its history."""
+        self.wait_for_earlier(month)
+        self._written[month].set()
+
+
 def _reference_months(ref: ReferenceSpec, month: str, available: list[str]) -> list[str]:
     if ref.months == "same":
         return [month] if month in available else []
@@ -110,9 +134,10 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     references = sorted({r.reference.table for r in source.quality.rules if r.reference is not None})
     contract = schemas.source_contract(source, "trusted")
     # a unit step compares a month with the trusted months before it: those months must be written
-    # first, so such a source cleans its months in order; any other source's months are independent
+    # first, so such a source's months overlap only up to the unit step (_InOrder), two at a time; any
+    # other source's months are independent
     ordered = any(isinstance(s, UnitStep) and s.history_months > 0 for s in source.quality.cleaning)
-    workers = 1 if ordered else project.lakehouse.month_workers
+    workers = min(2, project.lakehouse.month_workers) if ordered else project.lakehouse.month_workers
 
     @dg.asset(
         key=key("trusted", source.name),
@@ -137,14 +162,27 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         verdicts: dict[str, list[metrics.CheckEval]] = {}
         batches: dict[str, metrics.Batch] = {}
         summaries: dict[str, str] = {}
+        in_order = _InOrder(months_of(context)) if ordered else None
+
+        def history(month: str):
+            if in_order is not None:
+                in_order.wait_for_earlier(month)
+            return _history(root, session, source, month)
 
         def step(month: str) -> dict:
+            try:
+                return cleaned(month)
+            finally:
+                if in_order is not None:
+                    in_order.written(month)
+
+        def cleaned(month: str) -> dict:
             formatted = root.read_spark(session, "formatted", source.name, months=[month])
             result: CleanResult = clean_month(
                 formatted,
                 source,
                 month=month,
-                history=_history(root, session, source, month),
+                history=lambda: history(month),
                 references=_references(root, session, source, month),
             )
             try:
@@ -158,6 +196,8 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 quarantine.append(root, rejected, batch)
                 repairs.append(root, changed, batch)
                 version = root.overwrite_month("trusted", source.name, data, month)
+                if in_order is not None:
+                    in_order.written(month)
                 cons = conservation(root, source, month, batch)
                 checks = metrics.evaluate(result, cons)
                 figures = metrics.rows(batch, metrics.figures(result, cons, checks))

@@ -24,6 +24,7 @@ is asserted on what was actually written (see :mod:`lakehouse.quality.metrics`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -251,7 +252,7 @@ class _Ctx:
     source: SourceSpec
     month: str
     rules: list[CompiledRule]
-    history: DataFrame | None
+    history: DataFrame | Callable[[], DataFrame | None] | None
     references: dict[str, DataFrame]
     outcomes: dict[str, Outcome]
     notes: list[str]
@@ -305,7 +306,7 @@ def clean_month(
     source: SourceSpec,
     *,
     month: str,
-    history: DataFrame | None = None,
+    history: DataFrame | Callable[[], DataFrame | None] | None = None,
     references: dict[str, DataFrame] | None = None,
 ) -> CleanResult:
     """Apply ``source.quality`` to one month of the formatted table.
@@ -314,7 +315,9 @@ def clean_month(
         formatted: the month's formatted rows (canonical columns, ``_source_file``/``_source_line``).
         source: the dataset's spec (its ``quality`` section drives everything).
         month: the month, ``YYYY-MM``.
-        history: trusted rows of earlier months (the unit step's per-series reference), if any.
+        history: trusted rows of earlier months (the unit step's per-series reference), if any; or a
+            function returning them, called when the unit step needs them (so the steps before it can run
+            while the earlier months are still being written).
         references: rule name → the referenced table's rows, for ``reference`` rules.
     """
     from pyspark.sql import functions as F
@@ -529,9 +532,10 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
         (positive[len(positive) // 2 - 1] + positive[len(positive) // 2]) / 2 if positive else None
     )
     history: dict[tuple, tuple[float, int]] = {}
-    if ctx.history is not None and step.history_months > 0:
+    earlier = (ctx.history() if callable(ctx.history) else ctx.history) if step.history_months > 0 else None
+    if earlier is not None:
         hv = F.col(f"`{step.column}`")
-        rows = ctx.history.filter(hv.isNotNull()).groupBy(*group).agg(_median_of(hv).alias("med"), F.count(F.lit(1)).alias("n"))
+        rows = earlier.filter(hv.isNotNull()).groupBy(*group).agg(_median_of(hv).alias("med"), F.count(F.lit(1)).alias("n"))
         history = {tuple(r[g] for g in group): (r["med"], r["n"]) for r in rows.collect()}
     limit = math.sqrt(step.factor)
     converted = []
