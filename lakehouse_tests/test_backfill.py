@@ -183,10 +183,10 @@ def test_parallel_months_write_what_one_month_at_a_time_writes(spark, tmp_path, 
     real_history = trusted._history
     hashes, seen, events = {}, {}, []
 
-    def history(root, session, source, month):
+    def history(root, source, month):
         seen[workers][month] = root.months("trusted", source.name)
         events.append(("history", month))
-        return real_history(root, session, source, month)
+        return real_history(root, source, month)
 
     def formatted_read(read):
         def read_spark(self, session, zone, table, *args, **kwargs):

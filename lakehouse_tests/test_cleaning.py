@@ -257,18 +257,24 @@ def test_fail_warn_set_repair_iqr_and_keep_policies(spark):
     assert len(trusted) == 24
 
 
-@pytest.mark.parametrize("case", ["history", "absolute"])
+@pytest.mark.parametrize("case", ["history", "history_arrow", "absolute"])
 def test_unit_harmonization_without_a_fleet(spark, case):
-    """One meter alone: its own history decides, else the absolute bound; a normal file is left alone."""
+    """One meter alone: its own history decides, else the absolute bound; a normal file is left alone.
+
+    The history is given as a Spark DataFrame, or as the trusted asset gives it: a function returning
+    an Arrow table (read with delta-rs once the earlier months are written)."""
     wh = [("M9", at(h), level(h) * 1000, "wh.csv", h + 2) for h in range(48)]
     ok = [("M8", at(h), level(h) * 50, "ok.csv", h + 2) for h in range(48)]  # large, plausible in kWh
     history = None
-    if case == "history":
+    if case.startswith("history"):
         history = spark.createDataFrame(
             [("M9", at(h) - dt.timedelta(days=31), level(h), None, None) for h in range(200)]
             + [("M8", at(h) - dt.timedelta(days=31), level(h) * 50, None, None) for h in range(200)],
             SCHEMA,
         )
+    if case == "history_arrow":
+        table = history.select("meter_id", "reading_kwh").toArrow()
+        history = lambda: table  # noqa: E731
     step = {"step": "unit_harmonization", "name": "wh", "column": "reading_kwh", "group_by": ["meter_id"],
             "min_history": 168, "min_fleet": 3, "max_typical": 100}
     df = spark.createDataFrame(wh + ok, SCHEMA)
@@ -280,4 +286,17 @@ def test_unit_harmonization_without_a_fleet(spark, case):
         result.close()
     assert max(r["reading_kwh"] for r in trusted if r["meter_id"] == "M9") < 2
     assert min(r["reading_kwh"] for r in trusted if r["meter_id"] == "M8") > 30
-    assert len(notes) == 1 and ("own history" in notes[0] if case == "history" else "max_typical" in notes[0])
+    assert len(notes) == 1 and ("own history" in notes[0] if case != "absolute" else "max_typical" in notes[0])
+
+
+def test_group_medians_match_spark_median():
+    """The unit step's per-series medians (on the driver): nulls ignored, even counts averaged, null keys
+    a group of their own, as Spark's ``median`` groups them."""
+    import pyarrow as pa
+
+    from lakehouse.quality.cleaning import _group_medians
+
+    t = pa.table({"m": ["a", "a", "a", "a", "b", "b", None, "c"], "f": ["x"] * 8,
+                  "v": [1.0, 4.0, 2.0, 10.0, 3.0, None, 7.0, None]})
+    assert _group_medians(t, ["m", "f"], "v") == {("a", "x"): (3.0, 4), ("b", "x"): (3.0, 1), (None, "x"): (7.0, 1)}
+    assert _group_medians(t.slice(0, 0), ["m"], "v") == {}

@@ -54,13 +54,18 @@ def _check_specs(source: SourceSpec, rules: list[CompiledRule]) -> list[dg.Asset
     return specs
 
 
-def _history(root: Lake, session, source: SourceSpec, month: str):
-    """Trusted rows of the months before ``month`` that unit steps compare with (None if there are none)."""
-    n = max((s.history_months for s in source.quality.cleaning if isinstance(s, UnitStep)), default=0)
+def _history(root: Lake, source: SourceSpec, month: str):
+    """Trusted rows of the months before ``month`` that unit steps compare with (None if there are none).
+
+    Read with delta-rs into Arrow: the unit step computes its per-series medians on the driver.
+    """
+    steps = [s for s in source.quality.cleaning if isinstance(s, UnitStep)]
+    n = max((s.history_months for s in steps), default=0)
     if n == 0 or not root.exists("trusted", source.name):
         return None
     earlier = [m for m in root.months("trusted", source.name) if m < month][-n:]
-    return root.read_spark(session, "trusted", source.name, months=earlier) if earlier else None
+    columns = list(dict.fromkeys(c for s in steps for c in (*s.group_by, s.column)))
+    return root.read_arrow("trusted", source.name, months=earlier, columns=columns) if earlier else None
 
 
 class _InOrder:
@@ -167,7 +172,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         def history(month: str):
             if in_order is not None:
                 in_order.wait_for_earlier(month)
-            return _history(root, session, source, month)
+            return _history(root, source, month)
 
         def step(month: str) -> dict:
             try:

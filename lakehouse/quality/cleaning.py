@@ -42,6 +42,7 @@ from lakehouse.specs.models import (
 from lakehouse.transforms.parse import FILE_COL, LINE_COL
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import Column, DataFrame
 
 ROW_ID = "__rid"
@@ -252,7 +253,7 @@ class _Ctx:
     source: SourceSpec
     month: str
     rules: list[CompiledRule]
-    history: DataFrame | Callable[[], DataFrame | None] | None
+    history: DataFrame | pa.Table | Callable[[], DataFrame | pa.Table | None] | None
     references: dict[str, DataFrame]
     outcomes: dict[str, Outcome]
     notes: list[str]
@@ -306,7 +307,7 @@ def clean_month(
     source: SourceSpec,
     *,
     month: str,
-    history: DataFrame | Callable[[], DataFrame | None] | None = None,
+    history: DataFrame | pa.Table | Callable[[], DataFrame | pa.Table | None] | None = None,
     references: dict[str, DataFrame] | None = None,
 ) -> CleanResult:
     """Apply ``source.quality`` to one month of the formatted table.
@@ -315,8 +316,8 @@ def clean_month(
         formatted: the month's formatted rows (canonical columns, ``_source_file``/``_source_line``).
         source: the dataset's spec (its ``quality`` section drives everything).
         month: the month, ``YYYY-MM``.
-        history: trusted rows of earlier months (the unit step's per-series reference), if any; or a
-            function returning them, called when the unit step needs them (so the steps before it can run
+        history: trusted rows of earlier months (the unit step's per-series reference; a Spark or an Arrow
+            table), if any; or a function returning them, called when the unit step needs them (so the steps before it can run
             while the earlier months are still being written).
         references: rule name → the referenced table's rows, for ``reference`` rules.
     """
@@ -507,14 +508,31 @@ def _standardize(df: DataFrame, step: StandardizeStep, ctx: _Ctx) -> DataFrame:
     return _set(df, col.isNotNull(), step.column, new, step.name, ctx.type_of(step.column))
 
 
-def _median_of(col: Column) -> Column:
-    from pyspark.sql import functions as F
+def _group_medians(t: pa.Table, keys: list[str], value: str) -> dict[tuple, tuple[float, int]]:
+    """Median and number of the non-null ``value`` per distinct ``keys`` of ``t`` (null keys a group of their own)."""
+    import pandas as pd
+    import pyarrow.compute as pc
 
-    return F.median(col)
+    t = t.filter(pc.is_valid(t[value])) if t.num_rows else t
+    if not t.num_rows:
+        return {}
+    df = t.select([*keys, value]).to_pandas()
+    stats = df.groupby(keys, dropna=False, sort=False)[value].agg(["median", "count"])
+    out = {}
+    for k, (med, n) in zip(stats.index, stats.itertuples(index=False), strict=True):
+        k = k if isinstance(k, tuple) else (k,)
+        out[tuple(None if pd.isna(x) else x for x in k)] = (float(med), int(n))
+    return out
 
 
 def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
-    """Find files delivered in a unit ``factor`` times too small and convert them (see UnitStep)."""
+    """Find files delivered in a unit ``factor`` times too small and convert them (see UnitStep).
+
+    The medians per file and per series of the history are computed on the driver from one narrow
+    projection each (pandas): a month's file medians are a few dozen numbers, and a Spark aggregation
+    with its shuffle costs more to plan and launch than the counting.
+    """
+    import pyarrow as pa
     from pyspark.sql import functions as F
 
     ctx.outcomes[step.name] = Outcome(
@@ -523,8 +541,8 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
     group = step.group_by
     value = F.col(f"`{step.column}`")
     active = df.filter(_active() & value.isNotNull())
-    per_file = active.groupBy(*group, FILE_COL).agg(_median_of(value).alias("med"), F.count(F.lit(1)).alias("n"))
-    files = [r.asDict() for r in per_file.collect()]
+    per_file = _group_medians(active.select(*[F.col(f"`{g}`") for g in group], F.col(FILE_COL), value).toArrow(), [*group, FILE_COL], step.column)
+    files = [{**dict(zip([*group, FILE_COL], k, strict=True)), "med": med, "n": n} for k, (med, n) in per_file.items()]
     if not files:
         return df
     positive = sorted(f["med"] for f in files if f["med"] is not None and f["med"] > 0)
@@ -534,9 +552,9 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
     history: dict[tuple, tuple[float, int]] = {}
     earlier = (ctx.history() if callable(ctx.history) else ctx.history) if step.history_months > 0 else None
     if earlier is not None:
-        hv = F.col(f"`{step.column}`")
-        rows = earlier.filter(hv.isNotNull()).groupBy(*group).agg(_median_of(hv).alias("med"), F.count(F.lit(1)).alias("n"))
-        history = {tuple(r[g] for g in group): (r["med"], r["n"]) for r in rows.collect()}
+        if not isinstance(earlier, pa.Table):
+            earlier = earlier.select(*[F.col(f"`{g}`") for g in group], value).toArrow()
+        history = _group_medians(earlier, group, step.column)
     limit = math.sqrt(step.factor)
     converted = []
     for f in files:
