@@ -291,7 +291,7 @@ def test_unit_harmonization_without_a_fleet(spark, case):
 
 def test_group_medians_match_spark_median():
     """The unit step's per-series medians (on the driver): nulls ignored, even counts averaged, null keys
-    a group of their own, as Spark's ``median`` groups them."""
+    a group of their own, as Spark's ``median`` over a ``groupBy`` gives them."""
     import pyarrow as pa
 
     from lakehouse.quality.cleaning import _group_medians
@@ -300,3 +300,6 @@ def test_group_medians_match_spark_median():
                   "v": [1.0, 4.0, 2.0, 10.0, 3.0, None, 7.0, None]})
     assert _group_medians(t, ["m", "f"], "v") == {("a", "x"): (3.0, 4), ("b", "x"): (3.0, 1), (None, "x"): (7.0, 1)}
     assert _group_medians(t.slice(0, 0), ["m"], "v") == {}
+    # integer keys stay integers next to a null key (the conversion marker compares them as text)
+    ints = pa.table({"k": pa.array([1, None, 1, 2], pa.int64()), "v": [1.0, 2.0, 3.0, 4.0]})
+    assert _group_medians(ints, ["k"], "v") == {(1,): (2.0, 2), (None,): (2.0, 1), (2,): (4.0, 1)}

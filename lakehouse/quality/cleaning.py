@@ -317,8 +317,8 @@ def clean_month(
         source: the dataset's spec (its ``quality`` section drives everything).
         month: the month, ``YYYY-MM``.
         history: trusted rows of earlier months (the unit step's per-series reference; a Spark or an Arrow
-            table), if any; or a function returning them, called when the unit step needs them (so the steps before it can run
-            while the earlier months are still being written).
+            table), if any; or a function returning them, called when the unit step needs them (so the
+            steps before it can run while the earlier months are still being written).
         references: rule name → the referenced table's rows, for ``reference`` rules.
     """
     from pyspark.sql import functions as F
@@ -509,27 +509,29 @@ def _standardize(df: DataFrame, step: StandardizeStep, ctx: _Ctx) -> DataFrame:
 
 
 def _group_medians(t: pa.Table, keys: list[str], value: str) -> dict[tuple, tuple[float, int]]:
-    """Median and number of the non-null ``value`` per distinct ``keys`` of ``t`` (null keys a group of their own)."""
-    import pandas as pd
+    """Median and number of the non-null ``value`` per distinct ``keys`` of ``t`` (null keys are a group of
+    their own, as in Spark). Keys come back as the Python values Spark's ``collect`` gives."""
+    import numpy as np
     import pyarrow.compute as pc
 
     t = t.filter(pc.is_valid(t[value])) if t.num_rows else t
     if not t.num_rows:
         return {}
-    df = t.select([*keys, value]).to_pandas()
-    stats = df.groupby(keys, dropna=False, sort=False)[value].agg(["median", "count"])
-    out = {}
-    for k, (med, n) in zip(stats.index, stats.itertuples(index=False), strict=True):
-        k = k if isinstance(k, tuple) else (k,)
-        out[tuple(None if pd.isna(x) else x for x in k)] = (float(med), int(n))
-    return out
+    grouped = t.select([*keys, value]).group_by(keys, use_threads=False).aggregate([(value, "list")])
+    lists = grouped[f"{value}_list"].combine_chunks()
+    offsets, flat = lists.offsets.to_numpy(), lists.values.to_numpy()
+    groups = zip(*[grouped[k].to_pylist() for k in keys], strict=True)
+    return {
+        tuple(k): (float(np.median(flat[a:b])), int(b - a))
+        for k, a, b in zip(groups, offsets[:-1], offsets[1:], strict=True)
+    }
 
 
 def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
     """Find files delivered in a unit ``factor`` times too small and convert them (see UnitStep).
 
     The medians per file and per series of the history are computed on the driver from one narrow
-    projection each (pandas): a month's file medians are a few dozen numbers, and a Spark aggregation
+    projection each (pyarrow groups, numpy medians): a month's file medians are a few dozen numbers, and a Spark aggregation
     with its shuffle costs more to plan and launch than the counting.
     """
     import pyarrow as pa
@@ -541,7 +543,8 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
     group = step.group_by
     value = F.col(f"`{step.column}`")
     active = df.filter(_active() & value.isNotNull())
-    per_file = _group_medians(active.select(*[F.col(f"`{g}`") for g in group], F.col(FILE_COL), value).toArrow(), [*group, FILE_COL], step.column)
+    narrow = active.select(*[F.col(f"`{g}`") for g in group], F.col(FILE_COL), value).toArrow()
+    per_file = _group_medians(narrow, [*group, FILE_COL], step.column)
     files = [{**dict(zip([*group, FILE_COL], k, strict=True)), "med": med, "n": n} for k, (med, n) in per_file.items()]
     if not files:
         return df
