@@ -56,3 +56,14 @@ class Clock:
 
 def write_result(path: Path, figures: dict) -> None:
     path.write_text(json.dumps(figures, indent=1, default=str))
+
+
+def finish_spark(spark, out: Path, clock: Clock, result: Path) -> None:
+    """Count the rows a Spark contender wrote (Parquet folders ``formatted``, ``trusted``, ``daily`` under
+    ``out``), stop the session and write the figures."""
+    rows = {
+        zone: spark.read.parquet(str(out / name)).count()
+        for zone, name in (("formatted", "formatted"), ("trusted", "trusted"), ("exploitation", "daily"))
+    }
+    spark.stop()
+    write_result(result, {"zone_seconds": clock.stages, "rows": rows})

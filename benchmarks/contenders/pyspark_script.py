@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-from benchmarks.contenders import Clock, arguments, meter_files, write_result
+from benchmarks.contenders import Clock, arguments, finish_spark, meter_files
 
 
 def session():
@@ -89,12 +89,7 @@ def main() -> None:
     )
     daily.write.mode("overwrite").partitionBy("month").parquet(str(out / "daily"))
     clock.lap("exploitation")
-    rows = {
-        zone: spark.read.parquet(str(out / name)).count()
-        for zone, name in (("formatted", "formatted"), ("trusted", "trusted"), ("exploitation", "daily"))
-    }
-    spark.stop()
-    write_result(args.result, {"zone_seconds": clock.stages, "rows": rows})
+    finish_spark(spark, out, clock, args.result)
 
 
 if __name__ == "__main__":

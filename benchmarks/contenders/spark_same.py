@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from benchmarks.contenders import Clock, arguments, meter_files, write_result
+from benchmarks.contenders import Clock, arguments, finish_spark, meter_files
 from benchmarks.contenders.lakehouse import bench_configs
 
 
@@ -68,12 +68,7 @@ def main() -> None:
     daily = spark.sql(view.sql).withColumn("month", F.date_format("date", "yyyy-MM"))
     daily.write.mode("overwrite").partitionBy("month").parquet(str(out / "daily"))
     clock.lap("exploitation")
-    rows = {
-        zone: spark.read.parquet(str(out / name)).count()
-        for zone, name in (("formatted", "formatted"), ("trusted", "trusted"), ("exploitation", "daily"))
-    }
-    spark.stop()
-    write_result(args.result, {"zone_seconds": clock.stages, "rows": rows})
+    finish_spark(spark, out, clock, args.result)
 
 
 if __name__ == "__main__":

@@ -531,8 +531,8 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
     """Find files delivered in a unit ``factor`` times too small and convert them (see UnitStep).
 
     The medians per file and per series of the history are computed on the driver from one narrow
-    projection each (pyarrow groups, numpy medians): a month's file medians are a few dozen numbers, and a Spark aggregation
-    with its shuffle costs more to plan and launch than the counting.
+    projection each (pyarrow groups, numpy medians): a month's file medians are a few dozen numbers, and
+    a Spark aggregation with its shuffle costs more to plan and launch than the counting.
     """
     import pyarrow as pa
     from pyspark.sql import functions as F
@@ -548,7 +548,7 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
     files = [{**dict(zip([*group, FILE_COL], k, strict=True)), "med": med, "n": n} for k, (med, n) in per_file.items()]
     if not files:
         return df
-    positive = sorted(f["med"] for f in files if f["med"] is not None and f["med"] > 0)
+    positive = sorted(f["med"] for f in files if f["med"] > 0)
     fleet = positive[len(positive) // 2] if len(positive) % 2 else (
         (positive[len(positive) // 2 - 1] + positive[len(positive) // 2]) / 2 if positive else None
     )
@@ -570,7 +570,7 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
             ref, basis = fleet, "the month's other files"
         else:
             ref, basis = None, "the absolute bound"
-        if med is None or f[FILE_COL] is None:
+        if f[FILE_COL] is None:
             continue
         scaled = (med / ref > limit) if ref else (step.max_typical is not None and med > step.max_typical)
         if scaled:
