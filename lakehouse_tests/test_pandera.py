@@ -86,3 +86,64 @@ def test_view_contract_from_declared_columns_or_the_written_schema(spark, projec
         assert list(contract.schema.columns) == df.columns
     report = validate(df, contract)
     assert [f.check for f in report.failures] == ["unique"]  # the view's key (meter_id, date) repeats
+
+
+def _arrow(rows: list[tuple]):
+    import pyarrow as pa
+
+    names = ["meter_id", "ts", "reading_kwh", "_source_file", "_source_line", "month"]
+    types = [pa.string(), pa.timestamp("us", tz="UTC"), pa.float64(), pa.string(), pa.int64(), pa.string()]
+    return pa.table({n: pa.array([r[i] for r in rows], t) for i, (n, t) in enumerate(zip(names, types, strict=True))})
+
+
+GOOD = [("M1", T0, 1.0, "a.csv", 2, "2012-01"), ("M2", T0, 0.0, "a.csv", 3, "2012-01")]
+
+
+@pytest.mark.parametrize(
+    "case, rows, cast",
+    [
+        ("negative reading", [*GOOD, ("M3", T0, -1.0, "a.csv", 4, "2012-01")], None),
+        ("duplicate key", [*GOOD, ("M1", T0, 2.0, "a.csv", 4, "2012-01")], None),
+        ("null meter", [*GOOD, (None, T0, 2.0, "a.csv", 4, "2012-01")], None),
+        ("NaN reading", [*GOOD, ("M3", T0, float("nan"), "a.csv", 4, "2012-01")], None),
+        ("int32 line number", GOOD, ("_source_line", "int32")),
+        ("timestamp without zone", GOOD, ("ts", "timestamp[us]")),
+    ],
+)
+def test_local_validation_vouches_only_for_a_table_that_passes(spark, project, case, rows, cast):
+    """pandera's pandas backend on the Arrow table answers only "passed"; any failure, another type or a
+    NaN (Spark and pandas disagree on it) leaves the verdict to the Spark path, which counts the rows."""
+    import pyarrow as pa
+
+    from lakehouse.quality.schemas import validate_local
+
+    contract = source_contract(project.source("meter_readings"), "trusted")
+    good = validate_local(_arrow(GOOD), contract)
+    assert good is not None and good.passed and good.rows == 2
+    table = _arrow(rows)
+    if cast:
+        col, to = cast
+        table = table.set_column(table.column_names.index(col), col, table[col].cast(pa.type_for_alias(to)))
+    assert validate_local(table, contract) is None, case
+    if not cast:  # the same rows through pandera.pyspark, whose verdict the step records: failed, except
+        # for NaN, which Spark orders above every number and does not count as null (pandas would fail it)
+        spark_report = validate(spark.createDataFrame(table.to_pylist(), SCHEMA), contract)
+        assert spark_report.passed is (case == "NaN reading"), case
+
+
+def test_validate_written_counts_failures_of_a_small_month_with_spark(spark, project, tmp_path):
+    """A small month that fails locally is still reported with counts and examples (pandera.pyspark)."""
+    from lakehouse.factories.checks import validate_written
+    from lakehouse.io.lake import Lake
+
+    lake = Lake(tmp_path / "lake")
+    contract = source_contract(project.source("meter_readings"), "trusted")
+    lake.overwrite_month("trusted", "meter_readings", _arrow(GOOD), "2012-01")
+    lake.overwrite_month("trusted", "meter_readings", _arrow([("M1", T0, -2.0, "b.csv", 2, "2012-02")]), "2012-02")
+    assert lake.row_count("trusted", "meter_readings", ["2012-01"]) == 2
+    assert lake.row_count("trusted", "meter_readings") == 3
+    assert validate_written(spark, lake, "trusted", "meter_readings", ["2012-01"], contract).passed
+    report = validate_written(spark, lake, "trusted", "meter_readings", ["2012-01", "2012-02"], contract)
+    (failure,) = report.failures
+    assert report.rows == 3 and failure.check == "reading_kwh >= 0.0" and failure.failures == 1
+    assert failure.per_month == {"2012-02": 1} and failure.examples[0]["_source_file"] == "b.csv"

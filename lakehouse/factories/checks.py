@@ -25,23 +25,43 @@ def pandera_spec(asset_key: dg.AssetKey, *, blocking: bool) -> dg.AssetCheckSpec
         PANDERA,
         asset=asset_key,
         blocking=blocking,
-        description="Pandera (pandera.pyspark) schema derived from the configs: column types, nullability, "
-        "ranges/allowed values the rules guarantee, key uniqueness. Metadata: failing rows per check, examples.",
+        description="Pandera schema derived from the configs: column types, nullability, ranges/allowed values "
+        "the rules guarantee, key uniqueness (pandas backend on small months, pandera.pyspark otherwise or on "
+        "failure). Metadata: failing rows per check, examples.",
     )
+
+
+def _small(lake: Lake, zone: str, table: str, months: Sequence[str] | None) -> bool:
+    rows = lake.row_count(zone, table, months)
+    return rows is not None and rows <= schemas.LOCAL_ROWS
 
 
 def validate_written(
     spark: SparkSession, lake: Lake, zone: str, table: str, months: Sequence[str], contract: schemas.Contract
 ) -> schemas.Report:
-    """Validate the months just written, read back from Delta (the table as stored, not as computed)."""
+    """Validate the months just written, read back from Delta (the table as stored, not as computed):
+    with pandera's pandas backend when they are small and pass, else with pandera.pyspark
+    (:mod:`lakehouse.quality.schemas`)."""
+    if _small(lake, zone, table, months):
+        report = schemas.validate_local(lake.read_arrow(zone, table, months=list(months)), contract)
+        if report is not None:
+            return report
     df = lake.read_spark(spark, zone, table, months=list(months))
     return schemas.validate(df, contract)
 
 
 def validate_view(spark: SparkSession, lake: Lake, view: ViewSpec, months: Sequence[str]) -> schemas.Report:
-    """Validate an exploitation view as written: its months, or the whole table for merge (unpartitioned) views."""
-    partitioned = lake.partitioned("exploitation", view.name)
-    df = lake.read_spark(spark, "exploitation", view.name, months=list(months) if partitioned else None)
+    """Validate an exploitation view as written: its months, or the whole table for merge (unpartitioned)
+    views; locally first, as :func:`validate_written`."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    chosen = list(months) if lake.partitioned("exploitation", view.name) else None
+    if _small(lake, "exploitation", view.name, chosen):
+        table = lake.read_arrow("exploitation", view.name, months=chosen)
+        report = schemas.validate_local(table, schemas.view_contract(view, from_arrow_schema(table.schema)))
+        if report is not None:
+            return report
+    df = lake.read_spark(spark, "exploitation", view.name, months=chosen)
     return schemas.validate(df, schemas.view_contract(view, df.schema))
 
 

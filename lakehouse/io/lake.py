@@ -122,6 +122,20 @@ class Lake:
         parts = self.delta(zone, table).partitions()
         return sorted({p[PARTITION_COLUMN] for p in parts if p.get(PARTITION_COLUMN)})
 
+    def row_count(self, zone: str, table: str, months: Sequence[str] | None = None) -> int | None:
+        """Rows of ``months`` (all: None) from the file statistics of the Delta log, without reading data;
+        None when a file carries no row count."""
+        import pyarrow.compute as pc
+
+        files = pa.table(self.delta(zone, table).get_add_actions(flatten=True))
+        if months is not None:
+            column = f"partition.{PARTITION_COLUMN}"
+            if column not in files.column_names:
+                return None
+            files = files.filter(pc.is_in(files[column], pa.array(list(months), pa.string())))
+        counts = files["num_records"]
+        return None if counts.null_count else int(pc.sum(counts).as_py() or 0)
+
     # ----------------------------------------------------------------------------------- delta: write
     def overwrite_month(
         self, zone: str, table: str, data: pa.Table, month: str, *, where: dict[str, str] | None = None
