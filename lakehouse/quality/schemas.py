@@ -249,6 +249,7 @@ def validate_local(table, contract: Contract) -> Report | None:
     import pyarrow.compute as pc
     import pyarrow.types as pt
     from pandera.errors import SchemaError, SchemaErrors
+    from pyarrow.lib import ArrowException
 
     if contract.local is None:
         return None
@@ -260,6 +261,8 @@ def validate_local(table, contract: Contract) -> Report | None:
     try:
         contract.local.validate(table.to_pandas(), lazy=True)
     except (SchemaError, SchemaErrors):
+        return None
+    except (ArrowException, TypeError, ValueError):  # a value pandas cannot hold or compare: Spark decides
         return None
     return Report(contract.name, table.num_rows, [])
 
