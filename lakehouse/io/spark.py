@@ -37,6 +37,11 @@ DEFAULT_CONF: dict[str, str] = {
     # (45 tasks for 1440 files); 64 KB packs them into ~one task per core. Measured on one 1440-file month
     # in a warm session: 72 s -> 51 s (benchmarks/micro_open_cost.py)
     "spark.sql.files.openCostInBytes": "65536",
+    # PySpark 4 records the Python call site of every DataFrame/Column function for error contexts: a stack
+    # walk and ~5 py4j round trips per call, ~40k calls in a month's run of the demo graph. Off: the 13 zone
+    # assets of a demo month 15.1 -> 12.9 s in a warm session (benchmarks/ANALYSIS.md); errors keep their
+    # Spark message, and the lakehouse's own messages name the file, line and rule
+    "spark.python.sql.dataFrameDebugging.enabled": "false",
 }
 
 

@@ -136,3 +136,32 @@ def test_losing_the_race_to_create_a_table_is_retried(tmp_path, monkeypatch):
     lake.merge("exploitation", "m", pa.table({"key": ["b"], "value": [2.0]}), on=["key"])
     assert sorted(r["key"] for r in lake.read_arrow("exploitation", "m").to_pylist()) == ["a", "b"]
     assert len(seen) >= 2  # the create failed once and was retried
+
+
+def test_an_open_table_sees_every_later_commit_and_threads_keep_their_own(tmp_path):
+    """``Lake.delta`` keeps each thread's table open and brings it up to date before answering: commits
+    made through another ``Lake`` (or another process) are seen, a pinned version is not disturbed, and a
+    write through the open table reports its own commit's version."""
+    import threading
+
+    import pyarrow as pa
+
+    lake, other = Lake(tmp_path / "lake"), Lake(tmp_path / "lake")
+    assert lake.overwrite_month("formatted", "t", pa.table({"v": [1]}), "2012-01") == 0
+    first = lake.delta("formatted", "t")
+    assert other.overwrite_month("formatted", "t", pa.table({"v": [2, 3]}), "2012-02") == 1
+    assert lake.delta("formatted", "t") is first and first.version() == 1
+    assert lake.months("formatted", "t") == ["2012-01", "2012-02"] and lake.row_count("formatted", "t") == 3
+    assert lake.read_arrow("formatted", "t", version=0).num_rows == 1 and lake.version("formatted", "t") == 1
+    assert lake.append("formatted", "t", pa.table({"v": [4], "month": ["2012-02"]})) == 2
+
+    seen: dict[str, object] = {}
+
+    def in_thread() -> None:
+        seen["table"] = lake.delta("formatted", "t")
+        seen["rows"] = lake.read_arrow("formatted", "t").num_rows
+
+    worker = threading.Thread(target=in_thread)
+    worker.start()
+    worker.join()
+    assert seen["table"] is not first and seen["rows"] == 4
