@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import pyarrow as pa
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from lakehouse import settings
@@ -174,9 +173,8 @@ def summary(lake: Lake) -> list[str]:
             continue
         for table in sorted(p.name for p in folder.iterdir() if p.is_dir()):
             if lake.exists(zone, table):
-                dt = lake.delta(zone, table)
-                rows = sum(int(n or 0) for n in pa.table(dt.get_add_actions(flatten=True)).column("num_records").to_pylist())
-                lines.append(f"  {zone + '/' + table:<36} {rows:>10,} rows  {len(lake.months(zone, table)):>3} months  v{dt.version()}")
+                rows = lake.row_count(zone, table) or 0
+                lines.append(f"  {zone + '/' + table:<36} {rows:>10,} rows  {len(lake.months(zone, table)):>3} months  v{lake.version(zone, table)}")
     return lines
 
 
