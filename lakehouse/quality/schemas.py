@@ -226,20 +226,19 @@ def _per_month(df: DataFrame, cond: Column) -> dict[str, int]:
     return {r[MONTH]: int(r["n"]) for r in df.filter(cond).groupBy(MONTH).agg(F.count(F.lit(1)).alias("n")).collect()}
 
 
-def _arrow_type_is(kind: str, dtype) -> bool:
-    """Whether an Arrow type is what Spark reads as the simple type ``kind``."""
-    import pyarrow as pa
+def _arrow_type_name(dtype) -> str | None:
+    """The simple type name (:func:`_type_name`) of the Spark type an Arrow type is read as; None if none."""
+    import pyarrow.types as pt
+    from pyspark.sql.pandas.types import from_arrow_type
 
-    t = pa.types
-    return {
-        "string": lambda: t.is_string(dtype) or t.is_large_string(dtype) or t.is_string_view(dtype),
-        "int": lambda: t.is_int32(dtype),
-        "bigint": lambda: t.is_int64(dtype),
-        "double": lambda: t.is_float64(dtype),
-        "boolean": lambda: t.is_boolean(dtype),
-        "date": lambda: t.is_date32(dtype),
-        "timestamp": lambda: t.is_timestamp(dtype) and dtype.tz is not None,
-    }.get(kind, lambda: False)()
+    if pt.is_string_view(dtype):  # read as a string; PySpark's conversion does not know the view type yet
+        return "string"
+    if pt.is_dictionary(dtype):  # an encoding, not a type of the table: left to the Spark path
+        return None
+    try:
+        return _type_name(from_arrow_type(dtype))
+    except TypeError:  # no Spark type for it
+        return None
 
 
 def validate_local(table, contract: Contract) -> Report | None:
@@ -254,7 +253,7 @@ def validate_local(table, contract: Contract) -> Report | None:
     if contract.local is None:
         return None
     for col, kind in contract.columns.items():
-        if col not in table.column_names or not _arrow_type_is(kind, table.schema.field(col).type):
+        if col not in table.column_names or _arrow_type_name(table.schema.field(col).type) != kind:
             return None
         if pt.is_floating(table.schema.field(col).type) and pc.any(pc.is_nan(table[col])).as_py():
             return None
