@@ -10,8 +10,10 @@ import datetime as dt
 import json
 import math
 
+import pyarrow as pa
 import pytest
 
+from lakehouse.quality import quarantine
 from lakehouse.quality.cleaning import IMPUTED, clean_month, summary_rows
 from lakehouse.specs import load_project
 from lakehouse.specs.models import SourceSpec
@@ -70,27 +72,59 @@ def crafted_rows() -> list[tuple]:
 
 def _utc(v):
     # Spark hands timestamps back as naive datetimes in the session time zone (UTC here)
-    return v.replace(tzinfo=dt.timezone.utc) if isinstance(v, dt.datetime) and v.tzinfo is None else v
+    # (Arrow's: aware, in UTC); both are made aware with the same tzinfo
+    if not isinstance(v, dt.datetime):
+        return v
+    return v.replace(tzinfo=dt.timezone.utc) if v.tzinfo is None else v.astimezone(dt.timezone.utc)
 
 
 def as_rows(df) -> list[dict]:
-    return [{k: _utc(v) for k, v in r.asDict().items()} for r in df.collect()]
+    """Rows of a Spark DataFrame or an Arrow table as dicts (timestamps in UTC either way)."""
+    rows = df.to_pylist() if isinstance(df, pa.Table) else [r.asDict() for r in df.collect()]
+    return [{k: _utc(v) for k, v in r.items()} for r in rows]
 
 
 @pytest.fixture(scope="module")
 def cleaned(spark):
+    """The crafted month as the trusted zone takes it: collected once, split with pyarrow."""
     formatted = spark.createDataFrame(crafted_rows(), SCHEMA)
     result = clean_month(formatted, meter_source(), month=MONTH)
     out = {
         "result": result,
-        "trusted": as_rows(result.trusted),
-        "rejected": as_rows(result.rejected),
-        "repairs": as_rows(result.repairs),
+        "trusted": as_rows(result.trusted_table()),
+        "rejected": as_rows(result.rejected_table()),
+        "repairs": as_rows(result.repairs_table()),
         "summary": {r["name"]: r for r in summary_rows(result)},
         "formatted_rows": formatted.count(),
     }
     result.close()
     return out
+
+
+def test_spark_plans_give_the_rows_the_collected_month_gives(spark, cleaned):
+    """``collect=False`` (month persisted in Spark, rows from the DataFrame plans, as a range written by
+    Spark takes them) yields the same trusted, quarantine and repairs rows, in the same types, and the
+    same figures as the collected month split with pyarrow."""
+    formatted = spark.createDataFrame(crafted_rows(), SCHEMA)
+    result = clean_month(formatted, meter_source(), month=MONTH, collect=False)
+    try:
+        assert result.table is None
+        collected = cleaned["result"]
+        assert result.counts == collected.counts and result.cells_repaired == collected.cells_repaired
+        assert summary_rows(result) == summary_rows(collected)
+        for name in ("trusted", "rejected", "repairs"):
+            plan = getattr(result, name)
+            table = getattr(result, f"{name}_table")()  # collect=False: the plan's toArrow
+            types = [[(f.name, f.type) for f in t.schema] for t in (table, getattr(collected, f"{name}_table")())]
+            assert types[0] == types[1], name  # (nullability differs; the writers cast to the table's schema)
+            assert sorted(map(repr, as_rows(plan))) == sorted(map(repr, cleaned[name])), name
+        assert len(cleaned["repairs"]) > HOURS and len(cleaned["rejected"]) == 10  # the comparison saw rows
+        args = {"dataset": "meter_readings", "stage": "trusted", "run_id": "r1", "month": MONTH}
+        from_arrow = quarantine.quarantine_table(collected.rejected_table(), **args)
+        from_spark = quarantine.quarantine_rows(result.rejected, record_columns=None, **args).toArrow()
+        assert sorted(map(repr, from_arrow.to_pylist())) == sorted(map(repr, quarantine._conform(from_spark).to_pylist()))
+    finally:
+        result.close()
 
 
 def at(h: int, minute: int = 0) -> dt.datetime:

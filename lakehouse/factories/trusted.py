@@ -192,11 +192,11 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
             )
             try:
                 batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=context.run_id)
-                data = result.trusted.toArrow()
-                rejected = quarantine.quarantine_rows(
-                    result.rejected, dataset=source.name, stage="trusted", run_id=context.run_id, month=month, record_columns=None
-                ).toArrow()
-                changed = result.repairs.toArrow()
+                data = result.trusted_table()
+                rejected = quarantine.quarantine_table(
+                    result.rejected_table(), dataset=source.name, stage="trusted", run_id=context.run_id, month=month
+                )
+                changed = result.repairs_table()
                 # order matters: the metrics row written last publishes the batch (see quality.metrics)
                 quarantine.append(root, rejected, batch)
                 repairs.append(root, changed, batch)

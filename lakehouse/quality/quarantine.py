@@ -76,6 +76,18 @@ def quarantine_rows(
     )
 
 
+def quarantine_table(rejected: pa.Table, *, dataset: str, stage: str, run_id: str, month: str) -> pa.Table:
+    """:func:`quarantine_rows` for rows already on the driver (with ``rule``, ``disposition``, ``error``,
+    ``key``, ``record`` and the lineage columns, as :meth:`CleanResult.rejected_table` returns them)."""
+    n = rejected.num_rows
+    const = {"dataset": dataset, "stage": stage, "run_id": run_id, "month": month}
+    rename = {FILE_COL: "source_file", LINE_COL: "source_line"}
+    rows = rejected.rename_columns([rename.get(c, c) for c in rejected.column_names])
+    for name, value in const.items():
+        rows = rows.append_column(name, pa.array([value] * n, pa.string()))
+    return _conform(rows)
+
+
 def _conform(rows: pa.Table) -> pa.Table:
     for f in SCHEMA:
         if f.name not in rows.column_names:
