@@ -440,7 +440,7 @@ def clean_month(
         elif isinstance(step, StuckStep):
             df = _stuck(df, step, ctx)
         elif isinstance(step, ImputeStep):
-            df = _impute(ctx.checkpoint(df), step, ctx)
+            df = _impute(df, step, ctx)
     if collect:
         # one job: the month's outcome and payload columns to the driver; the trusted, quarantine and
         # repairs rows and every figure are split from it with pyarrow (no final cache, no further job)
@@ -779,6 +779,12 @@ def _stuck(df: DataFrame, step: StuckStep, ctx: _Ctx) -> DataFrame:
 
 
 def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
+    """Fill gaps of up to ``max_gap`` steps between two kept readings of a series.
+
+    Each kept row carries the rows that fill the gap after it (an array: the row itself, then the new
+    rows) and the array is exploded: one pass over the month, no union of the month with itself, so
+    nothing has to be cached for this step.
+    """
     from pyspark.sql import functions as F
 
     ctx.outcomes[step.name] = Outcome(
@@ -789,63 +795,49 @@ def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
     every = int(duration_seconds(step.every))
     value = F.col(f"`{step.column}`")
     t = F.col(f"`{step.time}`").cast("long")
-    x = df.withColumn(ACTIVE, _active() & value.isNotNull() & F.col(f"`{step.time}`").isNotNull())
     w = _series_window(step)
-    gaps = (
-        x.filter(F.col(ACTIVE))
-        .withColumns({"__t": t, "__next_t": F.lead(t).over(w), "__next_v": F.lead(value).over(w)})
-        .withColumn("__steps", ((F.col("__next_t") - F.col("__t")) / every))
-        .filter(
-            ((F.col("__next_t") - F.col("__t")) % every == 0)
-            & (F.col("__steps") >= 2)
-            & (F.col("__steps") <= step.max_gap + 1)
-        )
-    )
-    k = F.col("__k")
-    steps = F.col("__steps").cast("int")
-    filled = gaps.withColumn("__k", F.explode(F.sequence(F.lit(1), steps - 1)))
-    if step.method == "linear":
-        new_value = value + (F.col("__next_v") - value) * k / steps
-    else:
-        new_value = value
-    if step.round is not None:
-        new_value = F.round(new_value, step.round)
-    new_ts = F.timestamp_seconds(F.col("__t") + k * every)
-    cols = canonical_columns(ctx.source)
-    keep_cols = set(step.group_by)
+    x = df.withColumn(ACTIVE, _active() & value.isNotNull() & F.col(f"`{step.time}`").isNotNull())
+    x = x.withColumns({"__next_t": F.lead(t).over(w), "__next_v": F.lead(value).over(w)})
+    span = F.col("__next_t") - t
+    steps = (span / every).cast("int")
+    gap = F.col(ACTIVE) & (span % every == 0) & (span / every >= 2) & (span / every <= step.max_gap + 1)
     ctype = ctx.type_of(step.column)
-    select = []
-    for c in cols:
-        if c == step.time:
-            select.append(new_ts.alias(c))
-        elif c == step.column:
-            select.append(new_value.cast(ctype).alias(c))
-        elif c in keep_cols:
-            select.append(F.col(f"`{c}`"))
-        else:
-            select.append(F.lit(None).cast(ctx.type_of(c)).alias(c))
-    new_rows = filled.select(*select)
-    orig_type = df.schema[ORIG].dataType
-    entry = F.struct(
-        F.lit(step.column).alias("column"),
-        F.lit(None).cast("string").alias("old"),
-        _as_text(F.col(f"`{step.column}`"), ctype).alias("new"),
-        F.lit(step.name).alias("rule"),
-    )
-    new_rows = new_rows.select(
-        *cols,
-        F.lit(None).cast("string").alias(FILE_COL),
-        F.lit(None).cast("bigint").alias(LINE_COL),
-        F.lit(ctx.month).alias(MONTH),
-        F.concat(F.lit("imputed:"), F.to_json(F.struct(*[F.col(f"`{c}`") for c in [*step.group_by, step.time]]))).alias(ROW_ID),
-        F.lit(None).cast(orig_type).alias(ORIG),
-        F.lit(IMPUTED).alias(STATUS),
-        F.array(F.lit(step.name)).alias(FLAGS),
-        F.array().cast("array<string>").alias(REASONS),
-        F.array().cast("array<string>").alias(ERRORS),
-        F.array(entry).cast(REPAIR_TYPE).alias(REPAIRS),
-    )
-    return df.unionByName(new_rows.select(*df.columns))
+    types = {f.name: f.dataType for f in df.schema.fields}
+
+    def filled(k: Column) -> Column:
+        """The k-th row of the gap after this row."""
+        new_value = value + (F.col("__next_v") - value) * k / steps if step.method == "linear" else value
+        if step.round is not None:
+            new_value = F.round(new_value, step.round)
+        new_value = new_value.cast(ctype)
+        new_ts = F.timestamp_seconds(t + k * every)
+        entry = F.struct(
+            F.lit(step.column).alias("column"),
+            F.lit(None).cast("string").alias("old"),
+            _as_text(new_value, ctype).alias("new"),
+            F.lit(step.name).alias("rule"),
+        )
+        keyed = [F.col(f"`{g}`").alias(g) for g in step.group_by] + [new_ts.alias(step.time)]
+        fields = {c: F.lit(None) for c in df.columns}
+        fields.update({g: F.col(f"`{g}`") for g in step.group_by})
+        fields.update(
+            {
+                step.time: new_ts,
+                step.column: new_value,
+                MONTH: F.lit(ctx.month),
+                ROW_ID: F.concat(F.lit("imputed:"), F.to_json(F.struct(*keyed))),
+                STATUS: F.lit(IMPUTED),
+                FLAGS: F.array(F.lit(step.name)),
+                REASONS: F.array(),
+                ERRORS: F.array(),
+                REPAIRS: F.array(entry),
+            }
+        )
+        return F.struct(*[fields[c].cast(types[c]).alias(c) for c in df.columns])
+
+    itself = F.struct(*[F.col(f"`{c}`").alias(c) for c in df.columns])
+    rows = F.when(gap, F.concat(F.array(itself), F.transform(F.sequence(F.lit(1), steps - 1), filled))).otherwise(F.array(itself))
+    return x.select(F.explode(rows).alias("__row")).select("__row.*")
 
 
 # ------------------------------------------------------------------------------------------ rules
