@@ -56,7 +56,7 @@ def main() -> None:
     clock.lap("formatted")
 
     formatted = spark.read.parquet(str(out / "formatted"))
-    result = cleaning.clean_month(formatted, source, month="all")
+    result = cleaning.clean_month(formatted, source, month="all", collect=False)  # written by Spark, not collected
     month = F.date_format(F.col(source.partitioning.column), "yyyy-MM")
     result.trusted.withColumn("month", month).write.mode("overwrite").partitionBy("month").parquet(str(out / "trusted"))
     result.rejected.write.mode("overwrite").parquet(str(out / "quarantine_trusted"))
