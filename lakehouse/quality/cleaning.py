@@ -57,7 +57,7 @@ KEPT, REJECTED, MERGED, IMPUTED = "kept", "rejected", "merged", "imputed"
 EXACT_DUPLICATE = "exact_duplicate"
 MONTH = "month"
 TS_TEXT = "yyyy-MM-dd'T'HH:mm:ssXXX"
-# collected with the month (see _collected_columns): the quarantine's text of a rejected/merged row, the
+# collected with the month (see _payload_columns): the quarantine's text of a rejected/merged row, the
 # key of a repaired row
 Q_RULE, Q_ERROR, Q_KEY, Q_RECORD, R_KEY = "__q_rule", "__q_error", "__q_key", "__q_record", "__r_key"
 REPAIR_TYPE = "array<struct<column:string,old:string,new:string,rule:string>>"
@@ -107,7 +107,7 @@ class CleanResult:
     key_uniqueness_out: float | None
     notes: list[str] = field(default_factory=list)
     _held: list = field(default_factory=list, repr=False)
-    #: the annotated month on the driver (outcome and payload columns, see ``_collected_columns``), or None
+    #: the annotated month on the driver (``_tally_columns`` and ``_payload_columns``), or None
     table: pa.Table | None = field(default=None, repr=False)
 
     def trusted_table(self) -> pa.Table:
