@@ -337,3 +337,21 @@ def test_group_medians_match_spark_median():
     # integer keys stay integers next to a null key (the conversion marker compares them as text)
     ints = pa.table({"k": pa.array([1, None, 1, 2], pa.int64()), "v": [1.0, 2.0, 3.0, 4.0]})
     assert _group_medians(ints, ["k"], "v") == {(1,): (2.0, 2), (None,): (2.0, 1), (2,): (4.0, 1)}
+
+
+def test_parse_failures_get_the_same_quarantine_rows_on_the_driver_as_in_spark(spark):
+    """The formatted zone's rejected lines (month, file, line, raw record, error) become quarantine rows with
+    pyarrow; the Spark function they mirror gives the same rows (rule ``parse``, disposition ``rejected``)."""
+    bad = pa.table({
+        "month": [MONTH, MONTH],
+        "_source_file": [f"meter_M1_{MONTH}.csv", f"meter_M2_{MONTH}.csv"],
+        "_source_line": pa.array([4, 17], pa.int64()),
+        "record": ["M1;2012-01-01T03:00:00Z;abc", "M2;;1.5"],
+        "error": ["reading_kwh: 'abc' is not a double", "ts: empty"],
+    })
+    args = {"dataset": "meter_readings", "stage": "formatted", "run_id": "r1", "month": MONTH}
+    from_arrow = quarantine.quarantine_table(bad, **args)
+    from_spark = quarantine._conform(quarantine.quarantine_rows(spark.createDataFrame(bad), record_columns=None, **args).toArrow())
+    assert from_arrow.schema == quarantine.SCHEMA
+    assert from_arrow.to_pylist() == from_spark.to_pylist()
+    assert {(r["rule"], r["disposition"], r["month"]) for r in from_arrow.to_pylist()} == {("parse", "rejected", MONTH)}

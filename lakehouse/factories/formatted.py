@@ -49,14 +49,7 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
             is_bad = pc.is_valid(checked.column("error"))
             data = checked.filter(pc.invert(is_bad)).drop_columns(["error", "record"])
             bad = checked.filter(is_bad).select(["month", FILE_COL, LINE_COL, "record", "error"])
-            rejected = (
-                quarantine.quarantine_rows(
-                    session.createDataFrame(bad), dataset=source.name, stage="formatted", run_id=context.run_id,
-                    month=month, record_columns=None,
-                ).toArrow()
-                if bad.num_rows
-                else quarantine.SCHEMA.empty_table()
-            )
+            rejected = quarantine.quarantine_table(bad, dataset=source.name, stage="formatted", run_id=context.run_id, month=month)
             version = root.overwrite_month("formatted", source.name, data, month)
             quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month, run_id=context.run_id)
             return {

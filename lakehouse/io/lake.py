@@ -130,7 +130,7 @@ class Lake:
             return dt
         except TableNotFoundError as exc:
             raise TableMissingError(
-                f"{zone}/{table} has no Delta table at {self._uri(zone, table)}: materialize it first"
+                f"{zone}/{table} has no Delta table at {uri}: materialize it first"
             ) from exc
 
     def version(self, zone: str, table: str) -> int | None:

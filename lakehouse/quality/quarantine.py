@@ -77,14 +77,19 @@ def quarantine_rows(
 
 
 def quarantine_table(rejected: pa.Table, *, dataset: str, stage: str, run_id: str, month: str) -> pa.Table:
-    """:func:`quarantine_rows` for rows already on the driver (with ``rule``, ``disposition``, ``error``,
-    ``key``, ``record`` and the lineage columns, as :meth:`CleanResult.rejected_table` returns them)."""
+    """:func:`quarantine_rows` for rows already on the driver: the lineage columns, ``record`` (text) and
+    ``error``, and optionally ``rule`` (default ``parse``), ``disposition`` (default ``rejected``) and
+    ``key`` — as the formatted zone's parse failures or :meth:`CleanResult.rejected_table` have them."""
     n = rejected.num_rows
-    const = {"dataset": dataset, "stage": stage, "run_id": run_id, "month": month}
     rename = {FILE_COL: "source_file", LINE_COL: "source_line"}
     rows = rejected.rename_columns([rename.get(c, c) for c in rejected.column_names])
-    for name, value in const.items():
-        rows = rows.append_column(name, pa.array([value] * n, pa.string()))
+    values = {"rule": "parse", "disposition": REJECTED}
+    values = {name: v for name, v in values.items() if name not in rows.column_names}
+    values.update({"dataset": dataset, "stage": stage, "run_id": run_id, "month": month})
+    for name, value in values.items():
+        column = pa.array([value] * n, pa.string())
+        i = rows.schema.get_field_index(name)
+        rows = rows.set_column(i, name, column) if i >= 0 else rows.append_column(name, column)
     return _conform(rows)
 
 
