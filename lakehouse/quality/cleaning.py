@@ -339,12 +339,12 @@ class _Ctx:
         """Materialize ``df`` once (later steps join it with itself) and release the previous one."""
         kept = df.persist()
         kept.count()
-        for old in self.held:
-            old.unpersist()
-        self.held[:] = [kept]
+        self.release()
+        self.held.append(kept)
         return kept
 
     def release(self) -> None:
+        """Unpersist what the month holds (``CleanResult.close`` does the same for a returned month)."""
         for old in self.held:
             old.unpersist()
         self.held.clear()
