@@ -32,6 +32,7 @@ RESULTS = HERE / "results.json"
 CONTENDERS = {
     "lakehouse": "benchmarks.contenders.lakehouse",
     "spark_same": "benchmarks.contenders.spark_same",
+    "spark_monthly": "benchmarks.contenders.spark_monthly",
     "pyspark": "benchmarks.contenders.pyspark_script",
     "pandas": "benchmarks.contenders.pandas_baseline",
     "floor": "benchmarks.contenders.pyarrow_floor",

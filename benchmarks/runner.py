@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,20 @@ class Run:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+# an exception line of a Python traceback or a JVM log: ``pkg.module.SomeError: message`` (not a stack frame)
+_EXCEPTION = re.compile(r"^(?:Caused by: )?(?:[\w$]+\.)*[\w$]*(?:Error|Exception|Exit)(?::.*)?$")
+
+
+def failure_cause(log: str, limit: int = 600) -> str:
+    """What made a run fail, from its log: the first JVM ``OutOfMemoryError`` if any, then the last
+    exception line (the Python traceback's last line); the log's last lines when it names no exception."""
+    lines = [line.strip() for line in log.strip().splitlines()]
+    found = [line for line in lines if _EXCEPTION.match(line)]
+    causes = [line for line in found if "OutOfMemoryError" in line][:1] + found[-1:]
+    picked = list(dict.fromkeys(causes)) or lines[-5:]
+    return " | ".join(picked)[:limit]
 
 
 def _tree_rss(proc: psutil.Process) -> int:
@@ -116,8 +131,7 @@ def run(
     if status == "ok":
         if popen.returncode != 0:
             status = "failed"
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-            note = f"exit {popen.returncode}: " + " | ".join(tail)[-600:]
+            note = f"exit {popen.returncode}: " + failure_cause(log_path.read_text(errors="replace"))
         elif result_file.exists() and result_file.stat().st_size:
             figures = json.loads(result_file.read_text())
     result_file.unlink(missing_ok=True)

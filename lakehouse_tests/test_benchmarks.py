@@ -2,15 +2,36 @@
 
 Run with ``pytest -m benchmark lakehouse_tests/test_benchmarks.py``. It checks that every contender runs and
 that they agree on the rows they produce; it measures nothing (speed targets live in benchmarks/RESULTS.md).
+How a failed run is summarised is checked in the default suite.
 """
 
 from __future__ import annotations
 
 import pytest
 
-pytestmark = pytest.mark.benchmark
+
+def test_a_failed_run_is_reported_by_its_cause_not_its_last_stack_frames():
+    from benchmarks.runner import failure_cause
+
+    jvm_oom = "\n".join([
+        "26/12/04 17:38:03 ERROR Executor: Exception in task 1.0 in stage 8.0 (TID 10101)",
+        "java.lang.OutOfMemoryError: Java heap space",
+        "\tat org.apache.spark.sql.execution.SparkPlan.executeCollect(SparkPlan.scala:1)",
+        "Traceback (most recent call last):",
+        '  File "spark_same.py", line 59, in main',
+        "py4j.protocol.Py4JJavaError: An error occurred while calling o482.getResult.",
+        "Caused by: org.apache.spark.SparkException: Job 5 cancelled because SparkContext was shut down",
+        "\tat org.apache.spark.security.SocketAuthServer$$anon$1.run(SocketAuthServer.scala:91)",
+    ])
+    assert failure_cause(jvm_oom) == (
+        "java.lang.OutOfMemoryError: Java heap space | "
+        "Caused by: org.apache.spark.SparkException: Job 5 cancelled because SparkContext was shut down"
+    )
+    assert failure_cause('Traceback (most recent call last):\n  File "x", line 3\nSystemExit: the run failed') == "SystemExit: the run failed"
+    assert failure_cause("line one\nno exception named here") == "line one | no exception named here"
 
 
+@pytest.mark.benchmark
 def test_contenders_run_and_agree(tmp_path):
     from benchmarks import runner
     from benchmarks.world import Scale, ensure_world
@@ -22,6 +43,7 @@ def test_contenders_run_and_agree(tmp_path):
         ("pandas", "benchmarks.contenders.pandas_baseline"),
         ("pyspark", "benchmarks.contenders.pyspark_script"),
         ("spark_same", "benchmarks.contenders.spark_same"),
+        ("spark_monthly", "benchmarks.contenders.spark_monthly"),
         ("lakehouse", "benchmarks.contenders.lakehouse"),
     ):
         work = tmp_path / name
@@ -35,10 +57,13 @@ def test_contenders_run_and_agree(tmp_path):
         assert rows[name]["formatted"] == world["readings"], name
         assert rows[name]["trusted"] == rows["pandas"]["trusted"], name
         assert rows[name]["exploitation"] == rows["pandas"]["exploitation"], name
-    # the same transforms without orchestration: the same rows as the lakehouse in every zone
+    # the same transforms without orchestration, over the range or a month at a time: the same rows as the
+    # lakehouse in every zone
     assert rows["spark_same"] == rows["lakehouse"]
+    assert rows["spark_monthly"] == rows["lakehouse"]
 
 
+@pytest.mark.benchmark
 def test_report_renders_a_session(tmp_path):
     from benchmarks import report
 

@@ -58,12 +58,12 @@ def write_result(path: Path, figures: dict) -> None:
     path.write_text(json.dumps(figures, indent=1, default=str))
 
 
-def finish_spark(spark, out: Path, clock: Clock, result: Path) -> None:
+def finish_spark(spark, out: Path, clock: Clock, result: Path, **extra) -> None:
     """Count the rows a Spark contender wrote (Parquet folders ``formatted``, ``trusted``, ``daily`` under
-    ``out``), stop the session and write the figures."""
+    ``out``), stop the session and write the figures (and ``extra`` ones)."""
     rows = {
         zone: spark.read.parquet(str(out / name)).count()
         for zone, name in (("formatted", "formatted"), ("trusted", "trusted"), ("exploitation", "daily"))
     }
     spark.stop()
-    write_result(result, {"zone_seconds": clock.stages, "rows": rows})
+    write_result(result, {"zone_seconds": clock.stages, "rows": rows, **extra})

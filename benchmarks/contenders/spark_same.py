@@ -9,8 +9,18 @@ step's history of earlier months (the range is one batch, so each file is compar
 quality metrics table, pandera validation and asset checks. lakehouse ÷ this contender is therefore the
 price of orchestration and of working month by month, on the same transforms.
 
+The driver's heap is the lakehouse's (``spark.driver.memory`` 4g) unless ``BENCH_SPARK_DRIVER_MEMORY`` sets
+another: holding the whole range at once, the script runs out of a 4 GB heap from about 12M readings on
+(benchmarks/RESULTS.md), where the lakehouse, a month at a time, does not.
+
 Across month boundaries it may differ from the lakehouse by a few rows: a gap spanning two months can be
 imputed here (the lakehouse cleans each month alone), and the rows' counts are reported for comparison.
+
+``--per-month`` (the ``spark_monthly`` contender) runs the same functions one month at a time, as a script
+that must fit a large range in memory would: formatted then trusted per month, the unit step given the
+trusted months before it (``history_months``), Parquet appended per month, the view once at the end. It
+differs from the lakehouse by what orchestration adds and nothing else: Dagster, the landing manifest,
+Delta commits, the quality metrics, pandera validation and asset checks.
 """
 
 from __future__ import annotations
@@ -22,8 +32,40 @@ from benchmarks.contenders import Clock, arguments, finish_spark, meter_files
 from benchmarks.contenders.lakehouse import bench_configs
 
 
-def main() -> None:
-    args = arguments("benchmarks.contenders.spark_same")
+def _formatted(spark, source, files: list[str], delivered, out: Path, mode: str) -> None:
+    """Parse and cast ``files`` (``delivered``: their month, a string or a column) into Parquet under ``out``."""
+    from lakehouse.transforms.parse import FILE_COL, cast_checked, read_raw
+
+    checked = cast_checked(read_raw(spark, files, source), source, delivered).cache()
+    checked.filter("error IS NULL").drop("error", "record").write.mode(mode).partitionBy("month").parquet(
+        str(out / "formatted")
+    )
+    checked.filter("error IS NOT NULL").select("month", FILE_COL, "record", "error").write.mode(mode).parquet(
+        str(out / "quarantine_formatted")
+    )
+    checked.unpersist()
+
+
+def _trusted(formatted, source, out: Path, mode: str, month: str = "all", history=None) -> None:
+    """``clean_month`` over ``formatted`` (a month or the range), written by Spark (not collected)."""
+    from pyspark.sql import functions as F
+
+    from lakehouse.quality import cleaning
+
+    result = cleaning.clean_month(formatted, source, month=month, history=history, collect=False)
+    part = F.date_format(F.col(source.partitioning.column), "yyyy-MM")
+    result.trusted.withColumn("month", part).write.mode(mode).partitionBy("month").parquet(str(out / "trusted"))
+    result.rejected.write.mode(mode).parquet(str(out / "quarantine_trusted"))
+    result.repairs.write.mode(mode).parquet(str(out / "repairs"))
+    result.close()
+
+
+def main(per_month: bool = False) -> None:
+    args = arguments(
+        "benchmarks.contenders.spark_same",
+        lambda p: p.add_argument("--per-month", action="store_true", help="one month at a time (spark_monthly)"),
+    )
+    per_month = per_month or args.per_month
     os.environ["LAKEHOUSE_DEMO_ROOT"] = str(args.world)
     clock = Clock()
     import lakehouse
@@ -34,41 +76,44 @@ def main() -> None:
     from pyspark.sql import functions as F
 
     from lakehouse.io.spark import get_spark
-    from lakehouse.quality import cleaning
-    from lakehouse.transforms.parse import FILE_COL, cast_checked, read_raw
+    from lakehouse.specs.models import UnitStep
+    from lakehouse.transforms.parse import FILE_COL
 
     source = next(s for s in project.sources if s.name == "meter_readings")
     view = next(v for v in project.views if v.name == "daily_consumption")
-    spark = get_spark(project.lakehouse.spark)
+    spec = project.lakehouse.spark
+    memory = os.environ.get("BENCH_SPARK_DRIVER_MEMORY")
+    if memory:
+        spec = spec.model_copy(update={"conf": {**spec.conf, "spark.driver.memory": memory}})
+    spark = get_spark(spec)
     clock.lap("spark_start")
     out = args.work / "spark_same"
-    files = [str(p) for paths in meter_files(args.world, args.months).values() for p in paths]
+    months = meter_files(args.world, args.months)
 
-    delivered = F.regexp_extract(F.col(FILE_COL), source.collector.month_regex, 1)
-    checked = cast_checked(read_raw(spark, files, source), source, delivered).cache()
-    checked.filter("error IS NULL").drop("error", "record").write.mode("overwrite").partitionBy("month").parquet(
-        str(out / "formatted")
-    )
-    checked.filter("error IS NOT NULL").select("month", FILE_COL, "record", "error").write.mode("overwrite").parquet(
-        str(out / "quarantine_formatted")
-    )
-    checked.unpersist()
-    clock.lap("formatted")
-
-    formatted = spark.read.parquet(str(out / "formatted"))
-    result = cleaning.clean_month(formatted, source, month="all", collect=False)  # written by Spark, not collected
-    month = F.date_format(F.col(source.partitioning.column), "yyyy-MM")
-    result.trusted.withColumn("month", month).write.mode("overwrite").partitionBy("month").parquet(str(out / "trusted"))
-    result.rejected.write.mode("overwrite").parquet(str(out / "quarantine_trusted"))
-    result.repairs.write.mode("overwrite").parquet(str(out / "repairs"))
-    result.close()
-    clock.lap("trusted")
+    if per_month:
+        n = max((s.history_months for s in source.quality.cleaning if isinstance(s, UnitStep)), default=0)
+        done: list[str] = []
+        for month, paths in months.items():
+            _formatted(spark, source, [str(p) for p in paths], month, out, "append")
+            clock.lap("formatted")
+            earlier = [str(out / "trusted" / f"month={m}") for m in done[-n:]] if n else []
+            history = spark.read.parquet(*earlier) if earlier else None
+            formatted = spark.read.parquet(str(out / "formatted" / f"month={month}"))
+            _trusted(formatted, source, out, "append", month=month, history=history)
+            done.append(month)
+            clock.lap("trusted")
+    else:
+        files = [str(p) for paths in months.values() for p in paths]
+        _formatted(spark, source, files, F.regexp_extract(F.col(FILE_COL), source.collector.month_regex, 1), out, "overwrite")
+        clock.lap("formatted")
+        _trusted(spark.read.parquet(str(out / "formatted")), source, out, "overwrite")
+        clock.lap("trusted")
 
     spark.read.parquet(str(out / "trusted")).createOrReplaceTempView(view.inputs[0].name)
     daily = spark.sql(view.sql).withColumn("month", F.date_format("date", "yyyy-MM"))
     daily.write.mode("overwrite").partitionBy("month").parquet(str(out / "daily"))
     clock.lap("exploitation")
-    finish_spark(spark, out, clock, args.result)
+    finish_spark(spark, out, clock, args.result, driver_memory=spark.conf.get("spark.driver.memory"), per_month=per_month)
 
 
 if __name__ == "__main__":
