@@ -19,8 +19,10 @@ imputed here (the lakehouse cleans each month alone), and the rows' counts are r
 ``--per-month`` (the ``spark_monthly`` contender) runs the same functions one month at a time, as a script
 that must fit a large range in memory would: formatted then trusted per month, the unit step given the
 trusted months before it (``history_months``), Parquet appended per month, the view once at the end. It
-differs from the lakehouse by what orchestration adds and nothing else: Dagster, the landing manifest,
-Delta commits, the quality metrics, pandera validation and asset checks.
+leaves out what orchestration adds (Dagster, the landing manifest, Delta commits, the quality metrics,
+pandera validation and asset checks) and computes a month as a plain script would: ``collect=False`` (the
+month persisted, its outputs written by Spark), one month after the other, where the lakehouse collects
+the month once, commits it to Delta and overlaps two months.
 """
 
 from __future__ import annotations
