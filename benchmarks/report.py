@@ -70,7 +70,9 @@ def session_md(s: dict) -> list[str]:
         f"- code: " + ", ".join(f"{k} at `{v}`" for k, v in s.get("code", {}).items()),
         f"- load average (1/5/15 min) at start {s['loadavg_start']}, at end {s.get('loadavg_end', '(unfinished)')}; "
         "per-run load is in results.json. "
-        + ("The load was above the core count: other work shared the machine; compare ratios, not seconds."
+        + ("The load was above the core count + 1 at the start or the end: other work, or the end of an earlier "
+           "heavy run, may have shared the machine (the session's note says which when known); compare ratios, "
+           "not seconds."
            if max(s["loadavg_start"][0], (s.get("loadavg_end") or [0])[0]) > (m["cpus"] or 1) + 1
            else "The load stayed within the core count + 1: no other heavy work shared the machine."),
         f"- repeats: {s['args']['repeats']}; budget {s['args']['budget']:.0f} s and {s['args']['rss_limit']:.0f} MB RSS per run",
