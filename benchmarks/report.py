@@ -107,7 +107,7 @@ def session_md(s: dict) -> list[str]:
         out.append("")
         # rows/s per zone
         zone_lines = []
-        for c in ("lakehouse", "lakehouse@before", "spark_same", "spark_monthly", "pyspark", "pandas", "floor"):
+        for c in (c for c in ORDER if not c.startswith("write_")):
             ok = _runs(s, scale, c)
             if not ok:
                 continue

@@ -77,8 +77,8 @@ def main(per_month: bool = False) -> None:
     project = settings.load()
     from pyspark.sql import functions as F
 
+    from lakehouse.factories.trusted import history_months
     from lakehouse.io.spark import get_spark
-    from lakehouse.specs.models import UnitStep
     from lakehouse.transforms.parse import FILE_COL
 
     source = next(s for s in project.sources if s.name == "meter_readings")
@@ -93,7 +93,7 @@ def main(per_month: bool = False) -> None:
     months = meter_files(args.world, args.months)
 
     if per_month:
-        n = max((s.history_months for s in source.quality.cleaning if isinstance(s, UnitStep)), default=0)
+        n = history_months(source)
         done: list[str] = []
         for month, paths in months.items():
             _formatted(spark, source, [str(p) for p in paths], month, out, "append")

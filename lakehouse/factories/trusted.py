@@ -54,13 +54,18 @@ def _check_specs(source: SourceSpec, rules: list[CompiledRule]) -> list[dg.Asset
     return specs
 
 
+def history_months(source: SourceSpec) -> int:
+    """How many trusted months before a month its unit steps compare with (0: none; the months are independent)."""
+    return max((s.history_months for s in source.quality.cleaning if isinstance(s, UnitStep)), default=0)
+
+
 def _history(root: Lake, source: SourceSpec, month: str):
     """Trusted rows of the months before ``month`` that unit steps compare with (None if there are none).
 
     Read with delta-rs into Arrow: the unit step computes its per-series medians on the driver.
     """
     steps = [s for s in source.quality.cleaning if isinstance(s, UnitStep)]
-    n = max((s.history_months for s in steps), default=0)
+    n = history_months(source)
     if n == 0 or not root.exists("trusted", source.name):
         return None
     earlier = [m for m in root.months("trusted", source.name) if m < month][-n:]
@@ -141,7 +146,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     # a unit step compares a month with the trusted months before it: those months must be written
     # first, so such a source's months overlap only up to the unit step (_InOrder), two at a time; any
     # other source's months are independent
-    ordered = any(isinstance(s, UnitStep) and s.history_months > 0 for s in source.quality.cleaning)
+    ordered = history_months(source) > 0
     workers = min(2, project.lakehouse.month_workers) if ordered else project.lakehouse.month_workers
 
     @dg.asset(
