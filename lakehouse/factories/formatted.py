@@ -1,12 +1,13 @@
 """Formatted assets: ``formatted/<source>``, the source's canonical relational table in Delta.
 
 Spark parses the month's landed files, casts every column to its declared type and writes the month in
-one Delta transaction; rows that cannot be read go to the quarantine with file, line and cause.
+one Delta transaction; rows that cannot be read go to the quarantine with file, line and cause. Clean
+files take the fast lane (:mod:`lakehouse.transforms.executors`: Spark's Python workers parse, cast and
+write Parquet), the others Spark's casts; both land in the same commit.
 """
 
 
 import dagster as dg
-import pyarrow.compute as pc
 
 from lakehouse.collectors.landing import landed_files
 from lakehouse.factories.checks import pandera_result, pandera_spec, validate_written
@@ -14,7 +15,7 @@ from lakehouse.factories.common import LakeResource, SparkResource, key, monthly
 from lakehouse.factories.schema import column_schema
 from lakehouse.quality import quarantine, schemas
 from lakehouse.specs.models import Project, SourceSpec
-from lakehouse.transforms.parse import FILE_COL, LINE_COL, cast_checked, empty_raw, read_raw
+from lakehouse.transforms.executors import data_schema, format_month
 
 
 def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:
@@ -37,24 +38,24 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
         root, session = lake.lake, spark.session()
         path = root.table_path("formatted", source.name)
 
+        schema = data_schema(session, source)
+
         def step(month: str) -> dict:
             # exactly the files the manifest lists: a file a crashed landing left unlisted is not read
             files = landed_files(root.landing_dir(source.name, month))
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise FileNotFoundError(f"landing/{source.name}/{month}: listed in the manifest but missing: {missing}")
-            raw = read_raw(session, [str(f) for f in files], source) if files else empty_raw(session, source)
-            # one Spark job parses and casts the month (no cache, no second pass); split on the driver
-            checked = cast_checked(raw, source, month).toArrow()
-            is_bad = pc.is_valid(checked.column("error"))
-            data = checked.filter(pc.invert(is_bad)).drop_columns(["error", "record"])
-            bad = checked.filter(is_bad).select(["month", FILE_COL, LINE_COL, "record", "error"])
+            # clean files: parsed, cast and staged as Parquet by Spark's Python workers; the rest by Spark's casts
+            staged, bad, fast = format_month(session, [str(f) for f in files], source, month, str(path), schema)
             rejected = quarantine.quarantine_table(bad, dataset=source.name, stage="formatted", run_id=context.run_id, month=month)
-            version = root.overwrite_month("formatted", source.name, data, month)
+            version = root.commit_month("formatted", source.name, month, staged, schema)
+            # published even when empty: it supersedes the rows an earlier run of the month quarantined
             quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month, run_id=context.run_id)
             return {
-                "rows": data.num_rows,
+                "rows": sum(s["rows"] for s in staged),
                 "rows_quarantined": rejected.num_rows,
+                "files_fast_lane": fast,
                 "delta_version": version,
                 "path": dg.MetadataValue.path(str(path)),
             }

@@ -11,8 +11,10 @@ Layout under the lake root::
     ml/<pipeline>/...                           features, splits, models (versioned files), predictions
 
 Spark computes, delta-rs commits: a month is replaced with one ``write_deltalake(mode="overwrite",
-predicate="month = '…'")`` transaction, so a rerun of a month gives the same rows and leaves the other
-months untouched, and a crash before the commit leaves the previous version intact.
+predicate="month = '…'")`` transaction (or, for Parquet files Spark's workers already wrote into the month
+folder, one ``create_write_transaction`` with a partition filter on the month: :meth:`Lake.commit_month`),
+so a rerun of a month gives the same rows and leaves the other months untouched, and a crash before the
+commit leaves the previous version intact.
 """
 
 from __future__ import annotations
@@ -57,23 +59,22 @@ def _lost_race(exc: BaseException) -> bool:
     return isinstance(exc, CommitFailedError) or (isinstance(exc, DeltaError) and "already exists" in str(exc))
 
 
-def _utc_timestamps(table: pa.Table) -> pa.Table:
-    """Naive timestamps would become ``timestamp_ntz`` and raise the table protocol; keep them UTC."""
+def normalized_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` as the lake stores it: timestamps in microseconds and UTC (a naive one would become
+    ``timestamp_ntz`` and raise the table protocol), ``string`` rather than ``large_string``."""
     fields = []
-    changed = False
-    for f in table.schema:
-        if pa.types.is_timestamp(f.type) and f.type.tz is None:
-            fields.append(pa.field(f.name, pa.timestamp("us", tz="UTC"), f.nullable))
-            changed = True
-        elif pa.types.is_timestamp(f.type) and f.type.unit != "us":
-            fields.append(pa.field(f.name, pa.timestamp("us", tz=f.type.tz), f.nullable))
-            changed = True
+    for f in schema:
+        if pa.types.is_timestamp(f.type) and (f.type.tz is None or f.type.unit != "us"):
+            f = pa.field(f.name, pa.timestamp("us", tz=f.type.tz or "UTC"), f.nullable)
         elif pa.types.is_large_string(f.type):
-            fields.append(pa.field(f.name, pa.string(), f.nullable))
-            changed = True
-        else:
-            fields.append(f)
-    return table.cast(pa.schema(fields)) if changed else table
+            f = pa.field(f.name, pa.string(), f.nullable)
+        fields.append(f)
+    return pa.schema(fields)
+
+
+def _utc_timestamps(table: pa.Table) -> pa.Table:
+    schema = normalized_schema(table.schema)
+    return table if schema.equals(table.schema) else table.cast(schema)
 
 
 #: this thread's open Delta tables by path (see :meth:`Lake.delta`)
@@ -193,6 +194,40 @@ class Lake:
                 partition_by=[PARTITION_COLUMN],
             ),
         )
+
+    def commit_month(self, zone: str, table: str, month: str, staged: Sequence[dict], schema: pa.Schema) -> int:
+        """Replace exactly ``month`` of ``zone/table`` with Parquet files already written into its month
+        folder (``path``/``size``/``stats`` of each, see :func:`lakehouse.transforms.executors.stage_parquet`)
+        in one transaction; the new version. ``schema``: the files' schema with the partition column.
+
+        The table is created when missing. An existing table whose columns differ from ``schema`` is not
+        touched (the error names both), because its other months were written with the old columns.
+        """
+        from deltalake import Schema as DeltaSchema
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+
+        schema = normalized_schema(schema)
+        uri = self._uri(zone, table)
+        now = int(time.time() * 1000)
+        actions = [AddAction(s["path"], s["size"], {PARTITION_COLUMN: month}, now, True, s["stats"]) for s in staged]
+
+        def write() -> None:
+            if not DeltaTable.is_deltatable(uri):
+                create_table_with_add_actions(uri, DeltaSchema.from_arrow(schema), actions, mode="error", partition_by=[PARTITION_COLUMN])
+                return
+            dt = self.delta(zone, table)
+            stored = pa.schema(dt.schema().to_arrow())
+            if [(f.name, f.type) for f in stored] != [(f.name, f.type) for f in schema]:
+                raise ValueError(
+                    f"{zone}/{table}: month {month} has columns {[f'{f.name}: {f.type}' for f in schema]} but the"
+                    f" table has {[f'{f.name}: {f.type}' for f in stored]}; nothing was committed"
+                )
+            dt.create_write_transaction(
+                actions, mode="overwrite", schema=stored, partition_by=[PARTITION_COLUMN],
+                partition_filters=[(PARTITION_COLUMN, "=", month)],
+            )
+
+        return self._commit(zone, table, write)
 
     def append(self, zone: str, table: str, data: pa.Table) -> int:
         """Append rows (for append-only logs such as the quarantine); the new version."""
