@@ -3,6 +3,7 @@ commits a month in one Delta transaction."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -194,3 +195,12 @@ def test_commit_month_refuses_other_columns(spark, tmp_path):
     with pytest.raises(ValueError, match=r"formatted/m: month 2012-02 has columns .*reading_kwh: string.* but the table has"):
         lake.commit_month("formatted", "m", "2012-02", [], other)
     assert lake.version("formatted", "m") == 0
+
+
+def test_file_statistics_bound_every_column():
+    table = pa.table({"ts": pa.array(["2012-01-02T03:04:05.000006Z", "2012-01-01T00:00:00Z"]).cast(pa.timestamp("us", tz="UTC")),
+                      "x": [2.5, None], "s": ["b", "a"], "long": ["x" * 100, "y"]})
+    stats = json.loads(X.stats(table))
+    assert stats["numRecords"] == 2 and stats["nullCount"] == {"ts": 0, "x": 1, "s": 0, "long": 0}
+    assert stats["minValues"] == {"ts": "2012-01-01T00:00:00Z", "x": 2.5, "s": "a"}
+    assert stats["maxValues"] == {"ts": "2012-01-02T03:04:05.000006Z", "x": 2.5, "s": "b"}

@@ -47,6 +47,8 @@ STRICT = {
     "timestamp_naive": r"^[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?$",
     "boolean": r"^(true|false)$",
 }
+#: longer string bounds are left out of a file's statistics
+STRING_STATS_CHARS = 64
 #: a task writes a Parquet file at least every this many rows (bounds a task's memory on large months)
 FLUSH_ROWS = 1_000_000
 
@@ -135,7 +137,10 @@ def stats(table: pa.Table) -> str:
         nulls[name] = column.null_count
         if column.null_count < len(column) and not pa.types.is_boolean(column.type):
             bounds = pc.min_max(column)
-            lows[name], highs[name] = text(bounds["min"].as_py()), text(bounds["max"].as_py())
+            low, high = text(bounds["min"].as_py()), text(bounds["max"].as_py())
+            if isinstance(low, str) and max(len(low), len(high)) > STRING_STATS_CHARS:
+                continue  # no bounds rather than long ones in every add of the log (a cut maximum would lie)
+            lows[name], highs[name] = low, high
     return json.dumps({"numRecords": table.num_rows, "minValues": lows, "maxValues": highs, "nullCount": nulls})
 
 
