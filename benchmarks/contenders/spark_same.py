@@ -1,7 +1,7 @@
 """Contender 3b, the lakehouse's own transforms in one PySpark script: the same work, no orchestration.
 
-The functions the assets call, applied once to the whole month range: ``read_raw`` + ``cast_checked``
-(formatted; the delivered month taken from each file's name), ``clean_month`` with the meter source's
+The functions the assets call, applied once to the whole month range: ``format_month`` (formatted, a
+month at a time: the fast lane and the Spark lane, Parquet staged without a Delta commit), ``clean_month`` with the meter source's
 rules and cleaning steps (trusted, its quarantine and repairs), and the ``daily_consumption`` view's SQL
 (exploitation); Parquet out, partitioned by month. What it leaves out is exactly what the lakehouse adds
 around the transforms: Dagster, landing with a manifest, per-month Spark jobs and Delta commits, the unit
@@ -34,18 +34,23 @@ from benchmarks.contenders import Clock, arguments, finish_spark, meter_files
 from benchmarks.contenders.lakehouse import bench_configs
 
 
-def _formatted(spark, source, files: list[str], delivered, out: Path, mode: str) -> None:
-    """Parse and cast ``files`` (``delivered``: their month, a string or a column) into Parquet under ``out``."""
-    from lakehouse.transforms.parse import FILE_COL, cast_checked, read_raw
+def _formatted(spark, source, months: dict[str, list[Path]], out: Path) -> None:
+    """The lakehouse's formatting of each month (``format_month``: clean files parsed, cast and written as
+    Parquet by Spark's Python workers, the rest through Spark's casts) into ``out/formatted/month=…/``; the
+    rejected rows into ``out/quarantine_formatted/``. No Delta commit: the staged files are the output."""
+    import shutil
 
-    checked = cast_checked(read_raw(spark, files, source), source, delivered).cache()
-    checked.filter("error IS NULL").drop("error", "record").write.mode(mode).partitionBy("month").parquet(
-        str(out / "formatted")
-    )
-    checked.filter("error IS NOT NULL").select("month", FILE_COL, "record", "error").write.mode(mode).parquet(
-        str(out / "quarantine_formatted")
-    )
-    checked.unpersist()
+    import pyarrow.parquet as pq
+
+    from lakehouse.transforms.executors import data_schema, format_month
+
+    schema = data_schema(spark, source)
+    for month, paths in months.items():
+        shutil.rmtree(out / "formatted" / f"month={month}", ignore_errors=True)
+        _, bad, _ = format_month(spark, [str(p) for p in paths], source, month, str(out / "formatted"), schema)
+        if bad.num_rows:
+            (out / "quarantine_formatted").mkdir(parents=True, exist_ok=True)
+            pq.write_table(bad, out / "quarantine_formatted" / f"{month}.parquet")
 
 
 def _trusted(formatted, source, out: Path, mode: str, month: str = "all", history=None) -> None:
@@ -79,7 +84,6 @@ def main(per_month: bool = False) -> None:
 
     from lakehouse.factories.trusted import history_months
     from lakehouse.io.spark import get_spark
-    from lakehouse.transforms.parse import FILE_COL
 
     source = next(s for s in project.sources if s.name == "meter_readings")
     view = next(v for v in project.views if v.name == "daily_consumption")
@@ -96,7 +100,7 @@ def main(per_month: bool = False) -> None:
         n = history_months(source)
         done: list[str] = []
         for month, paths in months.items():
-            _formatted(spark, source, [str(p) for p in paths], month, out, "append")
+            _formatted(spark, source, {month: paths}, out)
             clock.lap("formatted")
             earlier = [str(out / "trusted" / f"month={m}") for m in done[-n:]] if n else []
             history = spark.read.parquet(*earlier) if earlier else None
@@ -105,8 +109,7 @@ def main(per_month: bool = False) -> None:
             done.append(month)
             clock.lap("trusted")
     else:
-        files = [str(p) for paths in months.values() for p in paths]
-        _formatted(spark, source, files, F.regexp_extract(F.col(FILE_COL), source.collector.month_regex, 1), out, "overwrite")
+        _formatted(spark, source, months, out)
         clock.lap("formatted")
         _trusted(spark.read.parquet(str(out / "formatted")), source, out, "overwrite")
         clock.lap("trusted")
