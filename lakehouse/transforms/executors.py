@@ -1,10 +1,10 @@
 """The formatted zone's fast lane: Spark's Python workers parse, cast and write clean files as Parquet.
 
-A month of the meter source is ~1,400 small files of 1M readings. Parsing them into Spark rows, casting
-with Spark expressions and collecting the month to the driver costs ~2 s of a warm session per month,
-of which the parse itself is a fraction. Here a Spark job hands each task a share of the month's files
+With 1,440 meters, a month of the meter source is 1,440 files of 25 KB, 1M readings. Parsing them into
+Spark rows, casting with Spark expressions and collecting the month to the driver cost ~2 s of a warm
+session per month, of which the parse itself was a fraction (benchmarks/ANALYSIS.md). Here a Spark job hands each task a share of the month's files
 (balanced by size); the task reads them, parses its *clean* files with pyarrow (:func:`parse.read_clean`),
-casts it with pyarrow (:func:`cast_strict`) and writes the rows as Parquet files into the Delta table's
+casts them with pyarrow (:func:`cast_strict`) and writes the rows as Parquet files into the Delta table's
 month folder. Only the file paths and their statistics come back; the driver commits them in the
 month's one Delta transaction (:meth:`lakehouse.io.lake.Lake.commit_month`). Uncommitted files are not
 part of the table, so a crash leaves the previous version intact.
@@ -49,7 +49,7 @@ STRICT = {
 }
 #: longer string bounds are left out of a file's statistics
 STRING_STATS_CHARS = 64
-#: a task writes a Parquet file at least every this many rows (bounds a task's memory on large months)
+#: a task parses at most about this many lines at once and writes a Parquet file at least this often
 FLUSH_ROWS = 1_000_000
 
 
@@ -172,8 +172,9 @@ def _format_slot(paths: Sequence[str], plan: Plan) -> Iterator[dict]:
     """One task's share: staged Parquet files (``kind='staged'``) and the files it leaves to Spark
     (``kind='slow'``).
 
-    Clean files with the same column order are read and cast together (one pyarrow call each, instead of
-    one per 25 KB file); when that fails, each file of the group is tried alone, to find the ones to leave.
+    Clean files with the same column order are read and cast together (one pyarrow call per run of
+    ``FLUSH_ROWS`` lines, instead of one per 25 KB file). The task holds its share's raw bytes and at most
+    about twice ``FLUSH_ROWS`` parsed rows at a time.
     """
     raw_names = list(plan.raw_names)
     groups: dict[tuple[str, ...], list[tuple[str, bytes]]] = {}
@@ -187,28 +188,31 @@ def _format_slot(paths: Sequence[str], plan: Plan) -> Iterator[dict]:
         names, header_bytes = layout
         groups.setdefault(tuple(names), []).append((path, data[header_bytes:]))
 
-    def typed(files: list[tuple[str, bytes]], names: tuple[str, ...]) -> pa.Table | None:
+    def typed(files: list[tuple[str, bytes]], names: tuple[str, ...]) -> Iterator[pa.Table | str]:
+        """The files' rows as tables, and the paths of the files to leave: read and cast together, and
+        when that fails, halved until the files that fail stand alone (a few bad files of hundreds cost a
+        few dozen reads, not one per file)."""
         raw = read_clean([(os.path.basename(p), body) for p, body in files], names, plan.fmt, raw_names)
-        return None if raw is None else cast_strict(raw, plan)
+        table = None if raw is None else cast_strict(raw, plan)
+        if table is not None:
+            yield table
+        elif len(files) == 1:
+            yield files[0][0]
+        else:
+            half = len(files) // 2
+            yield from typed(files[:half], names)
+            yield from typed(files[half:], names)
 
     parts: list[pa.Table] = []
     rows = 0
     for names, files in groups.items():
         for chunk in _chunks(files, FLUSH_ROWS):
-            table = typed(chunk, names)
-            if table is not None:
-                tables = [table]
-            else:
-                tables = []
-                for one in chunk:
-                    table = typed([one], names)
-                    if table is None:
-                        yield _slow(one[0])
-                    else:
-                        tables.append(table)
-            for table in tables:
-                parts.append(table)
-                rows += table.num_rows
+            for out in typed(chunk, names):
+                if isinstance(out, str):
+                    yield _slow(out)
+                    continue
+                parts.append(out)
+                rows += out.num_rows
             if rows >= FLUSH_ROWS:
                 yield {"kind": "staged", **stage_parquet(plan.table_dir, f"month={plan.month}", pa.concat_tables(parts))}
                 parts, rows = [], 0
