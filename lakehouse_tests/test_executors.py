@@ -152,7 +152,7 @@ def test_cast_strict_steps_aside(kind, value):
     assert X.cast_strict(raw, plan) is None
 
 
-def staged_month(tmp_path: Path, lake: Lake, month: str, rows: int, schema: pa.Schema) -> list[dict]:
+def staged_month(lake: Lake, month: str, rows: int, schema: pa.Schema) -> list[dict]:
     table = pa.table(
         {
             "meter_id": ["M1"] * rows,
@@ -168,9 +168,9 @@ def staged_month(tmp_path: Path, lake: Lake, month: str, rows: int, schema: pa.S
 def test_commit_month_replaces_one_month_in_one_transaction(spark, tmp_path):
     lake = Lake(tmp_path / "lake")
     schema = X.data_schema(spark, METER)
-    assert lake.commit_month("formatted", "m", "2012-01", staged_month(tmp_path, lake, "2012-01", 5, schema), schema) == 0
-    assert lake.commit_month("formatted", "m", "2012-02", staged_month(tmp_path, lake, "2012-02", 3, schema), schema) == 1
-    assert lake.commit_month("formatted", "m", "2012-01", staged_month(tmp_path, lake, "2012-01", 2, schema), schema) == 2
+    assert lake.commit_month("formatted", "m", "2012-01", staged_month(lake, "2012-01", 5, schema), schema) == 0
+    assert lake.commit_month("formatted", "m", "2012-02", staged_month(lake, "2012-02", 3, schema), schema) == 1
+    assert lake.commit_month("formatted", "m", "2012-01", staged_month(lake, "2012-01", 2, schema), schema) == 2
     assert lake.row_count("formatted", "m", ["2012-01"]) == 2 and lake.row_count("formatted", "m", ["2012-02"]) == 3
     table = lake.read_arrow("formatted", "m")
     assert table.num_rows == 5 and sorted(table.column("month").to_pylist()) == ["2012-01"] * 2 + ["2012-02"] * 3
@@ -179,7 +179,7 @@ def test_commit_month_replaces_one_month_in_one_transaction(spark, tmp_path):
     jan = next(s for s in stats if s["partition.month"] == "2012-01")
     assert jan["min.reading_kwh"] == 0.0 and jan["max.reading_kwh"] == 1.0 and jan["null_count.meter_id"] == 0
     # staged but never committed (a crash before the commit): not part of the table
-    staged_month(tmp_path, lake, "2012-01", 9, schema)
+    staged_month(lake, "2012-01", 9, schema)
     assert lake.read_arrow("formatted", "m", months=["2012-01"]).num_rows == 2
     # nothing staged: the month is emptied, the others stay
     lake.commit_month("formatted", "m", "2012-02", [], schema)
@@ -190,7 +190,7 @@ def test_commit_month_replaces_one_month_in_one_transaction(spark, tmp_path):
 def test_commit_month_refuses_other_columns(spark, tmp_path):
     lake = Lake(tmp_path / "lake")
     schema = X.data_schema(spark, METER)
-    lake.commit_month("formatted", "m", "2012-01", staged_month(tmp_path, lake, "2012-01", 2, schema), schema)
+    lake.commit_month("formatted", "m", "2012-01", staged_month(lake, "2012-01", 2, schema), schema)
     other = pa.schema([f if f.name != "reading_kwh" else pa.field("reading_kwh", pa.string()) for f in schema])
     with pytest.raises(ValueError, match=r"formatted/m: month 2012-02 has columns .*reading_kwh: string.* but the table has"):
         lake.commit_month("formatted", "m", "2012-02", [], other)

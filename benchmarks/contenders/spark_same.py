@@ -1,13 +1,13 @@
 """Contender 3b, the lakehouse's own transforms in one PySpark script: the same work, no orchestration.
 
-The functions the assets call, applied once to the whole month range: ``format_month`` (formatted, a
-month at a time: the fast lane and the Spark lane, Parquet staged without a Delta commit), ``clean_month`` with the meter source's
-rules and cleaning steps (trusted, its quarantine and repairs), and the ``daily_consumption`` view's SQL
-(exploitation); Parquet out, partitioned by month. What it leaves out is exactly what the lakehouse adds
-around the transforms: Dagster, landing with a manifest, per-month Spark jobs and Delta commits, the unit
-step's history of earlier months (the range is one batch, so each file is compared with the fleet), the
-quality metrics table, pandera validation and asset checks. lakehouse ÷ this contender is therefore the
-price of orchestration and of working month by month, on the same transforms.
+The functions the assets call: ``format_month`` month by month (formatted: the fast lane and the Spark
+lane, Parquet staged without a Delta commit), then once over the whole month range ``clean_month`` with the
+meter source's rules and cleaning steps (trusted, its quarantine and repairs) and the
+``daily_consumption`` view's SQL (exploitation); Parquet out, partitioned by month. What it leaves out is
+what the lakehouse adds around the transforms: Dagster, landing with a manifest, per-month trusted and view
+jobs and Delta commits, the unit step's history of earlier months (the range is one batch, so each file is
+compared with the fleet), the quality metrics table, pandera validation and asset checks. lakehouse ÷ this
+contender is therefore the price of orchestration and of working month by month, on the same transforms.
 
 The driver's heap is the lakehouse's (``spark.driver.memory`` 4g) unless ``BENCH_SPARK_DRIVER_MEMORY`` sets
 another: holding the whole range at once, the script runs out of a 4 GB heap from about 12M readings on
@@ -34,7 +34,7 @@ from benchmarks.contenders import Clock, arguments, finish_spark, meter_files
 from benchmarks.contenders.lakehouse import bench_configs
 
 
-def _formatted(spark, source, months: dict[str, list[Path]], out: Path) -> None:
+def _formatted(spark, source, schema, months: dict[str, list[Path]], out: Path) -> None:
     """The lakehouse's formatting of each month (``format_month``: clean files parsed, cast and written as
     Parquet by Spark's Python workers, the rest through Spark's casts) into ``out/formatted/month=…/``; the
     rejected rows into ``out/quarantine_formatted/``. No Delta commit: the staged files are the output."""
@@ -42,9 +42,8 @@ def _formatted(spark, source, months: dict[str, list[Path]], out: Path) -> None:
 
     import pyarrow.parquet as pq
 
-    from lakehouse.transforms.executors import data_schema, format_month
+    from lakehouse.transforms.executors import format_month
 
-    schema = data_schema(spark, source)
     for month, paths in months.items():
         shutil.rmtree(out / "formatted" / f"month={month}", ignore_errors=True)
         _, bad, _ = format_month(spark, [str(p) for p in paths], source, month, str(out / "formatted"), schema)
@@ -84,6 +83,7 @@ def main(per_month: bool = False) -> None:
 
     from lakehouse.factories.trusted import history_months
     from lakehouse.io.spark import get_spark
+    from lakehouse.transforms.executors import data_schema
 
     source = next(s for s in project.sources if s.name == "meter_readings")
     view = next(v for v in project.views if v.name == "daily_consumption")
@@ -95,12 +95,13 @@ def main(per_month: bool = False) -> None:
     clock.lap("spark_start")
     out = args.work / "spark_same"
     months = meter_files(args.world, args.months)
+    schema = data_schema(spark, source)  # the formatted table's columns, as the lakehouse writes them
 
     if per_month:
         n = history_months(source)
         done: list[str] = []
         for month, paths in months.items():
-            _formatted(spark, source, {month: paths}, out)
+            _formatted(spark, source, schema, {month: paths}, out)
             clock.lap("formatted")
             earlier = [str(out / "trusted" / f"month={m}") for m in done[-n:]] if n else []
             history = spark.read.parquet(*earlier) if earlier else None
@@ -109,7 +110,7 @@ def main(per_month: bool = False) -> None:
             done.append(month)
             clock.lap("trusted")
     else:
-        _formatted(spark, source, months, out)
+        _formatted(spark, source, schema, months, out)
         clock.lap("formatted")
         _trusted(spark.read.parquet(str(out / "formatted")), source, out, "overwrite")
         clock.lap("trusted")

@@ -161,10 +161,10 @@ def _balanced(files: Sequence[str], slots: int) -> list[list[str]]:
     """``files`` dealt into ``slots`` lists of about equal bytes (largest first onto the lightest)."""
     out: list[list[str]] = [[] for _ in range(slots)]
     load = [0] * slots
-    for path in sorted(files, key=lambda p: -os.path.getsize(p)):
+    for size, path in sorted(((os.path.getsize(p), p) for p in files), reverse=True):
         i = load.index(min(load))
         out[i].append(path)
-        load[i] += os.path.getsize(path)
+        load[i] += size
     return [sorted(s) for s in out if s]
 
 

@@ -134,9 +134,9 @@ def read_clean(files: Sequence[tuple[str, bytes]], names: Sequence[str], fmt: Fo
     import pyarrow.csv as pcsv
 
     counts = np.array([body.count(b"\n") for _, body in files], dtype=np.int64)
-    data = b"".join(body for _, body in files)
     if not len(files) or not counts.all():
         return None
+    data = b"".join(body for _, body in files)
     try:
         table = pcsv.read_csv(
             pa.BufferReader(data),
