@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -192,7 +194,15 @@ def test_stuck_run_is_quarantined(cleaned):
 def test_spike_is_an_outlier(cleaned):
     (spike,) = rejected_by(cleaned, "outlier_reading")
     assert key_ts(spike) == "2012-01-02T06:00:00Z"  # hour 30
-    assert "robust deviations" in spike["error"]
+    # its 24 h window (hours 18-42) as the step sees it: the negative reading (20) and the stuck run
+    # (40-45) are already out; median and MAD as numpy computes them
+    window = [level(h) for h in range(18, 43) if h not in (20, 30, 40, 41, 42)] + [level(30) * 30 + 50]
+    med = float(np.median(window))
+    scale = max(1.4826 * float(np.median(np.abs(np.array(window) - med))), 0.05 * abs(med))
+    found = re.search(r"is ([\d.]+) robust deviations from the 24h median ([\d.]+) ", spike["error"])
+    assert found, spike["error"]
+    assert float(found[2]) == pytest.approx(round(med, 4))
+    assert float(found[1]) == pytest.approx(abs(level(30) * 30 + 50 - med) / scale, abs=0.05)
 
 
 def test_short_gaps_are_imputed_between_neighbours(cleaned):
