@@ -313,3 +313,16 @@ def test_demo_weather_provider_sets_and_restores_the_url(monkeypatch):
     assert WEATHER_URL_ENV not in os.environ
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{url}/health", timeout=2)
+
+
+def test_file_drop_inbox_that_does_not_exist_is_an_error_not_an_empty_month(make_project, tmp_path):
+    project = make_project()
+    source = project.source("meter_readings")
+    folder = month_dir(project, "meter_readings")
+    inbox = tmp_path / "world" / "inbox" / "meter_readings"
+    with pytest.raises(CollectorError, match=rf"'meter_readings' month {MONTH}: the inbox {inbox} does not exist"):
+        collect(project, source, MONTH, folder)
+    assert landed_nothing(folder)
+
+    inbox.mkdir(parents=True)  # an inbox with nothing for the month is an empty month
+    assert collect(project, source, MONTH, folder).landed == []
