@@ -196,9 +196,10 @@ def test_spike_is_an_outlier(cleaned):
     assert key_ts(spike) == "2012-01-02T06:00:00Z"  # hour 30
     # its 24 h window (hours 18-42) as the step sees it: the negative reading (20) and the stuck run
     # (40-45) are already out; median and MAD as numpy computes them
+    step = next(s for s in meter_source().quality.cleaning if getattr(s, "name", "") == "outlier_reading")
     window = [level(h) for h in range(18, 43) if h not in (20, 30, 40, 41, 42)] + [level(30) * 30 + 50]
     med = float(np.median(window))
-    scale = max(1.4826 * float(np.median(np.abs(np.array(window) - med))), 0.05 * abs(med))
+    scale = max(1.4826 * float(np.median(np.abs(np.array(window) - med))), step.min_relative_scale * abs(med))
     found = re.search(r"is ([\d.]+) robust deviations from the 24h median ([\d.]+) ", spike["error"])
     assert found, spike["error"]
     assert float(found[2]) == pytest.approx(round(med, 4))

@@ -9,6 +9,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import sqlite3
 
 import pytest
@@ -320,7 +321,7 @@ def test_file_drop_inbox_that_does_not_exist_is_an_error_not_an_empty_month(make
     source = project.source("meter_readings")
     folder = month_dir(project, "meter_readings")
     inbox = tmp_path / "world" / "inbox" / "meter_readings"
-    with pytest.raises(CollectorError, match=rf"'meter_readings' month {MONTH}: the inbox {inbox} does not exist"):
+    with pytest.raises(CollectorError, match=rf"'meter_readings' month {MONTH}: the inbox {re.escape(str(inbox))} does not exist"):
         collect(project, source, MONTH, folder)
     assert landed_nothing(folder)
 
