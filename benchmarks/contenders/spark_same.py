@@ -28,6 +28,7 @@ the month once, commits it to Delta and overlaps two months.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from benchmarks.contenders import Clock, arguments, finish_spark, meter_files
@@ -38,8 +39,6 @@ def _formatted(spark, source, schema, months: dict[str, list[Path]], out: Path) 
     """The lakehouse's formatting of each month (``format_month``: clean files parsed, cast and written as
     Parquet by Spark's Python workers, the rest through Spark's casts) into ``out/formatted/month=…/``; the
     rejected rows into ``out/quarantine_formatted/``. No Delta commit: the staged files are the output."""
-    import shutil
-
     import pyarrow.parquet as pq
 
     from lakehouse.transforms.executors import format_month

@@ -35,14 +35,10 @@ def fetch(project: Project, source: SourceSpec, month: str) -> list[Fetched]:
     """Every file ``source`` delivers for ``month``, complete, in memory (nothing is written here)."""
     spec = source.collector
     if spec.type == "file_drop":
-        inbox = project.resolve(spec.inbox)
-        if not inbox.is_dir():
-            # not an empty month: a wrong path (or an unmounted share) would otherwise land nothing, silently
-            raise CollectorError(
-                f"source {source.name!r} month {month}: the inbox {inbox} does not exist (collector.inbox: {spec.inbox!r})"
-            )
         try:
-            return list(file_drop.fetch(spec, inbox, month))
+            return list(file_drop.fetch(spec, project.resolve(spec.inbox), month))
+        except file_drop.InboxMissing as exc:
+            raise CollectorError(f"source {source.name!r} month {month}: {exc} (collector.inbox: {spec.inbox!r})") from None
         except OSError as exc:
             raise CollectorError(f"source {source.name!r} month {month}: cannot read the inbox: {exc}") from None
     if spec.type == "http":

@@ -16,10 +16,14 @@ def file_month(spec: FileDropCollector, name: str) -> str | None:
     return m.group(1) if m else None
 
 
+class InboxMissing(FileNotFoundError):
+    """The inbox directory does not exist: a wrong path or an unmounted share, not an empty month."""
+
+
 def inbox_files(spec: FileDropCollector, inbox: Path, month: str | None = None) -> list[Path]:
     """Inbox files matching the pattern (and ``month``), sorted by name. Partial uploads are skipped."""
     if not inbox.is_dir():
-        return []
+        raise InboxMissing(f"the inbox {inbox} does not exist")
     out = []
     for path in inbox.glob(spec.pattern):
         if not path.is_file() or path.name.startswith(".") or path.name.endswith(".part"):
