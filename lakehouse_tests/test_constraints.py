@@ -83,6 +83,19 @@ def test_allowed(readings):
     assert ids(rule_violations(readings, cr, "rid")) == {"a5"}  # null is not_null's business
 
 
+def test_constants_keep_their_text_and_type(spark):
+    """Rules are evaluated as Spark SQL text: quotes and backslashes in strings, doubles, booleans and a
+    column name with a space come through as written."""
+    rows = [("b1", "it's", 0.25, True), ("b2", "a\\b", 0.5, False), ("b3", "x", 1e-5, None)]
+    df = spark.createDataFrame(rows, "rid string, `odd name` string, v double, ok boolean")
+    assert ids(rule_violations(df, compile_rule(rule(allowed={"odd name": ["it's", "a\\b"]})), "rid")) == {"b3"}
+    assert ids(rule_violations(df, compile_rule(rule(deny="t.v < 0.00002")), "rid")) == {"b3"}
+    assert ids(rule_violations(df, compile_rule(rule(range={"v": {"max": 0.3}})), "rid")) == {"b2"}
+    assert ids(rule_violations(df, compile_rule(rule(allowed={"ok": [True]})), "rid")) == {"b2"}
+    quoted = df.withColumnRenamed("odd name", "kind")
+    assert ids(rule_violations(quoted, compile_rule(rule(deny="t.kind = 'it\\'s'")), "rid")) == {"b1"}
+
+
 def test_unique_counts_groups_without_a_join(readings):
     cr = compile_rule(rule(unique=["meter_id", "ts"]))
     out = rule_violations(readings, cr, "rid")

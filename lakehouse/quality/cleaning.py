@@ -255,10 +255,14 @@ def _as_text(col: Column, spark_type: str) -> Column:
     return col.cast("string")
 
 
+#: the rows still in the table: what every rule and step looks at
+ACTIVE_SQL = f"{STATUS} IN ('{KEPT}', '{IMPUTED}')"
+
+
 def _active() -> Column:
     from pyspark.sql import functions as F
 
-    return F.col(STATUS).isin(KEPT, IMPUTED)
+    return F.expr(ACTIVE_SQL)
 
 
 def _append(array_col: str, cond: Column, value: Column) -> Column:
@@ -271,7 +275,10 @@ def _where_true(pairs: list[tuple[str, Column]]) -> Column:
     """An array of the values whose boolean column holds on the row, in the given order."""
     from pyspark.sql import functions as F
 
-    return F.filter(F.array(*[F.when(F.col(col), value) for col, value in pairs]), lambda v: v.isNotNull())
+    # array_compact, not F.filter with a Python lambda: such a lambda gets a fresh variable name on every
+    # call, the name lands in the generated code, and each month's plan then compiles anew (see
+    # lakehouse.quality.constraints); the values are literals, never null themselves
+    return F.array_compact(F.array(*[F.when(F.col(col), value) for col, value in pairs]))
 
 
 def _flag(cond: Column, name: str) -> Column:
@@ -725,7 +732,7 @@ def _outliers(df: DataFrame, step: OutlierStep, ctx: _Ctx) -> DataFrame:
     x = x.withColumn("__med", _middle(F.col("__win"), n))
     floor_scale = F.lit(step.min_relative_scale) * F.abs(F.col("__med"))
     if step.method == "mad":
-        dev = F.sort_array(F.transform("__win", lambda v: F.abs(v - F.col("__med"))))
+        dev = F.sort_array(F.expr("transform(__win, v -> abs(v - __med))"))  # a SQL lambda keeps its name
         x = x.withColumn("__scale", F.greatest(F.lit(1.4826) * _middle(dev, n), floor_scale))
         out = F.abs(value - F.col("__med")) > F.lit(step.threshold) * F.col("__scale")
         how = F.format_string(
@@ -783,9 +790,9 @@ def _stuck(df: DataFrame, step: StuckStep, ctx: _Ctx) -> DataFrame:
 def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
     """Fill gaps of up to ``max_gap`` steps between two kept readings of a series.
 
-    Each kept row carries the rows that fill the gap after it (an array: the row itself, then the new
-    rows) and the array is exploded: one pass over the month, no union of the month with itself, so
-    nothing has to be cached for this step.
+    Each row is exploded into its position in the gap that follows it: 0 (the row itself) and, where a
+    gap follows a kept reading, 1 .. n-1 (the new rows). One pass over the month, no union of the month
+    with itself, so nothing has to be cached for this step.
     """
     from pyspark.sql import functions as F
 
@@ -803,43 +810,41 @@ def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
     span = F.col("__next_t") - t
     steps = (span / every).cast("int")
     gap = F.col(ACTIVE) & (span % every == 0) & (span / every >= 2) & (span / every <= step.max_gap + 1)
+    x = x.withColumn("__k", F.explode(F.when(gap, F.sequence(F.lit(0), steps - 1)).otherwise(F.array(F.lit(0)))))
+    k = F.col("__k")
     ctype = ctx.type_of(step.column)
     types = {f.name: f.dataType for f in df.schema.fields}
-
-    def filled(k: Column) -> Column:
-        """The k-th row of the gap after this row."""
-        new_value = value + (F.col("__next_v") - value) * k / steps if step.method == "linear" else value
-        if step.round is not None:
-            new_value = F.round(new_value, step.round)
-        new_value = new_value.cast(ctype)
-        new_ts = F.timestamp_seconds(t + k * every)
-        entry = F.struct(
-            F.lit(step.column).alias("column"),
-            F.lit(None).cast("string").alias("old"),
-            _as_text(new_value, ctype).alias("new"),
-            F.lit(step.name).alias("rule"),
-        )
-        keyed = [F.col(f"`{g}`").alias(g) for g in step.group_by] + [new_ts.alias(step.time)]
-        fields = {c: F.lit(None) for c in df.columns}
-        fields.update({g: F.col(f"`{g}`") for g in step.group_by})
-        fields.update(
-            {
-                step.time: new_ts,
-                step.column: new_value,
-                MONTH: F.lit(ctx.month),
-                ROW_ID: F.concat(F.lit("imputed:"), F.to_json(F.struct(*keyed))),
-                STATUS: F.lit(IMPUTED),
-                FLAGS: F.array(F.lit(step.name)),
-                REASONS: F.array(),
-                ERRORS: F.array(),
-                REPAIRS: F.array(entry),
-            }
-        )
-        return F.struct(*[fields[c].cast(types[c]).alias(c) for c in df.columns])
-
-    itself = F.struct(*[F.col(f"`{c}`").alias(c) for c in df.columns])
-    rows = F.when(gap, F.concat(F.array(itself), F.transform(F.sequence(F.lit(1), steps - 1), filled))).otherwise(F.array(itself))
-    return x.select(F.explode(rows).alias("__row")).select("__row.*")
+    # the k-th row of the gap after this row (k >= 1)
+    new_value = value + (F.col("__next_v") - value) * k / steps if step.method == "linear" else value
+    if step.round is not None:
+        new_value = F.round(new_value, step.round)
+    new_value = new_value.cast(ctype)
+    new_ts = F.timestamp_seconds(t + k * every)
+    entry = F.struct(
+        F.lit(step.column).alias("column"),
+        F.lit(None).cast("string").alias("old"),
+        _as_text(new_value, ctype).alias("new"),
+        F.lit(step.name).alias("rule"),
+    )
+    keyed = [F.col(f"`{g}`").alias(g) for g in step.group_by] + [new_ts.alias(step.time)]
+    filled = {c: F.lit(None) for c in df.columns}
+    filled.update({g: F.col(f"`{g}`") for g in step.group_by})
+    filled.update(
+        {
+            step.time: new_ts,
+            step.column: new_value,
+            MONTH: F.lit(ctx.month),
+            ROW_ID: F.concat(F.lit("imputed:"), F.to_json(F.struct(*keyed))),
+            STATUS: F.lit(IMPUTED),
+            FLAGS: F.array(F.lit(step.name)),
+            REASONS: F.array(),
+            ERRORS: F.array(),
+            REPAIRS: F.array(entry),
+        }
+    )
+    return x.select(
+        *[F.when(k == 0, F.col(f"`{c}`")).otherwise(filled[c].cast(types[c])).alias(c) for c in df.columns]
+    )
 
 
 # ------------------------------------------------------------------------------------------ rules
@@ -866,7 +871,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             df = df.withColumn(col, _active() & value.isNotNull() & F.col("__ref_found").isNull()).drop("__ref_value", "__ref_found")
         else:
             # every rule sees the same snapshot: the rows kept when the rules step starts
-            conditions[col] = rule_condition(cr, ROW_ID, scope=_active())
+            conditions[col] = rule_condition(cr, ROW_ID, scope=ACTIVE_SQL)
         flags[rule.name] = col
     if conditions:
         df = df.withColumns(conditions)

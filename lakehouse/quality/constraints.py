@@ -24,7 +24,9 @@ left join against the referenced column.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -255,42 +257,58 @@ def compile_rules(rules: list[RuleSpec], columns: list[str]) -> list[CompiledRul
 
 
 # ------------------------------------------------------------------------------------------ spark
-def _spark_operand(o, prefix: dict[str, str]) -> Column:
-    from pyspark.sql import functions as F
+# Conditions are written as Spark SQL text. The two-tuple form needs a lambda (``exists``), and a lambda
+# built with PySpark's Python API gets a fresh variable name on every call (x_1, x_2, ...): the name ends
+# up in the generated Java code, so every month's plan compiled anew and ran in freshly loaded classes.
+# A lambda written in SQL keeps its name: the same plan on another month hits Spark's code cache.
+_OTHER = "__other"  # the lambda variable of a two-tuple rule: the other row of the block
 
-    if isinstance(o, Ref):
-        return F.col(f"`{prefix[o.tuple]}{o.column}`")
-    return F.lit(o)
+
+def sql_name(column: str) -> str:
+    """``column`` as a Spark SQL identifier."""
+    return "`" + column.replace("`", "``") + "`"
 
 
-def _compare(left: Column, op: Op, right: Column, null_right: bool) -> Column:
-    if null_right:
-        return left.isNull() if op == "=" else left.isNotNull()
-    return {
-        "=": left == right,
-        "!=": left != right,
-        "<": left < right,
-        "<=": left <= right,
-        ">": left > right,
-        ">=": left >= right,
-    }[op]
+def _sql_value(o: object) -> str:
+    """A constant of a rule as a Spark SQL literal of the type ``F.lit`` gives it."""
+    if o is None:
+        return "NULL"
+    if isinstance(o, bool):
+        return "TRUE" if o else "FALSE"
+    if isinstance(o, int):
+        return str(o)
+    if isinstance(o, float):
+        return f"{o!r}D" if math.isfinite(o) else f"CAST('{o!r}' AS DOUBLE)"
+    if isinstance(o, str):
+        return "'" + o.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    raise ConstraintError(f"cannot compare with {o!r} ({type(o).__name__})")
+
+
+def _condition_sql(dc: DenialConstraint, operand: Callable[[Ref], str]) -> str:
+    """``dc``'s predicates as one SQL condition, with ``operand(ref)`` giving each column reference.
+
+    NULL comparisons count as not holding, except ``= null`` / ``!= null`` which test for null.
+    """
+    preds = []
+    for p in dc.predicates:
+        left = operand(p.left) if isinstance(p.left, Ref) else _sql_value(p.left)
+        if p.right is None and p.op in ("=", "!="):
+            preds.append(f"({left} IS {'NOT ' if p.op == '!=' else ''}NULL)")
+            continue
+        right = operand(p.right) if isinstance(p.right, Ref) else _sql_value(p.right)
+        preds.append(f"coalesce({left} {p.op} {right}, false)")
+    return " AND ".join(preds)
 
 
 def violation_condition(dc: DenialConstraint, prefix: dict[str, str] | None = None) -> Column:
     """A boolean column true where all predicates hold (the row(s) violate the constraint).
 
-    NULL comparisons count as not holding, except ``= null`` / ``!= null`` which test for null.
+    ``prefix``: tuple → column-name prefix (``t1.x`` is column ``l_x`` by default).
     """
     from pyspark.sql import functions as F
 
     prefix = prefix or {"t": "", "t1": "l_", "t2": "r_"}
-    cond = F.lit(True)
-    for p in dc.predicates:
-        pred = _compare(
-            _spark_operand(p.left, prefix), p.op, _spark_operand(p.right, prefix), p.right is None and p.op in ("=", "!=")
-        )
-        cond = cond & F.coalesce(pred, F.lit(False))
-    return cond
+    return F.expr(_condition_sql(dc, lambda r: sql_name(prefix[r.tuple] + r.column)))
 
 
 def row_condition(cr: CompiledRule) -> Column:
@@ -311,63 +329,36 @@ def check_columns(dc: DenialConstraint, columns: list[str]) -> None:
         raise ConstraintError(f"rule {dc.rule!r}: unknown column(s) {missing}; table has {columns}")
 
 
-def _resolved(dc: DenialConstraint, resolve) -> Column:
-    """Like :func:`violation_condition`, with ``resolve(Ref) -> Column`` giving each reference."""
-    from pyspark.sql import functions as F
-
-    cond = F.lit(True)
-    for p in dc.predicates:
-        left = resolve(p.left) if isinstance(p.left, Ref) else F.lit(p.left)
-        right = resolve(p.right) if isinstance(p.right, Ref) else F.lit(p.right)
-        pred = _compare(left, p.op, right, p.right is None and p.op in ("=", "!="))
-        cond = cond & F.coalesce(pred, F.lit(False))
-    return cond
-
-
-def _all_not_null(columns: list[str]) -> Column:
-    from pyspark.sql import functions as F
-
-    cond = F.lit(True)
-    for c in columns:
-        cond = cond & F.col(f"`{c}`").isNotNull()
-    return cond
-
-
-def block_condition(dc: DenialConstraint, row_id: str, scope: Column | None = None) -> Column:
+def block_condition(dc: DenialConstraint, row_id: str, scope: str | None = None) -> Column:
     """True on the rows that take part in a violation of the two-tuple ``dc`` (a window expression).
 
     The rows are blocked on ``dc``'s equality keys: a window partitioned by them (a hash partitioning —
     rows of different blocks never meet, so nothing like a cross join is ever planned) gathers each
     block, and the predicates are tested between each row and the other members of its block, with the
     row as ``t1`` and as ``t2``. Pure key equalities (``unique``) only count the block. ``scope``: a
-    boolean column; only rows where it holds take part (the others form their own blocks).
+    boolean SQL expression; only rows where it holds take part (the others form their own blocks).
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    keys = dc.blocking_keys()
-    parts = [F.col(f"`{k}`") for k in keys] + ([scope] if scope is not None else [])
-    w = Window.partitionBy(*parts)
-    inside = _all_not_null(keys) & (scope if scope is not None else F.lit(True))
+    keys = [sql_name(k) for k in dc.blocking_keys()]
+    scoped = [f"({scope})"] if scope is not None else []
+    inside = " AND ".join([f"{k} IS NOT NULL" for k in keys] + scoped)
+    block = f"PARTITION BY {', '.join(keys + scoped)}"
     if dc.key_equality_only:
-        return inside & (F.count(F.lit(1)).over(w) > 1)
-    cols = sorted(dc.columns)
-    members = F.collect_list(F.struct(F.col(row_id).alias("__id"), *[F.col(f"`{c}`").alias(c) for c in cols])).over(w)
+        return F.expr(f"{inside} AND count(1) OVER ({block}) > 1")
+    fields = [f"{sql_name(row_id)} AS __id"] + [f"{sql_name(c)} AS {sql_name(c)}" for c in sorted(dc.columns)]
+    members = f"collect_list(struct({', '.join(fields)})) OVER ({block})"
 
-    def me(ref: Ref) -> Column:
-        return F.col(f"`{ref.column}`")
+    def row_is(tup: str) -> str:
+        return _condition_sql(dc, lambda r: sql_name(r.column) if r.tuple == tup else f"{_OTHER}.{sql_name(r.column)}")
 
-    def as_t1(other):
-        return (other["__id"] != F.col(row_id)) & _resolved(dc, lambda r: me(r) if r.tuple == "t1" else other[r.column])
-
-    def as_t2(other):
-        return (other["__id"] != F.col(row_id)) & _resolved(dc, lambda r: me(r) if r.tuple == "t2" else other[r.column])
-
-    return inside & (F.exists(members, as_t1) | F.exists(members, as_t2))
+    other = f"{_OTHER}.__id != {sql_name(row_id)}"
+    return F.expr(f"{inside} AND exists({members}, {_OTHER} -> {other} AND (({row_is('t1')}) OR ({row_is('t2')})))")
 
 
-def rule_condition(cr: CompiledRule, row_id: str, scope: Column | None = None) -> Column:
-    """True on the rows violating a one- or two-tuple rule (any of its constraints)."""
+def rule_condition(cr: CompiledRule, row_id: str, scope: str | None = None) -> Column:
+    """True on the rows violating a one- or two-tuple rule (any of its constraints); ``scope`` as in
+    :func:`block_condition`."""
     from pyspark.sql import functions as F
 
     if cr.reference is not None:
@@ -378,7 +369,7 @@ def rule_condition(cr: CompiledRule, row_id: str, scope: Column | None = None) -
             cond = cond | block_condition(dc, row_id, scope)
         else:
             cond = cond | violation_condition(dc, {"t": ""})
-    return cond & scope if scope is not None else cond
+    return cond & F.expr(scope) if scope is not None else cond
 
 
 def violating_rows(df: DataFrame, dc: DenialConstraint, row_id: str) -> DataFrame:
