@@ -132,8 +132,8 @@ def test_spark_plans_give_the_rows_the_collected_month_gives(spark, cleaned):
 def test_the_next_month_reuses_the_generated_code(spark, cleaned):
     """Spark caches generated classes by their code: a month's plans are the same code as the last
     month's, so nothing compiles again (a Python lambda in a higher-order function names its variable
-    afresh on every call, and that name is written into the generated code: each month compiled ~28
-    classes anew and ran them interpreted)."""
+    afresh on every call, and that name is written into the generated code: each month compiled dozens
+    of classes anew and ran them interpreted)."""
     metric = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
     assert cleaned["formatted_rows"] > 0  # the fixture cleaned the month once in this session
     before = metric.getCount()
