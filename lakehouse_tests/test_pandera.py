@@ -147,3 +147,52 @@ def test_validate_written_counts_failures_of_a_small_month_with_spark(spark, pro
     (failure,) = report.failures
     assert report.rows == 3 and failure.check == "reading_kwh >= 0.0" and failure.failures == 1
     assert failure.per_month == {"2012-02": 1} and failure.examples[0]["_source_file"] == "b.csv"
+
+
+def test_a_range_is_vouched_for_month_by_month_and_only_the_rest_goes_to_spark(spark, project, tmp_path, monkeypatch):
+    """Each small month is validated on its own; a month that fails locally and a month too large for the
+    local path go to pandera.pyspark together, and nothing else does."""
+    from lakehouse.factories import checks
+    from lakehouse.io.lake import Lake
+    from lakehouse.quality import schemas
+
+    lake = Lake(tmp_path / "lake")
+    contract = source_contract(project.source("meter_readings"), "trusted")
+    lake.overwrite_month("trusted", "meter_readings", _arrow(GOOD), "2012-01")
+    lake.overwrite_month("trusted", "meter_readings", _arrow([("M1", T0, -2.0, "b.csv", 2, "2012-02")]), "2012-02")
+    big = [(f"M{i}", T0, 1.0, "c.csv", i, "2012-03") for i in range(3)]
+    lake.overwrite_month("trusted", "meter_readings", _arrow(big), "2012-03")
+    assert lake.month_rows("trusted", "meter_readings", ["2012-01", "2012-02", "2012-03", "2012-04"]) == {
+        "2012-01": 2, "2012-02": 1, "2012-03": 3, "2012-04": 0,
+    }
+    monkeypatch.setattr(schemas, "LOCAL_ROWS", 2)
+    seen: list[list[str]] = []
+    real = schemas.validate
+
+    def spy(df, contract, **kw):
+        seen.append(sorted(r["month"] for r in df.select("month").distinct().collect()))
+        return real(df, contract, **kw)
+
+    monkeypatch.setattr(schemas, "validate", spy)
+    months = ["2012-01", "2012-02", "2012-03"]
+    report = checks.validate_written(spark, lake, "trusted", "meter_readings", months, contract)
+    assert seen == [["2012-02", "2012-03"]]
+    (failure,) = report.failures
+    assert report.rows == 6 and failure.failures == 1 and failure.per_month == {"2012-02": 1}
+    seen.clear()
+    assert checks.validate_written(spark, lake, "trusted", "meter_readings", ["2012-01"], contract).passed
+    assert seen == []  # vouched for locally: no Spark job
+
+
+def test_local_validation_fails_a_value_outside_the_allowed_ones():
+    """The Arrow-backed columns the local path validates still fail an ``allowed`` check and a range."""
+    import pyarrow as pa
+
+    from lakehouse.quality.schemas import _allowed_check, _contract, _range_checks, validate_local
+
+    contract = _contract("t", [("kind", "string", True, [_allowed_check("kind", ["a", "b"])]),
+                               ("n", "bigint", False, _range_checks("n", 0, 9))], [])
+    ok = pa.table({"kind": pa.array(["a", None, "b"]), "n": pa.array([0, 9, 5], pa.int64())})
+    assert validate_local(ok, contract).passed
+    assert validate_local(ok.set_column(0, "kind", pa.array(["a", "c", "b"])), contract) is None
+    assert validate_local(ok.set_column(1, "n", pa.array([0, 10, 5], pa.int64())), contract) is None

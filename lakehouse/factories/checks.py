@@ -7,10 +7,11 @@ figures are also in ``quality/metrics``).
 """
 
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 from pyspark.sql import SparkSession
+from pyspark.sql.types import StructType
 
 from lakehouse.io.lake import Lake
 from lakehouse.quality import schemas
@@ -26,43 +27,71 @@ def pandera_spec(asset_key: dg.AssetKey, *, blocking: bool) -> dg.AssetCheckSpec
         asset=asset_key,
         blocking=blocking,
         description="Pandera schema derived from the configs: column types, nullability, ranges/allowed values "
-        "the rules guarantee, key uniqueness (pandas backend on small months, pandera.pyspark otherwise or on "
-        "failure). Metadata: failing rows per check, examples.",
+        "the rules guarantee, key uniqueness (pandas backend month by month up to "
+        f"{schemas.LOCAL_ROWS:,} rows, pandera.pyspark for larger months or on failure). "
+        "Metadata: failing rows per check, examples.",
     )
 
 
-def _small(lake: Lake, zone: str, table: str, months: Sequence[str] | None) -> bool:
-    rows = lake.row_count(zone, table, months)
-    return rows is not None and rows <= schemas.LOCAL_ROWS
+def _validate(
+    spark: SparkSession,
+    lake: Lake,
+    zone: str,
+    table: str,
+    months: Sequence[str] | None,
+    contract_of: Callable[[StructType], schemas.Contract],
+    *,
+    by_month: bool,
+) -> schemas.Report:
+    """Validate ``months`` of ``zone/table`` (None: the whole, unpartitioned table) as stored.
+
+    With ``by_month`` (the contract's key, if any, holds within a month) each month of at most
+    :data:`~lakehouse.quality.schemas.LOCAL_ROWS` rows is checked on its own with pandera's pandas backend,
+    else the months together when they are that small. What it cannot vouch for, and larger months, go to
+    pandera.pyspark in one validation, which counts the failing rows. ``contract_of`` builds the contract
+    from the table's Spark schema (a view's contract is derived from it)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    if months is not None and by_month:
+        per_month = lake.month_rows(zone, table, months)
+        chunks: list[list[str] | None] = [[m] for m in months] or [[]]
+        sizes = [None if per_month is None else sum(per_month[m] for m in chunk) for chunk in chunks]
+    else:
+        chunks, sizes = [None if months is None else list(months)], [lake.row_count(zone, table, months)]
+    vouched, pending = [], []
+    for chunk, rows in zip(chunks, sizes, strict=True):
+        if rows is not None and rows <= schemas.LOCAL_ROWS:
+            data = lake.read_arrow(zone, table, months=chunk)
+            report = schemas.validate_local(data, contract_of(from_arrow_schema(data.schema)))
+            if report is not None:
+                vouched.append(report)
+                continue
+        pending.append(chunk)
+    if not pending:
+        return schemas.Report(vouched[0].contract, sum(r.rows for r in vouched), [])
+    chosen = None if pending == [None] else [m for chunk in pending for m in chunk or []]
+    df = lake.read_spark(spark, zone, table, months=chosen)
+    report = schemas.validate(df, contract_of(df.schema))
+    report.rows += sum(r.rows for r in vouched)
+    return report
 
 
 def validate_written(
     spark: SparkSession, lake: Lake, zone: str, table: str, months: Sequence[str], contract: schemas.Contract
 ) -> schemas.Report:
     """Validate the months just written, read back from Delta (the table as stored, not as computed):
-    with pandera's pandas backend when they are small and pass, else with pandera.pyspark
-    (:mod:`lakehouse.quality.schemas`)."""
-    if _small(lake, zone, table, months):
-        report = schemas.validate_local(lake.read_arrow(zone, table, months=list(months)), contract)
-        if report is not None:
-            return report
-    df = lake.read_spark(spark, zone, table, months=list(months))
-    return schemas.validate(df, contract)
+    small months with pandera's pandas backend, the rest with pandera.pyspark (:func:`_validate`)."""
+    by_month = not contract.key or schemas.MONTH in contract.key
+    return _validate(spark, lake, zone, table, months, lambda _schema: contract, by_month=by_month)
 
 
 def validate_view(spark: SparkSession, lake: Lake, view: ViewSpec, months: Sequence[str]) -> schemas.Report:
-    """Validate an exploitation view as written: its months, or the whole table for merge (unpartitioned)
-    views; locally first, as :func:`validate_written`."""
-    from pyspark.sql.pandas.types import from_arrow_schema
-
+    """Validate an exploitation view as written: its months (a monthly view's key holds within a month), or
+    the whole table for merge (unpartitioned) views, as :func:`validate_written`."""
     chosen = list(months) if lake.partitioned("exploitation", view.name) else None
-    if _small(lake, "exploitation", view.name, chosen):
-        table = lake.read_arrow("exploitation", view.name, months=chosen)
-        report = schemas.validate_local(table, schemas.view_contract(view, from_arrow_schema(table.schema)))
-        if report is not None:
-            return report
-    df = lake.read_spark(spark, "exploitation", view.name, months=chosen)
-    return schemas.validate(df, schemas.view_contract(view, df.schema))
+    return _validate(
+        spark, lake, "exploitation", view.name, chosen, lambda schema: schemas.view_contract(view, schema), by_month=True
+    )
 
 
 def pandera_result(report: schemas.Report) -> dg.AssetCheckResult:

@@ -149,14 +149,24 @@ class Lake:
         None when a file carries no row count."""
         import pyarrow.compute as pc
 
-        files = pa.table(self.delta(zone, table).get_add_actions(flatten=True))
         if months is not None:
-            column = f"partition.{PARTITION_COLUMN}"
-            if column not in files.column_names:
-                return None
-            files = files.filter(pc.is_in(files[column], pa.array(list(months), pa.string())))
-        counts = files["num_records"]
+            per_month = self.month_rows(zone, table, months)
+            return None if per_month is None else sum(per_month.values())
+        counts = pa.table(self.delta(zone, table).get_add_actions(flatten=True))["num_records"]
         return None if counts.null_count else int(pc.sum(counts).as_py() or 0)
+
+    def month_rows(self, zone: str, table: str, months: Sequence[str]) -> dict[str, int] | None:
+        """Rows of each of ``months`` (0 for a month without files), from the Delta log as :meth:`row_count`;
+        None for a table not partitioned by month or a file without a row count."""
+        files = pa.table(self.delta(zone, table).get_add_actions(flatten=True))
+        column = f"partition.{PARTITION_COLUMN}"
+        if column not in files.column_names or files["num_records"].null_count:
+            return None
+        rows = dict.fromkeys(months, 0)
+        for month, n in zip(files[column].to_pylist(), files["num_records"].to_pylist(), strict=True):
+            if month in rows:
+                rows[month] += int(n)
+        return rows
 
     # ----------------------------------------------------------------------------------- delta: write
     def _target(self, zone: str, table: str) -> DeltaTable | str:
