@@ -150,8 +150,9 @@ def test_validate_written_counts_failures_of_a_small_month_with_spark(spark, pro
 
 
 def test_a_range_is_vouched_for_month_by_month_and_only_the_rest_goes_to_spark(spark, project, tmp_path, monkeypatch):
-    """Each small month is validated on its own; a month that fails locally and a month too large for the
-    local path go to pandera.pyspark together, and nothing else does."""
+    """With a key, each small month is validated on its own; a month that fails locally and a month too large
+    for the local path go to pandera.pyspark together, and nothing else does. Without a key, the months
+    are validated together."""
     from lakehouse.factories import checks
     from lakehouse.io.lake import Lake
     from lakehouse.quality import schemas
@@ -182,6 +183,13 @@ def test_a_range_is_vouched_for_month_by_month_and_only_the_rest_goes_to_spark(s
     seen.clear()
     assert checks.validate_written(spark, lake, "trusted", "meter_readings", ["2012-01"], contract).passed
     assert seen == []  # vouched for locally: no Spark job
+    # without a key (a formatted contract) the months go together: 6 rows > 5, to Spark at once
+    monkeypatch.setattr(schemas, "LOCAL_ROWS", 5)
+    keyless = source_contract(project.source("meter_readings"), "formatted")
+    assert checks.validate_written(spark, lake, "trusted", "meter_readings", ["2012-01", "2012-03"], keyless).passed
+    assert seen == []  # 5 rows together: local
+    assert checks.validate_written(spark, lake, "trusted", "meter_readings", months, keyless).passed
+    assert seen == [months]
 
 
 def test_local_validation_fails_a_value_outside_the_allowed_ones():

@@ -12,14 +12,15 @@
 rows failed nor which. :func:`validate` turns each error into a count and a few example rows by running
 the same condition the check stands for (kept next to the check when the schema is built).
 
-Each contract also carries the same schema for pandera's pandas backend. Each month of a step with at
-most :data:`LOCAL_ROWS` rows is first validated with it on the month read back by delta-rs
-(:func:`validate_local`, Arrow-backed pandas columns: no copy): pandera.pyspark runs one Spark job per
-check, 5-9 jobs and 0.5-1 s for a demo month of 30 rows in a warm session, and its key check shuffles the
-whole range, where the pandas backend takes milliseconds to 0.3 s for a million-row month. The local result
-is trusted only when every check passes; a failure, a column of another type, a NaN in a float column
-(Spark orders NaN above every number, pandas treats it as missing) or larger months go to :func:`validate`,
-which counts the failing rows and shows examples.
+Each contract also carries the same schema for pandera's pandas backend. Small data is first validated
+with it on the table read back by delta-rs (:func:`validate_local`, Arrow-backed pandas columns: no copy):
+a contract with a key a month at a time (each month of at most :data:`LOCAL_ROWS` rows), one without a key
+the step's months together when they hold at most that many (``lakehouse.factories.checks``).
+pandera.pyspark runs one Spark job per check, 5-9 jobs and 0.5-1 s for a demo month of 30 rows in a warm
+session, and its key check shuffles the whole range, where the pandas backend takes milliseconds to 0.3 s
+for a million-row month. The local result is trusted only when every check passes; a failure, a column of
+another type, a NaN in a float column (Spark orders NaN above every number, pandas treats it as missing)
+or larger data go to :func:`validate`, which counts the failing rows and shows examples.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
     from pyspark.sql.types import StructType
 
 MONTH = "month"
-#: a month of up to this many rows (or an unpartitioned table) is validated with pandera's pandas backend
-#: first (see above); held in memory as Arrow, one month at a time
+#: data of up to this many rows (a month, the step's months or an unpartitioned table; see above) is
+#: validated with pandera's pandas backend first, held in memory as Arrow
 LOCAL_ROWS = 2_000_000
 
 
