@@ -382,3 +382,10 @@ def test_parse_failures_get_the_same_quarantine_rows_on_the_driver_as_in_spark(s
     assert from_arrow.schema == quarantine.SCHEMA
     assert from_arrow.to_pylist() == from_spark.to_pylist()
     assert {(r["rule"], r["disposition"], r["month"]) for r in from_arrow.to_pylist()} == {("parse", "rejected", MONTH)}
+
+
+def test_the_driver_jvm_collects_with_the_throughput_collector(spark):
+    """``DEFAULT_CONF`` launches the driver JVM with the parallel collector (a launch option: it only holds
+    if the session that PySpark starts is given it)."""
+    beans = spark._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    assert sorted(b.getName() for b in beans) == ["PS MarkSweep", "PS Scavenge"]

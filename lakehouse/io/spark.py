@@ -47,6 +47,11 @@ DEFAULT_CONF: dict[str, str] = {
     # interpreter again. 40x12 lake, 12 trusted months in a fresh session: 33.1 -> 27.7 s, 398 -> 92 compiles
     # (with the SQL lambdas of lakehouse.quality.constraints). Static: the session is built with it
     "spark.sql.codegen.cache.maxEntries": "1000",
+    # the throughput collector: a month's windows copy every row into buffers, short-lived garbage that
+    # G1 (the JVM's default) collects with more bookkeeping. Five 1M-reading trusted months, one warm
+    # process each way, alternating, twice: 30.5-31.0 -> 25.9 s for the first month, 43.6-48.8 -> 40.3-40.5 s
+    # for the next four (benchmarks/ANALYSIS.md). Launch option of the driver JVM: not sent to Spark Connect
+    "spark.driver.extraJavaOptions": "-XX:+UseParallelGC -Djava.net.preferIPv6Addresses=false",
 }
 #: static SQL settings: a Spark Connect server is started with them, a client cannot set them
 STATIC_CONF = frozenset({"spark.sql.codegen.cache.maxEntries"})
