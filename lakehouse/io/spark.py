@@ -49,7 +49,7 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.sql.codegen.cache.maxEntries": "1000",
     # the throughput collector: a month's windows copy every row into buffers, short-lived garbage that
     # G1 (the JVM's default) collects with more bookkeeping. Five 1M-reading trusted months, one warm
-    # process each way, alternating, twice: 30.5-31.0 -> 25.9 s for the first month, 43.6-48.8 -> 40.3-40.5 s
+    # process each way, alternating, twice: 30.5-31.1 -> 25.8-25.9 s for the first month, 43.6-48.8 -> 40.3-40.5 s
     # for the next four (benchmarks/ANALYSIS.md). Launch option of the driver JVM: not sent to Spark Connect
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC -Djava.net.preferIPv6Addresses=false",
 }
