@@ -1,4 +1,4 @@
-"""The pyarrow fast path of ``parse_text`` gives exactly the line parser's rows, or steps aside."""
+"""The pyarrow fast path of ``parse_file`` gives exactly the full parser's rows, or steps aside."""
 
 import random
 
@@ -18,7 +18,7 @@ CLEAN = b"device_id;timestamp;reading_kwh\n" + b"".join(
 def line_parser(monkeypatch, data, fmt):
     with monkeypatch.context() as m:
         m.setattr(P, "_parse_fast", lambda *a: None)
-        return P.parse_text("meter_M0001_2012-01.csv", data, fmt, RAW)
+        return P.parse_file("meter_M0001_2012-01.csv", data, fmt, RAW)
 
 
 def test_clean_file_takes_the_fast_path_with_line_numbers():
@@ -61,7 +61,7 @@ def test_fast_path_equals_line_parser_on_mutated_files(monkeypatch):
             pos = rnd.randint(0, len(data))
             data[pos : pos + rnd.randint(0, 3)] = rnd.choice(pieces)
         for fmt in (HEADER, NO_HEADER):
-            fast = P.parse_text("meter_M0001_2012-01.csv", bytes(data), fmt, RAW)
+            fast = P.parse_file("meter_M0001_2012-01.csv", bytes(data), fmt, RAW)
             taken += P._parse_fast("x", bytes(data), fmt, RAW) is not None
             assert fast.equals(line_parser(monkeypatch, bytes(data), fmt)), bytes(data)[:200]
     assert taken > 50  # the comparison exercised the fast path, not only the fallback

@@ -69,7 +69,7 @@ def collect(project: Project, source: SourceSpec, month: str, month_dir: Path) -
             raise CollectorError(f"{exc}; the rejected bytes are kept in {kept}") from None
         raise
     items = [(item.name, item.data, item.origin) for item in fetched]
-    for item, entry in zip(fetched, land_many(month_dir, items, header=source.format.header), strict=True):
+    for item, entry in zip(fetched, land_many(month_dir, items, fmt=source.format), strict=True):
         if entry is None:
             result.skipped.append(item.name)
         else:

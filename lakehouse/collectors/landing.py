@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lakehouse.transforms.parse import count_data_lines
+from lakehouse.specs.models import FormatSpec
+from lakehouse.transforms.records import count_records
 
 MANIFEST = "_manifest.json"
 SUPERSEDED = "_superseded"
@@ -82,12 +83,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def count_rows(data: bytes, header: bool) -> int:
-    """Data lines in a text file (non-empty lines, minus the header), counted exactly as the parser reads
-    them (:func:`lakehouse.transforms.parse.count_data_lines`): 0 for gzip or binary content."""
-    return count_data_lines(data, header)
-
-
 def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder and rename: readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,16 +122,16 @@ def month_lock(month_dir: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def land(month_dir: Path, name: str, data: bytes, *, origin: str, header: bool = True) -> ManifestEntry | None:
+def land(month_dir: Path, name: str, data: bytes, *, origin: str, fmt: FormatSpec | None = None) -> ManifestEntry | None:
     """Land ``data`` as ``name`` in ``month_dir`` unless these exact bytes are already there.
 
     Returns the new manifest entry, or ``None`` when the file had already landed (exactly once).
     """
-    return land_many(month_dir, [(name, data, origin)], header=header)[0]
+    return land_many(month_dir, [(name, data, origin)], fmt=fmt)[0]
 
 
 def land_many(
-    month_dir: Path, items: Iterable[tuple[str, bytes, str]], *, header: bool = True
+    month_dir: Path, items: Iterable[tuple[str, bytes, str]], *, fmt: FormatSpec | None = None
 ) -> list[ManifestEntry | None]:
     """Land each ``(name, data, origin)`` of ``items`` in ``month_dir`` exactly once, under one lock.
 
@@ -144,7 +139,10 @@ def land_many(
     costs N file writes and one manifest write (not N, which made a 1,440-file month quadratic). A crash
     before the manifest is replaced leaves files it does not list; the rerun lands them again and lists them.
     Returns, per item, its new entry or ``None`` when those bytes had already landed under that name.
+    ``rows`` of an entry: the records the file holds in ``fmt`` (default: csv with a header), counted
+    without the parser (:func:`lakehouse.transforms.records.count_records`).
     """
+    fmt = fmt or FormatSpec()
     out: list[ManifestEntry | None] = []
     with month_lock(month_dir):
         entries = read_manifest(month_dir)
@@ -168,7 +166,7 @@ def land_many(
                 name=name,
                 sha256=digest,
                 bytes=len(data),
-                rows=count_rows(data, header),
+                rows=count_records(data, fmt),
                 origin=origin,
                 received_at=datetime.now(UTC).isoformat(timespec="seconds"),
             )

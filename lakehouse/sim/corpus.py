@@ -27,6 +27,7 @@ The lakehouse never imports this module.
 from __future__ import annotations
 
 import argparse
+import codecs
 import gzip
 import json
 import sys
@@ -103,7 +104,7 @@ class BadFile:
 class FileKind:
     name: str
     description: str
-    make: Callable[[Context], BadFile]
+    make: Callable[[Context], BadFile | list[BadFile]]
     #: the part of the lakehouse that must catch it: ``parse`` (formatted zone), ``quality`` (trusted
     #: zone rules), ``landing`` (names), ``none`` (valid input that must be accepted as is)
     caught_by: Literal["parse", "quality", "landing", "collector", "none"] = "parse"
@@ -291,7 +292,7 @@ def second_header_mid_file(ctx: Context) -> BadFile:
 
 def quoted_fields(ctx: Context) -> BadFile:
     rows = [f'"{r.meter_id}";"{r.ts}";"{r.kwh:.3f}"' for r in ctx.readings()]
-    return BadFile("quoted_fields", ctx.name, _file(ctx, "", [HEADER, *rows]), ctx.month, _all_rejected(ctx, "cannot read"))
+    return BadFile("quoted_fields", ctx.name, _file(ctx, "", [HEADER, *rows]), ctx.month, _all_ok(ctx))
 
 
 def timestamps_other_zone(ctx: Context) -> BadFile:
@@ -436,15 +437,21 @@ def wh_instead_of_kwh(ctx: Context) -> BadFile:
     return BadFile("wh_instead_of_kwh", ctx.name, _file(ctx, "", [HEADER, *rows]), ctx.month, lines)
 
 
+def _unreadable_lines(data: bytes, needle: str) -> dict[int, Line]:
+    """A file that cannot be read at all: each non-blank physical line is rejected with it."""
+    lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    return {n: Line("rejected", None, needle) for n, line in enumerate(lines, 1) if line.strip()}
+
+
 def binary_file(ctx: Context) -> BadFile:
     blob = bytes(ctx.rng.integers(0, 256, size=4096, dtype=np.uint8))
     data = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + blob  # an image uploaded by mistake
-    return BadFile("binary_file", ctx.name, data, ctx.month, file_error="binary data")
+    return BadFile("binary_file", ctx.name, data, ctx.month, _unreadable_lines(data, "binary data"), file_error="binary data")
 
 
 def gzip_file(ctx: Context) -> BadFile:
     data = gzip.compress(_file(ctx, "", [HEADER, *ctx.text_rows()]), mtime=0)
-    return BadFile("gzip_file", ctx.name, data, ctx.month, file_error="gzip")
+    return BadFile("gzip_file", ctx.name, data, ctx.month, _unreadable_lines(data, "gzip"), file_error="gzip")
 
 
 def huge_line(ctx: Context) -> BadFile:
@@ -487,6 +494,198 @@ def month_before_range(ctx: Context) -> BadFile:
     f = _renamed(ctx, "month_before_range", f"meter_{ctx.device}_{month}.csv")
     f.month, f.out_of_range, f.lines = month, True, {}
     return f
+
+
+# ------------------------------------------------------------------- real-export dialect and text kinds
+def _records(ctx: Context, texts: list[str], lines_of: list[Line], *, eol: str = "\n", header: str = HEADER) -> tuple[bytes, dict[int, Line]]:
+    """A file of ``texts`` records (each may span lines) after ``header``, and the truth keyed by the line
+    each record starts on."""
+    truth, line = {}, 2
+    for text, outcome in zip(texts, lines_of, strict=True):
+        truth[line] = outcome
+        line += text.count("\n")  + 1
+    return (eol.join([header, *texts]) + eol).encode(), truth
+
+
+def quoted_newline_in_field(ctx: Context) -> BadFile:
+    """A quoted device id holding a line break (a site name typed into the id field): one record over two
+    lines, whose id is not an id — not two rows under made-up ids."""
+    texts, truth = ctx.text_rows(), [Line("ok", r) for r in ctx.readings()]
+    for i in ctx.some(0.1):
+        r = ctx.readings()[i]
+        texts[i] = f'"{r.meter_id}\nsite 2";{r.ts};{r.kwh:.3f}'
+        truth[i] = Line("rejected", None, "does not match the pattern")
+    data, lines = _records(ctx, texts, truth)
+    return BadFile("quoted_newline_in_field", ctx.name, data, ctx.month, lines)
+
+
+def quoted_delimiter_in_field(ctx: Context) -> BadFile:
+    """A quoted value holding the delimiter: still three fields, the id is refused by its pattern."""
+    texts, truth = ctx.text_rows(), [Line("ok", r) for r in ctx.readings()]
+    for i in ctx.some(0.1):
+        r = ctx.readings()[i]
+        texts[i] = f'"{r.meter_id};old";{r.ts};{r.kwh:.3f}'
+        truth[i] = Line("rejected", None, "does not match the pattern")
+    data, lines = _records(ctx, texts, truth)
+    return BadFile("quoted_delimiter_in_field", ctx.name, data, ctx.month, lines)
+
+
+def escaped_quotes(ctx: Context) -> BadFile:
+    """Every field quoted; some readings carry doubled quotes inside (``"1.2""3"``: the value 1.2"3)."""
+    texts = [f'"{r.meter_id}";"{r.ts}";"{r.kwh:.3f}"' for r in ctx.readings()]
+    truth = [Line("ok", r) for r in ctx.readings()]
+    for i in ctx.some(0.1):
+        r = ctx.readings()[i]
+        texts[i] = f'"{r.meter_id}";"{r.ts}";"{r.kwh:.3f}""kWh"""'
+        truth[i] = Line("rejected", None, f"cannot read '{r.kwh:.3f}\"kWh\"' as double")
+    data, lines = _records(ctx, texts, truth)
+    return BadFile("escaped_quotes", ctx.name, data, ctx.month, lines)
+
+
+def unclosed_quote(ctx: Context) -> BadFile:
+    """A quote opened and never closed two rows before the end: the rest of the file is one record."""
+    texts, truth = ctx.text_rows(), [Line("ok", r) for r in ctx.readings()]
+    at = len(texts) - 3
+    r = ctx.readings()[at]
+    texts[at] = f'"{r.meter_id};{r.ts};{r.kwh:.3f}'
+    tail = "\n".join(texts[at:])
+    data, lines = _records(ctx, [*texts[:at], tail], [*truth[:at], Line("rejected", None, "unexpected end of data")])
+    return BadFile("unclosed_quote", ctx.name, data, ctx.month, lines)
+
+
+def stray_quote_after_field(ctx: Context) -> BadFile:
+    """``"M0001"x;...``: text after a closing quote is malformed; that record only is rejected."""
+    texts, truth = ctx.text_rows(), [Line("ok", r) for r in ctx.readings()]
+    for i in ctx.some(0.1):
+        r = ctx.readings()[i]
+        texts[i] = f'"{r.meter_id}"x;{r.ts};{r.kwh:.3f}'
+        truth[i] = Line("rejected", None, "malformed csv record")
+    data, lines = _records(ctx, texts, truth)
+    return BadFile("stray_quote_after_field", ctx.name, data, ctx.month, lines)
+
+
+def cr_only_line_endings(ctx: Context) -> BadFile:
+    """Classic Mac line endings: a lone carriage return ends each line."""
+    return BadFile("cr_only_line_endings", ctx.name, _file(ctx, "", [HEADER, *ctx.text_rows()], eol="\r"), ctx.month, _all_ok(ctx))
+
+
+def utf16_be_with_bom(ctx: Context) -> BadFile:
+    data = codecs.BOM_UTF16_BE + ("\r\n".join([HEADER, *ctx.text_rows()]) + "\r\n").encode("utf-16-be")
+    return BadFile("utf16_be_with_bom", ctx.name, data, ctx.month, _all_ok(ctx))
+
+
+def _control_in_rows(ctx: Context, kind: str, char: str, rows_at: list[int], needle: str) -> BadFile:
+    texts, lines = ctx.text_rows(), _all_ok(ctx)
+    for i in rows_at:
+        r = ctx.readings()[i]
+        texts[i] = f"{r.meter_id[:2]}{char}{r.meter_id[2:]};{r.ts};{r.kwh:.3f}"
+        lines[2 + i] = Line("rejected", None, needle)
+    return BadFile(kind, ctx.name, _file(ctx, "", [HEADER, *texts]), ctx.month, lines)
+
+
+def nul_near_start(ctx: Context) -> BadFile:
+    """A NUL byte in the first record (inside the first 8 KiB): that record is rejected, not the file."""
+    return _control_in_rows(ctx, "nul_near_start", "\x00", [0], "control character U+0000")
+
+
+def nul_deep(ctx: Context) -> BadFile:
+    """A NUL byte in a late record."""
+    return _control_in_rows(ctx, "nul_deep", "\x00", [len(ctx.values) - 2], "control character U+0000")
+
+
+def control_char_in_value(ctx: Context) -> BadFile:
+    """A bell and an escape character inside device ids."""
+    picks = ctx.some(0.05)
+    return _control_in_rows(ctx, "control_char_in_value", "\x07", picks, "control character U+0007")
+
+
+def decimal_comma_thousands(ctx: Context) -> BadFile:
+    """``1.234,500`` in a source that declares ``.`` decimals without grouping: refused, never read as 1.234."""
+    texts, lines = ctx.text_rows(), _all_ok(ctx)
+    for i in ctx.some(0.2):
+        r = ctx.readings()[i]
+        texts[i] = f"{r.meter_id};{r.ts};1.{int(r.kwh * 1000) % 1000:03d},{int(r.kwh * 1000) % 10}00"
+        lines[2 + i] = Line("rejected", None, "as double")
+    return BadFile("decimal_comma_thousands", ctx.name, _file(ctx, "", [HEADER, *texts]), ctx.month, lines)
+
+
+def scientific_notation(ctx: Context) -> BadFile:
+    """Readings in scientific notation (``8.02e-01``): valid numbers, read exactly."""
+    texts, lines = ctx.text_rows(), _all_ok(ctx)
+    for i in ctx.some(0.3):
+        r = ctx.readings()[i]
+        text = f"{r.kwh:.6e}"
+        texts[i] = f"{r.meter_id};{r.ts};{text}"
+        lines[2 + i] = Line("ok", Reading(r.meter_id, r.ts, float(text)))
+    return BadFile("scientific_notation", ctx.name, _file(ctx, "", [HEADER, *texts]), ctx.month, lines)
+
+
+def excel_serial_dates(ctx: Context) -> BadFile:
+    """Timestamps as spreadsheet serial numbers (days since 1899-12-30): refused with the reason."""
+    epoch = datetime(1899, 12, 30, tzinfo=UTC)
+    texts, lines = ctx.text_rows(), _all_ok(ctx)
+    for i in ctx.some(0.1):
+        r, t = ctx.readings()[i], ctx.stamps[i]
+        texts[i] = f"{r.meter_id};{(t - epoch).total_seconds() / 86400:.6f};{r.kwh:.3f}"
+        lines[2 + i] = Line("rejected", None, "a bare number")
+    return BadFile("excel_serial_dates", ctx.name, _file(ctx, "", [HEADER, *texts]), ctx.month, lines)
+
+
+def hour_24(ctx: Context) -> BadFile:
+    """``24:00:00`` for the end of a day: refused with the reason rather than read as some other hour."""
+    texts, lines = ctx.text_rows(), _all_ok(ctx)
+    for i in [j for j, t in enumerate(ctx.stamps) if t.hour == 0][:2]:
+        r, t = ctx.readings()[i], ctx.stamps[i]
+        texts[i] = f"{r.meter_id};{(t - timedelta(days=1)).strftime('%Y-%m-%d')}T24:00:00Z;{r.kwh:.3f}"
+        lines[2 + i] = Line("rejected", None, "hour 24")
+    return BadFile("hour_24", ctx.name, _file(ctx, "", [HEADER, *texts]), ctx.month, lines)
+
+
+def leap_second(ctx: Context) -> BadFile:
+    """A reading stamped ``23:59:60`` (a leap second): refused with the reason."""
+    texts, lines = ctx.text_rows(), _all_ok(ctx)
+    i = next(j for j, t in enumerate(ctx.stamps) if t.hour == 23)
+    r, t = ctx.readings()[i], ctx.stamps[i]
+    texts[i] = f"{r.meter_id};{t.strftime('%Y-%m-%d')}T23:59:60Z;{r.kwh:.3f}"
+    lines[2 + i] = Line("rejected", None, "leap second")
+    return BadFile("leap_second", ctx.name, _file(ctx, "", [HEADER, *texts]), ctx.month, lines)
+
+
+def header_padded_with_spaces(ctx: Context) -> BadFile:
+    """Header names with spaces around them: the names are what is declared, so every row is read."""
+    header = " device_id ;  timestamp;reading_kwh  "
+    return BadFile("header_padded_with_spaces", ctx.name, _file(ctx, "", [header, *ctx.text_rows()]), ctx.month, _all_ok(ctx))
+
+
+def huge_header_line(ctx: Context) -> BadFile:
+    """A header line of many megabytes: a file-level error of bounded size, every row rejected with it."""
+    header = HEADER + ";" + "x" * ctx.huge_line_bytes
+    return BadFile("huge_header_line", ctx.name, _file(ctx, "", [header, *ctx.text_rows()]), ctx.month,
+                   _all_rejected(ctx, "rejected with its file"), file_error="does not match the declared columns")
+
+
+def multi_month_export(ctx: Context) -> BadFile:
+    """A file named for this month holding this month's rows and the next month's: the other month's
+    rows are refused (this source delivers one month per file), with the month they belong to."""
+    nxt = [t + timedelta(days=31) for t in ctx.stamps]
+    texts = ctx.text_rows() + [f"{r.meter_id};{t.strftime(TS_FORMAT)};{r.kwh:.3f}" for r, t in zip(ctx.readings(), nxt, strict=True)]
+    lines = _all_ok(ctx)
+    for i in range(len(nxt)):
+        lines[2 + len(ctx.values) + i] = Line("rejected", None, "delivered for")
+    return BadFile("multi_month_export", ctx.name, _file(ctx, "", [HEADER, *texts]), ctx.month, lines)
+
+
+def same_bytes_two_names(ctx: Context) -> list[BadFile]:
+    """One delivery dropped twice under two names (a retried upload): both land (names differ), and
+    every reading of the copy is merged into the first by the exact-duplicate check."""
+    data = _file(ctx, "", [HEADER, *ctx.text_rows()])
+    copy = f"meter_{ctx.device}_copy_{ctx.month}.csv"
+    pairs = {2 + i: i for i in range(len(ctx.values))}
+    first = BadFile("same_bytes_two_names", ctx.name, data, ctx.month,
+                    {n: Line("flagged", r, "duplicate", group=pairs[n]) for n, r in zip(pairs, ctx.readings(), strict=True)})
+    second = BadFile("same_bytes_two_names", copy, data, ctx.month,
+                     {n: Line("flagged", r, "duplicate", group=pairs[n]) for n, r in zip(pairs, ctx.readings(), strict=True)})
+    return [first, second]
 
 
 FILE_KINDS: tuple[FileKind, ...] = (
@@ -536,6 +735,25 @@ FILE_KINDS: tuple[FileKind, ...] = (
     FileKind("name_with_traversal", "..\\..\\ path separators in the file name", name_with_traversal, "landing"),
     FileKind("month_after_range", "a file for the same month of 2031 (after the partition range)", month_after_range, "collector"),
     FileKind("month_before_range", "a file for the same month of 1999 (before the partition range)", month_before_range, "collector"),
+    FileKind("quoted_newline_in_field", "a quoted id holding a line break", quoted_newline_in_field),
+    FileKind("quoted_delimiter_in_field", "a quoted id holding the delimiter", quoted_delimiter_in_field),
+    FileKind("escaped_quotes", "doubled quotes inside quoted values", escaped_quotes),
+    FileKind("unclosed_quote", "a quote never closed near the end", unclosed_quote),
+    FileKind("stray_quote_after_field", "text after a closing quote", stray_quote_after_field),
+    FileKind("cr_only_line_endings", "a lone CR ends each line", cr_only_line_endings, "none"),
+    FileKind("utf16_be_with_bom", "UTF-16 big-endian with a byte order mark", utf16_be_with_bom, "none"),
+    FileKind("nul_near_start", "a NUL byte in the first record", nul_near_start),
+    FileKind("nul_deep", "a NUL byte in a late record", nul_deep),
+    FileKind("control_char_in_value", "a control character inside an id", control_char_in_value),
+    FileKind("decimal_comma_thousands", "1.234,500 in a dot-decimal source", decimal_comma_thousands),
+    FileKind("scientific_notation", "readings written as 8.02e-01", scientific_notation, "none"),
+    FileKind("excel_serial_dates", "timestamps as spreadsheet serial numbers", excel_serial_dates),
+    FileKind("hour_24", "24:00:00 for midnight", hour_24),
+    FileKind("leap_second", "a reading at 23:59:60", leap_second),
+    FileKind("header_padded_with_spaces", "spaces around the header names", header_padded_with_spaces, "none"),
+    FileKind("huge_header_line", "a header line of megabytes", huge_header_line),
+    FileKind("multi_month_export", "this month's rows and the next month's in one file", multi_month_export),
+    FileKind("same_bytes_two_names", "the same bytes dropped under two names", same_bytes_two_names, "quality"),
 )
 
 
@@ -650,10 +868,11 @@ def build(
             stamps, values = clean_month(index, month, days, seed)
             rng = np.random.default_rng([seed, int(month.replace("-", "")), index, 7])
             ctx = Context(device, month, stamps, values, rng, huge_line_bytes)
-            bad = kind.make(ctx)
-            if bad.kind != kind.name:
-                raise AssertionError(f"{kind.name} produced {bad.kind}")
-            files.append(bad)
+            made = kind.make(ctx)
+            for bad in made if isinstance(made, list) else [made]:
+                if bad.kind != kind.name:
+                    raise AssertionError(f"{kind.name} produced {bad.kind}")
+                files.append(bad)
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         raise AssertionError("two corpus files share a name")

@@ -89,11 +89,24 @@ class ColumnSpec(Spec):
     description: str = ""
     #: for ``timestamp``/``date``: the Java datetime pattern of the raw text (ISO 8601 if unset)
     format: str | None = None
+    #: for ``string``: a regular expression (Java syntax) every value must match in full
+    pattern: str | None = None
 
     @field_validator("name")
     @classmethod
     def _ident(cls, value: str) -> str:
         return _check_ident(value)
+
+    @model_validator(mode="after")
+    def _pattern(self) -> ColumnSpec:
+        if self.pattern is not None:
+            if self.type != "string":
+                raise ValueError(f"column {self.name!r}: 'pattern' applies to string columns only")
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"column {self.name!r}: pattern {self.pattern!r} is not a regular expression: {exc}") from None
+        return self
 
     @property
     def raw_name(self) -> str:
@@ -209,12 +222,55 @@ CollectorSpec = Annotated[
 
 
 class FormatSpec(Spec):
-    """How the raw text is laid out."""
+    """How a delivery is laid out (docs/sources.md lists every option).
 
-    kind: Literal["csv"] = "csv"
+    ``csv``: RFC 4180 text (``quote``d fields may hold the delimiter, line breaks and doubled quotes);
+    ``jsonl``: one JSON object per line; ``json``: an array of objects, or one under ``records_path``;
+    ``parquet``: columns by name. Any of them may arrive gzip-compressed (``compression``).
+    """
+
+    kind: Literal["csv", "jsonl", "json", "parquet"] = "csv"
+    #: ``gzip``: every delivery is gzip-compressed; ``auto``: those that start with gzip's magic bytes are
+    compression: Literal["none", "gzip", "auto"] = "none"
     delimiter: str = ","
+    #: the quote character of csv fields (``null``: none, quotes are data)
+    quote: str | None = '"'
+    #: a character that makes the next one literal inside a field (``null``: none; RFC 4180 doubles quotes)
+    escape: str | None = None
     header: bool = True
+    #: ``exact``: header names as declared (spaces around them ignored); ``case_insensitive``: also in any case
+    header_match: Literal["exact", "case_insensitive"] = "exact"
     encoding: str = "utf-8"
+    #: the decimal separator of numbers in the text, and the thousands separator if numbers may be grouped
+    decimal: Literal[".", ","] = "."
+    thousands: Literal[".", ",", " ", "'", "_"] | None = None
+    #: ``json``: the dotted path of the array of records inside the document (``null``: the document is the array)
+    records_path: str | None = None
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _dialect(self) -> FormatSpec:
+        if self.kind == "csv":
+            if len(self.delimiter) != 1 or self.delimiter in "\r\n":
+                raise ValueError(f"format.delimiter must be one character other than a line break, not {self.delimiter!r}")
+            for what, char in (("quote", self.quote), ("escape", self.escape)):
+                if char is not None and (len(char) != 1 or char == self.delimiter or char in "\r\n"):
+                    raise ValueError(f"format.{what} must be one character other than the delimiter and line breaks, not {char!r}")
+        if self.thousands is not None and self.thousands == self.decimal:
+            raise ValueError(f"format.thousands and format.decimal cannot both be {self.decimal!r}")
+        if self.records_path is not None and self.kind != "json":
+            raise ValueError("format.records_path applies to kind 'json' only")
+        return self
 
 
 class PartitioningSpec(Spec):

@@ -60,7 +60,7 @@ class Plan:
 
     fmt: object
     raw_names: tuple[str, ...]
-    columns: tuple[tuple[str, str, str, bool], ...]  # (raw name, name, type, nullable)
+    columns: tuple[tuple[str, str, str, bool, str | None], ...]  # (raw name, name, type, nullable, pattern)
     month_column: str | None
     month: str
     utc_session: bool
@@ -71,16 +71,33 @@ class Plan:
 def eligible(source: SourceSpec) -> bool:
     """Whether the source's files can take the fast lane at all (every column of a type it casts, no
     explicit datetime pattern, a single-byte delimiter)."""
-    return source.format.kind == "csv" and len(source.format.delimiter) == 1 and all(
-        c.type in ("string", *STRICT) and not c.format for c in source.columns
+    fmt = source.format
+    return (
+        fmt.kind == "csv"
+        and fmt.compression == "none"
+        and fmt.decimal == "."
+        and fmt.thousands is None
+        and all(c.type in ("string", *STRICT) and not c.format and _re2(c.pattern) for c in source.columns)
     )
+
+
+def _re2(pattern: str | None) -> bool:
+    """Whether pyarrow's regular expressions (RE2) take ``pattern`` (the fast lane checks it with RE2, and
+    leaves a file whose values do not match it to Spark, which checks it with Java's)."""
+    if pattern is None:
+        return True
+    try:
+        pc.match_substring_regex(pa.array([""]), f"^(?:{pattern})$")
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def cast_strict(raw: pa.Table, plan: Plan) -> pa.Table | None:
     """The fast-parsed strings of one file cast to the canonical columns, plus lineage; ``None`` when a
     value is not in its strict form, a required value is empty, or a row falls outside the month."""
     arrays, names = [], []
-    for raw_name, name, kind, nullable in plan.columns:
+    for raw_name, name, kind, nullable, pattern in plan.columns:
         text = raw.column(raw_name)
         empty = pc.equal(text, "")
         if pc.any(empty).as_py():
@@ -88,6 +105,8 @@ def cast_strict(raw: pa.Table, plan: Plan) -> pa.Table | None:
                 return None
             text = pc.if_else(empty, pa.scalar(None, pa.string()), text)
         if kind == "string":
+            if pattern is not None and not pc.all(pc.match_substring_regex(text, f"^(?:{pattern})$")).as_py():
+                return None
             value = text
         else:
             pattern = STRICT[kind]
@@ -270,7 +289,7 @@ def format_on_executors(
     plan = Plan(
         fmt=source.format,
         raw_names=tuple(c.raw_name for c in source.columns),
-        columns=tuple((c.raw_name, c.name, c.type, c.nullable) for c in source.columns),
+        columns=tuple((c.raw_name, c.name, c.type, c.nullable, c.pattern) for c in source.columns),
         month_column=source.partitioning.column if source.partitioning.kind == "time_column" else None,
         month=month,
         utc_session=(spark.conf.get("spark.sql.session.timeZone") or "").upper() in ("UTC", "Z", "ETC/UTC", "+00:00"),

@@ -1,13 +1,18 @@
-"""Raw text → rows of strings, then strings → the canonical typed table. Nothing is dropped.
+"""A delivery → rows of strings, then strings → the canonical typed table. Nothing is dropped.
 
-Parsing happens on Spark executors (``binaryFile`` + ``mapInArrow``) so every row keeps its file name
-and line number; a line that cannot be parsed becomes a row with ``_error`` set and its text in ``_raw``.
-Casting (:func:`cast_to_canonical`) splits the rows into the formatted table and rejected rows, each
-rejected row carrying a message that names the column, the value and the expected type.
+Parsing (:func:`parse_file`: csv with a real dialect, JSON lines, JSON documents, Parquet, any of them
+gzip-compressed) happens on Spark executors (``binaryFile`` + ``mapInArrow``) so every row keeps its file
+name and line; a record that cannot be read becomes a row with ``_error`` set and its text in ``_raw``.
+Casting (:func:`cast_checked`) accepts each value only in its declared form (ISO dates and times, numbers
+in the source's locale, strings matching their pattern) and rejects the rest with a message that names
+the column, the value and why.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -15,6 +20,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from lakehouse.specs.models import ColumnSpec, FormatSpec, SourceSpec
+from lakehouse.transforms.decode import Payload, Unreadable, bounded, decode_text, decompress, invalid_text
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -38,80 +44,41 @@ def raw_schema(raw_names: list[str]) -> pa.Schema:
     )
 
 
-GZIP_MAGIC = b"\x1f\x8b"
-UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-#: like git: NUL bytes in the first 8 KiB mark a binary file (text never holds NUL)
-BINARY_SNIFF_BYTES = 8192
-#: the longest raw text kept in a quarantine record (a huge line is cut, its line number stays)
+#: the longest raw text kept in a quarantine record (a huge record is cut, its line number stays)
 MAX_RAW_CHARS = 2000
+#: the longest field Python's csv reader accepts (a quote never closed takes the rest of the file into one)
+MAX_FIELD_CHARS = 1 << 30
 
 
-def sniff(data: bytes) -> tuple[bytes, str | None]:
-    """The bytes to split into lines, and why the file is not text at all (``None`` when it is).
-
-    A UTF-16 file that says so with its byte order mark is transcoded to UTF-8; gzip and other binary
-    content (NUL bytes near the start) are file-level problems. :func:`split_lines` and the landing
-    manifest's row count use the same rules, so "rows landed" and "rows parsed" always agree.
-    """
-    if data[:2] in UTF16_BOMS:
-        try:
-            return data.decode("utf-16").encode("utf-8"), None
-        except UnicodeDecodeError as exc:
-            return b"", f"starts with a UTF-16 byte order mark but is not valid UTF-16 (byte {exc.start})"
-    if data.startswith(GZIP_MAGIC):
-        return b"", "gzip-compressed data, expected text (decompress before delivery)"
-    nul = data.find(b"\x00", 0, BINARY_SNIFF_BYTES)
-    if nul >= 0:
-        return b"", f"binary data (NUL byte at offset {nul}), expected text"
-    return data, None
-
-
-def split_lines(data: bytes) -> tuple[list[bytes], bool]:
-    """Lines split on ``\\n`` (a trailing ``\\r`` stays), and whether the last line lacks its terminator."""
-    lines = data.split(b"\n")
-    unterminated = bool(lines) and lines[-1] != b""
-    if not unterminated:
-        lines.pop()
-    return lines, unterminated
-
-
-def count_data_lines(data: bytes, header: bool) -> int:
-    """The rows :func:`parse_text` reports with a line number (``> 0``) for ``data``: non-blank lines,
-    minus the header. The landing manifest records this number."""
-    text, problem = sniff(data)
-    if problem:
-        return 0
-    lines, _ = split_lines(text)
-    nonblank = sum(1 for b in lines if b.strip())
-    return max(0, nonblank - (1 if header else 0))
-
-
-#: bytes that Python's ``str.strip`` / ``bytes.strip`` remove (besides the line feed): a file holding none
-#: of them needs no stripping and has no blank-looking lines, so the fast path gives the same rows
-_STRIP_BYTES = (b" ", b"\t", b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\x1f", b"\x00")
+#: bytes that Python's ``str.strip`` removes, and control bytes (which reject a record): a file holding none
+#: of them needs no stripping, has no blank-looking lines and nothing to reject for its bytes
+_NOT_CLEAN = bytes(range(0x20)).replace(b"\n", b"") + b" \x7f"
 _FAST_ENCODINGS = ("utf8", "utf8sig", "ascii", "usascii")
 
 
 def clean_layout(data: bytes, fmt: FormatSpec, raw_names: Sequence[str]) -> tuple[list[str], int] | None:
     """A clean file's column names in file order and the bytes its header takes; ``None`` when the file
-    needs the line parser.
+    needs the full parser.
 
-    Clean means: ASCII, every line terminated by ``\n``, no blank line, no whitespace or control byte to
-    strip, a header naming exactly the declared columns (once each), no repeated header, at least one data
-    line. On such a file the line parser would emit one row per data line, values as written, line
-    ``i + 2`` (``i + 1`` without a header), no ``_raw``, no ``_error`` — which :func:`read_clean` returns,
-    ~20× faster, when every line also has the declared number of fields. Anything else (and every file
-    with a problem to report) goes to the line parser, so line numbers and quarantine messages are unchanged.
+    Clean means: an uncompressed csv in ASCII, every line terminated by ``\n``, no blank line, no
+    whitespace or control byte, no quote or escape character, a header naming exactly the declared
+    columns (once each), no repeated header, at least one data line. On such a file the parser
+    (:func:`parse_file`) would emit one row per line, values as written, line ``i + 2`` (``i + 1`` without
+    a header), no ``_raw``, no ``_error`` — which :func:`read_clean` returns, many times faster, when every
+    line also has the declared number of fields. Anything else goes to the parser, so rows, line numbers
+    and quarantine messages are the same on both paths.
     """
     if (
-        len(fmt.delimiter) != 1
+        fmt.kind != "csv"
+        or fmt.compression != "none"
         or not fmt.delimiter.isascii()
         or fmt.encoding.lower().replace("-", "").replace("_", "") not in _FAST_ENCODINGS
         or not data.endswith(b"\n")
         or data.startswith(b"\n")
         or b"\n\n" in data
         or not data.isascii()
-        or any(b in data for b in _STRIP_BYTES)
+        or len(data.translate(None, _NOT_CLEAN)) != len(data)
+        or any(c is not None and c.encode() in data for c in (fmt.quote, fmt.escape))
     ):
         return None
     if not fmt.header:
@@ -176,123 +143,328 @@ def _parse_fast(name: str, data: bytes, fmt: FormatSpec, raw_names: list[str]) -
     return read_clean([(name, data[header_bytes:])], names, fmt, raw_names)
 
 
-def parse_text(name: str, data: bytes, fmt: FormatSpec, raw_names: list[str]) -> pa.Table:
-    """Parse one delimited text file into string columns ``raw_names`` plus lineage and error columns.
+class _Rows:
+    """The rows of one file as the parser emits them: raw string values, lineage, raw text, error."""
 
-    Line numbers are 1-based and count the header. Every non-blank line after the header becomes exactly
-    one row (parsed, or with ``_error`` set). File-level findings (not text, empty, no header, missing
-    columns, no data lines) produce a row with ``_source_line = 0``; when the header is unusable every data
-    line of that file is rejected with the cause. A last line without its line terminator is rejected as
-    truncated: a cut value (``12.5`` from ``12.53``) would otherwise pass as a valid reading.
+    def __init__(self, name: str, raw_names: Sequence[str]) -> None:
+        self.name, self.raw_names = name, list(raw_names)
+        self.cols: dict[str, list[str | None]] = {n: [] for n in self.raw_names}
+        self.lines: list[int] = []
+        self.raws: list[str | None] = []
+        self.errors: list[str | None] = []
+
+    def ok(self, line: int, values: Sequence[str | None]) -> None:
+        for n, v in zip(self.raw_names, values, strict=True):
+            self.cols[n].append(v)
+        self._lineage(line, None, None)
+
+    def reject(self, line: int, raw: str | None, error: str) -> None:
+        for n in self.raw_names:
+            self.cols[n].append(None)
+        self._lineage(line, raw, error)
+
+    def _lineage(self, line: int, raw: str | None, error: str | None) -> None:
+        if raw is not None:
+            # bytes invalid in the encoding (lone surrogates) are shown as \xNN
+            raw = bounded(raw[: MAX_RAW_CHARS * 2].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), MAX_RAW_CHARS)
+        self.lines.append(line)
+        self.raws.append(raw)
+        self.errors.append(None if error is None else bounded(error))
+
+    @property
+    def records(self) -> int:
+        return sum(1 for n in self.lines if n > 0)
+
+    def table(self) -> pa.Table:
+        n = len(self.lines)
+        arrays = [pa.array(self.cols[c], pa.string()) for c in self.raw_names] + [
+            pa.array([self.name] * n, pa.string()),
+            pa.array(self.lines, pa.int64()),
+            pa.array(self.raws, pa.string()),
+            pa.array(self.errors, pa.string()),
+        ]
+        return pa.Table.from_arrays(arrays, schema=raw_schema(self.raw_names))
+
+
+def parse_file(name: str, data: bytes, fmt: FormatSpec, raw_names: list[str]) -> pa.Table:
+    """Parse one delivery into string columns ``raw_names`` plus lineage (file, line) and ``_raw`` /
+    ``_error``. Nothing is dropped: every record becomes exactly one row, parsed or rejected.
+
+    ``_source_line`` is the line a record starts on (1-based, the header counts) for ``csv`` and
+    ``jsonl``, and the record's position (1-based) in a ``json`` array or a ``parquet`` file. File-level
+    findings (empty, header only, a header that does not fit) are rows with line 0. A file that cannot
+    be read at all (binary, invalid gzip, invalid JSON, not Parquet) is a line-0 row saying why, and each
+    of its non-blank lines is rejected with it — the count the landing manifest records for it
+    (:func:`lakehouse.transforms.records.count_records`).
     """
-    fast = _parse_fast(name, data, fmt, raw_names)
-    if fast is not None:
-        return fast
-    cols: dict[str, list] = {n: [] for n in raw_names}
-    files: list[str] = []
-    lines: list[int] = []
-    raws: list[str | None] = []
-    errors: list[str | None] = []
+    if fmt.kind == "csv" and fmt.compression == "none":
+        fast = _parse_fast(name, data, fmt, raw_names)
+        if fast is not None:
+            return fast
+    rows = _Rows(name, raw_names)
+    try:
+        if fmt.kind == "parquet":
+            _read_parquet(rows, decompress(data, fmt), raw_names)
+        else:
+            payload = decode_text(data, fmt)
+            {"csv": _read_csv, "jsonl": _read_jsonl, "json": _read_json}[fmt.kind](rows, payload, fmt, raw_names)
+    except Unreadable as exc:
+        rows = _Rows(name, raw_names)
+        _reject_unreadable(rows, data, f"{name}: {exc}")
+    return rows.table()
 
-    def emit(line_no: int, values: list[str | None] | None, raw: str | None, error: str | None) -> None:
-        for i, n in enumerate(raw_names):
-            cols[n].append(values[i] if values is not None else None)
-        files.append(name)
-        lines.append(line_no)
-        raws.append(raw[:MAX_RAW_CHARS] if raw is not None else None)
-        errors.append(error)
 
-    encoding = fmt.encoding
-    if data[:2] in UTF16_BOMS:
-        encoding = "utf-8"  # sniff transcodes it
-    data, problem = sniff(data)
-    if problem:
-        emit(0, None, None, f"{name}: {problem}")
-        return _table(cols, files, lines, raws, errors, raw_names)
-    if data.startswith(b"\xef\xbb\xbf") and encoding.lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig"):
-        data = data[3:]
-    raw_lines, unterminated = split_lines(data)
-    last_idx = len(raw_lines) - 1 if unterminated else -1
+def _reject_unreadable(rows: _Rows, data: bytes, error: str) -> None:
+    rows.reject(0, None, error)
+    n = 0
+    for line in data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+        n += 1
+        if line.strip():
+            rows.reject(n, line[:MAX_RAW_CHARS].decode("utf-8", "backslashreplace"), f"rejected with its file: {error}")
 
-    def decode(b: bytes) -> tuple[str | None, str | None]:
-        if b.endswith(b"\r"):
-            b = b[:-1]
+
+def _csv_reader(lines: Iterator[str], fmt: FormatSpec):
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    return csv.reader(
+        lines,
+        delimiter=fmt.delimiter,
+        quotechar=fmt.quote or '"',
+        quoting=csv.QUOTE_NONE if fmt.quote is None else csv.QUOTE_MINIMAL,
+        escapechar=fmt.escape,
+        doublequote=fmt.escape is None,
+        strict=True,
+    )
+
+
+def csv_records(text: str, fmt: FormatSpec) -> Iterator[tuple[int, list[str] | None, str, str | None]]:
+    """The non-blank records of csv ``text``: (first line, fields or ``None``, raw text, error).
+
+    Python's ``csv`` reads the dialect (quotes, doubled quotes, escapes; ``\\n``, ``\\r\\n`` and a lone ``\\r``
+    end a line; line breaks inside quotes belong to the field). A record it cannot read (an unclosed or
+    misplaced quote) comes back with its error; the reader goes on with the next line. The last record
+    must end with a line break: without one the transfer may have stopped inside it.
+    """
+    consumed: list[str] = []
+
+    def feed() -> Iterator[str]:
+        for line in io.StringIO(text, newline=""):
+            consumed.append(line)
+            yield line
+
+    reader = _csv_reader(feed(), fmt)
+    line = 0
+    while True:
+        consumed.clear()
         try:
-            return b.decode(encoding), None
-        except UnicodeDecodeError as exc:
-            return None, f"not valid {encoding} at byte {exc.start}: {b[max(0, exc.start - 8) : exc.start + 8]!r}"
+            fields, error = next(reader), None
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            fields, error = None, f"malformed csv record: {exc}"
+        raw = "".join(consumed)
+        start = line + 1
+        line += len(consumed)
+        if not raw.strip():
+            continue
+        if error is None and not raw.endswith(("\n", "\r")):
+            fields, error = None, f"last line {line} has no line terminator: the file looks truncated"
+        yield start, fields, raw.rstrip("\r\n"), error
 
-    header_map: list[int] | None = None
-    start = 0
+
+def _names(names: list[str], limit: int = 300) -> str:
+    """Names as a message shows them: each cut to 40 characters, the list to ``limit``."""
+    return bounded(repr([n if len(n) <= 40 else n[:40] + "…" for n in names]), limit)
+
+
+def _same_name(a: str, b: str, fmt: FormatSpec) -> bool:
+    return a == b if fmt.header_match == "exact" else a.casefold() == b.casefold()
+
+
+def _read_csv(rows: _Rows, payload: Payload, fmt: FormatSpec, raw_names: list[str]) -> None:
+    records = csv_records(payload.text or "", fmt)
+    header_map: list[int] | None = list(range(len(raw_names)))
+    width = len(raw_names)
+    header: list[str] | None = None
     file_error: str | None = None
     if fmt.header:
-        first = next((i for i, b in enumerate(raw_lines) if b.strip()), None)
+        first = next(records, None)
         if first is None:
-            emit(0, None, None, f"{name}: empty file, expected a header line")
-            return _table(cols, files, lines, raws, errors, raw_names)
-        text, err = decode(raw_lines[first])
-        start = first + 1
-        if err:
-            file_error = f"header line {first + 1}: {err}"
+            rows.reject(0, None, f"{rows.name}: empty file, expected a header line")
+            return
+        line, fields, raw, error = first
+        error = error or invalid_text(raw, payload.encoding)
+        if error:
+            file_error = f"header line {line}: {error}"
         else:
-            header = [h.strip() for h in text.split(fmt.delimiter)]
-            missing = [n for n in raw_names if n not in header]
-            unknown = [h for h in header if h not in raw_names]
-            if missing or unknown:
+            header = [h.strip() for h in fields or []]
+            header_map = [next((i for i, h in enumerate(header) if _same_name(h, n, fmt)), -1) for n in raw_names]
+            missing = [n for n, i in zip(raw_names, header_map, strict=True) if i < 0]
+            unknown = [h for h in header if not any(_same_name(h, n, fmt) for n in raw_names)]
+            repeated = sorted({h for h in header if sum(_same_name(h, o, fmt) for o in header) > 1})
+            if missing or unknown or repeated:
                 file_error = (
-                    f"header line {first + 1} {header} does not match the declared columns {raw_names}"
-                    f" with delimiter {fmt.delimiter!r}"
+                    f"header line {line} does not match the declared columns {raw_names}"
+                    f" with delimiter {fmt.delimiter!r} ({fmt.header_match} names)"
                     + (f"; missing {missing}" if missing else "")
-                    + (f"; unknown {unknown}" if unknown else "")
+                    + (f"; unknown {_names(unknown)}" if unknown else "")
+                    + (f"; repeated {_names(repeated)}" if repeated else "")
+                    + f"; the header reads {_names(header)}"
                 )
-            else:
-                header_map = [header.index(n) for n in raw_names]
+            width = len(header)
         if file_error:
-            emit(0, None, text, f"{name}: {file_error}")
-    else:
-        header_map = list(range(len(raw_names)))
-    expected = len(header_map) if header_map is not None else len(raw_names)
-    width = max(expected, (max(header_map) + 1) if header_map else 0)
-    header_text = None if not fmt.header or file_error else raw_lines[start - 1].rstrip(b"\r")
-
-    for idx in range(start, len(raw_lines)):
-        b = raw_lines[idx]
-        line_no = idx + 1
-        if not b.strip():
-            continue
-        text, err = decode(b)
-        if err:
-            emit(line_no, None, b[: MAX_RAW_CHARS * 4].decode(encoding, errors="backslashreplace"), err)
-            continue
-        if file_error:
-            emit(line_no, None, text, f"rejected with its file: {file_error}")
-            continue
-        if header_text is not None and b.rstrip(b"\r") == header_text:
-            emit(line_no, None, text, "repeated header line")
-            continue
-        if idx == last_idx:
-            emit(line_no, None, text, f"last line {line_no} has no line terminator: the file looks truncated")
-            continue
-        parts = text.split(fmt.delimiter)
-        if len(parts) != width:
-            detail = f" ({len(text):,} characters)" if len(text) > MAX_RAW_CHARS else ""
-            emit(line_no, None, text, f"expected {width} fields separated by {fmt.delimiter!r}, got {len(parts)}{detail}")
-            continue
-        emit(line_no, [parts[i].strip() for i in header_map], None, None)
-    if header_map is not None and not any(n > 0 for n in lines):
-        emit(0, None, None, f"{name}: header only, no data lines" if fmt.header else f"{name}: empty file, no data lines")
-    return _table(cols, files, lines, raws, errors, raw_names)
+            rows.reject(0, raw, f"{rows.name}: {file_error}")
+            header_map = None
+    for line, fields, raw, error in records:
+        if error is None:
+            error = invalid_text(raw, payload.encoding)
+        if error:
+            rows.reject(line, raw, error)
+        elif header_map is None:
+            rows.reject(line, raw, f"rejected with its file: {file_error}")
+        elif header is not None and [f.strip() for f in fields or []] == header:
+            rows.reject(line, raw, "repeated header line")
+        elif len(fields or []) != width:
+            detail = f" ({len(raw):,} characters)" if len(raw) > MAX_RAW_CHARS else ""
+            rows.reject(line, raw, f"expected {width} fields separated by {fmt.delimiter!r}, got {len(fields or [])}{detail}")
+        else:
+            rows.ok(line, [fields[i].strip() for i in header_map])  # type: ignore[index]
+    if header_map is not None and not rows.records:
+        rows.reject(0, None, f"{rows.name}: header only, no data lines" if fmt.header else f"{rows.name}: empty file, no data lines")
 
 
-def _table(cols, files, lines, raws, errors, raw_names) -> pa.Table:
-    arrays = [pa.array(cols[n], pa.string()) for n in raw_names] + [
-        pa.array(files, pa.string()),
-        pa.array(lines, pa.int64()),
-        pa.array(raws, pa.string()),
-        pa.array(errors, pa.string()),
-    ]
-    return pa.Table.from_arrays(arrays, schema=raw_schema(raw_names))
+def _json_value(record: dict, path: str) -> tuple[bool, object]:
+    """The value at ``path`` in ``record``: the key itself, else a dotted path into nested objects."""
+    if path in record:
+        return True, record[path]
+    node: object = record
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
 
+
+def _json_text(value: object) -> str | None:
+    """A JSON scalar as the text the canonical cast reads (``ValueError`` for objects and arrays)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"expected a value, got a JSON {'object' if isinstance(value, dict) else 'array'}")
+
+
+def _json_record(rows: _Rows, line: int, record: object, raw: str, encoding: str, raw_names: list[str]) -> None:
+    if not isinstance(record, dict):
+        rows.reject(line, raw, f"record is a JSON {type(record).__name__}, expected an object")
+        return
+    values = []
+    for n in raw_names:
+        _, value = _json_value(record, n)
+        try:
+            text = _json_text(value)
+        except ValueError as exc:
+            rows.reject(line, raw, f"column {n}: {exc}")
+            return
+        problem = invalid_text(text, encoding) if text is not None else None
+        if problem:
+            rows.reject(line, raw, f"column {n}: {problem}")
+            return
+        values.append(text)
+    rows.ok(line, values)
+
+
+def _read_jsonl(rows: _Rows, payload: Payload, fmt: FormatSpec, raw_names: list[str]) -> None:
+    for i, raw in enumerate(io.StringIO(payload.text or "", newline=""), start=1):
+        body = raw.rstrip("\r\n")
+        if not body.strip():
+            continue
+        problem = invalid_text(body, payload.encoding)
+        if problem:
+            rows.reject(i, body, problem)
+            continue
+        if not raw.endswith(("\n", "\r")):
+            rows.reject(i, body, f"last line {i} has no line terminator: the file looks truncated")
+            continue
+        try:
+            record = json.loads(body)
+        except json.JSONDecodeError as exc:
+            rows.reject(i, body, f"invalid JSON at column {exc.colno}: {exc.msg}")
+            continue
+        _json_record(rows, i, record, body, payload.encoding, raw_names)
+    if not rows.records:
+        rows.reject(0, None, f"{rows.name}: empty file, no records")
+
+
+def json_records(payload: Payload, fmt: FormatSpec) -> list:
+    """The records of a ``json`` document: the array itself, or the one at ``records_path``."""
+    problem = invalid_text(payload.text or "", payload.encoding)
+    if problem and "control character U+000" not in problem:  # raw control characters are invalid JSON anyway
+        raise Unreadable(problem)
+    try:
+        doc = json.loads(payload.text or "")
+    except json.JSONDecodeError as exc:
+        raise Unreadable(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    if fmt.records_path:
+        for part in fmt.records_path.split("."):
+            if not isinstance(doc, dict) or part not in doc:
+                raise Unreadable(f"no records at {fmt.records_path!r} (no key {part!r})")
+            doc = doc[part]
+    if not isinstance(doc, list):
+        where = f"at {fmt.records_path!r}" if fmt.records_path else "at the top level"
+        raise Unreadable(f"expected an array of records {where}, got a JSON {type(doc).__name__}")
+    return doc
+
+
+def _read_json(rows: _Rows, payload: Payload, fmt: FormatSpec, raw_names: list[str]) -> None:
+    for i, record in enumerate(json_records(payload, fmt), start=1):
+        raw = json.dumps(record, ensure_ascii=False)
+        _json_record(rows, i, record, raw, payload.encoding, raw_names)
+    if not rows.records:
+        rows.reject(0, None, f"{rows.name}: no records")
+
+
+def parquet_table(data: bytes) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise Unreadable(f"not a readable Parquet file: {exc}") from None
+
+
+def _read_parquet(rows: _Rows, data: bytes, raw_names: list[str]) -> None:
+    import pyarrow.compute as pc
+
+    table = parquet_table(data)
+    missing = [n for n in raw_names if n not in table.column_names]
+    nested = [n for n in raw_names if n in table.column_names and pa.types.is_nested(table.schema.field(n).type)]
+    if missing or nested:
+        error = (f"columns {table.column_names} do not hold the declared {raw_names}"
+                 + (f"; missing {missing}" if missing else "") + (f"; not scalar {nested}" if nested else ""))
+        rows.reject(0, None, f"{rows.name}: {error}")
+        for i in range(table.num_rows):
+            rows.reject(i + 1, None, f"rejected with its file: {error}")
+        return
+    texts = []
+    for n in raw_names:
+        column = table.column(n)
+        if pa.types.is_timestamp(column.type):
+            column = pc.strftime(column, "%Y-%m-%dT%H:%M:%S.%f" + ("Z" if column.type.tz else ""))
+        elif pa.types.is_floating(column.type):
+            column = pa.array([None if v is None else repr(v) for v in column.to_pylist()], pa.string())
+        texts.append(pc.cast(column, pa.string()).to_pylist())
+    for i, values in enumerate(zip(*texts, strict=True), start=1):
+        problem = next((f"column {n}: {p}" for n, v in zip(raw_names, values, strict=True) if v and (p := invalid_text(v, "utf-8"))), None)
+        if problem:
+            rows.reject(i, json.dumps(dict(zip(raw_names, values, strict=True)), ensure_ascii=False), problem)
+        else:
+            rows.ok(i, values)
+    if not rows.records:
+        rows.reject(0, None, f"{rows.name}: no rows")
 
 def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec) -> DataFrame:
     """Landed files as rows of strings (one Spark task parses whole files).
@@ -312,14 +484,14 @@ def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec
             paths = batch.column("path").to_pylist()
             contents = batch.column("content").to_pylist()
             for path, content in zip(paths, contents, strict=True):
-                yield from parse_text(os.path.basename(path), content, fmt, raw_names).to_batches()
+                yield from parse_file(os.path.basename(path), content, fmt, raw_names).to_batches()
 
     # Spark skips zero-byte files when it plans the scan: parse those here, or they would vanish unreported
     empty = [p for p in paths if not p.startswith(("file:", "hdfs:", "s3")) and os.path.isfile(p) and os.path.getsize(p) == 0]
     found = [p for p in paths if p not in empty]
     parts = []
     if empty:
-        parts.append(spark.createDataFrame(pa.concat_tables(parse_text(os.path.basename(p), b"", fmt, raw_names) for p in empty)))
+        parts.append(spark.createDataFrame(pa.concat_tables(parse_file(os.path.basename(p), b"", fmt, raw_names) for p in empty)))
     if found:
         from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -331,23 +503,104 @@ def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec
     return out
 
 
-def _typed(column: ColumnSpec):
-    """A Spark expression casting the raw string column to ``column.type``; NULL when it cannot."""
+#: the forms a value of each type must take when the column declares no ``format`` (Java regex, whole
+#: value): Spark's own casts also read ``12:00`` as today's noon, ``41275`` as the year 41275, ``0x1p3``
+#: as 8.0 and a timestamp as a date, none of which a delivery means
+SHAPES = {
+    "int": r"^[+-]?[0-9]+$",
+    "bigint": r"^[+-]?[0-9]+$",
+    "double": r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?$",
+    "date": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+    "timestamp": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$",
+    "boolean": r"^(?i)(true|false)$",
+}
+#: why a value of a date/time column was refused, when the reason is a common one (checked in order)
+_TIME_HINTS = (
+    (r"^[+-]?[0-9]+(\.[0-9]+)?$", "a bare number (an Excel serial date or epoch seconds?): declare the column's format"),
+    (r"[T ]24:", "hour 24 is not a time of day: write 00:00 of the next day"),
+    (r":60(\.[0-9]*)?(Z|[+-]|$)", "a leap second (:60) cannot be stored"),
+)
+
+
+def _number_text(text: Column, fmt: FormatSpec) -> tuple[Column, Column | None]:
+    """A number written in the source's locale as Spark reads it (``1.234,5`` → ``1234.5``), and why a
+    value does not fit the locale (``None`` for the default ``.`` without grouping)."""
+    import re
+
+    from pyspark.sql import functions as F
+
+    if fmt.decimal == "." and fmt.thousands is None:
+        return text, None
+    d = re.escape(fmt.decimal)
+    exp = r"([eE][+-]?[0-9]+)?"
+    forms = [rf"^[+-]?([0-9]+({d}[0-9]*)?|{d}[0-9]+){exp}$"]
+    if fmt.thousands is not None:
+        forms.append(rf"^[+-]?[0-9]{{1,3}}({re.escape(fmt.thousands)}[0-9]{{3}})+({d}[0-9]*)?{exp}$")
+    fits = F.lit(False)
+    for form in forms:
+        fits = fits | text.rlike(form)
+    plain = text if fmt.thousands is None else F.replace(text, F.lit(fmt.thousands), F.lit(""))
+    if fmt.decimal != ".":
+        plain = F.replace(plain, F.lit(fmt.decimal), F.lit("."))
+    locale = f"decimal {fmt.decimal!r}" + (f" and thousands {fmt.thousands!r}" if fmt.thousands else " and no thousands separator")
+    stray = [c for c in ".,' _" if c not in (fmt.decimal, fmt.thousands)]
+    reason = F.when(
+        _contains_any(text, stray),
+        F.lit(f"ambiguous under {locale}: a separator the locale does not declare"),
+    ).otherwise(F.lit(f"not a number under {locale}"))
+    return F.when(fits, plain), F.when(~fits, reason)
+
+
+def _contains_any(text: Column, chars: list[str]) -> Column:
+    from pyspark.sql import functions as F
+
+    out = F.lit(False)
+    for c in chars:
+        out = out | F.contains(text, F.lit(c))
+    return out
+
+
+def _typed(column: ColumnSpec, fmt: FormatSpec) -> tuple[Column, Column]:
+    """Spark expressions for ``column``: the raw string cast to ``column.type`` (NULL when it cannot be
+    read), and why it could not (NULL when the value is empty or was read)."""
     from pyspark.sql import functions as F
 
     raw = F.col(f"`{column.raw_name}`")
     text = F.when(F.trim(raw) == "", F.lit(None)).otherwise(F.trim(raw))
-    if column.type == "timestamp":
-        return F.try_to_timestamp(text, F.lit(column.format)) if column.format else text.try_cast("timestamp")
-    if column.type == "date":
-        return F.try_to_date(text, column.format) if column.format else text.try_cast("date")  # format: a str here
-    if column.type == "double":
-        value = text.try_cast("double")
-        # NaN and infinities are not readings
-        return F.when(F.isnan(value) | (F.abs(value) == float("inf")), F.lit(None)).otherwise(value)
-    if column.type == "boolean":
-        return F.lower(text).try_cast("boolean")
-    return text.try_cast(column.type)
+    kind = column.type
+    hint: Column | None = None
+    if kind in ("date", "timestamp") and column.format:
+        value = F.try_to_timestamp(text, F.lit(column.format)) if kind == "timestamp" else F.try_to_date(text, column.format)
+    else:
+        source_text = text
+        if kind in ("int", "bigint", "double"):
+            text, hint = _number_text(text, fmt)
+        shaped = text if kind == "string" else F.when(text.rlike(SHAPES[kind]), text)
+        if kind == "double":
+            value = shaped.try_cast("double")
+            # NaN and infinities are not readings
+            value = F.when(F.isnan(value) | (F.abs(value) == float("inf")), F.lit(None)).otherwise(value)
+        elif kind == "boolean":
+            value = F.lower(shaped).try_cast("boolean")
+        else:
+            value = shaped.try_cast(kind)
+        if kind in ("date", "timestamp"):
+            hint = F.lit(None)
+            for pattern, why in reversed(_TIME_HINTS):
+                hint = F.when(source_text.rlike(pattern), F.lit(why)).otherwise(hint)
+        text = source_text
+    message = F.format_string(f"column {column.name}: cannot read '%s' as {kind}", F.substring(text, 1, 200))
+    if hint is not None:
+        message = F.when(hint.isNotNull(), F.concat(message, F.lit(" ("), hint, F.lit(")"))).otherwise(message)
+    problem = F.when(text.isNotNull() & value.isNull(), message)
+    if column.pattern is not None:
+        mismatch = value.isNotNull() & ~value.rlike(f"^(?:{column.pattern})$")
+        problem = F.when(
+            mismatch,
+            F.format_string(f"column {column.name}: '%s' does not match the pattern %s", F.substring(text, 1, 200), F.lit(column.pattern)),
+        ).otherwise(problem)
+        value = F.when(~mismatch, value)
+    return value, problem
 
 
 def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column) -> DataFrame:
@@ -365,8 +618,10 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column) -> Dat
     from pyspark.sql import functions as F
 
     delivered = F.lit(month) if isinstance(month, str) else month
+    typed_columns = {c.name: _typed(c, source.format) for c in source.columns}
     typed = raw.select(
-        *[_typed(c).alias(c.name) for c in source.columns],
+        *[value.alias(name) for name, (value, _) in typed_columns.items()],
+        *[problem.alias(f"__why_{name}") for name, (_, problem) in typed_columns.items()],
         *[F.col(f"`{c.raw_name}`").alias(f"__raw_{c.name}") for c in source.columns],
         FILE_COL,
         LINE_COL,
@@ -375,18 +630,10 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column) -> Dat
     )
     problems = [F.col(ERROR_COL)]
     for c in source.columns:
-        rawc = F.col(f"__raw_{c.name}")
-        bad_cast = rawc.isNotNull() & (F.trim(rawc) != "") & F.col(c.name).isNull()
-        problems.append(
-            F.when(
-                bad_cast,
-                F.format_string(f"column {c.name}: cannot read '%s' as {c.type}", F.substring(rawc, 1, 200)),
-            )
-        )
+        why = F.col(f"__why_{c.name}")
+        problems.append(why)
         if not c.nullable:
-            problems.append(
-                F.when(F.col(ERROR_COL).isNull() & ~bad_cast & F.col(c.name).isNull(), F.lit(f"column {c.name}: empty"))
-            )
+            problems.append(F.when(F.col(ERROR_COL).isNull() & why.isNull() & F.col(c.name).isNull(), F.lit(f"column {c.name}: empty")))
     part_col = source.partitioning.column
     if source.partitioning.kind == "time_column" and part_col:
         row_month = F.date_format(F.col(part_col), "yyyy-MM")

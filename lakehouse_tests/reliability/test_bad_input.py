@@ -92,8 +92,14 @@ def check_file(o: Outcome, f: bad.BadFile) -> list[str]:
     formatted = {ln: r for (file, ln), r in o.formatted.items() if file == name}
     trusted = {ln: r for (file, ln), r in o.trusted.items() if file == name}
 
-    # conservation: every landed row is formatted or quarantined, exactly once
+    # conservation: every landed record is formatted or quarantined, exactly once; the manifest's count
+    # (made without the parser) equals the records the corpus wrote
     data_q = {ln for ln in parse_q if ln > 0}
+    if entry.rows != len(f.lines):
+        problems.append(f"manifest counts {entry.rows} records, the file holds {len(f.lines)}")
+    too_long = [len(r["error"]) for rs in parse_q.values() for r in rs if len(r["error"]) > 2100]
+    if too_long:
+        problems.append(f"quarantine messages of {max(too_long):,} characters (bounded at ~2 KB)")
     if entry.rows != len(formatted) + sum(len(parse_q[ln]) for ln in data_q):
         problems.append(f"conservation at parse: manifest {entry.rows} rows != formatted {len(formatted)} + quarantined {len(data_q)}")
     if set(formatted) & data_q:
@@ -200,9 +206,9 @@ def outcome_table(o: Outcome) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------- tests
-def test_corpus_covers_at_least_30_kinds():
+def test_corpus_covers_at_least_45_kinds():
     kinds = [k for k in bad.FILE_KINDS if k.caught_by != "none"] + [k for k in bad.SOURCE_KINDS if not k.survive]
-    assert len(kinds) >= 30, [k.name for k in kinds]
+    assert len(kinds) >= 45, [k.name for k in kinds]
     assert len({k.name for k in bad.FILE_KINDS}) == len(bad.FILE_KINDS)
 
 
