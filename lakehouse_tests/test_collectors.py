@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
 import re
 import sqlite3
@@ -63,10 +64,14 @@ def test_http_lands_the_real_observations_with_origin_and_checksum(project, weat
     (entry,) = result.landed
     data = (folder / entry.name).read_bytes()
     assert entry.sha256 == hashlib.sha256(data).hexdigest() and entry.bytes == len(data)
-    assert entry.origin == f"{weather.url}/stations/USW00024233/daily/{MONTH}.csv"
-    assert entry.name == f"weather_USW00024233_{MONTH}.csv" and entry.rows == 31
+    assert entry.origin == f"{weather.url}/stations/USW00024233/daily.json?start={MONTH}-01&end=2012-04-01"
+    assert entry.name == f"weather_USW00024233_{MONTH}.json" and entry.rows == 31
     # the served rows are NOAA's observations for the month, value for value
-    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    rows = [
+        {"date": o["date"], "tmax_c": o["temperature"]["max_c"], "tmin_c": o["temperature"]["min_c"],
+         "prcp_mm": o["precipitation_mm"], "wind_ms": o["wind_ms"], "weather": o["weather"]}
+        for o in json.loads(data)["observations"]
+    ]
     truth = seattle_weather()
     truth = truth[[d.strftime("%Y-%m") == MONTH for d in truth["date"]]]
     assert [r["date"] for r in rows] == [d.isoformat() for d in truth["date"]]
@@ -112,10 +117,10 @@ def test_http_timeout_is_retried_then_reported(project, weather):
 def test_http_html_page_with_200_is_rejected_and_kept_aside(project, weather):
     weather.inject(html=100, match=MONTH)
     folder = month_dir(project, "weather")
-    with pytest.raises(CollectorError, match=r"'weather' month 2012-03: .*an HTML page.*'station,date,'"):
+    with pytest.raises(CollectorError, match=r"'weather' month 2012-03: .*an HTML page.*'\{'"):
         collect(project, http_source(project, retries=1), MONTH, folder)
     assert read_manifest(folder) == []
-    assert not (folder / f"weather_USW00024233_{MONTH}.csv").exists()
+    assert not (folder / f"weather_USW00024233_{MONTH}.json").exists()
     (kept,) = (folder / "_rejected").iterdir()
     assert kept.read_bytes().startswith(b"<!DOCTYPE html>")
 
@@ -142,7 +147,7 @@ def test_http_not_found_is_not_retried(project, weather):
 
 def test_http_credentials_never_reach_the_manifest_or_errors(project, weather, monkeypatch):
     monkeypatch.setenv("WEATHER_TOKEN", "Bearer tok-s3cret")
-    url = weather.url.replace("http://", "http://alice:pa55word@") + "/stations/{station}/daily/{month}.csv"
+    url = weather.url.replace("http://", "http://alice:pa55word@") + "/stations/{station}/daily.json?start={start}&end={end}"
     source = http_source(project, url=url, headers_env={"Authorization": "WEATHER_TOKEN"})
     folder = month_dir(project, "weather")
     collect(project, source, MONTH, folder)

@@ -34,7 +34,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
 from lakehouse import settings
-from lakehouse.collectors.base import Fetched
+from lakehouse.collectors.base import Fetched, template_values
 from lakehouse.collectors.landing import CollectorError
 from lakehouse.specs.models import HttpCollector
 
@@ -50,11 +50,6 @@ class RejectedResponse(CollectorError):
         super().__init__(message)
         self.name = name
         self.data = data
-
-
-def template_values(month: str, params: dict[str, str]) -> dict[str, str]:
-    year, mm = month.split("-")
-    return {**params, "month": month, "year": year, "mm": mm}
 
 
 def redact(url: str) -> str:

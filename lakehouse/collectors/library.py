@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
 
-from lakehouse.collectors.base import Fetched
+from lakehouse.collectors.base import Fetched, template_values
 from lakehouse.collectors.landing import CollectorError
 from lakehouse.specs.models import LibraryCollector
 
@@ -77,5 +77,4 @@ def fetch(spec: LibraryCollector, month: str, *, source: str = "?") -> Iterator[
         data, origin = LIBRARIES[spec.name](month, dict(spec.options))
     except (ValueError, KeyError, TypeError) as exc:
         raise CollectorError(f"{where}: library {spec.name!r} failed: {exc}") from None
-    year, mm = month.split("-")
-    yield Fetched(name=spec.file_name.format(month=month, year=year, mm=mm), data=data, origin=origin)
+    yield Fetched(name=spec.file_name.format(**template_values(month)), data=data, origin=origin)

@@ -26,7 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from lakehouse import settings
-from lakehouse.collectors.base import Fetched
+from lakehouse.collectors.base import Fetched, template_values
 from lakehouse.collectors.landing import CollectorError
 from lakehouse.specs.models import SqlCollector
 
@@ -132,5 +132,5 @@ def fetch(spec: SqlCollector, month: str, *, root: Path, source: str = "?") -> I
         engine.dispose()
     if not columns:
         raise CollectorError(f"{where}: the query returned no result set (is it a SELECT?)")
-    name = spec.file_name.format(**bounds, year=month[:4], mm=month[5:])
+    name = spec.file_name.format(**template_values(month))
     yield Fetched(name=name, data=rows_to_csv(columns, rows), origin=f"sql:{shown}")

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from lakehouse.io.lake import Lake
 from lakehouse.quality import metrics
+from lakehouse.transforms.decode import MAX_MESSAGE_CHARS, bounded
 from lakehouse.transforms.parse import FILE_COL, LINE_COL
 
 if TYPE_CHECKING:
@@ -97,7 +98,21 @@ def _conform(rows: pa.Table) -> pa.Table:
     for f in SCHEMA:
         if f.name not in rows.column_names:
             rows = rows.append_column(f.name, pa.nulls(rows.num_rows, f.type))
-    return rows.select(SCHEMA.names).cast(SCHEMA)
+    rows = rows.select(SCHEMA.names).cast(SCHEMA)
+    return _bounded_text(rows, ("error", "record"))
+
+
+def _bounded_text(rows: pa.Table, columns: tuple[str, ...]) -> pa.Table:
+    """Every cell of ``columns`` at most ~2 KB, saying how much was cut (the quarantine is append-only: one
+    huge cell would be read with every later query of its month)."""
+    import pyarrow.compute as pc
+
+    for name in columns:
+        column = rows.column(name)
+        if rows.num_rows and (pc.max(pc.utf8_length(column)).as_py() or 0) > MAX_MESSAGE_CHARS:
+            values = [None if v is None else bounded(v) for v in column.to_pylist()]
+            rows = rows.set_column(rows.schema.get_field_index(name), name, pa.array(values, pa.string()))
+    return rows
 
 
 def append(lake: Lake, rows: pa.Table, batch: metrics.Batch) -> int | None:

@@ -4,6 +4,11 @@ Serves the Seattle daily weather 2012-01..2015-12 bundled in ``vega_datasets`` (
 :func:`lakehouse.sim.world.seattle_weather`) per station and month::
 
     GET /stations/<station>/daily/<YYYY-MM>.csv     station,date,tmax_c,tmin_c,prcp_mm,wind_ms,weather
+    GET /stations/<station>/daily.json?start=<YYYY-MM-DD>&end=<YYYY-MM-DD>
+                                                    {"station", "units", "observations": [{"station",
+                                                    "date", "temperature": {"max_c", "min_c"},
+                                                    "precipitation_mm", "wind_ms", "weather"}]}, days
+                                                    from start up to end (exclusive), any span
     GET /noaa/<station>/<YYYY-MM>.txt               the provider's legacy export: semicolon-separated,
                                                     vega's own column names (date;precipitation;...)
     GET /stations                                   the known stations, one per line
@@ -20,7 +25,7 @@ Faults, for tests and the reliability suite, either per request in the query str
     ?delay=S       every request waits S seconds before answering (``&delay_n=N``: only the first N)
 
 or for the next matching requests through the control endpoint (JSON body; ``match`` is a substring of the
-request path, empty matches everything)::
+request path and query, empty matches everything)::
 
     POST   /_faults   {"fail": 2, "html": 0, "truncate": 0, "delay_s": 0, "delay_n": 0, "match": "2012-01"}
     DELETE /_faults   clear every pending fault and reset the counters below
@@ -44,6 +49,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -61,6 +67,7 @@ HTML_PAGE = (
     b"<body><h1>We'll be back soon</h1><p>The weather service is under maintenance.</p></body></html>\n"
 )
 _DAILY = re.compile(r"^/stations/(?P<station>[A-Za-z0-9_-]+)/daily/(?P<month>\d{4}-\d{2})\.csv$")
+_DAILY_JSON = re.compile(r"^/stations/(?P<station>[A-Za-z0-9_-]+)/daily\.json$")
 _LEGACY = re.compile(r"^/noaa/(?P<station>[A-Za-z0-9_-]+)/(?P<month>\d{4}-\d{2})\.txt$")
 
 
@@ -108,6 +115,29 @@ class WeatherData:
                 f"{station},{r.date.isoformat()},{r.temp_max:.1f},{r.temp_min:.1f},{r.precipitation:.1f},{r.wind:.1f},{r.weather}"
             )
         return ("\n".join(lines) + "\n").encode("utf-8")
+
+    def daily_json(self, station: str, start: str, end: str) -> bytes | None:
+        """Observations from ``start`` up to ``end`` (ISO dates, end exclusive) as a JSON document."""
+        try:
+            lo, hi = date.fromisoformat(start), date.fromisoformat(end)
+        except ValueError:
+            return None
+        rows = self.frame[(self.frame["date"] >= lo) & (self.frame["date"] < hi)].sort_values("date")
+        if rows.empty:
+            return None
+        observations = [
+            {
+                "station": station,
+                "date": r.date.isoformat(),
+                "temperature": {"max_c": round(float(r.temp_max), 1), "min_c": round(float(r.temp_min), 1)},
+                "precipitation_mm": round(float(r.precipitation), 1),
+                "wind_ms": round(float(r.wind), 1),
+                "weather": r.weather,
+            }
+            for r in rows.itertuples(index=False)
+        ]
+        doc = {"station": station, "units": {"temperature": "degC", "precipitation": "mm", "wind": "m/s"}, "observations": observations}
+        return (json.dumps(doc, indent=1) + "\n").encode("utf-8")
 
     def legacy_txt(self, station: str, month: str) -> bytes | None:
         rows = self.by_month.get(month)
@@ -172,21 +202,23 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json(200, {"requests": dict(state.requests), "faults_served": dict(state.served)})
         if path == "/stations":
             return self._send(200, "".join(f"{s},{n}\n" for s, n in STATIONS.items()).encode())
+        # faults and request counts match the whole target: a from/to-date API names its month in the query
+        target = self.path
         with state.lock:
-            state.requests[path] += 1
+            state.requests[target] += 1
             state.per_url[self.path] += 1
             seen = state.per_url[self.path]
-            fault = self._take_fault(path, parse_qs(parts.query), seen)
+            fault = self._take_fault(target, parse_qs(parts.query), seen)
             if fault:
                 state.served[fault] += 1
-        delay = self._delay(path, parse_qs(parts.query), seen)
+        delay = self._delay(target, parse_qs(parts.query), seen)
         if delay:
             time.sleep(delay)
         if fault == "fail":
             return self._send(500, b"internal server error (injected)\n")
         if fault == "html":
             return self._send(200, HTML_PAGE, "text/html; charset=utf-8")
-        body, ctype = self._data(path)
+        body, ctype = self._data(path, parse_qs(parts.query))
         if body is None:
             return self._send(404, f"no observations for {path}\n".encode())
         self._send(200, body, ctype, cut=fault == "truncate")
@@ -217,8 +249,13 @@ class _Handler(BaseHTTPRequestHandler):
                     return pending.delay_s
         return 0.0
 
-    def _data(self, path: str) -> tuple[bytes | None, str]:
+    def _data(self, path: str, query: dict[str, list[str]]) -> tuple[bytes | None, str]:
         data = self.server.data
+        if m := _DAILY_JSON.match(path):
+            if m["station"] not in STATIONS:
+                return None, ""
+            start, end = query.get("start", [""])[0], query.get("end", [""])[0]
+            return data.daily_json(m["station"], start, end), "application/json"
         if m := _DAILY.match(path):
             if m["station"] not in STATIONS:
                 return None, ""

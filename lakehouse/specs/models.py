@@ -135,8 +135,9 @@ def _template_fields(template: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
 
 
-#: fields every collector template may use besides its own ``params``
-MONTH_FIELDS = frozenset({"month", "year", "mm"})
+#: fields every collector template may use besides its own ``params``: the month (``YYYY-MM``), its year and
+#: month number, and its first day and the first day after it (``start``, ``end``: ISO dates, end exclusive)
+MONTH_FIELDS = frozenset({"month", "year", "mm", "start", "end"})
 
 
 def _check_template(template: str, known: set[str], what: str) -> None:
@@ -150,7 +151,8 @@ def _check_template(template: str, known: set[str], what: str) -> None:
 
 
 class HttpCollector(Spec):
-    """Downloads one file per month from a URL template (``{month}``, ``{year}``, ``{mm}`` and ``params``).
+    """Downloads one file per month from a URL template (``{month}``, ``{year}``, ``{mm}``, ``{start}`` and
+    ``{end}`` for from/to-date APIs, and ``params``).
 
     Transient failures (connection errors, timeouts, HTTP 429/5xx) are retried ``retries`` times with
     exponential backoff (``backoff_s * 2**n``). A body that is shorter than its ``Content-Length`` or does

@@ -453,7 +453,7 @@ def _read_parquet(rows: _Rows, data: bytes, raw_names: list[str]) -> None:
     for n in raw_names:
         column = table.column(n)
         if pa.types.is_timestamp(column.type):
-            column = pc.strftime(column, "%Y-%m-%dT%H:%M:%S.%f" + ("Z" if column.type.tz else ""))
+            column = pc.strftime(column, "%Y-%m-%dT%H:%M:%S" + ("Z" if column.type.tz else ""))  # %S has the fraction
         elif pa.types.is_floating(column.type):
             column = pa.array([None if v is None else repr(v) for v in column.to_pylist()], pa.string())
         texts.append(pc.cast(column, pa.string()).to_pylist())
