@@ -389,3 +389,25 @@ def test_the_driver_jvm_collects_with_the_throughput_collector(spark):
     if the session that PySpark starts is given it)."""
     beans = spark._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
     assert sorted(b.getName() for b in beans) == ["PS MarkSweep", "PS Scavenge"]
+
+
+@pytest.mark.parametrize(("received", "kept"), [
+    ({"a.csv": "2012-02-01T08:00:00+00:00", "b.csv": "2012-02-01T07:00:00+00:00"}, 9.0),  # b came first
+    ({"a.csv": "2012-02-01T07:00:00+00:00", "b.csv": "2012-02-01T08:00:00+00:00"}, 1.0),
+    (None, 1.0),  # without receipt times: file and line order
+])
+def test_keep_first_keeps_the_row_received_first(spark, received, kept):
+    rows = [("M1", at(h), level(h) + 1, "a.csv", h + 2) for h in range(6)]
+    rows[2] = ("M1", at(2), 1.0, "a.csv", 4)
+    rows.append(("M1", at(2), 9.0, "b.csv", 2))  # the same hour from a second delivery
+    rows.append(("M1", at(4), level(4) + 1, "b.csv", 3))  # an exact duplicate of a.csv's hour 4
+    quality = {"rules": [{"name": "one_per_hour", "unique": ["meter_id", "ts"], "action": "repair", "repair": {"keep": "first"}}],
+               "cleaning": [{"step": "rules"}]}
+    result = clean_month(spark.createDataFrame(rows, SCHEMA), meter_source(**quality), month=MONTH, received=received)
+    try:
+        trusted = {r["ts"]: (r["reading_kwh"], r["_source_file"]) for r in as_rows(result.trusted)}
+    finally:
+        result.close()
+    assert trusted[at(2)][0] == kept
+    first_file = min(received, key=received.get) if received else "a.csv"
+    assert trusted[at(4)] == (level(4) + 1, first_file)  # the exact duplicate keeps the first received copy

@@ -11,6 +11,7 @@ import threading
 
 import dagster as dg
 
+from lakehouse.collectors.landing import read_manifest
 from lakehouse.factories.checks import PANDERA, pandera_result, pandera_spec, validate_written, verdict_results
 from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, months_of, run_months
 from lakehouse.factories.schema import column_schema
@@ -194,6 +195,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 month=month,
                 history=lambda: history(month),
                 references=_references(root, session, source, month),
+                received={e.name: e.received_at for e in read_manifest(root.landing_dir(source.name, month)) if e.status == "landed"},
             )
             try:
                 batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=context.run_id)

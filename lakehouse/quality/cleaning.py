@@ -24,7 +24,7 @@ is asserted on what was actually written (see :mod:`lakehouse.quality.metrics`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,8 @@ REASONS = "__reasons"
 ERRORS = "__errors"
 REPAIRS = "__repairs"
 ORIG = "__orig"
+#: when the row's file was received (see ``clean_month(received=...)``)
+RECEIVED = "__received"
 ACTIVE = "__active"
 KEPT, REJECTED, MERGED, IMPUTED = "kept", "rejected", "merged", "imputed"
 EXACT_DUPLICATE = "exact_duplicate"
@@ -391,6 +393,7 @@ def clean_month(
     month: str,
     history: DataFrame | pa.Table | Callable[[], DataFrame | pa.Table | None] | None = None,
     references: dict[str, DataFrame] | None = None,
+    received: Mapping[str, str] | None = None,
     collect: bool = True,
 ) -> CleanResult:
     """Apply ``source.quality`` to one month of the formatted table.
@@ -403,6 +406,9 @@ def clean_month(
             table), if any; or a function returning them, called when the unit step needs them (so the
             steps before it can run while the earlier months are still being written).
         references: rule name → the referenced table's rows, for ``reference`` rules.
+        received: landed file name → when it was received (the landing manifest's ``received_at``, ISO
+            8601 UTC): ``keep: first``/``last`` and exact duplicates keep the row received first (last),
+            then by file and line. Without it, file and line order alone.
         collect: compute the month once into ``CleanResult.table`` on the driver (what a month-by-month
             writer wants); ``False`` persists it in Spark instead and collects only the figures (a range
             too large for the driver, written by Spark).
@@ -426,6 +432,11 @@ def clean_month(
         F.array().cast("array<string>").alias(ERRORS),
         F.array().cast(REPAIR_TYPE).alias(REPAIRS),
     )
+    if received:
+        order = formatted.sparkSession.createDataFrame(sorted(received.items()), f"__file string, {RECEIVED} string")
+        df = df.join(F.broadcast(order), df[FILE_COL] == order["__file"], "left").drop("__file")
+    else:
+        df = df.withColumn(RECEIVED, F.lit(None).cast("string"))
     common = _common_partition(source, rules)
     if common:
         # every window below partitions by a superset of these columns: one shuffle serves them all
@@ -588,7 +599,7 @@ def _exact_duplicates(df: DataFrame, cols: list[str]) -> DataFrame:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    w = Window.partitionBy(*[F.col(f"`{c}`") for c in cols]).orderBy(F.col(FILE_COL), F.col(LINE_COL))
+    w = Window.partitionBy(*[F.col(f"`{c}`") for c in cols]).orderBy(*_keep_order("first", None))
     ranked = df.withColumns({"__dup_rank": F.row_number().over(w), "__dup_first": F.first(ROW_ID).over(w)})
     error = F.concat(F.lit("identical to "), F.col("__dup_first"))
     return _remove(ranked, F.col("__dup_rank") > 1, EXACT_DUPLICATE, error, status=MERGED).drop(
@@ -919,11 +930,11 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
 def _keep_order(keep: str, by: str | None) -> list[Column]:
     from pyspark.sql import functions as F
 
-    lineage = [F.col(FILE_COL).asc_nulls_last(), F.col(LINE_COL).asc_nulls_last()]
+    lineage = [F.col(RECEIVED).asc_nulls_last(), F.col(FILE_COL).asc_nulls_last(), F.col(LINE_COL).asc_nulls_last()]
     if keep == "first":
         return lineage
     if keep == "last":
-        return [F.col(FILE_COL).desc_nulls_last(), F.col(LINE_COL).desc_nulls_last()]
+        return [F.col(RECEIVED).desc_nulls_last(), F.col(FILE_COL).desc_nulls_last(), F.col(LINE_COL).desc_nulls_last()]
     column = F.col(f"`{by}`")
     return [column.asc_nulls_last() if keep == "min" else column.desc_nulls_last(), *lineage]
 
