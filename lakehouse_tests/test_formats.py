@@ -256,3 +256,42 @@ def test_a_parquet_export_declared_by_yaml(configs_copy, make_project, tmp_path,
     quarantine = [q for q in lake.read_arrow("quality", "quarantine").to_pylist() if q["dataset"] == "heat_export"]
     reasons = {q["source_line"]: q["error"] for q in quarantine if q["stage"] == "formatted"}
     assert reasons[3] == "column reading_kwh: empty" and "does not match the pattern" in reasons[5]
+
+
+GAS_EXPORT = GAS_JSON.replace("name: gas_meter", "name: gas_export").replace("gas_*.json.gz", "gas_export_*.json.gz").replace(
+    "inbox/gas_meter", "inbox/gas_export").replace("partitioning:", "months: {start: '2015-01'}\nspans_months: true\npartitioning:")
+
+
+def test_an_export_of_many_months_lands_once_and_each_month_takes_its_rows(configs_copy, make_project, tmp_path, spark):
+    """Two months of daily records in one file dropped once (named for the month it was exported): it lands
+    once, each formatted month takes its own days, and what no month can take is rejected once."""
+    from lakehouse.factories import build_definitions
+    from lakehouse.io.lake import Lake
+
+    inbox = tmp_path / "world" / "inbox" / "gas_export"
+    inbox.mkdir(parents=True)
+    days = [{"time_period": f"2015-03-{d:02d}", "energy_kwh": float(d), "weather": {"temperature_degC": 1.0}} for d in range(1, 32)]
+    days += [{"time_period": f"2015-04-{d:02d}", "energy_kwh": 100.0 + d, "weather": {"temperature_degC": 2.0}} for d in range(1, 11)]
+    days += [{"time_period": "2014-12-31", "energy_kwh": 5.0}, {"time_period": "not a day", "energy_kwh": 5.0}]
+    (inbox / "gas_export_2015-04.json.gz").write_bytes(gzip.compress(json.dumps({"data": days}).encode()))
+    (configs_copy / "sources" / "gas_export.yaml").write_text(GAS_EXPORT)
+    project = make_project(configs_copy)
+    defs = build_definitions(project)
+    keys = {z: dg.AssetKey([z, "gas_export"]) for z in ("landing", "formatted", "trusted")}
+    assert defs.resolve_assets_def(keys["formatted"]).partitions_def.get_first_partition_key() == "2015-01"
+    ok = dg.materialize(defs.assets, selection=[keys["landing"]], partition_key="2015-04", resources=defs.resources)
+    assert ok.success
+    lake = Lake(project.lake_root)
+    (entry,) = json.loads((lake.landing_dir("gas_export", "2015-04") / "_manifest.json").read_text())
+    assert entry["rows"] == 43 and entry["months"] == ["2014-12", "2015-03", "2015-04"]
+    for month in ("2015-03", "2015-04", "2015-05"):
+        run = dg.materialize(defs.assets, selection=[keys["formatted"], keys["trusted"]], partition_key=month, resources=defs.resources)
+        assert run.success, month
+    formatted = lake.read_arrow("formatted", "gas_export").to_pylist()
+    by_month = {m: sorted(r["day"].day for r in formatted if r["month"] == m) for m in ("2015-03", "2015-04", "2015-05")}
+    assert by_month == {"2015-03": list(range(1, 32)), "2015-04": list(range(1, 11)), "2015-05": []}
+    assert {r["_source_file"] for r in formatted} == {"2015-04/gas_export_2015-04.json.gz"}
+    rejected = [q for q in lake.read_arrow("quality", "quarantine").to_pylist() if q["dataset"] == "gas_export"]
+    assert sorted((q["month"], q["source_line"]) for q in rejected) == [("2015-04", 42), ("2015-04", 43)]
+    assert "outside the source's months 2015-01.." in next(q["error"] for q in rejected if q["source_line"] == 42)
+    assert len(formatted) + len(rejected) == entry["rows"]  # every record once, in exactly one month

@@ -16,8 +16,17 @@ from pathlib import Path
 
 from lakehouse.collectors import file_drop, http, library, sql
 from lakehouse.collectors.base import Fetched
-from lakehouse.collectors.landing import CollectorError, ManifestEntry, atomic_write, land_many, read_manifest, safe_name
+from lakehouse.collectors.landing import (
+    CollectorError,
+    ManifestEntry,
+    atomic_write,
+    land_many,
+    read_manifest,
+    safe_name,
+    sha256_bytes,
+)
 from lakehouse.specs.models import Project, SourceSpec
+from lakehouse.transforms.records import delivery_months
 
 
 @dataclass
@@ -58,6 +67,12 @@ def keep_rejected(month_dir: Path, name: str, data: bytes) -> Path:
     return path
 
 
+def _other_months(month_dir: Path) -> list[Path]:
+    """The other month folders of the same source's landing zone."""
+    parent = month_dir.parent
+    return [p for p in sorted(parent.iterdir()) if p.is_dir() and p != month_dir and not p.name.startswith(("_", "."))] if parent.is_dir() else []
+
+
 def collect(project: Project, source: SourceSpec, month: str, month_dir: Path) -> CollectResult:
     """Fetch ``source`` for ``month`` and land each file exactly once in ``month_dir``."""
     result = CollectResult(month=month)
@@ -68,8 +83,15 @@ def collect(project: Project, source: SourceSpec, month: str, month_dir: Path) -
             kept = keep_rejected(month_dir, exc.name, exc.data)
             raise CollectorError(f"{exc}; the rejected bytes are kept in {kept}") from None
         raise
+    months_of = None
+    if source.spans_months:
+        # a delivery that spans months lands once for the source, not once per month it is fetched for
+        elsewhere = {e.sha256 for m in _other_months(month_dir) for e in read_manifest(m) if e.status == "landed"}
+        result.skipped += [item.name for item in fetched if sha256_bytes(item.data) in elsewhere]
+        fetched = [item for item in fetched if sha256_bytes(item.data) not in elsewhere]
+        months_of = lambda data: delivery_months(data, source)  # noqa: E731
     items = [(item.name, item.data, item.origin) for item in fetched]
-    for item, entry in zip(fetched, land_many(month_dir, items, fmt=source.format), strict=True):
+    for item, entry in zip(fetched, land_many(month_dir, items, fmt=source.format, months_of=months_of), strict=True):
         if entry is None:
             result.skipped.append(item.name)
         else:

@@ -23,7 +23,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +50,8 @@ class ManifestEntry:
     origin: str
     received_at: str
     status: str = "landed"  # landed | superseded
+    #: a source whose deliveries span months: the months this file's rows may belong to (``None``: any)
+    months: list[str] | None = None
 
 
 def safe_name(name: str) -> str:
@@ -131,7 +133,11 @@ def land(month_dir: Path, name: str, data: bytes, *, origin: str, fmt: FormatSpe
 
 
 def land_many(
-    month_dir: Path, items: Iterable[tuple[str, bytes, str]], *, fmt: FormatSpec | None = None
+    month_dir: Path,
+    items: Iterable[tuple[str, bytes, str]],
+    *,
+    fmt: FormatSpec | None = None,
+    months_of: Callable[[bytes], list[str] | None] | None = None,
 ) -> list[ManifestEntry | None]:
     """Land each ``(name, data, origin)`` of ``items`` in ``month_dir`` exactly once, under one lock.
 
@@ -140,7 +146,8 @@ def land_many(
     before the manifest is replaced leaves files it does not list; the rerun lands them again and lists them.
     Returns, per item, its new entry or ``None`` when those bytes had already landed under that name.
     ``rows`` of an entry: the records the file holds in ``fmt`` (default: csv with a header), counted
-    without the parser (:func:`lakehouse.transforms.records.count_records`).
+    without the parser (:func:`lakehouse.transforms.records.count_records`); ``months`` of an entry:
+    ``months_of(data)`` (a source whose deliveries span months).
     """
     fmt = fmt or FormatSpec()
     out: list[ManifestEntry | None] = []
@@ -169,6 +176,7 @@ def land_many(
                 rows=count_records(data, fmt),
                 origin=origin,
                 received_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                months=months_of(data) if months_of is not None else None,
             )
             entries.append(entry)
             out.append(entry)
@@ -198,3 +206,22 @@ def _keep_superseded(month_dir: Path, name: str, old: ManifestEntry) -> None:
 def landed_files(month_dir: Path) -> list[Path]:
     """The current files of a month (superseded ones excluded)."""
     return [month_dir / e.name for e in read_manifest(month_dir) if e.status == "landed"]
+
+
+def spanning_files(source_dir: Path, month: str) -> list[Path]:
+    """Files landed under other months of ``source_dir`` whose rows may belong to ``month`` (a source
+    whose deliveries span months; see ``ManifestEntry.months``)."""
+    out = []
+    for month_dir in sorted(p for p in source_dir.iterdir() if p.is_dir() and p.name != month) if source_dir.is_dir() else []:
+        out += [month_dir / e.name for e in read_manifest(month_dir)
+                if e.status == "landed" and (e.months is None or month in e.months)]
+    return out
+
+
+def received_times(source_dir: Path, month: str, *, spans_months: bool = False) -> dict[str, str]:
+    """When each file that may hold rows of ``month`` was received, by its ``_source_file`` name (the
+    order ``keep: first`` follows). A source whose deliveries span months names files ``<month>/<name>``."""
+    if not spans_months:
+        return {e.name: e.received_at for e in read_manifest(source_dir / month) if e.status == "landed"}
+    return {f"{m.name}/{e.name}": e.received_at for m in sorted(source_dir.iterdir()) if m.is_dir()
+            for e in read_manifest(m) if e.status == "landed"} if source_dir.is_dir() else {}

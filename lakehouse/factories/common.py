@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 
 from lakehouse.io.lake import Lake
 from lakehouse.io.spark import get_spark
-from lakehouse.specs.models import Project, SparkSpec
+from lakehouse.specs.models import Project, SourceSpec, SparkSpec
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -50,8 +50,9 @@ def resources(project: Project) -> dict[str, Any]:
     }
 
 
-def monthly(project: Project) -> dg.MonthlyPartitionsDefinition:
-    months = project.lakehouse.months
+def monthly(project: Project, source: SourceSpec | None = None) -> dg.MonthlyPartitionsDefinition:
+    """The month partitions of ``source`` (its own ``months`` if it declares them), else the lakehouse's."""
+    months = project.months_of(source) if source is not None else project.lakehouse.months
     return dg.MonthlyPartitionsDefinition(start_date=months.start, end_date=months.end, fmt="%Y-%m")
 
 

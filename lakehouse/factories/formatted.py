@@ -9,7 +9,7 @@ write Parquet), the others Spark's casts; both land in the same commit.
 
 import dagster as dg
 
-from lakehouse.collectors.landing import landed_files
+from lakehouse.collectors.landing import landed_files, spanning_files
 from lakehouse.factories.checks import pandera_result, pandera_spec, validate_written
 from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, months_of, run_months
 from lakehouse.factories.schema import column_schema
@@ -27,7 +27,7 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
         group_name="formatted",
         description=f"**{source.name}** in its canonical schema, one Delta table partitioned by month.\n\n"
         f"{source.description}",
-        partitions_def=monthly(project),
+        partitions_def=monthly(project, source),
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"spark", "delta"},
         tags={"zone": "formatted"},
@@ -39,15 +39,18 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
         path = root.table_path("formatted", source.name)
 
         schema = data_schema(session, source)
+        span = (project.months_of(source).start, project.months_of(source).end)
 
         def step(month: str) -> dict:
             # exactly the files the manifest lists: a file a crashed landing left unlisted is not read
             files = landed_files(root.landing_dir(source.name, month))
+            if source.spans_months:  # and files landed under other months that hold rows of this one
+                files += spanning_files(root.table_path("landing", source.name), month)
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise FileNotFoundError(f"landing/{source.name}/{month}: listed in the manifest but missing: {missing}")
             # clean files: parsed, cast and staged as Parquet by Spark's Python workers; the rest by Spark's casts
-            staged, bad, fast = format_month(session, [str(f) for f in files], source, month, str(path), schema)
+            staged, bad, fast = format_month(session, [str(f) for f in files], source, month, str(path), schema, months=span)
             rejected = quarantine.quarantine_table(bad, dataset=source.name, stage="formatted", run_id=context.run_id, month=month)
             version = root.commit_month("formatted", source.name, month, staged, schema)
             # published even when empty: it supersedes the rows an earlier run of the month quarantined

@@ -20,7 +20,7 @@ def build_landing_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         group_name="landing",
         description=f"Raw files of **{source.name}** as received ({source.collector.type} collector), "
         f"with a manifest per month.\n\n{source.description}",
-        partitions_def=monthly(project),
+        partitions_def=monthly(project, source),
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"python", source.collector.type.replace("_", "")},
         tags={"zone": "landing", "collector": source.collector.type},

@@ -235,7 +235,7 @@ def landing_job(project: Project, source: SourceSpec) -> UnresolvedAssetJobDefin
     return dg.define_asset_job(
         name=f"{source.name}_landing",
         selection=dg.AssetSelection.assets(key("landing", source.name)),
-        partitions_def=monthly(project),
+        partitions_def=monthly(project, source),
         description=f"Collect and land **{source.name}** for one month ({source.collector.type} collector).",
         tags={"zone": "landing", "source": source.name},
     )
@@ -256,8 +256,8 @@ def build_inbox_sensor(
         raise ValueError(f"source {source.name!r}: an inbox sensor needs a file_drop collector, not {spec.type!r}")
     inbox = project.resolve(spec.inbox)
     lake = Lake(project.lake_root)
-    partitions = monthly(project)
-    months = project.lakehouse.months
+    partitions = monthly(project, source)
+    months = project.months_of(source)
 
     def in_range(month: str) -> bool:
         return month >= months.start and (months.end is None or month < months.end)
@@ -317,7 +317,7 @@ def build_source_schedule(
     """The monthly schedule of a periodic ``source`` (each call builds exactly one schedule)."""
     if not source.schedule or not is_valid_cron_string(source.schedule):
         raise ValueError(f"source {source.name!r}: schedule {source.schedule!r} is not a valid cron expression")
-    partitions = monthly(project)
+    partitions = monthly(project, source)
 
     @dg.schedule(
         name=f"{source.name}_monthly",
@@ -335,7 +335,7 @@ def build_source_schedule(
         if month is None or month < previous_month(when):
             return dg.SkipReason(
                 f"{source.name}: no partition for {previous_month(when)}, the month that ended last: the"
-                f" partition range is {project.lakehouse.months.start}..{project.lakehouse.months.end or 'open'}"
+                f" partition range is {project.months_of(source).start}..{project.months_of(source).end or 'open'}"
                 " (end exclusive, lakehouse.yaml months)"
             )
         return dg.RunRequest(

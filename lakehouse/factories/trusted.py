@@ -11,7 +11,7 @@ import threading
 
 import dagster as dg
 
-from lakehouse.collectors.landing import read_manifest
+from lakehouse.collectors.landing import received_times
 from lakehouse.factories.checks import PANDERA, pandera_result, pandera_spec, validate_written, verdict_results
 from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, months_of, run_months
 from lakehouse.factories.schema import column_schema
@@ -157,7 +157,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         description=f"**{source.name}** after quality rules and cleaning; rejected rows are in "
         f"`quality/quarantine`, changed cells in `quality/repairs`, the assessment in `quality/metrics`."
         f"\n\nRules:\n{rules or '- none declared'}\n\nCleaning:\n{steps or '- none declared'}",
-        partitions_def=monthly(project),
+        partitions_def=monthly(project, source),
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"spark", "delta"},
         tags={"zone": "trusted"},
@@ -195,7 +195,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 month=month,
                 history=lambda: history(month),
                 references=_references(root, session, source, month),
-                received={e.name: e.received_at for e in read_manifest(root.landing_dir(source.name, month)) if e.status == "landed"},
+                received=received_times(root.table_path("landing", source.name), month, spans_months=source.spans_months),
             )
             try:
                 batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=context.run_id)

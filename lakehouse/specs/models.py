@@ -590,6 +590,12 @@ class SourceSpec(Spec):
     #: the schedule of a periodic collector (cron, UTC): each tick collects the month that ended last;
     #: file drops are sensor-driven and ignore it
     schedule: str | None = None
+    #: the source's own partition range when it differs from the lakehouse's ``months`` (a source that
+    #: begins in 2015 does not need 2012's partitions)
+    months: MonthsSpec | None = None
+    #: a delivery (a file, a response) may hold rows of many months: it lands once, under the month it
+    #: was collected for, and each formatted month takes the rows its time column places in that month
+    spans_months: bool = False
 
     @field_validator("name")
     @classmethod
@@ -613,6 +619,8 @@ class SourceSpec(Spec):
         for key_col in self.quality.key:
             if key_col not in names:
                 raise ValueError(f"quality.key column {key_col!r} is not a declared column")
+        if self.spans_months and self.partitioning.kind != "time_column":
+            raise ValueError("spans_months needs partitioning.kind 'time_column' (the column that routes each row)")
         if self.schedule is not None and len(self.schedule.split()) != 5:
             raise ValueError(f"schedule {self.schedule!r} must be a cron expression with 5 fields")
         return self
@@ -777,6 +785,10 @@ class Project(Spec):
             if s.name == name:
                 return s
         raise KeyError(f"no source named {name!r}; known: {[s.name for s in self.sources]}")
+
+    def months_of(self, source: SourceSpec) -> MonthsSpec:
+        """The partition range of ``source``: its own ``months``, else the lakehouse's."""
+        return source.months or self.lakehouse.months
 
     def resolve(self, path: str) -> Path:
         """A path from a config, relative to the project root unless absolute."""

@@ -74,6 +74,7 @@ def eligible(source: SourceSpec) -> bool:
     fmt = source.format
     return (
         fmt.kind == "csv"
+        and not source.spans_months
         and fmt.compression == "none"
         and fmt.decimal == "."
         and fmt.thousands is None
@@ -315,20 +316,28 @@ def format_on_executors(
 
 
 def format_month(
-    spark: SparkSession, files: Sequence[str], source: SourceSpec, month: str, table_dir: str, schema: pa.Schema
+    spark: SparkSession,
+    files: Sequence[str],
+    source: SourceSpec,
+    month: str,
+    table_dir: str,
+    schema: pa.Schema,
+    *,
+    months: tuple[str, str | None] | None = None,
 ) -> tuple[list[dict], pa.Table, int]:
     """The month's files formatted and staged under ``table_dir``, nothing committed: (the staged files,
     the rejected rows with ``month``, lineage, ``record`` and ``error``, the files the fast lane took).
 
     Clean files take the fast lane (one Spark job, :func:`format_on_executors`); the rest are parsed and
-    cast by Spark (one more job) and their accepted rows staged from the driver.
+    cast by Spark (one more job) and their accepted rows staged from the driver. ``months``: the source's
+    partition range, for a source whose deliveries span months (see :func:`parse.cast_checked`).
     """
     from lakehouse.transforms.parse import read_raw
 
     staged, rest = format_on_executors(spark, files, source, month, table_dir, schema)
     if not rest:
         return staged, _REJECTED.empty_table(), len(files)
-    checked = cast_checked(read_raw(spark, rest, source), source, month).toArrow()
+    checked = cast_checked(read_raw(spark, rest, source), source, month, months).toArrow()
     is_bad = pc.is_valid(checked.column("error"))
     data = checked.filter(pc.invert(is_bad)).drop_columns(["error", "record", "month"])
     if data.num_rows:

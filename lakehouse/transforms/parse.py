@@ -466,6 +466,13 @@ def _read_parquet(rows: _Rows, data: bytes, raw_names: list[str]) -> None:
     if not rows.records:
         rows.reject(0, None, f"{rows.name}: no rows")
 
+def lineage_name(path: str, spans_months: bool) -> str:
+    """The ``_source_file`` of a landed file: its name, or ``<landing month>/<name>`` for a source whose
+    deliveries span months (one month's rows may then come from files landed under other months)."""
+    parts = path.rstrip("/").split("/")
+    return "/".join(parts[-2:]) if spans_months else parts[-1]
+
+
 def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec) -> DataFrame:
     """Landed files as rows of strings (one Spark task parses whole files).
 
@@ -479,19 +486,21 @@ def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec
     if not paths:
         return empty_raw(spark, source)
 
+    spans = source.spans_months
+
     def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             paths = batch.column("path").to_pylist()
             contents = batch.column("content").to_pylist()
             for path, content in zip(paths, contents, strict=True):
-                yield from parse_file(os.path.basename(path), content, fmt, raw_names).to_batches()
+                yield from parse_file(lineage_name(path, spans), content, fmt, raw_names).to_batches()
 
     # Spark skips zero-byte files when it plans the scan: parse those here, or they would vanish unreported
     empty = [p for p in paths if not p.startswith(("file:", "hdfs:", "s3")) and os.path.isfile(p) and os.path.getsize(p) == 0]
     found = [p for p in paths if p not in empty]
     parts = []
     if empty:
-        parts.append(spark.createDataFrame(pa.concat_tables(parse_file(os.path.basename(p), b"", fmt, raw_names) for p in empty)))
+        parts.append(spark.createDataFrame(pa.concat_tables(parse_file(lineage_name(p, spans), b"", fmt, raw_names) for p in empty)))
     if found:
         from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -603,7 +612,7 @@ def _typed(column: ColumnSpec, fmt: FormatSpec) -> tuple[Column, Column]:
     return value, problem
 
 
-def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column) -> DataFrame:
+def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column, months: tuple[str, str | None] | None = None) -> DataFrame:
     """Every parsed row, cast: the canonical columns, lineage, ``month``, and ``error`` / ``record`` (the
     cause and the row as received), both NULL on rows that are accepted.
 
@@ -611,9 +620,13 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column) -> Dat
     (e.g. taken from the file name) when several months are cast at once.
 
     One frame for both outcomes, so a caller can compute it in one Spark job (no cache, no second pass
-    over the files) and split it on ``error``; :func:`cast_to_canonical` splits it in Spark.
+    over the files) and split it on ``error``.
     A row is rejected when it could not be parsed, a value does not cast to its declared type, a
     non-nullable value is empty, or its time column places it in another month than the one delivered.
+
+    A source whose deliveries span months (``spans_months``) instead keeps the rows its time column
+    places in ``month`` and the rejected rows of the files landed under ``month``; a row of a month outside
+    ``months`` (the source's partition range: start, end exclusive) is rejected.
     """
     from pyspark.sql import functions as F
 
@@ -635,8 +648,20 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column) -> Dat
         if not c.nullable:
             problems.append(F.when(F.col(ERROR_COL).isNull() & why.isNull() & F.col(c.name).isNull(), F.lit(f"column {c.name}: empty")))
     part_col = source.partitioning.column
-    if source.partitioning.kind == "time_column" and part_col:
-        row_month = F.date_format(F.col(part_col), "yyyy-MM")
+    row_month = F.date_format(F.col(part_col), "yyyy-MM") if part_col else None
+    if source.spans_months and row_month is not None:
+        start, end = months if months is not None else (None, None)
+        outside = (row_month < F.lit(start)) if start else F.lit(False)
+        if end:
+            outside = outside | (row_month >= F.lit(end))
+        problems.append(
+            F.when(
+                F.col(part_col).isNotNull() & outside,
+                F.format_string(f"{part_col} %s belongs to month %s, outside the source's months {start}..{end or ''}",
+                                F.col(part_col).cast("string"), row_month),
+            )
+        )
+    elif source.partitioning.kind == "time_column" and row_month is not None:
         problems.append(
             F.when(
                 F.col(part_col).isNotNull() & (row_month != delivered),
@@ -644,6 +669,11 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column) -> Dat
             )
         )
     checked = typed.withColumn("__problem", F.concat_ws("; ", *problems))
+    if source.spans_months and row_month is not None:
+        # a row is this month's when its time column says so; what cannot be placed (rejected rows, file
+        # findings) belongs to the month its file landed under, so each is counted once
+        landed_under = F.substring(F.col(FILE_COL), 1, 7)
+        checked = checked.filter(F.when(F.col("__problem") == "", row_month == delivered).otherwise(landed_under == delivered))
     record = F.to_json(F.struct(*[F.col(f"__raw_{c.name}").alias(c.raw_name) for c in source.columns]))
     rejected = F.col("__problem") != ""
     return checked.select(
@@ -654,19 +684,6 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column) -> Dat
         F.when(rejected, F.col("__problem")).alias("error"),
         F.when(rejected, F.coalesce(F.col(RAW_COL), record)).alias("record"),
     )
-
-
-def cast_to_canonical(raw: DataFrame, source: SourceSpec, month: str) -> tuple[DataFrame, DataFrame]:
-    """Split parsed rows into (canonical rows of ``month``, rejected rows with ``error`` and ``record``).
-
-    The rules are :func:`cast_checked`'s.
-    """
-    from pyspark.sql import functions as F
-
-    checked = cast_checked(raw, source, month)
-    good = checked.filter(F.col("error").isNull()).select(*[c.name for c in source.columns], FILE_COL, LINE_COL, "month")
-    bad = checked.filter(F.col("error").isNotNull()).select("month", FILE_COL, LINE_COL, "record", "error")
-    return good, bad
 
 
 def empty_raw(spark: SparkSession, source: SourceSpec) -> DataFrame:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import re
 
-from lakehouse.specs.models import FormatSpec
+from lakehouse.specs.models import FormatSpec, SourceSpec
 from lakehouse.transforms.decode import Unreadable, count_lines, decode_text, decompress
 
 
@@ -67,3 +67,31 @@ def count_records(data: bytes, fmt: FormatSpec) -> int:
         return len(json_records(payload, fmt))
     except Unreadable:
         return count_lines(data)
+
+
+def _shift(month: str, by: int) -> str:
+    year, mm = divmod(int(month[:4]) * 12 + int(month[5:]) - 1 + by, 12)
+    return f"{year:04d}-{mm + 1:02d}"
+
+
+def delivery_months(data: bytes, source: SourceSpec) -> list[str] | None:
+    """The months the rows of a delivery may belong to (a superset), for a source whose deliveries span
+    months; ``None`` when they cannot be told without the cast (a time column with a declared pattern):
+    every formatted month then reads the delivery.
+
+    Read from the first seven characters of the time column's ISO text; a timestamp's offset may move it
+    into a neighbouring month, so those are included too.
+    """
+    import pyarrow.compute as pc
+
+    from lakehouse.transforms.parse import parse_file
+
+    column = source.column(source.partitioning.column or "")
+    if column.format:
+        return None
+    table = parse_file("delivery", data, source.format, [c.raw_name for c in source.columns])
+    prefixes = pc.unique(pc.utf8_slice_codeunits(pc.utf8_trim_whitespace(table.column(column.raw_name)), 0, 7)).to_pylist()
+    months = {p for p in prefixes if p and re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", p)}
+    if column.type == "timestamp":
+        months |= {_shift(m, by) for m in months for by in (-1, 1)}
+    return sorted(months)
