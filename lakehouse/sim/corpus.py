@@ -710,7 +710,7 @@ FILE_KINDS: tuple[FileKind, ...] = (
     FileKind("mixed_line_endings", "CRLF and LF mixed", mixed_line_endings, "none"),
     FileKind("blank_lines_and_padding", "blank lines, spaces and tabs around values", blank_lines_and_padding, "none"),
     FileKind("second_header_mid_file", "the header repeated mid-file (two files concatenated)", second_header_mid_file),
-    FileKind("quoted_fields", "every field in double quotes", quoted_fields),
+    FileKind("quoted_fields", "every field in double quotes", quoted_fields, "none"),
     FileKind("timestamps_other_zone", "same instants written at +05:30", timestamps_other_zone, "none"),
     FileKind("dst_local_time_with_offsets", "Seattle local time with offsets across a DST change", dst_local_time_with_offsets, "none"),
     FileKind("timestamps_without_zone", "no zone designator (read as the declared UTC)", timestamps_without_zone, "none"),
