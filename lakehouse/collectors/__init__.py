@@ -35,6 +35,8 @@ class CollectResult:
     landed: list[ManifestEntry] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     manifest: list[ManifestEntry] = field(default_factory=list)
+    #: inbox entries that are not deliveries (symlinks, devices), with the reason; recorded under ``_rejected/``
+    refused: list[tuple[str, str]] = field(default_factory=list)
 
 
 REJECTED = "_rejected"
@@ -83,6 +85,11 @@ def collect(project: Project, source: SourceSpec, month: str, month_dir: Path) -
             kept = keep_rejected(month_dir, exc.name, exc.data)
             raise CollectorError(f"{exc}; the rejected bytes are kept in {kept}") from None
         raise
+    inbox = project.resolve(source.collector.inbox) if source.collector.type == "file_drop" else None
+    if inbox is not None and inbox.is_dir():  # fetch() above reported a missing inbox
+        for path, why in file_drop.inbox_entries(source.collector, inbox, month)[1]:
+            kept = keep_rejected(month_dir, f"{path.name}.refused.txt", f"{path}: {why}\n".encode())
+            result.refused.append((path.name, f"{why} (recorded in {kept})"))
     months_of = None
     if source.spans_months:
         # a delivery that spans months lands once for the source, not once per month it is fetched for

@@ -32,10 +32,13 @@ def build_landing_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         def step(month: str) -> dict:
             month_dir = root.inside(root.landing_dir(source.name, month))
             result = collect(project, source, month, month_dir)
+            for name, why in result.refused:
+                context.log.warning(f"landing/{source.name} {month}: inbox entry {name!r} refused: {why}")
             current = [e for e in result.manifest if e.status == "landed"]
             return {
                 "files_landed": len(result.landed),
                 "files_already_landed": len(result.skipped),
+                "files_refused": len(result.refused),
                 "files": len(current),
                 "rows": sum(e.rows for e in current),
                 "bytes": sum(e.bytes for e in current),

@@ -129,9 +129,10 @@ def changed_files(spec: FileDropCollector, inbox: Path, after: tuple[int, str]) 
             if name.startswith(".") or name.endswith(".part") or not matches(name):
                 continue
             try:
-                if not entry.is_file():
+                # a symlink is listed (never followed) so that its landing run records the refusal
+                if not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
                     continue
-                st = entry.stat()
+                st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # removed while listing
                 continue
             listed += 1

@@ -280,3 +280,26 @@ def test_a_config_cannot_run_code(configs_copy, make_project, tmp_path):
     with pytest.raises(yaml.constructor.ConstructorError):
         yaml.safe_load(f'x: !!python/object/apply:os.system ["touch {marker}"]')
     assert not marker.exists()
+
+
+def test_inbox_symlinks_are_refused_and_recorded_never_followed(tmp_path, make_project):
+    """A link planted in the inbox (to the run's environment, or to a file elsewhere) lands nothing; the
+    refusal is recorded under the month's _rejected/ with the reason, and regular files still land."""
+    project = make_project()
+    source = project.source("meter_readings")
+    inbox = project.resolve(source.collector.inbox)
+    inbox.mkdir(parents=True)
+    (inbox / "meter_M1_2012-01.csv").write_bytes(b"device_id;timestamp;reading_kwh\nM1;2012-01-01T00:00:00Z;1.0\n")
+    secret = tmp_path / "secret.env"
+    secret.write_text("DB_PASSWORD=hunter2\n")
+    (inbox / "meter_ENV_2012-01.csv").symlink_to("/proc/self/environ")
+    (inbox / "meter_S_2012-01.csv").symlink_to(secret)
+    month_dir = Lake(project.lake_root).landing_dir("meter_readings", "2012-01")
+    result = collect(project, source, "2012-01", month_dir)
+    assert [e.name for e in result.landed] == ["meter_M1_2012-01.csv"]
+    assert sorted(name for name, _ in result.refused) == ["meter_ENV_2012-01.csv", "meter_S_2012-01.csv"]
+    assert all("symbolic link" in why for _, why in result.refused)
+    records = {p.name: p.read_text() for p in (month_dir / "_rejected").iterdir()}
+    assert len(records) == 2 and all("symbolic link" in text for text in records.values())
+    stored = b"".join(p.read_bytes() for p in month_dir.rglob("*") if p.is_file())
+    assert b"hunter2" not in stored and b"PATH=" not in stored
