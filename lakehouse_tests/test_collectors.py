@@ -332,3 +332,46 @@ def test_file_drop_inbox_that_does_not_exist_is_an_error_not_an_empty_month(make
 
     inbox.mkdir(parents=True)  # an inbox with nothing for the month is an empty month
     assert collect(project, source, MONTH, folder).landed == []
+
+
+def test_http_body_over_max_bytes_fails_and_lands_nothing(project, weather):
+    folder = month_dir(project, "weather")
+    with pytest.raises(CollectorError, match=r"'weather' month 2012-03: .*more than max_bytes 100"):
+        collect(project, http_source(project, max_bytes=100), MONTH, folder)
+    assert landed_nothing(folder)
+
+
+def test_http_deadline_bounds_a_provider_that_drips(project):
+    """A provider sending one byte every 0.1 s never trips the per-read timeout; the collect's deadline
+    stops it."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            try:
+                for _ in range(1000):
+                    self.wfile.write(b"{")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/stations/{{station}}/daily.json?start={{start}}"
+        started = time.monotonic()
+        with pytest.raises(CollectorError, match=r"longer than its deadline of 1s \(collector.deadline_s\)"):
+            collect(project, http_source(project, url=url, timeout_s=2, retries=0, deadline_s=1), MONTH, month_dir(project, "weather"))
+        assert time.monotonic() - started < 5
+    finally:
+        server.shutdown()

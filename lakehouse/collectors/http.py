@@ -30,6 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import ProtocolError as Urllib3ProtocolError
+from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
@@ -131,12 +133,14 @@ def fetch(spec: HttpCollector, month: str, *, source: str = "?") -> Iterator[Fet
     headers = _headers(spec, where)
     last_problem: str | None = None
     last_body = b""
+    deadline = time.monotonic() + spec.deadline_s
     with session_for(spec) as session:
         for attempt in range(spec.retries + 1):
             if attempt:
-                time.sleep(spec.backoff_s * 2 ** (attempt - 1))
+                time.sleep(min(spec.backoff_s * 2 ** (attempt - 1), max(0.0, deadline - time.monotonic())))
+            _check_deadline(deadline, spec, where, origin)
             try:
-                response = session.get(url, headers=headers, timeout=(spec.timeout_s, spec.timeout_s))
+                response = session.get(url, headers=headers, timeout=(spec.timeout_s, spec.timeout_s), stream=True)
             except requests.exceptions.RetryError as exc:
                 raise CollectorError(f"{where}: GET {origin} failed after {spec.retries} retries: {_cause(exc)}") from None
             except requests.exceptions.Timeout as exc:
@@ -162,7 +166,11 @@ def fetch(spec: HttpCollector, month: str, *, source: str = "?") -> Iterator[Fet
                     f"{where}: GET {origin} answered HTTP {response.status_code} {response.reason}"
                     f" (not retried): {response.text[:200]!r}"
                 )
-            body = response.content
+            try:
+                body = _read_body(response, spec, deadline, where, origin)
+            except requests.exceptions.RequestException as exc:
+                last_problem, last_body = f"truncated body: connection broken while reading ({_cause(exc)})", b""
+                continue
             problem = _body_problem(spec, response, body)
             if problem is None:
                 yield Fetched(name=name, data=body, origin=origin)
@@ -173,6 +181,40 @@ def fetch(spec: HttpCollector, month: str, *, source: str = "?") -> Iterator[Fet
         name=name,
         data=last_body,
     )
+
+
+def _check_deadline(deadline: float, spec: HttpCollector, where: str, origin: str) -> None:
+    if time.monotonic() > deadline:
+        raise CollectorError(f"{where}: GET {origin} took longer than its deadline of {spec.deadline_s:g}s (collector.deadline_s)")
+
+
+def _read_body(response: requests.Response, spec: HttpCollector, deadline: float, where: str, origin: str) -> bytes:
+    """The body, read in chunks against the collect's deadline and the size cap (nothing is kept of a
+    body that breaks either)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > spec.max_bytes:
+        response.close()
+        raise CollectorError(f"{where}: GET {origin} announces {int(declared):,} bytes, more than max_bytes {spec.max_bytes:,}")
+    chunks, size = [], 0
+    try:
+        # read1 returns what has arrived (up to 64 KiB): a slow provider is checked against the deadline
+        # after every few bytes, not after every full chunk
+        while chunk := _read1(response):
+            size += len(chunk)
+            if size > spec.max_bytes:
+                raise CollectorError(f"{where}: GET {origin} sent more than max_bytes {spec.max_bytes:,} bytes")
+            chunks.append(chunk)
+            _check_deadline(deadline, spec, where, origin)
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
+def _read1(response: requests.Response) -> bytes:
+    try:
+        return response.raw.read1(1 << 16, decode_content=True)
+    except (Urllib3ProtocolError, Urllib3ReadTimeout, OSError) as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

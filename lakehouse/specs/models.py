@@ -171,6 +171,11 @@ class HttpCollector(Spec):
     expect_prefix: str | None = None
     #: header name -> name of the environment variable holding its value (never the value itself)
     headers_env: dict[str, str] = Field(default_factory=dict)
+    #: the longest one month's collect may take, every attempt and wait included (``timeout_s`` bounds
+    #: each connect and each read only: a provider dripping a byte at a time would never hit it)
+    deadline_s: float = Field(default=600.0, gt=0)
+    #: the largest body accepted; a larger one fails the month (nothing lands)
+    max_bytes: int = Field(default=512 << 20, gt=0)
 
     @model_validator(mode="after")
     def _templates(self) -> HttpCollector:
