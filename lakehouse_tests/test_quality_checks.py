@@ -81,20 +81,49 @@ def test_every_rule_and_step_is_a_check_of_the_partition(first_run):
     assert result.success
     evals = evaluations(result)
     quality = project.source("meter_readings").quality
-    expected = {"exact_duplicate", "conservation", "pandera_schema"} | {r.name for r in quality.rules} | {
+    expected = {"exact_duplicate", "conservation", "rejected_rate", "pandera_schema"} | {r.name for r in quality.rules} | {
         s.name for s in quality.cleaning if hasattr(s, "name")
     }
     assert set(evals) == expected
+    assert {e.partition for e in evals.values()} == {MONTH}  # a result of the month, not of the run
     # the registry is not part of this reduced project: the reference rule says so instead of guessing
     unknown = evals.pop("known_meter")
     assert not unknown.passed and unknown.severity == dg.AssetCheckSeverity.WARN and "not evaluated" in unknown.description
+    # a warn rule passes exactly when it flagged nothing; flagged rows make it a WARN failure
+    implausible = evals.pop("implausible_hourly_reading")
+    flagged = implausible.metadata["violations"].value
+    assert implausible.passed == (flagged == 0)
+    assert implausible.passed or implausible.severity == dg.AssetCheckSeverity.WARN
     assert all(e.passed for e in evals.values()), {n: e.description for n, e in evals.items() if not e.passed}
     assert evals["conservation"].blocking and evals["required_fields"].blocking and evals["pandera_schema"].blocking
+    assert evals["rejected_rate"].blocking and evals["rejected_rate"].metadata["rows_in"].value > 0
     assert not evals["non_negative_reading"].blocking
-    assert evals["conservation"].target_materialization_data is not None  # tied to the month's materialization
     (mat,) = [m for m in result.get_asset_materialization_events() if m.asset_key == TRUSTED]
-    summary = mat.materialization.metadata["quality_summary"].value
-    assert "Conservation: holds" in summary and "`non_negative_reading`" in summary
+    # tied to the month's materialization (so the UI shows it for the month and automation counts it)
+    assert evals["conservation"].target_materialization_data.run_id == result.run_id
+    meta = mat.materialization.metadata
+    assert mat.materialization.partition == MONTH
+    assert meta["dagster/row_count"].value == meta["rows"].value > 0
+    assert meta["blocking_failed"].value == []
+    table = {r.data["check"]: r.data for r in meta["checks"].value.records}
+    assert table["non_negative_reading"]["action"] == "quarantine" and table["known_meter"]["result"] == "not evaluated"
+
+
+def test_a_warn_rule_with_violations_fails_with_warn_severity():
+    """One severity rule everywhere: a warn rule that flags rows is a WARN failure, without any it passes."""
+    from lakehouse.quality.cleaning import Outcome
+    from lakehouse.quality.metrics import Conservation, evaluate
+
+    class Result:
+        counts = {"rows_in": 100}
+
+        def __init__(self, violations):
+            self.outcomes = {"implausible": Outcome("implausible", "rule", "warn", violations=violations)}
+
+    cons = Conservation(100, 100, 0, 0, 0)
+    flagged, clean = (evaluate(Result(n), cons)[0] for n in (3, 0))
+    assert (flagged.passed, flagged.severity, flagged.blocking) == (False, "WARN", False)
+    assert clean.passed
 
 
 def test_metrics_record_the_assessment_of_the_month(first_run):
@@ -161,7 +190,13 @@ def test_blocking_checks_fail_the_run_when_a_row_goes_missing_or_a_fail_rule_bre
     assert "!=" in evals["conservation"].description
     assert not evals["tiny_readings_only"].passed and evals["tiny_readings_only"].severity == dg.AssetCheckSeverity.ERROR
     assert evals["non_negative_reading"].passed
+    # the month is materialized with the checks it failed; its month of the view is held
+    (mat,) = [m for m in result.get_asset_materialization_events() if m.asset_key == TRUSTED]
+    assert set(mat.materialization.metadata["blocking_failed"].value) == {"conservation", "tiny_readings_only"}
     assert not [m for m in result.get_asset_materialization_events() if m.asset_key == view]
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "exploitation__daily_consumption"
+    assert f"{MONTH}: held: trusted/meter_readings {MONTH} failed blocking check(s)" in failure.step_failure_data.error.message
     # the broken batch is recorded as such
     m = metrics.read(lake, months=[MONTH]).to_pandas()
     mine = m[(m["run_id"] == result.run_id) & (m["metric"] == "conserved")]

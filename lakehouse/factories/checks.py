@@ -1,35 +1,69 @@
-"""Asset checks shared by the zone factories: quality verdicts and Pandera schemas → Dagster.
+"""Asset checks shared by the zone factories: quality verdicts, rejected rows and Pandera schemas → Dagster.
 
-Checks are declared with ``check_specs`` on each zone asset and their results returned in the
-``MaterializeResult``. A step that covers several months (a backfilled range) reports one result per
-check: passed only if every month passed, with a per-month table in its metadata (the per-month
-figures are also in ``quality/metrics``).
+Every check of a zone table is partitioned like the table (``AssetCheckSpec(partitions_def=...)``): a step
+over a backfilled range reports one result per check *and month*
+(:func:`lakehouse.factories.common.report`), each tied to that month's materialization. Severities are the
+same everywhere: a check that found what it looks for and may not block fails with ``WARN`` (a ``warn``
+rule with violations, drift), a blocking check fails with ``ERROR``.
 """
 
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 
 import dagster as dg
 from pyspark.sql import SparkSession
 from pyspark.sql.types import StructType
 
+from lakehouse.factories.common import month_check_spec
 from lakehouse.io.lake import Lake
 from lakehouse.quality import schemas
 from lakehouse.quality.metrics import CheckEval
 from lakehouse.specs.models import ViewSpec
 
 PANDERA = "pandera_schema"
+REJECTED_RATE = "rejected_rate"
 
 
-def pandera_spec(asset_key: dg.AssetKey, *, blocking: bool) -> dg.AssetCheckSpec:
-    return dg.AssetCheckSpec(
+def pandera_spec(asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition, *, blocking: bool) -> dg.AssetCheckSpec:
+    return month_check_spec(
         PANDERA,
-        asset=asset_key,
+        asset_key,
+        partitions_def,
         blocking=blocking,
         description="Pandera schema derived from the configs: column types, nullability, ranges/allowed values "
-        "the rules guarantee, key uniqueness (pandas backend on up to "
+        "the rules guarantee, key uniqueness within the month (pandas backend on up to "
         f"{schemas.LOCAL_ROWS:,} rows, a month at a time for a key; pandera.pyspark on larger data or on failure). "
-        "Metadata: failing rows per check, examples.",
+        "Metadata: the month's failing rows per check, with an example.",
+    )
+
+
+def rejected_rate_spec(asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition, limit: float, stage: str) -> dg.AssetCheckSpec:
+    what = "rows quarantined while formatting / rows landed" if stage == "formatted" else "rows quarantined by the rules and cleaning / rows in"
+    return month_check_spec(
+        REJECTED_RATE,
+        asset_key,
+        partitions_def,
+        blocking=True,
+        description=f"Blocking: {what} must stay at or below {limit:.2%} (the source's `max_rejected_rate`), and a "
+        "month whose input held rows must keep at least one.",
+    )
+
+
+def rejected_rate_result(*, rejected: int, total: int, kept: int, limit: float) -> dg.AssetCheckResult:
+    """The month's rejected share against ``limit``; a month that had rows and kept none always fails."""
+    rate = rejected / total if total else 0.0
+    passed = rate <= limit and not (total > 0 and kept == 0)
+    if total > 0 and kept == 0:
+        description = f"all {total} row(s) rejected, none kept"
+    else:
+        description = f"{rejected} of {total} row(s) rejected ({rate:.2%}, allowed {limit:.2%})"
+    return dg.AssetCheckResult(
+        check_name=REJECTED_RATE,
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=description,
+        metadata={"rejected": rejected, "rows_in": total, "rate": float(rate), "allowed": float(limit)},
     )
 
 
@@ -100,63 +134,88 @@ def validate_view(spark: SparkSession, lake: Lake, view: ViewSpec, months: Seque
     )
 
 
-def pandera_result(report: schemas.Report) -> dg.AssetCheckResult:
-    failures = [
-        {"column": f.column, "check": f.check, "failing_rows": f.failures, "examples": f.examples, "per_month": f.per_month}
-        for f in report.failures
+FAILURES_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("column", "string"),
+        dg.TableColumn("check", "string"),
+        dg.TableColumn("failing_rows", "int"),
+        dg.TableColumn("example", "string"),
     ]
-    return dg.AssetCheckResult(
-        check_name=PANDERA,
-        passed=report.passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        description=f"{len(report.failures)} failed check(s) over {report.rows} rows" if failures else f"{report.rows} rows valid",
-        metadata={
-            "rows": report.rows,
-            "failed_checks": len(report.failures),
-            "failing_rows": report.failed_rows,
-            "summary": dg.MetadataValue.md(report.markdown()),
-            "failures": dg.MetadataValue.json(failures),
-        },
-    )
+)
 
 
-def verdict_results(per_month: dict[str, list[CheckEval]]) -> list[dg.AssetCheckResult]:
-    """One result per check over the months of the step (failed if any month failed)."""
-    names: list[str] = []
-    for evals in per_month.values():
-        names += [e.name for e in evals if e.name not in names]
-    results = []
-    for name in names:
-        evals = {m: e for m, es in per_month.items() for e in es if e.name == name}
-        failed = {m: e for m, e in evals.items() if not e.passed}
-        any_eval = next(iter(evals.values()))
-        severity = dg.AssetCheckSeverity.ERROR if any(e.severity == "ERROR" for e in failed.values()) else dg.AssetCheckSeverity.WARN
-        meta: dict = {"months": len(evals), "months_failed": len(failed)}
-        violations = [e.violations for e in evals.values() if e.violations is not None]
-        if violations:
-            meta["violations"] = int(sum(violations))
-            rates = [e.rate for e in evals.values() if e.rate is not None]
-            meta["max_violation_rate"] = float(max(rates)) if rates else 0.0
-        if len(evals) == 1:
-            (month, e), = evals.items()
-            meta["month"] = month
-            description = e.description
-        else:
-            rows = "".join(
-                f"| {m} | {'' if e.violations is None else e.violations} | "
-                f"{'' if e.rate is None else f'{e.rate:.3%}'} | {'pass' if e.passed else e.severity} | {e.description} |\n"
-                for m, e in sorted(evals.items())
-            )
-            meta["per_month"] = dg.MetadataValue.md("| month | violations | rate | result | detail |\n|---|---:|---:|---|---|\n" + rows)
-            description = (f"failed in {len(failed)} of {len(evals)} months: {', '.join(sorted(failed))}"
-                           if failed else f"passed in all {len(evals)} months")
-        results.append(
+def _month_failures(report: schemas.Report, month: str | None) -> list[tuple[schemas.Failure, int | None]]:
+    """The report's failures in ``month`` with their failing rows there (schema-level failures, without
+    per-month counts, hit every month; ``month`` None: the whole report)."""
+    out = []
+    for f in report.failures:
+        if month is None or not f.per_month:
+            out.append((f, f.failures))
+        elif f.per_month.get(month, 0):
+            out.append((f, f.per_month[month]))
+    return out
+
+
+def pandera_results(report: schemas.Report, months: Sequence[str], rows: Mapping[str, int]) -> dict[str, list[dg.AssetCheckResult]]:
+    """One ``pandera_schema`` result per month from a report over several months (``rows``: each month's rows)."""
+    out = {}
+    for month in months:
+        failures = _month_failures(report, month)
+        n = rows.get(month, report.rows)
+        table = [
+            dg.TableRecord({"column": f.column, "check": f.check, "failing_rows": -1 if k is None else int(k),
+                            "example": json.dumps(f.examples[0], default=str)[:300] if f.examples else ""})
+            for f, k in failures
+        ]
+        out[month] = [
             dg.AssetCheckResult(
-                check_name=name,
-                passed=not failed,
-                severity=severity if failed else (dg.AssetCheckSeverity.ERROR if any_eval.severity == "ERROR" else dg.AssetCheckSeverity.WARN),
-                description=description[:1000],
-                metadata=meta,
+                check_name=PANDERA,
+                passed=not failures,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=f"{len(failures)} failed check(s) in {n} rows" if failures else f"{n} rows valid",
+                metadata={
+                    "rows": n,
+                    "failing_rows": sum(k or 0 for _, k in failures),
+                    "failures": dg.MetadataValue.table(table, schema=FAILURES_SCHEMA),
+                },
             )
-        )
-    return results
+        ]
+    return out
+
+
+def failing_rows_in(report: schemas.Report, month: str) -> int:
+    """Failing rows of one month (schema-level failures, without per-month counts, count every row)."""
+    return sum(k or 0 for _, k in _month_failures(report, month))
+
+
+def verdict_results(per_month: Mapping[str, list[CheckEval]]) -> dict[str, list[dg.AssetCheckResult]]:
+    """One result per check and month, from the months' verdicts (:func:`lakehouse.quality.metrics.evaluate`)."""
+    out: dict[str, list[dg.AssetCheckResult]] = {}
+    for month, evals in per_month.items():
+        results = []
+        for e in evals:
+            meta: dict = {}
+            if e.violations is not None:
+                meta["violations"] = int(e.violations)
+            if e.rate is not None:
+                meta["rate"] = float(e.rate)
+            results.append(
+                dg.AssetCheckResult(
+                    check_name=e.name,
+                    passed=e.passed,
+                    severity=dg.AssetCheckSeverity.ERROR if e.severity == "ERROR" else dg.AssetCheckSeverity.WARN,
+                    description=e.description[:1000],
+                    metadata=meta,
+                )
+            )
+        out[month] = results
+    return out
+
+
+def merge_results(*parts: Mapping[str, Sequence[dg.AssetCheckResult]]) -> dict[str, list[dg.AssetCheckResult]]:
+    """Per-month check results of several kinds, month by month."""
+    out: dict[str, list[dg.AssetCheckResult]] = {}
+    for part in parts:
+        for month, results in part.items():
+            out.setdefault(month, []).extend(results)
+    return out

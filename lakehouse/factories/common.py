@@ -7,15 +7,21 @@ Resources:
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
-from collections.abc import Callable
+import typing
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+from pydantic import BaseModel
 from pyspark.sql import SparkSession
 
+from lakehouse import __version__
 from lakehouse.io.lake import Lake
 from lakehouse.io.spark import get_spark
 from lakehouse.specs.models import Project, SourceSpec, SparkSpec
@@ -65,18 +71,82 @@ def months_of(context: dg.AssetExecutionContext) -> list[str]:
     return list(context.partition_keys) if context.has_partition_key_range or context.has_partition_key else []
 
 
+def spec_version(*specs: BaseModel) -> str:
+    """An asset's ``code_version``: a hash of the specs it is built from and of the package version, so
+    editing a source's YAML (or upgrading the package) shows the asset's code as changed in the UI."""
+    digest = hashlib.sha256(__version__.encode())
+    for spec in specs:
+        digest.update(spec.model_dump_json().encode())
+    return f"{__version__}-{digest.hexdigest()[:12]}"
+
+
+def escape_md(text: str) -> str:
+    """Text from a config shown as Markdown: ``<device>`` stays visible instead of vanishing as an HTML tag."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def month_check_spec(
+    name: str, asset: dg.AssetKey, partitions_def: dg.PartitionsDefinition, *, blocking: bool = False, description: str = ""
+) -> dg.AssetCheckSpec:
+    """A check with one result per month of ``asset`` (``AssetCheckSpec(partitions_def=...)``, a Dagster
+    preview: its PreviewWarning is expected here and silenced only for this call)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.AssetCheckSpec(name, asset=asset, blocking=blocking, description=description, partitions_def=partitions_def)
+
+
+@dataclass
+class Months:
+    """What a run's months came to: the committed months' figures, the failed and the held months."""
+
+    what: str
+    months: list[str]
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: dict[str, BaseException] = field(default_factory=dict)
+    held: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+#: materialization metadata key listing the blocking checks a month failed (read by :func:`held_months`)
+BLOCKING_FAILED = "blocking_failed"
+
+
+def held_months(context: dg.AssetExecutionContext, upstream: Sequence[dg.AssetKey], months: Sequence[str]) -> dict[str, str]:
+    """Months whose latest materialization of an ``upstream`` asset failed a blocking check: ``month -> why``.
+
+    Dagster's own blocking stops a whole step; a run over a range of months goes on with the months whose
+    inputs passed, and holds only the others (see docs/operations.md). A month whose upstream was never
+    materialized in this instance is not held: nothing says it failed.
+    """
+    held: dict[str, str] = {}
+    for up in upstream:
+        for month in months:
+            records = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=up, asset_partitions=[month]), limit=1
+            ).records
+            if not records:
+                continue
+            meta = records[0].asset_materialization.metadata if records[0].asset_materialization else {}
+            failed = meta.get(BLOCKING_FAILED)
+            names = list(failed.value) if failed is not None else []
+            if names:
+                held.setdefault(month, f"held: {up.to_user_string()} {month} failed blocking check(s) {', '.join(names)}")
+    return held
+
+
 def run_months(
     context: dg.AssetExecutionContext,
     step: Callable[[str], dict[str, Any]],
     what: str,
     *,
     workers: int = 1,
-) -> dict[str, Any]:
+    upstream: Sequence[dg.AssetKey] = (),
+) -> Months:
     """Run ``step`` for each month of the run, each committing on its own.
 
-    A month that fails does not stop the others (their commits stand, and are reported as one
-    materialization per month); the step fails at the end naming every failed month. Returns the run's
-    metadata: the last month's figures when one month ran, totals and a per-month table for a range.
+    A month that fails does not stop the others; :func:`report` then reports the committed months (one
+    materialization each, with that month's own figures) and fails the step naming every failed month.
+    A month whose ``upstream`` month failed a blocking check is held (not run; :func:`held_months`).
 
     ``workers`` > 1 runs months in that many threads sharing the process's Spark session, in month order
     (a month is a few small Spark jobs and Delta commits, so one month at a time leaves the cores mostly
@@ -85,7 +155,11 @@ def run_months(
     commit to. Commits to one table from several threads are retried when they lose a race
     (:meth:`lakehouse.io.lake.Lake._commit`); the content of every month is the same in any order.
     """
-    months = months_of(context)
+    all_months = months_of(context)
+    held = held_months(context, upstream, all_months) if upstream else {}
+    for month, why in held.items():
+        context.log.error(f"{what} {month}: {why}; the month is not processed")
+    months = [m for m in all_months if m not in held]
     results: dict[str, dict[str, Any]] = {}
     failures: dict[str, BaseException] = {}
     started = time.monotonic()
@@ -108,7 +182,7 @@ def run_months(
         left = f", ~{elapsed / done * (len(months) - done):.0f}s left" if done < len(months) else ""
         context.log.info(
             f"{what} {month} ({done}/{len(months)}, {elapsed:.0f}s{left}): "
-            + ", ".join(f"{k}={_short(v)}" for k, v in figures.items() if not isinstance(v, (dict, list)))
+            + ", ".join(f"{k}={_short(v)}" for k, v in figures.items() if _is_figure(v))
         )
 
     if months:
@@ -120,39 +194,129 @@ def run_months(
     else:
         for month in rest:
             one(month)
-    results = {m: results[m] for m in months if m in results}
-    failures = {m: failures[m] for m in months if m in failures}
-    if failures:
-        # the months that committed are materialized (their Delta versions stand); report them before
+    return Months(
+        what,
+        all_months,
+        {m: results[m] for m in months if m in results},
+        {m: failures[m] for m in months if m in failures},
+        held,
+        time.monotonic() - started,
+    )
+
+
+def report(
+    context: dg.AssetExecutionContext,
+    done: Months,
+    *,
+    checks: Mapping[str, Sequence[dg.AssetCheckResult]] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Iterator[Any]:
+    """The events of a monthly asset's step, in this order (the asset function ``yield from``s it):
+
+    1. one materialization per committed month with that month's own figures (``rows``, ``delta_version``,
+       ``dagster/row_count`` ...) plus ``metadata`` (the same for every month), and the month's blocking
+       check failures under :data:`BLOCKING_FAILED`; range totals go to the run's log only;
+    2. per month and check, one check evaluation of that partition (``checks``: month -> results), tied to
+       the month's materialization. A failed blocking check does not fail the step: downstream assets hold
+       that month only (:func:`held_months`), the other months go on;
+    3. a step failure naming the failed and held months, if any.
+    """
+    checks = checks or {}
+    specs = {spec.name: spec for spec in context.assets_def.check_specs if spec.asset_key == context.asset_key}
+    selected = {k.name for k in context.selected_asset_check_keys if k.asset_key == context.asset_key}
+    blocking = {n for n, s in specs.items() if s.blocking}
+    per_month = {}
+    for month, figures in done.results.items():
+        failed = sorted(r.check_name for r in checks.get(month, ()) if r.check_name in blocking and not r.passed
+                        and r.severity == dg.AssetCheckSeverity.ERROR)
+        per_month[month] = {**{k: _md(v) for k, v in figures.items()}, **(metadata or {})}
+        if blocking:
+            per_month[month][BLOCKING_FAILED] = failed
+        if "rows" in figures and "dagster/row_count" not in figures:
+            per_month[month]["dagster/row_count"] = int(figures["rows"])
+    if done.results:
+        context.log.info(f"{done.what}: {summarize(done.results, done.seconds)}")
+    if done.failures or done.held:
+        # the months that committed are materialized (their Delta versions stand): report them before
         # failing, so the UI shows them done and only the failed months failed
-        for month, figures in results.items():
+        for month, meta in per_month.items():
+            context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=month, metadata=meta))
+    elif done.results:
+        for month, meta in per_month.items():
+            context.add_asset_metadata(meta, partition_key=month)
+        yield dg.MaterializeResult()
+    targets = _targets(context, list(done.results))
+    for month in done.results:
+        for result in checks.get(month, ()):
+            if result.check_name not in selected:
+                continue
+            spec = specs[result.check_name]
+            if result.check_name in blocking and not result.passed and result.severity == dg.AssetCheckSeverity.ERROR:
+                context.log.error(f"{done.what} {month}: blocking check {result.check_name} failed: {result.description}; "
+                                  "downstream assets hold this month")
             context.log_event(
-                dg.AssetMaterialization(
-                    asset_key=context.asset_key, partition=month, metadata={k: _md(v) for k, v in figures.items()}
+                dg.AssetCheckEvaluation(
+                    asset_key=context.asset_key,
+                    check_name=result.check_name,
+                    passed=result.passed,
+                    metadata=result.metadata,
+                    target_materialization_data=targets.get(month),
+                    severity=result.severity,
+                    description=result.description,
+                    blocking=spec.blocking,
+                    partition=month,
                 )
             )
-        first = next(iter(failures.values()))
+    if done.failures or done.held:
+        first = next(iter(done.failures.values()), None)
+        problems = [f"{m}: {type(e).__name__}: {e}" for m, e in done.failures.items()]
+        problems += [f"{m}: {why}" for m, why in done.held.items()]
         raise dg.Failure(
-            description=f"{what}: {len(failures)} of {len(months)} month(s) failed: "
-            + "; ".join(f"{m}: {type(e).__name__}: {e}" for m, e in failures.items()),
-            metadata={"failed_months": sorted(failures), "committed_months": sorted(results)},
+            description=f"{done.what}: {len(done.failures) + len(done.held)} of {len(done.months)} month(s) failed: "
+            + "; ".join(problems),
+            metadata={"failed_months": sorted(done.failures), "held_months": sorted(done.held),
+                      "committed_months": sorted(done.results)},
         ) from first
-    return summarize(results, time.monotonic() - started)
+    # check outputs: their results are the per-month evaluations above
+    for name in sorted(selected):
+        yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(dg.AssetCheckKey(context.asset_key, name)))
 
 
-def summarize(results: dict[str, dict[str, Any]], seconds: float) -> dict[str, Any]:
-    if len(results) == 1:
-        return {k: _md(v) for k, v in next(iter(results.values())).items()}
+def _target_type() -> type:
+    """The class of ``AssetCheckEvaluation.target_materialization_data``, which Dagster does not export.
+
+    A per-partition evaluation is current (shown for the month, counted by ``all_deps_blocking_checks_passed``)
+    only when it names the month's materialization; ``AssetCheckResult`` fills it in for one-partition
+    runs only, so a range run builds it here, from the public class's type hints.
+    """
+    hint = typing.get_type_hints(dg.AssetCheckEvaluation)["target_materialization_data"]
+    return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+
+
+def _targets(context: dg.AssetExecutionContext, months: list[str]) -> dict[str, Any]:
+    """This run's materialization of each month (storage id, run, time), for its check evaluations."""
+    if not months:
+        return {}
+    target = _target_type()
+    out = {}
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=months), limit=len(months) * 4
+    ).records
+    for record in records:  # newest first
+        if record.run_id == context.run_id and record.partition_key not in out:
+            out[record.partition_key] = target(storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp)
+    return out
+
+
+def summarize(results: dict[str, dict[str, Any]], seconds: float) -> str:
+    """A range's totals for the run's log (never onto a month's materialization)."""
     numeric = sorted({k for r in results.values() for k, v in r.items() if isinstance(v, int) and not isinstance(v, bool)})
-    totals = {f"total_{k}": sum(int(r.get(k, 0)) for r in results.values()) for k in numeric if k != "delta_version"}
-    header = "| month | " + " | ".join(numeric) + " |\n|---|" + "---|" * len(numeric) + "\n"
-    rows = "".join(f"| {m} | " + " | ".join(str(r.get(k, "")) for k in numeric) + " |\n" for m, r in results.items())
-    return {
-        **totals,
-        "months": len(results),
-        "seconds": round(seconds, 2),
-        "per_month": dg.MetadataValue.md(header + rows),
-    }
+    totals = ", ".join(f"{k}={sum(int(r.get(k, 0)) for r in results.values())}" for k in numeric if k != "delta_version")
+    return f"{len(results)} month(s) in {seconds:.0f}s; totals: {totals}"
+
+
+def _is_figure(value: Any) -> bool:
+    return not isinstance(value, (dict, list, dg.TableMetadataValue, dg.MarkdownMetadataValue, dg.JsonMetadataValue))
 
 
 def _short(value: Any) -> Any:

@@ -9,9 +9,16 @@ write Parquet), the others Spark's casts; both land in the same commit.
 
 import dagster as dg
 
-from lakehouse.collectors.landing import landed_files, spanning_files
-from lakehouse.factories.checks import pandera_result, pandera_spec, validate_written
-from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, months_of, run_months
+from lakehouse.collectors.landing import landed_files, read_manifest, spanning_files
+from lakehouse.factories.checks import (
+    merge_results,
+    pandera_results,
+    pandera_spec,
+    rejected_rate_result,
+    rejected_rate_spec,
+    validate_written,
+)
+from lakehouse.factories.common import LakeResource, SparkResource, escape_md, key, monthly, report, run_months, spec_version
 from lakehouse.factories.schema import column_schema
 from lakehouse.quality import quarantine, schemas
 from lakehouse.specs.models import Project, SourceSpec
@@ -21,20 +28,27 @@ from lakehouse.transforms.executors import data_schema, format_month
 def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:
     """The formatted asset of ``source`` (each call builds exactly one asset)."""
 
+    asset_key = key("formatted", source.name)
+    months_def = monthly(project, source)
+
     @dg.asset(
-        key=key("formatted", source.name),
+        key=asset_key,
         deps=[key("landing", source.name)],
         group_name="formatted",
-        description=f"**{source.name}** in its canonical schema, one Delta table partitioned by month.\n\n"
-        f"{source.description}",
-        partitions_def=monthly(project, source),
+        description=f"`{source.name}` in its canonical schema, one Delta table partitioned by month.\n\n"
+        f"{escape_md(source.description)}",
+        partitions_def=months_def,
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"spark", "delta"},
         tags={"zone": "formatted"},
+        code_version=spec_version(source),
         metadata={"dagster/column_schema": column_schema(source.columns)},
-        check_specs=[pandera_spec(key("formatted", source.name), blocking=False)],
+        check_specs=[
+            rejected_rate_spec(asset_key, months_def, source.max_rejected_rate, "formatted"),
+            pandera_spec(asset_key, months_def, blocking=False),
+        ],
     )
-    def _formatted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource) -> dg.MaterializeResult:
+    def _formatted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource):
         root, session = lake.lake, spark.session()
         path = root.table_path("formatted", source.name)
 
@@ -43,32 +57,43 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
 
         def step(month: str) -> dict:
             # exactly the files the manifest lists: a file a crashed landing left unlisted is not read
-            files = landed_files(root.landing_dir(source.name, month))
+            month_dir = root.landing_dir(source.name, month)
+            files = landed_files(month_dir)
             if source.spans_months:  # and files landed under other months that hold rows of this one
                 files += spanning_files(root.table_path("landing", source.name), month)
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise FileNotFoundError(f"landing/{source.name}/{month}: listed in the manifest but missing: {missing}")
+            # what landed for the month (a delivery spanning months may hold rows of other months: then
+            # the rows read count)
+            landed_rows = 0 if source.spans_months else sum(e.rows or 0 for e in read_manifest(month_dir) if e.status == "landed")
             # clean files: parsed, cast and staged as Parquet by Spark's Python workers; the rest by Spark's casts
             staged, bad, fast = format_month(session, [str(f) for f in files], source, month, str(path), schema, months=span)
             rejected = quarantine.quarantine_table(bad, dataset=source.name, stage="formatted", run_id=context.run_id, month=month)
             version = root.commit_month("formatted", source.name, month, staged, schema)
             # published even when empty: it supersedes the rows an earlier run of the month quarantined
             quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month, run_id=context.run_id)
+            rows = sum(s["rows"] for s in staged)
+            rates[month] = rejected_rate_result(
+                rejected=rejected.num_rows, total=max(rows + rejected.num_rows, landed_rows), kept=rows,
+                limit=source.max_rejected_rate,
+            )
             return {
-                "rows": sum(s["rows"] for s in staged),
+                "rows": rows,
                 "rows_quarantined": rejected.num_rows,
                 "files_fast_lane": fast,
                 "delta_version": version,
                 "path": dg.MetadataValue.path(str(path)),
             }
 
+        rates: dict[str, dg.AssetCheckResult] = {}
         # months are independent (each parses its own landed files)
-        meta = run_months(context, step, f"formatted/{source.name}", workers=project.lakehouse.month_workers)
-        report = validate_written(session, root, "formatted", source.name, months_of(context), schemas.source_contract(source, "formatted"))
-        return dg.MaterializeResult(
-            metadata={**meta, "dagster/row_count": meta.get("rows", meta.get("total_rows", 0))},
-            check_results=[pandera_result(report)],
-        )
+        done = run_months(context, step, f"formatted/{source.name}", workers=project.lakehouse.month_workers)
+        months = list(done.results)
+        checks = {m: [rates[m]] for m in months}
+        if months:
+            report_ = validate_written(session, root, "formatted", source.name, months, schemas.source_contract(source, "formatted"))
+            checks = merge_results(checks, pandera_results(report_, months, {m: done.results[m]["rows"] for m in months}))
+        yield from report(context, done, checks=checks)
 
     return _formatted

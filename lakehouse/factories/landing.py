@@ -8,7 +8,7 @@ with the month's manifest (``_manifest.json``) next to the raw files.
 import dagster as dg
 
 from lakehouse.collectors import collect
-from lakehouse.factories.common import LakeResource, key, monthly, run_months
+from lakehouse.factories.common import LakeResource, escape_md, key, monthly, report, run_months, spec_version
 from lakehouse.specs.models import Project, SourceSpec
 
 
@@ -18,15 +18,16 @@ def build_landing_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     @dg.asset(
         key=key("landing", source.name),
         group_name="landing",
-        description=f"Raw files of **{source.name}** as received ({source.collector.type} collector), "
-        f"with a manifest per month.\n\n{source.description}",
+        description=f"Raw files of `{source.name}` as received ({source.collector.type} collector), "
+        f"with a manifest per month.\n\n{escape_md(source.description)}",
         partitions_def=monthly(project, source),
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"python", source.collector.type.replace("_", "")},
         tags={"zone": "landing", "collector": source.collector.type},
+        code_version=spec_version(source),
         metadata={"collector": source.collector.type},
     )
-    def _landing(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    def _landing(context: dg.AssetExecutionContext, lake: LakeResource):
         root = lake.lake
 
         def step(month: str) -> dict:
@@ -42,9 +43,9 @@ def build_landing_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 "files": len(current),
                 "rows": sum(e.rows for e in current),
                 "bytes": sum(e.bytes for e in current),
-                "path": str(month_dir),
+                "path": dg.MetadataValue.path(str(month_dir)),
             }
 
-        return dg.MaterializeResult(metadata=run_months(context, step, f"landing/{source.name}"))
+        yield from report(context, run_months(context, step, f"landing/{source.name}"))
 
     return _landing

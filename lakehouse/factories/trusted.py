@@ -4,16 +4,40 @@ Per month: the rules and cleaning steps of ``quality:`` run in Spark (:mod:`lake
 rejected and merged rows are appended to ``quality/quarantine``, changed cells to ``quality/repairs``, the
 month's assessment to ``quality/metrics``. Every rule and step is an asset check of the partition
 (blocking for ``fail`` rules), plus ``conservation`` (blocking: formatted = trusted - imputed +
-quarantined + merged, counted on what was written) and ``pandera_schema`` (blocking).
+quarantined + merged, counted on what was written), ``rejected_rate`` (blocking: the share of rows the
+month quarantined against the source's ``max_rejected_rate``) and ``pandera_schema`` (blocking). Each
+check has one result per month; a month that fails a blocking check holds that month downstream only.
 """
 
 import threading
 
 import dagster as dg
+import pyarrow as pa
 
 from lakehouse.collectors.landing import received_times
-from lakehouse.factories.checks import PANDERA, pandera_result, pandera_spec, validate_written, verdict_results
-from lakehouse.factories.common import LakeResource, SparkResource, key, monthly, months_of, run_months
+from lakehouse.factories.checks import (
+    PANDERA,
+    failing_rows_in,
+    merge_results,
+    pandera_results,
+    pandera_spec,
+    rejected_rate_result,
+    rejected_rate_spec,
+    validate_written,
+    verdict_results,
+)
+from lakehouse.factories.common import (
+    LakeResource,
+    SparkResource,
+    escape_md,
+    key,
+    month_check_spec,
+    monthly,
+    months_of,
+    report,
+    run_months,
+    spec_version,
+)
 from lakehouse.factories.schema import column_schema
 from lakehouse.io.lake import Lake
 from lakehouse.quality import metrics, quarantine, repairs, schemas
@@ -23,35 +47,38 @@ from lakehouse.specs.models import Project, ReferenceSpec, RulesStep, SourceSpec
 from lakehouse.transforms.parse import LINE_COL
 
 
-def _check_specs(source: SourceSpec, rules: list[CompiledRule]) -> list[dg.AssetCheckSpec]:
-    asset = key("trusted", source.name)
+def _check_specs(project: Project, source: SourceSpec, rules: list[CompiledRule]) -> list[dg.AssetCheckSpec]:
+    asset, months = key("trusted", source.name), monthly(project, source)
     specs = []
     if source.quality.drop_exact_duplicates:
-        specs.append(dg.AssetCheckSpec(EXACT_DUPLICATE, asset=asset, description="Rows identical in every column (merged, first kept)."))
+        specs.append(month_check_spec(EXACT_DUPLICATE, asset, months, description="Rows identical in every column (merged, first kept)."))
     for cr in rules:
         r = cr.spec
         specs.append(
-            dg.AssetCheckSpec(
+            month_check_spec(
                 r.name,
-                asset=asset,
+                asset,
+                months,
                 blocking=r.action == "fail",
-                description=f"[{r.action}] {r.description or ''} — denies: {cr.describe()}".strip(),
+                description=escape_md(f"[{r.action}] {r.description or ''} — denies: {cr.describe()}".strip()),
             )
         )
     for step in source.quality.cleaning:
         if isinstance(step, RulesStep):
             continue
         action = getattr(step, "action", "repair")
-        specs.append(dg.AssetCheckSpec(step.name, asset=asset, description=f"[{step.step}, {action}] {step.description}".strip()))
+        specs.append(month_check_spec(step.name, asset, months, description=escape_md(f"[{step.step}, {action}] {step.description}".strip())))
     specs.append(
-        dg.AssetCheckSpec(
+        month_check_spec(
             "conservation",
-            asset=asset,
+            asset,
+            months,
             blocking=True,
             description="No row lost: formatted rows = trusted rows - imputed + quarantined + merged, read back from the written tables.",
         )
     )
-    specs.append(pandera_spec(asset, blocking=True))
+    specs.append(rejected_rate_spec(asset, months, source.max_rejected_rate, "trusted"))
+    specs.append(pandera_spec(asset, months, blocking=True))
     return specs
 
 
@@ -136,9 +163,9 @@ def conservation(root: Lake, source: SourceSpec, month: str, batch: metrics.Batc
 def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:
     """The trusted asset of ``source`` (each call builds exactly one asset)."""
     compiled = validate_quality(source)  # a rule or step that does not fit the table fails at load time
-    rules = "\n".join(f"- `{cr.name}` ({cr.spec.action}): {cr.spec.description or cr.describe()}" for cr in compiled)
+    rules = "\n".join(f"- `{cr.name}` ({cr.spec.action}): {escape_md(cr.spec.description or cr.describe())}" for cr in compiled)
     steps = "\n".join(
-        f"- `{s.name}` ({s.step}): {s.description}" for s in source.quality.cleaning if not isinstance(s, RulesStep)
+        f"- `{s.name}` ({s.step}): {escape_md(s.description)}" for s in source.quality.cleaning if not isinstance(s, RulesStep)
     )
     # reference rules read whatever the referenced table holds when the month runs ("not evaluated" when
     # nothing): a soft dependency, kept out of the graph so a late registry never holds readings back
@@ -154,25 +181,27 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         key=key("trusted", source.name),
         deps=[key("formatted", source.name)],
         group_name="trusted",
-        description=f"**{source.name}** after quality rules and cleaning; rejected rows are in "
+        description=f"`{source.name}` after quality rules and cleaning; rejected rows are in "
         f"`quality/quarantine`, changed cells in `quality/repairs`, the assessment in `quality/metrics`."
         f"\n\nRules:\n{rules or '- none declared'}\n\nCleaning:\n{steps or '- none declared'}",
         partitions_def=monthly(project, source),
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"spark", "delta"},
         tags={"zone": "trusted"},
+        code_version=spec_version(source),
         metadata={
             "dagster/column_schema": column_schema(source.columns),
             **({"reference_tables": references} if references else {}),
         },
-        check_specs=_check_specs(source, compiled),
+        check_specs=_check_specs(project, source, compiled),
     )
-    def _trusted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource) -> dg.MaterializeResult:
+    def _trusted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource):
         root, session = lake.lake, spark.session()
         path = root.table_path("trusted", source.name)
         verdicts: dict[str, list[metrics.CheckEval]] = {}
         batches: dict[str, metrics.Batch] = {}
-        summaries: dict[str, str] = {}
+        summaries: dict[str, list[dict]] = {}
+        rates: dict[str, dg.AssetCheckResult] = {}
         in_order = _InOrder(months_of(context)) if ordered else None
 
         def history(month: str):
@@ -214,7 +243,13 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 checks = metrics.evaluate(result, cons)
                 figures = metrics.rows(batch, metrics.figures(result, cons, checks))
                 metrics.publish(root, batch, rejected.num_rows, figures)
-                summaries[month] = metrics.summary_markdown(result, cons, checks)
+                summaries[month] = metrics.summary_rows(result, checks)
+                rates[month] = rejected_rate_result(
+                    rejected=result.counts["rows_rejected"], total=result.counts["rows_in"],
+                    kept=cons.trusted_rows - cons.imputed_rows, limit=source.max_rejected_rate,
+                )
+                for note in result.notes:
+                    context.log.info(f"trusted/{source.name} {month}: {note}")
             finally:
                 result.close()
             verdicts[month] = checks
@@ -226,45 +261,28 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 "rows_merged": result.counts["rows_merged"],
                 "rows_imputed": result.counts["rows_imputed"],
                 "cells_repaired": changed.num_rows,
-                **{f"violations_{name}": o.violations for name, o in result.outcomes.items()},
-                "conserved": cons.holds,
                 "delta_version": version,
                 "path": dg.MetadataValue.path(str(path)),
+                "checks": dg.MetadataValue.table(
+                    [dg.TableRecord(r) for r in summaries[month]], schema=SUMMARY_SCHEMA
+                ),
             }
 
-        meta = run_months(context, step, f"trusted/{source.name}", workers=workers)
-        months = months_of(context)
-        report = validate_written(session, root, "trusted", source.name, months, contract)
-        pandera_rows = []
-        for month, batch in batches.items():
-            failing = sum(_failing_in(f, month) for f in report.failures)
-            pandera_rows.append(metrics.rows(batch, [("check_passed", PANDERA, None, 0.0 if failing else 1.0), ("pandera_failing_rows", PANDERA, None, failing)]))
-        if pandera_rows:
-            import pyarrow as pa
-
+        done = run_months(context, step, f"trusted/{source.name}", workers=workers, upstream=[key("formatted", source.name)])
+        months = list(done.results)
+        checks = merge_results(verdict_results({m: verdicts[m] for m in months}), {m: [rates[m]] for m in months})
+        if months:
+            report_ = validate_written(session, root, "trusted", source.name, months, contract)
+            checks = merge_results(checks, pandera_results(report_, months, {m: done.results[m]["rows"] for m in months}))
+            pandera_rows = []
+            for month in months:
+                failing = failing_rows_in(report_, month)
+                pandera_rows.append(metrics.rows(batches[month], [("check_passed", PANDERA, None, 0.0 if failing else 1.0),
+                                                                  ("pandera_failing_rows", PANDERA, None, failing)]))
             metrics.append(root, pa.concat_tables(pandera_rows))
-        if len(summaries) == 1:
-            meta["quality_summary"] = dg.MetadataValue.md(next(iter(summaries.values())))
-        elif summaries:
-            meta["quality_summary"] = dg.MetadataValue.md(_range_summary(verdicts, summaries))
-        return dg.MaterializeResult(
-            metadata={**meta, "dagster/row_count": meta.get("rows", meta.get("total_rows", 0))},
-            check_results=[*verdict_results(verdicts), pandera_result(report)],
-        )
+        yield from report(context, done, checks=checks)
 
     return _trusted
 
 
-def _failing_in(failure: schemas.Failure, month: str) -> int:
-    """Failing rows of one month (schema-level failures, without per-month counts, hit every month)."""
-    if failure.per_month:
-        return failure.per_month.get(month, 0)
-    return failure.failures or 0
-
-
-def _range_summary(verdicts: dict[str, list[metrics.CheckEval]], summaries: dict[str, str]) -> str:
-    """A range run: the failed checks per month, then the last month's full account."""
-    failed = [f"- {m}: " + ", ".join(f"`{e.name}` ({e.severity})" for e in es if not e.passed) for m, es in sorted(verdicts.items()) if any(not e.passed for e in es)]
-    head = f"{len(summaries)} months; " + ("every check passed in every month." if not failed else "failed checks:\n" + "\n".join(failed))
-    last = sorted(summaries)[-1]
-    return head + f"\n\nLast month in full:\n\n{summaries[last]}\n\nPer-month figures: table `quality/metrics`."
+SUMMARY_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in metrics.SUMMARY_COLUMNS])

@@ -537,7 +537,7 @@ CleaningSpec = Annotated[
 ]
 
 #: check names the trusted asset always has; rules and steps may not use them
-RESERVED_CHECKS = ("exact_duplicate", "conservation", "pandera_schema")
+RESERVED_CHECKS = ("exact_duplicate", "conservation", "rejected_rate", "pandera_schema")
 
 
 class QualitySpec(Spec):
@@ -601,6 +601,9 @@ class SourceSpec(Spec):
     #: a delivery (a file, a response) may hold rows of many months: it lands once, under the month it
     #: was collected for, and each formatted month takes the rows its time column places in that month
     spans_months: bool = False
+    #: the share of a month's rows that may be rejected (quarantined) while formatting, and again by the
+    #: trusted zone's rules and cleaning, before the month's blocking ``rejected_rate`` check fails
+    max_rejected_rate: float = Field(default=0.05, ge=0, le=1)
 
     @field_validator("name")
     @classmethod
