@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from lakehouse.factories.common import LakeResource, run_months
+from lakehouse.factories.common import LakeResource, report, run_months
 from lakehouse.io.lake import Lake
 from lakehouse.sim.world import MeterWorld, WorldConfig
 from lakehouse_tests.conftest import REPO
@@ -36,7 +36,7 @@ class ToyConfig(dg.Config):
 
 
 @dg.asset(key=["formatted", "toy"], partitions_def=TOY_MONTHS, backfill_policy=dg.BackfillPolicy.single_run())
-def toy(context: dg.AssetExecutionContext, config: ToyConfig, lake: LakeResource) -> dg.MaterializeResult:
+def toy(context: dg.AssetExecutionContext, config: ToyConfig, lake: LakeResource):
     """The zone factories' shape: ``run_months`` over a step that commits one month."""
 
     def step(month: str) -> dict:
@@ -45,7 +45,7 @@ def toy(context: dg.AssetExecutionContext, config: ToyConfig, lake: LakeResource
         data = pa.table({"value": [config.value] * 3, "run_id": [context.run_id] * 3})
         return {"rows": data.num_rows, "delta_version": lake.lake.overwrite_month("formatted", "toy", data, month)}
 
-    return dg.MaterializeResult(metadata=run_months(context, step, "formatted/toy", workers=config.workers))
+    yield from report(context, run_months(context, step, "formatted/toy", workers=config.workers))
 
 
 def by_month(lake: Lake, zone: str, table: str) -> dict[str, list]:
@@ -81,6 +81,14 @@ def test_one_bad_month_keeps_the_others_and_its_previous_data(tmp_path, workers)
         first = run(value=1)
         assert first.success
         assert materialized(instance, first, key) == MONTHS
+        # each month carries its own figures, not the range's totals
+        for record in instance.fetch_materializations(key, limit=10).records:
+            meta = record.asset_materialization.metadata
+            assert meta["dagster/row_count"].value == meta["rows"].value == 3
+            assert "total_rows" not in meta
+        versions = {r.partition_key: r.asset_materialization.metadata["delta_version"].value
+                    for r in instance.fetch_materializations(key, limit=10).records}
+        assert sorted(versions.values()) == list(range(len(MONTHS)))  # one commit, one version per month
         assert {m: {r["value"] for r in rows} for m, rows in by_month(lake, "formatted", "toy").items()} == {
             m: {1} for m in MONTHS
         }
@@ -147,7 +155,7 @@ def test_parallel_months_run_the_first_alone_then_overlap(tmp_path):
     spans: dict[str, tuple[float, float, str]] = {}
 
     @dg.asset(key=["formatted", "toy2"], partitions_def=TOY_MONTHS, backfill_policy=dg.BackfillPolicy.single_run())
-    def toy2(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    def toy2(context: dg.AssetExecutionContext, lake: LakeResource):
         def step(month: str) -> dict:
             t0 = time.monotonic()
             time.sleep(0.3)  # a month's Spark jobs and commit: the thread waits, like on py4j
@@ -155,7 +163,7 @@ def test_parallel_months_run_the_first_alone_then_overlap(tmp_path):
             spans[month] = (t0, time.monotonic(), threading.current_thread().name)
             return {"rows": 1, "delta_version": version}
 
-        return dg.MaterializeResult(metadata=run_months(context, step, "formatted/toy2", workers=3))
+        yield from report(context, run_months(context, step, "formatted/toy2", workers=3))
 
     lake = Lake(tmp_path / "lake")
     result = dg.materialize([toy2], resources={"lake": LakeResource(root=str(lake.root))}, tags=RANGE)

@@ -65,3 +65,37 @@ def test_lakehouse_never_imports_the_demo_world():
                 names = [node.module]
             offenders += [f"{path}: {n}" for n in names if n.startswith("lakehouse.sim")]
     assert offenders == []
+
+
+def test_no_private_dagster_import_in_the_package():
+    package = Path(__file__).resolve().parent.parent / "lakehouse"
+    offenders = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path}: {n}" for n in names if n.startswith("dagster._")]
+    assert offenders == []
+
+
+def test_every_asset_has_a_code_version_that_follows_its_yaml(configs_copy, make_project):
+    before = build_definitions(make_project(configs_copy))
+    versions = {k: a.code_versions_by_key[k] for a in before.assets for k in a.keys}
+    assert all(versions.values()), [k.to_user_string() for k, v in versions.items() if not v]
+    source = configs_copy / "sources" / "weather.yaml"
+    source.write_text(source.read_text() + "max_rejected_rate: 0.1\n")
+    after = build_definitions(make_project(configs_copy))
+    changed = {k.to_user_string() for a in after.assets for k in a.keys if a.code_versions_by_key[k] != versions[k]}
+    assert changed == {"landing/weather", "formatted/weather", "trusted/weather"}
+
+
+def test_descriptions_show_config_text_literally(make_project):
+    """``<device>`` in a YAML description must not vanish as an HTML tag in the UI's Markdown; sensor and
+    schedule descriptions are plain text in the UI, so no Markdown emphasis there."""
+    defs = build_definitions(make_project())
+    formatted = next(a for a in defs.assets if a.key.to_user_string() == "formatted/meter_readings")
+    text = formatted.descriptions_by_key[formatted.key]
+    assert "meter_&lt;device&gt;_&lt;YYYY-MM&gt;.csv" in text and "<device>" not in text
+    for d in [*defs.sensors, *defs.schedules]:
+        assert "**" not in (d.description or "") and "`" not in (d.description or ""), (d.name, d.description)

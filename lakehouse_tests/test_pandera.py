@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from lakehouse.factories.checks import pandera_result
+from lakehouse.factories.checks import pandera_results
 from lakehouse.quality.schemas import source_contract, validate, view_contract
 from lakehouse.specs import load_project
 from lakehouse_tests.conftest import REPO
@@ -56,10 +56,14 @@ def test_failures_are_counted_with_examples(spark, project):
     assert sorted(e["reading_kwh"] for e in neg.examples) == [-3.0, -1.0]
     assert by_check["not_nullable"].failures == 1 and by_check["not_nullable"].column == "meter_id"
     assert by_check["unique"].failures == 2
-    result = pandera_result(report)
-    assert not result.passed
-    assert result.metadata["failing_rows"].value == 5 and result.metadata["failed_checks"].value == 3
-    assert "reading_kwh >= 0.0" in result.metadata["summary"].value
+    # one result per month, each with that month's failing rows only
+    results = pandera_results(report, ["2012-01", "2012-02", "2012-03"], {"2012-01": 3, "2012-02": 2, "2012-03": 0})
+    (jan,), (feb,), (mar,) = results.values()
+    assert not jan.passed and not feb.passed and mar.passed
+    assert jan.metadata["failing_rows"].value == 3 and feb.metadata["failing_rows"].value == 2
+    jan_checks = {r.data["check"]: r.data["failing_rows"] for r in jan.metadata["failures"].value.records}
+    assert jan_checks == {"reading_kwh >= 0.0": 1, "unique": 2}
+    assert {r.data["check"] for r in feb.metadata["failures"].value.records} == {"reading_kwh >= 0.0", "not_nullable"}
 
 
 def test_a_valid_table_passes_and_a_wrong_type_is_reported(spark, project):

@@ -132,5 +132,5 @@ def automation_sensor() -> dg.AutomationConditionSensorDefinition:
         emit_backfills=True,
         run_tags={"lakehouse/trigger": "automation"},
         description="Zone tables follow their inputs (eager, any month, after blocking checks); ML "
-        f"retrains on `{ML_RETRAIN_CRON}` when its inputs changed. See docs/operations.md.",
+        f"retrains on {ML_RETRAIN_CRON} (cron, UTC) when its inputs changed. See docs/operations.md.",
     )

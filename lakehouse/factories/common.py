@@ -111,23 +111,30 @@ class Months:
 BLOCKING_FAILED = "blocking_failed"
 
 
-def held_months(context: dg.AssetExecutionContext, upstream: Sequence[dg.AssetKey], months: Sequence[str]) -> dict[str, str]:
-    """Months whose latest materialization of an ``upstream`` asset failed a blocking check: ``month -> why``.
+#: observation metadata key of a month a step held (read by :func:`held_months` further downstream)
+HELD = "held"
 
-    Dagster's own blocking stops a whole step; a run over a range of months goes on with the months whose
-    inputs passed, and holds only the others (see docs/operations.md). A month whose upstream was never
-    materialized in this instance is not held: nothing says it failed.
+
+def held_months(context: dg.AssetExecutionContext, upstream: Sequence[dg.AssetKey], months: Sequence[str]) -> dict[str, str]:
+    """Months an ``upstream`` asset cannot vouch for: ``month -> why``.
+
+    A month is held when the upstream month's latest materialization failed a blocking check
+    (:data:`BLOCKING_FAILED`), or when the upstream step held that month itself since (an observation
+    with :data:`HELD`). Dagster's own blocking stops a whole step; here a range goes on with the months
+    whose inputs passed (see docs/operations.md). A month whose upstream was never materialized in this
+    instance is not held: nothing says it failed.
     """
     held: dict[str, str] = {}
     for up in upstream:
         for month in months:
-            records = context.instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=up, asset_partitions=[month]), limit=1
-            ).records
-            if not records:
+            where = dg.AssetRecordsFilter(asset_key=up, asset_partitions=[month])
+            mats = context.instance.fetch_materializations(where, limit=1).records
+            obs = context.instance.fetch_observations(where, limit=1).records
+            latest = mats[0].storage_id if mats else -1
+            if obs and obs[0].storage_id > latest and HELD in obs[0].asset_observation.metadata:
+                held.setdefault(month, f"held: {up.to_user_string()} {month} was held ({obs[0].asset_observation.metadata[HELD].value})")
                 continue
-            meta = records[0].asset_materialization.metadata if records[0].asset_materialization else {}
-            failed = meta.get(BLOCKING_FAILED)
+            failed = mats[0].asset_materialization.metadata.get(BLOCKING_FAILED) if mats else None
             names = list(failed.value) if failed is not None else []
             if names:
                 held.setdefault(month, f"held: {up.to_user_string()} {month} failed blocking check(s) {', '.join(names)}")
@@ -219,7 +226,8 @@ def report(
     2. per month and check, one check evaluation of that partition (``checks``: month -> results), tied to
        the month's materialization. A failed blocking check does not fail the step: downstream assets hold
        that month only (:func:`held_months`), the other months go on;
-    3. a step failure naming the failed and held months, if any.
+    3. a step failure naming the failed and held months, if any (the held ones also as an observation
+       of the month, so the months downstream of them are held in turn).
     """
     checks = checks or {}
     specs = {spec.name: spec for spec in context.assets_def.check_specs if spec.asset_key == context.asset_key}
@@ -238,9 +246,12 @@ def report(
         context.log.info(f"{done.what}: {summarize(done.results, done.seconds)}")
     if done.failures or done.held:
         # the months that committed are materialized (their Delta versions stand): report them before
-        # failing, so the UI shows them done and only the failed months failed
+        # failing, so the UI shows them done and only the failed months failed. (A range's output would
+        # materialize every month of the range, the held ones too: so the step fails instead.)
         for month, meta in per_month.items():
             context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=month, metadata=meta))
+        for month, why in done.held.items():
+            context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=month, metadata={HELD: why}))
     elif done.results:
         for month, meta in per_month.items():
             context.add_asset_metadata(meta, partition_key=month)

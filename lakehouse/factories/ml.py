@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lakehouse.factories.common import LakeResource, key, monthly, months_of
+from lakehouse.factories.common import LakeResource, escape_md, key, monthly, months_of, spec_version
 from lakehouse.io.lake import Lake
 from lakehouse.ml import anomaly, champion, consumption, drift, evaluate
 from lakehouse.ml import pipeline as fp
@@ -32,6 +32,26 @@ from lakehouse.specs.models import PipelineSpec, Project
 
 def _md_images(paths: dict[str, Path]) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n\n".join(f"**{name}**\n\n{evaluate.embed_png(p, name)}" for name, p in paths.items()))
+
+
+def _table(df: pd.DataFrame, digits: int = 4) -> dg.TableMetadataValue:
+    """A frame as Dagster table metadata (typed columns, sortable in the UI) instead of a Markdown table."""
+    kinds = {}
+    for col, dtype in df.dtypes.items():
+        kinds[col] = ("bool" if pd.api.types.is_bool_dtype(dtype) else "int" if pd.api.types.is_integer_dtype(dtype)
+                      else "float" if pd.api.types.is_float_dtype(dtype) else "string")
+
+    def cell(value, kind):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return None
+        if kind == "float":
+            return round(float(value), digits)
+        return int(value) if kind == "int" else bool(value) if kind == "bool" else str(value)
+
+    records = [dg.TableRecord({str(c): cell(v, kinds[c]) for c, v in zip(df.columns, row, strict=True)})
+               for row in df.itertuples(index=False)]
+    schema = dg.TableSchema(columns=[dg.TableColumn(str(c), k) for c, k in kinds.items()])
+    return dg.MetadataValue.table(records, schema=schema)
 
 
 def _num(v):
@@ -54,7 +74,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
     models_root = lambda lake, name: lake.table_path("ml", f"{prefix}_{name}") / "models"  # noqa: E731
     pointer = lambda lake: lake.table_path("ml", f"{prefix}_champion") / "champion.json"  # noqa: E731
     all_months = {"daily": dg.AssetIn(key=source_key, partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)}
-    common = {"group_name": "ml", "tags": {"zone": "ml", "pipeline": spec.name}}
+    common = {"group_name": "ml", "tags": {"zone": "ml", "pipeline": spec.name}, "code_version": spec_version(spec)}
 
     @dg.asset(
         key=k_features,
@@ -247,7 +267,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
                 "rmse": pick.rmse,
                 "promoted": promoted,
                 "current_champion_rmse": current_rmse if current_rmse is not None else "none",
-                "candidates": dg.MetadataValue.md(evaluate.markdown_table(table, 4)),
+                "candidates": _table(table, 4),
             },
             check_results=[
                 dg.AssetCheckResult(
@@ -320,14 +340,17 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
             ok = out[out["label_ok"].fillna(False).astype(bool) & out["has_history"]]
             rmse = float(np.sqrt(np.mean((ok["predicted_kwh"] - ok["actual_kwh"]) ** 2))) if len(ok) else float("nan")
             per_month.append({"month": month, "rows": len(out), "rmse": rmse, "sample": out["sample"].iloc[0], "delta_version": v})
-        table = pd.DataFrame(per_month)
+            # the month's own figures; the range's are in the run's log
+            context.add_asset_metadata(
+                {"rows": len(out), "dagster/row_count": len(out), "rmse": rmse, "sample": out["sample"].iloc[0], "delta_version": v},
+                partition_key=month,
+            )
+        context.log.info(f"ml/{prefix}_predictions: {sum(r['rows'] for r in per_month)} rows over {len(per_month)} month(s)")
         return dg.MaterializeResult(
             metadata={
                 "model": lineage["model"],
                 "model_dir": dg.MetadataValue.path(str(model_dir)),
                 "input_delta_version": version,
-                "rows": int(table["rows"].sum()) if len(table) else 0,
-                "per_month": dg.MetadataValue.md(evaluate.markdown_table(table, 3)) if len(table) else "none",
             }
         )
 
@@ -344,6 +367,7 @@ def _model_asset(spec, params, name, k_split, t_features, t_labels, t_split, mod
         deps=[k_split],
         group_name="ml",
         tags={"zone": "ml", "pipeline": spec.name},
+        code_version=spec_version(spec),
         description=f"`{cfg.type}` model `{name}` trained on the training rows, scored on the validation rows"
         + (" with 10-fold forward-chaining CV on the training days." if cfg.cv else ".")
         + " Versioned folder under the lake with model, lineage, metrics and plots.",
@@ -383,14 +407,15 @@ def _model_asset(spec, params, name, k_split, t_features, t_labels, t_split, mod
         folder = save_model(models_root(root, name), run.model, lineage, extra)
         plots = {k: folder / "plots" / f for k, f in plot_files.items()}
         context.log.info(f"ml/{prefix}_{name}: {run.metrics} -> {folder}")
-        cv_md = evaluate.markdown_table(pd.DataFrame(run.cv), 3) if run.cv else "no cross-validation for this model"
         return dg.MaterializeResult(
             metadata={
                 **{k: _num(v) for k, v in run.metrics.items()},
-                "per_month": dg.MetadataValue.md(evaluate.markdown_table(run.per_month, 3)),
-                "cv": dg.MetadataValue.md(cv_md),
+                "per_month": _table(run.per_month, 3),
+                **({"cv": _table(pd.DataFrame(run.cv), 3)} if run.cv else {}),
                 "plots": _md_images(plots),
+                **{f"plot_{k}": dg.MetadataValue.path(str(p)) for k, p in plots.items()},
                 "model_path": dg.MetadataValue.path(str(folder)),
+                "model_file": dg.MetadataValue.path(str(folder / "model.joblib")),
                 "model_version": folder.name,
                 "lineage": dg.MetadataValue.json(json.loads(json.dumps({k: v for k, v in lineage.items() if k != "cv_folds"}, default=str))),
             }
@@ -455,7 +480,7 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
     source_key = key(zone, table)
     k_drift, k_model, k_flags = key("ml", f"{prefix}_drift"), key("ml", f"{prefix}_model"), key("ml", f"{prefix}_flags")
     all_months = {"daily": dg.AssetIn(key=source_key, partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)}
-    common = {"group_name": "ml", "tags": {"zone": "ml", "pipeline": spec.name}}
+    common = {"group_name": "ml", "tags": {"zone": "ml", "pipeline": spec.name}, "code_version": spec_version(spec)}
     models_root = lambda lake: lake.table_path("ml", f"{prefix}_model") / "models"  # noqa: E731
     drift_check = "drift_psi"
 
@@ -495,10 +520,9 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
                     severity=dg.AssetCheckSeverity.WARN,
                     metadata={
                         "month": newest or "none",
-                        "drifted": dg.MetadataValue.md(evaluate.markdown_table(flagged.round(3), 3) if len(flagged) else "none"),
-                        "all_months": dg.MetadataValue.md(
-                            evaluate.markdown_table(table_.pivot(index="month", columns="feature", values="psi").round(3).reset_index(), 3)
-                        ) if len(table_) else "none",
+                        "drifted": _table(flagged, 3),
+                        "psi_by_month": _table(table_.pivot(index="month", columns="feature", values="psi").reset_index(), 3)
+                        if len(table_) else "none",
                     },
                 )
             ],
@@ -580,15 +604,12 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
             out = out.assign(model_version=found[-1].name)
             v = root.overwrite_month("ml", f"{prefix}_flags", pa.Table.from_pandas(out, preserve_index=False), month)
             rows.append({"month": month, "meter_days": len(out), "flagged": int(out["flagged"].sum()), "delta_version": v})
-        table_ = pd.DataFrame(rows)
-        return dg.MaterializeResult(
-            metadata={
-                "model_version": found[-1].name,
-                "flagged": int(table_["flagged"].sum()) if len(table_) else 0,
-                "per_month": dg.MetadataValue.md(evaluate.markdown_table(table_)) if len(table_) else "none",
-                "input_delta_version": version,
-            }
-        )
+            context.add_asset_metadata(
+                {"meter_days": len(out), "dagster/row_count": len(out), "flagged": int(out["flagged"].sum()), "delta_version": v},
+                partition_key=month,
+            )
+        context.log.info(f"ml/{prefix}_flags: {sum(r['flagged'] for r in rows)} flagged meter-days over {len(rows)} month(s)")
+        return dg.MaterializeResult(metadata={"model_version": found[-1].name, "input_delta_version": version})
 
     return [_drift, _model, _flags]
 
@@ -601,14 +622,25 @@ def build_consumption_model(project: Project, spec: PipelineSpec) -> list[dg.Ass
     validation_months = int(spec.params.get("validation_months", 3))
     model_params = dict(spec.params.get("model", {}))
     seed = int(spec.params.get("seed", 0))
+    asset_key = key("ml", spec.name)
+    baseline_check = "beats_yesterday"
 
     @dg.asset(
-        key=key("ml", spec.name),
+        key=asset_key,
         ins={"daily": dg.AssetIn(key=key(zone, table), partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)},
         group_name="ml",
-        description=spec.description or f"Regressor trained on every month of {spec.input}.",
+        description=escape_md(spec.description) or f"Regressor trained on every month of {spec.input}.",
         kinds={"sklearn", "python"},
         tags={"zone": "ml"},
+        code_version=spec_version(spec),
+        check_specs=[
+            dg.AssetCheckSpec(
+                baseline_check,
+                asset=asset_key,
+                description="The model's validation RMSE is below that of the naive forecast 'same as yesterday' "
+                "(lag_1) on the same validation days; a model that does not beat it warns.",
+            )
+        ],
     )
     def _model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         root = lake.lake
@@ -624,15 +656,45 @@ def build_consumption_model(project: Project, spec: PipelineSpec) -> list[dg.Ass
             "params": spec.params,
             "metrics": trained.metrics,
         }
-        folder = save_model(root.table_path("ml", spec.name) / "models", trained.model, lineage)
-        context.log.info(f"ml/{spec.name}: {trained.metrics} -> {folder}")
+        y_valid = valid[consumption.TARGET].to_numpy()
+        pred_valid = trained.model.predict(valid[consumption.FEATURES])
+        residuals = pd.concat([
+            pd.DataFrame({"month": part["month"].to_numpy(), "split": name,
+                          "residual": trained.model.predict(part[consumption.FEATURES]) - part[consumption.TARGET].to_numpy()})
+            for name, part in (("train", train), ("validation", valid))
+        ])
+
+        def plots(folder: Path) -> None:
+            (folder / "plots").mkdir()
+            evaluate.plot_predicted_vs_actual(y_valid, pred_valid, folder / "plots" / "predicted_vs_actual.png", f"{spec.name}: validation days")
+            evaluate.plot_residuals_by_month(residuals, folder / "plots" / "residuals_by_month.png", f"{spec.name}: residuals")
+
+        folder = save_model(root.table_path("ml", spec.name) / "models", trained.model, lineage, plots)
+        images = {name: folder / "plots" / f"{name}.png" for name in ("predicted_vs_actual", "residuals_by_month")}
+        baseline_rmse = float(np.sqrt(np.mean((valid["lag_1"].to_numpy() - y_valid) ** 2)))
+        context.log.info(f"ml/{spec.name}: {trained.metrics} (yesterday's value: rmse {baseline_rmse:.3f}) -> {folder}")
+        beats = trained.metrics["rmse"] < baseline_rmse
         return dg.MaterializeResult(
             metadata={
                 **{k: float(v) if isinstance(v, float) else v for k, v in trained.metrics.items()},
+                "baseline_rmse": baseline_rmse,
+                "plots": _md_images(images),
+                **{f"plot_{name}": dg.MetadataValue.path(str(path)) for name, path in images.items()},
                 "model_path": dg.MetadataValue.path(str(folder)),
+                "model_file": dg.MetadataValue.path(str(folder / "model.joblib")),
+                "model_version": folder.name,
                 "input_delta_version": version,
                 "lineage": dg.MetadataValue.json(lineage),
-            }
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=baseline_check,
+                    passed=beats,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=f"validation RMSE {trained.metrics['rmse']:.3f} vs {baseline_rmse:.3f} for yesterday's value",
+                    metadata={"rmse": trained.metrics["rmse"], "baseline_rmse": baseline_rmse},
+                )
+            ],
         )
 
     return [_model]

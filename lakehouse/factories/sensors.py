@@ -44,10 +44,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster._utils.schedules import is_valid_cron_string
 
 from lakehouse.collectors.file_drop import file_month
 from lakehouse.collectors.landing import read_manifest, safe_name, sha256_file
@@ -61,6 +60,9 @@ MAX_FILES_PER_TICK = 10_000
 MAX_PENDING = 2_000
 SENSOR_INTERVAL_SECONDS = 30
 SETTLE_SECONDS = 1.0
+#: what ``dg.define_asset_job`` returns (an asset job resolved when the definitions load; Dagster does
+#: not export its class)
+LandingJob = Any
 
 
 # ------------------------------------------------------------------------------------------ the scan
@@ -232,12 +234,12 @@ def run_key(source: str, month: str, files: list[tuple[str, str]]) -> str:
 
 
 # -------------------------------------------------------------------------------------- definitions
-def landing_job(project: Project, source: SourceSpec) -> UnresolvedAssetJobDefinition:
+def landing_job(project: Project, source: SourceSpec) -> LandingJob:
     return dg.define_asset_job(
         name=f"{source.name}_landing",
         selection=dg.AssetSelection.assets(key("landing", source.name)),
         partitions_def=monthly(project, source),
-        description=f"Collect and land **{source.name}** for one month ({source.collector.type} collector).",
+        description=f"Collect and land {source.name} for one month ({source.collector.type} collector).",
         tags={"zone": "landing", "source": source.name},
     )
 
@@ -245,7 +247,7 @@ def landing_job(project: Project, source: SourceSpec) -> UnresolvedAssetJobDefin
 def build_inbox_sensor(
     project: Project,
     source: SourceSpec,
-    job: UnresolvedAssetJobDefinition,
+    job: LandingJob,
     *,
     settle_seconds: float = SETTLE_SECONDS,
     limit: int = MAX_FILES_PER_TICK,
@@ -268,7 +270,7 @@ def build_inbox_sensor(
         job=job,
         minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
         default_status=default_status,
-        description=f"Watches `{inbox}` for `{spec.pattern}` and requests the landing of **{source.name}** "
+        description=f"Watches {inbox} for {spec.pattern} and requests the landing of {source.name} "
         "for each month with new files (one run per month; the same file never twice).",
     )
     def _inbox(context: dg.SensorEvaluationContext) -> dg.SensorResult:
@@ -311,23 +313,23 @@ def previous_month(when: datetime) -> str:
 def build_source_schedule(
     project: Project,
     source: SourceSpec,
-    job: UnresolvedAssetJobDefinition,
+    job: LandingJob,
     *,
     default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.RUNNING,
 ) -> dg.ScheduleDefinition:
     """The monthly schedule of a periodic ``source`` (each call builds exactly one schedule)."""
-    if not source.schedule or not is_valid_cron_string(source.schedule):
-        raise ValueError(f"source {source.name!r}: schedule {source.schedule!r} is not a valid cron expression")
+    if not source.schedule:
+        raise ValueError(f"source {source.name!r}: no schedule")
     partitions = monthly(project, source)
-
-    @dg.schedule(
+    decorate = dg.schedule(
         name=f"{source.name}_monthly",
         cron_schedule=source.schedule,
         job=job,
         execution_timezone="UTC",
         default_status=default_status,
-        description=f"Collects **{source.name}** for the month that ended last (`{source.schedule}`, UTC).",
+        description=f"Collects {source.name} for the month that ended last ({source.schedule}, UTC).",
     )
+
     def _monthly(context: dg.ScheduleEvaluationContext):
         when = context.scheduled_execution_time or datetime.now(UTC)
         # the partitions that exist at the tick's time: a month is a partition once it is over
@@ -345,12 +347,15 @@ def build_source_schedule(
             tags={"lakehouse/trigger": "schedule", "lakehouse/source": source.name},
         )
 
-    return _monthly
+    try:  # Dagster validates the cron expression when it builds the schedule
+        return decorate(_monthly)
+    except dg.DagsterInvalidDefinitionError as exc:
+        raise ValueError(f"source {source.name!r}: schedule {source.schedule!r} is not a valid cron expression") from exc
 
 
 @dataclass
 class LandingAutomation:
-    jobs: list[UnresolvedAssetJobDefinition]
+    jobs: list[LandingJob]
     sensors: list[dg.SensorDefinition]
     schedules: list[dg.ScheduleDefinition]
 

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from lakehouse import settings
 from lakehouse.factories import build_definitions
@@ -32,6 +31,11 @@ from lakehouse.sim.world import MeterWorld, WorldConfig, months_between
 # the demo prints progress for people; Dagster's notices about beta parameters would bury it
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+#: the run tags Dagster reads a partition range from (what the UI and the CLI set for a range)
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+#: the demo's jobs: the zone tables over the range, the ML training, the monthly ML outputs over the range
+ZONES_JOB, ML_JOB, ML_MONTHLY_JOB = "demo_zones", "demo_ml", "demo_ml_monthly"
 
 
 def _say(msg: str) -> None:
@@ -89,20 +93,24 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def report(result: dg.ExecuteInProcessResult) -> None:
-    """One line per materialized asset of a finished run: months, rows, Delta version, step time."""
+    """One line per materialized asset of a finished run: months, rows (summed over its months), the
+    newest Delta version, step time."""
     seconds = {
         e.step_key: e.event_specific_data.duration_ms / 1000
         for e in result.all_events
         if e.event_type_value == "STEP_SUCCESS"
     }
-    assets: dict[str, tuple[set, dict]] = {}
+    assets: dict[str, tuple[set, list]] = {}
     for event in result.get_asset_materialization_events():
         m = event.materialization
-        assets.setdefault(m.asset_key.to_user_string(), (set(), {}))[0].add(m.partition)
-        assets[m.asset_key.to_user_string()][1].update({k: v.value for k, v in m.metadata.items()})
-    for name, (months, meta) in sorted(assets.items()):
-        rows = meta.get("total_rows", meta.get("rows", meta.get("dagster/row_count")))
-        version = meta.get("delta_version", meta.get("input_delta_version"))
+        months, metas = assets.setdefault(m.asset_key.to_user_string(), (set(), []))
+        months.add(m.partition)
+        metas.append({k: v.value for k, v in m.metadata.items()})
+    for name, (months, metas) in sorted(assets.items()):
+        counts = [meta.get("rows", meta.get("dagster/row_count")) for meta in metas]
+        rows = sum(counts) if counts and all(isinstance(c, int) for c in counts) else None
+        found = [meta.get("delta_version", meta.get("input_delta_version")) for meta in metas]
+        version = max((v for v in found if isinstance(v, int)), default=None)
         step = seconds.get(name.replace("/", "__"))
         _say(
             f"      {name:<34} {len(months - {None}) or '':>3}{' months' if months - {None} else '       '}"
@@ -112,6 +120,11 @@ def report(result: dg.ExecuteInProcessResult) -> None:
         )
 
 
+def demo_tags(stage: str, start: str, end: str) -> dict[str, str]:
+    """Tags a person can filter the demo's runs by in the UI (Runs -> filter ``lakehouse/trigger:demo``)."""
+    return {"lakehouse/trigger": "demo", "lakehouse/stage": stage, "lakehouse/months": f"{start}..{end}"}
+
+
 def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = None) -> dict:
     project = settings.load()
     defs = build_definitions(project)
@@ -119,33 +132,35 @@ def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = 
     ml_assets = [a for a in defs.assets if a.partitions_def is None]
     # monthly ML outputs (predictions, flagged meter-days) need the trained models: they run last
     ml_monthly = [a for a in defs.assets if a.partitions_def is not None and a.key.path[0] == "ml"]
+    jobs = {
+        name: dg.define_asset_job(name, selection=[k for a in chosen for k in a.keys], description=text)
+        for name, chosen, text in (
+            (ZONES_JOB, zone_assets, "make demo: every zone table over the demo's months"),
+            (ML_JOB, ml_assets, "make demo: the ML pipelines' training assets"),
+            (ML_MONTHLY_JOB, ml_monthly, "make demo: the monthly ML outputs over the demo's months"),
+        )
+        if chosen
+    }
+    demo = dg.Definitions(assets=defs.assets, jobs=list(jobs.values()), resources=defs.resources, executor=dg.in_process_executor)
+
+    def run(name: str, stage: str, *, months: bool) -> dg.ExecuteInProcessResult | None:
+        if name not in jobs:
+            return None
+        tags = demo_tags(stage, start, end) | ({RANGE_START: start, RANGE_END: end} if months else {})
+        return demo.resolve_job_def(name).execute_in_process(instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
+
     t0 = time.monotonic()
-    _say(f"[2/3] materializing {len(zone_assets)} zone assets for {start}..{end} in one run (one Spark session)")
-    res = dg.materialize(
-        defs.assets,
-        selection=[a.key for a in zone_assets],
-        resources=defs.resources,
-        instance=instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
-        run_config=QUIET,
-        raise_on_error=False,
-    )
+    _say(f"[2/3] materializing {len(zone_assets)} zone assets for {start}..{end} in one run of job {ZONES_JOB} (one Spark session)")
+    res = run(ZONES_JOB, "zones", months=True)
     zones_s = time.monotonic() - t0
     _say(f"      zones {'done' if res.success else 'FAILED (see the errors above)'} in {zones_s:.0f}s:")
     report(res)
-    _say(f"[3/3] training {len(ml_assets)} ML asset(s)")
+    _say(f"[3/3] training {len(ml_assets)} ML asset(s) (job {ML_JOB}), then the monthly ML outputs (job {ML_MONTHLY_JOB})")
     t1 = time.monotonic()
-    res_ml = dg.materialize(
-        defs.assets, selection=[a.key for a in ml_assets], resources=defs.resources, instance=instance,
-        run_config=QUIET, raise_on_error=False,
-    ) if ml_assets and res.success else None
+    res_ml = run(ML_JOB, "ml", months=False) if res.success else None
     if res_ml is not None:
         report(res_ml)
-    res_mm = dg.materialize(
-        defs.assets, selection=[a.key for a in ml_monthly], resources=defs.resources, instance=instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: start, ASSET_PARTITION_RANGE_END_TAG: end},
-        run_config=QUIET, raise_on_error=False,
-    ) if ml_monthly and res_ml is not None and res_ml.success else None
+    res_mm = run(ML_MONTHLY_JOB, "ml_monthly", months=True) if res_ml is not None and res_ml.success else None
     if res_mm is not None:
         report(res_mm)
     ml_meta = {}
@@ -200,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(scores.summary_lines(lake.root, args.world)))
     print(
         "\nLook at it: `make ui`, open http://127.0.0.1:3000 -> Assets (grouped by zone: landing, formatted,"
-        " trusted, exploitation, ml); each zone table shows its 48 monthly partitions and per-run metadata."
+        " trusted, exploitation, ml); each zone table shows its monthly partitions, each month with its own"
+        " figures and check results. Runs: filter by tag lakehouse/trigger=demo."
         f"\nLake: {lake.root}   Demo world (inbox, truth): {args.world.resolve()}"
     )
     return 0 if result["success"] else 1

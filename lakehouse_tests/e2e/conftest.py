@@ -1,8 +1,9 @@
 """One real ``dagster dev`` (webserver + daemon) for the e2e and browser tests, and one monthly backfill.
 
 The server runs on a free port on 127.0.0.1 with a temporary ``DAGSTER_HOME`` (the project's
-``dagster_home/dagster.yaml``), a temporary lake and a small demo world (2 meters, 2012-01..2012-02, no
-faults). It is started in its own session (``start_new_session``: default signal handlers, its own
+``dagster_home/dagster.yaml``), a temporary lake and a small demo world (2 meters, 2012-01..2012-03, no
+faults) whose :data:`BAD_MONTH` is broken on purpose: every reading of that month is negative, so the
+trusted zone quarantines all of them and the month fails its blocking ``rejected_rate`` check. It is started in its own session (``start_new_session``: default signal handlers, its own
 process group) and stopped by signalling that group, by the PID this fixture started: ``dagster dev`` and
 its webserver, daemon, code servers and run workers all go.
 
@@ -28,7 +29,9 @@ import requests
 
 from lakehouse_tests.conftest import REPO, free_port
 
-MONTHS = ["2012-01", "2012-02"]
+MONTHS = ["2012-01", "2012-02", "2012-03"]
+#: every reading of this month is negated in the world's files: trusted rejects them all (blocking check)
+BAD_MONTH = "2012-02"
 METERS = 2
 #: what the backfill materializes: one meter source through every zone to its daily view
 BACKFILL_ASSETS = [
@@ -53,6 +56,15 @@ def poll(what: str, check: Callable[[], Any], timeout: float, every: float = 1.0
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def negate_readings(inbox: Path, month: str) -> int:
+    """Every reading of ``month``'s meter files made negative (``7.5`` -> ``-7.5``); returns the files changed."""
+    files = sorted(inbox.glob(f"meter_*_{month}.csv"))
+    for path in files:
+        header, *lines = path.read_text().splitlines()
+        path.write_text("\n".join([header, *(f"{line.rsplit(';', 1)[0]};-{line.rsplit(';', 1)[1]}" for line in lines if line)]) + "\n")
+    return len(files)
 
 
 def default_signals() -> None:
@@ -156,6 +168,7 @@ def dagster_server(tmp_path_factory) -> Iterator[DagsterServer]:
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert built.returncode == 0, built.stderr[-3000:]
+    assert negate_readings(staging / "inbox" / "meter_readings", BAD_MONTH) == METERS
     # the inbox stays empty until the sensors are stopped (the staging world moves in later)
     shutil.copytree(staging, world, ignore=shutil.ignore_patterns("inbox"))
     (world / "inbox" / "meter_readings").mkdir(parents=True)
@@ -199,7 +212,8 @@ BACKFILL = """query($id: String!) { partitionBackfillOrError(backfillId: $id) { 
   ... on PartitionBackfill { id status numPartitions error { message }
     runs { runId status tags { key value } startTime endTime
       assetMaterializations { assetKey { path } partition timestamp
-        metadataEntries { label __typename ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue } } } } }
+        metadataEntries { label __typename ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue }
+          ... on JsonMetadataEntry { jsonString } } } } }
   ... on Error { message } } }"""
 DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
