@@ -1,11 +1,13 @@
-"""The UI in a real browser (Debian's Chromium driven by Playwright): the graph grouped by zone, and a
-partitioned asset's months. Screenshots land in the test's tmp dir."""
+"""The UI in a real browser (Debian's Chromium driven by Playwright): the graph grouped by zone, a
+partitioned asset's months, and one month's own figures and check results. Screenshots (and the page's
+text, when an expectation fails) land in the test's tmp dir."""
 
 from pathlib import Path
 
 import pytest
 
-from lakehouse_tests.e2e.conftest import MONTHS
+from lakehouse.io.lake import Lake
+from lakehouse_tests.e2e.conftest import BAD_MONTH, METERS, MONTHS
 
 pytestmark = pytest.mark.browser
 
@@ -64,7 +66,45 @@ def test_asset_graph_grouped_by_zone_and_monthly_partitions(dagster_server, mont
     expect(page.get_by_text("2015-12", exact=True)).to_have_count(0)
     page.get_by_text(MONTHS[-1], exact=True).first.click()
     expect(page.get_by_text("Latest materialization")).to_be_visible(timeout=15_000)
-    expect(page.get_by_text("total_rows", exact=True)).to_be_visible()
     expect(page.get_by_text("delta_version").first).to_be_visible()
     page.screenshot(path=str(tmp_path / "trusted_partitions.png"))
     print(f"screenshots: {tmp_path}")
+
+
+def month_commit(lake: Lake, zone: str, table: str, month: str) -> int:
+    """The Delta version of ``month``'s latest commit, from the table's own log (not from Dagster)."""
+    return max(h["version"] for h in lake.history(zone, table)
+               if f"month = '{month}'" in (h.get("operationParameters") or {}).get("predicate", ""))
+
+
+def test_a_month_shows_its_own_rows_delta_version_and_checks(dagster_server, monthly_backfill, page, tmp_path):
+    """One month's page of a zone table shows that month's row count and Delta version (not the range's),
+    and the blocking check's page shows each month's own result (failed in the bad month only)."""
+    from playwright.sync_api import expect
+
+    month = MONTHS[0]
+    lake = Lake(dagster_server.lake)
+    rows = lake.read_arrow("trusted", "meter_readings", months=[month], columns=["month"]).num_rows
+    assert rows == METERS * 31 * 24
+    version = month_commit(lake, "trusted", "meter_readings", month)
+    try:
+        page.goto(f"{dagster_server.url}/assets/trusted/meter_readings?view=partitions&partition={month}")
+        dismiss_welcome(page)
+        expect(page.get_by_text("Latest materialization")).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("row", name=f"rows {rows}", exact=True)).to_be_visible()
+        expect(page.get_by_role("row", name=f"dagster/row_count {rows}", exact=True)).to_be_visible()
+        expect(page.get_by_role("row", name=f"delta_version {version}", exact=True)).to_be_visible()
+        expect(page.get_by_role("row", name="blocking_failed []", exact=True)).to_be_visible()
+        page.screenshot(path=str(tmp_path / "trusted_month.png"), full_page=True)
+
+        # the check's partitions: each month has its own result
+        page.goto(f"{dagster_server.url}/assets/trusted/meter_readings?view=checks&checkDetail=rejected_rate")
+        page.get_by_role("tab", name="Partitions").click()
+        for m, text in ((BAD_MONTH, "none kept"), (month, f"0 of {rows} row(s) rejected")):
+            page.get_by_text(m, exact=True).first.click()
+            expect(page.get_by_role("heading", name=m, exact=True)).to_be_visible(timeout=15_000)
+            expect(page.get_by_text(text)).to_be_visible(timeout=15_000)
+            page.screenshot(path=str(tmp_path / f"rejected_rate_{m}.png"), full_page=True)
+    finally:
+        (tmp_path / "page.txt").write_text(page.inner_text("body"))
+        print(f"screenshots: {tmp_path}")
