@@ -188,14 +188,15 @@ def test_forecast_assets_train_validate_and_promote(trained):
     for name in ("consumption_gbm", "consumption_mlp"):
         m = meta[name]
         assert m["rmse"].value > 0 and m["validation_rows"].value > 0 and -1 < m["r2"].value <= 1
-        assert "data:image/png;base64," in m["plots"].value and "| month |" in m["per_month"].value
+        assert "data:image/png;base64," in m["plots"].value
+        assert m["per_month"].value.records and "month" in m["per_month"].value.records[0].data
         folder = Path(m["model_path"].value)
         assert {p.name for p in (folder / "plots").iterdir()} == {"predicted_vs_actual.png", "residuals_by_month.png", "feature_importance.png"}
         lineage = json.loads((folder / "lineage.json").read_text())
         assert lineage["inputs"]["exploitation/consumption_daily"]["delta_version"] == lake.version("exploitation", "consumption_daily")
         assert lineage["inputs"]["ml/consumption_split"]["delta_version"] == lake.version("ml", "consumption_split")
         assert lineage["code_version"]["lakehouse"] and "git_commit" in lineage["code_version"]
-    assert meta["consumption_gbm"]["cv_folds"].value == 3 and "| fold |" in meta["consumption_gbm"]["cv"].value
+    assert meta["consumption_gbm"]["cv_folds"].value == 3 and len(meta["consumption_gbm"]["cv"].value.records) == 3
     pointer = json.loads((lake.table_path("ml", "consumption_champion") / "champion.json").read_text())
     # table maintenance keeps every version a model depends on readable (vacuum skips them)
     from lakehouse.factories.maintenance import versions_in_use

@@ -60,14 +60,15 @@ def _check_specs(project: Project, source: SourceSpec, rules: list[CompiledRule]
                 asset,
                 months,
                 blocking=r.action == "fail",
-                description=escape_md(f"[{r.action}] {r.description or ''} — denies: {cr.describe()}".strip()),
+                # plain text in the UI's check table (Markdown only on the check's overview): not escaped
+                description=f"[{r.action}] {r.description or ''} — denies: {cr.describe()}".strip(),
             )
         )
     for step in source.quality.cleaning:
         if isinstance(step, RulesStep):
             continue
         action = getattr(step, "action", "repair")
-        specs.append(month_check_spec(step.name, asset, months, description=escape_md(f"[{step.step}, {action}] {step.description}".strip())))
+        specs.append(month_check_spec(step.name, asset, months, description=f"[{step.step}, {action}] {step.description}".strip()))
     specs.append(
         month_check_spec(
             "conservation",
