@@ -177,6 +177,7 @@ columns:
   - {name: energy_kwh, type: double, nullable: false, unit: kWh}
   - {name: temperature_c, source: weather.temperature_degC, type: double, unit: °C}
 partitioning: {kind: time_column, column: day}
+max_rejected_rate: 0.5   # ten days, two broken on purpose: above the default guard of 5%
 quality:
   key: [day]
   rules:
@@ -197,6 +198,7 @@ columns:
   - {name: ts, type: timestamp, nullable: false}
   - {name: reading_kwh, source: kwh, type: double, nullable: false}
 partitioning: {kind: time_column, column: ts}
+max_rejected_rate: 0.5   # a small sample with broken rows on purpose
 quality:
   key: [meter_id, ts]
   rules:
