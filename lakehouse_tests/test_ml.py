@@ -119,7 +119,7 @@ def test_history_features_only_look_back(small):
     changed = daily.copy()
     changed.loc[changed["date"] == day, "consumption_kwh"] *= 10
     again = fp.features_from(changed, params)
-    cols = forecast.feature_columns(base)
+    cols = forecast.feature_columns(base, params.columns)
     before = pd.to_datetime(base["date"]).dt.date <= day
     pd.testing.assert_frame_equal(base.loc[before, cols], again.loc[before, cols])
     assert not base.loc[~before, "lag_1"].equals(again.loc[~before, "lag_1"])  # the next day does see it
@@ -132,7 +132,8 @@ def test_time_split_puts_every_validation_day_after_training(small):
     dates = pd.to_datetime(split["date"])
     assert dates[split["split"] == "train"].max() < pd.Timestamp(info["cut_date"]) <= dates[split["split"] == "validation"].min()
     assert info["validation_months"] == ["2012-08", "2012-09"]
-    assert set(split.loc[split["split"] == "excluded", "reason"]) <= {"no_history", "label_not_ok", "gap"}
+    labels_reasons = set(labels.loc[~labels["label_ok"], "reason"])
+    assert set(split.loc[split["split"] == "excluded", "reason"]) <= {"no_history", "gap", *labels_reasons}
 
 
 def test_leakage_check_passes_then_fails_when_a_leak_is_planted(small):
@@ -140,7 +141,7 @@ def test_leakage_check_passes_then_fails_when_a_leak_is_planted(small):
     labels = fp.labels_from(daily, params)
     split, info = fp.split_from(labels, params)
     honest = fp.features_from(daily, params)
-    report = forecast.leakage_report(daily, honest, split, info["cut_date"], lambda d: fp.features_from(d, params))
+    report = fp.leakage_from(daily, honest, split, info["cut_date"], params)
     assert report.passed and report.train_rows_checked > 0
 
     def leaky(d: pd.DataFrame) -> pd.DataFrame:
@@ -150,7 +151,7 @@ def test_leakage_check_passes_then_fails_when_a_leak_is_planted(small):
         out["roll_7"] = y.transform(lambda s: s.rolling(7, center=True, min_periods=1).mean()).to_numpy()
         return out
 
-    report = forecast.leakage_report(daily, leaky(daily), split, info["cut_date"], leaky)
+    report = forecast.leakage_report(daily, leaky(daily), split, info["cut_date"], leaky, params.columns)
     assert not report.passed
     assert set(report.leaking_features) == {"roll_7"} and 0 < report.leaking_rows <= 3 * 3
     assert report.samples and report.samples[0]["date"] < info["cut_date"]
@@ -259,15 +260,15 @@ def test_severe_drift_blocks_the_champion(trained, lake_copy, tmp_path):
     assert got["drift_psi"] is False  # the drift asset warns about the newest month
     assert got["no_severe_drift"] is False and not result.success
     drift_table = lake.read_arrow("ml", "meter_drift").to_pandas()
-    row = drift_table[(drift_table["month"] == END) & (drift_table["feature"] == "kwh_vs_signature")].iloc[0]
+    row = drift_table[(drift_table["month"] == END) & (drift_table["feature"] == "signature_log_ratio")].iloc[0]
     assert row["level"] == "severe"
 
 
 def test_planted_leak_fails_the_split_check_and_blocks_training(trained, lake_copy, monkeypatch):
     real = forecast.build_features
 
-    def leaky(daily, cfg, labels=None):
-        out = real(daily, cfg, labels)
+    def leaky(daily, cfg, labels, cols):
+        out = real(daily, cfg, labels, cols)
         y = out.merge(daily.assign(date=pd.to_datetime(daily["date"]).dt.date)[["meter_id", "date", "consumption_kwh"]], on=["meter_id", "date"])
         out["roll_7"] = y.groupby("meter_id")["consumption_kwh"].transform(lambda s: s.shift(-1)).to_numpy()  # tomorrow
         return out
@@ -275,7 +276,7 @@ def test_planted_leak_fails_the_split_check_and_blocks_training(trained, lake_co
     monkeypatch.setattr(forecast, "build_features", leaky)
     _, defs = load(trained["configs"], lake_copy)
     result = run(defs, keys("consumption_features", "consumption_labels", "consumption_split", "consumption_gbm"))
-    assert checks(result) == {"no_validation_leak": False}
+    assert checks(result)["no_validation_leak"] is False
     assert "consumption_gbm" not in materialized(result)  # the blocking check stopped training
 
 
@@ -287,9 +288,9 @@ def test_monthly_predictions_and_anomaly_flags(trained, lake_copy):
     lake = Lake(lake_copy)
     pred = lake.read_arrow("ml", "consumption_predictions").to_pandas()
     assert sorted(pred["month"].unique()) == ["2013-04", "2013-05", "2013-06"]
-    assert set(pred["sample"]) == {"validation"} and pred["predicted_kwh"].notna().all()
+    assert set(pred["sample"]) == {"validation"} and pred["predicted"].notna().all()
     ok = pred[pred["label_ok"]]
-    assert np.sqrt(np.mean((ok["predicted_kwh"] - ok["actual_kwh"]) ** 2)) < ok["actual_kwh"].std()
+    assert np.sqrt(np.mean((ok["predicted"] - ok["actual"]) ** 2)) < ok["actual"].std()
     # anomaly flags over every month, scored against the faults the fixture injected
     all_months = {ASSET_PARTITION_RANGE_START_TAG: START, ASSET_PARTITION_RANGE_END_TAG: END}
     assert run(defs, keys("meter_flags"), tags=all_months).success

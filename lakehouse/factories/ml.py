@@ -21,9 +21,8 @@ import pyarrow as pa
 
 from lakehouse.factories.common import LakeResource, escape_md, key, monthly, months_of, spec_version
 from lakehouse.io.lake import Lake
-from lakehouse.ml import anomaly, champion, consumption, drift, evaluate
+from lakehouse.ml import anomaly, champion, consumption, drift, evaluate, forecast
 from lakehouse.ml import pipeline as fp
-from lakehouse.ml.forecast import KEY, leakage_report
 from lakehouse.ml.lineage import code_version, normalized_hash
 from lakehouse.ml.models import load_model, save_model, versions
 from lakehouse.ml.train import single_threaded
@@ -79,8 +78,9 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
     @dg.asset(
         key=k_features,
         ins=all_months,
-        description=f"Features per meter and day from every month of {spec.input}: HDD and weather, calendar, "
-        "building, and consumption history (lags, rolling means, energy signature) from earlier days only.",
+        description=f"Features per {' and '.join([*params.columns.entity, 'day'])} from every month of {spec.input}: "
+        "drivers and HDD/CDD, the columns the pipeline carries, and target history (lags, rolling means, energy "
+        "signature) from earlier days only.",
         kinds={"pandas", "delta"},
         **common,
     )
@@ -92,13 +92,13 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
             "inputs": fp.input_lineage(spec.input, version, sorted(daily["month"].unique())),
             "code_version": code_version(),
             "params": {"features": spec.params.get("features", {}), "labels": spec.params.get("labels", {})},
-            "hash": normalized_hash(feats),
+            "hash": normalized_hash(feats, params.columns.key),
         }
         out_version = fp.write_table(root, t_features, feats, lineage)
         return dg.MaterializeResult(
             metadata={
                 "rows": len(feats),
-                "features": [c for c in feats.columns if c not in (*KEY, "month")],
+                "features": [c for c in feats.columns if c not in (*params.columns.key, "month")],
                 "delta_version": out_version,
                 "input_delta_version": version,
                 "lineage": dg.MetadataValue.json(lineage),
@@ -109,8 +109,8 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
     @dg.asset(
         key=k_labels,
         ins=all_months,
-        description="Labels: each meter-day's consumption, and whether it is a trustworthy label (a complete day "
-        "without signs of a meter fault: missing hours, stuck register, off-hour timestamps).",
+        description=f"Labels: each day's `{params.columns.target}`, and whether it is a trustworthy label (its "
+        "drivers present and every declared label rule holding); an excluded day names the rule it broke.",
         kinds={"pandas", "delta"},
         **common,
     )
@@ -122,7 +122,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
             "inputs": fp.input_lineage(spec.input, version, sorted(daily["month"].unique())),
             "code_version": code_version(),
             "params": {"labels": spec.params.get("labels", {})},
-            "hash": normalized_hash(labels),
+            "hash": normalized_hash(labels, params.columns.key),
         }
         out_version = fp.write_table(root, t_labels, labels, lineage)
         reasons = labels.loc[~labels["label_ok"], "reason"].value_counts().to_dict()
@@ -137,7 +137,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
             }
         )
 
-    leak_check = "no_validation_leak"
+    leak_check, range_check = "no_validation_leak", "drivers_within_training_range"
 
     @dg.asset(
         key=k_split,
@@ -151,8 +151,14 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
                 asset=k_split,
                 blocking=True,
                 description="Training features recomputed from the history cut at the first validation day are "
-                "identical to the stored ones; no training day on/after the cut; no meter-day in both sets.",
-            )
+                "identical to the stored ones; no training day on/after the cut; no row in both sets.",
+            ),
+            dg.AssetCheckSpec(
+                range_check,
+                asset=k_split,
+                description="Every validation row's drivers (temperature, HDD/CDD, declared drivers) lie within the "
+                "training range (warns: models, trees above all, extrapolate poorly).",
+            ),
         ],
         **common,
     )
@@ -176,13 +182,15 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
             "code_version": code_version(),
             "params": {"split": spec.params.get("split", {})},
             "cut": info,
-            "hash": normalized_hash(split),
+            "hash": normalized_hash(split, params.columns.key),
         }
         version = fp.write_table(root, t_split, split, lineage)
         # the proof: recompute the training features in a world where the validation days never happened
         daily, _ = fp.read_input(root, spec.input, version=src)
-        report = leakage_report(daily, feats, split, info["cut_date"], lambda d: fp.features_from(d, params))
+        report = fp.leakage_from(daily, feats, split, info["cut_date"], params)
         context.log.info(f"leakage check: {report}")
+        ranges = fp.extrapolation_from(feats, split, params)
+        outside = {d: r["validation_rows_outside"] for d, r in ranges.items() if r["validation_rows_outside"]}
         return dg.MaterializeResult(
             metadata={
                 **{k: dg.MetadataValue.json(v) if isinstance(v, list) else v for k, v in info.items()},
@@ -202,7 +210,15 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
                         "cut_date": info["cut_date"],
                         "samples": dg.MetadataValue.json(json.loads(json.dumps(report.samples, default=str))),
                     },
-                )
+                ),
+                dg.AssetCheckResult(
+                    check_name=range_check,
+                    passed=not outside,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description=("validation rows outside the training range: " + ", ".join(f"{d}: {n}" for d, n in outside.items()))
+                    if outside else "every validation driver lies within the training range",
+                    metadata={"ranges": dg.MetadataValue.json(ranges), "rows_outside": dg.MetadataValue.json(outside)},
+                ),
             ],
         )
 
@@ -215,8 +231,9 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
     @dg.asset(
         key=k_champion,
         deps=[*model_keys, *drift_deps],
-        description="The model to deploy: the candidate with the lowest validation RMSE. Promoted only when it is "
-        "not worse than the current champion on the same validation rows and no severe drift was detected.",
+        description=f"The model to deploy: the candidate with the lowest {params.champion_metric} (every candidate "
+        "scored on the same rows, or the same CV folds). Promoted only when it is not worse than the current "
+        "champion on the same rows and no severe drift was detected.",
         kinds={"python"},
         check_specs=[
             dg.AssetCheckSpec(gate_check, asset=k_champion, blocking=True,
@@ -229,42 +246,57 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
     def _champion(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         root = lake.lake
         tolerance = float(params.champion.get("tolerance", 0.0))
+        metric = params.champion_metric
         cands = []
         for name in params.models:
             found = versions(models_root(root, name))
             if not found:
                 raise dg.Failure(f"model {name} has no trained version yet")
             metrics = json.loads((found[-1] / "metrics.json").read_text())
-            cands.append(champion.Candidate(name, str(found[-1]), float(metrics["rmse"]), metrics))
+            if metric not in metrics:
+                raise dg.Failure(f"model {name} ({found[-1].name}) has no {metric}: retrain it with the current config")
+            cands.append(champion.Candidate(name, str(found[-1]), float(metrics[metric]), metrics))
         split_versions = {json.loads((Path(c.model_dir) / "lineage.json").read_text())["inputs"][f"ml/{t_split}"]["delta_version"] for c in cands}
         if len(split_versions) > 1:
             raise dg.Failure(f"candidates were validated on different splits {sorted(split_versions)}: retrain them together")
+        fold_sets = {c.metrics.get("cv_folds_hash") for c in cands}
+        if metric == "cv_rmse" and len(fold_sets) > 1:
+            raise dg.Failure(f"candidates were cross-validated on different folds {sorted(map(str, fold_sets))}: retrain them together")
         best = pick = champion.pick(cands)
         current = champion.read_pointer(pointer(root))
         current_rmse = None
         if current is not None:
             if current["model_dir"] == best.model_dir:
                 current_rmse = best.rmse
+            elif metric == "cv_rmse" and current.get("metrics", {}).get("cv_folds_hash") == best.metrics.get("cv_folds_hash"):
+                current_rmse = float(current["metrics"]["cv_rmse"])  # the same folds: the recorded scores compare
             else:
                 current_rmse = _rescore(root, current, Path(best.model_dir), t_features, t_labels, t_split, context)
+                if metric != "rmse":  # other folds: compare on the candidate's validation rows instead
+                    best = champion.Candidate(best.name, best.model_dir, float(best.metrics["rmse"]), best.metrics)
         gate = champion.not_worse(best.rmse, current_rmse, tolerance)
         drift_ok, drift_meta = _drift_gate(root, drift_table, Path(best.model_dir), params.champion)
         promoted = gate.passed and drift_ok
         record = {
             "model": pick.name,
             "model_dir": pick.model_dir,
-            "rmse": pick.rmse,
+            "rmse": float(pick.metrics["rmse"]),
+            "metric": metric,
+            "score": pick.rmse,
             "metrics": pick.metrics,
             "run_id": context.run_id,
         }
         if promoted:
             champion.write_pointer(pointer(root), record)
-        table = pd.DataFrame([{"model": c.name, "version": Path(c.model_dir).name, **{k: c.metrics[k] for k in ("rmse", "mae", "r2")}} for c in cands])
+        shown = ("rmse", "mae", "r2", "cv_rmse", "cv_r2")
+        table = pd.DataFrame([{"model": c.name, "version": Path(c.model_dir).name, **{k: c.metrics.get(k, float("nan")) for k in shown}} for c in cands])
         return dg.MaterializeResult(
             metadata={
                 "champion": pick.name,
                 "model_dir": dg.MetadataValue.path(pick.model_dir),
-                "rmse": pick.rmse,
+                "rmse": float(pick.metrics["rmse"]),
+                "metric": metric,
+                "score": pick.rmse,
                 "promoted": promoted,
                 "current_champion_rmse": current_rmse if current_rmse is not None else "none",
                 "candidates": _table(table, 4),
@@ -325,20 +357,22 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
             f = feats[feats["month"] == month]
             if f.empty:
                 continue
-            lab = labels[labels["month"] == month][["meter_id", "date", "label_kwh", "label_ok"]]
+            run_key = run_params.columns.key
+            lab = labels[labels["month"] == month][[*run_key, forecast.LABEL, "label_ok"]]
             with single_threaded():
                 pred = model.predict(f[cols])
-            out = f[["meter_id", "date", "month"]].copy()
-            out["predicted_kwh"] = pred
-            # a meter's first weeks have no energy signature yet: predictions without history are marked
-            out["has_history"] = f["sig_pred"].notna().to_numpy()
-            out = out.merge(lab, on=KEY, how="left").rename(columns={"label_kwh": "actual_kwh"})
+            out = f[[*run_key, "month"]].copy()
+            out["predicted"] = pred
+            # a series' first weeks have no energy signature (or history) yet: such predictions are marked
+            history = [c for c in ("sig_pred", *(f"lag_{k}" for k in run_params.features.lags)) if c in f.columns][:1]
+            out["has_history"] = f[history[0]].notna().to_numpy() if history else True
+            out = out.merge(lab, on=run_key, how="left").rename(columns={forecast.LABEL: "actual"})
             out["model"] = lineage["model"]
             out["model_version"] = model_dir.name
             out["sample"] = "train" if month in train_months else "validation" if month in valid_months else "new"
             v = root.overwrite_month("ml", f"{prefix}_predictions", pa.Table.from_pandas(out, preserve_index=False), month)
             ok = out[out["label_ok"].fillna(False).astype(bool) & out["has_history"]]
-            rmse = float(np.sqrt(np.mean((ok["predicted_kwh"] - ok["actual_kwh"]) ** 2))) if len(ok) else float("nan")
+            rmse = float(np.sqrt(np.mean((ok["predicted"] - ok["actual"]) ** 2))) if len(ok) else float("nan")
             per_month.append({"month": month, "rows": len(out), "rmse": rmse, "sample": out["sample"].iloc[0], "delta_version": v})
             # the month's own figures; the range's are in the run's log
             context.add_asset_metadata(
@@ -360,7 +394,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
 def _model_asset(spec, params, name, k_split, t_features, t_labels, t_split, models_root, prefix) -> dg.AssetsDefinition:
     """One trained model of the pipeline (a separate function: each call builds exactly one asset)."""
     cfg = params.models[name]
-    kinds = {"sklearn"} if cfg.type == "sklearn_gbm" else {"pytorch"}
+    kinds = {"pytorch"} if cfg.type == "torch_mlp" else {"sklearn"}
 
     @dg.asset(
         key=key("ml", f"{prefix}_{name}"),
@@ -369,7 +403,7 @@ def _model_asset(spec, params, name, k_split, t_features, t_labels, t_split, mod
         tags={"zone": "ml", "pipeline": spec.name},
         code_version=spec_version(spec),
         description=f"`{cfg.type}` model `{name}` trained on the training rows, scored on the validation rows"
-        + (" with 10-fold forward-chaining CV on the training days." if cfg.cv else ".")
+        + (f" with {params.cv.folds}-fold {params.cv.kind} CV on the training rows (the same folds for every model)." if cfg.cv else ".")
         + " Versioned folder under the lake with model, lineage, metrics and plots.",
         kinds=kinds,
     )
@@ -380,7 +414,7 @@ def _model_asset(spec, params, name, k_split, t_features, t_labels, t_split, mod
         lab_version = split_lineage["inputs"][f"ml/{t_labels}"]["delta_version"]
         feats, feat_lineage, _ = fp.read_table(root, t_features, feat_version)
         labels, lab_lineage, _ = fp.read_table(root, t_labels, lab_version)
-        data = fp.dataset(feats, labels, split)
+        data = fp.dataset(feats, labels, split, params)
         with single_threaded():
             run = fp.fit_model(cfg, data, params)
         versions_ = {
@@ -433,7 +467,7 @@ def _rescore(root: Lake, current: dict, candidate_dir: Path, t_features: str, t_
         feats, _, _ = fp.read_table(root, t_features, v[f"ml/{t_features}"]["delta_version"])
         labels, _, _ = fp.read_table(root, t_labels, v[f"ml/{t_labels}"]["delta_version"])
         split, _, _ = fp.read_table(root, t_split, v[f"ml/{t_split}"]["delta_version"])
-        data = fp.dataset(feats, labels, split)
+        data = fp.dataset(feats, labels, split, fp.ForecastParams.of(lineage["params"]))
         cols = fp.ModelConfig.of(lineage["model"], lineage["params"]["models"][lineage["model"]]).columns
         with single_threaded():
             return evaluate.regression_metrics(data.y_valid, model.predict(data.valid[cols]))["rmse"]
@@ -472,7 +506,7 @@ def _drift_gate(root: Lake, drift_table: str | None, model_dir: Path, cfg: dict)
 def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsDefinition]:
     """Drift of key features month to month, an unsupervised detector of faulty meter-days, and its
     monthly table of flagged meter-days."""
-    cfg = anomaly.AnomalyConfig.of(spec.params.get("detector"))
+    cfg = anomaly.AnomalyConfig.of(spec.params.get("detector"), spec.params.get("columns"))
     dcfg = drift.DriftConfig.of(spec.params.get("drift"))
     prefix = spec.params.get("prefix", spec.name)
     seed = int(spec.params.get("seed", 0))
@@ -498,7 +532,7 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
     def _drift(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         root = lake.lake
         daily, version = fp.read_input(root, spec.input)
-        table_ = drift.monthly_drift(anomaly.drift_frame(daily), dcfg)
+        table_ = drift.monthly_drift(anomaly.drift_frame(daily, cfg, dcfg.ratios), dcfg)
         lineage = {"inputs": fp.input_lineage(spec.input, version, sorted(daily["month"].unique())), "code_version": code_version(),
                    "params": spec.params.get("drift", {})}
         out_version = fp.write_table(root, f"{prefix}_drift", table_, lineage)
@@ -576,7 +610,7 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
         },
         partitions_def=monthly(project),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        description="Meter-days of the month scored by the latest anomaly detector: every day with its score, "
+        description="Days of the month scored by the latest anomaly detector: every day with its score, "
         "`flagged` where the score passes the detector's threshold.",
         kinds={"sklearn", "delta"},
         **common,
@@ -587,7 +621,7 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
         if not found:
             raise dg.Failure("no anomaly detector trained yet: materialize the model first")
         detector, lineage = load_model(found[-1])
-        run_cfg = anomaly.AnomalyConfig.of(lineage["params"].get("detector"))
+        run_cfg = anomaly.AnomalyConfig.of(lineage["params"].get("detector"), lineage["params"].get("columns"))
         months = months_of(context)
         first = (pd.Period(months[0], freq="M") - 1).strftime("%Y-%m")
         version = root.version(zone, table)
@@ -624,6 +658,7 @@ def build_consumption_model(project: Project, spec: PipelineSpec) -> list[dg.Ass
     seed = int(spec.params.get("seed", 0))
     asset_key = key("ml", spec.name)
     baseline_check = "beats_yesterday"
+    cols = forecast.Columns.of(spec.params.get("columns"))
 
     @dg.asset(
         key=asset_key,
@@ -646,9 +681,9 @@ def build_consumption_model(project: Project, spec: PipelineSpec) -> list[dg.Ass
         root = lake.lake
         version = root.version(zone, table)
         daily = root.read_arrow(zone, table, version=version).to_pandas()
-        features = consumption.daily_features(daily)
+        features = consumption.daily_features(daily, cols)
         train, valid = consumption.time_split(features, validation_months)
-        trained = consumption.train_regressor(train, valid, model_params, seed=seed)
+        trained = consumption.train_regressor(train, valid, model_params, cols.target, seed=seed)
         lineage = {
             "inputs": {spec.input: {"delta_version": version, "months": sorted(daily["month"].unique().tolist())}},
             "code_version": code_version(),
@@ -656,11 +691,11 @@ def build_consumption_model(project: Project, spec: PipelineSpec) -> list[dg.Ass
             "params": spec.params,
             "metrics": trained.metrics,
         }
-        y_valid = valid[consumption.TARGET].to_numpy()
+        y_valid = valid[cols.target].to_numpy()
         pred_valid = trained.model.predict(valid[consumption.FEATURES])
         residuals = pd.concat([
             pd.DataFrame({"month": part["month"].to_numpy(), "split": name,
-                          "residual": trained.model.predict(part[consumption.FEATURES]) - part[consumption.TARGET].to_numpy()})
+                          "residual": trained.model.predict(part[consumption.FEATURES]) - part[cols.target].to_numpy()})
             for name, part in (("train", train), ("validation", valid))
         ])
 

@@ -1,127 +1,177 @@
-"""Meter fault and anomaly detection on meter-days, unsupervised (Isolation Forest). Pure and seeded.
+"""Fault and anomaly detection on entity-days, unsupervised (Isolation Forest). Pure and seeded.
 
-A faulty meter leaves marks on the day it sent: hours without a reading, more readings than hours, a
-register stuck on one value, timestamps off the hour, negative values, one hour holding an implausible
-share of the day, a day total the cleaning had to change (a Wh file, a spike), or — optionally — a day
-total far from what the weather predicts for that building. :func:`day_features` turns each
-``consumption_daily`` row (its ``raw_*`` as-received profile and its cleaned consumption) into those
-figures; the detector learns what ordinary days look like from every month and scores each day. No label
-is used anywhere: the injected faults of the demo world only score the result (``lakehouse.sim.scores``).
+A faulty device leaves marks on the day it sent: periods without a reading, more readings than periods, a
+register stuck on one value, timestamps off the grid, negative values, one period holding an implausible
+share of the day, a day total the cleaning had to change (a unit slip, a spike), or — optionally — a day
+total far from what the weather predicts for that entity. :func:`day_features` turns each input row (its
+as-received profile and its cleaned target) into those figures; the detector learns what ordinary days
+look like from every month and scores each day. No label is used anywhere.
 
-The per-meter *energy signature* (kWh = a + b·HDD, fitted robustly on the meter's own days) is part of
-the fitted detector, so scoring a new month uses the coefficients learned at training time.
+The pipeline's YAML names every column read: ``columns`` (entity key, time, target, temperature, as in
+forecasting) and ``profile`` (which column holds each figure of the day as received). Figures whose
+profile column is not declared are not computed (and cannot be listed in ``features``).
+
+The per-entity *energy signature* (target = a + b·HDD, fitted robustly on the entity's own complete days)
+is part of the fitted detector, so scoring a new month uses the coefficients learned at training time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
 
-DEFAULT_FEATURES = (
-    "missing_hours",
-    "extra_readings",
-    "max_repeat_run",
-    "off_hour_readings",
-    "negative_readings",
-    "max_hour_share",
-    "cleaning_log_ratio",
-)
-DERIVED = (*DEFAULT_FEATURES, "signature_log_ratio")
+from lakehouse.ml.forecast import Columns, groups
+
+#: profile roles (``params.detector.profile``): the day as received, one column each
+PROFILE_ROLES = ("total", "received", "periods_covered", "repeat_run", "off_grid", "negatives", "max_share")
+#: the figure each role gives (see :func:`day_features`)
+FIGURES = {
+    "missing_periods": ("periods_covered",),
+    "extra_readings": ("received", "periods_covered"),
+    "repeat_run": ("repeat_run",),
+    "off_grid_readings": ("off_grid",),
+    "negative_values": ("negatives",),
+    "max_period_share": ("max_share",),
+    "cleaning_log_ratio": ("total",),
+}
+SIGNATURE = "signature_log_ratio"
 
 
 @dataclass(frozen=True)
 class AnomalyConfig:
+    columns: Columns
     method: str = "isolation_forest"
-    features: tuple[str, ...] = DEFAULT_FEATURES
-    #: prefix of the day-profile columns the figures come from (``raw_``: as received, before cleaning)
-    profile_prefix: str = "raw_"
+    features: tuple[str, ...] = tuple(FIGURES)
+    #: role -> column of the day as received (before cleaning)
+    profile: dict[str, str] = field(default_factory=dict)
+    #: periods (readings) a complete day has
+    periods_per_day: int = 24
     hdd_base_c: float = 16.5
     n_estimators: int = 200
     max_samples: int | str = 512
-    #: share of meter-days expected to be faulty (``auto``: Isolation Forest's own offset of -0.5)
+    #: share of days expected to be faulty (``auto``: Isolation Forest's own offset of -0.5)
     contamination: float | str = "auto"
 
     @classmethod
-    def of(cls, params: dict[str, Any] | None) -> AnomalyConfig:
+    def of(cls, params: dict[str, Any] | None, columns: dict[str, Any] | None) -> AnomalyConfig:
         params = dict(params or {})
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
+        known = set(cls.__dataclass_fields__) - {"columns"}
+        unknown = sorted(set(params) - known)
         if unknown:
-            raise ValueError(f"unknown detector option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(f"unknown detector option(s) {unknown}; known: {sorted(known)}")
         if params.get("method", "isolation_forest") != "isolation_forest":
             raise ValueError(f"detector.method must be 'isolation_forest', got {params['method']!r}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+        profile = dict(params.get("profile") or {})
+        bad_roles = sorted(set(profile) - set(PROFILE_ROLES))
+        if bad_roles:
+            raise ValueError(f"detector.profile: unknown role(s) {bad_roles}; known: {list(PROFILE_ROLES)}")
+        cols = Columns.of(columns)
+        cfg = cls(columns=cols, **{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+        for f in cfg.features:
+            need = FIGURES.get(f, ())
+            if missing := [r for r in need if r not in profile]:
+                raise ValueError(f"detector feature {f!r} needs detector.profile.{missing[0]} (the column it comes from)")
+            if f == SIGNATURE and not cols.temperature:
+                raise ValueError(f"detector feature {SIGNATURE!r} needs columns.temperature")
+        return cfg
 
 
-def _signature(df: pd.DataFrame) -> pd.DataFrame:
-    """Per meter: robust least squares of kWh on HDD over its complete days (two passes, 3·MAD trimming)."""
+def _complete(df: pd.DataFrame, cfg: AnomalyConfig) -> pd.Series:
+    """Days received complete (every period), when the profile says so; else every day."""
+    if "_complete" in df.columns:
+        return df["_complete"].astype(bool)
+    col = cfg.profile.get("periods_covered")
+    return df[col].fillna(0) >= cfg.periods_per_day if col else pd.Series(True, index=df.index)
+
+
+def _signature(df: pd.DataFrame, cfg: AnomalyConfig) -> pd.DataFrame:
+    """Per entity: robust least squares of the target on HDD over its complete days with a temperature
+    (two passes, 3·MAD trimming)."""
+    ent, y_col = list(cfg.columns.entity), cfg.columns.target
     rows = []
-    for meter, g in df.groupby("meter_id"):
-        g = g[(g["hours_covered"] >= 24) & g["consumption_kwh"].notna() & g["hdd"].notna()]
+    for g in groups(df, ent):
+        g = g[_complete(g, cfg) & g[y_col].notna() & g["hdd"].notna()]
         if len(g) < 10:
             continue
-        x, y = g["hdd"].to_numpy(float), g["consumption_kwh"].to_numpy(float)
+        x, y = g["hdd"].to_numpy(float), g[y_col].to_numpy(float)
         keep = np.ones(len(g), dtype=bool)
         for _ in range(2):
             b, a = np.polyfit(x[keep], y[keep], 1) if np.ptp(x[keep]) > 0 else (0.0, float(np.median(y[keep])))
             resid = np.log(np.maximum(y, 1e-3) / np.maximum(a + b * x, 1e-3))
             mad = np.median(np.abs(resid - np.median(resid))) or 1e-3
             keep = np.abs(resid - np.median(resid)) <= 3 * 1.4826 * mad
-        rows.append({"meter_id": meter, "sig_a": float(a), "sig_b": float(b)})
-    return pd.DataFrame(rows, columns=["meter_id", "sig_a", "sig_b"])
+        rows.append({**{c: g[c].iloc[0] for c in ent}, "sig_a": float(a), "sig_b": float(b)})
+    return pd.DataFrame(rows, columns=[*ent, "sig_a", "sig_b"])
+
+
+def _with_signature(df: pd.DataFrame, sig: pd.DataFrame, cfg: AnomalyConfig) -> pd.Series:
+    """Log of the day's target over what the entity's signature expects for that day's weather."""
+    ent = list(cfg.columns.entity)
+    m = df.merge(sig, on=ent, how="left") if ent else df.assign(**{c: sig[c].iloc[0] if len(sig) else np.nan for c in ("sig_a", "sig_b")})
+    expected = np.maximum(m["sig_a"] + m["sig_b"] * m["hdd"], 1e-3)
+    return pd.Series(np.log(np.maximum(m[cfg.columns.target].to_numpy(dtype=float), 1e-3) / expected.to_numpy()), index=df.index)
 
 
 def day_features(daily: pd.DataFrame, cfg: AnomalyConfig) -> pd.DataFrame:
-    """``meter_id, date, month`` and the figures of each meter-day (the signature ratio is added by the
-    fitted detector, see :meth:`MeterDayDetector.matrix`)."""
-    p = cfg.profile_prefix
-    needed = ["meter_id", "date", "month", "consumption_kwh", "temp_mean_c", f"{p}consumption_kwh", f"{p}readings",
-              f"{p}hours_covered", f"{p}max_repeat_run", f"{p}off_hour_readings", f"{p}negative_readings", f"{p}max_hour_share"]
-    missing = [c for c in needed if c not in daily.columns]
+    """``<key>, month`` and the figures of each entity-day (the signature ratio is added by the fitted
+    detector, see :meth:`DayDetector.matrix`)."""
+    cols, prof = cfg.columns, cfg.profile
+    needed = [*cols.key, "month", cols.target, *([cols.temperature] if cols.temperature else []), *prof.values()]
+    missing = [c for c in dict.fromkeys(needed) if c not in daily.columns]
     if missing:
         raise KeyError(f"anomaly features: column(s) {missing} missing; the table has {list(daily.columns)}")
     df = daily.copy()
     df.attrs = {}
-    df["date"] = pd.to_datetime(df["date"]).dt.date
-    df = df.sort_values(["meter_id", "date"]).reset_index(drop=True)
-    out = df[["meter_id", "date", "month", "consumption_kwh"]].copy()
-    out["hours_covered"] = df[f"{p}hours_covered"].fillna(0)
-    out["hdd"] = np.maximum(0.0, cfg.hdd_base_c - df["temp_mean_c"])
-    out["missing_hours"] = np.maximum(0, 24 - df[f"{p}hours_covered"].fillna(0))
-    out["extra_readings"] = np.maximum(0, df[f"{p}readings"].fillna(0) - df[f"{p}hours_covered"].fillna(0))
-    out["max_repeat_run"] = df[f"{p}max_repeat_run"].fillna(1)
-    out["off_hour_readings"] = df[f"{p}off_hour_readings"].fillna(0)
-    out["negative_readings"] = df[f"{p}negative_readings"].fillna(0)
-    out["max_hour_share"] = df[f"{p}max_hour_share"].fillna(1 / 24)
-    raw = np.maximum(np.abs(df[f"{p}consumption_kwh"].fillna(0.0)), 1e-3)
-    out["cleaning_log_ratio"] = np.log(raw / np.maximum(df["consumption_kwh"].fillna(0.0), 1e-3))
+    df[cols.time] = pd.to_datetime(df[cols.time]).dt.date
+    df = df.sort_values(cols.key).reset_index(drop=True)
+    out = df[[*cols.key, "month", cols.target]].copy()
+    if "periods_covered" in prof:
+        out["_complete"] = _complete(df, cfg)
+    if cols.temperature:
+        out["hdd"] = np.maximum(0.0, cfg.hdd_base_c - df[cols.temperature])
+    covered = df[prof["periods_covered"]].fillna(0) if "periods_covered" in prof else None
+    if covered is not None:
+        out["missing_periods"] = np.maximum(0, cfg.periods_per_day - covered)
+    if "received" in prof and covered is not None:
+        out["extra_readings"] = np.maximum(0, df[prof["received"]].fillna(0) - covered)
+    if "repeat_run" in prof:
+        out["repeat_run"] = df[prof["repeat_run"]].fillna(1)
+    if "off_grid" in prof:
+        out["off_grid_readings"] = df[prof["off_grid"]].fillna(0)
+    if "negatives" in prof:
+        out["negative_values"] = df[prof["negatives"]].fillna(0)
+    if "max_share" in prof:
+        out["max_period_share"] = df[prof["max_share"]].fillna(1 / cfg.periods_per_day)
+    if "total" in prof:
+        raw = np.maximum(np.abs(df[prof["total"]].fillna(0.0)), 1e-3)
+        out["cleaning_log_ratio"] = np.log(raw / np.maximum(df[cols.target].fillna(0.0), 1e-3))
     for extra in cfg.features:
-        if extra not in out.columns and extra not in DERIVED:
+        if extra not in out.columns and extra not in (*FIGURES, SIGNATURE):
             if extra not in df.columns:
                 raise KeyError(f"anomaly feature {extra!r} is neither derived here nor a column of the input")
             out[extra] = df[extra].fillna(0)
     return out
 
 
-class MeterDayDetector:
-    """Isolation Forest over meter-day figures plus the per-meter energy signatures it was fitted with."""
+class DayDetector:
+    """Isolation Forest over entity-day figures plus the per-entity energy signatures it was fitted with."""
 
     def __init__(self, cfg: AnomalyConfig, seed: int) -> None:
         self.cfg = cfg
         self.seed = seed
 
     def matrix(self, feats: pd.DataFrame) -> np.ndarray:
-        df = feats.merge(self.signature_, on="meter_id", how="left")
-        expected = df["sig_a"] + df["sig_b"] * df["hdd"]
-        ratio = np.log(np.maximum(df["consumption_kwh"], 1e-3) / np.maximum(expected, 1e-3))
-        df["signature_log_ratio"] = ratio.fillna(0.0)
+        df = feats.copy()
+        if SIGNATURE in self.cfg.features:
+            df[SIGNATURE] = _with_signature(df, self.signature_, self.cfg).fillna(0.0)
         return df[list(self.cfg.features)].to_numpy(dtype=float)
 
-    def fit(self, feats: pd.DataFrame) -> MeterDayDetector:
-        self.signature_ = _signature(feats)
+    def fit(self, feats: pd.DataFrame) -> DayDetector:
+        self.signature_ = _signature(feats, self.cfg) if "hdd" in feats.columns else None
         X = self.matrix(feats)
         self.forest_ = IsolationForest(
             n_estimators=self.cfg.n_estimators,
@@ -137,33 +187,31 @@ class MeterDayDetector:
         return -self.forest_.score_samples(self.matrix(feats))
 
 
-def fit(feats: pd.DataFrame, cfg: AnomalyConfig, seed: int) -> MeterDayDetector:
+def fit(feats: pd.DataFrame, cfg: AnomalyConfig, seed: int) -> DayDetector:
     if feats.empty:
-        raise ValueError("no meter-days to learn from")
-    return MeterDayDetector(cfg, seed).fit(feats)
+        raise ValueError("no entity-days to learn from")
+    return DayDetector(cfg, seed).fit(feats)
 
 
-def score(detector: MeterDayDetector, feats: pd.DataFrame) -> pd.DataFrame:
-    """``meter_id, date, month, score, flagged`` and the figures that explain the score."""
-    out = feats.copy()
+def score(detector: DayDetector, feats: pd.DataFrame) -> pd.DataFrame:
+    """``<key>, month, score, flagged`` and the figures that explain the score."""
+    out = feats.drop(columns=["_complete"], errors="ignore").copy()
     out["score"] = detector.scores(feats)
     out["flagged"] = out["score"] > detector.threshold_
     return out
 
 
-def drift_frame(daily: pd.DataFrame, hdd_base_c: float = 16.5) -> pd.DataFrame:
-    """The columns drift is measured on: the view's own plus ``hdd``, ``kwh_per_m2`` and
-    ``kwh_vs_signature`` — log of the day's consumption over what the meter's energy signature (fitted on
-    all its complete days) expects for that day's weather. Weather itself drifts from year to year; this
-    one only moves when buildings or meters start behaving differently."""
+def drift_frame(daily: pd.DataFrame, cfg: AnomalyConfig, ratios: dict[str, tuple[str, str]] | None = None) -> pd.DataFrame:
+    """The columns drift is measured on: the input's own plus ``hdd``, each declared ratio
+    (``name: [numerator, denominator]``) and ``signature_log_ratio`` — log of the day's target over what
+    the entity's energy signature (fitted on all its complete days) expects for that day's weather.
+    Weather itself drifts from year to year; this one only moves when the entities start behaving
+    differently."""
     df = daily.copy()
     df.attrs = {}
-    df["hdd"] = np.maximum(0.0, hdd_base_c - df["temp_mean_c"])
-    if "heated_area_m2" in df.columns:
-        df["kwh_per_m2"] = df["consumption_kwh"] / df["heated_area_m2"]
-    hours = "raw_hours_covered" if "raw_hours_covered" in df.columns else "hours_covered"
-    sig = _signature(df.assign(hours_covered=df[hours]))
-    m = df.merge(sig, on="meter_id", how="left")
-    expected = np.maximum(m["sig_a"] + m["sig_b"] * m["hdd"], 1e-3)
-    df["kwh_vs_signature"] = np.log(np.maximum(m["consumption_kwh"].to_numpy(), 1e-3) / expected.to_numpy())
+    for name, (num, den) in (ratios or {}).items():
+        df[name] = df[num] / df[den]
+    if cfg.columns.temperature:
+        df["hdd"] = np.maximum(0.0, cfg.hdd_base_c - df[cfg.columns.temperature])
+        df[SIGNATURE] = _with_signature(df, _signature(df, cfg), cfg)
     return df

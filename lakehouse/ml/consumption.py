@@ -1,4 +1,5 @@
-"""Daily consumption regression: features, time-based split, training and metrics. Pure and seeded."""
+"""Daily regression of the walking skeleton: calendar and past-target features, time-based split,
+training and metrics. Pure and seeded; the input's columns (entity, time, target) come from the YAML."""
 
 from __future__ import annotations
 
@@ -9,21 +10,23 @@ import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-FEATURES = ["day_of_year_sin", "day_of_year_cos", "weekday", "lag_1", "lag_7", "rolling_7"]
-TARGET = "consumption_kwh"
+from lakehouse.ml.forecast import Columns
+
+FEATURES = ["day_of_year_sin", "day_of_year_cos", "day_of_week", "lag_1", "lag_7", "rolling_7"]
 
 
-def daily_features(daily: pd.DataFrame) -> pd.DataFrame:
-    """Per meter and day: calendar terms and past consumption (lags and a rolling mean of earlier days only)."""
+def daily_features(daily: pd.DataFrame, cols: Columns) -> pd.DataFrame:
+    """Per entity and day: calendar terms and the past target (lags and a rolling mean of earlier days only)."""
     if daily.empty:
-        raise ValueError("no daily consumption rows: materialize exploitation/daily_consumption first")
-    df = daily.sort_values(["meter_id", "date"]).copy()
-    date = pd.to_datetime(df["date"])
+        raise ValueError("no daily rows: materialize the pipeline's input first")
+    target = cols.target
+    df = daily.sort_values(cols.key).copy()
+    date = pd.to_datetime(df[cols.time])
     doy = date.dt.dayofyear
     df["day_of_year_sin"] = np.sin(2 * np.pi * doy / 365.25)
     df["day_of_year_cos"] = np.cos(2 * np.pi * doy / 365.25)
-    df["weekday"] = date.dt.weekday
-    g = df.groupby("meter_id")[TARGET]
+    df["day_of_week"] = date.dt.weekday
+    g = df.groupby(list(cols.entity))[target] if cols.entity else df.groupby(np.zeros(len(df)))[target]
     df["lag_1"] = g.shift(1)
     df["lag_7"] = g.shift(7)
     df["rolling_7"] = g.transform(lambda s: s.shift(1).rolling(7, min_periods=3).mean())
@@ -45,14 +48,14 @@ class Trained:
     metrics: dict[str, float]
 
 
-def train_regressor(train: pd.DataFrame, valid: pd.DataFrame, params: dict, seed: int = 0) -> Trained:
+def train_regressor(train: pd.DataFrame, valid: pd.DataFrame, params: dict, target: str, seed: int = 0) -> Trained:
     model = HistGradientBoostingRegressor(random_state=seed, **params)
-    model.fit(train[FEATURES], train[TARGET])
+    model.fit(train[FEATURES], train[target])
     pred = model.predict(valid[FEATURES])
     metrics = {
-        "rmse": float(np.sqrt(mean_squared_error(valid[TARGET], pred))),
-        "mae": float(mean_absolute_error(valid[TARGET], pred)),
-        "r2": float(r2_score(valid[TARGET], pred)),
+        "rmse": float(np.sqrt(mean_squared_error(valid[target], pred))),
+        "mae": float(mean_absolute_error(valid[target], pred)),
+        "r2": float(r2_score(valid[target], pred)),
         "train_rows": int(len(train)),
         "validation_rows": int(len(valid)),
     }

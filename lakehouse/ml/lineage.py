@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,9 @@ def frame_hash(df: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def normalized_hash(df: pd.DataFrame, key: tuple[str, ...] = ("meter_id", "date")) -> str:
-    """A content hash independent of row order, column order and a Delta round trip (dates, strings)."""
+def normalized_hash(df: pd.DataFrame, key: Sequence[str]) -> str:
+    """A content hash independent of row order, column order and a Delta round trip (dates, strings);
+    rows are ordered by ``key`` (the pipeline's declared key columns)."""
     import pyarrow as pa
 
     cols = sorted(df.columns)

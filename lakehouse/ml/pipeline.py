@@ -1,17 +1,19 @@
-"""The consumption-forecasting pipeline as plain functions over frames: the Dagster assets and the
-``reproduce`` command call the same code, so a reproduction is the same computation on the same data.
+"""The forecasting pipeline as plain functions over frames: the Dagster assets and the ``reproduce``
+command call the same code, so a reproduction is the same computation on the same data.
 
 Parameters (``configs/ml/<pipeline>.yaml`` → ``params``)::
 
     seed: 0
-    features: {...}          FeatureConfig
+    columns: {entity: [...], time: ..., target: ..., temperature: ..., drivers: [...], categorical: [...]}
+    features: {...}          FeatureConfig (hdd_base_c, cdd_base_c, columns carried, lags, rolling, signature)
     labels: {...}            LabelConfig
     split: {...}             SplitConfig
-    cv: {folds: 10}
+    cv: {kind: time_series | kfold, folds: 10, seed: 0}
     models:
+      ridge: {type: sklearn_ridge, features: [hdd, ...], cv: true, params: {alpha: 1.0}}
       gbm: {type: sklearn_gbm, features: [...], cv: true, params: {...}}
       mlp: {type: torch_mlp, features: [...], params: {...}}
-    champion: {tolerance: 0.0, drift_table: ml/meter_drift, drift_features: [...]}
+    champion: {metric: rmse | cv_rmse, tolerance: 0.0, drift_table: ml/<prefix>_drift, drift_features: [...]}
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from lakehouse.ml import evaluate, forecast, train
 from lakehouse.ml.lineage import code_version, frame_hash
 
 LINEAGE_KEY = "lakehouse.lineage"
+#: what the champion is chosen on: the hold-out validation RMSE, or the pooled out-of-fold CV RMSE
+CHAMPION_METRICS = ("rmse", "cv_rmse")
 
 
 @dataclass(frozen=True)
@@ -63,33 +67,52 @@ class ModelConfig:
 @dataclass(frozen=True)
 class ForecastParams:
     seed: int
+    columns: forecast.Columns
     features: forecast.FeatureConfig
     labels: forecast.LabelConfig
     split: forecast.SplitConfig
-    cv_folds: int
+    cv: train.CVConfig
     models: dict[str, ModelConfig]
     champion: dict[str, Any]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
     def of(cls, params: dict[str, Any]) -> ForecastParams:
-        known = {"seed", "features", "labels", "split", "cv", "models", "champion", "prefix"}
+        known = {"seed", "columns", "features", "labels", "split", "cv", "models", "champion", "prefix"}
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(f"unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
         models = {n: ModelConfig.of(n, m) for n, m in (params.get("models") or {}).items()}
         if not models:
             raise ValueError("params.models must declare at least one model")
+        champ = dict(params.get("champion") or {})
+        metric = champ.get("metric", "rmse")
+        if metric not in CHAMPION_METRICS:
+            raise ValueError(f"champion.metric must be one of {CHAMPION_METRICS}, got {metric!r}")
+        if metric == "cv_rmse" and (no_cv := [n for n, m in models.items() if not m.cv]):
+            raise ValueError(f"champion.metric cv_rmse compares models on the same folds: model(s) {no_cv} need 'cv: true'")
+        seed = int(params.get("seed", 0))
         return cls(
-            seed=int(params.get("seed", 0)),
+            seed=seed,
+            columns=forecast.Columns.of(params.get("columns")),
             features=forecast.FeatureConfig.of(params.get("features")),
             labels=forecast.LabelConfig.of(params.get("labels")),
             split=forecast.SplitConfig.of(params.get("split")),
-            cv_folds=int((params.get("cv") or {}).get("folds", 10)),
+            cv=train.CVConfig.of(params.get("cv"), seed),
             models=models,
-            champion=dict(params.get("champion") or {}),
+            champion=champ,
             raw=dict(params),
         )
+
+    @property
+    def champion_metric(self) -> str:
+        return self.champion.get("metric", "rmse")
+
+    @property
+    def drivers(self) -> list[str]:
+        """Numeric drivers whose validation values are checked against the training range."""
+        derived = [c for c, base in (("hdd", self.features.hdd_base_c), ("cdd", self.features.cdd_base_c)) if base is not None]
+        return list(dict.fromkeys([*self.columns.required_drivers, *derived]))
 
 
 # ------------------------------------------------------------------------------- stored ML tables
@@ -120,22 +143,30 @@ def read_input(lake: Lake, table: str, version: int | None = None) -> tuple[pd.D
     return lake.read_arrow(zone, name, version=version).to_pandas(), version
 
 
-def _sort(df: pd.DataFrame) -> pd.DataFrame:
-    return df.sort_values(forecast.KEY).reset_index(drop=True)
+def _sort(df: pd.DataFrame, p: ForecastParams) -> pd.DataFrame:
+    return df.sort_values(p.columns.key).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------- steps
 def features_from(daily: pd.DataFrame, p: ForecastParams) -> pd.DataFrame:
-    return _sort(forecast.build_features(daily, p.features, p.labels))
+    return _sort(forecast.build_features(daily, p.features, p.labels, p.columns), p)
 
 
 def labels_from(daily: pd.DataFrame, p: ForecastParams) -> pd.DataFrame:
-    return _sort(forecast.build_labels(daily, p.labels))
+    return _sort(forecast.build_labels(daily, p.labels, p.columns), p)
 
 
 def split_from(labels: pd.DataFrame, p: ForecastParams) -> tuple[pd.DataFrame, dict[str, Any]]:
-    split, info = forecast.time_split(labels, p.split)
-    return _sort(split), info
+    split, info = forecast.time_split(labels, p.split, p.columns)
+    return _sort(split, p), info
+
+
+def leakage_from(daily: pd.DataFrame, features: pd.DataFrame, split: pd.DataFrame, cut_date: str, p: ForecastParams):
+    return forecast.leakage_report(daily, features, split, cut_date, lambda d: features_from(d, p), p.columns)
+
+
+def extrapolation_from(features: pd.DataFrame, split: pd.DataFrame, p: ForecastParams) -> dict[str, dict[str, Any]]:
+    return forecast.extrapolation(features, split, p.drivers, p.columns)
 
 
 def input_lineage(table: str, version: int, months: list[str]) -> dict[str, Any]:
@@ -152,16 +183,17 @@ class Dataset:
     y_valid: np.ndarray
 
 
-def dataset(features: pd.DataFrame, labels: pd.DataFrame, split: pd.DataFrame) -> Dataset:
-    """Join on the key; training rows in time order (date, then meter) for early stopping and CV."""
+def dataset(features: pd.DataFrame, labels: pd.DataFrame, split: pd.DataFrame, p: ForecastParams) -> Dataset:
+    """Join on the key; training rows in time order (time, then entity) for early stopping and CV."""
+    key, t = p.columns.key, p.columns.time
     f = features.copy()
-    f["date"] = pd.to_datetime(f["date"]).dt.date
-    rows = split[["meter_id", "date", "split"]].copy()
-    rows["date"] = pd.to_datetime(rows["date"]).dt.date
-    lab = labels[["meter_id", "date", forecast.LABEL]].copy()
-    lab["date"] = pd.to_datetime(lab["date"]).dt.date
-    df = rows.merge(f, on=forecast.KEY, how="inner").merge(lab, on=forecast.KEY, how="inner")
-    df = df.sort_values(["date", "meter_id"]).reset_index(drop=True)
+    f[t] = pd.to_datetime(f[t]).dt.date
+    rows = split[[*key, "split"]].copy()
+    rows[t] = pd.to_datetime(rows[t]).dt.date
+    lab = labels[[*key, forecast.LABEL]].copy()
+    lab[t] = pd.to_datetime(lab[t]).dt.date
+    df = rows.merge(f, on=key, how="inner").merge(lab, on=key, how="inner")
+    df = df.sort_values([t, *p.columns.entity]).reset_index(drop=True)
     tr, va = df[df["split"] == "train"].reset_index(drop=True), df[df["split"] == "validation"].reset_index(drop=True)
     if tr.empty or va.empty:
         raise ValueError(f"empty split: {len(tr)} training and {len(va)} validation rows")
@@ -174,34 +206,30 @@ class ModelRun:
     metrics: dict[str, float]
     per_month: pd.DataFrame
     cv: list[dict[str, Any]]
-    validation: pd.DataFrame  # meter_id, date, month, actual_kwh, predicted_kwh
+    validation: pd.DataFrame  # <key>, month, actual, predicted
     in_sample: pd.DataFrame  # month, residual, split (for the residual plot)
 
 
 def fit_model(cfg: ModelConfig, data: Dataset, p: ForecastParams) -> ModelRun:
     """Train ``cfg`` on the training rows, optionally cross-validate, score the validation rows."""
     cols = cfg.columns
+    cats = p.columns.categorical
     cv = []
-    if cfg.cv:
-        cv = train.time_series_cv(
-            cfg.type, data.train, data.y_train, list(cfg.features), cfg.params, p.seed, folds=p.cv_folds, baseline=cfg.baseline
-        ).folds
-    model = train.fit(cfg.type, data.train, data.y_train, list(cfg.features), cfg.params, p.seed, cfg.baseline)
+    metrics: dict[str, Any] = {}
+    model = train.fit(cfg.type, data.train, data.y_train, list(cfg.features), cfg.params, p.seed, cfg.baseline, cats)
     pred = model.predict(data.valid[cols])
-    metrics = evaluate.regression_metrics(data.y_valid, pred)
+    metrics.update(evaluate.regression_metrics(data.y_valid, pred))
     metrics.update({"train_rows": int(len(data.train)), "validation_rows": int(len(data.valid))})
-    if cv:
-        rmse = np.array([f["rmse"] for f in cv])
-        metrics.update({"cv_folds": len(cv), "cv_rmse_mean": float(rmse.mean()), "cv_rmse_std": float(rmse.std())})
-    validation = pd.DataFrame(
-        {
-            "meter_id": data.valid["meter_id"],
-            "date": data.valid["date"],
-            "month": data.valid["month"],
-            "actual_kwh": data.y_valid,
-            "predicted_kwh": pred,
-        }
-    )
+    if cfg.cv:
+        result = train.cross_validate(
+            cfg.type, data.train, data.y_train, list(cfg.features), cfg.params, p.seed, p.cv, p.columns.key, p.columns.time,
+            cfg.baseline, cats,
+        )
+        cv = result.folds
+        metrics.update({"cv_kind": p.cv.kind, **result.summary(data.y_train)})
+    validation = data.valid[[*p.columns.key, "month"]].copy()
+    validation["actual"] = data.y_valid
+    validation["predicted"] = pred
     fitted = model.predict(data.train[cols])
     in_sample = pd.concat(
         [
@@ -220,7 +248,7 @@ def write_plots(run: ModelRun, cfg: ModelConfig, data: Dataset, folder: Path, se
     importance = evaluate.permutation_importance(run.model, data.valid[cols], data.y_valid, seed=seed)
     return {
         "predicted_vs_actual": evaluate.plot_predicted_vs_actual(
-            run.validation["actual_kwh"].to_numpy(), run.validation["predicted_kwh"].to_numpy(),
+            run.validation["actual"].to_numpy(), run.validation["predicted"].to_numpy(),
             folder / "predicted_vs_actual.png", f"{cfg.name}: validation days",
         ),
         "residuals_by_month": evaluate.plot_residuals_by_month(run.in_sample, folder / "residuals_by_month.png", f"{cfg.name}: residuals"),

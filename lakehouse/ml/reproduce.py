@@ -101,9 +101,9 @@ def _forecast(lineage: dict, lake: Lake, out: Reproduction, tolerance: float) ->
     split, _ = fp.split_from(labels, params)
     hashes = lineage.get("data_hashes", {})
     for name, frame in (("features", feats), ("labels", labels), ("split", split)):
-        out.add(f"{name} hash", (hashes.get(name) or "")[:16], normalized_hash(frame)[:16])
+        out.add(f"{name} hash", (hashes.get(name) or "")[:16], normalized_hash(frame, params.columns.key)[:16])
     cfg = params.models[lineage["model"]]
-    run = fp.fit_model(cfg, fp.dataset(feats, labels, split), params)
+    run = fp.fit_model(cfg, fp.dataset(feats, labels, split, params), params)
     for key, recorded in lineage["metrics"].items():
         out.add(key, recorded, run.metrics.get(key), tolerance)
 
@@ -112,7 +112,7 @@ def _anomaly(lineage: dict, lake: Lake, out: Reproduction, tolerance: float) -> 
     (source, info), = [(k, v) for k, v in lineage["inputs"].items()]
     out.notes.append(f"{source} read at Delta version {info['delta_version']}")
     daily = _read_version(lake, source, info["delta_version"])
-    cfg = anomaly.AnomalyConfig.of(lineage["params"].get("detector"))
+    cfg = anomaly.AnomalyConfig.of(lineage["params"].get("detector"), lineage["params"].get("columns"))
     feats = anomaly.day_features(daily, cfg)
     detector = anomaly.fit(feats, cfg, int(lineage["seed"]))
     scores = anomaly.score(detector, feats)

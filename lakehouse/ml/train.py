@@ -1,15 +1,20 @@
-"""Model training: a scikit-learn gradient-boosting pipeline and a torch MLP, both seeded and deterministic.
+"""Model training: regularized linear models (scikit-learn ``Ridge`` / ``LinearRegression``), gradient
+boosting and a torch MLP, all seeded and deterministic.
 
-Both are scikit-learn ``Pipeline`` objects (one-hot for categorical columns, median imputation,
+All are scikit-learn ``Pipeline`` objects (one-hot for the declared categorical columns, median imputation,
 standardization, then the regressor), so training, prediction, permutation importance, persistence
 (``joblib``) and reproduction treat them alike. Hyper-parameters come from ``configs/ml/``.
 
-Cross-validation is **time-aware**: :func:`time_series_cv` splits the training *days* into 11 consecutive
-blocks and runs 10 forward-chaining folds (fold *k* trains on blocks 1..k, validates on block k+1); all
-meters of a day stay in the same block. Shuffled K-fold would put tomorrow next to today in training:
-consumption is autocorrelated through the weather and the lag/rolling features, so it would overstate the
-skill of a model that must forecast days it has never seen. Grouping by meter instead would measure a
-different task (a new building without history).
+Cross-validation is declared (``params.cv``) and :func:`cv_folds` makes the folds once for every model of a
+pipeline, so models are compared on the same rows:
+
+- ``time_series`` (forward chaining): the training *days* form ``folds + 1`` consecutive blocks; fold *k*
+  trains on blocks 1..k and validates on block k+1; all series of a day stay in the same block. The
+  honest protocol for a model that forecasts days it has never seen (the target is autocorrelated through
+  the weather and the lag/rolling features);
+- ``kfold``: the training rows shuffled with the seed into ``folds`` folds (10 by default) — the usual
+  protocol for an energy signature (target on HDD), which has no history features. Every row is predicted
+  once, so the pooled out-of-fold R² is comparable across models.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.impute import SimpleImputer
-from sklearn.model_selection import TimeSeriesSplit
+from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.model_selection import KFold, TimeSeriesSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from lakehouse.ml.evaluate import regression_metrics
-from lakehouse.ml.forecast import CATEGORICAL
 
-MODEL_TYPES = ("sklearn_gbm", "torch_mlp")
+MODEL_TYPES = ("sklearn_ridge", "sklearn_linear", "sklearn_gbm", "torch_mlp")
+CV_KINDS = ("kfold", "time_series")
 
 
 def single_threaded():
@@ -46,9 +52,9 @@ def single_threaded():
     return threadpool_limits(limits=1)
 
 
-def _preprocess(features: Sequence[str], *, impute: bool) -> ColumnTransformer:
-    cats = [c for c in features if c in CATEGORICAL]
-    nums = [c for c in features if c not in CATEGORICAL]
+def _preprocess(features: Sequence[str], categorical: Sequence[str], *, impute: bool) -> ColumnTransformer:
+    cats = [c for c in features if c in categorical]
+    nums = [c for c in features if c not in categorical]
     num_steps: list[tuple[str, Any]] = []
     if impute:
         num_steps.append(("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)))
@@ -219,16 +225,23 @@ class BaselineRatioRegressor(RegressorMixin, BaseEstimator):
         return out
 
 
-def make_model(kind: str, features: Sequence[str], params: dict[str, Any], seed: int, baseline: str | None = None):
-    """An unfitted pipeline of ``kind`` (``sklearn_gbm`` or ``torch_mlp``) over ``features``, learning the
-    ratio to the ``baseline`` column when one is given."""
+def make_model(
+    kind: str, features: Sequence[str], params: dict[str, Any], seed: int, baseline: str | None = None,
+    categorical: Sequence[str] = (),
+):
+    """An unfitted pipeline of ``kind`` (see ``MODEL_TYPES``) over ``features`` (``categorical`` ones
+    one-hot encoded), learning the ratio to the ``baseline`` column when one is given."""
     params = dict(params)
     if kind == "sklearn_gbm":
         model = Pipeline(
-            [("prep", _preprocess(features, impute=False)), ("model", HistGradientBoostingRegressor(random_state=seed, **params))]
+            [("prep", _preprocess(features, categorical, impute=False)), ("model", HistGradientBoostingRegressor(random_state=seed, **params))]
         )
+    elif kind == "sklearn_ridge":
+        model = Pipeline([("prep", _preprocess(features, categorical, impute=True)), ("model", Ridge(random_state=seed, **params))])
+    elif kind == "sklearn_linear":
+        model = Pipeline([("prep", _preprocess(features, categorical, impute=True)), ("model", LinearRegression(**params))])
     elif kind == "torch_mlp":
-        model = Pipeline([("prep", _preprocess(features, impute=True)), ("model", TorchMLPRegressor(seed=seed, **params))])
+        model = Pipeline([("prep", _preprocess(features, categorical, impute=True)), ("model", TorchMLPRegressor(seed=seed, **params))])
     else:
         raise ValueError(f"unknown model type {kind!r}; known: {MODEL_TYPES}")
     return BaselineRatioRegressor(model, baseline) if baseline else model
@@ -241,55 +254,121 @@ def input_columns(features: Sequence[str], baseline: str | None = None) -> list[
 
 def fit(
     kind: str, train: pd.DataFrame, target: np.ndarray, features: Sequence[str], params: dict[str, Any], seed: int,
-    baseline: str | None = None,
+    baseline: str | None = None, categorical: Sequence[str] = (),
 ):
     cols = input_columns(features, baseline)
     missing = [c for c in cols if c not in train.columns]
     if missing:
         raise KeyError(f"model features {missing} are not in the feature table")
-    model = make_model(kind, features, params, seed, baseline)
+    model = make_model(kind, features, params, seed, baseline, categorical)
     model.fit(train[cols], target)
     return model
+
+
+@dataclass(frozen=True)
+class CVConfig:
+    """``configs/ml/<pipeline>.yaml`` → ``params.cv``: ``kind`` (``time_series`` or ``kfold``), ``folds``,
+    ``seed`` (kfold shuffling; the pipeline's seed when absent)."""
+
+    kind: str = "time_series"
+    folds: int = 10
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, params: dict[str, Any] | None, seed: int = 0) -> CVConfig:
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown cv option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        kind = params.get("kind", "time_series")
+        if kind not in CV_KINDS:
+            raise ValueError(f"cv.kind must be one of {CV_KINDS}, got {kind!r}")
+        folds = int(params.get("folds", 10))
+        if folds < 2:
+            raise ValueError(f"cv.folds must be at least 2, got {folds}")
+        return cls(kind, folds, int(params["seed"]) if params.get("seed") is not None else int(seed))
+
+
+def cv_folds(train: pd.DataFrame, cfg: CVConfig, time: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(fit rows, test rows)`` position arrays of each fold (see the module docstring). The same
+    training rows and config give the same folds, whatever the model."""
+    if cfg.kind == "kfold":
+        if len(train) < cfg.folds:
+            raise ValueError(f"{len(train)} training rows cannot make {cfg.folds} folds")
+        return list(KFold(n_splits=cfg.folds, shuffle=True, random_state=cfg.seed).split(np.arange(len(train))))
+    day_of_row = pd.to_datetime(train[time]).to_numpy()
+    days = np.unique(day_of_row)
+    if len(days) < cfg.folds + 1:
+        raise ValueError(f"{len(days)} training days cannot make {cfg.folds} time-ordered folds")
+    out = []
+    for fit_days, test_days in TimeSeriesSplit(n_splits=cfg.folds).split(days):
+        out.append((np.flatnonzero(np.isin(day_of_row, days[fit_days])), np.flatnonzero(np.isin(day_of_row, days[test_days]))))
+    return out
+
+
+def folds_hash(folds: list[tuple[np.ndarray, np.ndarray]], train: pd.DataFrame, key: Sequence[str]) -> str:
+    """A hash of which rows (by key) each fold tests: two models with the same hash met the same folds."""
+    import hashlib
+
+    h = hashlib.sha256()
+    keys = train[list(key)].astype(str).agg("|".join, axis=1).to_numpy()
+    for k, (_, test) in enumerate(folds):
+        h.update(f"fold{k}:".encode())
+        h.update("\n".join(sorted(keys[test])).encode())
+    return h.hexdigest()[:16]
 
 
 @dataclass
 class CVResult:
     folds: list[dict[str, Any]]
+    #: out-of-fold predictions (NaN where a row was never tested: the first block of time_series CV)
+    oof: np.ndarray
+    folds_hash: str
 
-    @property
-    def summary(self) -> dict[str, float]:
+    def summary(self, target: np.ndarray) -> dict[str, Any]:
         rmse = np.array([f["rmse"] for f in self.folds])
-        return {"cv_folds": len(self.folds), "cv_rmse_mean": float(rmse.mean()), "cv_rmse_std": float(rmse.std())}
+        r2 = np.array([f["r2"] for f in self.folds])
+        tested = np.isfinite(self.oof)
+        pooled = regression_metrics(np.asarray(target)[tested], self.oof[tested])
+        return {
+            "cv_folds": len(self.folds),
+            "cv_rmse_mean": float(rmse.mean()),
+            "cv_rmse_std": float(rmse.std()),
+            "cv_r2_mean": float(np.nanmean(r2)),
+            "cv_rmse": pooled["rmse"],
+            "cv_r2": pooled["r2"],
+            "cv_folds_hash": self.folds_hash,
+        }
 
 
-def time_series_cv(
+def cross_validate(
     kind: str,
     train: pd.DataFrame,
     target: np.ndarray,
     features: Sequence[str],
     params: dict[str, Any],
     seed: int,
-    folds: int = 10,
+    cfg: CVConfig,
+    key: Sequence[str],
+    time: str,
     baseline: str | None = None,
+    categorical: Sequence[str] = (),
 ) -> CVResult:
-    """Forward-chaining CV over the training days (see the module docstring for why)."""
-    day_of_row = pd.to_datetime(train["date"]).to_numpy()
-    days = np.unique(day_of_row)
-    if len(days) < folds + 1:
-        raise ValueError(f"{len(days)} training days cannot make {folds} time-ordered folds")
+    """Fit and score the model on every fold of :func:`cv_folds`; per-fold metrics and pooled
+    out-of-fold predictions."""
+    folds = cv_folds(train, cfg, time)
+    cols = input_columns(features, baseline)
+    oof = np.full(len(train), np.nan)
     out = []
-    for k, (fit_days, test_days) in enumerate(TimeSeriesSplit(n_splits=folds).split(days), 1):
-        fit_mask = np.isin(day_of_row, days[fit_days])
-        test_mask = np.isin(day_of_row, days[test_days])
-        model = fit(kind, train[fit_mask], target[fit_mask], features, params, seed, baseline)
-        m = regression_metrics(target[test_mask], model.predict(train.loc[test_mask, input_columns(features, baseline)]))
-        out.append(
-            {
-                "fold": k,
-                "train_until": str(pd.Timestamp(days[fit_days[-1]]).date()),
-                "test_from": str(pd.Timestamp(days[test_days[0]]).date()),
-                "test_to": str(pd.Timestamp(days[test_days[-1]]).date()),
-                **{k2: round(v, 4) for k2, v in m.items()},
-            }
-        )
-    return CVResult(out)
+    dates = pd.to_datetime(train[time])
+    for k, (fit_rows, test_rows) in enumerate(folds, 1):
+        model = fit(kind, train.iloc[fit_rows], target[fit_rows], features, params, seed, baseline, categorical)
+        pred = model.predict(train.iloc[test_rows][cols])
+        oof[test_rows] = pred
+        m = regression_metrics(target[test_rows], pred)
+        row: dict[str, Any] = {"fold": k, "fit_rows": int(len(fit_rows)), "test_rows": int(len(test_rows))}
+        if cfg.kind == "time_series":
+            row.update({"train_until": str(dates.iloc[fit_rows].max().date()), "test_from": str(dates.iloc[test_rows].min().date()),
+                        "test_to": str(dates.iloc[test_rows].max().date())})
+        out.append({**row, **{k2: round(v, 4) for k2, v in m.items()}})
+    return CVResult(out, oof, folds_hash(folds, train, key))

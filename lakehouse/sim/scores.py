@@ -41,10 +41,10 @@ def forecast_ratio(lake: Path, world: Path) -> list[dict[str, Any]]:
         both = pred.merge(truth, on=["meter_id", "date"], how="inner")
         if len(both) != len(pred):
             raise ValueError(f"{len(pred) - len(both)} validation meter-days of {model_dir} are missing from the truth")
-        rmse = float(np.sqrt(np.mean((both["predicted_kwh"] - both["actual_kwh"]) ** 2)))
+        rmse = float(np.sqrt(np.mean((both["predicted"] - both["actual"]) ** 2)))
         noise = float(np.sqrt(np.mean(both["noise_kwh"] ** 2)))
         # how far the labels the model was scored on are from what the meters really measured
-        label_err = float(np.sqrt(np.mean((both["actual_kwh"] - both["true_kwh"]) ** 2)))
+        label_err = float(np.sqrt(np.mean((both["actual"] - both["true_kwh"]) ** 2)))
         out.append(
             {
                 "pipeline": pointer.parent.name,
