@@ -411,3 +411,43 @@ def test_keep_first_keeps_the_row_received_first(spark, received, kept):
     assert trusted[at(2)][0] == kept
     first_file = min(received, key=received.get) if received else "a.csv"
     assert trusted[at(4)] == (level(4) + 1, first_file)  # the exact duplicate keeps the first received copy
+
+
+def test_series_steps_on_a_single_daily_series_without_group_by(spark):
+    """One meter's daily export: no entity column, a date as the time. A stuck run, a spike and two
+    missing days are handled by the same steps the hourly meters use, with ``every: 1d``."""
+    source = SourceSpec.model_validate({
+        "name": "gas_daily",
+        "collector": {"type": "file_drop", "inbox": "/nowhere"},
+        "columns": [{"name": "day", "type": "date", "nullable": False}, {"name": "energy_kwh", "type": "double"}],
+        "partitioning": {"kind": "time_column", "column": "day"},
+        "quality": {
+            "key": ["day"],
+            "cleaning": [
+                {"step": "stuck", "name": "stuck_register", "column": "energy_kwh", "time": "day", "min_run": 4},
+                {"step": "outliers", "name": "spike", "column": "energy_kwh", "time": "day", "window": "9d", "min_points": 5},
+                {"step": "impute_gaps", "name": "fill_days", "column": "energy_kwh", "time": "day", "every": "1d", "max_gap": 2},
+            ],
+        },
+    })
+    d0 = dt.date(2012, 1, 1)
+    values = {d: round(50 + 5 * math.sin(d / 3), 2) for d in range(31)}
+    values.update({8: 700.0, 20: 42.0, 21: 42.0, 22: 42.0, 23: 42.0})  # a spike, a stuck run
+    del values[14], values[15]  # two days never sent
+    rows = [(d0 + dt.timedelta(days=d), v, "gas.json", d + 2) for d, v in sorted(values.items())]
+    df = spark.createDataFrame(rows, "day date, energy_kwh double, _source_file string, _source_line bigint")
+    result = clean_month(df, source, month=MONTH)
+    try:
+        trusted = {r["day"]: r for r in as_rows(result.trusted_table())}
+        rejected = {(r["rule"], json.loads(r["key"])["day"]) for r in as_rows(result.rejected_table())}
+    finally:
+        result.close()
+    assert rejected == {("spike", "2012-01-09"), *(("stuck_register", f"2012-01-{d}") for d in (21, 22, 23, 24))}
+    for day in (15, 16):  # filled between its neighbours, one day at a time
+        got = trusted[dt.date(2012, 1, day)]["energy_kwh"]
+        lo, hi = sorted((values[13], values[16]))
+        assert lo <= got <= hi
+    # the spike's day is a one-day gap once it is quarantined: refilled; the stuck run's four days are not
+    assert trusted[dt.date(2012, 1, 9)]["energy_kwh"] < 100 and trusted[dt.date(2012, 1, 9)]["_source_file"] is None
+    assert not any(dt.date(2012, 1, d) in trusted for d in (21, 22, 23, 24))
+    assert len(trusted) == 31 - 5 + 1

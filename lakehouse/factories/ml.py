@@ -432,7 +432,8 @@ def _model_asset(spec, params, name, k_split, t_features, t_labels, t_split, mod
         def extra(folder: Path) -> None:
             (folder / "metrics.json").write_text(json.dumps(run.metrics, indent=1))
             run.per_month.to_csv(folder / "per_month.csv", index=False)
-            run.validation.assign(date=run.validation["date"].astype(str)).to_csv(folder / "validation_predictions.csv", index=False)
+            t = params.columns.time
+            run.validation.assign(**{t: run.validation[t].astype(str)}).to_csv(folder / "validation_predictions.csv", index=False)
             with single_threaded():
                 paths, importance = fp.write_plots(run, cfg, data, folder / "plots", params.seed)
             importance.rename("rmse_increase").to_csv(folder / "feature_importance.csv")

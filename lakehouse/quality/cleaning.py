@@ -374,8 +374,8 @@ def validate_quality(source: SourceSpec) -> list[CompiledRule]:
         numeric = kind in ("double", "int", "bigint")
         if isinstance(step, (UnitStep, OutlierStep, StuckStep, ImputeStep)) and not numeric:
             raise CleaningError(f"{source.name}: step {step.name!r} needs a numeric column, {step.column!r} is {kind}")
-        if hasattr(step, "time") and source.column(step.time).type != "timestamp":
-            raise CleaningError(f"{source.name}: step {step.name!r}: time column {step.time!r} must be a timestamp")
+        if hasattr(step, "time") and source.column(step.time).type not in ("timestamp", "date"):
+            raise CleaningError(f"{source.name}: step {step.name!r}: time column {step.time!r} must be a timestamp or a date")
         if isinstance(step, StandardizeStep):
             if step.truncate and kind not in ("timestamp",):
                 raise CleaningError(f"{source.name}: step {step.name!r}: truncate needs a timestamp column")
@@ -702,6 +702,17 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
     return _set(df, marker.isin(targets), step.column, value / F.lit(step.factor), step.name, ctx.type_of(step.column))
 
 
+def _per(step) -> str:
+    return f"per {', '.join(step.group_by)}" if step.group_by else "of the series"
+
+
+def _seconds(column: str) -> Column:
+    """A timestamp or date column as seconds since the epoch (a date: its midnight)."""
+    from pyspark.sql import functions as F
+
+    return F.col(f"`{column}`").cast("timestamp").cast("long")
+
+
 def _series_window(step, ordered: bool = True):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -725,14 +736,14 @@ def _outliers(df: DataFrame, step: OutlierStep, ctx: _Ctx) -> DataFrame:
 
     ctx.outcomes[step.name] = Outcome(
         step.name, "step", step.action,
-        step.description or f"{step.method} outliers of {step.column} over {step.window} per {', '.join(step.group_by)}",
+        step.description or f"{step.method} outliers of {step.column} over {step.window} {_per(step)}",
         max_rate=step.max_rate,
     )
     half = int(duration_seconds(step.window) / 2)
     value = F.col(f"`{step.column}`")
     w = (
         Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE))
-        .orderBy(F.col(f"`{step.time}`").cast("long"))
+        .orderBy(_seconds(step.time))
         .rangeBetween(-half, half)
     )
     x = df.withColumn(ACTIVE, _active() & value.isNotNull())
@@ -778,7 +789,7 @@ def _stuck(df: DataFrame, step: StuckStep, ctx: _Ctx) -> DataFrame:
 
     ctx.outcomes[step.name] = Outcome(
         step.name, "step", step.action,
-        step.description or f"{step.min_run}+ identical consecutive {step.column} per {', '.join(step.group_by)}",
+        step.description or f"{step.min_run}+ identical consecutive {step.column} {_per(step)}",
         max_rate=step.max_rate,
     )
     value = F.col(f"`{step.column}`")
@@ -814,7 +825,7 @@ def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
     )
     every = int(duration_seconds(step.every))
     value = F.col(f"`{step.column}`")
-    t = F.col(f"`{step.time}`").cast("long")
+    t = _seconds(step.time)
     w = _series_window(step)
     x = df.withColumn(ACTIVE, _active() & value.isNotNull() & F.col(f"`{step.time}`").isNotNull())
     x = x.withColumns({"__next_t": F.lead(t).over(w), "__next_v": F.lead(value).over(w)})

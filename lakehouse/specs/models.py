@@ -11,7 +11,7 @@ import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 IDENT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -430,10 +430,11 @@ class _Step(Spec):
 
 
 class _SeriesStep(_Step):
-    """A step over each series: rows grouped by ``group_by`` and ordered by ``time``."""
+    """A step over each series: rows grouped by ``group_by`` (none: the whole source is one series, e.g.
+    one meter's export) and ordered by ``time`` (a timestamp, or a date for daily series)."""
 
     column: str
-    group_by: list[str] = Field(min_length=1)
+    group_by: list[str] = Field(default_factory=list)
     time: str
 
 
@@ -759,7 +760,8 @@ class ViewSpec(Spec):
 # ---------------------------------------------------------------------------------------------------
 class PipelineSpec(Spec):
     """An analysis pipeline. ``kind`` selects the builder in ``lakehouse.factories.ml``; the rest is its
-    parameters (inputs, features, models and hyper-parameters), validated by that builder."""
+    parameters (the columns it reads, features, models and hyper-parameters), validated when the file is
+    loaded by the same code that uses them (``lakehouse.ml.params``), so a mistake names the file and line."""
 
     name: str
     kind: str
@@ -771,6 +773,14 @@ class PipelineSpec(Spec):
     @classmethod
     def _ident(cls, value: str) -> str:
         return _check_ident(value)
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from lakehouse.ml.params import check_params  # plain Python (pandas, scikit-learn): no Dagster, no Spark
+
+        check_params(info.data.get("kind", ""), value)
+        return value
 
 
 class Project(Spec):
