@@ -9,8 +9,9 @@ The world (``W``, written by :func:`write_world`) is shared by every deployment;
 The landing, formatted, trusted, quality and exploitation zones are materialized for :data:`MONTHS` in one
 run, with the project's own resources (``lakehouse.settings.load`` reads the overrides from the
 environment, as a deployment would). The JSON printed on stdout maps ``zone/table`` to its row count and a
-hash of its sorted rows (:func:`fingerprints`); for a non-local master it adds the application id and
-Spark's per-executor task counts from the driver's REST API, read before the session stops.
+hash of its sorted rows (:func:`fingerprints`); off a local master it adds where the executors imported
+the package from, and on a cluster master the application id and Spark's per-executor task counts from
+the driver's REST API, read before the session stops.
 """
 
 from __future__ import annotations
@@ -57,17 +58,17 @@ def fingerprints(lake_root: Path) -> dict[str, dict[str, object]]:
 
 
 def executors(session) -> dict[str, object]:
-    """The application id, each executor's completed tasks (from the driver's REST API: its UI must be
-    on) and where the executors' Python imported ``lakehouse`` from."""
+    """The application id and each executor's completed tasks, from the driver's REST API (its UI must be on)."""
     ui = session.sparkContext.uiWebUrl
     app = session.sparkContext.applicationId
     with urllib.request.urlopen(f"{ui}/api/v1/applications/{app}/allexecutors", timeout=30) as response:
         listed = json.load(response)
-    return {
-        "app_id": app,
-        "executors": {e["id"]: {"host": e["hostPort"], "tasks": e["completedTasks"]} for e in listed},
-        "executor_lakehouse": sorted({r.origin for r in session.range(2, numPartitions=2).mapInArrow(_origin, "origin string").collect()}),
-    }
+    return {"app_id": app, "executors": {e["id"]: {"host": e["hostPort"], "tasks": e["completedTasks"]} for e in listed}}
+
+
+def executor_origins(session) -> list[str]:
+    """Where the executors' Python imports the ``lakehouse`` package from (one task per partition)."""
+    return sorted({r.origin for r in session.range(2, numPartitions=2).mapInArrow(_origin, "origin string").collect()})
 
 
 def _origin(batches):
@@ -85,6 +86,7 @@ def run(world: Path, lake_root: Path) -> dict[str, object]:
 
     from lakehouse import settings
     from lakehouse.factories import build_definitions
+    from lakehouse.io.spark import is_local
     from lakehouse.sim.weather_server import WeatherServer
 
     os.environ["LAKEHOUSE_ROOT"] = str(lake_root)
@@ -104,7 +106,10 @@ def run(world: Path, lake_root: Path) -> dict[str, object]:
         )
         session = defs.resources["spark"].session()
         out: dict[str, object] = {"success": result.success, "tables": fingerprints(lake_root)}
-        if project.lakehouse.spark.remote is None and not project.lakehouse.spark.master.startswith("local"):
+        spark = project.lakehouse.spark
+        if spark.remote or not is_local(spark.master):
+            out["executor_lakehouse"] = executor_origins(session)
+        if not spark.remote and not is_local(spark.master):
             out.update(executors(session))
         session.stop()
     return out
