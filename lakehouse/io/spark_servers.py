@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--workdir", type=Path, help="logs and scratch (default: a new temporary folder)")
     args = parser.parse_args(argv)
     stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    # both set explicitly: a shell starting this in the background ignores SIGINT, which Python would keep
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.update(now=True))
     if args.kind == "connect":
         server = connect_server(args.port, master=args.master, workdir=args.workdir)
         hint = "LAKEHOUSE_SPARK_REMOTE={url}"
@@ -189,11 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         hint = "LAKEHOUSE_SPARK_MASTER={url}  (master UI http://127.0.0.1:%d)" % args.webui_port
     with server as url:
         print(f"ready: {url}   point the lakehouse at it with {hint.format(url=url)}; Ctrl-C stops it", flush=True)
-        try:
-            while not stop["now"]:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
+        while not stop["now"]:
+            time.sleep(0.5)
     return 0
 
 
