@@ -68,3 +68,26 @@ def test_arrow_frame_keeps_the_schema_of_zero_rows(spark):
     assert df.columns == ["device_id", "ts", "kwh"]
     assert [f.dataType.typeName() for f in df.schema.fields] == ["string", "timestamp", "double"]
     assert df.count() == 0
+
+
+def test_an_unreachable_connect_server_fails_fast_naming_the_url():
+    from lakehouse.io.spark import ConnectServerUnreachableError, _check_connect
+    from lakehouse.io.spark_servers import free_port
+
+    url = f"sc://127.0.0.1:{free_port()}"
+    with pytest.raises(ConnectServerUnreachableError, match=url.replace(".", r"\.")) as raised:
+        _check_connect(url)
+    assert "make spark-connect" in str(raised.value)
+
+
+def test_a_listening_connect_server_passes_the_check_with_or_without_parameters():
+    import socket
+
+    from lakehouse.io.spark import _check_connect
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        _check_connect(f"sc://127.0.0.1:{port}")
+        _check_connect(f"sc://127.0.0.1:{port}/;user_id=lakehouse")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -93,6 +94,25 @@ class JavaMissingError(RuntimeError):
     pass
 
 
+class ConnectServerUnreachableError(RuntimeError):
+    pass
+
+
+def _check_connect(remote: str) -> None:
+    """Fail in a second, naming the URL, when nothing listens at a Spark Connect URL (the client would
+    retry for minutes before saying so)."""
+    address = remote.removeprefix("sc://").split("/", 1)[0].split(";", 1)[0]
+    host, _, port = address.rpartition(":") if ":" in address else (address, "", "15002")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise ConnectServerUnreachableError(
+            f"no Spark Connect server answers at {remote} ({type(exc).__name__}: {exc}). Start one with "
+            "`make spark-connect` (docs/operations.md, \"Running on a cluster\"), or unset spark.remote / "
+            "LAKEHOUSE_SPARK_REMOTE to run Spark locally."
+        ) from exc
+
+
 def _check_java() -> None:
     if os.environ.get("JAVA_HOME") or shutil.which("java"):
         return
@@ -149,7 +169,9 @@ def session_from_conf(conf: Mapping[str, str]) -> SparkSession:
         # executors elsewhere run it at the same path unless `spark.pyspark.python` says otherwise
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-        if not remote:
+        if remote:
+            _check_connect(remote)
+        else:
             _check_java()
             if is_local(master):
                 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
