@@ -9,7 +9,7 @@ The world (``W``, written by :func:`write_world`) is shared by every deployment;
 The landing, formatted, trusted, quality and exploitation zones are materialized for :data:`MONTHS` in one
 run, with the project's own resources (``lakehouse.settings.load`` reads the overrides from the
 environment, as a deployment would). The JSON printed on stdout maps ``zone/table`` to its row count and a
-hash of its sorted rows (:func:`fingerprints`); off a local master it adds where the executors imported
+hash of its sorted rows (:func:`fingerprints`), with the run's seconds (session start included); off a local master it adds where the executors imported
 the package from, and on a cluster master the application id and Spark's per-executor task counts from
 the driver's REST API, read before the session stops.
 """
@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -91,6 +92,7 @@ def run(world: Path, lake_root: Path) -> dict[str, object]:
 
     os.environ["LAKEHOUSE_ROOT"] = str(lake_root)
     os.environ["LAKEHOUSE_DEMO_ROOT"] = str(world)
+    started = time.monotonic()
     with WeatherServer(host="127.0.0.1", port=0) as server:
         os.environ["LAKEHOUSE_WEATHER_URL"] = server.url
         project = settings.load()
@@ -105,7 +107,8 @@ def run(world: Path, lake_root: Path) -> dict[str, object]:
             raise_on_error=True,
         )
         session = defs.resources["spark"].session()
-        out: dict[str, object] = {"success": result.success, "tables": fingerprints(lake_root)}
+        out: dict[str, object] = {"success": result.success, "seconds": round(time.monotonic() - started, 1)}
+        out["tables"] = fingerprints(lake_root)
         spark = project.lakehouse.spark
         if spark.remote or not is_local(spark.master):
             out["executor_lakehouse"] = executor_origins(session)

@@ -30,6 +30,7 @@ def drive(root: Path, lake: str, *where: str) -> dict:
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-4000:]}")
+    (root / f"{lake}.json").write_text(done.stdout)  # kept beside the lake for a look after the run
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
