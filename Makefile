@@ -11,7 +11,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export LAKEHOUSE_DEMO_ROOT ?= $(CURDIR)/.demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test ui java-check clean reliability bench instance e2e
+.PHONY: install demo test ui java-check clean reliability bench instance e2e spark-connect spark-cluster cluster-test
 
 install: $(STAMP)
 
@@ -56,6 +56,23 @@ test: install java-check
 # The browser test skips with its reason when /usr/bin/chromium is missing (.ci/run installs it).
 e2e: install java-check
 	$(PY) -m pytest -q -m 'e2e or browser' lakehouse_tests/e2e
+
+# The same small world through local Spark, a Spark Connect server and a standalone cluster (master + one
+# worker), all started from the pyspark package: identical tables, every task on the worker (a few minutes).
+cluster-test: install java-check
+	$(PY) -m pytest -q -m cluster lakehouse_tests/test_cluster.py
+
+# A Spark Connect server on 127.0.0.1:$(SPARK_CONNECT_PORT) (Ctrl-C stops it); point the lakehouse at it with
+# LAKEHOUSE_SPARK_REMOTE=sc://127.0.0.1:$(SPARK_CONNECT_PORT) or `spark.remote` in configs/lakehouse.yaml.
+SPARK_CONNECT_PORT ?= 15002
+spark-connect: install java-check
+	exec $(PY) -m lakehouse.io.spark_servers connect --port $(SPARK_CONNECT_PORT)
+
+# A standalone master on 127.0.0.1:$(SPARK_MASTER_PORT) and one worker (Ctrl-C stops both); point the
+# lakehouse at it with LAKEHOUSE_SPARK_MASTER=spark://127.0.0.1:$(SPARK_MASTER_PORT).
+SPARK_MASTER_PORT ?= 7077
+spark-cluster: install java-check
+	exec $(PY) -m lakehouse.io.spark_servers standalone --port $(SPARK_MASTER_PORT) --webui-port 8080
 
 reliability: install java-check
 	$(PY) -m pytest -q -m slow

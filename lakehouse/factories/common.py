@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+from dagster_pyspark import LazyPySparkResource
 from pydantic import BaseModel
 from pyspark.sql import SparkSession
 
 from lakehouse import __version__
 from lakehouse.io.lake import Lake
-from lakehouse.io.spark import get_spark
-from lakehouse.specs.models import Project, SourceSpec, SparkSpec
+from lakehouse.io.spark import session_conf, session_from_conf
+from lakehouse.specs.models import Project, SourceSpec
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -37,22 +38,27 @@ class LakeResource(dg.ConfigurableResource):
         return Lake(self.root)
 
 
-class SparkResource(dg.ConfigurableResource):
-    """This process's Spark session (``remote`` = a Spark Connect URL wins over ``master``)."""
+class SparkResource(LazyPySparkResource):
+    """This process's Spark session, created on first use (dagster-pyspark's lazy resource).
 
-    master: str = "local[2]"
-    remote: str | None = None
-    conf: dict[str, str] = {}
+    ``spark_config`` is the flat builder configuration of ``spark`` in lakehouse.yaml
+    (:func:`lakehouse.io.spark.session_conf`): ``spark.remote`` (Spark Connect) or ``spark.master``,
+    then every setting. The session is this process's one (:func:`lakehouse.io.spark.session_from_conf`:
+    Java check, Python workers on this interpreter, the package shipped to a cluster's executors).
+    """
+
+    def _init_session(self) -> None:
+        if self._spark_session is None:
+            self._spark_session = session_from_conf(self.spark_config)
 
     def session(self) -> SparkSession:
-        return get_spark(SparkSpec(master=self.master, remote=self.remote, conf=self.conf))
+        return self.spark_session
 
 
 def resources(project: Project) -> dict[str, Any]:
-    spark = project.lakehouse.spark
     return {
         "lake": LakeResource(root=str(project.lake_root)),
-        "spark": SparkResource(master=spark.master, remote=spark.remote, conf=dict(spark.conf)),
+        "spark": SparkResource(spark_config=session_conf(project.lakehouse.spark)),
     }
 
 

@@ -392,7 +392,9 @@ class Lake:
         files = dt.file_uris(partition_filters=partition_filters) if months != [] else []
         if not files:
             empty = dt.to_pyarrow_table(filters=[(PARTITION_COLUMN, "=", "~none~")])
-            return spark.createDataFrame(empty.slice(0, 0))
+            from lakehouse.io.spark import arrow_frame
+
+            return arrow_frame(spark, empty.slice(0, 0))
         reader = spark.read.option("basePath", self._uri(zone, table))
         try:
             from pyspark.sql.pandas.types import from_arrow_schema

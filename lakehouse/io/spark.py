@@ -1,33 +1,51 @@
-"""The Spark session: built once per process, local by default, Spark Connect when ``remote`` is set.
+"""The Spark session: built once per process, local by default, on a cluster or Spark Connect when configured.
 
 A cold local session costs 15-19 s, so every Spark step of a run shares this process's session (runs use
 the in-process executor) or talks to a shared Spark Connect server (``spark.remote`` in lakehouse.yaml).
+
+Where it runs (``spark`` in lakehouse.yaml, see docs/operations.md):
+
+- ``master: local[N]``: Spark in this process's JVM, tuned for one small machine (:data:`LOCAL_CONF`).
+- ``master: spark://...`` (or ``yarn``, ``k8s://...``): this process is the driver of a cluster
+  application; the lakehouse package is shipped to the executors (:func:`package_zip`), so workers need
+  only Python with the pinned dependencies and the lake root mounted at the same path.
+- ``remote: sc://host:port``: a Spark Connect client; the server is the driver (``make spark-connect``);
+  the package is shipped as a session artifact.
+
+The session is built by ``dagster_pyspark``'s builder from one flat configuration (:func:`session_conf`),
+the same one the Dagster resource shows (:class:`lakehouse.factories.common.SparkResource`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import socket
 import sys
+import tempfile
 import threading
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyspark.sql import SparkSession
 
 from lakehouse.specs.models import SparkSpec
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame
+
 _LOCK = threading.Lock()
 
-#: Settings that suit a 2-core machine and keep results stable; lakehouse.yaml ``spark.conf`` wins.
+#: Settings of every deployment (they keep results stable and suit month-sized jobs); lakehouse.yaml
+#: ``spark.conf`` wins. Under Spark Connect only the modifiable ``spark.sql.*`` ones are sent.
 DEFAULT_CONF: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
-    # one shuffle partition per core of local[2]; adaptive execution off: it re-plans every stage of
-    # every small job, and a month's plan has several windows. Measured on demo meter months in a warm
-    # session (5 months each, mean of trusted cleaning): AQE on, 4 partitions 7.9 s; off, 2 partitions 6.3 s
-    "spark.sql.shuffle.partitions": "2",
-    "spark.sql.adaptive.enabled": "false",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
-    "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.driver.memory": "4g",
     # a month is read as an explicit list of files (the landing manifest, the Delta snapshot); above 32
@@ -53,12 +71,46 @@ DEFAULT_CONF: dict[str, str] = {
     # for the next four (benchmarks/ANALYSIS.md). Launch option of the driver JVM: not sent to Spark Connect
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC -Djava.net.preferIPv6Addresses=false",
 }
+#: Settings of a ``local[...]`` master only: one small machine, one process.
+LOCAL_CONF: dict[str, str] = {
+    # one shuffle partition per core of local[2]; adaptive execution off: it re-plans every stage of
+    # every small job, and a month's plan has several windows. Measured on demo meter months in a warm
+    # session (5 months each, mean of trusted cleaning): AQE on, 4 partitions 7.9 s; off, 2 partitions 6.3 s.
+    # A cluster keeps Spark's defaults (adaptive execution sizes the shuffles to its executors)
+    "spark.sql.shuffle.partitions": "2",
+    "spark.sql.adaptive.enabled": "false",
+    # nothing outside this machine talks to the driver; on a cluster the executors must reach it, and
+    # its UI (and REST API, /api/v1) is how an operator sees the application
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.ui.enabled": "false",
+}
 #: static SQL settings: a Spark Connect server is started with them, a client cannot set them
 STATIC_CONF = frozenset({"spark.sql.codegen.cache.maxEntries"})
+#: the archive of the lakehouse package shipped to executors (see :func:`package_zip`)
+PACKAGE_ZIP = "lakehouse.zip"
 
 
 class JavaMissingError(RuntimeError):
     pass
+
+
+class ConnectServerUnreachableError(RuntimeError):
+    pass
+
+
+def _check_connect(remote: str) -> None:
+    """Fail in a second, naming the URL, when nothing listens at a Spark Connect URL (the client would
+    retry for minutes before saying so)."""
+    address = remote.removeprefix("sc://").split("/", 1)[0].split(";", 1)[0]
+    host, _, port = address.rpartition(":") if ":" in address else (address, "", "15002")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise ConnectServerUnreachableError(
+            f"no Spark Connect server answers at {remote} ({type(exc).__name__}: {exc}). Start one with "
+            "`make spark-connect` (docs/operations.md, \"Running on a cluster\"), or unset spark.remote / "
+            "LAKEHOUSE_SPARK_REMOTE to run Spark locally."
+        ) from exc
 
 
 def _check_java() -> None:
@@ -70,28 +122,98 @@ def _check_java() -> None:
     )
 
 
+def is_local(master: str) -> bool:
+    """Whether ``master`` runs Spark inside this process (``local``, ``local[N]``, ``local[N,F]``)."""
+    return master == "local" or master.startswith("local[")
+
+
+def session_conf(spec: SparkSpec | None = None) -> dict[str, str]:
+    """The flat builder configuration of ``spec``'s session: where it runs (``spark.remote`` or
+    ``spark.master``), :data:`DEFAULT_CONF`, :data:`LOCAL_CONF` for a local master, then ``spec.conf``.
+
+    Under Spark Connect the client may only set session SQL settings: the rest belong to the server
+    (``make spark-connect`` starts it with them, see :func:`server_conf`)."""
+    spec = spec or SparkSpec()
+    if spec.remote:
+        conf = {**DEFAULT_CONF, **spec.conf}
+        conf = {k: v for k, v in conf.items() if k.startswith("spark.sql.") and k not in STATIC_CONF}
+        return {"spark.remote": spec.remote, **conf}
+    local = LOCAL_CONF if is_local(spec.master) else {}
+    return {"spark.master": spec.master, "spark.app.name": "lakehouse", **DEFAULT_CONF, **local, **spec.conf}
+
+
+def server_conf(master: str = "local[2]") -> dict[str, str]:
+    """What a Spark Connect server with ``master`` is started with: the session a local driver of that
+    master would get, static settings included (its clients send only session SQL settings)."""
+    conf = session_conf(SparkSpec(master=master))
+    conf.pop("spark.app.name")
+    return conf
+
+
 def get_spark(spec: SparkSpec | None = None) -> SparkSession:
     """This process's Spark session, created on first use from ``spec``."""
-    spec = spec or SparkSpec()
+    return session_from_conf(session_conf(spec))
+
+
+def session_from_conf(conf: Mapping[str, str]) -> SparkSession:
+    """This process's Spark session, created on first use from a :func:`session_conf` configuration by
+    ``dagster_pyspark``'s builder."""
+    from dagster_pyspark.resources import spark_session_from_config
+
     with _LOCK:
         active = SparkSession.getActiveSession()
         if active is not None:
             return active
-        # Python workers must run this interpreter (it has pyarrow), not whatever `python3` is on PATH
+        remote, master = conf.get("spark.remote"), conf.get("spark.master", "local[*]")
+        # Python workers must run this interpreter (it has pyarrow), not whatever `python3` is on PATH;
+        # executors elsewhere run it at the same path unless `spark.pyspark.python` says otherwise
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        conf = {**DEFAULT_CONF, **spec.conf}
-        if spec.remote:
-            builder = SparkSession.builder.remote(spec.remote)
-            conf = {k: v for k, v in conf.items() if k.startswith("spark.sql.") and k not in STATIC_CONF}
+        if remote:
+            _check_connect(remote)
         else:
             _check_java()
-            builder = SparkSession.builder.master(spec.master).appName("lakehouse")
-            builder = builder.config("spark.driver.bindAddress", "127.0.0.1")
-        for key, value in conf.items():
-            builder = builder.config(key, value)
-        session = builder.getOrCreate()
-        if not spec.remote:
+            if is_local(master):
+                os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        session = spark_session_from_config(dict(conf))
+        if not remote:
             session.sparkContext.setLogLevel("ERROR")
+        if remote or not is_local(master):
+            ship_package(session, remote=bool(remote))
         return session
+
+
+def package_zip() -> Path:
+    """The lakehouse package as a zip archive that Python imports from (built once per content, in the
+    temporary directory): what executors import the package's tasks from."""
+    root = Path(__file__).resolve().parent.parent
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    target = Path(tempfile.gettempdir()) / f"lakehouse-{digest.hexdigest()[:16]}" / PACKAGE_ZIP
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.part")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in files:
+                archive.write(path, Path(root.name) / path.relative_to(root))
+        partial.replace(target)
+    return target
+
+
+def ship_package(session: SparkSession, *, remote: bool) -> None:
+    """Put :func:`package_zip` on the executors' Python path (a Spark Connect session artifact, or a
+    cluster application's ``addPyFile``): workers need the pinned dependencies, not this project's path."""
+    path = str(package_zip())
+    if remote:
+        session.addArtifacts(path, pyfile=True)
+    else:
+        session.sparkContext.addPyFile(path)
+
+
+def arrow_frame(spark: SparkSession, table: pa.Table) -> DataFrame:
+    """``table`` as a Spark DataFrame with its schema given: Spark Connect cannot infer one from zero rows."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return spark.createDataFrame(table, schema=from_arrow_schema(table.schema))

@@ -500,7 +500,9 @@ def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec
     found = [p for p in paths if p not in empty]
     parts = []
     if empty:
-        parts.append(spark.createDataFrame(pa.concat_tables(parse_file(lineage_name(p, spans), b"", fmt, raw_names) for p in empty)))
+        from lakehouse.io.spark import arrow_frame
+
+        parts.append(arrow_frame(spark, pa.concat_tables(parse_file(lineage_name(p, spans), b"", fmt, raw_names) for p in empty)))
     if found:
         from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -687,4 +689,6 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column, months
 
 
 def empty_raw(spark: SparkSession, source: SourceSpec) -> DataFrame:
-    return spark.createDataFrame(raw_schema([c.raw_name for c in source.columns]).empty_table())
+    from lakehouse.io.spark import arrow_frame
+
+    return arrow_frame(spark, raw_schema([c.raw_name for c in source.columns]).empty_table())

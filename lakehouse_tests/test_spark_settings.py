@@ -1,0 +1,93 @@
+"""The Spark session's settings follow where it runs; the package archive executors import."""
+
+from __future__ import annotations
+
+import zipfile
+import zipimport
+
+import pyarrow as pa
+import pytest
+from dagster_pyspark import LazyPySparkResource
+
+from lakehouse.factories.common import SparkResource, resources
+from lakehouse.io.spark import LOCAL_CONF, STATIC_CONF, arrow_frame, is_local, package_zip, server_conf, session_conf
+from lakehouse.specs.models import SparkSpec
+
+
+@pytest.mark.parametrize(("master", "local"), [("local[2]", True), ("local", True), ("local[*,3]", True),
+                                               ("spark://10.0.0.5:7077", False), ("yarn", False), ("k8s://https://api:6443", False)])
+def test_is_local(master, local):
+    assert is_local(master) is local
+
+
+def test_local_master_gets_the_one_machine_settings():
+    conf = session_conf(SparkSpec(master="local[2]"))
+    assert conf["spark.master"] == "local[2]"
+    assert {k: conf[k] for k in LOCAL_CONF} == LOCAL_CONF
+    assert conf["spark.sql.shuffle.partitions"] == "2" and conf["spark.driver.bindAddress"] == "127.0.0.1"
+
+
+def test_cluster_master_keeps_spark_defaults_for_shuffles_binding_and_ui():
+    conf = session_conf(SparkSpec(master="spark://10.0.0.5:7077"))
+    assert conf["spark.master"] == "spark://10.0.0.5:7077"
+    assert not set(LOCAL_CONF) & set(conf)
+    # the project's own settings still win
+    conf = session_conf(SparkSpec(master="yarn", conf={"spark.sql.shuffle.partitions": "64", "spark.executor.memory": "4g"}))
+    assert conf["spark.sql.shuffle.partitions"] == "64" and conf["spark.executor.memory"] == "4g"
+
+
+def test_connect_client_sends_only_modifiable_session_settings():
+    conf = session_conf(SparkSpec(remote="sc://127.0.0.1:15002", conf={"spark.executor.memory": "4g", "spark.sql.ansi.enabled": "false"}))
+    assert conf.pop("spark.remote") == "sc://127.0.0.1:15002"
+    assert "spark.master" not in conf and conf["spark.sql.ansi.enabled"] == "false"
+    assert all(k.startswith("spark.sql.") and k not in STATIC_CONF for k in conf)
+    # the server is started with what a local driver of its master gets, static settings included
+    server = server_conf("local[2]")
+    assert STATIC_CONF <= set(server) and server["spark.sql.shuffle.partitions"] == "2"
+
+
+def test_the_resource_is_dagster_pysparks_lazy_resource_configured_from_the_project(make_project):
+    project = make_project()
+    spark = resources(project)["spark"]
+    assert isinstance(spark, SparkResource) and isinstance(spark, LazyPySparkResource)
+    assert spark.spark_config == session_conf(project.lakehouse.spark)
+
+
+def test_package_zip_holds_the_importable_package_and_is_reused():
+    path = package_zip()
+    assert path.name == "lakehouse.zip" and package_zip() == path
+    names = set(zipfile.ZipFile(path).namelist())
+    assert {"lakehouse/__init__.py", "lakehouse/io/spark.py", "lakehouse/transforms/executors.py"} <= names
+    assert not any("__pycache__" in n for n in names)
+    assert zipimport.zipimporter(str(path)).find_spec("lakehouse") is not None
+
+
+def test_arrow_frame_keeps_the_schema_of_zero_rows(spark):
+    empty = pa.schema([("device_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("kwh", pa.float64())]).empty_table()
+    df = arrow_frame(spark, empty)
+    assert df.columns == ["device_id", "ts", "kwh"]
+    assert [f.dataType.typeName() for f in df.schema.fields] == ["string", "timestamp", "double"]
+    assert df.count() == 0
+
+
+def test_an_unreachable_connect_server_fails_fast_naming_the_url():
+    from lakehouse.io.spark import ConnectServerUnreachableError, _check_connect
+    from lakehouse.io.spark_servers import free_port
+
+    url = f"sc://127.0.0.1:{free_port()}"
+    with pytest.raises(ConnectServerUnreachableError, match=url.replace(".", r"\.")) as raised:
+        _check_connect(url)
+    assert "make spark-connect" in str(raised.value)
+
+
+def test_a_listening_connect_server_passes_the_check_with_or_without_parameters():
+    import socket
+
+    from lakehouse.io.spark import _check_connect
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        _check_connect(f"sc://127.0.0.1:{port}")
+        _check_connect(f"sc://127.0.0.1:{port}/;user_id=lakehouse")
