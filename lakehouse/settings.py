@@ -1,7 +1,9 @@
 """The only reader of the process environment.
 
 ``LAKEHOUSE_CONFIGS``   the configs directory (default: ``configs/`` next to this package's parent)
-``LAKEHOUSE_ROOT``      overrides ``lake_root`` from ``lakehouse.yaml``
+``LAKEHOUSE_ROOT``      overrides ``lake_root`` from ``lakehouse.yaml`` (a local path or ``s3://bucket/prefix``)
+the variables ``storage.credentials`` names in ``lakehouse.yaml``  object-store credentials (read by
+                       :func:`lake`, never copied into a config, a log or metadata)
 ``LAKEHOUSE_SPARK_REMOTE`` / ``LAKEHOUSE_SPARK_MASTER``  override ``spark.remote`` / ``spark.master``
 ``LAKEHOUSE_BACKFILL_MONTHS_PER_RUN``  zone backfills in runs of that many months (unset: one run per range)
 
@@ -36,8 +38,8 @@ def secret(name: str) -> str | None:
 def load(configs: Path | None = None) -> Project:
     """The project from ``configs`` (or ``LAKEHOUSE_CONFIGS``), with environment overrides applied."""
     project = load_project(configs or configs_dir(), env=env())
-    lake = project.lakehouse
-    spark = lake.spark
+    spec = project.lakehouse
+    spark = spec.spark
     overrides_spark: dict[str, object] = {}
     if "LAKEHOUSE_SPARK_REMOTE" in os.environ:
         overrides_spark["remote"] = os.environ["LAKEHOUSE_SPARK_REMOTE"] or None
@@ -49,9 +51,17 @@ def load(configs: Path | None = None) -> Project:
     if "LAKEHOUSE_ROOT" in os.environ:
         overrides["lake_root"] = os.environ["LAKEHOUSE_ROOT"]
     if overrides:
-        new_lake = LakehouseSpec(**{**lake.model_dump(), **{k: v for k, v in overrides.items()}})
+        new_lake = LakehouseSpec(**{**spec.model_dump(), **{k: v for k, v in overrides.items()}})
         project = project.model_copy(update={"lakehouse": new_lake})
+    lake(project)  # an object-store root whose credential variables are not set fails now, naming them
     return project
+
+
+def lake(project: Project):
+    """The project's :class:`lakehouse.io.lake.Lake`, with object-store credentials from the environment."""
+    from lakehouse.io.lake import Lake
+
+    return Lake(project.lake_root, project.lakehouse.storage, env=os.environ)
 
 
 def backfill_months_per_run() -> int | None:

@@ -58,3 +58,141 @@ def weather_server():
 
     with WeatherServer(host="127.0.0.1", port=0) as server:
         yield server
+
+
+class S3Server:
+    """A moto S3 server on 127.0.0.1 with IAM checks on: one user, its key, one bucket."""
+
+    def __init__(self, proc, endpoint: str, key_id: str, secret: str, bucket: str) -> None:
+        self.proc, self.endpoint, self.key_id, self.secret, self.bucket = proc, endpoint, key_id, secret, bucket
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The variables ``configs/lakehouse.yaml`` reads for an S3 lake."""
+        return {
+            "LAKEHOUSE_S3_ENDPOINT": self.endpoint,
+            "LAKEHOUSE_S3_REGION": "us-east-1",
+            "LAKEHOUSE_S3_ACCESS_KEY_ID": self.key_id,
+            "LAKEHOUSE_S3_SECRET_ACCESS_KEY": self.secret,
+            **extra,
+        }
+
+
+def start_moto(port: int, env_extra: dict[str, str] | None = None):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    exe = Path(sys.executable).with_name("moto_server")
+    # IAM checks on after the 3 unauthenticated calls that create the user and its key
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", **(env_extra or {})}
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {proc.returncode}") from None
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto_server did not listen within 30 s")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible HTTP server (``moto_server``) on a free port of 127.0.0.1, for the session."""
+    import json
+
+    import boto3
+
+    port = free_port()
+    proc = start_moto(port)
+    endpoint = f"http://127.0.0.1:{port}"
+    iam = boto3.client("iam", endpoint_url=endpoint, aws_access_key_id="setup", aws_secret_access_key="setup", region_name="us-east-1")
+    iam.create_user(UserName="lake")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="lake", PolicyName="all", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="lake")["AccessKey"]
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key["AccessKeyId"],
+                      aws_secret_access_key=key["SecretAccessKey"], region_name="us-east-1")
+    s3.create_bucket(Bucket="lake")
+    server = S3Server(proc, endpoint, key["AccessKeyId"], key["SecretAccessKey"], "lake")
+    yield server
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except Exception:  # noqa: BLE001
+        proc.kill()
+
+
+class Cuttable:
+    """A TCP proxy on 127.0.0.1 in front of a server: ``cut()`` makes the server unreachable (connections
+    refused, open ones closed) without losing its state, ``restore()`` brings it back on the same port."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target = target_port
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if listener is not None:
+            listener.close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

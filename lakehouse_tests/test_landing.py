@@ -1,8 +1,15 @@
-from lakehouse.collectors.landing import landed_files, land, read_manifest, safe_name
+from pathlib import Path
+
+from lakehouse.collectors.landing import Month, landed_files, land, read_manifest, safe_name
+from lakehouse.io.storage import Storage
+
+
+def month_at(tmp_path, name="2012-01") -> Month:
+    return Month(Storage(str(tmp_path)), f"{tmp_path}/{name}")
 
 
 def test_same_bytes_land_once(tmp_path):
-    month = tmp_path / "2012-01"
+    month = month_at(tmp_path)
     first = land(month, "a.csv", b"h\n1\n2\n", origin="file:///x/a.csv")
     again = land(month, "a.csv", b"h\n1\n2\n", origin="file:///x/a.csv")
     assert first is not None and again is None
@@ -11,14 +18,14 @@ def test_same_bytes_land_once(tmp_path):
 
 
 def test_changed_file_supersedes_and_keeps_the_old_bytes(tmp_path):
-    month = tmp_path / "2012-01"
+    month = month_at(tmp_path)
     land(month, "a.csv", b"h\n1\n", origin="o")
     land(month, "a.csv", b"h\n1\n2\n", origin="o")
     entries = read_manifest(month)
     assert sorted(e.status for e in entries) == ["landed", "superseded"]
-    assert landed_files(month) == [month / "a.csv"]
-    assert (month / "a.csv").read_bytes() == b"h\n1\n2\n"
-    (old,) = (month / "_superseded").iterdir()
+    assert landed_files(month) == [f"{month.uri}/a.csv"]
+    assert (Path(month.uri) / "a.csv").read_bytes() == b"h\n1\n2\n"
+    (old,) = (Path(month.uri) / "_superseded").iterdir()
     assert old.read_bytes() == b"h\n1\n"
 
 
@@ -37,9 +44,9 @@ def test_a_month_of_files_writes_its_manifest_once(tmp_path, monkeypatch):
     import lakehouse.collectors.landing as landing
 
     writes = []
-    real = landing.write_manifest
-    monkeypatch.setattr(landing, "write_manifest", lambda d, e: (writes.append(len(e)), real(d, e)))
-    month = tmp_path / "2012-01"
+    real = landing._create_manifest
+    monkeypatch.setattr(landing, "_create_manifest", lambda d, n, e: (writes.append(len(e)), real(d, n, e))[1])
+    month = month_at(tmp_path)
     items = [(f"m{i:03d}.csv", f"h\n{i}\n".encode(), "o") for i in range(200)]
     entries = landing.land_many(month, items)
     assert writes == [200]  # one manifest replacement for the whole month, listing every file
@@ -53,18 +60,62 @@ def test_a_month_of_files_writes_its_manifest_once(tmp_path, monkeypatch):
 def test_files_landed_before_a_crash_are_listed_by_the_rerun(tmp_path, monkeypatch):
     import lakehouse.collectors.landing as landing
 
-    month = tmp_path / "2012-01"
+    month = month_at(tmp_path)
     items = [(f"m{i}.csv", f"h\n{i}\n".encode(), "o") for i in range(3)]
 
     def crash(*_):
         raise KeyboardInterrupt("killed before the manifest was replaced")
 
-    monkeypatch.setattr(landing, "write_manifest", crash)
+    monkeypatch.setattr(landing, "_create_manifest", crash)
     try:
         landing.land_many(month, items)
     except KeyboardInterrupt:
         pass
     monkeypatch.undo()
-    assert read_manifest(month) == [] and len(list(month.glob("m*.csv"))) == 3
+    assert read_manifest(month) == [] and len(list(Path(month.uri).glob("m*.csv"))) == 3
     assert all(e is not None for e in landing.land_many(month, items))
     assert [e.name for e in read_manifest(month)] == ["m0.csv", "m1.csv", "m2.csv"]
+
+
+def test_a_landing_that_loses_the_manifest_race_decides_again(tmp_path, monkeypatch):
+    """Two landings of one month: the one whose manifest version was created first wins; the other reads
+    it and records only what is still new (no lock, a conditional create of the next version)."""
+    import lakehouse.collectors.landing as landing
+
+    month = month_at(tmp_path)
+    real = landing._create_manifest
+    raced = []
+
+    def other_landing_first(m, number, entries):
+        if not raced:  # another process lands b.csv and creates this version just before us
+            raced.append(number)
+            monkeypatch.setattr(landing, "_create_manifest", real)
+            landing.land_many(m, [("b.csv", b"h\n2\n", "other")])
+        return real(m, number, entries)
+
+    monkeypatch.setattr(landing, "_create_manifest", other_landing_first)
+    out = landing.land_many(month, [("a.csv", b"h\n1\n", "o"), ("b.csv", b"h\n2\n", "o")])
+    assert raced == [1]
+    assert [e is not None for e in out] == [True, False]  # b.csv had landed meanwhile: not twice
+    assert sorted((e.name, e.origin) for e in read_manifest(month)) == [("a.csv", "o"), ("b.csv", "other")]
+    assert sorted(p.name for p in (Path(month.uri) / "_manifest").iterdir()) == ["00000001.json", "00000002.json"]
+
+
+def test_a_legacy_manifest_reads_as_version_zero(tmp_path):
+    import json
+
+    month = month_at(tmp_path)
+    Path(month.uri).mkdir(parents=True)
+    (Path(month.uri) / "a.csv").write_bytes(b"h\n1\n")
+    entry = {"name": "a.csv", "sha256": landing_sha(b"h\n1\n"), "bytes": 4, "rows": 1, "origin": "o",
+             "received_at": "2026-01-01T00:00:00+00:00", "status": "landed"}
+    (Path(month.uri) / "_manifest.json").write_text(json.dumps([entry]))
+    assert land(month, "a.csv", b"h\n1\n", origin="o") is None
+    assert land(month, "b.csv", b"h\n2\n", origin="o") is not None
+    assert [e.name for e in read_manifest(month)] == ["a.csv", "b.csv"]
+
+
+def landing_sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

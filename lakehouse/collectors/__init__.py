@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from lakehouse.collectors import file_drop, http, library, sql
 from lakehouse.collectors.base import Fetched
 from lakehouse.collectors.landing import (
     CollectorError,
     ManifestEntry,
-    atomic_write,
+    Month,
     land_many,
     read_manifest,
     safe_name,
@@ -61,21 +60,21 @@ def fetch(project: Project, source: SourceSpec, month: str) -> list[Fetched]:
     raise CollectorError(f"source {source.name!r} month {month}: collector type {spec.type!r} is not available")
 
 
-def keep_rejected(month_dir: Path, name: str, data: bytes) -> Path:
+def keep_rejected(month_dir: Month, name: str, data: bytes) -> str:
     """Keep bytes that arrived but were rejected, under ``_rejected/`` (ignored by Spark and the manifest)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    path = month_dir / REJECTED / f"{stamp}_{safe_name(name)}"
-    atomic_write(path, data)
-    return path
+    uri = month_dir.file(REJECTED, f"{stamp}_{safe_name(name)}")
+    month_dir.storage.write(uri, data)
+    return uri
 
 
-def _other_months(month_dir: Path) -> list[Path]:
+def _other_months(month_dir: Month) -> list[Month]:
     """The other month folders of the same source's landing zone."""
-    parent = month_dir.parent
-    return [p for p in sorted(parent.iterdir()) if p.is_dir() and p != month_dir and not p.name.startswith(("_", "."))] if parent.is_dir() else []
+    source = Month(month_dir.storage, month_dir.uri.rsplit("/", 1)[0])
+    return [m for m in source.months() if m.uri != month_dir.uri]
 
 
-def collect(project: Project, source: SourceSpec, month: str, month_dir: Path) -> CollectResult:
+def collect(project: Project, source: SourceSpec, month: str, month_dir: Month) -> CollectResult:
     """Fetch ``source`` for ``month`` and land each file exactly once in ``month_dir``."""
     result = CollectResult(month=month)
     try:

@@ -1,39 +1,42 @@
-"""Landing a file: raw bytes kept as received, written atomically, recorded once in the month's manifest.
+"""Landing a file: raw bytes kept as received, recorded once in the month's manifest — on disk or on S3.
 
-``landing/<source>/<YYYY-MM>/_manifest.json`` lists every landed file::
+``landing/<source>/<YYYY-MM>/_manifest/<n>.json`` is version ``n`` of the month's manifest, the full list of
+landed files::
 
     {"name": ..., "sha256": ..., "bytes": ..., "rows": ..., "origin": ..., "received_at": ..., "status": "landed"}
 
 A file is identified by (name, sha256): the same bytes under the same name never land twice. A file that
-arrives again under the same name with different bytes supersedes the earlier one, which moves to
+arrives again under the same name with different bytes supersedes the earlier one, which is copied to
 ``_superseded/`` (Spark ignores ``_`` folders) and stays listed in the manifest — nothing is lost.
 
-Crash safety: each file is written to a temp file and renamed, then the manifest is replaced the same way
-(once per collect, :func:`land_many`), under an exclusive lock on the month (``.lock``), so concurrent
-landings of one month never lose an entry. A crash before the manifest's rename leaves files it does not
-list: readers go by the manifest (:func:`landed_files`), and the next landing of those files records them.
+Exactly once without a lock: a landing reads the newest manifest version ``n``, writes its files (each write
+atomic), then *creates* version ``n + 1`` with a conditional write (S3 ``If-None-Match``, a hard link on
+disk: :meth:`lakehouse.io.storage.Storage.write`). When another landing created ``n + 1`` first, this one
+reads it and decides again (files it already wrote are not written twice). A crash before the manifest is
+created leaves files it does not list: readers go by the manifest (:func:`landed_files`), and the next
+landing of those files records them. One limit remains: two landings of *different* bytes under one name in
+one month at the same moment end with the later bytes, listed; the earlier bytes may be missing from
+``_superseded/``. A month written by an older version of this module (``_manifest.json``) reads as version 0.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
+from lakehouse.io.storage import Storage
 from lakehouse.specs.models import FormatSpec
 from lakehouse.transforms.records import count_records
 
-MANIFEST = "_manifest.json"
+MANIFEST = "_manifest"
+LEGACY_MANIFEST = "_manifest.json"
 SUPERSEDED = "_superseded"
-LOCK = ".lock"
+#: manifest versions a landing tries to create before giving up (each loss means another landing won)
+MANIFEST_ATTEMPTS = 20
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -61,7 +64,7 @@ def safe_name(name: str) -> str:
     two different names never collapse into one (``a b.csv`` and ``a_b.csv``, ``x/f.csv`` and ``y/f.csv``
     stay two files; without it the second would supersede the first as if it were a new version).
     """
-    base = Path(name.replace("\\", "/")).name
+    base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
     cleaned = _SAFE.sub("_", base).strip("._")
     cleaned = cleaned or "file"  # nothing usable in the name ("..", ""): still one file per name
     if cleaned == name:
@@ -77,88 +80,105 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a local file outside the lake (an inbox file a sensor looks at)."""
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".part")
+@dataclass(frozen=True)
+class Month:
+    """A landing folder on the lake's storage: a month (``landing/<source>/<YYYY-MM>``), or a source's
+    folder (``landing/<source>``) whose :meth:`child` folders are its months."""
+
+    storage: Storage
+    uri: str
+
+    def file(self, *parts: str) -> str:
+        return self.storage.join(self.uri, *parts)
+
+    @property
+    def name(self) -> str:
+        return self.uri.rsplit("/", 1)[-1]
+
+    def child(self, name: str) -> Month:
+        return Month(self.storage, self.file(name))
+
+    def months(self) -> list[Month]:
+        """The month folders under a source's folder (``_`` and ``.`` folders excluded)."""
+        return [self.child(n) for n in self.storage.folders(self.uri) if not n.startswith(("_", "."))]
+
+
+def _versions(month: Month) -> list[tuple[int, str]]:
+    found = []
+    for uri, _ in month.storage.list(month.file(MANIFEST)):
+        stem = uri.rsplit("/", 1)[-1].removesuffix(".json")
+        if stem.isdigit():
+            found.append((int(stem), uri))
+    return sorted(found)
+
+
+def _read_version(month: Month) -> tuple[int, list[ManifestEntry]]:
+    """The newest manifest version of ``month`` and its entries (0 and the legacy file's, or nothing)."""
+    found = _versions(month)
+    if found:
+        number, uri = found[-1]
+        return number, [ManifestEntry(**e) for e in json.loads(month.storage.read(uri))]
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        legacy = month.storage.read(month.file(LEGACY_MANIFEST))
+    except FileNotFoundError:
+        return 0, []
+    return 0, [ManifestEntry(**e) for e in json.loads(legacy)]
 
 
-def read_manifest(month_dir: Path) -> list[ManifestEntry]:
-    path = month_dir / MANIFEST
-    if not path.exists():
-        return []
-    return [ManifestEntry(**e) for e in json.loads(path.read_text(encoding="utf-8"))]
+def read_manifest(month: Month) -> list[ManifestEntry]:
+    return _read_version(month)[1]
 
 
-def write_manifest(month_dir: Path, entries: list[ManifestEntry]) -> None:
+def _create_manifest(month: Month, number: int, entries: list[ManifestEntry]) -> bool:
+    """Create manifest version ``number``; False when another landing created it first."""
     ordered = sorted(entries, key=lambda e: (e.name, e.status, e.received_at))
-    atomic_write(month_dir / MANIFEST, json.dumps([asdict(e) for e in ordered], indent=1).encode())
+    body = json.dumps([asdict(e) for e in ordered], indent=1).encode()
+    return month.storage.write(month.file(MANIFEST, f"{number:08d}.json"), body, create=True)
 
 
-@contextlib.contextmanager
-def month_lock(month_dir: Path) -> Iterator[None]:
-    """An exclusive lock on ``month_dir`` for this process (``flock``; released when the process dies)."""
-    month_dir.mkdir(parents=True, exist_ok=True)
-    with open(month_dir / LOCK, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def land(month_dir: Path, name: str, data: bytes, *, origin: str, fmt: FormatSpec | None = None) -> ManifestEntry | None:
-    """Land ``data`` as ``name`` in ``month_dir`` unless these exact bytes are already there.
+def land(month: Month, name: str, data: bytes, *, origin: str, fmt: FormatSpec | None = None) -> ManifestEntry | None:
+    """Land ``data`` as ``name`` in ``month`` unless these exact bytes are already there.
 
     Returns the new manifest entry, or ``None`` when the file had already landed (exactly once).
     """
-    return land_many(month_dir, [(name, data, origin)], fmt=fmt)[0]
+    return land_many(month, [(name, data, origin)], fmt=fmt)[0]
 
 
 def land_many(
-    month_dir: Path,
+    month: Month,
     items: Iterable[tuple[str, bytes, str]],
     *,
     fmt: FormatSpec | None = None,
     months_of: Callable[[bytes], list[str] | None] | None = None,
 ) -> list[ManifestEntry | None]:
-    """Land each ``(name, data, origin)`` of ``items`` in ``month_dir`` exactly once, under one lock.
+    """Land each ``(name, data, origin)`` of ``items`` in ``month`` exactly once, with one new manifest version.
 
-    The manifest is read once and replaced once, after every file is in place: landing a month of N files
-    costs N file writes and one manifest write (not N, which made a 1,440-file month quadratic). A crash
-    before the manifest is replaced leaves files it does not list; the rerun lands them again and lists them.
-    Returns, per item, its new entry or ``None`` when those bytes had already landed under that name.
+    The manifest is read once and created once per attempt, after every file is in place: landing a month of
+    N files costs N file writes and one manifest write. Returns, per item, its new entry or ``None`` when
+    those bytes had already landed under that name.
     ``rows`` of an entry: the records the file holds in ``fmt`` (default: csv with a header), counted
     without the parser (:func:`lakehouse.transforms.records.count_records`); ``months`` of an entry:
     ``months_of(data)`` (a source whose deliveries span months).
     """
     fmt = fmt or FormatSpec()
-    out: list[ManifestEntry | None] = []
-    with month_lock(month_dir):
-        entries = read_manifest(month_dir)
+    items = [(safe_name(raw), data, origin, sha256_bytes(data)) for raw, data, origin in items]
+    written: set[tuple[str, str]] = set()  # (name, sha256) this call already wrote
+    for _ in range(MANIFEST_ATTEMPTS):
+        number, entries = _read_version(month)
+        out: list[ManifestEntry | None] = []
         changed = False
-        for raw_name, data, origin in items:
-            name = safe_name(raw_name)
-            digest = sha256_bytes(data)
+        for name, data, origin, digest in items:
             current = [e for e in entries if e.name == name and e.status == "landed"]
-            if any(e.sha256 == digest for e in current) and (month_dir / name).is_file():
+            if any(e.sha256 == digest for e in current) and ((name, digest) in written or month.storage.exists(month.file(name))):
                 out.append(None)
                 continue
             for old in current:
@@ -166,9 +186,11 @@ def land_many(
                     # listed but its file is gone (e.g. removed by hand): write it again, keep one entry
                     entries.remove(old)
                     continue
-                _keep_superseded(month_dir, name, old)
+                _keep_superseded(month, name, old)
                 entries[entries.index(old)] = ManifestEntry(**{**asdict(old), "status": "superseded"})
-            atomic_write(month_dir / name, data)
+            if (name, digest) not in written:
+                month.storage.write(month.file(name), data)
+                written.add((name, digest))
             entry = ManifestEntry(
                 name=name,
                 sha256=digest,
@@ -181,47 +203,55 @@ def land_many(
             entries.append(entry)
             out.append(entry)
             changed = True
-        if changed:
-            write_manifest(month_dir, entries)
-    return out
+        if not changed or _create_manifest(month, number + 1, entries):
+            return out
+    raise CollectorError(
+        f"{month.uri}: {MANIFEST_ATTEMPTS} other landings created the manifest first; nothing was recorded"
+    )
 
 
-def _keep_superseded(month_dir: Path, name: str, old: ManifestEntry) -> None:
+def _keep_superseded(month: Month, name: str, old: ManifestEntry) -> None:
     """Keep the bytes of ``old`` under ``_superseded/`` before its name is reused.
 
-    A hard link (or copy), not a move: ``name`` keeps a complete file until the new bytes replace it in
-    one rename, so a crash in between never leaves the month without it. Idempotent after a crash.
+    A copy, not a move: ``name`` keeps a complete file until the new bytes replace it in one write, so a
+    crash in between never leaves the month without it. Idempotent after a crash.
     """
-    src = month_dir / name
-    dest = month_dir / SUPERSEDED / f"{old.sha256[:12]}_{name}"
-    if dest.exists() or not src.is_file() or sha256_file(src) != old.sha256:
-        return  # already kept (a crash after this step), or the old bytes are no longer at ``name``
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    src = month.file(name)
+    dest = month.file(SUPERSEDED, f"{old.sha256[:12]}_{name}")
+    if month.storage.exists(dest):
+        return  # already kept (a crash after this step)
     try:
-        os.link(src, dest)
-    except OSError:
-        atomic_write(dest, src.read_bytes())
+        if sha256_bytes(month.storage.read(src)) != old.sha256:
+            return  # the old bytes are no longer at ``name``
+    except FileNotFoundError:
+        return
+    month.storage.copy(src, dest)
 
 
-def landed_files(month_dir: Path) -> list[Path]:
-    """The current files of a month (superseded ones excluded)."""
-    return [month_dir / e.name for e in read_manifest(month_dir) if e.status == "landed"]
+def landed_files(month: Month) -> list[str]:
+    """The URIs of the current files of a month (superseded ones excluded)."""
+    return [month.file(e.name) for e in read_manifest(month) if e.status == "landed"]
 
 
-def spanning_files(source_dir: Path, month: str) -> list[Path]:
-    """Files landed under other months of ``source_dir`` whose rows may belong to ``month`` (a source
-    whose deliveries span months; see ``ManifestEntry.months``)."""
+def landed_entries(month: Month) -> list[tuple[str, ManifestEntry]]:
+    """(URI, entry) of the current files of a month."""
+    return [(month.file(e.name), e) for e in read_manifest(month) if e.status == "landed"]
+
+
+def spanning_entries(source: Month, month: str) -> list[tuple[str, ManifestEntry]]:
+    """(URI, entry) of the files landed under other months of ``source`` (its landing folder) whose rows may
+    belong to ``month`` (a source whose deliveries span months; see ``ManifestEntry.months``)."""
     out = []
-    for month_dir in sorted(p for p in source_dir.iterdir() if p.is_dir() and p.name != month) if source_dir.is_dir() else []:
-        out += [month_dir / e.name for e in read_manifest(month_dir)
-                if e.status == "landed" and (e.months is None or month in e.months)]
+    for other in source.months():
+        if other.name != month:
+            out += [(other.file(e.name), e) for e in read_manifest(other)
+                    if e.status == "landed" and (e.months is None or month in e.months)]
     return out
 
 
-def received_times(source_dir: Path, month: str, *, spans_months: bool = False) -> dict[str, str]:
+def received_times(source: Month, month: str, *, spans_months: bool = False) -> dict[str, str]:
     """When each file that may hold rows of ``month`` was received, by its ``_source_file`` name (the
     order ``keep: first`` follows). A source whose deliveries span months names files ``<month>/<name>``."""
     if not spans_months:
-        return {e.name: e.received_at for e in read_manifest(source_dir / month) if e.status == "landed"}
-    return {f"{m.name}/{e.name}": e.received_at for m in sorted(source_dir.iterdir()) if m.is_dir()
-            for e in read_manifest(m) if e.status == "landed"} if source_dir.is_dir() else {}
+        return {e.name: e.received_at for e in read_manifest(source.child(month)) if e.status == "landed"}
+    return {f"{m.name}/{e.name}": e.received_at for m in source.months() for e in read_manifest(m) if e.status == "landed"}

@@ -24,18 +24,25 @@ from pyspark.sql import SparkSession
 
 from lakehouse import __version__
 from lakehouse.io.lake import Lake
+from lakehouse import settings
 from lakehouse.io.spark import session_conf, session_from_conf
-from lakehouse.specs.models import Project, SourceSpec
+from lakehouse.specs.models import Project, SourceSpec, StorageSpec
 
 
 class LakeResource(dg.ConfigurableResource):
-    """The lake root; the only way assets reach data on disk."""
+    """The lake root (a local path or ``s3://...``); the only way assets reach the lake's data.
+
+    ``storage``: the ``storage:`` section of ``lakehouse.yaml`` — endpoint, region, options and the *names* of
+    the credential variables (their values are read from the environment when the lake opens, so they never
+    appear in the run's config).
+    """
 
     root: str
+    storage: dict[str, Any] = {}
 
     @property
     def lake(self) -> Lake:
-        return Lake(self.root)
+        return Lake(self.root, StorageSpec(**self.storage), env=settings.env())
 
 
 class SparkResource(LazyPySparkResource):
@@ -57,7 +64,7 @@ class SparkResource(LazyPySparkResource):
 
 def resources(project: Project) -> dict[str, Any]:
     return {
-        "lake": LakeResource(root=str(project.lake_root)),
+        "lake": LakeResource(root=project.lake_root, storage=project.lakehouse.storage.model_dump(exclude_none=True)),
         "spark": SparkResource(spark_config=session_conf(project.lakehouse.spark)),
     }
 

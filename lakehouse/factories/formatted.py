@@ -9,7 +9,7 @@ write Parquet), the others Spark's casts; both land in the same commit.
 
 import dagster as dg
 
-from lakehouse.collectors.landing import landed_files, read_manifest, spanning_files
+from lakehouse.collectors.landing import Month, landed_entries, spanning_entries
 from lakehouse.factories.checks import (
     merge_results,
     pandera_results,
@@ -50,25 +50,28 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
     )
     def _formatted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource):
         root, session = lake.lake, spark.session()
-        path = root.table_path("formatted", source.name)
+        path = root.table_uri("formatted", source.name)
 
         schema = data_schema(session, source)
         span = (project.months_of(source).start, project.months_of(source).end)
 
         def step(month: str) -> dict:
             # exactly the files the manifest lists: a file a crashed landing left unlisted is not read
-            month_dir = root.landing_dir(source.name, month)
-            files = landed_files(month_dir)
-            if source.spans_months:  # and files landed under other months that hold rows of this one
-                files += spanning_files(root.table_path("landing", source.name), month)
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise FileNotFoundError(f"landing/{source.name}/{month}: listed in the manifest but missing: {missing}")
+            landed = landed_entries(root.landing_month(source.name, month))
             # what landed for the month (a delivery spanning months may hold rows of other months: then
             # the rows read count)
-            landed_rows = 0 if source.spans_months else sum(e.rows or 0 for e in read_manifest(month_dir) if e.status == "landed")
+            landed_rows = 0 if source.spans_months else sum(e.rows or 0 for _, e in landed)
+            listed = root.landing_uri(source.name, month)
+            if source.spans_months:  # and files landed under other months that hold rows of this one
+                landed += spanning_entries(Month(root.storage, root.table_uri("landing", source.name)), month)
+                listed = root.table_uri("landing", source.name)
+            present = dict(root.storage.list(listed))
+            missing = [e.name for uri, e in landed if uri not in present]
+            if missing:
+                raise FileNotFoundError(f"landing/{source.name}/{month}: listed in the manifest but missing: {missing}")
+            files = [uri for uri, _ in landed]
             # clean files: parsed, cast and staged as Parquet by Spark's Python workers; the rest by Spark's casts
-            staged, bad, fast = format_month(session, [str(f) for f in files], source, month, str(path), schema, months=span)
+            staged, bad, fast = format_month(session, files, source, month, root.storage, path, schema, months=span, sizes=present)
             rejected = quarantine.quarantine_table(bad, dataset=source.name, stage="formatted", run_id=context.run_id, month=month)
             version = root.commit_month("formatted", source.name, month, staged, schema)
             # published even when empty: it supersedes the rows an earlier run of the month quarantined
@@ -83,7 +86,7 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
                 "rows_quarantined": rejected.num_rows,
                 "files_fast_lane": fast,
                 "delta_version": version,
-                "path": dg.MetadataValue.path(str(path)),
+                "path": dg.MetadataValue.path(path),
             }
 
         rates: dict[str, dg.AssetCheckResult] = {}

@@ -31,7 +31,7 @@ def build_landing_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         root = lake.lake
 
         def step(month: str) -> dict:
-            month_dir = root.inside(root.landing_dir(source.name, month))
+            month_dir = root.landing_month(source.name, month)
             result = collect(project, source, month, month_dir)
             for name, why in result.refused:
                 context.log.warning(f"landing/{source.name} {month}: inbox entry {name!r} refused: {why}")
@@ -43,7 +43,7 @@ def build_landing_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 "files": len(current),
                 "rows": sum(e.rows for e in current),
                 "bytes": sum(e.bytes for e in current),
-                "path": dg.MetadataValue.path(str(month_dir)),
+                "path": dg.MetadataValue.path(month_dir.uri),
             }
 
         yield from report(context, run_months(context, step, f"landing/{source.name}"))

@@ -17,13 +17,14 @@ the table's asset (when the table is an asset) and in the job's log.
 """
 
 import json
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pyarrow as pa
 from deltalake import DeltaTable
 
 from lakehouse.factories.common import LakeResource
@@ -46,18 +47,18 @@ def delta_tables(lake: Lake, zones: Iterable[str] = DELTA_ZONES) -> list[tuple[s
     """Every ``(zone, table)`` under the lake root that is a Delta table."""
     found = []
     for zone in zones:
-        folder = lake.root / zone
-        if folder.is_dir():
-            found += [(zone, p.name) for p in sorted(folder.iterdir()) if p.is_dir() and lake.exists(zone, p.name)]
+        found += [(zone, name) for name in lake.storage.folders(lake.storage.uri(zone)) if lake.exists(zone, name)]
     return found
 
 
 def versions_in_use(lake: Lake) -> dict[tuple[str, str], set[int]]:
     """``(zone, table) -> {delta_version}`` of every model's inputs (``ml/*/models/v*/lineage.json``)."""
     in_use: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for path in sorted(lake.root.glob("ml/*/models/v*/lineage.json")):
+    ml = lake.storage.uri("ml")
+    paths = [u for u, _ in lake.storage.list(ml) if re.fullmatch(r"[^/]+/models/v\d{4,}/lineage\.json", u[len(ml) + 1:])]
+    for path in paths:
         try:
-            inputs = json.loads(path.read_text())["inputs"]
+            inputs = json.loads(lake.storage.read(path))["inputs"]
             for table, info in inputs.items():
                 zone, name = table.split("/")
                 if info.get("delta_version") is not None:
@@ -68,8 +69,7 @@ def versions_in_use(lake: Lake) -> dict[tuple[str, str], set[int]]:
 
 
 def _relative_files(table: DeltaTable) -> set[str]:
-    root = table.table_uri.removeprefix("file://").rstrip("/") + "/"
-    return {uri.removeprefix("file://").removeprefix(root) for uri in table.file_uris()}
+    return set(pa.table(table.get_add_actions(flatten=True))["path"].to_pylist())
 
 
 def maintain_table(
@@ -88,7 +88,12 @@ def maintain_table(
     the versions in ``keep_versions`` are protected whatever the retention.
     """
     t0 = time.monotonic()
-    uri = str(lake.table_path(zone, table))
+    uri = lake.table_uri(zone, table)
+    options = lake.storage.delta_options
+
+    def present(relative: str) -> bool:
+        return lake.storage.exists(lake.storage.join(uri, *relative.split("/")))
+
     dt = lake.delta(zone, table)
     version_before, files_before = dt.version(), len(dt.file_uris())
     compacted = {"numFilesAdded": 0, "numFilesRemoved": 0}
@@ -100,12 +105,12 @@ def maintain_table(
     unreadable: list[int] = []
     for v in keep:
         try:
-            protected |= _relative_files(DeltaTable(uri, version=v))
+            protected |= _relative_files(DeltaTable(uri, version=v, storage_options=options))
         except Exception:  # noqa: BLE001 - the version's log is gone: nothing left to protect, report it
             unreadable.append(v)
     vacuum_args = {"retention_hours": retention_hours, "enforce_retention_duration": False, "keep_versions": keep or None}
     # vacuum lists every expired tombstone of the log, also files an earlier vacuum already deleted
-    candidates = {f for f in dt.vacuum(dry_run=True, **vacuum_args) if (Path(uri) / f).exists()}
+    candidates = {f for f in dt.vacuum(dry_run=True, **vacuum_args) if present(f)}
     endangered = sorted(candidates & protected)
     removed: list[str] = []
     skipped = ""
@@ -113,8 +118,11 @@ def maintain_table(
         skipped = f"vacuum skipped: it would delete {len(endangered)} file(s) of in-use version(s) {keep}"
     elif not dry_run and candidates:
         dt.vacuum(dry_run=False, **vacuum_args)
-        removed = [f for f in candidates if not (Path(uri) / f).exists()]
-    still_readable = [v for v in keep if v not in unreadable and all((Path(uri) / f).exists() for f in _relative_files(DeltaTable(uri, version=v)))]
+        removed = [f for f in candidates if not present(f)]
+    still_readable = [
+        v for v in keep
+        if v not in unreadable and all(present(f) for f in _relative_files(DeltaTable(uri, version=v, storage_options=options)))
+    ]
     return {
         "table": f"{zone}/{table}",
         "version_before": version_before,

@@ -24,13 +24,13 @@ from lakehouse.io.lake import Lake
 from lakehouse.ml import anomaly, champion, consumption, drift, evaluate, forecast
 from lakehouse.ml import pipeline as fp
 from lakehouse.ml.lineage import code_version, normalized_hash
-from lakehouse.ml.models import load_model, save_model, versions
+from lakehouse.ml.models import load_model, read_json, save_model, version_name, versions
 from lakehouse.ml.train import single_threaded
 from lakehouse.specs.models import PipelineSpec, Project
 
 
-def _md_images(paths: dict[str, Path]) -> dg.MetadataValue:
-    return dg.MetadataValue.md("\n\n".join(f"**{name}**\n\n{evaluate.embed_png(p, name)}" for name, p in paths.items()))
+def _md_images(root: Lake, uris: dict[str, str]) -> dg.MetadataValue:
+    return dg.MetadataValue.md("\n\n".join(f"**{name}**\n\n{evaluate.embed_png(root.storage.read(u), name)}" for name, u in uris.items()))
 
 
 def _table(df: pd.DataFrame, digits: int = 4) -> dg.TableMetadataValue:
@@ -70,8 +70,8 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
     k_features, k_labels, k_split = key("ml", t_features), key("ml", t_labels), key("ml", t_split)
     k_champion, k_predictions = key("ml", f"{prefix}_champion"), key("ml", f"{prefix}_predictions")
     # one folder per asset, like every table: ml/<prefix>_<model>/models/vNNNN, ml/<prefix>_champion/
-    models_root = lambda lake, name: lake.table_path("ml", f"{prefix}_{name}") / "models"  # noqa: E731
-    pointer = lambda lake: lake.table_path("ml", f"{prefix}_champion") / "champion.json"  # noqa: E731
+    models_root = lambda lake, name: lake.uri("ml", f"{prefix}_{name}", "models")  # noqa: E731
+    pointer = lambda lake: lake.uri("ml", f"{prefix}_champion", "champion.json")  # noqa: E731
     all_months = {"daily": dg.AssetIn(key=source_key, partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)}
     common = {"group_name": "ml", "tags": {"zone": "ml", "pipeline": spec.name}, "code_version": spec_version(spec)}
 
@@ -249,21 +249,21 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
         metric = params.champion_metric
         cands = []
         for name in params.models:
-            found = versions(models_root(root, name))
+            found = versions(root.storage, models_root(root, name))
             if not found:
                 raise dg.Failure(f"model {name} has no trained version yet")
-            metrics = json.loads((found[-1] / "metrics.json").read_text())
+            metrics = read_json(root.storage, found[-1], "metrics.json")
             if metric not in metrics:
-                raise dg.Failure(f"model {name} ({found[-1].name}) has no {metric}: retrain it with the current config")
+                raise dg.Failure(f"model {name} ({version_name(found[-1])}) has no {metric}: retrain it with the current config")
             cands.append(champion.Candidate(name, str(found[-1]), float(metrics[metric]), metrics))
-        split_versions = {json.loads((Path(c.model_dir) / "lineage.json").read_text())["inputs"][f"ml/{t_split}"]["delta_version"] for c in cands}
+        split_versions = {read_json(root.storage, c.model_dir)["inputs"][f"ml/{t_split}"]["delta_version"] for c in cands}
         if len(split_versions) > 1:
             raise dg.Failure(f"candidates were validated on different splits {sorted(split_versions)}: retrain them together")
         fold_sets = {c.metrics.get("cv_folds_hash") for c in cands}
         if metric == "cv_rmse" and len(fold_sets) > 1:
             raise dg.Failure(f"candidates were cross-validated on different folds {sorted(map(str, fold_sets))}: retrain them together")
         best = pick = champion.pick(cands)
-        current = champion.read_pointer(pointer(root))
+        current = champion.read_pointer(root.storage, pointer(root))
         current_rmse = None
         if current is not None:
             if current["model_dir"] == best.model_dir:
@@ -271,11 +271,11 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
             elif metric == "cv_rmse" and current.get("metrics", {}).get("cv_folds_hash") == best.metrics.get("cv_folds_hash"):
                 current_rmse = float(current["metrics"]["cv_rmse"])  # the same folds: the recorded scores compare
             else:
-                current_rmse = _rescore(root, current, Path(best.model_dir), t_features, t_labels, t_split, context)
+                current_rmse = _rescore(root, current, best.model_dir, t_features, t_labels, t_split, context)
                 if metric != "rmse":  # other folds: compare on the candidate's validation rows instead
                     best = champion.Candidate(best.name, best.model_dir, float(best.metrics["rmse"]), best.metrics)
         gate = champion.not_worse(best.rmse, current_rmse, tolerance)
-        drift_ok, drift_meta = _drift_gate(root, drift_table, Path(best.model_dir), params.champion)
+        drift_ok, drift_meta = _drift_gate(root, drift_table, best.model_dir, params.champion)
         promoted = gate.passed and drift_ok
         record = {
             "model": pick.name,
@@ -287,9 +287,9 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
             "run_id": context.run_id,
         }
         if promoted:
-            champion.write_pointer(pointer(root), record)
+            champion.write_pointer(root.storage, pointer(root), record)
         shown = ("rmse", "mae", "r2", "cv_rmse", "cv_r2")
-        table = pd.DataFrame([{"model": c.name, "version": Path(c.model_dir).name, **{k: c.metrics.get(k, float("nan")) for k in shown}} for c in cands])
+        table = pd.DataFrame([{"model": c.name, "version": version_name(c.model_dir), **{k: c.metrics.get(k, float("nan")) for k in shown}} for c in cands])
         return dg.MaterializeResult(
             metadata={
                 "champion": pick.name,
@@ -334,11 +334,11 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
     )
     def _predictions(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         root = lake.lake
-        current = champion.read_pointer(pointer(root))
+        current = champion.read_pointer(root.storage, pointer(root))
         if current is None:
             raise dg.Failure("no champion has been promoted yet: materialize the champion first")
-        model_dir = Path(current["model_dir"])
-        model, lineage = load_model(model_dir)
+        model_dir = current["model_dir"]
+        model, lineage = load_model(root.storage, model_dir)
         cols = fp.ModelConfig.of(lineage["model"], lineage["params"]["models"][lineage["model"]]).columns
         run_params = fp.ForecastParams.of(lineage["params"])
         months = months_of(context)
@@ -368,7 +368,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
             out["has_history"] = f[history[0]].notna().to_numpy() if history else True
             out = out.merge(lab, on=run_key, how="left").rename(columns={forecast.LABEL: "actual"})
             out["model"] = lineage["model"]
-            out["model_version"] = model_dir.name
+            out["model_version"] = version_name(model_dir)
             out["sample"] = "train" if month in train_months else "validation" if month in valid_months else "new"
             v = root.overwrite_month("ml", f"{prefix}_predictions", pa.Table.from_pandas(out, preserve_index=False), month)
             ok = out[out["label_ok"].fillna(False).astype(bool) & out["has_history"]]
@@ -383,7 +383,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
         return dg.MaterializeResult(
             metadata={
                 "model": lineage["model"],
-                "model_dir": dg.MetadataValue.path(str(model_dir)),
+                "model_dir": dg.MetadataValue.path(model_dir),
                 "input_delta_version": version,
             }
         )
@@ -439,19 +439,19 @@ def _model_asset(spec, params, name, k_split, t_features, t_labels, t_split, mod
             importance.rename("rmse_increase").to_csv(folder / "feature_importance.csv")
             plot_files.update({k: p.name for k, p in paths.items()})
 
-        folder = save_model(models_root(root, name), run.model, lineage, extra)
-        plots = {k: folder / "plots" / f for k, f in plot_files.items()}
+        folder = save_model(root.storage, models_root(root, name), run.model, lineage, extra)
+        plots = {k: f"{folder}/plots/{f}" for k, f in plot_files.items()}
         context.log.info(f"ml/{prefix}_{name}: {run.metrics} -> {folder}")
         return dg.MaterializeResult(
             metadata={
                 **{k: _num(v) for k, v in run.metrics.items()},
                 "per_month": _table(run.per_month, 3),
                 **({"cv": _table(pd.DataFrame(run.cv), 3)} if run.cv else {}),
-                "plots": _md_images(plots),
-                **{f"plot_{k}": dg.MetadataValue.path(str(p)) for k, p in plots.items()},
-                "model_path": dg.MetadataValue.path(str(folder)),
-                "model_file": dg.MetadataValue.path(str(folder / "model.joblib")),
-                "model_version": folder.name,
+                "plots": _md_images(root, plots),
+                **{f"plot_{k}": dg.MetadataValue.path(p) for k, p in plots.items()},
+                "model_path": dg.MetadataValue.path(folder),
+                "model_file": dg.MetadataValue.path(f"{folder}/model.joblib"),
+                "model_version": version_name(folder),
                 "lineage": dg.MetadataValue.json(json.loads(json.dumps({k: v for k, v in lineage.items() if k != "cv_folds"}, default=str))),
             }
         )
@@ -459,11 +459,11 @@ def _model_asset(spec, params, name, k_split, t_features, t_labels, t_split, mod
     return _model
 
 
-def _rescore(root: Lake, current: dict, candidate_dir: Path, t_features: str, t_labels: str, t_split: str, context) -> float | None:
+def _rescore(root: Lake, current: dict, candidate_dir: str, t_features: str, t_labels: str, t_split: str, context) -> float | None:
     """The current champion's RMSE on the candidate's validation rows (its recorded RMSE if it cannot score them)."""
     try:
-        model, lineage = load_model(Path(current["model_dir"]))
-        cand = json.loads((candidate_dir / "lineage.json").read_text())
+        model, lineage = load_model(root.storage, current["model_dir"])
+        cand = read_json(root.storage, candidate_dir)
         v = cand["inputs"]
         feats, _, _ = fp.read_table(root, t_features, v[f"ml/{t_features}"]["delta_version"])
         labels, _, _ = fp.read_table(root, t_labels, v[f"ml/{t_labels}"]["delta_version"])
@@ -477,7 +477,7 @@ def _rescore(root: Lake, current: dict, candidate_dir: Path, t_features: str, t_
         return float(current["rmse"])
 
 
-def _drift_gate(root: Lake, drift_table: str | None, model_dir: Path, cfg: dict) -> tuple[bool, dict]:
+def _drift_gate(root: Lake, drift_table: str | None, model_dir: str, cfg: dict) -> tuple[bool, dict]:
     """Severe drift in the champion's validation months (or the newest month) blocks the promotion."""
     if not drift_table:
         return True, {"drift": "no drift table configured"}
@@ -485,7 +485,7 @@ def _drift_gate(root: Lake, drift_table: str | None, model_dir: Path, cfg: dict)
     if root.version(zone, table) is None:
         return False, {"drift": f"{drift_table} has not been computed"}
     df = root.read_arrow(zone, table).to_pandas()
-    lineage = json.loads((model_dir / "lineage.json").read_text())
+    lineage = read_json(root.storage, model_dir)
     months = set(lineage.get("split", {}).get("validation_months", []))
     if len(df):
         months.add(max(df["month"]))
@@ -516,7 +516,7 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
     k_drift, k_model, k_flags = key("ml", f"{prefix}_drift"), key("ml", f"{prefix}_model"), key("ml", f"{prefix}_flags")
     all_months = {"daily": dg.AssetIn(key=source_key, partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)}
     common = {"group_name": "ml", "tags": {"zone": "ml", "pipeline": spec.name}, "code_version": spec_version(spec)}
-    models_root = lambda lake: lake.table_path("ml", f"{prefix}_model") / "models"  # noqa: E731
+    models_root = lambda lake: lake.uri("ml", f"{prefix}_model", "models")  # noqa: E731
     drift_check = "drift_psi"
 
     @dg.asset(
@@ -587,13 +587,13 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
             "threshold": detector.threshold_,
             "flagged_share": float(scores["flagged"].mean()),
         }
-        folder = save_model(models_root(root), detector, lineage)
+        folder = save_model(root.storage, models_root(root), detector, lineage)
         return dg.MaterializeResult(
             metadata={
                 "meter_days": len(feats),
                 "flagged": int(scores["flagged"].sum()),
                 "threshold": float(detector.threshold_),
-                "model_path": dg.MetadataValue.path(str(folder)),
+                "model_path": dg.MetadataValue.path(folder),
                 "input_delta_version": version,
                 "lineage": dg.MetadataValue.json(lineage),
             }
@@ -618,10 +618,10 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
     )
     def _flags(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         root = lake.lake
-        found = versions(models_root(root))
+        found = versions(root.storage, models_root(root))
         if not found:
             raise dg.Failure("no anomaly detector trained yet: materialize the model first")
-        detector, lineage = load_model(found[-1])
+        detector, lineage = load_model(root.storage, found[-1])
         run_cfg = anomaly.AnomalyConfig.of(lineage["params"].get("detector"), lineage["params"].get("columns"))
         months = months_of(context)
         first = (pd.Period(months[0], freq="M") - 1).strftime("%Y-%m")
@@ -636,7 +636,7 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
             out = scored[scored["month"] == month]
             if out.empty:
                 continue
-            out = out.assign(model_version=found[-1].name)
+            out = out.assign(model_version=version_name(found[-1]))
             v = root.overwrite_month("ml", f"{prefix}_flags", pa.Table.from_pandas(out, preserve_index=False), month)
             rows.append({"month": month, "meter_days": len(out), "flagged": int(out["flagged"].sum()), "delta_version": v})
             context.add_asset_metadata(
@@ -644,7 +644,7 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
                 partition_key=month,
             )
         context.log.info(f"ml/{prefix}_flags: {sum(r['flagged'] for r in rows)} flagged meter-days over {len(rows)} month(s)")
-        return dg.MaterializeResult(metadata={"model_version": found[-1].name, "input_delta_version": version})
+        return dg.MaterializeResult(metadata={"model_version": version_name(found[-1]), "input_delta_version": version})
 
     return [_drift, _model, _flags]
 
@@ -705,8 +705,8 @@ def build_consumption_model(project: Project, spec: PipelineSpec) -> list[dg.Ass
             evaluate.plot_predicted_vs_actual(y_valid, pred_valid, folder / "plots" / "predicted_vs_actual.png", f"{spec.name}: validation days")
             evaluate.plot_residuals_by_month(residuals, folder / "plots" / "residuals_by_month.png", f"{spec.name}: residuals")
 
-        folder = save_model(root.table_path("ml", spec.name) / "models", trained.model, lineage, plots)
-        images = {name: folder / "plots" / f"{name}.png" for name in ("predicted_vs_actual", "residuals_by_month")}
+        folder = save_model(root.storage, root.uri("ml", spec.name, "models"), trained.model, lineage, plots)
+        images = {name: f"{folder}/plots/{name}.png" for name in ("predicted_vs_actual", "residuals_by_month")}
         baseline_rmse = float(np.sqrt(np.mean((valid["lag_1"].to_numpy() - y_valid) ** 2)))
         context.log.info(f"ml/{spec.name}: {trained.metrics} (yesterday's value: rmse {baseline_rmse:.3f}) -> {folder}")
         beats = trained.metrics["rmse"] < baseline_rmse
@@ -714,11 +714,11 @@ def build_consumption_model(project: Project, spec: PipelineSpec) -> list[dg.Ass
             metadata={
                 **{k: float(v) if isinstance(v, float) else v for k, v in trained.metrics.items()},
                 "baseline_rmse": baseline_rmse,
-                "plots": _md_images(images),
-                **{f"plot_{name}": dg.MetadataValue.path(str(path)) for name, path in images.items()},
-                "model_path": dg.MetadataValue.path(str(folder)),
-                "model_file": dg.MetadataValue.path(str(folder / "model.joblib")),
-                "model_version": folder.name,
+                "plots": _md_images(root, images),
+                **{f"plot_{name}": dg.MetadataValue.path(path) for name, path in images.items()},
+                "model_path": dg.MetadataValue.path(folder),
+                "model_file": dg.MetadataValue.path(f"{folder}/model.joblib"),
+                "model_version": version_name(folder),
                 "input_delta_version": version,
                 "lineage": dg.MetadataValue.json(lineage),
             },

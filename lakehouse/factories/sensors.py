@@ -48,6 +48,7 @@ from typing import Any
 
 import dagster as dg
 
+from lakehouse import settings
 from lakehouse.collectors.file_drop import file_month
 from lakehouse.collectors.landing import read_manifest, safe_name, sha256_file
 from lakehouse.factories.common import key, monthly
@@ -175,7 +176,7 @@ def plan_tick(
 
     def landed(month: str) -> set[tuple[str, str]]:
         if month not in manifests:
-            entries = read_manifest(lake.landing_dir(source.name, month))
+            entries = read_manifest(lake.landing_month(source.name, month))
             manifests[month] = {(e.name, e.sha256) for e in entries if e.status == "landed"}
         return manifests[month]
 
@@ -258,7 +259,7 @@ def build_inbox_sensor(
     if not isinstance(spec, FileDropCollector):
         raise ValueError(f"source {source.name!r}: an inbox sensor needs a file_drop collector, not {spec.type!r}")
     inbox = project.resolve(spec.inbox)
-    lake = Lake(project.lake_root)
+    lake = settings.lake(project)
     partitions = monthly(project, source)
     months = project.months_of(source)
 

@@ -14,7 +14,7 @@ import threading
 import dagster as dg
 import pyarrow as pa
 
-from lakehouse.collectors.landing import received_times
+from lakehouse.collectors.landing import Month, received_times
 from lakehouse.factories.checks import (
     PANDERA,
     failing_rows_in,
@@ -198,7 +198,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     )
     def _trusted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource):
         root, session = lake.lake, spark.session()
-        path = root.table_path("trusted", source.name)
+        path = root.table_uri("trusted", source.name)
         verdicts: dict[str, list[metrics.CheckEval]] = {}
         batches: dict[str, metrics.Batch] = {}
         summaries: dict[str, list[dict]] = {}
@@ -225,7 +225,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 month=month,
                 history=lambda: history(month),
                 references=_references(root, session, source, month),
-                received=received_times(root.table_path("landing", source.name), month, spans_months=source.spans_months),
+                received=received_times(Month(root.storage, root.table_uri("landing", source.name)), month, spans_months=source.spans_months),
             )
             try:
                 batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=context.run_id)
@@ -263,7 +263,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 "rows_imputed": result.counts["rows_imputed"],
                 "cells_repaired": changed.num_rows,
                 "delta_version": version,
-                "path": dg.MetadataValue.path(str(path)),
+                "path": dg.MetadataValue.path(path),
                 "checks": dg.MetadataValue.table(
                     [dg.TableRecord(r) for r in summaries[month]], schema=SUMMARY_SCHEMA
                 ),

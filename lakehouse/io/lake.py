@@ -1,9 +1,10 @@
-"""The lake on disk: where every zone's data lives, and Delta reads/writes through ``deltalake``.
+"""The lake: where every zone's data lives, and Delta reads/writes through ``deltalake``.
 
-Layout under the lake root::
+The root is a local path or an object-store URI (``s3://bucket/lake``, :mod:`lakehouse.io.storage`); the
+same code serves both. Layout under the lake root::
 
     landing/<source>/<YYYY-MM>/<file>           raw bytes as received, never modified
-    landing/<source>/<YYYY-MM>/_manifest.json   one entry per file: name, sha256, bytes, rows, origin, ...
+    landing/<source>/<YYYY-MM>/_manifest/<n>.json  the month's manifest, version n (created only if absent)
     formatted/<dataset>/                        Delta, partitioned by ``month``
     trusted/<dataset>/                          Delta, partitioned by ``month``
     quality/{metrics,quarantine,repairs}/       Delta, partitioned by ``month``
@@ -22,16 +23,20 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
+from lakehouse.io.storage import Storage, StorageAccessError, StorageUnavailableError, options_for, parse_root
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from lakehouse.specs.models import StorageSpec
 
 PARTITION_COLUMN = "month"
 ZONES = ("landing", "formatted", "trusted", "quality", "exploitation", "ml")
@@ -81,34 +86,71 @@ def _utc_timestamps(table: pa.Table) -> pa.Table:
 _OPEN = threading.local()
 
 
-class Lake:
-    """Paths and Delta tables under one lake root. The only place a table's path is built."""
+def _delta_error(exc: BaseException, what: str, storage: Storage) -> BaseException | None:
+    """A delta-rs error that means the object store refused the credentials or could not be reached, as the
+    lake's own error (naming the credential variables, never their values); None for any other error."""
+    text = str(exc)
+    if any(s in text for s in ("lacked the necessary privileges", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
+        named = ", ".join(storage.secret_names) or "no credential variables (storage.credentials is empty)"
+        return StorageAccessError(f"{what}: the object store refused the credentials; check the values of {named}")
+    if any(s in text for s in ("error sending request", "Connection refused", "connection error", "dns error", "timed out")):
+        return StorageUnavailableError(f"{what}: the object store at {storage.root} could not be reached; nothing was committed")
+    return None
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root).resolve()
+
+class Lake:
+    """Paths and Delta tables under one lake root. The only place a table's URI is built.
+
+    ``root``: a local path or an object-store URI; ``storage``: how to reach an object store (credentials
+    read from ``env`` by variable name, see :class:`lakehouse.specs.models.StorageSpec`).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], storage: StorageSpec | None = None, *, env: Mapping[str, str] | None = None) -> None:
+        uri = parse_root(os.fspath(root), os.getcwd())
+        options, names = options_for(uri, storage, env if env is not None else {})
+        self.storage = Storage(uri, options, names)
+        self.root = uri
 
     # ----------------------------------------------------------------------------------------- paths
-    def table_path(self, zone: str, table: str) -> Path:
+    def table_uri(self, zone: str, table: str) -> str:
         if zone not in ZONES:
             raise ValueError(f"unknown zone {zone!r}; zones are {ZONES}")
-        return self.root / zone / table
+        return self.storage.uri(zone, table)
 
-    def landing_dir(self, source: str, month: str) -> Path:
-        return self.table_path("landing", source) / month
+    def uri(self, zone: str, table: str, *parts: str) -> str:
+        """An object or folder inside ``zone/table`` (``ml/<asset>/models/v0001/model.joblib``)."""
+        return self.storage.join(self.table_uri(zone, table), *parts)
 
-    def inside(self, path: Path) -> Path:
-        """``path`` resolved, refusing anything that escapes the lake root (e.g. ``../`` in a name)."""
-        resolved = path.resolve()
-        if not resolved.is_relative_to(self.root):
-            raise PermissionError(f"{path} resolves outside the lake root {self.root}")
-        return resolved
+    def landing_uri(self, source: str, month: str) -> str:
+        return self.uri("landing", source, month)
+
+    def landing_month(self, source: str, month: str):
+        """The landing folder of ``source`` and ``month`` (:class:`lakehouse.collectors.landing.Month`)."""
+        from lakehouse.collectors.landing import Month
+
+        return Month(self.storage, self.inside(self.landing_uri(source, month)))
+
+    def inside(self, uri: str) -> str:
+        """``uri``, refusing anything that escapes the lake root (e.g. ``../`` in a name, a symlink on disk)."""
+        return self.storage.inside(uri)
 
     # ------------------------------------------------------------------------------------ delta: meta
     def _uri(self, zone: str, table: str) -> str:
-        return str(self.table_path(zone, table))
+        return self.table_uri(zone, table)
+
+    def _guard(self, what: str, fn):
+        """Run a delta-rs call, turning an object-store refusal or outage into the lake's own error."""
+        try:
+            return fn()
+        except (DeltaError, OSError) as exc:
+            mapped = _delta_error(exc, what, self.storage)
+            if mapped is None:
+                raise
+            raise mapped from None
 
     def exists(self, zone: str, table: str) -> bool:
-        return DeltaTable.is_deltatable(self._uri(zone, table))
+        uri = self._uri(zone, table)
+        return self._guard(f"{zone}/{table}", lambda: DeltaTable.is_deltatable(uri, storage_options=self.storage.delta_options))
 
     def delta(self, zone: str, table: str, version: int | None = None) -> DeltaTable:
         """``zone/table`` at ``version``, or at its newest version.
@@ -119,16 +161,22 @@ class Lake:
         One copy per thread, because a ``DeltaTable`` is not shared between threads here.
         """
         uri = self._uri(zone, table)
-        try:
+        options = self.storage.delta_options
+
+        def open_() -> DeltaTable:
             if version is not None:
-                return DeltaTable(uri, version=version)
-            tables: dict[str, DeltaTable] = _OPEN.__dict__.setdefault("tables", {})
-            dt = tables.get(uri)
+                return DeltaTable(uri, version=version, storage_options=options)
+            tables: dict[tuple, DeltaTable] = _OPEN.__dict__.setdefault("tables", {})
+            cached = (uri, frozenset((options or {}).items()))  # another credential opens its own copy
+            dt = tables.get(cached)
             if dt is None:
-                dt = tables[uri] = DeltaTable(uri)
+                dt = tables[cached] = DeltaTable(uri, storage_options=options)
             else:
                 dt.update_incremental()
             return dt
+
+        try:
+            return self._guard(f"{zone}/{table}", open_)
         except TableNotFoundError as exc:
             raise TableMissingError(
                 f"{zone}/{table} has no Delta table at {uri}: materialize it first"
@@ -202,6 +250,7 @@ class Lake:
                 mode="overwrite",
                 predicate=predicate,
                 partition_by=[PARTITION_COLUMN],
+                storage_options=self.storage.delta_options,
             ),
         )
 
@@ -222,8 +271,11 @@ class Lake:
         actions = [AddAction(s["path"], s["size"], {PARTITION_COLUMN: month}, now, True, s["stats"]) for s in staged]
 
         def write() -> None:
-            if not DeltaTable.is_deltatable(uri):
-                create_table_with_add_actions(uri, DeltaSchema.from_arrow(schema), actions, mode="error", partition_by=[PARTITION_COLUMN])
+            if not DeltaTable.is_deltatable(uri, storage_options=self.storage.delta_options):
+                create_table_with_add_actions(
+                    uri, DeltaSchema.from_arrow(schema), actions, mode="error", partition_by=[PARTITION_COLUMN],
+                    storage_options=self.storage.delta_options,
+                )
                 return
             dt = self.delta(zone, table)
             stored = pa.schema(dt.schema().to_arrow())
@@ -251,6 +303,7 @@ class Lake:
                 mode="append",
                 partition_by=[PARTITION_COLUMN],
                 schema_mode="merge",
+                storage_options=self.storage.delta_options,
             ),
         )
 
@@ -268,7 +321,7 @@ class Lake:
             table,
             lambda: write_deltalake(
                 self._target(zone, table), data, mode="overwrite", schema_mode="overwrite",
-                partition_by=partition_by, commit_properties=props,
+                partition_by=partition_by, commit_properties=props, storage_options=self.storage.delta_options,
             ),
         )
 
@@ -311,10 +364,11 @@ class Lake:
             return f"CASE WHEN t.{c} IS NULL OR s.{c} < t.{c} THEN s.{c} ELSE t.{c} END"
 
         def write() -> None:
-            if not DeltaTable.is_deltatable(uri):
-                write_deltalake(uri, data, mode="error")
+            options = self.storage.delta_options
+            if not DeltaTable.is_deltatable(uri, storage_options=options):
+                write_deltalake(uri, data, mode="error", storage_options=options)
                 return
-            merger = DeltaTable(uri).merge(
+            merger = DeltaTable(uri, storage_options=options).merge(
                 data, " AND ".join(f"t.{c} = s.{c}" for c in on), source_alias="s", target_alias="t"
             )
             updates = {c: first(c) if c in keep_first else f"s.{c}" for c in data.column_names}
@@ -339,13 +393,15 @@ class Lake:
         is recomputed, never replayed blindly). After ``attempts`` lost races it raises
         :class:`CommitConflictError`: the write is not committed, and says so.
         """
-        self.table_path(zone, table).parent.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, attempts + 1):
             try:
                 write()
                 break
-            except DeltaError as exc:
-                if not _lost_race(exc):
+            except (DeltaError, OSError) as exc:
+                mapped = _delta_error(exc, f"{zone}/{table}", self.storage)
+                if mapped is not None:
+                    raise mapped from None
+                if not isinstance(exc, DeltaError) or not _lost_race(exc):
                     raise
                 if attempt == attempts:
                     raise CommitConflictError(
@@ -395,6 +451,8 @@ class Lake:
             from lakehouse.io.spark import arrow_frame
 
             return arrow_frame(spark, empty.slice(0, 0))
+        if not self.storage.spark_native:
+            return self._read_spark_arrow(spark, dt, months)
         reader = spark.read.option("basePath", self._uri(zone, table))
         try:
             from pyspark.sql.pandas.types import from_arrow_schema
@@ -407,6 +465,38 @@ class Lake:
         # the partition column is rebuilt from paths; keep the table's column order
         order = [f.name for f in dt.schema().fields]
         return df.select(*order)
+
+    def _read_spark_arrow(self, spark: SparkSession, dt: DeltaTable, months: list[str] | None) -> DataFrame:
+        """The snapshot's Parquet files read by Spark's Python workers through :class:`Storage` (object stores:
+        Spark's JVM has no S3 client here), one task per share of files; partition values come from the log."""
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        schema = normalized_schema(pa.schema(dt.schema().to_arrow()))
+        actions = pa.table(dt.get_add_actions(flatten=True))
+        column = f"partition.{PARTITION_COLUMN}"
+        parts = actions[column].to_pylist() if column in actions.column_names else [None] * actions.num_rows
+        files = [
+            (f"{dt.table_uri.rstrip('/')}/{path}", part)
+            for path, part in zip(actions["path"].to_pylist(), parts, strict=True)
+            if months is None or part in months
+        ]
+        storage = self.storage
+        try:
+            slots = max(1, min(len(files), spark.sparkContext.defaultParallelism))
+        except Exception:  # Spark Connect has no SparkContext
+            slots = max(1, min(len(files), os.cpu_count() or 1))
+        shares = [files[i::slots] for i in range(slots)]
+
+        def read(batches):
+            for batch in batches:
+                for slot in batch.column("id").to_pylist():
+                    for uri, part in shares[slot]:
+                        data = storage.read_parquet(uri)
+                        if PARTITION_COLUMN in schema.names and PARTITION_COLUMN not in data.column_names:
+                            data = data.append_column(PARTITION_COLUMN, pa.array([part] * data.num_rows, pa.string()))
+                        yield from data.select(schema.names).cast(schema).to_batches()
+
+        return spark.range(slots, numPartitions=slots).mapInArrow(read, from_arrow_schema(schema))
 
     def history(self, zone: str, table: str) -> list[dict]:
         return self.delta(zone, table).history() if self.exists(zone, table) else []

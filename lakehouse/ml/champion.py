@@ -10,10 +10,10 @@ was detected in the months it is validated on.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from lakehouse.io.storage import Storage
 
 
 @dataclass
@@ -52,13 +52,13 @@ def not_worse(candidate_rmse: float, current_rmse: float | None, tolerance: floa
     )
 
 
-def read_pointer(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def read_pointer(storage: Storage, uri: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(storage.read(uri))
+    except FileNotFoundError:
+        return None
 
 
-def write_pointer(path: Path, record: dict[str, Any]) -> None:
+def write_pointer(storage: Storage, uri: str, record: dict[str, Any]) -> None:
     """Replace the pointer atomically (a reader sees the old or the new champion, never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    os.replace(tmp, path)
+    storage.write(uri, json.dumps(record, indent=1, default=str).encode())

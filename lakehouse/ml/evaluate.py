@@ -123,9 +123,9 @@ def plot_importance(importance: pd.Series, path: Path, title: str, top: int = 15
     return path
 
 
-def embed_png(path: Path, alt: str) -> str:
+def embed_png(png: bytes, alt: str) -> str:
     """Markdown showing the PNG inline (the Dagster UI renders data-URI images in markdown metadata)."""
-    data = base64.b64encode(Path(path).read_bytes()).decode()
+    data = base64.b64encode(png).decode()
     return f"![{alt}](data:image/png;base64,{data})"
 
 

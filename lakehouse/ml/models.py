@@ -1,59 +1,81 @@
 """Versioned model files under the lake root, each with the data versions it learned from.
 
 ``ml/<asset>/models/v0001/{model.joblib, lineage.json, ...}`` (``<asset>``: the model asset's name) — never
-in git, never overwritten. ``lineage.json`` maps every input table to the Delta version used; table
-maintenance keeps those versions readable.
+in git, never overwritten, on disk or on an object store alike (:class:`lakehouse.io.storage.Storage`).
+``lineage.json`` maps every input table to the Delta version used; table maintenance keeps those versions
+readable.
+
+A version is claimed with a conditional write (``_claim`` created only if absent, so two trainings never
+share a number) and is complete once its ``lineage.json`` exists, which is written last: readers
+(:func:`versions`) see complete versions only.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import joblib
 
+from lakehouse.io.storage import Storage
+
 VERSION_RE = re.compile(r"v(\d{4,})")
+CLAIM = "_claim"
+LINEAGE = "lineage.json"
 
 
-def versions(folder: Path) -> list[Path]:
-    """The version folders under ``folder``, oldest first."""
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := VERSION_RE.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
+def _numbers(storage: Storage, folder: str) -> dict[int, set[str]]:
+    """Version number -> the names of the objects directly in its folder."""
+    found: dict[int, set[str]] = {}
+    for uri, _ in storage.list(folder):
+        rel = uri[len(folder) + 1:].split("/")
+        if len(rel) >= 2 and (m := VERSION_RE.fullmatch(rel[0])):
+            found.setdefault(int(m.group(1)), set()).add(rel[1] if len(rel) == 2 else rel[1] + "/")
+    return found
 
 
-def next_version_dir(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    taken = [int(m.group(1)) for p in folder.iterdir() if (m := VERSION_RE.fullmatch(p.name))]
-    return folder / f"v{(max(taken) + 1) if taken else 1:04d}"
+def versions(storage: Storage, folder: str) -> list[str]:
+    """The complete version folders (URIs) under ``folder``, oldest first."""
+    return [f"{folder}/v{n:04d}" for n, names in sorted(_numbers(storage, folder).items()) if LINEAGE in names]
 
 
 def save_model(
-    folder: Path, model: Any, lineage: dict[str, Any], extra: Callable[[Path], None] | None = None
-) -> Path:
-    """Write ``model``, ``lineage`` (and whatever ``extra`` writes into the folder) to a new version folder.
-
-    The folder appears complete or not at all (written under a temporary name, then renamed).
-    """
-    target = next_version_dir(folder)
-    tmp = target.with_name(f".{target.name}.part")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    joblib.dump(model, tmp / "model.joblib")
-    (tmp / "lineage.json").write_text(json.dumps(lineage, indent=1, default=str))
-    if extra is not None:
-        extra(tmp)
-    tmp.rename(target)
+    storage: Storage, folder: str, model: Any, lineage: dict[str, Any], extra: Callable[[Path], None] | None = None
+) -> str:
+    """Write ``model``, ``lineage`` (and whatever ``extra`` writes into a scratch folder) as a new version
+    under ``folder``; its URI. ``lineage.json`` goes last: the version is complete or invisible."""
+    with tempfile.TemporaryDirectory(prefix="lakehouse-model-") as scratch:
+        local = Path(scratch)
+        joblib.dump(model, local / "model.joblib")
+        if extra is not None:
+            extra(local)
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        number = max(_numbers(storage, folder), default=0) + 1
+        while not storage.write(f"{folder}/v{number:04d}/{CLAIM}", b"", create=True):
+            number += 1  # another training claimed it
+        target = f"{folder}/v{number:04d}"
+        for path in files:
+            storage.write(storage.join(target, *path.relative_to(local).parts), path.read_bytes())
+        storage.write(f"{target}/{LINEAGE}", json.dumps(lineage, indent=1, default=str).encode())
     return target
 
 
-def load_model(version_dir: Path) -> tuple[Any, dict[str, Any]]:
+def read_json(storage: Storage, version_dir: str, name: str = LINEAGE) -> Any:
+    return json.loads(storage.read(f"{version_dir}/{name}"))
+
+
+def load_model(storage: Storage, version_dir: str) -> tuple[Any, dict[str, Any]]:
     """A model this lakehouse wrote (never a file from a source)."""
-    lineage = json.loads((version_dir / "lineage.json").read_text())
-    return joblib.load(version_dir / "model.joblib"), lineage
+    import io
+
+    lineage = read_json(storage, version_dir)
+    return joblib.load(io.BytesIO(storage.read(f"{version_dir}/model.joblib"))), lineage
+
+
+def version_name(version_dir: str) -> str:
+    """``v0003`` of ``.../models/v0003``."""
+    return version_dir.rstrip("/").rsplit("/", 1)[-1]

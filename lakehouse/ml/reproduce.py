@@ -17,19 +17,20 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lakehouse.io.lake import Lake
+from lakehouse.io.storage import parse_root
 from lakehouse.ml import anomaly
 from lakehouse.ml import pipeline as fp
 from lakehouse.ml.lineage import code_version, normalized_hash
+from lakehouse.ml.models import read_json
 from lakehouse.ml.train import single_threaded
 
 
 @dataclass
 class Reproduction:
-    model_dir: Path
+    model_dir: str
     checks: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -56,18 +57,30 @@ class Reproduction:
         return "\n".join(lines)
 
 
-def lake_of(model_dir: Path) -> Lake:
-    """The lake root holding ``<root>/ml/<pipeline>/models/[<model>/]vNNNN``."""
-    for parent in model_dir.resolve().parents:
-        if parent.name == "ml" and (parent.parent / "ml").is_dir():
-            return Lake(parent.parent)
-    raise ValueError(f"{model_dir} is not inside a lake's ml/ folder: pass --lake")
+def lake_of(model_dir: str) -> Lake:
+    """The lake root holding ``<root>/ml/<pipeline>/models/[<model>/]vNNNN`` (a local path or a URI; an
+    object store is reached with the project's ``storage:`` settings)."""
+    text = str(model_dir).rstrip("/")
+    if "/ml/" not in text:
+        raise ValueError(f"{model_dir} is not inside a lake's ml/ folder: pass --lake")
+    return _open_lake(text[: text.rindex("/ml/")])
 
 
-def reproduce(model_dir: Path, lake: Lake | None = None, tolerance: float = 0.0) -> Reproduction:
-    model_dir = Path(model_dir)
-    lineage = json.loads((model_dir / "lineage.json").read_text())
+def _open_lake(root: str) -> Lake:
+    if "://" not in root:
+        return Lake(root)
+    from lakehouse import settings
+
+    project = settings.load()
+    return Lake(root, project.lakehouse.storage, env=settings.env())
+
+
+def reproduce(model_dir: str, lake: Lake | None = None, tolerance: float = 0.0) -> Reproduction:
+    import os
+
+    model_dir = parse_root(str(model_dir), os.getcwd())  # absolute and normalized, as the lake's URIs are
     lake = lake or lake_of(model_dir)
+    lineage = read_json(lake.storage, model_dir)
     out = Reproduction(model_dir)
     now = code_version()
     then = lineage.get("code_version", {})
@@ -123,11 +136,11 @@ def _anomaly(lineage: dict, lake: Lake, out: Reproduction, tolerance: float) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lakehouse.ml.reproduce", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--lake", type=Path, help="lake root (default: found from the model folder)")
+    parser.add_argument("model_dir", help="the model's version folder (a local path or a URI)")
+    parser.add_argument("--lake", help="lake root (default: found from the model folder)")
     parser.add_argument("--tolerance", type=float, default=0.0, help="relative tolerance for metrics (default: exact)")
     args = parser.parse_args(argv)
-    result = reproduce(args.model_dir, Lake(args.lake) if args.lake else None, args.tolerance)
+    result = reproduce(args.model_dir, _open_lake(args.lake) if args.lake else None, args.tolerance)
     print(result.render())
     return 0 if result.identical else 1
 

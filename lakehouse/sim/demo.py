@@ -183,10 +183,7 @@ def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = 
 def summary(lake: Lake) -> list[str]:
     lines = []
     for zone in ("formatted", "trusted", "exploitation", "quality"):
-        folder = lake.root / zone
-        if not folder.is_dir():
-            continue
-        for table in sorted(p.name for p in folder.iterdir() if p.is_dir()):
+        for table in lake.storage.folders(lake.storage.uri(zone)):
             if lake.exists(zone, table):
                 rows = lake.row_count(zone, table) or 0
                 lines.append(f"  {zone + '/' + table:<36} {rows:>10,} rows  {len(lake.months(zone, table)):>3} months  v{lake.version(zone, table)}")
@@ -205,14 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     build_world(args.world, args.start, args.end, args.meters, args.fault_rate)
     with weather_provider():
         result = materialize_all(args.start, args.end, instance=dg.DagsterInstance.get())
-    lake = Lake(result["lake_root"])
+    lake = settings.lake(settings.load())
     print("\n== demo summary ==")
     print(f"wall time: {time.monotonic() - started:.0f}s (zones {result['zones_seconds']}s, ml {result['ml_seconds']}s)")
     print("\n".join(summary(lake)))
     for asset, meta in result["ml"].items():
         print(f"  {asset}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in meta.items()}))
     print("\n== analyses scored against the demo world's truth (lakehouse.sim.scores) ==")
-    print("\n".join(scores.summary_lines(lake.root, args.world)))
+    print("\n".join(scores.summary_lines(lake, args.world)))
     print(
         "\nLook at it: `make ui`, open http://127.0.0.1:3000 -> Assets (grouped by zone: landing, formatted,"
         " trusted, exploitation, ml); each zone table shows its monthly partitions, each month with its own"

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -22,22 +23,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from deltalake import DeltaTable
+
+from lakehouse.io.lake import Lake
 
 
-def _delta(path: Path) -> pd.DataFrame | None:
-    return DeltaTable(str(path)).to_pyarrow_table().to_pandas() if DeltaTable.is_deltatable(str(path)) else None
+def _delta(lake: Lake, zone: str, table: str) -> pd.DataFrame | None:
+    return lake.read_arrow(zone, table).to_pandas() if lake.exists(zone, table) else None
 
 
-def forecast_ratio(lake: Path, world: Path) -> list[dict[str, Any]]:
+def forecast_ratio(lake: Lake, world: Path) -> list[dict[str, Any]]:
     """One entry per forecasting pipeline with a champion."""
     truth = pd.read_csv(world / "truth" / "consumption_truth.csv", usecols=["device_id", "date", "noise_kwh", "actual_kwh"])
     truth = truth.rename(columns={"device_id": "meter_id", "actual_kwh": "true_kwh"})
     out = []
-    for pointer in sorted((lake / "ml").glob("*/champion.json")):
-        champ = json.loads(pointer.read_text())
-        model_dir = Path(champ["model_dir"])
-        pred = pd.read_csv(model_dir / "validation_predictions.csv", dtype={"date": str})
+    for asset in lake.storage.folders(lake.storage.uri("ml")):
+        try:
+            champ = json.loads(lake.storage.read(lake.uri("ml", asset, "champion.json")))
+        except FileNotFoundError:
+            continue
+        model_dir = champ["model_dir"]
+        pred = pd.read_csv(io.BytesIO(lake.storage.read(f"{model_dir}/validation_predictions.csv")), dtype={"date": str})
         both = pred.merge(truth, on=["meter_id", "date"], how="inner")
         if len(both) != len(pred):
             raise ValueError(f"{len(pred) - len(both)} validation meter-days of {model_dir} are missing from the truth")
@@ -47,9 +52,9 @@ def forecast_ratio(lake: Path, world: Path) -> list[dict[str, Any]]:
         label_err = float(np.sqrt(np.mean((both["actual"] - both["true_kwh"]) ** 2)))
         out.append(
             {
-                "pipeline": pointer.parent.name,
+                "pipeline": asset,
                 "champion": champ["model"],
-                "model_dir": str(model_dir),
+                "model_dir": model_dir,
                 "validation_meter_days": len(both),
                 "validation_rmse_kwh": rmse,
                 "noise_rmse_kwh": noise,
@@ -74,11 +79,11 @@ def _prf(flag: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "flagged": int(flag.sum()), "faulty": int(truth.sum())}
 
 
-def anomaly_scores(lake: Path, world: Path) -> list[dict[str, Any]]:
+def anomaly_scores(lake: Lake, world: Path) -> list[dict[str, Any]]:
     """One entry per anomaly flags table (``ml/*_flags``)."""
     out = []
-    for path in sorted((lake / "ml").glob("*_flags")):
-        flags = _delta(path)
+    for name in [t for t in lake.storage.folders(lake.storage.uri("ml")) if t.endswith("_flags")]:
+        flags = _delta(lake, "ml", name)
         if flags is None or flags.empty:
             continue
         flags["date"] = flags["date"].astype(str)
@@ -92,7 +97,7 @@ def anomaly_scores(lake: Path, world: Path) -> list[dict[str, Any]]:
         no_wh = ~df["kinds"].fillna("").eq("wh_unit").to_numpy()
         out.append(
             {
-                "table": f"ml/{path.name}",
+                "table": f"ml/{name}",
                 "meter_days": len(df),
                 **_prf(flag, faulty),
                 "f1_without_wh_unit_days": _prf(flag[no_wh], faulty[no_wh])["f1"],
@@ -102,8 +107,8 @@ def anomaly_scores(lake: Path, world: Path) -> list[dict[str, Any]]:
     return out
 
 
-def reconciliation_scores(lake: Path, world: Path) -> dict[str, Any] | None:
-    golden = _delta(lake / "exploitation" / "golden_customers")
+def reconciliation_scores(lake: Lake, world: Path) -> dict[str, Any] | None:
+    golden = _delta(lake, "exploitation", "golden_customers")
     truth_path = world / "truth" / "customer_matches.csv"
     if golden is None or not truth_path.exists():
         return None
@@ -128,7 +133,7 @@ def reconciliation_scores(lake: Path, world: Path) -> dict[str, Any] | None:
     }
 
 
-def summary_lines(lake: Path, world: Path) -> list[str]:
+def summary_lines(lake: Lake, world: Path) -> list[str]:
     """The demo summary's lines on the analyses, scored against the world's truth (a section that cannot
     be scored says why instead of stopping the others)."""
     lines = []
@@ -140,7 +145,7 @@ def summary_lines(lake: Path, world: Path) -> list[str]:
     return lines or ["  (no analysis output found to score)"]
 
 
-def _forecast_lines(lake: Path, world: Path) -> list[str]:
+def _forecast_lines(lake: Lake, world: Path) -> list[str]:
     lines = []
     for f in forecast_ratio(lake, world):
         lines.append(
@@ -151,7 +156,7 @@ def _forecast_lines(lake: Path, world: Path) -> list[str]:
     return lines
 
 
-def _anomaly_lines(lake: Path, world: Path) -> list[str]:
+def _anomaly_lines(lake: Lake, world: Path) -> list[str]:
     lines = []
     for a in anomaly_scores(lake, world):
         kinds = ", ".join(f"{k} {v['recall']:.2f}" for k, v in a["recall_by_kind"].items())
@@ -163,7 +168,7 @@ def _anomaly_lines(lake: Path, world: Path) -> list[str]:
     return lines
 
 
-def _reconciliation_lines(lake: Path, world: Path) -> list[str]:
+def _reconciliation_lines(lake: Lake, world: Path) -> list[str]:
     r = reconciliation_scores(lake, world)
     if r is None:
         return []
@@ -176,10 +181,14 @@ def _reconciliation_lines(lake: Path, world: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lakehouse.sim.scores", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lake", type=Path, default=Path(".lakehouse"))
+    parser.add_argument("--lake", default=None, help="lake root (default: the project's, from lakehouse.yaml)")
     parser.add_argument("--world", type=Path, default=Path(".demo"))
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
     args = parser.parse_args(argv)
+    from lakehouse import settings
+
+    project = settings.load()
+    args.lake = Lake(args.lake or project.lake_root, project.lakehouse.storage, env=settings.env())
     if args.json:
         print(json.dumps({"forecast": forecast_ratio(args.lake, args.world), "anomaly": anomaly_scores(args.lake, args.world),
                           "reconciliation": reconciliation_scores(args.lake, args.world)}, indent=1, default=str))

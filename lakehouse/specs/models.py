@@ -65,8 +65,53 @@ class MonthsSpec(Spec):
         return self
 
 
+class StorageSpec(Spec):
+    """How to reach an object-store lake root (ignored for a local one). Option names are ``object_store``'s
+    (``endpoint``, ``region``, ``allow_http``, ...; ``aws_``/``google_``/``azure_`` is added by the scheme).
+
+    ``credentials`` maps an option (``access_key_id``, ``secret_access_key``, ``session_token``, ...) to the
+    *name* of the environment variable holding it: values never appear in a config, a log or metadata.
+    """
+
+    endpoint: str | None = None
+    region: str | None = None
+    options: dict[str, str] = Field(default_factory=dict)
+    credentials: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("endpoint", "region", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("credentials")
+    @classmethod
+    def _variable_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for option, name in value.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name or ""):
+                # a value here would be a secret pasted into a config: do not repeat it
+                raise ValueError(f"credentials.{option} must name an environment variable (letters, digits, _), not hold a value")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        for option in value:
+            if any(w in option.lower() for w in ("secret", "key_id", "token", "password", "account_key")):
+                raise ValueError(f"options.{option} looks like a credential: name its variable under credentials instead")
+        return value
+
+
 class LakehouseSpec(Spec):
     lake_root: str = ".lakehouse"
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+
+    @field_validator("lake_root")
+    @classmethod
+    def _lake_uri(cls, value: str) -> str:
+        from lakehouse.io.storage import parse_root
+
+        parse_root(value, "/")  # a malformed or unsupported URI fails here, at load time (never a local folder)
+        return value
     months: MonthsSpec
     spark: SparkSpec = Field(default_factory=SparkSpec)
     #: months of a backfilled range processed at the same time (threads sharing the Spark session), for
@@ -794,9 +839,12 @@ class Project(Spec):
     pipelines: tuple[PipelineSpec, ...] = ()
 
     @property
-    def lake_root(self) -> Path:
-        path = Path(self.lakehouse.lake_root)
-        return path if path.is_absolute() else self.root / path
+    def lake_root(self) -> str:
+        """The lake root as :mod:`lakehouse.io.storage` uses it: an absolute local path (relative to the project
+        root) or ``scheme://bucket/prefix``."""
+        from lakehouse.io.storage import parse_root
+
+        return parse_root(self.lakehouse.lake_root, str(self.root))
 
     def source(self, name: str) -> SourceSpec:
         for s in self.sources:

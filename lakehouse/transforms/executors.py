@@ -5,7 +5,8 @@ Spark rows, casting with Spark expressions and collecting the month to the drive
 session per month, of which the parse itself was a fraction (benchmarks/ANALYSIS.md). Here a Spark job
 hands each task a share of the month's files (balanced by size); the task reads them, parses its *clean*
 files with pyarrow (:func:`parse.read_clean`), casts them with pyarrow (:func:`cast_strict`) and writes
-the rows as Parquet files into the Delta table's month folder. Only the file paths and their statistics
+the rows as Parquet files into the Delta table's month folder, all through the lake's storage
+(:class:`lakehouse.io.storage.Storage`: the same code on disk and on S3). Only the file paths and their statistics
 come back; the driver commits them in the month's one Delta transaction
 (:meth:`lakehouse.io.lake.Lake.commit_month`). Uncommitted files are not part of the table, so a crash
 leaves the previous version intact.
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakehouse.io.storage import Storage
 from lakehouse.specs.models import SourceSpec
 from lakehouse.transforms.parse import FILE_COL, LINE_COL, cast_checked, clean_layout, empty_raw, read_clean
 
@@ -65,7 +67,8 @@ class Plan:
     month: str
     utc_session: bool
     schema: pa.Schema  # the Parquet files' schema: the table's, without the partition column
-    table_dir: str
+    table_dir: str  # the table's URI
+    storage: Storage
 
 
 def eligible(source: SourceSpec) -> bool:
@@ -165,24 +168,20 @@ def stats(table: pa.Table) -> str:
     return json.dumps({"numRecords": table.num_rows, "minValues": lows, "maxValues": highs, "nullCount": nulls})
 
 
-def stage_parquet(table_dir: str, partition: str, table: pa.Table) -> dict:
-    """Write ``table`` as one Parquet file into ``table_dir/<partition>/``; what the Delta ``add`` needs.
+def stage_parquet(storage: Storage, table_uri: str, partition: str, table: pa.Table) -> dict:
+    """Write ``table`` as one Parquet file into ``table_uri/<partition>/``; what the Delta ``add`` needs.
 
     The file is not part of the table until a commit lists it."""
-    import pyarrow.parquet as pq
-
-    relative = f"{partition}/part-{uuid.uuid4().hex}-c000.snappy.parquet"
-    path = os.path.join(table_dir, relative)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    pq.write_table(table, path, compression="snappy")
-    return {"path": relative, "size": os.path.getsize(path), "stats": stats(table), "rows": table.num_rows}
+    name = f"part-{uuid.uuid4().hex}-c000.snappy.parquet"
+    size = storage.write_parquet(storage.join(table_uri, partition, name), table)
+    return {"path": f"{partition}/{name}", "size": size, "stats": stats(table), "rows": table.num_rows}
 
 
-def _balanced(files: Sequence[str], slots: int) -> list[list[str]]:
+def _balanced(files: Sequence[str], slots: int, sizes: dict[str, int]) -> list[list[str]]:
     """``files`` dealt into ``slots`` lists of about equal bytes (largest first onto the lightest)."""
     out: list[list[str]] = [[] for _ in range(slots)]
     load = [0] * slots
-    for size, path in sorted(((os.path.getsize(p), p) for p in files), reverse=True):
+    for size, path in sorted(((sizes[p], p) for p in files), reverse=True):
         i = load.index(min(load))
         out[i].append(path)
         load[i] += size
@@ -200,8 +199,7 @@ def _format_slot(paths: Sequence[str], plan: Plan) -> Iterator[dict]:
     raw_names = list(plan.raw_names)
     groups: dict[tuple[str, ...], list[tuple[str, bytes]]] = {}
     for path in paths:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = plan.storage.read(path)
         layout = clean_layout(data, plan.fmt, raw_names)
         if layout is None:
             yield _slow(path)
@@ -213,7 +211,7 @@ def _format_slot(paths: Sequence[str], plan: Plan) -> Iterator[dict]:
         """The files' rows as tables, and the paths of the files to leave: read and cast together, and
         when that fails, halved until the files that fail stand alone (a few bad files of hundreds cost a
         few dozen reads, not one per file)."""
-        raw = read_clean([(os.path.basename(p), body) for p, body in files], names, plan.fmt, raw_names)
+        raw = read_clean([(p.rsplit("/", 1)[-1], body) for p, body in files], names, plan.fmt, raw_names)
         table = None if raw is None else cast_strict(raw, plan)
         if table is not None:
             yield table
@@ -235,10 +233,10 @@ def _format_slot(paths: Sequence[str], plan: Plan) -> Iterator[dict]:
                 parts.append(out)
                 rows += out.num_rows
             if rows >= FLUSH_ROWS:
-                yield {"kind": "staged", **stage_parquet(plan.table_dir, f"month={plan.month}", pa.concat_tables(parts))}
+                yield {"kind": "staged", **stage_parquet(plan.storage, plan.table_dir, f"month={plan.month}", pa.concat_tables(parts))}
                 parts, rows = [], 0
     if parts:
-        yield {"kind": "staged", **stage_parquet(plan.table_dir, f"month={plan.month}", pa.concat_tables(parts))}
+        yield {"kind": "staged", **stage_parquet(plan.storage, plan.table_dir, f"month={plan.month}", pa.concat_tables(parts))}
 
 
 def _slow(path: str) -> dict:
@@ -281,10 +279,19 @@ def data_schema(spark: SparkSession, source: SourceSpec) -> pa.Schema:
 
 
 def format_on_executors(
-    spark: SparkSession, files: Sequence[str], source: SourceSpec, month: str, table_dir: str, schema: pa.Schema
+    spark: SparkSession,
+    files: Sequence[str],
+    source: SourceSpec,
+    month: str,
+    storage: Storage,
+    table_dir: str,
+    schema: pa.Schema,
+    *,
+    sizes: dict[str, int] | None = None,
 ) -> tuple[list[dict], list[str]]:
-    """The month's clean files formatted by Spark tasks and staged as Parquet under ``table_dir``:
-    (the staged files, the files left to the Spark lane). One Spark job; nothing is committed."""
+    """The month's clean files (URIs on ``storage``) formatted by Spark tasks and staged as Parquet under
+    ``table_dir`` (the table's URI): (the staged files, the files left to the Spark lane). One Spark job;
+    nothing is committed. ``sizes``: the files' sizes when known (else each is looked up)."""
     if not files or not eligible(source):
         return [], list(files)
     plan = Plan(
@@ -296,8 +303,11 @@ def format_on_executors(
         utc_session=(spark.conf.get("spark.sql.session.timeZone") or "").upper() in ("UTC", "Z", "ETC/UTC", "+00:00"),
         schema=_file_schema(schema),
         table_dir=table_dir,
+        storage=storage,
     )
-    slots = _balanced([str(f) for f in files], min(len(files), _parallelism(spark)))
+    files = [str(f) for f in files]
+    sizes = {f: (sizes or {}).get(f) or storage.size(f) or 0 for f in files}
+    slots = _balanced(files, min(len(files), _parallelism(spark)), sizes)
 
     def work(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -320,10 +330,12 @@ def format_month(
     files: Sequence[str],
     source: SourceSpec,
     month: str,
+    storage: Storage,
     table_dir: str,
     schema: pa.Schema,
     *,
     months: tuple[str, str | None] | None = None,
+    sizes: dict[str, int] | None = None,
 ) -> tuple[list[dict], pa.Table, int]:
     """The month's files formatted and staged under ``table_dir``, nothing committed: (the staged files,
     the rejected rows with ``month``, lineage, ``record`` and ``error``, the files the fast lane took).
@@ -334,14 +346,14 @@ def format_month(
     """
     from lakehouse.transforms.parse import read_raw
 
-    staged, rest = format_on_executors(spark, files, source, month, table_dir, schema)
+    staged, rest = format_on_executors(spark, files, source, month, storage, table_dir, schema, sizes=sizes)
     if not rest:
         return staged, _REJECTED.empty_table(), len(files)
-    checked = cast_checked(read_raw(spark, rest, source), source, month, months).toArrow()
+    checked = cast_checked(read_raw(spark, rest, source, storage=storage), source, month, months).toArrow()
     is_bad = pc.is_valid(checked.column("error"))
     data = checked.filter(pc.invert(is_bad)).drop_columns(["error", "record", "month"])
     if data.num_rows:
-        staged.append(stage_parquet(table_dir, f"month={month}", data.cast(_file_schema(schema))))
+        staged.append(stage_parquet(storage, table_dir, f"month={month}", data.cast(_file_schema(schema))))
     bad = checked.filter(is_bad).select(_REJECTED.names).cast(_REJECTED)
     return staged, bad, len(files) - len(rest)
 

@@ -473,12 +473,16 @@ def lineage_name(path: str, spans_months: bool) -> str:
     return "/".join(parts[-2:]) if spans_months else parts[-1]
 
 
-def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec) -> DataFrame:
+def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec, *, storage=None) -> DataFrame:
     """Landed files as rows of strings (one Spark task parses whole files).
 
     ``files``: the exact files to read (the month's manifest, see
-    :func:`lakehouse.collectors.landing.landed_files`), or a folder (every file Spark sees in it).
+    :func:`lakehouse.collectors.landing.landed_files`), as URIs on ``storage`` (the lake's
+    :class:`lakehouse.io.storage.Storage`; None: local paths). Spark's Python workers open them
+    (:func:`lakehouse.io.storage.open_files`), so the same code reads a lake on disk or on S3.
     """
+    from lakehouse.io.storage import open_files
+
     fmt = source.format
     raw_names = [c.raw_name for c in source.columns]
     schema = raw_schema(raw_names)
@@ -487,31 +491,21 @@ def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec
         return empty_raw(spark, source)
 
     spans = source.spans_months
+    try:
+        slots = max(1, min(len(paths), spark.sparkContext.defaultParallelism))
+    except Exception:  # Spark Connect has no SparkContext
+        slots = max(1, min(len(paths), os.cpu_count() or 1))
+    shares = [paths[i::slots] for i in range(slots)]
 
     def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            paths = batch.column("path").to_pylist()
-            contents = batch.column("content").to_pylist()
-            for path, content in zip(paths, contents, strict=True):
-                yield from parse_file(lineage_name(path, spans), content, fmt, raw_names).to_batches()
+            for slot in batch.column("id").to_pylist():
+                for path, content in open_files(shares[slot], storage):
+                    yield from parse_file(lineage_name(path, spans), content, fmt, raw_names).to_batches()
 
-    # Spark skips zero-byte files when it plans the scan: parse those here, or they would vanish unreported
-    empty = [p for p in paths if not p.startswith(("file:", "hdfs:", "s3")) and os.path.isfile(p) and os.path.getsize(p) == 0]
-    found = [p for p in paths if p not in empty]
-    parts = []
-    if empty:
-        from lakehouse.io.spark import arrow_frame
+    from pyspark.sql.pandas.types import from_arrow_schema
 
-        parts.append(arrow_frame(spark, pa.concat_tables(parse_file(lineage_name(p, spans), b"", fmt, raw_names) for p in empty)))
-    if found:
-        from pyspark.sql.pandas.types import from_arrow_schema
-
-        binary = spark.read.format("binaryFile").load(found if len(found) > 1 else found[0])
-        parts.append(binary.select("path", "content").mapInArrow(parse_batches, from_arrow_schema(schema)))
-    out = parts[0]
-    for part in parts[1:]:
-        out = out.unionByName(part)
-    return out
+    return spark.range(slots, numPartitions=slots).mapInArrow(parse_batches, from_arrow_schema(schema))
 
 
 #: the forms a value of each type must take when the column declares no ``format`` (Java regex, whole
