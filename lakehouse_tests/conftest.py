@@ -129,70 +129,34 @@ def s3_server():
 
 
 class Cuttable:
-    """A TCP proxy on 127.0.0.1 in front of a server: ``cut()`` makes the server unreachable (connections
-    refused, open ones closed) without losing its state, ``restore()`` brings it back on the same port."""
+    """A TCP proxy on 127.0.0.1 in front of a server, in its own process (:mod:`lakehouse_tests.tcp_proxy`):
+    ``cut()`` kills it, so the server is unreachable (connections refused, open ones closed) without losing
+    its state; ``restore()`` starts it again on the same port."""
 
     def __init__(self, target_port: int) -> None:
-        import threading
-
         self.target = target_port
         self.port = free_port()
-        self._lock = threading.Lock()
-        self._conns: list[socket.socket] = []
-        self._listener: socket.socket | None = None
+        self.proc = None
         self.restore()
 
     def restore(self) -> None:
-        import threading
+        import subprocess
+        import sys
+        import time
 
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        self.proc = subprocess.Popen([sys.executable, "-m", "lakehouse_tests.tcp_proxy", str(self.port), str(self.target)],
+                                     cwd=str(REPO), start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the TCP proxy did not listen within 10 s")
 
     def cut(self) -> None:
-        with self._lock:
-            listener, self._listener = self._listener, None
-            conns, self._conns = self._conns, []
-        if listener is not None:
-            listener.close()
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            c.close()
-
-    def _accept(self, listener: socket.socket) -> None:
-        import threading
-
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from lakehouse.collectors.landing import read_manifest
 from lakehouse.factories.common import LakeResource, report, run_months
 from lakehouse.io.lake import Lake
 from lakehouse.sim.world import MeterWorld, WorldConfig
@@ -144,7 +145,7 @@ def test_cli_partition_range_is_one_run(tmp_path):
         assert record.dagster_run.tags[ASSET_PARTITION_RANGE_END_TAG] == MONTHS[1]
         key = dg.AssetKey(["landing", "meter_readings"])
         assert instance.get_materialized_partitions(key) == set(MONTHS[:2])
-    assert Lake(tmp_path / "lake").landing_dir("meter_readings", MONTHS[1]).joinpath("_manifest.json").is_file()
+    assert read_manifest(Lake(tmp_path / "lake").landing_month("meter_readings", MONTHS[1]))
 
 
 def test_parallel_months_run_the_first_alone_then_overlap(tmp_path):

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lakehouse.io.lake import Lake
+from lakehouse.io.storage import Storage
 from lakehouse.specs.models import SourceSpec
 from lakehouse.transforms import executors as X
 from lakehouse.transforms.parse import FILE_COL, LINE_COL, cast_checked, read_raw
@@ -71,7 +72,7 @@ def both_lanes(spark, tmp_path: Path, source: SourceSpec, contents: dict[str, by
         (inbox / name).write_bytes(data)
         files.append(str(inbox / name))
     schema = X.data_schema(spark, source)
-    staged, bad, fast = X.format_month(spark, files, source, MONTH, str(tmp_path / "table"), schema)
+    staged, bad, fast = X.format_month(spark, files, source, MONTH, Storage("/"), str(tmp_path / "table"), schema)
     accepted = pa.concat_tables([pq.read_table(tmp_path / "table" / s["path"]) for s in staged]) if staged else None
     return accepted, bad, fast, spark_lane(spark, files, source), staged
 
@@ -162,7 +163,7 @@ def staged_month(lake: Lake, month: str, rows: int, schema: pa.Schema) -> list[d
             LINE_COL: pa.array(range(2, rows + 2), pa.int64()),
         }
     ).cast(X._file_schema(schema))
-    return [X.stage_parquet(str(lake.table_path("formatted", "m")), f"month={month}", table)]
+    return [X.stage_parquet(lake.storage, lake.table_uri("formatted", "m"), f"month={month}", table)]
 
 
 def test_commit_month_replaces_one_month_in_one_transaction(spark, tmp_path):

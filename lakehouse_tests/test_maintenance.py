@@ -39,7 +39,7 @@ def snapshot(lake: Lake, zone: str, table: str, version: int) -> list[dict]:
 
 
 def write_lineage(lake: Lake, pipeline: str, model_version: str, inputs: dict[str, int]) -> Path:
-    folder = lake.table_path("ml", pipeline) / "models" / model_version
+    folder = Path(lake.uri("ml", pipeline, "models", model_version))
     folder.mkdir(parents=True)
     lineage = {"inputs": {t: {"delta_version": v, "months": MONTHS} for t, v in inputs.items()}, "run_id": "r"}
     (folder / "lineage.json").write_text(json.dumps(lineage))
@@ -106,7 +106,7 @@ def test_lineage_versions_are_collected_and_a_broken_lineage_stops_everything(la
     assert versions_in_use(lake) == {("exploitation", "daily"): {1, 2}, ("trusted", "t"): {3}}
     assert delta_tables(lake) == [("exploitation", "daily")]
 
-    broken = lake.table_path("ml", "model_c") / "models" / "v0001"
+    broken = Path(lake.uri("ml", "model_c", "models", "v0001"))
     broken.mkdir(parents=True)
     (broken / "lineage.json").write_text("{not json")
     version = lake.version("exploitation", "daily")

@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from lakehouse.factories import build_definitions
+from lakehouse.collectors.landing import read_manifest
 from lakehouse.io.lake import Lake
 from lakehouse.sim.world import seattle_weather
 
@@ -59,7 +60,7 @@ def test_a_yaml_file_alone_adds_a_source(configs_copy, make_project, weather_ser
     assert result.success
 
     lake = Lake(project.lake_root)
-    (entry,) = json.loads((lake.landing_dir("weather_legacy", "2012-02") / "_manifest.json").read_text())
+    (entry,) = [e.__dict__ for e in read_manifest(lake.landing_month("weather_legacy", "2012-02"))]
     assert entry["origin"] == f"{weather_server.url}/noaa/USW00024233/2012-02.txt" and entry["rows"] == 29
 
     table = lake.read_arrow("formatted", "weather_legacy").to_pylist()

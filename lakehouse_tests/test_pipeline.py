@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from lakehouse.collectors.landing import read_manifest
 from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
 from lakehouse.quality import quarantine as quarantine_table
@@ -69,7 +71,7 @@ def test_all_zones_then_model_then_rerun(spark, world_and_project):
 
     landing_rows = 0
     for month in MONTHS:
-        manifest = json.loads((lake.landing_dir("meter_readings", month) / "_manifest.json").read_text())
+        manifest = [e.__dict__ for e in read_manifest(lake.landing_month("meter_readings", month))]
         assert len(manifest) == 3 and all(len(e["sha256"]) == 64 for e in manifest)
         landing_rows += sum(e["rows"] for e in manifest)
 
@@ -108,7 +110,7 @@ def test_all_zones_then_model_then_rerun(spark, world_and_project):
     (event,) = ml.get_asset_materialization_events()
     meta = event.materialization.metadata
     assert meta["rmse"].value > 0 and meta["validation_rows"].value > 0
-    model_dir = lake.table_path("ml", "consumption_model") / "models" / "v0001"
+    model_dir = Path(lake.uri("ml", "consumption_model", "models", "v0001"))
     lineage = json.loads((model_dir / "lineage.json").read_text())
     assert lineage["inputs"]["exploitation/daily_consumption"]["delta_version"] == lake.version("exploitation", "daily_consumption")
     assert (model_dir / "model.joblib").stat().st_size > 0

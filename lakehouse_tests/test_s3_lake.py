@@ -169,10 +169,17 @@ def test_a_wrong_or_missing_credential_is_named_never_shown(world, weather_serve
 
 
 def test_a_server_gone_mid_run_fails_clearly_and_the_rerun_converges(spark, world, weather_server, s3_env, local_lake, configs_copy, monkeypatch):
-    from lakehouse.io.storage import Storage
-
     local_project, local = local_lake
     proxy = Cuttable(int(s3_env.endpoint.rsplit(":", 1)[1]))
+    try:
+        _outage_then_rerun(proxy, world, weather_server, s3_env, local_project, local, configs_copy, monkeypatch)
+    finally:
+        proxy.cut()
+
+
+def _outage_then_rerun(proxy, world, weather_server, s3_env, local_project, local, configs_copy, monkeypatch):
+    from lakehouse.io.storage import Storage
+
     main = configs_copy / "lakehouse.yaml"
     # few, short retries: an unreachable store fails the step in seconds
     main.write_text(main.read_text().replace("  credentials:\n", "  options:\n    max_retries: \"1\"\n    retry_timeout: \"2s\"\n  credentials:\n"))
@@ -202,4 +209,3 @@ def test_a_server_gone_mid_run_fails_clearly_and_the_rerun_converges(spark, worl
     for zone, table in delta_tables(local):
         if zone != "ml":
             assert table_hash(lake, zone, table) == table_hash(local, zone, table), f"{zone}/{table}"
-    proxy.cut()

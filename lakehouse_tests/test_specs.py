@@ -11,7 +11,7 @@ def test_repo_configs_load(make_project, tmp_path):
     meters = project.source("meter_readings")
     assert meters.collector.type == "file_drop"
     assert project.resolve(meters.collector.inbox) == tmp_path / "world" / "inbox" / "meter_readings"
-    assert project.lake_root == tmp_path / "lake"
+    assert project.lake_root == str(tmp_path / "lake")
 
 
 def test_unknown_key_names_file_line_and_key(configs_copy: Path):

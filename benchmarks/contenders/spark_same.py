@@ -41,11 +41,12 @@ def _formatted(spark, source, schema, months: dict[str, list[Path]], out: Path) 
     rejected rows into ``out/quarantine_formatted/``. No Delta commit: the staged files are the output."""
     import pyarrow.parquet as pq
 
+    from lakehouse.io.storage import Storage
     from lakehouse.transforms.executors import format_month
 
     for month, paths in months.items():
         shutil.rmtree(out / "formatted" / f"month={month}", ignore_errors=True)
-        _, bad, _ = format_month(spark, [str(p) for p in paths], source, month, str(out / "formatted"), schema)
+        _, bad, _ = format_month(spark, [str(p) for p in paths], source, month, Storage("/"), str(out / "formatted"), schema)
         if bad.num_rows:
             (out / "quarantine_formatted").mkdir(parents=True, exist_ok=True)
             pq.write_table(bad, out / "quarantine_formatted" / f"{month}.parquet")

@@ -94,8 +94,15 @@ def _delta_error(exc: BaseException, what: str, storage: Storage) -> BaseExcepti
         named = ", ".join(storage.secret_names) or "no credential variables (storage.credentials is empty)"
         return StorageAccessError(f"{what}: the object store refused the credentials; check the values of {named}")
     if any(s in text for s in ("error sending request", "Connection refused", "connection error", "dns error", "timed out")):
-        return StorageUnavailableError(f"{what}: the object store at {storage.root} could not be reached; nothing was committed")
+        return StorageUnavailableError(
+            f"{what}: the object store at {storage.root} could not be reached ({_first_line(text)}); nothing was committed"
+        )
     return None
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " / ".join(lines[:4])[:400]
 
 
 class Lake:

@@ -167,7 +167,7 @@ class Storage:
         for p in parts:
             if not p or p in (".", "..") or p.startswith("/"):
                 raise ValueError(f"{p!r} is not a name inside the lake")
-        return "/".join([self.root, *(p.strip("/") for p in parts)])
+        return "/".join([self.root.rstrip("/"), *(p.strip("/") for p in parts)])
 
     def join(self, base: str, *parts: str) -> str:
         """``base/part/...`` for a ``base`` inside the lake and single, safe names."""
@@ -182,11 +182,12 @@ class Storage:
         text = str(uri)
         if text.startswith("file://"):
             text = text[len("file://"):]
+        base = self.root.rstrip("/")  # "" for the local root "/"
         if text == self.root:
             return ""
-        if not text.startswith(self.root + "/"):
+        if not text.startswith(base + "/"):
             raise PermissionError(f"{uri} is outside the lake root {self.root}")
-        rel = text[len(self.root) + 1:]
+        rel = text[len(base) + 1:]
         if any(p in ("", ".", "..") for p in rel.split("/")):
             raise PermissionError(f"{uri} escapes the lake root {self.root}")
         return rel
@@ -372,8 +373,8 @@ def _cause(text: str) -> str:
 
 
 def open_files(uris, storage: Storage | None = None):
-    """``(uri, bytes)`` of each of ``uris``: objects of ``storage``, or local files when it is None (each
-    opened through a :class:`Storage` of its folder, so there is one way to read bytes)."""
+    """``(uri, bytes)`` of each of ``uris``: objects of ``storage``, or local files (absolute paths) when it
+    is None, read through a :class:`Storage` of ``/`` — one way to read bytes."""
+    store = storage if storage is not None else Storage("/")
     for uri in uris:
-        store = storage if storage is not None else Storage(parse_root(uri.rsplit("/", 1)[0] or "/", "/"))
         yield uri, store.read(uri)

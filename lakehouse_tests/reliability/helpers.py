@@ -122,13 +122,17 @@ def duplicates(rows: list[dict], key: Sequence[str]) -> list[tuple]:
 
 def landing_state(lake: Lake, source: str = SOURCE) -> dict[str, list[dict]]:
     """Every month's manifest (sorted entries without the arrival time) — the landing zone's content."""
-    base = lake.table_path("landing", source)
+    from dataclasses import asdict
+
+    from lakehouse.collectors.landing import read_manifest
+
     out = {}
-    for manifest in sorted(base.glob("*/_manifest.json")):
-        entries = json.loads(manifest.read_text())
-        out[manifest.parent.name] = sorted(
-            ({k: v for k, v in e.items() if k != "received_at"} for e in entries), key=lambda e: json.dumps(e, sort_keys=True)
-        )
+    for month in lake.storage.folders(lake.table_uri("landing", source)):
+        entries = [asdict(e) for e in read_manifest(lake.landing_month(source, month))]
+        if entries:
+            out[month] = sorted(
+                ({k: v for k, v in e.items() if k != "received_at"} for e in entries), key=lambda e: json.dumps(e, sort_keys=True)
+            )
     return out
 
 

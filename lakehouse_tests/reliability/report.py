@@ -83,7 +83,7 @@ def source_rows() -> list[str]:
             month = faults.pop("month", month)
             if faults:
                 server.inject(match=month, **faults)
-            folder = Lake(project.lake_root).landing_dir(source.name, f"{month}")
+            folder = Lake(project.lake_root).landing_month(source.name, f"{month}")
             try:
                 result = collect(project, source, month, folder)
                 outcome, message = f"landed {len(result.landed)} file ({result.landed[0].rows} rows)", ""

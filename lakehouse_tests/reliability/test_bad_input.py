@@ -50,7 +50,7 @@ class Outcome:
         self.repairs: dict[tuple, list[dict]] = defaultdict(list)  # (file, line) -> repairs
         for r in repair_rows(lake):
             self.repairs[(r["source_file"], r["source_line"])].append(r)
-        self.manifests = {m: {e.name: e for e in read_manifest(lake.landing_dir(SOURCE, m)) if e.status == "landed"}
+        self.manifests = {m: {e.name: e for e in read_manifest(lake.landing_month(SOURCE, m)) if e.status == "landed"}
                           for m in corpus.months}
 
 
@@ -84,7 +84,7 @@ def check_file(o: Outcome, f: bad.BadFile) -> list[str]:
         return [f"not in the landing manifest of {f.month} as {name}"]
     if not entry.origin.endswith(f.name):
         problems.append(f"manifest origin {entry.origin!r} does not keep the delivered name")
-    if not o.lake.inside(o.lake.landing_dir(SOURCE, f.month) / name).is_file():
+    if not Path(o.lake.inside(o.lake.uri("landing", SOURCE, f.month, name))).is_file():
         problems.append("landed file missing")
 
     parse_q = {ln: rows for (file, ln), rows in o.quarantine["formatted"].items() if file == name}
@@ -272,7 +272,7 @@ def test_out_of_range_files_are_reported(outcome, tmp_path):
 
     out_of_range = [f for f in outcome.corpus.files if f.out_of_range]
     assert out_of_range and all(check_file(outcome, f) == [] for f in out_of_range)  # never landed
-    project = project_at(outcome.lake.root, outcome.world)
+    project = project_at(Path(outcome.lake.root), outcome.world)
     source = project.source(SOURCE)
     plan = plan_tick(source, project.resolve(source.collector.inbox), outcome.lake, InboxCursor.parse(None),
                      has_month=monthly(project).has_partition_key, settle_seconds=0)

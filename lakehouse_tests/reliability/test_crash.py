@@ -71,10 +71,10 @@ def build_world(world: Path, months: list[str], meters: int) -> None:
 
 def delta_tables(lake: Lake) -> list[tuple[str, str]]:
     out = []
-    for zone_dir in sorted(p for p in lake.root.iterdir() if p.is_dir()):
-        for table_dir in sorted(p for p in zone_dir.iterdir() if p.is_dir()):
-            if DeltaTable.is_deltatable(str(table_dir)):
-                out.append((zone_dir.name, table_dir.name))
+    for zone in lake.storage.folders(lake.root):
+        for table in lake.storage.folders(lake.storage.uri(zone)):
+            if DeltaTable.is_deltatable(lake.storage.uri(zone, table)):
+                out.append((zone, table))
     return out
 
 
@@ -121,8 +121,8 @@ def check_after_kill(lake: Lake, reference: dict) -> list[str]:
         for e in entries:
             if json.dumps(e, sort_keys=True) not in ref_entries.get(month, set()):
                 problems.append(f"landing {month}: manifest entry {e['name']} differs from the reference")
-        for entry in read_manifest(lake.landing_dir(SOURCE, month)):
-            path = lake.landing_dir(SOURCE, month) / entry.name
+        for entry in read_manifest(lake.landing_month(SOURCE, month)):
+            path = Path(lake.uri("landing", SOURCE, month, entry.name))
             if entry.status == "landed" and (not path.is_file() or sha256_file(path) != entry.sha256):
                 problems.append(f"landing {month}: {entry.name} listed but missing or changed")
     return problems
@@ -206,16 +206,16 @@ def reference_long(spark, tmp_path_factory):
 def test_rerun_changes_nothing(reference):
     """R3: every zone, every month materialized again: same content, no duplicates, manifests as they were."""
     lake, months = reference["lake"], reference["months"]
-    manifests = {m: read_manifest(lake.landing_dir(SOURCE, m)) for m in months}
+    manifests = {m: read_manifest(lake.landing_month(SOURCE, m)) for m in months}
     versions = {t: lake.version(*t) for t in delta_tables(lake)}
-    result, writes = crash_run.record_writes(lake.root, reference["root"] / "world", months[0], months[-1], VIEWS)
+    result, writes = crash_run.record_writes(Path(lake.root), reference["root"] / "world", months[0], months[-1], VIEWS)
     assert result.success
     assert lake_content(lake) == reference["content"]
     # ... and it did rewrite every zone table (a skipped month would prove nothing)
     assert all(lake.version(*t) > v for t, v in versions.items() if t[0] in ("formatted", "trusted", "exploitation"))
     # the landing zone wrote nothing: every file had landed already, the manifests stay as they were
     assert not [w for w in writes if w[0] == "file"]
-    assert {m: read_manifest(lake.landing_dir(SOURCE, m)) for m in months} == manifests
+    assert {m: read_manifest(lake.landing_month(SOURCE, m)) for m in months} == manifests
     for m, entries in manifests.items():
         assert not duplicates([e.__dict__ for e in entries], ["name", "sha256"])
     trusted = lake.read_arrow("trusted", SOURCE).to_pylist()

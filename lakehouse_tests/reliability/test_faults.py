@@ -14,6 +14,7 @@ import json
 
 import dagster as dg
 import pytest
+from pathlib import Path
 import requests
 
 from lakehouse.collectors import collect
@@ -48,7 +49,8 @@ def http_source(project, **changes):
     return source.model_copy(update={"collector": collector})
 
 
-def data_files(folder) -> list[str]:
+def data_files(month) -> list[str]:
+    folder = Path(month.uri)
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(("_", "."))) if folder.exists() else []
 
 
@@ -63,13 +65,13 @@ def test_http_fault(project, weather, kind, tmp_path):
     retries = source.collector.retries
     spec = {k.name: k for k in bad.source_kinds(retries=retries, timeout_s=TIMEOUT_S)}[kind]
     month = "2013-02"
-    folder = Lake(project.lake_root).landing_dir("weather", month)
+    folder = Lake(project.lake_root).landing_month("weather", month)
     faults = dict(spec.faults)
     if faults.pop("port", None) == "closed":
         closed = free_port()  # a port nothing listens on
         source = http_source(project, url=source.collector.url.replace(f":{weather.port}/", f":{closed}/"))
     month = faults.pop("month", month)
-    folder = Lake(project.lake_root).landing_dir("weather", month)
+    folder = Lake(project.lake_root).landing_month("weather", month)
     if faults:
         weather.inject(match=month, **faults)
     if spec.survive:
@@ -79,7 +81,7 @@ def test_http_fault(project, weather, kind, tmp_path):
         (entry,) = result.landed
         url = source.collector.url.format(**template_values(month, source.collector.params))
         expected = requests.get(url, timeout=10).content
-        assert (folder / entry.name).read_bytes() == expected  # what the provider serves, complete
+        assert (Path(folder.uri) / entry.name).read_bytes() == expected  # what the provider serves, complete
         assert [e.name for e in read_manifest(folder)] == [entry.name] and entry.rows == len(json.loads(expected)["observations"])
         return
     with pytest.raises(CollectorError) as err:
@@ -90,7 +92,7 @@ def test_http_fault(project, weather, kind, tmp_path):
         assert "timed out" not in message, message  # a refused connection is not a timeout
     assert data_files(folder) == [] and read_manifest(folder) == [], "a failed download must land nothing"
     if spec.name == "http_html_200":
-        (kept,) = (folder / "_rejected").iterdir()  # what did arrive is kept for inspection
+        (kept,) = (Path(folder.uri) / "_rejected").iterdir()  # what did arrive is kept for inspection
         assert kept.stat().st_size > 0
 
 
@@ -109,7 +111,7 @@ def test_database_fault(project, kind, tmp_path, monkeypatch):
 
         sqlite3.connect(tmp_path / "empty.sqlite").close()
     monkeypatch.setenv(source.collector.url_env, url)
-    folder = Lake(project.lake_root).landing_dir("customers", month)
+    folder = Lake(project.lake_root).landing_month("customers", month)
     with pytest.raises(CollectorError) as err:
         collect(project, source, month, folder)
     message = str(err.value)
@@ -135,7 +137,7 @@ def test_a_failing_month_does_not_stop_the_others(tmp_path, weather):
     assert "2012-02" in text and "HTTP 500" in text and "1 of 3 month(s) failed" in text
     lake = Lake(project.lake_root)
     for month, landed in (("2012-01", 1), ("2012-02", 0), ("2012-03", 1)):
-        assert len(read_manifest(lake.landing_dir("weather", month))) == landed, month
+        assert len(read_manifest(lake.landing_month("weather", month))) == landed, month
 
 
 def test_customers_world_is_reachable_when_nothing_fails(project, tmp_path, monkeypatch):
@@ -144,6 +146,6 @@ def test_customers_world_is_reachable_when_nothing_fails(project, tmp_path, monk
     CustomerWorld(WorldConfig(meters=4, seed=5)).write(world, ["2012-03"])
     source = project.source("customers")
     monkeypatch.setenv(source.collector.url_env, f"sqlite:///{world / 'customers.sqlite'}")
-    folder = Lake(project.lake_root).landing_dir("customers", "2012-03")
+    folder = Lake(project.lake_root).landing_month("customers", "2012-03")
     (entry,) = collect(project, source, "2012-03", folder).landed
     assert entry.rows >= 4

@@ -147,9 +147,9 @@ def test_a_planted_secret_never_leaves_the_environment(planted, tmp_path, spark,
                              "2012-03", instance=instance)
         assert result.success
         lake = Lake(project.lake_root)
-        (entry,) = read_manifest(lake.landing_dir("customers", "2012-03"))
+        (entry,) = read_manifest(lake.landing_month("customers", "2012-03"))
         assert entry.rows >= 4 and entry.origin.startswith("sql:sqlite:")  # it did read through that URL
-        texts = _everything_the_run_left(instance, result.run_id, [project.lake_root, home, project.configs_dir])
+        texts = _everything_the_run_left(instance, result.run_id, [Path(project.lake_root), home, project.configs_dir])
     out, err = capfd.readouterr()
     texts["captured stdout/stderr"] = out + err
     leaks = [where for where, text in texts.items() if SECRET in text]
@@ -188,7 +188,7 @@ def test_names_from_a_source_cannot_write_outside_the_lake(tmp_path, make_projec
     project = make_project()
     source = project.source("meter_readings")
     lake = Lake(project.lake_root)
-    month_dir = lake.inside(lake.landing_dir(source.name, "2012-01"))
+    month_dir = lake.landing_month(source.name, "2012-01")
     hostile = ["../../../../escape.csv", "/etc/cron.d/evil", "..\\..\\win.csv", "a/../../b.csv", "\x00nul.csv", "..", ""]
     data = b"device_id;timestamp;reading_kwh\nM1;2012-01-01T00:00:00Z;1.0\n"
     monkeypatch.setattr(collectors, "fetch", lambda *a, **k: [Fetched(n, data + n.encode("utf-8", "replace") + b"\n", "test") for n in hostile])
@@ -199,7 +199,7 @@ def test_names_from_a_source_cannot_write_outside_the_lake(tmp_path, make_projec
     assert sum(e.status == "landed" for e in read_manifest(month_dir)) == len(hostile)
     created = {p for p in tmp_path.rglob("*")} - before
     files = {p for p in created if p.is_file()}
-    assert files and all(p.resolve().is_relative_to(month_dir) for p in files), sorted(map(str, files))
+    assert files and all(p.resolve().is_relative_to(month_dir.uri) for p in files), sorted(map(str, files))
     assert all(p.resolve().is_relative_to(lake.root) for p in created), sorted(map(str, created))
 
 
@@ -209,15 +209,15 @@ def test_symlinks_cannot_redirect_writes_outside_the_lake(tmp_path):
     target = outside / "victim.txt"
     target.write_text("untouched")
     lake = Lake(tmp_path / "lake")
-    month_dir = lake.landing_dir("meter_readings", "2012-01")
+    month_dir = Path(lake.landing_uri("meter_readings", "2012-01"))
     month_dir.mkdir(parents=True)
     (month_dir / "meter_M1_2012-01.csv").symlink_to(target)  # planted where a file will land
-    land(month_dir, "meter_M1_2012-01.csv", b"h\n1\n", origin="test")
+    land(lake.landing_month("meter_readings", "2012-01"), "meter_M1_2012-01.csv", b"h\n1\n", origin="test")
     assert target.read_text() == "untouched"
     assert not (month_dir / "meter_M1_2012-01.csv").is_symlink()
     # a month folder that is a symlink out of the lake is refused before anything is written
-    linked = lake.landing_dir("meter_readings", "2012-02")
-    linked.symlink_to(outside, target_is_directory=True)
+    linked = lake.landing_uri("meter_readings", "2012-02")
+    Path(linked).symlink_to(outside, target_is_directory=True)
     with pytest.raises(PermissionError, match="outside the lake root"):
         lake.inside(linked)
 
