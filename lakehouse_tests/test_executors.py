@@ -148,7 +148,7 @@ def test_cast_strict_steps_aside(kind, value):
     raw = pa.table({"v": [value], FILE_COL: ["f"], LINE_COL: pa.array([2], pa.int64())})
     plan = X.Plan(
         fmt=None, raw_names=("v",), columns=(("v", "v", kind, True, None),), month_column=None, month=MONTH,
-        utc_session=True, schema=pa.schema([("v", pa.string()), (FILE_COL, pa.string()), (LINE_COL, pa.int64())]), table_dir="",
+        utc_session=True, schema=pa.schema([("v", pa.string()), (FILE_COL, pa.string()), (LINE_COL, pa.int64())]), table_dir="", storage=Storage("/"),
     )
     assert X.cast_strict(raw, plan) is None
 
