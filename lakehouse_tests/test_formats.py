@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lakehouse.collectors.landing import read_manifest
 from lakehouse.specs.models import ColumnSpec, FormatSpec, PartitioningSpec, SourceSpec
 from lakehouse.transforms.parse import cast_checked, parse_file
 from lakehouse.transforms.records import count_records
@@ -235,7 +236,7 @@ def test_a_json_gas_meter_export_declared_by_yaml(configs_copy, make_project, tm
     reasons = {(q["stage"], q["source_line"]): q["error"] for q in quarantine if q["dataset"] == "gas_meter"}
     assert "cannot read '06/03/2015' as date" in reasons[("formatted", 6)]
     assert ("trusted", 4) in reasons
-    (entry,) = json.loads((lake.landing_dir("gas_meter", "2015-03") / "_manifest.json").read_text())
+    (entry,) = [e.__dict__ for e in read_manifest(lake.landing_month("gas_meter", "2015-03"))]
     assert entry["rows"] == 10
 
 
@@ -284,7 +285,7 @@ def test_an_export_of_many_months_lands_once_and_each_month_takes_its_rows(confi
     ok = dg.materialize(defs.assets, selection=[keys["landing"]], partition_key="2015-04", resources=defs.resources)
     assert ok.success
     lake = Lake(project.lake_root)
-    (entry,) = json.loads((lake.landing_dir("gas_export", "2015-04") / "_manifest.json").read_text())
+    (entry,) = [e.__dict__ for e in read_manifest(lake.landing_month("gas_export", "2015-04"))]
     assert entry["rows"] == 43 and entry["months"] == ["2014-12", "2015-03", "2015-04"]
     for month in ("2015-03", "2015-04", "2015-05"):
         run = dg.materialize(defs.assets, selection=[keys["formatted"], keys["trusted"]], partition_key=month, resources=defs.resources)
