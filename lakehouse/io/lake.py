@@ -90,7 +90,7 @@ def _delta_error(exc: BaseException, what: str, storage: Storage) -> BaseExcepti
     """A delta-rs error that means the object store refused the credentials or could not be reached, as the
     lake's own error (naming the credential variables, never their values); None for any other error."""
     text = str(exc)
-    if any(s in text for s in ("lacked the necessary privileges", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
+    if any(s in text for s in ("lacked the necessary privileges", "403 Forbidden", "401 Unauthorized", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
         named = ", ".join(storage.secret_names) or "no credential variables (storage.credentials is empty)"
         return StorageAccessError(f"{what}: the object store refused the credentials; check the values of {named}")
     if any(s in text for s in ("error sending request", "Connection refused", "connection error", "dns error", "timed out")):

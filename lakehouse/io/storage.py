@@ -249,13 +249,15 @@ class Storage:
             raise self._denied(what, uri) from None
         except oe.BaseError as exc:
             text = str(exc)
-            if any(s in text for s in ("403", "401", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")):
+            if any(s in text for s in ("403 Forbidden", "401 Unauthorized", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")):
                 raise self._denied(what, uri) from None
             raise StorageUnavailableError(f"{what} {uri}: the object store failed ({_cause(text)})") from None
         except OSError as exc:
             raise StorageUnavailableError(f"{what} {uri}: {type(exc).__name__}: {exc}") from None
 
     def _denied(self, what: str, uri: str) -> StorageAccessError:
+        if is_local(self.root):
+            return StorageAccessError(f"{what} {uri}: permission denied on the local disk")
         named = ", ".join(self.secret_names) or "no credential variables (storage.credentials is empty)"
         return StorageAccessError(
             f"{what} {uri}: the object store refused the credentials; check the values of {named}"
