@@ -128,7 +128,7 @@ def options_for(root: str, spec: StorageSpec | None, env: Mapping[str, str]) -> 
     if spec.endpoint:
         options[key("endpoint")] = spec.endpoint
         options["allow_http"] = "true" if spec.endpoint.startswith("http://") else options.get("allow_http", "false")
-    if spec.region:
+    if spec.region and scheme == "s3":  # GCS and Azure have no region option
         options[key("region")] = spec.region
     names = []
     for option, variable in spec.credentials.items():
