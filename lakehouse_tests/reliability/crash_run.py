@@ -4,7 +4,7 @@ Runs the zone assets of the meter source (and ``--views``) over ``--start..--end
 ``--lake`` with the demo world ``--world``, in this process, like ``make demo`` does. Every write the run
 makes goes through two functions, wrapped here to report it on stdout (``WRITE <n> <kind> <target>``):
 
-* :func:`lakehouse.collectors.landing.atomic_write` — a landed file or a manifest;
+* :meth:`lakehouse.io.storage.Storage.write` — a landed file or a manifest version (in this process);
 * :meth:`lakehouse.io.lake.Lake._commit` — one Delta transaction.
 
 With ``--kill-at N --kind commit|file --phase before|during|after`` the process SIGKILLs itself at its
@@ -40,18 +40,19 @@ def _kill_now() -> None:
 def instrument(on_write: Callable[[int, str, str], Callable[[], None] | None]) -> Iterator[list[tuple[str, str]]]:
     """Wrap the two write paths; ``on_write(n, kind, target)`` runs before write ``n`` and may return a
     function to run after it. Yields the list of writes seen (kind, target)."""
-    from lakehouse.collectors import landing
     from lakehouse.io import lake as lake_mod
+    from lakehouse.io.storage import Storage
 
     seen: list[tuple[str, str]] = []
-    real_write, real_commit = landing.atomic_write, lake_mod.Lake._commit
+    real_write, real_commit = Storage.write, lake_mod.Lake._commit
 
-    def atomic_write(path: Path, data: bytes) -> None:
-        seen.append(("file", f"{path.parent.name}/{path.name}"))
+    def write(self, uri: str, data: bytes, **kwargs) -> bool:
+        seen.append(("file", "/".join(uri.rsplit("/", 2)[-2:])))
         after = on_write(len(seen), *seen[-1])
-        real_write(path, data)
+        done = real_write(self, uri, data, **kwargs)
         if after:
             after()
+        return done
 
     def commit(self, zone: str, table: str, write, *args, **kwargs):
         seen.append(("commit", f"{zone}/{table}"))
@@ -61,12 +62,12 @@ def instrument(on_write: Callable[[int, str, str], Callable[[], None] | None]) -
             after()
         return version
 
-    landing.atomic_write = atomic_write
+    Storage.write = write
     lake_mod.Lake._commit = commit
     try:
         yield seen
     finally:
-        landing.atomic_write = real_write
+        Storage.write = real_write
         lake_mod.Lake._commit = real_commit
 
 
