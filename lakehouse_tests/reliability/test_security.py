@@ -294,8 +294,9 @@ def test_inbox_symlinks_are_refused_and_recorded_never_followed(tmp_path, make_p
     secret.write_text("DB_PASSWORD=hunter2\n")
     (inbox / "meter_ENV_2012-01.csv").symlink_to("/proc/self/environ")
     (inbox / "meter_S_2012-01.csv").symlink_to(secret)
-    month_dir = Lake(project.lake_root).landing_dir("meter_readings", "2012-01")
-    result = collect(project, source, "2012-01", month_dir)
+    month = Lake(project.lake_root).landing_month("meter_readings", "2012-01")
+    month_dir = Path(month.uri)
+    result = collect(project, source, "2012-01", month)
     assert [e.name for e in result.landed] == ["meter_M1_2012-01.csv"]
     assert sorted(name for name, _ in result.refused) == ["meter_ENV_2012-01.csv", "meter_S_2012-01.csv"]
     assert all("symbolic link" in why for _, why in result.refused)
