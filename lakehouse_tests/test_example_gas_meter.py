@@ -156,7 +156,7 @@ def test_champion_is_not_worse_than_a_plain_hdd_regression_on_the_same_10_folds(
 
     lake = example["lake"]
     meta = _metadata(example["result"])
-    pointer = json.loads((lake.table_path("ml", "gas_champion") / "champion.json").read_text())
+    pointer = json.loads(lake.storage.read(lake.uri("ml", "gas_champion", "champion.json")))
     assert pointer["metric"] == "cv_rmse"
     # the plain HDD regression, fitted here on the training rows in the pipeline's order and folds
     split, _, _ = fp.read_table(lake, "gas_split")
