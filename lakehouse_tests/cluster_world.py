@@ -49,8 +49,9 @@ def fingerprints(lake_root: Path) -> dict[str, dict[str, object]]:
     lake = Lake(lake_root)
     current = {("quality", "quarantine"): quarantine.current, ("quality", "repairs"): repairs.current}
     out: dict[str, dict[str, object]] = {}
-    for log in sorted(lake.root.glob("*/*/_delta_log")):
-        zone, table = log.parent.parent.name, log.parent.name
+    for zone, table in ((z, t) for z in lake.storage.folders(lake.root) for t in lake.storage.folders(lake.storage.uri(z))):
+        if not lake.exists(zone, table):
+            continue
         data = current[(zone, table)](lake) if (zone, table) in current else lake.read_arrow(zone, table)
         data = data.select([c for c in data.column_names if c not in RUN_COLUMNS])
         rows = sorted(json.dumps(r, sort_keys=True, default=str) for r in data.to_pylist())
