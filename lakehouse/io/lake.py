@@ -82,6 +82,16 @@ def _utc_timestamps(table: pa.Table) -> pa.Table:
     return table if schema.equals(table.schema) else table.cast(schema)
 
 
+_TABLE_LOCKS: dict[str, threading.Lock] = {}
+_TABLE_LOCKS_GUARD = threading.Lock()
+
+
+def _table_lock(uri: str) -> threading.Lock:
+    """This process's lock for commits to the table at ``uri``."""
+    with _TABLE_LOCKS_GUARD:
+        return _TABLE_LOCKS.setdefault(uri, threading.Lock())
+
+
 #: this thread's open Delta tables by path (see :meth:`Lake.delta`)
 _OPEN = threading.local()
 
@@ -402,8 +412,11 @@ class Lake:
         """
         for attempt in range(1, attempts + 1):
             try:
-                write()
-                break
+                # commits to one table from this process's threads (months of a range) take turns, so the
+                # version read back below is this write's own, not a later month's
+                with _table_lock(self._uri(zone, table)):
+                    write()
+                    return self.delta(zone, table).version()
             except (DeltaError, OSError) as exc:
                 mapped = _delta_error(exc, f"{zone}/{table}", self.storage)
                 if mapped is not None:
@@ -416,7 +429,7 @@ class Lake:
                         f" up; nothing of this write was committed ({type(exc).__name__}: {exc})"
                     ) from exc
                 time.sleep(min(4.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + random.random()))
-        return self.delta(zone, table).version()
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     # ------------------------------------------------------------------------------------ delta: read
     def _filters(self, months: Sequence[str] | None):
