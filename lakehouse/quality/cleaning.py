@@ -432,7 +432,7 @@ def clean_month(
         F.array().cast("array<string>").alias(ERRORS),
         F.array().cast(REPAIR_TYPE).alias(REPAIRS),
     )
-    if received:
+    if received and len(set(received.values())) > 1:  # one receipt time orders nothing: no join
         order = formatted.sparkSession.createDataFrame(sorted(received.items()), f"__file string, {RECEIVED} string")
         df = df.join(F.broadcast(order), df[FILE_COL] == order["__file"], "left").drop("__file")
     else:
