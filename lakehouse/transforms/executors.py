@@ -11,7 +11,7 @@ come back; the driver commits them in the month's one Delta transaction
 (:meth:`lakehouse.io.lake.Lake.commit_month`). Uncommitted files are not part of the table, so a crash
 leaves the previous version intact.
 
-Anything that is not plainly clean steps aside: a file the line parser has something to say about, a
+Anything that is not plainly clean steps aside: a file the full parser has something to say about, a
 value outside the strict forms below, an empty required value, a row of another month. Such a file is
 formatted by the Spark path (:func:`parse.read_raw` + :func:`parse.cast_checked`), which writes the
 quarantine records. The strict forms are a subset of what Spark's casts accept and read to the same

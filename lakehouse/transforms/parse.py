@@ -89,7 +89,7 @@ def clean_layout(data: bytes, fmt: FormatSpec, raw_names: Sequence[str]) -> tupl
     if len(header) != len(raw_names) or set(header) != set(raw_names) or (b"\n" + first + b"\n") in data:
         return None
     if end + 1 == len(data):
-        return None  # header only: the line parser reports it
+        return None  # header only: the full parser reports it
     return header, end + 1
 
 
@@ -135,7 +135,7 @@ def read_clean(files: Sequence[tuple[str, bytes]], names: Sequence[str], fmt: Fo
 
 def _parse_fast(name: str, data: bytes, fmt: FormatSpec, raw_names: list[str]) -> pa.Table | None:
     """The rows of a clean file (:func:`clean_layout`), read by pyarrow; ``None`` when the file needs the
-    line parser."""
+    full parser."""
     layout = clean_layout(data, fmt, raw_names)
     if layout is None:
         return None
