@@ -491,6 +491,8 @@ class Lake:
         Spark's JVM has no S3 client here), one task per share of files; partition values come from the log."""
         from pyspark.sql.pandas.types import from_arrow_schema
 
+        from lakehouse.io.spark import parallelism
+
         schema = normalized_schema(pa.schema(dt.schema().to_arrow()))
         actions = pa.table(dt.get_add_actions(flatten=True))
         column = f"partition.{PARTITION_COLUMN}"
@@ -501,10 +503,7 @@ class Lake:
             if months is None or part in months
         ]
         storage = self.storage
-        try:
-            slots = max(1, min(len(files), spark.sparkContext.defaultParallelism))
-        except Exception:  # Spark Connect has no SparkContext
-            slots = max(1, min(len(files), os.cpu_count() or 1))
+        slots = max(1, min(len(files), parallelism(spark)))
         shares = [files[i::slots] for i in range(slots)]
 
         def read(batches):

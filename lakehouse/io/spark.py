@@ -217,3 +217,12 @@ def arrow_frame(spark: SparkSession, table: pa.Table) -> DataFrame:
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return spark.createDataFrame(table, schema=from_arrow_schema(table.schema))
+
+
+def parallelism(spark: SparkSession) -> int:
+    """How many tasks the session runs at once (the cores of a local session; this machine's cores under
+    Spark Connect, which has no SparkContext to ask)."""
+    try:
+        return max(1, spark.sparkContext.defaultParallelism)
+    except Exception:  # noqa: BLE001 - Spark Connect has no SparkContext
+        return max(1, os.cpu_count() or 1)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakehouse.io.spark import parallelism
 from lakehouse.io.storage import Storage
 from lakehouse.specs.models import SourceSpec
 from lakehouse.transforms.parse import FILE_COL, LINE_COL, cast_checked, clean_layout, empty_raw, read_clean
@@ -260,13 +261,6 @@ def _chunks(files: list[tuple[str, bytes]], rows: int) -> Iterator[list[tuple[st
 OUT_SCHEMA = pa.schema([("kind", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("stats", pa.string()), ("rows", pa.int64())])
 
 
-def _parallelism(spark: SparkSession) -> int:
-    try:
-        return max(1, spark.sparkContext.defaultParallelism)
-    except Exception:  # Spark Connect has no SparkContext
-        return max(1, os.cpu_count() or 1)
-
-
 def data_schema(spark: SparkSession, source: SourceSpec) -> pa.Schema:
     """The formatted table's Arrow schema as the Spark lane produces it (partition column included)."""
     from pyspark.sql.pandas.types import to_arrow_schema
@@ -307,7 +301,7 @@ def format_on_executors(
     )
     files = [str(f) for f in files]
     sizes = {f: (sizes or {}).get(f) or storage.size(f) or 0 for f in files}
-    slots = _balanced(files, min(len(files), _parallelism(spark)), sizes)
+    slots = _balanced(files, min(len(files), parallelism(spark)), sizes)
 
     def work(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:

@@ -481,6 +481,7 @@ def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec
     :class:`lakehouse.io.storage.Storage`; None: local paths). Spark's Python workers open them
     (:func:`lakehouse.io.storage.open_files`), so the same code reads a lake on disk or on S3.
     """
+    from lakehouse.io.spark import parallelism
     from lakehouse.io.storage import open_files
 
     fmt = source.format
@@ -491,10 +492,7 @@ def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec
         return empty_raw(spark, source)
 
     spans = source.spans_months
-    try:
-        slots = max(1, min(len(paths), spark.sparkContext.defaultParallelism))
-    except Exception:  # Spark Connect has no SparkContext
-        slots = max(1, min(len(paths), os.cpu_count() or 1))
+    slots = min(len(paths), parallelism(spark))
     shares = [paths[i::slots] for i in range(slots)]
 
     def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
