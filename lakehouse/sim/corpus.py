@@ -503,31 +503,32 @@ def _records(ctx: Context, texts: list[str], lines_of: list[Line], *, eol: str =
     truth, line = {}, 2
     for text, outcome in zip(texts, lines_of, strict=True):
         truth[line] = outcome
-        line += text.count("\n")  + 1
+        line += text.count("\n") + 1
     return (eol.join([header, *texts]) + eol).encode(), truth
+
+
+def _some_records(ctx: Context, kind: str, text_of: Callable[[Reading], str], needle: str) -> BadFile:
+    """A tenth of the records replaced by ``text_of(reading)`` (which may span lines), each rejected with
+    ``needle``; the others accepted."""
+    texts, truth = ctx.text_rows(), [Line("ok", r) for r in ctx.readings()]
+    for i in ctx.some(0.1):
+        texts[i] = text_of(ctx.readings()[i])
+        truth[i] = Line("rejected", None, needle)
+    data, lines = _records(ctx, texts, truth)
+    return BadFile(kind, ctx.name, data, ctx.month, lines)
 
 
 def quoted_newline_in_field(ctx: Context) -> BadFile:
     """A quoted device id holding a line break (a site name typed into the id field): one record over two
     lines, whose id is not an id — not two rows under made-up ids."""
-    texts, truth = ctx.text_rows(), [Line("ok", r) for r in ctx.readings()]
-    for i in ctx.some(0.1):
-        r = ctx.readings()[i]
-        texts[i] = f'"{r.meter_id}\nsite 2";{r.ts};{r.kwh:.3f}'
-        truth[i] = Line("rejected", None, "does not match the pattern")
-    data, lines = _records(ctx, texts, truth)
-    return BadFile("quoted_newline_in_field", ctx.name, data, ctx.month, lines)
+    return _some_records(ctx, "quoted_newline_in_field", lambda r: f'"{r.meter_id}\nsite 2";{r.ts};{r.kwh:.3f}',
+                         "does not match the pattern")
 
 
 def quoted_delimiter_in_field(ctx: Context) -> BadFile:
     """A quoted value holding the delimiter: still three fields, the id is refused by its pattern."""
-    texts, truth = ctx.text_rows(), [Line("ok", r) for r in ctx.readings()]
-    for i in ctx.some(0.1):
-        r = ctx.readings()[i]
-        texts[i] = f'"{r.meter_id};old";{r.ts};{r.kwh:.3f}'
-        truth[i] = Line("rejected", None, "does not match the pattern")
-    data, lines = _records(ctx, texts, truth)
-    return BadFile("quoted_delimiter_in_field", ctx.name, data, ctx.month, lines)
+    return _some_records(ctx, "quoted_delimiter_in_field", lambda r: f'"{r.meter_id};old";{r.ts};{r.kwh:.3f}',
+                         "does not match the pattern")
 
 
 def escaped_quotes(ctx: Context) -> BadFile:
@@ -555,13 +556,7 @@ def unclosed_quote(ctx: Context) -> BadFile:
 
 def stray_quote_after_field(ctx: Context) -> BadFile:
     """``"M0001"x;...``: text after a closing quote is malformed; that record only is rejected."""
-    texts, truth = ctx.text_rows(), [Line("ok", r) for r in ctx.readings()]
-    for i in ctx.some(0.1):
-        r = ctx.readings()[i]
-        texts[i] = f'"{r.meter_id}"x;{r.ts};{r.kwh:.3f}'
-        truth[i] = Line("rejected", None, "malformed csv record")
-    data, lines = _records(ctx, texts, truth)
-    return BadFile("stray_quote_after_field", ctx.name, data, ctx.month, lines)
+    return _some_records(ctx, "stray_quote_after_field", lambda r: f'"{r.meter_id}"x;{r.ts};{r.kwh:.3f}', "malformed csv record")
 
 
 def cr_only_line_endings(ctx: Context) -> BadFile:
