@@ -1,6 +1,6 @@
 """The Spark session: built once per process, local by default, on a cluster or Spark Connect when configured.
 
-A cold local session costs 15-19 s, so every Spark step of a run shares this process's session (runs use
+A cold local session costs many seconds (docs/benchmarks.md), so every Spark step of a run shares this process's session (runs use
 the in-process executor) or talks to a shared Spark Connect server (``spark.remote`` in lakehouse.yaml).
 
 Where it runs (``spark`` in lakehouse.yaml, see docs/operations.md):
@@ -52,30 +52,25 @@ DEFAULT_CONF: dict[str, str] = {
     # paths Spark lists them with a distributed job — on one machine that costs more than a local stat
     "spark.sql.sources.parallelPartitionDiscovery.threshold": "4096",
     # a month is hundreds of ~25 KB files: at the default 4 MB "open cost" each task takes ~31 of them
-    # (45 tasks for 1440 files); 64 KB packs them into ~one task per core. Measured on one 1440-file month
-    # in a warm session: 72 s -> 51 s (benchmarks/micro_open_cost.py)
+    # (45 tasks for 1440 files); 64 KB packs them into ~one task per core (benchmarks/micro_open_cost.py)
     "spark.sql.files.openCostInBytes": "65536",
     # PySpark 4 records the Python call site of every DataFrame/Column function for error contexts: a stack
-    # walk and ~5 py4j round trips per call, ~40k calls in a month's run of the demo graph. Off: the 13 zone
-    # assets of a demo month 15.1 -> 12.9 s in a warm session (benchmarks/ANALYSIS.md); errors keep their
-    # Spark message, and the lakehouse's own messages name the file, line and rule
+    # walk and py4j round trips per call, tens of thousands of calls in a month's run of the demo graph. Off:
+    # errors keep their Spark message, and the lakehouse's own messages name the file, line and rule
     "spark.python.sql.dataFrameDebugging.enabled": "false",
     # generated classes are cached by their code; the default 100 entries (split across the cache's
     # segments) are too few for a month's plans: every month recompiled ~28 classes and ran them in the
-    # interpreter again. 40x12 lake, 12 trusted months in a fresh session: 33.1 -> 27.7 s, 398 -> 92 compiles
-    # (with the SQL lambdas of lakehouse.quality.constraints). Static: the session is built with it
+    # interpreter again (see the SQL lambdas of lakehouse.quality.constraints). Static: the session is built with it
     "spark.sql.codegen.cache.maxEntries": "1000",
     # the throughput collector: a month's windows copy every row into buffers, short-lived garbage that
-    # G1 (the JVM's default) collects with more bookkeeping. Five 1M-reading trusted months, one warm
-    # process each way, alternating, twice: 30.5-31.1 -> 25.8-25.9 s for the first month, 43.6-48.8 -> 40.3-40.5 s
-    # for the next four (benchmarks/ANALYSIS.md). Launch option of the driver JVM: not sent to Spark Connect
+    # G1 (the JVM's default) collects with more bookkeeping (benchmarks/ANALYSIS.md). Launch option of the
+    # driver JVM: not sent to Spark Connect
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC -Djava.net.preferIPv6Addresses=false",
 }
 #: Settings of a ``local[...]`` master only: one small machine, one process.
 LOCAL_CONF: dict[str, str] = {
     # one shuffle partition per core of local[2]; adaptive execution off: it re-plans every stage of
-    # every small job, and a month's plan has several windows. Measured on demo meter months in a warm
-    # session (5 months each, mean of trusted cleaning): AQE on, 4 partitions 7.9 s; off, 2 partitions 6.3 s.
+    # every small job, and a month's plan has several windows.
     # A cluster keeps Spark's defaults (adaptive execution sizes the shuffles to its executors)
     "spark.sql.shuffle.partitions": "2",
     "spark.sql.adaptive.enabled": "false",

@@ -43,9 +43,8 @@ CV_KINDS = ("kfold", "time_series")
 def single_threaded():
     """Native thread pools (OpenMP, BLAS) limited to one thread for the block.
 
-    Measured on the 2-core machine under load: a 300-iteration gradient boosting on 50k rows takes 7 s on
-    one thread and over 200 s on two busy cores (OpenMP threads spin against other processes). One
-    thread is also what makes results independent of the machine's core count.
+    On a small, busy machine OpenMP threads spin against other processes and a fit gets many times slower
+    than on one thread; one thread is also what makes results independent of the machine's core count.
     """
     from threadpoolctl import threadpool_limits
 
