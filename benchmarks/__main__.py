@@ -7,8 +7,9 @@
 
 A scale is ``<meters>x<months>`` (hourly readings: ≈730 per meter-month). Each repeat runs every contender
 once, interleaved, so the ratios of one repeat come from the same minutes of machine load; the report
-gives medians (min–max) over repeats. Results accumulate in ``benchmarks/results.json`` (one session per
-invocation) and are rendered to ``benchmarks/RESULTS.md`` and ``benchmarks/cost_vs_size.png``.
+gives medians (min–max) over repeats. Results are outputs, never committed: they accumulate in the git-ignored
+``benchmarks/out/results.json`` (one session per invocation) and are rendered to ``benchmarks/out/RESULTS.md``
+and ``benchmarks/out/cost_vs_size.png``; docs/benchmarks.md carries the current figures.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from benchmarks import report, runner, snapshot
 from benchmarks.world import WORK, Scale, ensure_world
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results.json"
+OUT = HERE / "out"
+RESULTS = OUT / "results.json"
 CONTENDERS = {
     "lakehouse": "benchmarks.contenders.lakehouse",
     "spark_same": "benchmarks.contenders.spark_same",
@@ -74,8 +76,8 @@ def git_head() -> str:
 
 
 def all_sessions() -> list[dict]:
-    """Every saved session of every ``benchmarks/results*.json``, oldest first."""
-    sessions = [s for f in sorted(HERE.glob("results*.json")) for s in json.loads(f.read_text())]
+    """Every saved session of every ``benchmarks/out/results*.json``, oldest first."""
+    sessions = [s for f in sorted(OUT.glob("results*.json")) for s in json.loads(f.read_text())]
     return sorted(sessions, key=lambda s: s["started"])
 
 
@@ -110,16 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", default="", help="contender@scale pairs to skip, e.g. pandas@1440x48 (reported as skipped)")
     p.add_argument("--skip-reason", default="", help="why the --skip pairs were skipped (goes into the report)")
     p.add_argument("--incremental-scale", default=None, help="scale of the incremental-month figure (default: the largest)")
-    p.add_argument("--append", action="store_true", help="add this session to benchmarks/results.json instead of replacing it")
+    p.add_argument("--append", action="store_true", help="add this session to benchmarks/out/results.json instead of replacing it")
     p.add_argument("--note", default="", help="a note printed with this session in the report")
     p.add_argument("--report-only", action="store_true", help="re-render RESULTS.md and the plot from results*.json")
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="where this session is saved (sessions running at once need one file each); the report "
-                        "renders every benchmarks/results*.json")
+                        "renders every benchmarks/out/results*.json")
     args = p.parse_args(argv)
 
     if args.report_only:
-        report.render(all_sessions(), HERE)
+        report.render(all_sessions(), OUT)
         return 0
     scales = [Scale.parse(s) for s in args.scales.split(",") if s]
     contenders = [c for c in args.contenders.split(",") if c]
@@ -160,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.append:
             sessions = [s for s in sessions if s["started"] != session["started"]]
         sessions.append(session)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(sessions, indent=1, default=str))
-        report.render(all_sessions(), HERE)
+        report.render(all_sessions(), OUT)
 
     def one(name: str, module_args: list[str], scale: Scale, repeat: int, work: Path, world: dict, keep: bool = False) -> dict:
         base = name.split("@")[0] if name.startswith("lakehouse") else name
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     session["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     session["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     save()
-    log(f"wrote {HERE / 'RESULTS.md'}")
+    log(f"wrote {OUT / 'RESULTS.md'}")
     return 0
 
 

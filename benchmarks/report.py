@@ -223,9 +223,9 @@ def plot(sessions: list[dict], out: Path) -> Path | None:
 
 HEADER = """# Benchmark results
 
-Written by `python -m benchmarks` (`make bench`) from `benchmarks/results.json`; see `docs/benchmarks.md` for
-what each contender is and how to read the ratios. Every figure below comes from the harness; nothing is
-typed in by hand except the analysis section.
+Written by `python -m benchmarks` (`make bench`) from `benchmarks/out/results*.json` (generated, not committed);
+see `docs/benchmarks.md` for what each contender is, how to read the ratios and the current figures. Every
+figure below comes from the harness.
 
 Contenders, all on the same meter files of the demo world (`meter_<device>_<YYYY-MM>.csv`, hourly):
 **lakehouse** (Dagster `materialize` of landing → formatted → trusted → exploitation over the month range,
@@ -239,13 +239,10 @@ negative readings, daily sums), **pandas** (the plain-pandas baseline: all files
 """
 
 
-def render(sessions: list[dict], out: Path, analysis: str | None = None) -> None:
+def render(sessions: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     plot(sessions, out)
-    analysis_path = out / "ANALYSIS.md"
-    lines = [HEADER]
-    if analysis_path.exists():
-        lines += [analysis_path.read_text().rstrip(), ""]
-    lines += ["## Sessions", ""]
+    lines = [HEADER, "## Sessions", ""]
     for s in sessions:
         lines += session_md(s)
     (out / "RESULTS.md").write_text("\n".join(lines) + "\n")

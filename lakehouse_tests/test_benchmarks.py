@@ -1,7 +1,7 @@
 """Smoke test of the benchmark harness at a tiny scale (marker ``benchmark``: deselected by default).
 
 Run with ``pytest -m benchmark lakehouse_tests/test_benchmarks.py``. It checks that every contender runs and
-that they agree on the rows they produce; it measures nothing (speed targets live in benchmarks/RESULTS.md).
+that they agree on the rows they produce; it measures nothing (speed targets live in docs/benchmarks.md).
 How a failed run is summarised is checked in the default suite.
 """
 

@@ -11,7 +11,7 @@ contender is therefore the price of orchestration and of working month by month,
 
 The driver's heap is the lakehouse's (``spark.driver.memory`` 4g) unless ``BENCH_SPARK_DRIVER_MEMORY`` sets
 another: holding the whole range at once, the script runs out of a 4 GB heap from about 12M readings on
-(benchmarks/RESULTS.md), where the lakehouse, a month at a time, does not.
+(docs/benchmarks.md), where the lakehouse, a month at a time, does not.
 
 Across month boundaries it may differ from the lakehouse by a few rows: a gap spanning two months can be
 imputed here (the lakehouse cleans each month alone), and the rows' counts are reported for comparison.

@@ -32,7 +32,7 @@ def build_assets(project: Project) -> list[dg.AssetsDefinition]:
 def build_definitions(project: Project, *, months_per_run: int | None = None) -> dg.Definitions:
     """Every asset, resource and automation of ``project``.
 
-    Runs execute in one process (``in_process_executor``): a Spark session costs 15-19 s to start, so all
+    Runs execute in one process (``in_process_executor``): a Spark session is slow to start, so all
     Spark steps of a run share one (or a Spark Connect server, see ``spark.remote``).
 
     Project-wide policy (automation conditions, freshness, backfill policy) is applied here, once, by

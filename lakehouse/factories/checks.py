@@ -86,9 +86,9 @@ def _validate(
     view's contract is derived from it).
 
     ``by_month`` is for contracts with a key that holds within a month: pandera.pyspark checks a key by
-    shuffling the whole range (7-9 s for 12.6M readings, 48 s for 50M), a month at a time locally costs a
-    read of each month (8 s at 50M). A contract without a key costs pandera.pyspark only column scans,
-    which Spark runs over the range at once (3 s at 50M, where reading 48 months one by one took 8 s)."""
+    shuffling the whole range, where a month at a time locally costs one read of each month. A contract
+    without a key costs pandera.pyspark only column scans, which Spark runs over the range at once, cheaper
+    than reading the months one by one."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
     if months is not None and by_month:

@@ -174,7 +174,7 @@ class Lake:
 
         The newest version comes from this thread's open copy of the table, brought up to date with the
         commits since (``update_incremental`` reads only the new log entries): opening a table replays its
-        whole log, 15-80 ms for the demo's tables of ~60 commits, and a month's run asked for ~150 of them.
+        whole log, and a month's run asks for the same tables many times.
         One copy per thread, because a ``DeltaTable`` is not shared between threads here.
         """
         uri = self._uri(zone, table)

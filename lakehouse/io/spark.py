@@ -63,7 +63,7 @@ DEFAULT_CONF: dict[str, str] = {
     # interpreter again (see the SQL lambdas of lakehouse.quality.constraints). Static: the session is built with it
     "spark.sql.codegen.cache.maxEntries": "1000",
     # the throughput collector: a month's windows copy every row into buffers, short-lived garbage that
-    # G1 (the JVM's default) collects with more bookkeeping (benchmarks/ANALYSIS.md). Launch option of the
+    # G1 (the JVM's default) collects with more bookkeeping. Launch option of the
     # driver JVM: not sent to Spark Connect
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC -Djava.net.preferIPv6Addresses=false",
 }

@@ -747,8 +747,8 @@ def _outliers(df: DataFrame, step: OutlierStep, ctx: _Ctx) -> DataFrame:
         .rangeBetween(-half, half)
     )
     x = df.withColumn(ACTIVE, _active() & value.isNotNull())
-    # sort_array, not array_sort: array_sort compares through an interpreted lambda (a third of the
-    # executor samples of a million-reading month; 17 -> 14 s a month). The windows hold no nulls: same order
+    # sort_array, not array_sort: array_sort compares through an interpreted lambda. The windows hold no
+    # nulls: same order
     x = x.withColumn("__win", F.sort_array(F.collect_list(value).over(w)))
     n = F.size("__win")
     x = x.withColumn("__med", _middle(F.col("__win"), n))

@@ -16,9 +16,8 @@ Each contract also carries the same schema for pandera's pandas backend. Small d
 with it on the table read back by delta-rs (:func:`validate_local`, Arrow-backed pandas columns: no copy):
 a contract with a key a month at a time (each month of at most :data:`LOCAL_ROWS` rows), one without a key
 the step's months together when they hold at most that many (``lakehouse.factories.checks``).
-pandera.pyspark runs one Spark job per check, 5-9 jobs and 0.5-1 s for a demo month of 30 rows in a warm
-session, and its key check shuffles the whole range, where the pandas backend takes milliseconds to 0.3 s
-for a million-row month. The local result is trusted only when every check passes; a failure, a column of
+pandera.pyspark runs one Spark job per check and its key check shuffles the whole range, where the pandas
+backend validates a month in memory. The local result is trusted only when every check passes; a failure, a column of
 another type, a NaN in a float column (Spark orders NaN above every number, pandas treats it as missing)
 or larger data go to :func:`validate`, which counts the failing rows and shows examples.
 """

@@ -1,13 +1,11 @@
 """The formatted zone's fast lane: Spark's Python workers parse, cast and write clean files as Parquet.
 
-With 1,440 meters, a month of the meter source is 1,440 files of 25 KB, 1M readings. Parsing them into
-Spark rows, casting with Spark expressions and collecting the month to the driver cost ~2 s of a warm
-session per month, of which the parse itself was a fraction (benchmarks/ANALYSIS.md). Here a Spark job
-hands each task a share of the month's files (balanced by size); the task reads them, parses its *clean*
-files with pyarrow (:func:`parse.read_clean`), casts them with pyarrow (:func:`cast_strict`) and writes
-the rows as Parquet files into the Delta table's month folder, all through the lake's storage
-(:class:`lakehouse.io.storage.Storage`: the same code on disk and on S3). Only the file paths and their statistics
-come back; the driver commits them in the month's one Delta transaction
+A month of many small clean files is cheaper to parse with pyarrow in the workers than as Spark rows
+collected to the driver. Here a Spark job hands each task a share of the month's files (balanced by
+size); the task reads them, parses its *clean* files with pyarrow (:func:`parse.read_clean`), casts them
+with pyarrow (:func:`cast_strict`) and writes the rows as Parquet files into the Delta table's month
+folder, all through the lake's storage (:class:`lakehouse.io.storage.Storage`: the same code on disk and
+on S3). Only the file paths and their statistics come back; the driver commits them in the month's one Delta transaction
 (:meth:`lakehouse.io.lake.Lake.commit_month`). Uncommitted files are not part of the table, so a crash
 leaves the previous version intact.
 
