@@ -138,6 +138,13 @@ def read_manifest(month: Month) -> list[ManifestEntry]:
     return _read_version(month)[1]
 
 
+def manifest_version(month: Month) -> int:
+    """The number of ``month``'s newest manifest version (0 when it has none): it changes whenever a file
+    lands or is superseded, so a step can tell whether the manifest it read is still current."""
+    found = _versions(month)
+    return found[-1][0] if found else 0
+
+
 def _create_manifest(month: Month, number: int, entries: list[ManifestEntry]) -> bool:
     """Create manifest version ``number``; False when another landing created it first."""
     ordered = sorted(entries, key=lambda e: (e.name, e.status, e.received_at))

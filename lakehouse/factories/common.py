@@ -154,6 +154,14 @@ def held_months(context: dg.AssetExecutionContext, upstream: Sequence[dg.AssetKe
     return held
 
 
+#: computations of one month in one step when its inputs keep changing under it (see :func:`run_months`)
+STALE_ATTEMPTS = 3
+
+
+class StaleInputsError(RuntimeError):
+    """A month's inputs changed while it was computed, on every attempt."""
+
+
 def run_months(
     context: dg.AssetExecutionContext,
     step: Callable[[str], dict[str, Any]],
@@ -161,8 +169,15 @@ def run_months(
     *,
     workers: int = 1,
     upstream: Sequence[dg.AssetKey] = (),
+    inputs: Callable[[str], Any] | None = None,
 ) -> Months:
     """Run ``step`` for each month of the run, each committing on its own.
+
+    ``inputs(month)`` identifies what the month is computed from (a landing manifest's version, the data
+    files of an input table's month). It is read before and after the step's commit; when it changed, a
+    concurrent run landed or committed newer inputs meanwhile and this commit may hold superseded data, so
+    the month is computed again from the new inputs (up to :data:`STALE_ATTEMPTS` times, then it fails with
+    :class:`StaleInputsError`). Whichever run commits last has read the newest inputs: the newest data wins.
 
     A month that fails does not stop the others; :func:`report` then reports the committed months (one
     materialization each, with that month's own figures) and fails the step naming every failed month.
@@ -185,10 +200,28 @@ def run_months(
     started = time.monotonic()
     lock = threading.Lock()
 
+    def fresh(month: str) -> dict[str, Any]:
+        for _ in range(STALE_ATTEMPTS):
+            before = inputs(month) if inputs else None
+            figures = step(month)
+            if inputs is None:
+                return figures
+            after = inputs(month)
+            if after == before:
+                return figures
+            context.log.warning(
+                f"{what} {month}: its inputs changed while it was computed (a concurrent run landed or committed"
+                " newer data); computing the month again from the new inputs"
+            )
+        raise StaleInputsError(
+            f"{what} {month}: its inputs changed during each of {STALE_ATTEMPTS} attempts; the last commit may"
+            " hold superseded data — materialize the month again once the concurrent runs are done"
+        )
+
     def one(month: str) -> None:
         t0 = time.monotonic()
         try:
-            figures = step(month)
+            figures = fresh(month)
         except Exception as exc:  # noqa: BLE001 - reported below, per month
             with lock:
                 failures[month] = exc

@@ -9,7 +9,7 @@ write Parquet), the others Spark's casts; both land in the same commit.
 
 import dagster as dg
 
-from lakehouse.collectors.landing import Month, landed_entries, spanning_entries
+from lakehouse.collectors.landing import Month, landed_entries, manifest_version, spanning_entries
 from lakehouse.factories.checks import (
     merge_results,
     pandera_results,
@@ -89,9 +89,19 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
                 "path": dg.MetadataValue.path(path),
             }
 
+        def landed_version(month: str):
+            """What the month is formatted from: its manifest's version (every month's, for deliveries
+            that span months)."""
+            if source.spans_months:
+                folder = Month(root.storage, root.table_uri("landing", source.name))
+                return tuple((m.name, manifest_version(m)) for m in folder.months())
+            return manifest_version(root.landing_month(source.name, month))
+
         rates: dict[str, dg.AssetCheckResult] = {}
         # months are independent (each parses its own landed files)
-        done = run_months(context, step, f"formatted/{source.name}", workers=project.lakehouse.month_workers)
+        done = run_months(
+            context, step, f"formatted/{source.name}", workers=project.lakehouse.month_workers, inputs=landed_version
+        )
         months = list(done.results)
         checks = {m: [rates[m]] for m in months}
         if months:

@@ -269,7 +269,10 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 ),
             }
 
-        done = run_months(context, step, f"trusted/{source.name}", workers=workers, upstream=[key("formatted", source.name)])
+        done = run_months(
+            context, step, f"trusted/{source.name}", workers=workers, upstream=[key("formatted", source.name)],
+            inputs=lambda month: root.month_files("formatted", source.name, [month]),
+        )
         months = list(done.results)
         checks = merge_results(verdict_results({m: verdicts[m] for m in months}), {m: [rates[m]] for m in months})
         if months:

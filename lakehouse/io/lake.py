@@ -220,6 +220,14 @@ class Lake:
         counts = pa.table(self.delta(zone, table).get_add_actions(flatten=True))["num_records"]
         return None if counts.null_count else int(pc.sum(counts).as_py() or 0)
 
+    def month_files(self, zone: str, table: str, months: Sequence[str]) -> tuple[str, ...]:
+        """The data files of ``months`` in the newest version of ``zone/table`` (none if the table is
+        missing): they change exactly when a commit rewrites one of the months, so they identify what a step
+        read."""
+        if not self.exists(zone, table) or not months:
+            return ()
+        return tuple(sorted(self.delta(zone, table).file_uris([(PARTITION_COLUMN, "in", list(months))])))
+
     def month_rows(self, zone: str, table: str, months: Sequence[str]) -> dict[str, int] | None:
         """Rows of each of ``months`` (0 for a month without files), from the Delta log as :meth:`row_count`;
         None for a table not partitioned by month or a file without a row count."""
