@@ -239,7 +239,6 @@ def landing_job(project: Project, source: SourceSpec) -> LandingJob:
     return dg.define_asset_job(
         name=f"{source.name}_landing",
         selection=dg.AssetSelection.assets(key("landing", source.name)),
-        partitions_def=monthly(project, source),
         description=f"Collect and land {source.name} for one month ({source.collector.type} collector).",
         tags={"zone": "landing", "source": source.name},
     )
