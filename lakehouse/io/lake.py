@@ -527,8 +527,3 @@ class Lake:
 
     def history(self, zone: str, table: str) -> list[dict]:
         return self.delta(zone, table).history() if self.exists(zone, table) else []
-
-
-def spark_to_arrow(df: DataFrame) -> pa.Table:
-    """Collect a (month-sized) Spark DataFrame as Arrow for a delta-rs commit."""
-    return df.toArrow()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,14 +33,6 @@ def per_month(months: pd.Series, y: np.ndarray, pred: np.ndarray) -> pd.DataFram
             "bias": g.mean(),
         }
     ).reset_index()
-
-
-def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row) + " |")
-    return "\n".join(lines)
 
 
 def permutation_importance(model, X: pd.DataFrame, y: np.ndarray, *, seed: int, repeats: int = 3, max_rows: int = 3000) -> pd.Series:
@@ -127,7 +118,3 @@ def embed_png(png: bytes, alt: str) -> str:
     """Markdown showing the PNG inline (the Dagster UI renders data-URI images in markdown metadata)."""
     data = base64.b64encode(png).decode()
     return f"![{alt}](data:image/png;base64,{data})"
-
-
-def metrics_md(metrics: dict[str, Any]) -> str:
-    return "\n".join(f"- **{k}**: {v:.4f}" if isinstance(v, float) else f"- **{k}**: {v}" for k, v in metrics.items())

@@ -270,7 +270,3 @@ def summary_rows(result: CleanResult, checks: list[CheckEval]) -> list[dict[str,
             "quarantined": int(o.rejected), "merged": int(o.merged), "cells_repaired": int(o.repaired_cells), "result": status,
         })
     return rows
-
-
-def as_plain(value: Any) -> Any:
-    return float(value) if isinstance(value, float) else value

@@ -88,10 +88,6 @@ class Report:
     def passed(self) -> bool:
         return not self.failures
 
-    @property
-    def failed_rows(self) -> int:
-        return sum(f.failures or 0 for f in self.failures)
-
     def markdown(self) -> str:
         if self.passed:
             return f"`{self.contract}`: {self.rows} rows, every check passed."
