@@ -19,6 +19,8 @@ object exists — what the landing manifest and model versions use instead of a 
 
 from __future__ import annotations
 
+import builtins
+
 import io
 import re
 from collections.abc import Mapping
@@ -311,7 +313,7 @@ class Storage:
             return []
         return sorted((f"{self.root}/{o['path']}", int(o["size"])) for o in found)
 
-    def folders(self, uri: str) -> list[str]:
+    def folders(self, uri: str) -> builtins.list[str]:
         """The names of the folders directly under ``uri`` (one delimiter listing, not a recursive one)."""
         import obstore
 

@@ -114,7 +114,7 @@ def reconciliation_scores(lake: Lake, world: Path) -> dict[str, Any] | None:
         return None
     truth = pd.read_csv(truth_path, dtype=str).fillna("")
     true_pairs = set(map(tuple, truth.loc[truth["kind"] == "match", ["customer_id", "account_no"]].to_numpy()))
-    pred = set()
+    pred: set[tuple[str, str]] = set()
     for reg, accounts in golden[["registry_id", "billing_ids"]].itertuples(index=False):
         if reg and isinstance(accounts, str):
             pred.update((reg, a) for a in accounts.split(";") if a)

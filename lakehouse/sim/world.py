@@ -143,7 +143,7 @@ class MeterWorld:
         actual = np.maximum(expected + noise, 0.5)
         hourly = np.outer(actual, HOURLY_PROFILE)
         # small hourly jitter that keeps each day's total
-        jitter = rng.normal(0.0, 0.03, hourly.shape)
+        jitter = np.asarray(rng.normal(0.0, 0.03, hourly.shape))
         jitter -= jitter.mean(axis=1, keepdims=True)
         hourly = np.round(hourly * (1.0 + jitter), 3)
         stamps = (days.values[:, None] + np.arange(24)[None, :] * np.timedelta64(1, "h")).ravel()
