@@ -281,7 +281,7 @@ def report(
     blocking = {n for n, s in specs.items() if s.blocking}
     per_month = {}
     for month, figures in done.results.items():
-        failed = sorted(r.check_name for r in checks.get(month, ()) if r.check_name in blocking and not r.passed
+        failed = sorted(r.check_name or "" for r in checks.get(month, ()) if r.check_name in blocking and not r.passed
                         and r.severity == dg.AssetCheckSeverity.ERROR)
         per_month[month] = {**{k: _md(v) for k, v in figures.items()}, **(metadata or {})}
         if blocking:
@@ -314,7 +314,7 @@ def report(
             context.log_event(
                 dg.AssetCheckEvaluation(
                     asset_key=context.asset_key,
-                    check_name=result.check_name,
+                    check_name=result.check_name or "",
                     passed=result.passed,
                     metadata=result.metadata,
                     target_materialization_data=targets.get(month),
