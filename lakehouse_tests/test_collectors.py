@@ -14,6 +14,7 @@ import re
 import sqlite3
 
 import pytest
+import sqlalchemy as sa
 from pathlib import Path
 
 from lakehouse.collectors import collect
@@ -281,6 +282,130 @@ def test_http_url_template_fields_are_checked_at_load(configs_copy, make_project
 
 
 # ------------------------------------------------------------------------------------- the demo world
+#: a query SQLite needs minutes for (a recursive count to a billion)
+SLOW_SQLITE = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) SELECT count(*) AS n FROM c"
+
+
+def with_query(source, **changes):
+    return source.model_copy(update={"collector": source.collector.model_copy(update=changes)})
+
+
+def test_sql_statement_timeout_stops_a_long_query_on_sqlite(project, registry, monkeypatch):
+    """``timeout_s`` bounded only SQLite's lock wait: a long query ran on for minutes."""
+    import time
+
+    monkeypatch.delenv("LAKEHOUSE_CUSTOMERS_DB_URL", raising=False)
+    folder = month_dir(project, "customers")
+    started = time.monotonic()
+    with pytest.raises(CollectorError, match=rf"'customers' month {MONTH}: the query ran longer than its timeout of 0.5s \(collector.timeout_s\)"):
+        collect(project, with_query(sql_source(project, registry), query=SLOW_SQLITE, timeout_s=0.5), MONTH, folder)
+    assert time.monotonic() - started < 5
+    assert landed_nothing(folder)
+
+
+def test_sql_deadline_watchdog_stops_a_collect_whatever_the_dialect(project, registry, monkeypatch):
+    """The collect's deadline is kept by a watchdog that interrupts, cancels or closes the connection: here
+    the statement timeout is generous and SQLite's progress handler is taken away (as for a dialect
+    without any statement timeout)."""
+    import time
+
+    from lakehouse.collectors import sql
+
+    monkeypatch.delenv("LAKEHOUSE_CUSTOMERS_DB_URL", raising=False)
+    monkeypatch.setattr(sql.Limits, "_sqlite_progress", lambda self: 0)
+    folder = month_dir(project, "customers")
+    started = time.monotonic()
+    with pytest.raises(CollectorError, match=r"took longer than its deadline of 0.7s \(collector.deadline_s\)"):
+        collect(project, with_query(sql_source(project, registry), query=SLOW_SQLITE, timeout_s=300, deadline_s=0.7), MONTH, folder)
+    assert time.monotonic() - started < 5
+    assert landed_nothing(folder)
+
+
+def test_sql_watchdog_closes_a_connection_that_cannot_be_cancelled():
+    """A driver with neither ``interrupt`` nor ``cancel``: the watchdog closes the connection."""
+    import time
+
+    from lakehouse.collectors.sql import Limits
+
+    class Conn:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    engine = sa.create_engine("sqlite://")
+    limits = Limits(engine, "informix", timeout_s=60, deadline_s=0.2)
+    conn = Conn()
+    limits._watch(conn)
+    time.sleep(0.5)
+    assert conn.closed and limits.fired == "deadline"
+    assert "collector.deadline_s" in str(limits.explain(RuntimeError("connection closed"), "where"))
+
+
+@pytest.mark.parametrize(
+    ("dialect", "version", "statements"),
+    [
+        ("postgresql", "", ["SET statement_timeout = 1500"]),
+        ("mysql", "8.4.2", ["SET SESSION max_execution_time = 1500"]),
+        ("mysql", "11.4.2-MariaDB", ["SET SESSION max_statement_time = 1.500"]),
+        ("mssql", "", []),
+    ],
+)
+def test_sql_session_statement_timeouts_per_dialect(dialect, version, statements):
+    from lakehouse.collectors.sql import session_setup
+
+    assert session_setup(dialect, version, 1.5) == statements
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A throwaway PostgreSQL server on 127.0.0.1 (skipped where its binaries or the postgres user are missing)."""
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    from lakehouse_tests.conftest import free_port
+
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("PostgreSQL binaries not installed")
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no postgres user to run the server as")
+    base = Path(tempfile.mkdtemp(prefix="lakehouse-pg-"))  # outside pytest's 0700 folders: the server's user reads it
+    base.chmod(0o777)
+    data = base / "data"
+    as_pg = [] if os.getuid() == user.pw_uid else ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_pg, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    port = free_port()
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_pg, "pg_ctl", "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_pg, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        time.sleep(0.1)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_sql_statement_timeout_on_postgresql(project, postgres_server, monkeypatch):
+    """``statement_timeout`` is set on every session: pg_sleep(30) stops after the timeout."""
+    import time
+
+    monkeypatch.setenv("LAKEHOUSE_CUSTOMERS_DB_URL", postgres_server)
+    source = with_query(project.source("customers"), query="SELECT pg_sleep(30) AS slept", timeout_s=0.5)
+    folder = month_dir(project, "customers")
+    started = time.monotonic()
+    with pytest.raises(CollectorError, match=r"the query ran longer than its timeout of 0.5s \(collector.timeout_s\)"):
+        collect(project, source, MONTH, folder)
+    assert time.monotonic() - started < 5
+    ok = with_query(project.source("customers"), query="SELECT 1 AS one, current_setting('statement_timeout') AS t", timeout_s=2)
+    (entry,) = collect(project, ok, MONTH, folder).landed
+    assert (Path(folder.uri) / entry.name).read_text().splitlines() == ["one,t", "1,2s"]
+
+
 def test_registry_billing_and_meters_describe_the_same_buildings(tmp_path):
     from lakehouse.sim.world import MeterWorld
 
