@@ -193,8 +193,11 @@ class MaintenanceConfig(dg.Config):
     dry_run: bool = False
 
 
-def build_maintenance(asset_keys: Iterable[dg.AssetKey]) -> tuple[dg.JobDefinition, dg.ScheduleDefinition]:
-    """The ``table_maintenance`` job and its weekly schedule; observations go to ``asset_keys`` only."""
+def build_maintenance(
+    asset_keys: Iterable[dg.AssetKey], *, tags: dict[str, str] | None = None
+) -> tuple[dg.JobDefinition, dg.ScheduleDefinition]:
+    """The ``table_maintenance`` job and its weekly schedule; observations go to ``asset_keys`` only, ``tags``
+    go on its runs."""
     known = set(asset_keys)
 
     @dg.op(
@@ -235,7 +238,7 @@ def build_maintenance(asset_keys: Iterable[dg.AssetKey]) -> tuple[dg.JobDefiniti
                 metadata={"failed_tables": sorted(failures)},
             )
 
-    @dg.job(name=MAINTENANCE_JOB, executor_def=dg.in_process_executor, tags={"lakehouse/kind": "maintenance"})
+    @dg.job(name=MAINTENANCE_JOB, executor_def=dg.in_process_executor, tags={"lakehouse/kind": "maintenance", **(tags or {})})
     def table_maintenance():
         maintain_delta_tables()
 
