@@ -23,7 +23,7 @@ import builtins
 
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -272,8 +272,19 @@ class Storage:
         key = self.key(uri)
         return bytes(self._call("read", uri, lambda: obstore.get(self._store(), key).bytes()))
 
-    def write(self, uri: str, data: bytes, *, create: bool = False) -> bool:
-        """Write ``data`` at ``uri`` atomically; with ``create`` only if nothing is there (False if it was)."""
+    def read_chunks(self, uri: str) -> Iterator[bytes]:
+        """The bytes at ``uri`` as they arrive, never held whole."""
+        import obstore
+
+        key = self.key(uri)
+        result = self._call("read", uri, lambda: obstore.get(self._store(), key))
+        for chunk in result.stream(min_chunk_size=8 << 20):
+            yield bytes(chunk)
+
+    def write(self, uri: str, data: bytes | Iterable[bytes], *, create: bool = False) -> bool:
+        """Write ``data`` (bytes, or chunks streamed without holding them all) at ``uri`` atomically: an
+        exception raised while the chunks are produced aborts the write, nothing appears. With ``create``
+        only if nothing is there (False if it was)."""
         import obstore
         import obstore.exceptions as oe
 
