@@ -119,7 +119,7 @@ class _Session(requests.Session):
 
     secret_headers: frozenset[str] = frozenset()
 
-    def rebuild_auth(self, prepared_request, response):  # noqa: ANN001 - requests' signature
+    def rebuild_auth(self, prepared_request, response):
         super().rebuild_auth(prepared_request, response)
         if self.should_strip_auth(response.request.url, prepared_request.url):
             for header in self.secret_headers:

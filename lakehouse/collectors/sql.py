@@ -138,7 +138,7 @@ class Limits:
         sa.event.listen(engine, "connect", self._on_connect)
         sa.event.listen(engine, "before_cursor_execute", self._on_execute)
 
-    def _on_connect(self, dbapi_conn, _record) -> None:  # noqa: ANN001 - SQLAlchemy's event signature
+    def _on_connect(self, dbapi_conn, _record) -> None:
         dialect = self.dialect
         if dialect == "sqlite":
             # checked every few thousand virtual machine steps: interrupts the statement past either limit
@@ -171,7 +171,7 @@ class Limits:
             self.fired = "timeout"
         return 1 if self.fired else 0
 
-    def _watch(self, dbapi_conn) -> None:  # noqa: ANN001
+    def _watch(self, dbapi_conn) -> None:
         """Stop ``dbapi_conn`` when the deadline passes: interrupt (SQLite), cancel (PostgreSQL, Oracle,
         ...), or close it (any other driver: the blocked call then fails)."""
 

@@ -26,7 +26,14 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from lakehouse.specs.models import InterpolationSpec, LakehouseSpec, PipelineSpec, Project, SourceSpec, ViewSpec
+from lakehouse.specs.models import (
+    InterpolationSpec,
+    LakehouseSpec,
+    PipelineSpec,
+    Project,
+    SourceSpec,
+    ViewSpec,
+)
 
 M = TypeVar("M", bound=BaseModel)
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -45,7 +52,7 @@ class _Loader(yaml.SafeLoader):
         super().__init__(stream)
         self._open: list[str] = []  # anchors of the collections being composed
 
-    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+    def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             if event.anchor in self._open:
