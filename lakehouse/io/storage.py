@@ -25,6 +25,7 @@ import io
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -310,6 +311,13 @@ class Storage:
 
     def list(self, uri: str) -> list[tuple[str, int]]:
         """Every object under the folder ``uri`` (recursively): (uri, size), sorted."""
+        return sorted((f"{self.root}/{o['path']}", int(o["size"])) for o in self._objects(uri))
+
+    def list_modified(self, uri: str) -> list[tuple[str, datetime]]:
+        """Every object under the folder ``uri`` (recursively): (uri, last modified, UTC), sorted."""
+        return sorted((f"{self.root}/{o['path']}", o["last_modified"]) for o in self._objects(uri))
+
+    def _objects(self, uri: str) -> list[dict[str, Any]]:
         import obstore
 
         key = self.key(uri)
@@ -319,10 +327,9 @@ class Storage:
             return [o for batch in obstore.list(self._store(), prefix=prefix) for o in batch]
 
         try:
-            found = self._call("list", uri, run)
+            return self._call("list", uri, run)
         except FileNotFoundError:
             return []
-        return sorted((f"{self.root}/{o['path']}", int(o["size"])) for o in found)
 
     def folders(self, uri: str) -> builtins.list[str]:
         """The names of the folders directly under ``uri`` (one delimiter listing, not a recursive one)."""
