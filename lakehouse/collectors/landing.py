@@ -230,13 +230,13 @@ def land_many(
     ``months_of(data)`` (a source whose deliveries span months; such a delivery is read whole to route it).
     """
     fmt = fmt or FormatSpec()
-    items = [(safe_name(raw), body, origin, *digest(body)) for raw, body, origin in items]
+    staged = [(safe_name(raw), body, origin, *digest(body)) for raw, body, origin in items]
     written: set[tuple[str, str]] = set()  # (name, sha256) this call already wrote
     for _ in range(MANIFEST_ATTEMPTS):
         number, entries = _read_version(month)
         out: list[ManifestEntry | None] = []
         changed = False
-        for name, body, origin, sha256, size in items:
+        for name, body, origin, sha256, size in staged:
             current = [e for e in entries if e.name == name and e.status == "landed"]
             if any(e.sha256 == sha256 for e in current) and ((name, sha256) in written or month.storage.exists(month.file(name))):
                 out.append(None)

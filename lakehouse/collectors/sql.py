@@ -96,7 +96,7 @@ def rows_to_csv(columns: list[str], rows: list[tuple]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _reason(exc: SQLAlchemyError, url: URL) -> str:
+def _reason(exc: BaseException, url: URL) -> str:
     cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
     return f"{type(exc).__name__}: {scrub(cause, url)}"[:500]
 

@@ -313,11 +313,11 @@ class Storage:
         """Every object under the folder ``uri`` (recursively): (uri, size), sorted."""
         return sorted((f"{self.root}/{o['path']}", int(o["size"])) for o in self._objects(uri))
 
-    def list_modified(self, uri: str) -> list[tuple[str, datetime]]:
+    def list_modified(self, uri: str) -> builtins.list[tuple[str, datetime]]:
         """Every object under the folder ``uri`` (recursively): (uri, last modified, UTC), sorted."""
         return sorted((f"{self.root}/{o['path']}", o["last_modified"]) for o in self._objects(uri))
 
-    def _objects(self, uri: str) -> list[dict[str, Any]]:
+    def _objects(self, uri: str) -> builtins.list[dict[str, Any]]:
         import obstore
 
         key = self.key(uri)

@@ -211,8 +211,11 @@ def count_lines(data: bytes | str | Iterable[bytes] | Iterable[str]) -> int:
     chunks = [data] if isinstance(data, (bytes, str)) else data
     count, open_line = 0, False  # whether the line the previous chunk ended in has a non-blank character
     for chunk in chunks:
-        crlf, cr, nl = ("\r\n", "\r", "\n") if isinstance(chunk, str) else (b"\r\n", b"\r", b"\n")
-        parts = chunk.replace(crlf, nl).replace(cr, nl).split(nl)
+        parts: list[str] | list[bytes]
+        if isinstance(chunk, str):
+            parts = chunk.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        else:
+            parts = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
         first = open_line or bool(parts[0].strip())
         if len(parts) == 1:
             open_line = first
