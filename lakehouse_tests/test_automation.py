@@ -9,6 +9,8 @@ import datetime as dt
 import dagster as dg
 import pytest
 
+from lakehouse_tests.conftest import REPO
+
 from lakehouse.factories import build_definitions
 from lakehouse.factories.automation import (
     AUTOMATION_SENSOR,
@@ -221,3 +223,39 @@ def test_downstream_never_runs_past_a_failed_blocking_check(instance):
     assert tick(MONDAY_3AM + dt.timedelta(minutes=2)) == {}
     assert run(passes=True).success
     assert tick(MONDAY_3AM + dt.timedelta(minutes=3)) == {"exploitation/follower": ["2012-02"]}
+
+
+def test_every_run_of_the_project_carries_its_max_runtime(make_project, configs_copy, tmp_path):
+    """Jobs, schedules and sensors tag their runs with ``dagster/max_runtime`` from lakehouse.yaml; the run
+    monitoring daemon that enforces it is enabled, with a default for runs launched without the tag."""
+    import yaml
+
+    from lakehouse.factories.sensors import build_inbox_sensor
+
+    main = configs_copy / "lakehouse.yaml"
+    main.write_text(main.read_text().replace("run_max_runtime_s: 21600", "run_max_runtime_s: 1234"))
+    project = make_project(configs_copy)
+    defs = build_definitions(project)
+    tag = dg.MAX_RUNTIME_SECONDS_TAG
+    assert tag == "dagster/max_runtime"
+    jobs = [j for j in defs.resolve_all_job_defs() if not j.name.startswith("__")]
+    assert jobs and {j.name: j.tags.get(tag) for j in jobs} == {j.name: "1234" for j in jobs}
+    sensors = {s.name: s for s in defs.sensors}
+    assert sensors["lakehouse_automation"].run_tags[tag] == "1234"
+    # the requests of the inbox sensors and schedules carry it too
+    inbox = project.resolve(project.source("meter_readings").collector.inbox)
+    inbox.mkdir(parents=True)
+    (inbox / "meter_M1_2012-01.csv").write_text("device_id;timestamp;reading_kwh\nM1;2012-01-01T00:00:00Z;1.0\n")
+    job = defs.resolve_job_def("meter_readings_landing")
+    sensor = build_inbox_sensor(project, project.source("meter_readings"), job, settle_seconds=0)
+    with dg.instance_for_test() as instance:
+        result = sensor(dg.build_sensor_context(instance=instance, definitions=defs))
+        (request,) = result.run_requests
+        assert request.tags[tag] == "1234" and request.tags["lakehouse/trigger"] == "inbox"
+        schedule = next(s for s in defs.schedules if s.name == "customers_monthly")
+        when = dt.datetime(2013, 2, 1, 6, tzinfo=dt.UTC)
+        tick = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def()))
+        assert [r.tags[tag] for r in tick.run_requests] == ["1234"]
+    for name in ("dagster.yaml", "dagster.postgres.yaml"):
+        monitoring = yaml.safe_load((REPO / "dagster_home" / name).read_text())["run_monitoring"]
+        assert monitoring["enabled"] is True and monitoring["max_runtime_seconds"] > 0

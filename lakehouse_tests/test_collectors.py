@@ -14,6 +14,7 @@ import re
 import sqlite3
 
 import pytest
+import sqlalchemy as sa
 from pathlib import Path
 
 from lakehouse.collectors import collect
@@ -167,6 +168,138 @@ def test_http_credentials_never_reach_the_manifest_or_errors(project, weather, m
         collect(project, source, "2012-06", month_dir(project, "weather", "2012-06"))
 
 
+class Recorder:
+    """A local HTTP server answering with ``answer(handler) -> (status, headers, body)``; keeps each
+    request's path and headers."""
+
+    def __init__(self, answer):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        recorder = self
+        self.requests: list[tuple[str, dict[str, str]]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                recorder.requests.append((self.path, dict(self.headers)))
+                status, headers, body = answer(self)
+                self.send_response(status)
+                for k, v in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+KEY, TOKEN, PARAM = "k3y-0f-the-pr0vider", "Bearer t0ken-0f-the-pr0vider", "p4ram-0f-the-pr0vider"
+
+
+def secret_env(monkeypatch):
+    monkeypatch.setenv("WEATHER_KEY", KEY)
+    monkeypatch.setenv("WEATHER_TOKEN", TOKEN)
+    monkeypatch.setenv("WEATHER_PARAM", PARAM)
+    return {"headers_env": {"X-Api-Key": "WEATHER_KEY", "Authorization": "WEATHER_TOKEN"}, "params_env": {"appid": "WEATHER_PARAM"}}
+
+
+def test_http_provider_texts_are_scrubbed_of_every_secret(project, monkeypatch):
+    """A provider whose error body repeats the key, the token and the request line: the failure names the
+    status, never a secret value."""
+
+    def echo(handler):
+        body = f"invalid key {handler.headers['X-Api-Key']} for {handler.headers['Authorization']} on {handler.path}"
+        return 403, {"Content-Type": "text/plain"}, body.encode()
+
+    with Recorder(echo) as server:
+        source = http_source(project, url=server.url + "/d.json?start={start}", retries=0, **secret_env(monkeypatch))
+        with pytest.raises(CollectorError) as err:
+            collect(project, source, MONTH, month_dir(project, "weather"))
+    message = str(err.value)
+    assert "HTTP 403" in message and "invalid key ***" in message
+    assert KEY not in message and "t0ken-0f-the-pr0vider" not in message and PARAM not in message
+    (path, headers), = server.requests
+    assert headers["X-Api-Key"] == KEY and f"appid={PARAM}" in path  # they were sent, only never shown
+
+
+def test_http_rejected_bytes_kept_for_inspection_are_scrubbed(project, monkeypatch):
+    def html(handler):
+        return 200, {"Content-Type": "text/html"}, f"<html>maintenance; your key {handler.headers['X-Api-Key']}</html>".encode()
+
+    with Recorder(html) as server:
+        source = http_source(project, url=server.url + "/d.json?start={start}", retries=0, **secret_env(monkeypatch))
+        folder = month_dir(project, "weather")
+        with pytest.raises(CollectorError) as err:
+            collect(project, source, MONTH, folder)
+    assert KEY not in str(err.value)
+    kept = [p.read_bytes() for p in (Path(folder.uri) / "_rejected").iterdir()]
+    assert kept and all(b"maintenance" in k and KEY.encode() not in k for k in kept)
+
+
+def test_http_secret_params_reach_the_provider_but_not_the_manifest(project, monkeypatch):
+    body = json.dumps({"observations": []}).encode()
+    with Recorder(lambda h: (200, {"Content-Type": "application/json"}, body)) as server:
+        source = http_source(project, url=server.url + "/d.json?start={start}", **secret_env(monkeypatch))
+        folder = month_dir(project, "weather")
+        (entry,) = collect(project, source, MONTH, folder).landed
+    (path, _), = server.requests
+    assert path == f"/d.json?start={MONTH}-01&appid={PARAM}"
+    assert entry.origin == f"{server.url}/d.json?start={MONTH}-01&appid=***"
+    assert PARAM not in json.dumps([e.__dict__ for e in read_manifest(folder)])
+
+
+def test_http_secret_headers_are_dropped_on_a_redirect_to_another_host(project, monkeypatch):
+    """requests drops Authorization on a cross-host redirect, not custom headers: X-Api-Key followed the
+    redirect to whatever host the provider named."""
+    body = json.dumps({"observations": []}).encode()
+    with Recorder(lambda h: (200, {"Content-Type": "application/json"}, body)) as other, \
+            Recorder(lambda h: (302, {"Location": other.url + "/moved.json"}, b"")) as provider:
+        source = http_source(project, url=provider.url + "/d.json?start={start}", **secret_env(monkeypatch))
+        (entry,) = collect(project, source, MONTH, month_dir(project, "weather")).landed
+    assert provider.requests[0][1]["X-Api-Key"] == KEY
+    (_, headers), = other.requests
+    assert "X-Api-Key" not in headers and "Authorization" not in headers
+    assert entry.bytes == len(body)
+
+
+def test_http_secret_headers_follow_a_redirect_on_the_same_host(project, monkeypatch):
+    body = json.dumps({"observations": []}).encode()
+
+    def answer(handler):
+        if handler.path.startswith("/d.json"):
+            return 302, {"Location": "/moved.json"}, b""
+        return 200, {"Content-Type": "application/json"}, body
+
+    with Recorder(answer) as provider:
+        source = http_source(project, url=provider.url + "/d.json?start={start}", **secret_env(monkeypatch))
+        collect(project, source, MONTH, month_dir(project, "weather"))
+    assert [(p, h.get("X-Api-Key")) for p, h in provider.requests] == [(f"/d.json?start={MONTH}-01&appid={PARAM}", KEY), ("/moved.json", KEY)]
+
+
+def test_redact_masks_userinfo_and_query_tokens():
+    from lakehouse.collectors.http import redact, redact_text
+
+    assert redact("https://alice:pw@h:8080/x?api_key=abc&start=2012-01-01&X-Amz-Signature=zz&token=t&page=2") == (
+        "https://h:8080/x?api_key=***&start=2012-01-01&X-Amz-Signature=***&token=***&page=2"
+    )
+    for name in ("key", "apikey", "access_token", "client_secret", "password", "sig", "auth"):
+        assert redact(f"http://h/p?{name}=v4lue") == f"http://h/p?{name}=***"
+    assert redact("http://h/p?start=2012-01-01&end=2012-02-01") == "http://h/p?start=2012-01-01&end=2012-02-01"
+    assert redact_text("GET http://u:pw@h/a?session=s3 failed") == "GET http://h/a?session=*** failed"
+
+
 # ------------------------------------------------------------------------------------------------- SQL
 @pytest.fixture
 def registry(tmp_path):
@@ -281,6 +414,130 @@ def test_http_url_template_fields_are_checked_at_load(configs_copy, make_project
 
 
 # ------------------------------------------------------------------------------------- the demo world
+#: a query SQLite needs minutes for (a recursive count to a billion)
+SLOW_SQLITE = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) SELECT count(*) AS n FROM c"
+
+
+def with_query(source, **changes):
+    return source.model_copy(update={"collector": source.collector.model_copy(update=changes)})
+
+
+def test_sql_statement_timeout_stops_a_long_query_on_sqlite(project, registry, monkeypatch):
+    """``timeout_s`` bounded only SQLite's lock wait: a long query ran on for minutes."""
+    import time
+
+    monkeypatch.delenv("LAKEHOUSE_CUSTOMERS_DB_URL", raising=False)
+    folder = month_dir(project, "customers")
+    started = time.monotonic()
+    with pytest.raises(CollectorError, match=rf"'customers' month {MONTH}: the query ran longer than its timeout of 0.5s \(collector.timeout_s\)"):
+        collect(project, with_query(sql_source(project, registry), query=SLOW_SQLITE, timeout_s=0.5), MONTH, folder)
+    assert time.monotonic() - started < 5
+    assert landed_nothing(folder)
+
+
+def test_sql_deadline_watchdog_stops_a_collect_whatever_the_dialect(project, registry, monkeypatch):
+    """The collect's deadline is kept by a watchdog that interrupts, cancels or closes the connection: here
+    the statement timeout is generous and SQLite's progress handler is taken away (as for a dialect
+    without any statement timeout)."""
+    import time
+
+    from lakehouse.collectors import sql
+
+    monkeypatch.delenv("LAKEHOUSE_CUSTOMERS_DB_URL", raising=False)
+    monkeypatch.setattr(sql.Limits, "_sqlite_progress", lambda self: 0)
+    folder = month_dir(project, "customers")
+    started = time.monotonic()
+    with pytest.raises(CollectorError, match=r"took longer than its deadline of 0.7s \(collector.deadline_s\)"):
+        collect(project, with_query(sql_source(project, registry), query=SLOW_SQLITE, timeout_s=300, deadline_s=0.7), MONTH, folder)
+    assert time.monotonic() - started < 5
+    assert landed_nothing(folder)
+
+
+def test_sql_watchdog_closes_a_connection_that_cannot_be_cancelled():
+    """A driver with neither ``interrupt`` nor ``cancel``: the watchdog closes the connection."""
+    import time
+
+    from lakehouse.collectors.sql import Limits
+
+    class Conn:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    engine = sa.create_engine("sqlite://")
+    limits = Limits(engine, "informix", timeout_s=60, deadline_s=0.2)
+    conn = Conn()
+    limits._watch(conn)
+    time.sleep(0.5)
+    assert conn.closed and limits.fired == "deadline"
+    assert "collector.deadline_s" in str(limits.explain(RuntimeError("connection closed"), "where"))
+
+
+@pytest.mark.parametrize(
+    ("dialect", "version", "statements"),
+    [
+        ("postgresql", "", ["SET statement_timeout = 1500"]),
+        ("mysql", "8.4.2", ["SET SESSION max_execution_time = 1500"]),
+        ("mysql", "11.4.2-MariaDB", ["SET SESSION max_statement_time = 1.500"]),
+        ("mssql", "", []),
+    ],
+)
+def test_sql_session_statement_timeouts_per_dialect(dialect, version, statements):
+    from lakehouse.collectors.sql import session_setup
+
+    assert session_setup(dialect, version, 1.5) == statements
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    """A throwaway PostgreSQL server on 127.0.0.1 (skipped where its binaries or the postgres user are missing)."""
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+    import time
+
+    from lakehouse_tests.conftest import free_port
+
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("PostgreSQL binaries not installed")
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no postgres user to run the server as")
+    base = Path(tempfile.mkdtemp(prefix="lakehouse-pg-"))  # outside pytest's 0700 folders: the server's user reads it
+    base.chmod(0o777)
+    data = base / "data"
+    as_pg = [] if os.getuid() == user.pw_uid else ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_pg, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
+    port = free_port()
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_pg, "pg_ctl", "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_pg, "pg_ctl", "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        time.sleep(0.1)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_sql_statement_timeout_on_postgresql(project, postgres_server, monkeypatch):
+    """``statement_timeout`` is set on every session: pg_sleep(30) stops after the timeout."""
+    import time
+
+    monkeypatch.setenv("LAKEHOUSE_CUSTOMERS_DB_URL", postgres_server)
+    source = with_query(project.source("customers"), query="SELECT pg_sleep(30) AS slept", timeout_s=0.5)
+    folder = month_dir(project, "customers")
+    started = time.monotonic()
+    with pytest.raises(CollectorError, match=r"the query ran longer than its timeout of 0.5s \(collector.timeout_s\)"):
+        collect(project, source, MONTH, folder)
+    assert time.monotonic() - started < 5
+    ok = with_query(project.source("customers"), query="SELECT 1 AS one, current_setting('statement_timeout') AS t", timeout_s=2)
+    (entry,) = collect(project, ok, MONTH, folder).landed
+    assert (Path(folder.uri) / entry.name).read_text().splitlines() == ["one,t", "1,2s"]
+
+
 def test_registry_billing_and_meters_describe_the_same_buildings(tmp_path):
     from lakehouse.sim.world import MeterWorld
 

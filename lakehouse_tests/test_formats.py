@@ -298,3 +298,14 @@ def test_an_export_of_many_months_lands_once_and_each_month_takes_its_rows(confi
     assert sorted((q["month"], q["source_line"]) for q in rejected) == [("2015-04", 42), ("2015-04", 43)]
     assert "outside the source's months 2015-01.." in next(q["error"] for q in rejected if q["source_line"] == 42)
     assert len(formatted) + len(rejected) == entry["rows"]  # every record once, in exactly one month
+
+
+def test_decompressed_bytes_are_capped_by_the_format():
+    """A small gzip that expands past ``format.max_decompressed_bytes`` is unreadable (its lines
+    quarantined with the reason), whether parsed or counted at landing, and never expanded whole."""
+    bomb = gzip.compress(b"a,b\n" + b"1,2\n" * (4 << 20))  # 16 MiB of rows in ~16 KiB
+    fmt = FormatSpec(compression="gzip", max_decompressed_bytes=1 << 20)
+    out = rows(parse_file("bomb.csv.gz", bomb, fmt, ["a", "b"]))
+    assert "gzip data expands beyond 1,048,576 bytes (format.max_decompressed_bytes)" in out[0]["_error"]
+    assert count_records(bomb, fmt) == len(out) - 1  # the raw lines, as the parser rejects them
+    assert count_records(bomb, FormatSpec(compression="gzip")) == 4 << 20  # the default cap lets it through

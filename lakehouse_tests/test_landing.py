@@ -1,7 +1,20 @@
+import os
+import stat
 from pathlib import Path
 
-from lakehouse.collectors.landing import Month, landed_files, land, read_manifest, safe_name
+import pytest
+
+from lakehouse.collectors import landing
+from lakehouse.collectors.landing import (
+    CollectorError,
+    Month,
+    land,
+    landed_files,
+    read_manifest,
+    safe_name,
+)
 from lakehouse.io.storage import Storage
+from lakehouse.transforms import records
 
 
 def month_at(tmp_path, name="2012-01") -> Month:
@@ -41,7 +54,7 @@ def test_names_cannot_escape():
 
 
 def test_a_month_of_files_writes_its_manifest_once(tmp_path, monkeypatch):
-    import lakehouse.collectors.landing as landing
+    from lakehouse.collectors import landing
 
     writes = []
     real = landing._create_manifest
@@ -58,7 +71,7 @@ def test_a_month_of_files_writes_its_manifest_once(tmp_path, monkeypatch):
 
 
 def test_files_landed_before_a_crash_are_listed_by_the_rerun(tmp_path, monkeypatch):
-    import lakehouse.collectors.landing as landing
+    from lakehouse.collectors import landing
 
     month = month_at(tmp_path)
     items = [(f"m{i}.csv", f"h\n{i}\n".encode(), "o") for i in range(3)]
@@ -80,7 +93,7 @@ def test_files_landed_before_a_crash_are_listed_by_the_rerun(tmp_path, monkeypat
 def test_a_landing_that_loses_the_manifest_race_decides_again(tmp_path, monkeypatch):
     """Two landings of one month: the one whose manifest version was created first wins; the other reads
     it and records only what is still new (no lock, a conditional create of the next version)."""
-    import lakehouse.collectors.landing as landing
+    from lakehouse.collectors import landing
 
     month = month_at(tmp_path)
     real = landing._create_manifest
@@ -119,3 +132,76 @@ def landing_sha(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def test_a_long_name_is_capped_with_a_hash_and_lands(tmp_path):
+    """A 255-byte name grew past the file system's limit (a hash added, or an object store's temporary
+    suffix): the month failed with a raw OSError."""
+    month = month_at(tmp_path)
+    safe = "meter_" + "A" * 237 + "_2012-01.csv"  # 255 bytes, already safe
+    unsafe = "meter " + "B" * 237 + "_2012-01.csv"  # 255 bytes with a space: the safe name gains a hash
+    assert len(safe.encode()) == len(unsafe.encode()) == 255
+    first, second = land(month, safe, b"h\n1\n", origin="o"), land(month, unsafe, b"h\n2\n", origin="o")
+    assert first.name != second.name and first.name.endswith(".csv") and second.name.endswith(".csv")
+    assert all(len(e.name.encode()) <= landing.MAX_NAME_BYTES for e in (first, second))
+    assert safe_name(safe) != safe_name(safe[:-5] + "X.csv")  # names that share the kept part stay apart
+    # the longest prefixed copy still fits: a new version keeps the old bytes under _superseded/
+    land(month, safe, b"h\n3\n", origin="o")
+    (kept,) = (Path(month.uri) / "_superseded").iterdir()
+    assert kept.read_bytes() == b"h\n1\n" and len(kept.name.encode()) <= 255
+
+
+def test_landed_files_get_normal_permissions(tmp_path):
+    """0644 modulo the umask (never 0600): other readers of the lake (Spark workers, backups) can read them."""
+    month = month_at(tmp_path)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "b.csv").write_bytes(b"h\n1\n")
+    land(month, "a.csv", b"h\n1\n", origin="o")
+    land(month, "b.csv", inbox / "b.csv", origin="o")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [Path(month.uri) / "a.csv", Path(month.uri) / "b.csv", *(Path(month.uri) / "_manifest").iterdir()]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~umask, path
+
+
+def test_a_local_file_lands_streamed_not_read_whole(tmp_path, monkeypatch):
+    """Landing a file holds a few chunks of it in memory, not the file (a 2 GiB inbox file took 7.6 GB)."""
+    import tracemalloc
+
+    monkeypatch.setattr(landing, "CHUNK_BYTES", 1 << 20)
+    monkeypatch.setattr(records, "CHUNK_BYTES", 1 << 20)
+    big = tmp_path / "big.csv"
+    line = b"M0001;2012-01-01T00:00:00Z;1.25\n"
+    with open(big, "wb") as fh:
+        fh.write(b"device_id;timestamp;reading_kwh\n")
+        fh.writelines(line * ((1 << 20) // len(line)) for _ in range(64))
+    size = big.stat().st_size
+    month = month_at(tmp_path)
+    tracemalloc.start()
+    try:
+        entry = land(month, "big.csv", big, origin=f"file://{big}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert entry.bytes == size and entry.rows == 64 * ((1 << 20) // len(line))
+    assert (Path(month.uri) / "big.csv").read_bytes() == big.read_bytes()
+    assert peak < size / 4, f"peak {peak:,} bytes for a {size:,}-byte file"
+
+
+def test_a_file_that_changes_while_it_lands_lands_nothing(tmp_path, monkeypatch):
+    """Hashed, then copied and hashed again: bytes that changed in between abort the copy."""
+    month = month_at(tmp_path)
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"h\n1\n")
+    hashed = landing.digest
+
+    def then_rewritten(body):
+        found = hashed(body)
+        path.write_bytes(b"h\n2\n")  # a writer still busy
+        return found
+
+    monkeypatch.setattr(landing, "digest", then_rewritten)
+    with pytest.raises(CollectorError, match="changed while it was landed"):
+        land(month, "a.csv", path, origin="o")
+    assert not (Path(month.uri) / "a.csv").exists() and read_manifest(month) == []

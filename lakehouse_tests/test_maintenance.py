@@ -134,3 +134,46 @@ def test_maintenance_job_reports_per_table_and_is_scheduled_weekly(lake):
         meta = observations[0].asset_observation.metadata
         assert meta["files_before"].value == 4 and meta["files_after"].value == 2
     assert len(lake.delta("quality", "quarantine").file_uris()) == 2, "every Delta table is maintained"
+
+
+def test_staged_files_no_commit_lists_are_swept_once_old(lake, tmp_path):
+    """A run that crashed between staging Parquet and committing it, or mid-write, leaves files no Delta log
+    lists: the maintenance job deletes those older than the threshold, keeps young ones (a commit may be in
+    flight) and every file a version lists, and counts them in its metadata."""
+    import os
+    import time
+    import uuid
+
+    small_commits(lake, "formatted", "meters", rounds=2)
+    table = Path(lake.table_uri("formatted", "meters"))
+    listed = sorted(p for p in table.rglob("*.parquet") if "_delta_log" not in p.parts)
+    day_ago = time.time() - 48 * 3600
+
+    def planted(path: Path, old: bool = True) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"PAR1 staged")
+        if old:
+            os.utime(path, (day_ago, day_ago))
+        return path
+
+    staged = planted(table / "month=2012-01" / f"part-{uuid.uuid4().hex}-c000.snappy.parquet")
+    young = planted(table / "month=2012-02" / f"part-{uuid.uuid4().hex}-c000.snappy.parquet", old=False)
+    partial_upload = planted(table / "month=2012-01" / "part-x.snappy.parquet#3")
+    dot_part = planted(Path(lake.uri("ml", "model_a", "models")) / ".v0002.part" / "model.joblib.part")
+    # a table whose first commit never happened: no log, its staged file is swept, other files kept
+    never = planted(Path(lake.table_uri("trusted", "new")) / "month=2012-01" / f"part-{uuid.uuid4().hex}-c000.snappy.parquet")
+    model = planted(Path(lake.uri("ml", "model_a", "models")) / "v0001" / "model.parquet")
+    landing_partial = planted(Path(lake.landing_uri("meters", "2012-01")) / "m.csv#1")
+    for p in listed:
+        os.utime(p, (day_ago, day_ago))  # listed files are kept however old
+
+    job, _ = build_maintenance([], staged_orphan_age_h=24)
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, resources={"lake": LakeResource(root=str(lake.root))})
+        assert result.success
+        (output,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+        swept = output.event_specific_data.metadata["staged_files_swept"].value
+    gone = [staged, partial_upload, dot_part, never, landing_partial]
+    assert swept == len(gone) and not any(p.exists() for p in gone)
+    assert young.exists() and model.exists() and all(p.exists() for p in listed)
+    assert lake.read_arrow("formatted", "meters").num_rows > 0  # the table still reads

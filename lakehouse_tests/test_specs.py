@@ -49,6 +49,64 @@ def test_not_yaml_names_the_line(configs_copy: Path):
 
 def test_missing_env_without_default(configs_copy: Path):
     main = configs_copy / "lakehouse.yaml"
-    main.write_text(main.read_text().replace("${LAKEHOUSE_ROOT:-.lakehouse}", "${NO_SUCH_VARIABLE_X}"))
-    with pytest.raises(SpecError, match="NO_SUCH_VARIABLE_X is not set"):
+    main.write_text(main.read_text().replace("${LAKEHOUSE_ROOT:-.lakehouse}", "${LAKEHOUSE_ROOT}"))
+    with pytest.raises(SpecError, match="LAKEHOUSE_ROOT is not set"):
+        load_project(configs_copy, env={})
+
+
+def _line_of(path: Path, needle: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
+def test_interpolation_reads_only_allowed_variables(configs_copy: Path):
+    """A config cannot read any environment variable (a password) into a URL: only those
+    ``interpolation.allowed`` lists, and the error names file, line and variable."""
+    path = configs_copy / "sources" / "weather.yaml"
+    path.write_text(path.read_text().replace("${LAKEHOUSE_WEATHER_URL:-http://127.0.0.1:8765}", "http://x/?k=${DB_PASSWORD}"))
+    env = {"DB_PASSWORD": "hunter2"}
+    with pytest.raises(SpecError) as err:
+        load_project(configs_copy, env=env)
+    msg = str(err.value)
+    assert f"weather.yaml:{_line_of(path, '${DB_PASSWORD}')}: collector.url:" in msg
+    assert "${DB_PASSWORD}" in msg and "interpolation.allowed" in msg and "hunter2" not in msg
+    # listed in lakehouse.yaml, it is read
+    main = configs_copy / "lakehouse.yaml"
+    main.write_text(main.read_text().replace("allowed: [LAKEHOUSE_ROOT,", "allowed: [DB_PASSWORD, LAKEHOUSE_ROOT,"))
+    assert load_project(configs_copy, env=env).source("weather").collector.url.startswith("http://x/?k=hunter2")
+
+
+def test_a_secret_variable_cannot_be_allowed_for_interpolation(configs_copy: Path):
+    """A variable a collector names as a secret (here the registry's url_env) is never interpolated."""
+    main = configs_copy / "lakehouse.yaml"
+    main.write_text(main.read_text().replace("allowed: [LAKEHOUSE_ROOT,", "allowed: [LAKEHOUSE_CUSTOMERS_DB_URL, LAKEHOUSE_ROOT,"))
+    with pytest.raises(SpecError, match=rf"lakehouse.yaml:{_line_of(main, 'allowed:')}: .*LAKEHOUSE_CUSTOMERS_DB_URL is named as a secret"):
+        load_project(configs_copy, env={})
+
+
+def test_configs_without_an_allow_list_get_the_default(configs_copy: Path):
+    from lakehouse.specs.models import DEFAULT_INTERPOLATION_ALLOWED
+
+    main = configs_copy / "lakehouse.yaml"
+    text = main.read_text()
+    start = text.index("interpolation:")
+    main.write_text(text[:start] + text[text.index("# Project-wide limits"):])
+    project = load_project(configs_copy, env={"LAKEHOUSE_ROOT": "/tmp/lake"})
+    assert project.lakehouse.interpolation.allowed == DEFAULT_INTERPOLATION_ALLOWED
+    assert project.lake_root == "/tmp/lake"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "problem"),
+    [
+        ("name: &a [*a]\n", r"alias \*a refers to its own anchor"),
+        ("\n".join(["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+                   + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]) + "\n",
+         r"more than 100,000 nodes once its aliases are expanded"),
+    ],
+    ids=["recursive", "billion-laughs"],
+)
+def test_abusive_yaml_aliases_fail_at_load_naming_the_file(configs_copy: Path, yaml_text: str, problem: str):
+    path = configs_copy / "sources" / "bomb.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(SpecError, match=rf"bomb.yaml:\d+: {problem}"):
         load_project(configs_copy, env={})

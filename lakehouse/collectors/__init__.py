@@ -19,10 +19,10 @@ from lakehouse.collectors.landing import (
     CollectorError,
     ManifestEntry,
     Month,
+    digest,
     land_many,
     read_manifest,
     safe_name,
-    sha256_bytes,
 )
 from lakehouse.specs.models import Project, SourceSpec
 from lakehouse.transforms.records import delivery_months
@@ -42,7 +42,8 @@ REJECTED = "_rejected"
 
 
 def fetch(project: Project, source: SourceSpec, month: str) -> list[Fetched]:
-    """Every file ``source`` delivers for ``month``, complete, in memory (nothing is written here)."""
+    """Every file ``source`` delivers for ``month``, complete: in memory, or a regular inbox file that
+    landing streams (nothing is written here)."""
     spec = source.collector
     if spec.type == "file_drop":
         try:
@@ -93,10 +94,10 @@ def collect(project: Project, source: SourceSpec, month: str, month_dir: Month) 
     if source.spans_months:
         # a delivery that spans months lands once for the source, not once per month it is fetched for
         elsewhere = {e.sha256 for m in _other_months(month_dir) for e in read_manifest(m) if e.status == "landed"}
-        result.skipped += [item.name for item in fetched if sha256_bytes(item.data) in elsewhere]
-        fetched = [item for item in fetched if sha256_bytes(item.data) not in elsewhere]
+        result.skipped += [item.name for item in fetched if digest(item.body)[0] in elsewhere]
+        fetched = [item for item in fetched if digest(item.body)[0] not in elsewhere]
         months_of = lambda data: delivery_months(data, source)  # noqa: E731
-    items = [(item.name, item.data, item.origin) for item in fetched]
+    items = [(item.name, item.body, item.origin) for item in fetched]
     for item, entry in zip(fetched, land_many(month_dir, items, fmt=source.format, months_of=months_of), strict=True):
         if entry is None:
             result.skipped.append(item.name)

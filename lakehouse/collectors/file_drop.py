@@ -1,14 +1,18 @@
-"""File drop: devices push text files into an inbox directory; each file's month comes from its name."""
+"""File drop: devices push text files into an inbox directory; each file's month comes from its name.
+
+Only regular files no larger than ``max_bytes`` are deliveries; symlinks, devices, pipes and oversized
+files are refused with the reason (recorded under the month's ``_rejected/``). A delivery is never read
+here: landing streams it from the inbox in chunks.
+"""
 
 from __future__ import annotations
 
-import os
 import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from lakehouse.collectors.base import Fetched
+from lakehouse.collectors.base import Fetched, open_regular
 from lakehouse.specs.models import FileDropCollector
 
 
@@ -22,17 +26,20 @@ class InboxMissing(FileNotFoundError):
     """The inbox directory does not exist: a wrong path or an unmounted share, not an empty month."""
 
 
-def refusal(path: Path) -> str | None:
-    """Why an inbox entry is not a delivery (``None`` for a regular file): a symlink would land whatever
-    it points to (``/proc/self/environ``, a file outside the inbox), a device or a pipe never ends."""
+def refusal(path: Path, max_bytes: int | None = None) -> str | None:
+    """Why an inbox entry is not a delivery (``None`` for a regular file within ``max_bytes``): a symlink
+    would land whatever it points to (``/proc/self/environ``, a file outside the inbox), a device or a pipe
+    never ends, an oversized file would fill the lake."""
     try:
-        mode = path.lstat().st_mode
+        info = path.lstat()
     except FileNotFoundError:
         return "removed while the inbox was read"
-    if stat.S_ISLNK(mode):
+    if stat.S_ISLNK(info.st_mode):
         return "a symbolic link, not a delivered file (links are never followed)"
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(info.st_mode):
         return "not a regular file"
+    if max_bytes is not None and info.st_size > max_bytes:
+        return f"{info.st_size:,} bytes, more than collector.max_bytes {max_bytes:,} (nothing of it landed)"
     return None
 
 
@@ -47,7 +54,7 @@ def inbox_entries(spec: FileDropCollector, inbox: Path, month: str | None = None
             continue
         if month is not None and file_month(spec, path.name) != month:
             continue
-        why = refusal(path)
+        why = refusal(path, spec.max_bytes)
         if why is None:
             files.append(path)
         elif path.is_symlink() or not path.is_dir():
@@ -60,16 +67,9 @@ def inbox_files(spec: FileDropCollector, inbox: Path, month: str | None = None) 
     return inbox_entries(spec, inbox, month)[0]
 
 
-def read_regular(path: Path) -> bytes:
-    """The bytes of ``path``, refusing a symlink or a non-regular file at the moment it is opened (a file
-    swapped for a link after the listing is not followed either)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise OSError(f"{path.name}: not a regular file")
-        return fh.read()
-
-
 def fetch(spec: FileDropCollector, inbox: Path, month: str) -> Iterator[Fetched]:
+    """The month's deliveries as files to stream (each opened with :func:`open_regular` when it lands)."""
     for path in inbox_files(spec, inbox, month):
-        yield Fetched(name=path.name, data=read_regular(path), origin=f"file://{path}")
+        with open_regular(path):  # a link or a device planted since the listing fails now, before landing
+            pass
+        yield Fetched(name=path.name, data=None, origin=f"file://{path}", path=path)

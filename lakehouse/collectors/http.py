@@ -15,9 +15,13 @@ Such bodies are re-requested (same retry budget); when every attempt fails the c
 inspection (under ``_rejected/``, never as a landed file). Nothing partial is ever landed: the collector
 returns complete bodies only, and :func:`lakehouse.collectors.landing.land` writes them atomically.
 
-Credentials never reach the manifest or an error message: header values come from environment variables
-(``headers_env``, read through :func:`lakehouse.settings.secret`), and the recorded origin is the URL with
-any ``user:password@`` removed.
+Credentials never reach the manifest, a log line or an error message: header values and query parameters
+that carry a key come from environment variables (``headers_env``, ``params_env``, read through
+:func:`lakehouse.settings.secret`); every text a provider sends back (an error body, a reason) is scrubbed
+of those values and of the URL's password before it goes into a message (:class:`Secrets`), and the
+recorded origin is the URL without ``user:password@`` and with token-like query values masked
+(:func:`redact`). The secret headers are dropped when a redirect leads to another host (requests drops
+``Authorization`` itself, not custom headers such as ``X-Api-Key``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -54,19 +58,77 @@ class RejectedResponse(CollectorError):
         self.data = data
 
 
-def redact(url: str) -> str:
-    """``url`` without ``user:password@`` (safe for manifests, logs and errors)."""
+#: query parameters whose value is a credential, by a word in their name (``api_key``, ``access_token``,
+#: ``X-Amz-Signature``, ``sig``, ``password``...)
+SECRET_PARAM = re.compile(r"key|token|secret|passw|pwd|sig|auth|credential|session|bearer", re.IGNORECASE)
+MASK = "***"
+
+
+def redact(url: str, *, secret_params: frozenset[str] = frozenset()) -> str:
+    """``url`` without ``user:password@`` and with the values of token-like query parameters (and of
+    ``secret_params``) masked: safe for manifests, logs and errors."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    host = parts.netloc.rsplit("@", 1)[-1]  # without user:password@
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(SECRET_PARAM.search(k) or k in secret_params for k, _ in pairs):
+            query = urlencode([(k, MASK if SECRET_PARAM.search(k) or k in secret_params else v) for k, v in pairs],
+                              safe="*{}", quote_via=quote)
+    if host == parts.netloc and query == parts.query:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, host, parts.path, query, parts.fragment))
+
+
+class Secrets:
+    """The secret values of one collect (header and parameter values from the environment, the URL's
+    password and token-like query values), and the scrubbing of any text before it is shown."""
+
+    def __init__(self, values: list[str]) -> None:
+        found = set()
+        for value in values:
+            if value and len(value) >= 4:
+                found.add(value)
+                # "Bearer <token>": a provider may echo the token alone
+                found.update(part for part in value.split() if len(part) >= 8)
+        self.values = sorted(found, key=len, reverse=True)
+
+    @classmethod
+    def of(cls, url: str, values: list[str]) -> Secrets:
+        parts = urlsplit(url)
+        from_url = [parts.password or ""] + [v for k, v in parse_qsl(parts.query) if SECRET_PARAM.search(k)]
+        return cls([*values, *from_url])
+
+    def text(self, text: str) -> str:
+        for value in self.values:
+            text = text.replace(value, MASK)
+            quoted = quote(value, safe="")
+            if quoted != value:
+                text = text.replace(quoted, MASK)
+        return redact_text(text)
+
+    def bytes(self, data: bytes) -> bytes:
+        for value in self.values:
+            data = data.replace(value.encode(), MASK.encode())
+        return data
+
+
+class _Session(requests.Session):
+    """A session that drops the secret headers on a redirect to another host, as requests does for
+    ``Authorization`` (same rule: :meth:`requests.Session.should_strip_auth`)."""
+
+    secret_headers: frozenset[str] = frozenset()
+
+    def rebuild_auth(self, prepared_request, response):
+        super().rebuild_auth(prepared_request, response)
+        if self.should_strip_auth(response.request.url, prepared_request.url):
+            for header in self.secret_headers:
+                prepared_request.headers.pop(header, None)
 
 
 def session_for(spec: HttpCollector) -> requests.Session:
-    """A ``requests`` session whose adapter retries transient failures with exponential backoff."""
+    """A ``requests`` session whose adapter retries transient failures with exponential backoff, and that
+    never sends ``headers_env`` to another host after a redirect."""
     retry = Retry(
         total=spec.retries,
         connect=spec.retries,
@@ -80,7 +142,8 @@ def session_for(spec: HttpCollector) -> requests.Session:
         raise_on_status=False,  # the last 5xx answer comes back; we name its status in the error
         respect_retry_after_header=True,
     )
-    session = requests.Session()
+    session = _Session()
+    session.secret_headers = frozenset(spec.headers_env)
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -88,14 +151,14 @@ def session_for(spec: HttpCollector) -> requests.Session:
     return session
 
 
-def _headers(spec: HttpCollector, where: str) -> dict[str, str]:
-    headers = {}
-    for header, env_name in spec.headers_env.items():
+def _from_env(names: dict[str, str], what: str, where: str) -> dict[str, str]:
+    values = {}
+    for option, env_name in names.items():
         value = settings.secret(env_name)
         if value is None:
-            raise CollectorError(f"{where}: header {header!r} needs environment variable {env_name}, which is not set")
-        headers[header] = value
-    return headers
+            raise CollectorError(f"{where}: {what} {option!r} needs environment variable {env_name}, which is not set")
+        values[option] = value
+    return values
 
 
 def _body_problem(spec: HttpCollector, response: requests.Response, body: bytes) -> str | None:
@@ -124,13 +187,28 @@ def _body_problem(spec: HttpCollector, response: requests.Response, body: bytes)
 
 
 def fetch(spec: HttpCollector, month: str, *, source: str = "?") -> Iterator[Fetched]:
-    """Download ``source``'s file for ``month``; raises :class:`CollectorError` naming source, month, cause."""
+    """Download ``source``'s file for ``month``; raises :class:`CollectorError` naming source, month, cause
+    (scrubbed of every secret value of the collect)."""
     values = template_values(month, spec.params)
     url = spec.url.format(**values)
-    name = spec.file_name.format(**values)
-    origin = redact(url)
     where = f"source {source!r} month {month}"
-    headers = _headers(spec, where)
+    headers = _from_env(spec.headers_env, "header", where)
+    params = _from_env(spec.params_env, "query parameter", where)
+    secrets = Secrets.of(url, [*headers.values(), *params.values()])
+    try:
+        yield from _fetch(spec, url, spec.file_name.format(**values), where, headers, params)
+    except RejectedResponse as exc:
+        raise RejectedResponse(secrets.text(str(exc)), name=exc.name, data=secrets.bytes(exc.data)) from None
+    except CollectorError as exc:
+        raise CollectorError(secrets.text(str(exc))) from None
+
+
+def _fetch(
+    spec: HttpCollector, url: str, name: str, where: str, headers: dict[str, str], params: dict[str, str]
+) -> Iterator[Fetched]:
+    if params:
+        url += ("&" if urlsplit(url).query else "?") + urlencode(params, quote_via=quote)
+    origin = redact(url, secret_params=frozenset(params))
     last_problem: str | None = None
     last_body = b""
     deadline = time.monotonic() + spec.deadline_s
@@ -246,5 +324,5 @@ def _cause(exc: BaseException) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Remove ``user:password@`` from any URL inside ``text``."""
-    return re.sub(r"(https?://)[^/@\s]+@", r"\1", text)
+    """Every URL inside ``text`` :func:`redact`-ed."""
+    return re.sub(r"https?://[^\s'\"<>]+", lambda m: redact(m.group(0)), text)

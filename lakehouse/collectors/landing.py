@@ -17,17 +17,26 @@ created leaves files it does not list: readers go by the manifest (:func:`landed
 landing of those files records them. One limit remains: two landings of *different* bytes under one name in
 one month at the same moment end with the later bytes, listed; the earlier bytes may be missing from
 ``_superseded/``. A month written by an older version of this module (``_manifest.json``) reads as version 0.
+
+A local file (an inbox delivery) is streamed, never read whole: hashed in chunks to decide whether it
+already landed, then copied in chunks and hashed again while copying; when the bytes changed in between
+(a device still writing), the copy is aborted and nothing of it lands. Landed names are at most
+:data:`MAX_NAME_BYTES` bytes (a longer name is cut and keeps a hash of the original), so a name and its
+``_superseded/`` and ``_rejected/`` copies stay within the 255 bytes a file system allows per name.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
+from lakehouse.collectors.base import open_regular
 from lakehouse.io.storage import Storage
 from lakehouse.specs.models import FormatSpec
 from lakehouse.transforms.records import count_records
@@ -38,6 +47,13 @@ SUPERSEDED = "_superseded"
 #: manifest versions a landing tries to create before giving up (each loss means another landing won)
 MANIFEST_ATTEMPTS = 20
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: the longest landed name: ``_superseded/<sha12>_<name>``, ``_rejected/<stamp>_<name>`` and an object
+#: store's temporary suffix must still fit in the 255 bytes a file system allows per name
+MAX_NAME_BYTES = 200
+#: bytes read and written at a time when a file is streamed
+CHUNK_BYTES = 8 << 20
+#: what a landing takes: the bytes, or a local file streamed in chunks
+Body = bytes | Path
 
 
 class CollectorError(RuntimeError):
@@ -62,22 +78,57 @@ def safe_name(name: str) -> str:
 
     When the name had to change, a short hash of the original name is added before the extension, so
     two different names never collapse into one (``a b.csv`` and ``a_b.csv``, ``x/f.csv`` and ``y/f.csv``
-    stay two files; without it the second would supersede the first as if it were a new version).
+    stay two files; without it the second would supersede the first as if it were a new version). A name
+    longer than :data:`MAX_NAME_BYTES` is cut to fit, with the same hash.
     """
     base = name.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
     cleaned = _SAFE.sub("_", base).strip("._")
     cleaned = cleaned or "file"  # nothing usable in the name ("..", ""): still one file per name
-    if cleaned == name:
+    if cleaned == name and len(cleaned) <= MAX_NAME_BYTES:
         return cleaned
     stem, dot, ext = cleaned.rpartition(".")
     tag = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    if not dot or not stem or not ext.isalnum():
-        return f"{cleaned}-{tag}"
-    return f"{stem}-{tag}.{ext}"
+    if not dot or not stem or not ext.isalnum() or len(ext) > 16:
+        stem, ext = cleaned, ""
+    suffix = f"-{tag}" + (f".{ext}" if ext else "")
+    return stem[: MAX_NAME_BYTES - len(suffix)] + suffix
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def digest(body: Body) -> tuple[str, int]:
+    """The SHA-256 and size of ``body`` (a local file is read in chunks, refusing links)."""
+    if isinstance(body, bytes):
+        return sha256_bytes(body), len(body)
+    h, size = hashlib.sha256(), 0
+    with open_regular(body) as fh:
+        while block := fh.read(CHUNK_BYTES):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def _copy(body: Body, sha256: str, size: int) -> bytes | Iterator[bytes]:
+    """What the storage writes for ``body``: the bytes, or a local file's chunks, hashed while they are
+    copied; the write is aborted (nothing lands) when the file is no longer the one ``sha256`` names."""
+    if isinstance(body, bytes):
+        return body
+
+    def chunks() -> Iterator[bytes]:
+        h, copied = hashlib.sha256(), 0
+        with open_regular(body) as fh:
+            while block := fh.read(CHUNK_BYTES):
+                copied += len(block)
+                if copied > size:
+                    break
+                h.update(block)
+                yield block
+        if copied != size or h.hexdigest() != sha256:
+            raise CollectorError(f"{body}: changed while it was landed (a writer still busy?); nothing of it landed")
+
+    return chunks()
 
 
 def sha256_file(path, chunk: int = 1 << 20) -> str:
@@ -152,8 +203,9 @@ def _create_manifest(month: Month, number: int, entries: list[ManifestEntry]) ->
     return month.storage.write(month.file(MANIFEST, f"{number:08d}.json"), body, create=True)
 
 
-def land(month: Month, name: str, data: bytes, *, origin: str, fmt: FormatSpec | None = None) -> ManifestEntry | None:
-    """Land ``data`` as ``name`` in ``month`` unless these exact bytes are already there.
+def land(month: Month, name: str, data: Body, *, origin: str, fmt: FormatSpec | None = None) -> ManifestEntry | None:
+    """Land ``data`` (bytes, or a local file streamed) as ``name`` in ``month`` unless these exact bytes are
+    already there.
 
     Returns the new manifest entry, or ``None`` when the file had already landed (exactly once).
     """
@@ -162,50 +214,51 @@ def land(month: Month, name: str, data: bytes, *, origin: str, fmt: FormatSpec |
 
 def land_many(
     month: Month,
-    items: Iterable[tuple[str, bytes, str]],
+    items: Iterable[tuple[str, Body, str]],
     *,
     fmt: FormatSpec | None = None,
     months_of: Callable[[bytes], list[str] | None] | None = None,
 ) -> list[ManifestEntry | None]:
-    """Land each ``(name, data, origin)`` of ``items`` in ``month`` exactly once, with one new manifest version.
+    """Land each ``(name, body, origin)`` of ``items`` in ``month`` exactly once, with one new manifest
+    version; a body is bytes or a local file, streamed.
 
     The manifest is read once and created once per attempt, after every file is in place: landing a month of
     N files costs N file writes and one manifest write. Returns, per item, its new entry or ``None`` when
     those bytes had already landed under that name.
     ``rows`` of an entry: the records the file holds in ``fmt`` (default: csv with a header), counted
     without the parser (:func:`lakehouse.transforms.records.count_records`); ``months`` of an entry:
-    ``months_of(data)`` (a source whose deliveries span months).
+    ``months_of(data)`` (a source whose deliveries span months; such a delivery is read whole to route it).
     """
     fmt = fmt or FormatSpec()
-    items = [(safe_name(raw), data, origin, sha256_bytes(data)) for raw, data, origin in items]
+    staged = [(safe_name(raw), body, origin, *digest(body)) for raw, body, origin in items]
     written: set[tuple[str, str]] = set()  # (name, sha256) this call already wrote
     for _ in range(MANIFEST_ATTEMPTS):
         number, entries = _read_version(month)
         out: list[ManifestEntry | None] = []
         changed = False
-        for name, data, origin, digest in items:
+        for name, body, origin, sha256, size in staged:
             current = [e for e in entries if e.name == name and e.status == "landed"]
-            if any(e.sha256 == digest for e in current) and ((name, digest) in written or month.storage.exists(month.file(name))):
+            if any(e.sha256 == sha256 for e in current) and ((name, sha256) in written or month.storage.exists(month.file(name))):
                 out.append(None)
                 continue
             for old in current:
-                if old.sha256 == digest:
+                if old.sha256 == sha256:
                     # listed but its file is gone (e.g. removed by hand): write it again, keep one entry
                     entries.remove(old)
                     continue
                 _keep_superseded(month, name, old)
                 entries[entries.index(old)] = ManifestEntry(**{**asdict(old), "status": "superseded"})
-            if (name, digest) not in written:
-                month.storage.write(month.file(name), data)
-                written.add((name, digest))
+            if (name, sha256) not in written:
+                month.storage.write(month.file(name), _copy(body, sha256, size))
+                written.add((name, sha256))
             entry = ManifestEntry(
                 name=name,
-                sha256=digest,
-                bytes=len(data),
-                rows=count_records(data, fmt),
+                sha256=sha256,
+                bytes=size,
+                rows=count_records(body if isinstance(body, bytes) else functools.partial(open_regular, body), fmt),
                 origin=origin,
                 received_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                months=months_of(data) if months_of is not None else None,
+                months=months_of(read_body(body)) if months_of is not None else None,
             )
             entries.append(entry)
             out.append(entry)
@@ -228,11 +281,22 @@ def _keep_superseded(month: Month, name: str, old: ManifestEntry) -> None:
     if month.storage.exists(dest):
         return  # already kept (a crash after this step)
     try:
-        if sha256_bytes(month.storage.read(src)) != old.sha256:
+        h = hashlib.sha256()
+        for block in month.storage.read_chunks(src):
+            h.update(block)
+        if h.hexdigest() != old.sha256:
             return  # the old bytes are no longer at ``name``
     except FileNotFoundError:
         return
     month.storage.copy(src, dest)
+
+
+def read_body(body: Body) -> bytes:
+    """``body`` whole in memory (for readers that need it at once)."""
+    if isinstance(body, bytes):
+        return body
+    with open_regular(body) as fh:
+        return fh.read()
 
 
 def landed_files(month: Month) -> list[str]:

@@ -8,14 +8,25 @@ error (SQLite would otherwise create an empty database and the query would repor
 The query may use the bound parameters ``:month``, ``:month_start`` and ``:month_end`` (end exclusive).
 Values are written as text: ``NULL`` → empty field, dates/times → ISO 8601, floats → ``repr`` (no loss).
 Every failure — unreachable or missing database, bad query — raises :class:`CollectorError` naming the
-source, the month and the cause, with any password in the URL masked.
+source, the month and the cause, with any password in the URL masked (and scrubbed from the driver's text).
+
+Two limits bound a collect, on every dialect:
+
+* ``timeout_s`` per statement, enforced by the database where it has a session setting — PostgreSQL
+  ``statement_timeout``, MySQL ``max_execution_time``, MariaDB ``max_statement_time``, Oracle's
+  ``call_timeout``, SQL Server's (pyodbc) query ``timeout`` — and by a progress handler on SQLite;
+* ``deadline_s`` per collect (connect, query, fetch): a watchdog thread interrupts, cancels or else closes
+  the connection when it passes, which also covers every dialect without a statement timeout.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import re
+import threading
+import time as clock
 from collections.abc import Iterator
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -85,9 +96,118 @@ def rows_to_csv(columns: list[str], rows: list[tuple]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def _reason(exc: BaseException, url: URL) -> str:
     cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    return f"{type(exc).__name__}: {cause}"
+    return f"{type(exc).__name__}: {scrub(cause, url)}"[:500]
+
+
+def scrub(text: str, url: URL) -> str:
+    """``text`` (a driver's message) without the URL's password or query values, should the driver echo them."""
+    secrets = [url.password, *(v for vs in url.query.values() for v in ((vs,) if isinstance(vs, str) else vs))]
+    for value in sorted({str(v) for v in secrets if v and len(str(v)) >= 3}, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
+
+
+#: words of the errors databases raise when a statement timeout or a cancel stopped a query
+_TIMEOUT_WORDS = ("statement timeout", "max_execution_time", "max_statement_time", "maximum statement execution time",
+                  "call timeout", "dpy-4024", "query timeout expired")
+
+
+def session_setup(dialect: str, server_version: str, timeout_s: float) -> list[str]:
+    """The statements that give a new session of ``dialect`` a per-statement timeout of ``timeout_s``."""
+    ms = max(1, math.ceil(timeout_s * 1000))
+    if dialect == "postgresql":
+        return [f"SET statement_timeout = {ms}"]
+    if dialect in ("mysql", "mariadb"):
+        if "mariadb" in server_version.lower():
+            return [f"SET SESSION max_statement_time = {ms / 1000:.3f}"]
+        return [f"SET SESSION max_execution_time = {ms}"]
+    return []
+
+
+class Limits:
+    """The statement timeout and the collect's deadline of one collect, on one engine."""
+
+    def __init__(self, engine: sa.Engine, dialect: str, timeout_s: float, deadline_s: float) -> None:
+        self.dialect, self.timeout_s, self.deadline_s = dialect, timeout_s, deadline_s
+        self.deadline = clock.monotonic() + deadline_s
+        self.statement_started = clock.monotonic()
+        self.fired: str | None = None  # which limit stopped the query
+        self._timer: threading.Timer | None = None
+        sa.event.listen(engine, "connect", self._on_connect)
+        sa.event.listen(engine, "before_cursor_execute", self._on_execute)
+
+    def _on_connect(self, dbapi_conn, _record) -> None:
+        dialect = self.dialect
+        if dialect == "sqlite":
+            # checked every few thousand virtual machine steps: interrupts the statement past either limit
+            dbapi_conn.set_progress_handler(self._sqlite_progress, 10_000)
+        elif dialect == "oracle" and hasattr(dbapi_conn, "call_timeout"):
+            dbapi_conn.call_timeout = max(1, math.ceil(self.timeout_s * 1000))
+        elif dialect == "mssql" and hasattr(dbapi_conn, "timeout"):
+            dbapi_conn.timeout = max(1, math.ceil(self.timeout_s))
+        else:
+            cursor = dbapi_conn.cursor()
+            try:
+                version = ""
+                if dialect in ("mysql", "mariadb"):
+                    cursor.execute("SELECT VERSION()")
+                    version = str(cursor.fetchone()[0])
+                for statement in session_setup(dialect, version, self.timeout_s):
+                    cursor.execute(statement)
+            finally:
+                cursor.close()
+        self._watch(dbapi_conn)
+
+    def _on_execute(self, *_args) -> None:
+        self.statement_started = clock.monotonic()
+
+    def _sqlite_progress(self) -> int:
+        now = clock.monotonic()
+        if now > self.deadline:
+            self.fired = "deadline"
+        elif now - self.statement_started > self.timeout_s:
+            self.fired = "timeout"
+        return 1 if self.fired else 0
+
+    def _watch(self, dbapi_conn) -> None:
+        """Stop ``dbapi_conn`` when the deadline passes: interrupt (SQLite), cancel (PostgreSQL, Oracle,
+        ...), or close it (any other driver: the blocked call then fails)."""
+
+        def stop() -> None:
+            self.fired = self.fired or "deadline"
+            for name in ("interrupt", "cancel", "close"):
+                method = getattr(dbapi_conn, name, None)
+                if callable(method):
+                    try:
+                        method()
+                        return
+                    except Exception:  # noqa: BLE001, S112 - try the next, harder way
+                        continue
+
+        self.cancel()
+        self._timer = threading.Timer(max(0.0, self.deadline - clock.monotonic()), stop)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def check(self) -> None:
+        if clock.monotonic() > self.deadline:
+            self.fired = "deadline"
+            raise TimeoutError
+
+    def explain(self, exc: BaseException | None, where: str) -> CollectorError | None:
+        """The error to raise when a limit stopped the collect (``None`` when ``exc`` is another failure)."""
+        text = str(getattr(exc, "orig", None) or exc or "").lower()
+        if self.fired == "deadline" or clock.monotonic() > self.deadline:
+            return CollectorError(f"{where}: the collect took longer than its deadline of {self.deadline_s:g}s (collector.deadline_s)")
+        if self.fired == "timeout" or any(w in text for w in _TIMEOUT_WORDS):
+            return CollectorError(f"{where}: the query ran longer than its timeout of {self.timeout_s:g}s (collector.timeout_s)")
+        return None
 
 
 def shown_url(url: URL) -> str:
@@ -113,6 +233,7 @@ def fetch(spec: SqlCollector, month: str, *, root: Path, source: str = "?") -> I
         engine = sa.create_engine(url, connect_args=connect_args, poolclass=sa.pool.NullPool)
     except (NoSuchModuleError, ImportError) as exc:
         raise CollectorError(f"{where}: no driver for {shown}: {exc}") from None
+    limits = Limits(engine, url.get_backend_name(), spec.timeout_s, spec.deadline_s)
     try:
         try:
             conn = engine.connect()
@@ -120,15 +241,19 @@ def fetch(spec: SqlCollector, month: str, *, root: Path, source: str = "?") -> I
                 # SQLite opens lazily: a file that is not a database only fails on first read
                 conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").fetchall()
         except SQLAlchemyError as exc:
-            raise CollectorError(f"{where}: database unreachable ({shown}): {_reason(exc)}") from None
+            raise limits.explain(exc, where) or CollectorError(f"{where}: database unreachable ({shown}): {_reason(exc, url)}") from None
         with conn:
             try:
                 result = conn.execute(query, {k: v for k, v in bounds.items() if k in wanted})
                 columns = list(result.keys())
-                rows = [tuple(r) for r in result.fetchall()]
-            except SQLAlchemyError as exc:
-                raise CollectorError(f"{where}: query failed ({shown}): {_reason(exc)}") from None
+                rows = []
+                while batch := result.fetchmany(10_000):
+                    rows += [tuple(r) for r in batch]
+                    limits.check()
+            except (SQLAlchemyError, TimeoutError) as exc:
+                raise limits.explain(exc, where) or CollectorError(f"{where}: query failed ({shown}): {_reason(exc, url)}") from None
     finally:
+        limits.cancel()
         engine.dispose()
     if not columns:
         raise CollectorError(f"{where}: the query returned no result set (is it a SELECT?)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from lakehouse.factories.automation import apply_policy, automation_sensor
+from lakehouse.factories.automation import apply_policy, automation_sensor, run_tags
 from lakehouse.factories.common import resources
 from lakehouse.factories.exploitation import build_view_asset
 from lakehouse.factories.formatted import build_formatted_asset
@@ -40,13 +40,15 @@ def build_definitions(project: Project, *, months_per_run: int | None = None) ->
     one run per asset range to runs of that many months.
     """
     assets = apply_policy(project, build_assets(project), months_per_run=months_per_run)
-    maintenance_job, maintenance_schedule = build_maintenance([k for a in assets for k in a.keys])
+    maintenance_job, maintenance_schedule = build_maintenance(
+        [k for a in assets for k in a.keys], tags=run_tags(project), staged_orphan_age_h=project.lakehouse.limits.staged_orphan_age_h
+    )
     landing = build_landing_automation(project)  # inbox sensors + monthly schedules of the sources
     return dg.Definitions(
         assets=assets,
         jobs=[maintenance_job, *landing.jobs],
         schedules=[maintenance_schedule, *landing.schedules],
-        sensors=[automation_sensor(), *landing.sensors],
+        sensors=[automation_sensor(project), *landing.sensors],
         resources=resources(project),
         executor=dg.in_process_executor,
     )

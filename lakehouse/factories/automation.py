@@ -12,6 +12,9 @@ The zone factories build assets; this module decides how they run once built, fo
 - **Freshness**: every table of a source (landing, formatted, trusted) gets a
   ``FreshnessPolicy.time_window`` from the source's ``freshness.max_lag_hours``; the freshness daemon
   (``freshness: enabled`` in ``dagster.yaml``) evaluates it and the UI flags stale sources.
+- **Run deadline**: every job, schedule and sensor of the project tags its runs with
+  ``dagster/max_runtime`` = ``limits.run_max_runtime_s`` (:func:`run_tags`); the run monitoring daemon
+  (``run_monitoring: enabled`` in ``dagster.yaml``) cancels a run that outlives it.
 - **Backfills**: zone assets run a range of months in one run (``BackfillPolicy.single_run()``, one Spark
   start); ``months_per_run`` switches them to ``BackfillPolicy.multi_run(n)``.
 
@@ -37,6 +40,11 @@ ML_RETRAIN_CRON = "0 4 * * 1"
 EAGER_ZONES = ("formatted", "trusted", "exploitation")
 #: tables that carry their source's freshness policy
 FRESHNESS_ZONES = ("landing", "formatted", "trusted")
+
+
+def run_tags(project: Project) -> dict[str, str]:
+    """The tags every run of the project carries: its maximum runtime, enforced by Dagster's run monitoring."""
+    return {dg.MAX_RUNTIME_SECONDS_TAG: str(project.lakehouse.limits.run_max_runtime_s)}
 
 
 def zone_condition() -> dg.AutomationCondition:
@@ -122,7 +130,7 @@ def apply_policy(
     return [a.with_attributes(backfill_policy=multi) if a.partitions_def is not None else a for a in mapped]
 
 
-def automation_sensor() -> dg.AutomationConditionSensorDefinition:
+def automation_sensor(project: Project) -> dg.AutomationConditionSensorDefinition:
     """Evaluates every asset's condition every 30 s; on by default (switchable in the UI)."""
     return dg.AutomationConditionSensorDefinition(
         AUTOMATION_SENSOR,
@@ -130,7 +138,7 @@ def automation_sensor() -> dg.AutomationConditionSensorDefinition:
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
         emit_backfills=True,
-        run_tags={"lakehouse/trigger": "automation"},
+        run_tags={"lakehouse/trigger": "automation", **run_tags(project)},
         description="Zone tables follow their inputs (eager, any month, after blocking checks); ML "
         f"retrains on {ML_RETRAIN_CRON} (cron, UTC) when its inputs changed. See docs/operations.md.",
     )

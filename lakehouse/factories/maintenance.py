@@ -11,17 +11,26 @@ The ``table_maintenance`` job (scheduled weekly, :data:`MAINTENANCE_CRON`) runs 
    (time travel) for as long as the model folder exists. A dry run checks first that no file of such a
    version would go; if one would, the table's vacuum is skipped and reported, never run.
 
+Before that, :func:`sweep_staged` deletes what crashed writers left, once older than
+``limits.staged_orphan_age_h`` (younger files may belong to a commit in flight): Parquet under a table's
+folder that no version of its Delta log lists (staged by :func:`lakehouse.transforms.executors.stage_parquet`
+for a commit that never happened), ``*.part`` files, and on a local lake the object store's partial
+uploads (``<name>#<n>``, invisible to listings). Their number is the run's ``staged_files_swept``.
+
 A table that fails does not stop the others; the job fails at the end naming it. Per table the job
 reports files before/after, versions, files removed and the versions kept, as an ``AssetObservation`` on
 the table's asset (when the table is an asset) and in the job's log.
 """
 
+import datetime as dt
 import json
+import os
 import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote
 
 import dagster as dg
 import pyarrow as pa
@@ -29,6 +38,7 @@ from deltalake import DeltaTable
 
 from lakehouse.factories.common import LakeResource
 from lakehouse.io.lake import Lake
+from lakehouse.io.storage import is_local
 
 MAINTENANCE_JOB = "table_maintenance"
 #: Sundays 03:00 UTC
@@ -37,6 +47,10 @@ MAINTENANCE_CRON = "0 3 * * 0"
 DEFAULT_RETENTION_HOURS = 168
 #: zones holding Delta tables (landing holds raw files, never touched)
 DELTA_ZONES = ("formatted", "trusted", "quality", "exploitation", "ml")
+#: the name :func:`lakehouse.transforms.executors.stage_parquet` gives a staged file, under its partition
+STAGED_FILE = re.compile(r"(?:[^/]+=[^/]+/)*part-[0-9a-f]{32}-c000\.snappy\.parquet")
+#: an object store's partial upload on a local disk (``<name>#<n>``) or a partial file (``*.part``)
+PARTIAL_FILE = re.compile(r".+(?:#\d+|\.part)")
 
 
 class LineageError(RuntimeError):
@@ -66,6 +80,65 @@ def versions_in_use(lake: Lake) -> dict[tuple[str, str], set[int]]:
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
             raise LineageError(f"{path}: cannot read the model's input versions ({type(exc).__name__}: {exc})") from exc
     return dict(in_use)
+
+
+def logged_files(lake: Lake, table_uri: str) -> set[str]:
+    """Every data file (relative path) any surviving version of the table's Delta log adds or removes: its
+    commits (``NNN.json``) and checkpoints (``*.checkpoint*.parquet``)."""
+    import pyarrow.parquet as pq
+
+    found: set[str] = set()
+    for uri, _ in lake.storage.list(lake.storage.join(table_uri, "_delta_log")):
+        name = uri.rsplit("/", 1)[-1]
+        if name.endswith(".json") and name[:-5].isdigit():
+            for line in lake.storage.read(uri).splitlines():
+                action = json.loads(line) if line.strip() else {}
+                found |= {unquote(action[k]["path"]) for k in ("add", "remove") if k in action}
+        elif ".checkpoint" in name and name.endswith(".parquet"):
+            checkpoint = pq.read_table(pa.BufferReader(lake.storage.read(uri)))
+            for kind in ("add", "remove"):
+                if kind in checkpoint.column_names:
+                    found |= {unquote(a["path"]) for a in checkpoint[kind].to_pylist() if a}
+    return found
+
+
+def sweep_staged(
+    lake: Lake, *, older_than_hours: float, zones: Iterable[str] = DELTA_ZONES, dry_run: bool = False,
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """Delete the files crashed writers left that are older than ``older_than_hours``: in ``zones``, Parquet
+    under a table folder that no version of its Delta log lists (in a folder without a log, only files
+    named as staged ones) and ``*.part`` files; anywhere in a local lake, the object store's partial
+    uploads. The URIs deleted (or, with ``dry_run``, that would be)."""
+    cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(hours=older_than_hours)
+    storage = lake.storage
+    orphans: list[str] = []
+    for zone in zones:
+        zone_uri = storage.uri(zone)
+        for name in storage.folders(zone_uri):
+            table_uri = storage.join(zone_uri, name)
+            objects = [(uri[len(table_uri) + 1:], uri, modified) for uri, modified in storage.list_modified(table_uri)]
+            is_delta = any(rel.startswith("_delta_log/") for rel, _, _ in objects)
+            logged = logged_files(lake, table_uri) if is_delta else set()
+            for rel, uri, modified in objects:
+                if modified > cutoff or rel.startswith(("_", ".")):
+                    continue
+                partial = PARTIAL_FILE.fullmatch(rel.rsplit("/", 1)[-1]) is not None
+                staged = rel.endswith(".parquet") and rel not in logged and (is_delta or STAGED_FILE.fullmatch(rel))
+                if partial or staged:
+                    orphans.append(uri)
+    if not dry_run:
+        for uri in orphans:
+            storage.delete(uri)
+    if is_local(storage.root):  # partial uploads are invisible to listings: look at the disk, the whole lake
+        for folder, _, names in os.walk(storage.root):
+            for n in names:
+                path = os.path.join(folder, n)
+                if "#" in n and PARTIAL_FILE.fullmatch(n) and dt.datetime.fromtimestamp(os.lstat(path).st_mtime, dt.UTC) < cutoff:
+                    orphans.append(path)
+                    if not dry_run:
+                        os.unlink(path)
+    return sorted(orphans)
 
 
 def _relative_files(table: DeltaTable) -> set[str]:
@@ -191,10 +264,15 @@ class MaintenanceConfig(dg.Config):
     #: target file size of compaction in MB (Delta's default, 100 MB, when unset)
     target_size_mb: int | None = None
     dry_run: bool = False
+    #: staged files no commit lists are swept once this old (lakehouse.yaml ``limits.staged_orphan_age_h`` when unset)
+    staged_orphan_age_h: float | None = None
 
 
-def build_maintenance(asset_keys: Iterable[dg.AssetKey]) -> tuple[dg.JobDefinition, dg.ScheduleDefinition]:
-    """The ``table_maintenance`` job and its weekly schedule; observations go to ``asset_keys`` only."""
+def build_maintenance(
+    asset_keys: Iterable[dg.AssetKey], *, tags: dict[str, str] | None = None, staged_orphan_age_h: float = 24.0
+) -> tuple[dg.JobDefinition, dg.ScheduleDefinition]:
+    """The ``table_maintenance`` job and its weekly schedule; observations go to ``asset_keys`` only, ``tags``
+    go on its runs, staged files no commit lists are swept once ``staged_orphan_age_h`` old."""
     known = set(asset_keys)
 
     @dg.op(
@@ -203,6 +281,10 @@ def build_maintenance(asset_keys: Iterable[dg.AssetKey]) -> tuple[dg.JobDefiniti
         "versions models were trained on.",
     )
     def maintain_delta_tables(context: dg.OpExecutionContext, config: MaintenanceConfig, lake: LakeResource) -> None:
+        age = config.staged_orphan_age_h if config.staged_orphan_age_h is not None else staged_orphan_age_h
+        swept = sweep_staged(lake.lake, older_than_hours=age, zones=config.zones, dry_run=config.dry_run)
+        for uri in swept:
+            context.log.info(f"maintenance: {'would sweep' if config.dry_run else 'swept'} staged file {uri} (older than {age:g} h, in no commit)")
         results, failures = maintain_lake(
             lake.lake,
             retention_hours=config.retention_hours,
@@ -227,7 +309,9 @@ def build_maintenance(asset_keys: Iterable[dg.AssetKey]) -> tuple[dg.JobDefiniti
             f"{r['versions_kept_for_models']} | {r['skipped']} |\n"
             for r in results
         )
-        context.add_output_metadata({"tables": len(results), "summary": dg.MetadataValue.md(header + rows)})
+        context.add_output_metadata(
+            {"tables": len(results), "staged_files_swept": len(swept), "summary": dg.MetadataValue.md(header + rows)}
+        )
         if failures:
             raise dg.Failure(
                 description=f"maintenance failed for {len(failures)} table(s): "
@@ -235,7 +319,7 @@ def build_maintenance(asset_keys: Iterable[dg.AssetKey]) -> tuple[dg.JobDefiniti
                 metadata={"failed_tables": sorted(failures)},
             )
 
-    @dg.job(name=MAINTENANCE_JOB, executor_def=dg.in_process_executor, tags={"lakehouse/kind": "maintenance"})
+    @dg.job(name=MAINTENANCE_JOB, executor_def=dg.in_process_executor, tags={"lakehouse/kind": "maintenance", **(tags or {})})
     def table_maintenance():
         maintain_delta_tables()
 

@@ -51,6 +51,7 @@ import dagster as dg
 from lakehouse import settings
 from lakehouse.collectors.file_drop import file_month
 from lakehouse.collectors.landing import read_manifest, safe_name, sha256_file
+from lakehouse.factories.automation import run_tags
 from lakehouse.factories.common import key, monthly
 from lakehouse.io.lake import Lake
 from lakehouse.specs.models import FileDropCollector, Project, SourceSpec
@@ -240,7 +241,7 @@ def landing_job(project: Project, source: SourceSpec) -> LandingJob:
         name=f"{source.name}_landing",
         selection=dg.AssetSelection.assets(key("landing", source.name)),
         description=f"Collect and land {source.name} for one month ({source.collector.type} collector).",
-        tags={"zone": "landing", "source": source.name},
+        tags={"zone": "landing", "source": source.name, **run_tags(project)},
     )
 
 
@@ -292,7 +293,8 @@ def build_inbox_sensor(
             dg.RunRequest(
                 run_key=run_key(source.name, month, files),
                 partition_key=month,
-                tags={"lakehouse/trigger": "inbox", "lakehouse/source": source.name, "lakehouse/files": str(len(files))},
+                tags={"lakehouse/trigger": "inbox", "lakehouse/source": source.name, "lakehouse/files": str(len(files)),
+                      **run_tags(project)},
             )
             for month, files in sorted(plan.requests.items())
         ]
@@ -344,7 +346,7 @@ def build_source_schedule(
         return dg.RunRequest(
             run_key=f"{source.name}:{month}:{when.astimezone(UTC).isoformat(timespec='minutes')}",
             partition_key=month,
-            tags={"lakehouse/trigger": "schedule", "lakehouse/source": source.name},
+            tags={"lakehouse/trigger": "schedule", "lakehouse/source": source.name, **run_tags(project)},
         )
 
     try:  # Dagster validates the cron expression when it builds the schedule

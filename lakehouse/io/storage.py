@@ -23,8 +23,9 @@ import builtins
 
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -272,8 +273,19 @@ class Storage:
         key = self.key(uri)
         return bytes(self._call("read", uri, lambda: obstore.get(self._store(), key).bytes()))
 
-    def write(self, uri: str, data: bytes, *, create: bool = False) -> bool:
-        """Write ``data`` at ``uri`` atomically; with ``create`` only if nothing is there (False if it was)."""
+    def read_chunks(self, uri: str) -> Iterator[bytes]:
+        """The bytes at ``uri`` as they arrive, never held whole."""
+        import obstore
+
+        key = self.key(uri)
+        result = self._call("read", uri, lambda: obstore.get(self._store(), key))
+        for chunk in result.stream(min_chunk_size=8 << 20):
+            yield bytes(chunk)
+
+    def write(self, uri: str, data: bytes | Iterable[bytes], *, create: bool = False) -> bool:
+        """Write ``data`` (bytes, or chunks streamed without holding them all) at ``uri`` atomically: an
+        exception raised while the chunks are produced aborts the write, nothing appears. With ``create``
+        only if nothing is there (False if it was)."""
         import obstore
         import obstore.exceptions as oe
 
@@ -299,6 +311,13 @@ class Storage:
 
     def list(self, uri: str) -> list[tuple[str, int]]:
         """Every object under the folder ``uri`` (recursively): (uri, size), sorted."""
+        return sorted((f"{self.root}/{o['path']}", int(o["size"])) for o in self._objects(uri))
+
+    def list_modified(self, uri: str) -> builtins.list[tuple[str, datetime]]:
+        """Every object under the folder ``uri`` (recursively): (uri, last modified, UTC), sorted."""
+        return sorted((f"{self.root}/{o['path']}", o["last_modified"]) for o in self._objects(uri))
+
+    def _objects(self, uri: str) -> builtins.list[dict[str, Any]]:
         import obstore
 
         key = self.key(uri)
@@ -308,10 +327,9 @@ class Storage:
             return [o for batch in obstore.list(self._store(), prefix=prefix) for o in batch]
 
         try:
-            found = self._call("list", uri, run)
+            return self._call("list", uri, run)
         except FileNotFoundError:
             return []
-        return sorted((f"{self.root}/{o['path']}", int(o["size"])) for o in found)
 
     def folders(self, uri: str) -> builtins.list[str]:
         """The names of the folders directly under ``uri`` (one delimiter listing, not a recursive one)."""

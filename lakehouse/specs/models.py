@@ -101,6 +101,46 @@ class StorageSpec(Spec):
         return value
 
 
+#: the environment variables ``${VAR}`` may name when a config does not list its own (``interpolation.allowed``):
+#: the paths and endpoints the shipped configs use; never a secret (those are named by ``url_env``,
+#: ``headers_env``, ``params_env`` and ``storage.credentials`` and read at run time)
+DEFAULT_INTERPOLATION_ALLOWED = (
+    "LAKEHOUSE_ROOT",
+    "LAKEHOUSE_DEMO_ROOT",
+    "LAKEHOUSE_WEATHER_URL",
+    "LAKEHOUSE_S3_ENDPOINT",
+    "LAKEHOUSE_S3_REGION",
+)
+_VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class InterpolationSpec(Spec):
+    """Which environment variables ``${VAR}`` in any config may read (a config naming another fails at
+    load, naming the file, the line and the variable). Read from ``lakehouse.yaml`` before anything is
+    interpolated, so this list itself is never interpolated."""
+
+    allowed: tuple[str, ...] = DEFAULT_INTERPOLATION_ALLOWED
+
+    @field_validator("allowed")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [v for v in value if not _VARIABLE_RE.fullmatch(v)]
+        if bad:
+            raise ValueError(f"interpolation.allowed must list variable names (letters, digits, _), not {bad}")
+        return value
+
+
+class LimitsSpec(Spec):
+    """Project-wide limits (docs/reliability.md, "Limits"); per-source caps live on the collector and format."""
+
+    #: the longest a Dagster run of this project may take; the run monitoring daemon cancels it after that
+    #: (the ``dagster/max_runtime`` tag on every job, schedule and sensor request of the project)
+    run_max_runtime_s: int = Field(default=6 * 3600, gt=0)
+    #: staged files (``*.part``, Parquet under a Delta table that no log version lists) older than this are
+    #: swept by ``table_maintenance``; younger ones may belong to a commit in flight
+    staged_orphan_age_h: float = Field(default=24.0, gt=0)
+
+
 class LakehouseSpec(Spec):
     lake_root: str = ".lakehouse"
     storage: StorageSpec = Field(default_factory=StorageSpec)
@@ -117,6 +157,8 @@ class LakehouseSpec(Spec):
     #: months of a backfilled range processed at the same time (threads sharing the Spark session), for
     #: zone assets whose months are independent; 1 processes them one after the other
     month_workers: int = Field(default=3, ge=1, le=16)
+    interpolation: InterpolationSpec = Field(default_factory=InterpolationSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,6 +208,8 @@ class FileDropCollector(Spec):
     pattern: str = "*.csv"
     #: regular expression with one group that captures the file's month (``YYYY-MM``) from its name
     month_regex: str = r"(\d{4}-\d{2})"
+    #: the largest inbox file accepted; a larger one is refused (recorded under ``_rejected/``, nothing of it lands)
+    max_bytes: int = Field(default=2 << 30, gt=0)
 
     @field_validator("month_regex")
     @classmethod
@@ -214,8 +258,12 @@ class HttpCollector(Spec):
     backoff_s: float = Field(default=0.5, ge=0)
     #: a prefix every valid response body starts with (catches HTML error pages served with 200)
     expect_prefix: str | None = None
-    #: header name -> name of the environment variable holding its value (never the value itself)
+    #: header name -> name of the environment variable holding its value (never the value itself); these
+    #: headers are secrets: dropped on a redirect to another host, scrubbed from every message
     headers_env: dict[str, str] = Field(default_factory=dict)
+    #: query parameter -> name of the environment variable holding its value (an API key in the URL), a
+    #: secret like ``headers_env``: masked in the manifest's origin and scrubbed from every message
+    params_env: dict[str, str] = Field(default_factory=dict)
     #: the longest one month's collect may take, every attempt and wait included (``timeout_s`` bounds
     #: each connect and each read only: a provider dripping a byte at a time would never hit it)
     deadline_s: float = Field(default=600.0, gt=0)
@@ -229,6 +277,11 @@ class HttpCollector(Spec):
         _check_template(self.file_name, known, "collector.file_name")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"collector.url {self.url!r} must start with http:// or https://")
+        for what, names in (("headers_env", self.headers_env), ("params_env", self.params_env)):
+            for option, name in names.items():
+                if not _VARIABLE_RE.fullmatch(name or ""):
+                    # a value here would be a secret pasted into a config: do not repeat it
+                    raise ValueError(f"collector.{what}.{option} must name an environment variable (letters, digits, _), not hold a value")
         return self
 
 
@@ -246,7 +299,13 @@ class SqlCollector(Spec):
     default_url: str | None = None
     query: str
     file_name: str = "{month}.csv"
+    #: the longest one statement may run (PostgreSQL ``statement_timeout``, MySQL ``max_execution_time``,
+    #: MariaDB ``max_statement_time``, Oracle ``call_timeout``, SQLite a progress handler; SQLite also waits
+    #: that long for a lock)
     timeout_s: float = Field(default=30.0, gt=0)
+    #: the longest one month's collect may take, connect and fetch included; past it the connection is
+    #: cancelled (or closed) by a watchdog, whatever the dialect
+    deadline_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
     def _templates(self) -> SqlCollector:
@@ -298,6 +357,9 @@ class FormatSpec(Spec):
     thousands: Literal[".", ",", " ", "'", "_"] | None = None
     #: ``json``: the dotted path of the array of records inside the document (``null``: the document is the array)
     records_path: str | None = None
+    #: the most bytes a compressed delivery may expand to (a small gzip can hold gigabytes of zeros);
+    #: beyond it the file is unreadable, its records quarantined
+    max_decompressed_bytes: int = Field(default=1 << 30, gt=0)
 
     @field_validator("encoding")
     @classmethod
@@ -855,6 +917,18 @@ class Project(Spec):
     def months_of(self, source: SourceSpec) -> MonthsSpec:
         """The partition range of ``source``: its own ``months``, else the lakehouse's."""
         return source.months or self.lakehouse.months
+
+    def secret_variables(self) -> dict[str, str]:
+        """Every environment variable the configs name as holding a secret -> where it is named."""
+        found = {name: f"storage.credentials.{option}" for option, name in self.lakehouse.storage.credentials.items()}
+        for source in self.sources:
+            c = source.collector
+            if c.type == "sql":
+                found[c.url_env] = f"source {source.name!r} collector.url_env"
+            if c.type == "http":
+                found.update({n: f"source {source.name!r} collector.headers_env.{h}" for h, n in c.headers_env.items()})
+                found.update({n: f"source {source.name!r} collector.params_env.{q}" for q, n in c.params_env.items()})
+        return found
 
     def resolve(self, path: str) -> Path:
         """A path from a config, relative to the project root unless absolute."""

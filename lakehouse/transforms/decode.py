@@ -7,8 +7,10 @@ Shared by the parser (:mod:`lakehouse.transforms.parse`) and the landing record 
 from __future__ import annotations
 
 import codecs
+import itertools
 import re
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from lakehouse.specs.models import FormatSpec
@@ -38,8 +40,6 @@ SNIFF_BYTES = 8192
 #: above this share of control bytes in the sniffed start, a file is binary rather than text with a few bad bytes
 BINARY_CONTROL_SHARE = 0.10
 _CONTROL = bytes(b for b in range(32) if b not in (9, 10, 12, 13)) + b"\x7f"
-#: the most bytes a compressed delivery may expand to (a small gzip can hold gigabytes of zeros)
-MAX_DECOMPRESSED_BYTES = 4 << 30
 #: the longest message a quarantine cell keeps
 MAX_MESSAGE_CHARS = 2000
 
@@ -72,28 +72,63 @@ def _norm(encoding: str) -> str:
 
 def decompress(data: bytes, fmt: FormatSpec) -> bytes:
     """The delivery's bytes with the declared (or, for ``auto``, detected) compression undone."""
-    gz = data.startswith(GZIP_MAGIC)
+    if not data.startswith(GZIP_MAGIC) and fmt.compression != "gzip":
+        return data
+    return b"".join(decompressed([data], fmt))
+
+
+#: compressed bytes fed to zlib at a time, and the most it returns at a time (a streamed delivery stays
+#: a few MiB in memory however far it expands)
+_FEED = 1 << 20
+_OUT = 8 << 20
+
+
+def decompressed(chunks: Iterable[bytes], fmt: FormatSpec) -> Iterator[bytes]:
+    """The chunks of a delivery with the declared (or, for ``auto``, detected) compression undone, never
+    more than ``format.max_decompressed_bytes`` in all; raises :class:`Unreadable` naming the problem."""
+    cap = fmt.max_decompressed_bytes
+    chunks = iter(chunks)
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) >= len(GZIP_MAGIC):
+            break
+    gz = head.startswith(GZIP_MAGIC)
     if fmt.compression == "none" or (fmt.compression == "auto" and not gz):
         if gz:
             raise Unreadable("gzip-compressed data, expected uncompressed (declare format.compression: gzip or auto)")
-        return data
+        if head:
+            yield head
+        yield from chunks
+        return
     if not gz:
         raise Unreadable("not gzip-compressed data (format.compression: gzip)")
-    parts, size, rest = [], 0, data
+    size, stream = 0, zlib.decompressobj(wbits=31)
     try:
-        while rest:  # a gzip file may hold several members, one after the other
-            stream = zlib.decompressobj(wbits=31)
-            part = stream.decompress(rest, MAX_DECOMPRESSED_BYTES + 1 - size)
-            size += len(part)
-            if size > MAX_DECOMPRESSED_BYTES or stream.unconsumed_tail:
-                raise Unreadable(f"gzip data expands beyond {MAX_DECOMPRESSED_BYTES:,} bytes")
-            if not stream.eof:
-                raise Unreadable("gzip data is truncated (the stream does not end)")
-            parts.append(part)
-            rest = stream.unused_data
+        for data in _pieces(itertools.chain((head,), chunks)):
+            while data:
+                if stream.eof:  # a gzip file may hold several members, one after the other
+                    data, stream = stream.unused_data + data, zlib.decompressobj(wbits=31)
+                out = stream.decompress(data, min(_OUT, cap + 1 - size))
+                size += len(out)
+                if size > cap:
+                    raise Unreadable(f"gzip data expands beyond {cap:,} bytes (format.max_decompressed_bytes)")
+                if out:
+                    yield out
+                data = stream.unconsumed_tail
+                if stream.eof and stream.unused_data and not data:
+                    data, stream = stream.unused_data, zlib.decompressobj(wbits=31)
+        if not stream.eof:
+            raise Unreadable("gzip data is truncated (the stream does not end)")
     except zlib.error as exc:
         raise Unreadable(f"invalid gzip data: {exc}") from None
-    return b"".join(parts)
+
+
+def _pieces(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """``chunks`` cut to at most :data:`_FEED` bytes each."""
+    for chunk in chunks:
+        for i in range(0, len(chunk), _FEED):
+            yield chunk[i : i + _FEED]
 
 
 def binary_reason(data: bytes) -> str | None:
@@ -116,6 +151,26 @@ def binary_reason(data: bytes) -> str | None:
     return None
 
 
+def text_encoding(head: bytes, fmt: FormatSpec) -> tuple[int, str]:
+    """The length of the byte order mark at the start of ``head`` (the first :data:`SNIFF_BYTES` of a
+    decompressed text delivery, or all of it) and the encoding to read it in: a mark wins over the declared
+    encoding. Binary content, or UTF-16/32 without a mark, is :class:`Unreadable`."""
+    encoding = _norm(fmt.encoding)
+    skip = 0
+    for bom, name in BOMS:
+        if head.startswith(bom):
+            skip, encoding = len(bom), name
+            break
+    else:
+        if encoding.startswith(("utf-16", "utf-32")) and encoding in ("utf-16", "utf-32"):
+            raise Unreadable(f"declared {fmt.encoding} without a byte order mark: declare utf-16-le or utf-16-be")
+    if not encoding.startswith(("utf-16", "utf-32")):
+        problem = binary_reason(head[skip:])
+        if problem:
+            raise Unreadable(problem)
+    return skip, encoding
+
+
 def decode_text(data: bytes, fmt: FormatSpec) -> Payload:
     """The text of a text-format delivery (``csv``, ``jsonl``, ``json``).
 
@@ -123,18 +178,8 @@ def decode_text(data: bytes, fmt: FormatSpec) -> Payload:
     :class:`Unreadable`. Bytes invalid in the encoding stay as lone surrogates.
     """
     data = decompress(data, fmt)
-    encoding = _norm(fmt.encoding)
-    for bom, name in BOMS:
-        if data.startswith(bom):
-            data, encoding = data[len(bom) :], name
-            break
-    else:
-        if encoding.startswith(("utf-16", "utf-32")) and encoding in ("utf-16", "utf-32"):
-            raise Unreadable(f"declared {fmt.encoding} without a byte order mark: declare utf-16-le or utf-16-be")
-    if not encoding.startswith(("utf-16", "utf-32")):
-        problem = binary_reason(data)
-        if problem:
-            raise Unreadable(problem)
+    skip, encoding = text_encoding(data[: SNIFF_BYTES + 4], fmt)
+    data = data[skip:]
     try:
         text = data.decode(encoding, errors="surrogateescape")
     except UnicodeDecodeError as exc:  # utf-16/32 cannot escape: the file is not in its encoding
@@ -159,6 +204,22 @@ def invalid_text(value: str, encoding: str) -> str | None:
     return f"control character U+{code:04X} at character {at}"
 
 
-def count_lines(data: bytes) -> int:
-    """Non-blank physical lines of a file (``\\n``, ``\\r\\n`` or a lone ``\\r`` end a line)."""
-    return sum(1 for line in data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n") if line.strip())
+def count_lines(data: bytes | str | Iterable[bytes] | Iterable[str]) -> int:
+    """Non-blank physical lines (``\\n``, ``\\r\\n`` or a lone ``\\r`` end a line) of a file's bytes or
+    text, given whole or in chunks. A ``\\r\\n`` cut between two chunks counts as two breaks, which only
+    adds a blank line."""
+    chunks = [data] if isinstance(data, (bytes, str)) else data
+    count, open_line = 0, False  # whether the line the previous chunk ended in has a non-blank character
+    for chunk in chunks:
+        parts: list[str] | list[bytes]
+        if isinstance(chunk, str):
+            parts = chunk.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        else:
+            parts = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        first = open_line or bool(parts[0].strip())
+        if len(parts) == 1:
+            open_line = first
+            continue
+        count += first + sum(1 for part in parts[1:-1] if part.strip())
+        open_line = bool(parts[-1].strip())
+    return count + open_line

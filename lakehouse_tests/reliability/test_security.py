@@ -304,3 +304,26 @@ def test_inbox_symlinks_are_refused_and_recorded_never_followed(tmp_path, make_p
     assert len(records) == 2 and all("symbolic link" in text for text in records.values())
     stored = b"".join(p.read_bytes() for p in month_dir.rglob("*") if p.is_file())
     assert b"hunter2" not in stored and b"PATH=" not in stored
+
+
+def test_an_inbox_file_over_the_cap_is_refused_and_recorded(tmp_path, make_project):
+    """A file larger than ``collector.max_bytes`` lands nothing of itself: refused with the reason and
+    recorded under _rejected/ like a symlink; the month's other files land."""
+    project = make_project()
+    source = project.source("meter_readings")
+    source = source.model_copy(update={"collector": source.collector.model_copy(update={"max_bytes": 1000})})
+    inbox = project.resolve(source.collector.inbox)
+    inbox.mkdir(parents=True)
+    header = b"device_id;timestamp;reading_kwh\n"
+    (inbox / "meter_M1_2012-01.csv").write_bytes(header + b"M1;2012-01-01T00:00:00Z;1.0\n")
+    (inbox / "meter_BIG_2012-01.csv").write_bytes(header + b"M2;2012-01-01T00:00:00Z;1.0\n" * 100)
+    month = Lake(project.lake_root).landing_month("meter_readings", "2012-01")
+    result = collect(project, source, "2012-01", month)
+    assert [e.name for e in result.landed] == ["meter_M1_2012-01.csv"]
+    ((name, why),) = result.refused
+    assert name == "meter_BIG_2012-01.csv" and "more than collector.max_bytes 1,000" in why
+    month_dir = Path(month.uri)
+    (record,) = (month_dir / "_rejected").iterdir()
+    assert "max_bytes" in record.read_text()
+    assert not any("BIG" in p.name for p in month_dir.iterdir()) and b"M2;" not in b"".join(
+        p.read_bytes() for p in month_dir.rglob("*") if p.is_file())
