@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakehouse.quality.constraints import CompiledRule, compile_rules, reference_flags, rule_condition
+from lakehouse.quality.constraints import CompiledRule, compile_rules, default_series, reference_flags, rule_condition
 from lakehouse.specs.models import (
     ImputeStep,
     OutlierStep,
@@ -362,7 +362,8 @@ class _Ctx:
 def validate_quality(source: SourceSpec) -> list[CompiledRule]:
     """Compile the rules and check every step against the declared columns (raises on a mismatch)."""
     cols = canonical_columns(source)
-    rules = compile_rules(source.quality.rules, cols)
+    types = {c.name: c.type for c in source.columns}
+    rules = compile_rules(source.quality.rules, cols, series=default_series(source.quality.key, types))
     for step in source.quality.steps:
         if isinstance(step, RulesStep):
             continue

@@ -491,11 +491,24 @@ class RuleSpec(Spec):
     reference: ReferenceSpec | None = None
     repair: RepairSpec | None = None
     max_rate: float | None = Field(default=None, ge=0, le=1)
+    #: for a ``deny`` using ``prev.<column>``: the series whose previous row it reads (rows equal on
+    #: ``group_by``, ordered by ``time``); unset: the source's key minus its timestamp/date column
+    group_by: list[str] | None = None
+    time: str | None = None
 
     @field_validator("name")
     @classmethod
     def _ident(cls, value: str) -> str:
         return _check_ident(value)
+
+    @field_validator("deny")
+    @classmethod
+    def _parses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            from lakehouse.quality.constraints import parse_deny  # plain Python: no Spark at load
+
+            parse_deny(info.data.get("name", "?"), value)  # the error names the rule and the column
+        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> RuleSpec:
