@@ -451,3 +451,82 @@ def test_series_steps_on_a_single_daily_series_without_group_by(spark):
     assert trusted[dt.date(2012, 1, 9)]["energy_kwh"] < 100 and trusted[dt.date(2012, 1, 9)]["_source_file"] is None
     assert not any(dt.date(2012, 1, d) in trusted for d in (21, 22, 23, 24))
     assert len(trusted) == 31 - 5 + 1
+
+
+def _index_source(**quality) -> SourceSpec:
+    return SourceSpec.model_validate({
+        "name": "gas_index",
+        "collector": {"type": "file_drop", "inbox": "/nowhere"},
+        "columns": [
+            {"name": "meter_id", "type": "string"},
+            {"name": "day", "type": "date", "nullable": False},
+            {"name": "index_kwh", "type": "double"},
+        ],
+        "partitioning": {"kind": "time_column", "column": "day"},
+        "quality": {"key": ["meter_id", "day"], **quality},
+    })
+
+
+INDEX_SCHEMA = "meter_id string, day date, index_kwh double, _source_file string, _source_line bigint"
+
+
+def _index_month(spark, month: str, values: dict[str, list[float]]):
+    first = dt.date.fromisoformat(f"{month}-01")
+    rows = [
+        (meter, first + dt.timedelta(days=d), v, f"{meter}.csv", d + 2) for meter, vs in values.items() for d, v in enumerate(vs)
+    ]
+    return spark.createDataFrame(rows, INDEX_SCHEMA)
+
+
+def test_prev_rule_continues_the_series_from_the_month_before(spark):
+    """Meter-index continuity across months: each meter's first day of February is compared with its last
+    trusted day of January (the trusted zone's history), per meter; a meter without history starts fresh.
+    The rule is evaluated on the kept rows: a row after a quarantined one is compared with it (same
+    snapshot for all rules), and a later month runs the same generated code."""
+    quality = {"rules": [{"name": "index_continuity", "deny": "index_kwh < prev.index_kwh", "action": "quarantine"}]}
+    source = _index_source(**quality)
+    january = pa.table({
+        "meter_id": ["M1", "M1", "M2", "M2"],
+        "day": [dt.date(2012, 1, 30), dt.date(2012, 1, 31), dt.date(2012, 1, 31), dt.date(2012, 1, 30)],
+        "index_kwh": [98.0, 100.0, 10.0, 9.0],
+    })
+    feb = {"M1": [95.0, 101.0, 99.0, 102.0], "M2": [12.0, 11.0, 13.0], "M3": [5.0, 6.0]}
+
+    def rejected(result) -> set[tuple[str, str]]:
+        return {(json.loads(r["key"])["meter_id"], json.loads(r["key"])["day"]) for r in as_rows(result.rejected_table())}
+
+    alone = clean_month(_index_month(spark, "2012-02", feb), source, month="2012-02")
+    with_history = clean_month(_index_month(spark, "2012-02", feb), source, month="2012-02", history=lambda: january)
+    try:
+        # without history the first day of a series has no previous row
+        assert rejected(alone) == {("M1", "2012-02-03"), ("M2", "2012-02-02")}
+        # with it, M1's Feb 1 (95) falls below its Jan 31 (100); M2's Feb 1 (12) is above its Jan 31 (10)
+        assert rejected(with_history) == {("M1", "2012-02-01"), ("M1", "2012-02-03"), ("M2", "2012-02-02")}
+        assert with_history.outcomes["index_continuity"].rejected == 3
+        assert "prev.index_kwh" in with_history.outcomes["index_continuity"].description
+    finally:
+        alone.close()
+        with_history.close()
+    metric = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
+    before = metric.getCount()
+    march_history = pa.table({"meter_id": ["M1", "M3"], "day": [dt.date(2012, 2, 29)] * 2, "index_kwh": [200.0, 1.0]})
+    march = clean_month(
+        _index_month(spark, "2012-03", {"M1": [150.0, 160.0], "M3": [2.0, 1.5]}), source, month="2012-03", history=march_history
+    )
+    try:
+        assert rejected(march) == {("M1", "2012-03-01"), ("M3", "2012-03-02")}
+    finally:
+        march.close()
+    assert metric.getCount() - before == 0
+
+
+def test_prev_rule_on_a_single_series_uses_the_rule_s_own_order(spark):
+    """No group_by: the whole source is one series; the rule names its time column."""
+    source = _index_source(rules=[{"name": "index_continuity", "deny": "index_kwh - prev.index_kwh < -0.5", "time": "day"}])
+    history = pa.table({"meter_id": ["A"], "day": [dt.date(2012, 1, 31)], "index_kwh": [50.0]})
+    result = clean_month(_index_month(spark, "2012-02", {"A": [49.0, 49.8, 49.6]}), source, month="2012-02", history=history)
+    try:
+        days = {json.loads(r["key"])["day"] for r in as_rows(result.rejected_table())}
+    finally:
+        result.close()
+    assert days == {"2012-02-01"}  # -1.0 from January; -0.2 within the month is tolerated

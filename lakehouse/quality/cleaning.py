@@ -28,7 +28,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakehouse.quality.constraints import CompiledRule, compile_rules, default_series, reference_flags, rule_condition
+from lakehouse.quality.constraints import (
+    CARRIED,
+    CompiledRule,
+    Series,
+    compile_rules,
+    default_series,
+    reference_flags,
+    rule_condition,
+)
 from lakehouse.specs.models import (
     ImputeStep,
     OutlierStep,
@@ -337,6 +345,14 @@ class _Ctx:
     outcomes: dict[str, Outcome]
     notes: list[str]
     held: list
+
+    _earlier: list = field(default_factory=list)
+
+    def earlier(self) -> DataFrame | pa.Table | None:
+        """The trusted rows of earlier months (``history``), read once for every step and rule that asks."""
+        if not self._earlier:
+            self._earlier.append(self.history() if callable(self.history) else self.history)
+        return self._earlier[0]
 
     def type_of(self, column: str) -> str:
         try:
@@ -672,7 +688,7 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
         (positive[len(positive) // 2 - 1] + positive[len(positive) // 2]) / 2 if positive else None
     )
     history: dict[tuple, tuple[float, int]] = {}
-    earlier = (ctx.history() if callable(ctx.history) else ctx.history) if step.history_months > 0 else None
+    earlier = ctx.earlier() if step.history_months > 0 else None
     if earlier is not None:
         if not isinstance(earlier, pa.Table):
             earlier = earlier.select(*[F.col(f"`{g}`") for g in group], value).toArrow()
@@ -878,6 +894,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
 
     flags: dict[str, str] = {}
     conditions: dict[str, Column] = {}  # added in one projection: each DataFrame step costs an analysis
+    df, carried = _carry_previous(df, ctx)
     for i, cr in enumerate(ctx.rules):
         rule = cr.spec
         outcome = Outcome(rule.name, "rule", rule.action, rule.description or cr.describe(), max_rate=rule.max_rate)
@@ -894,7 +911,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             df = df.withColumn(col, _active() & value.isNotNull() & F.col("__ref_found").isNull()).drop("__ref_value", "__ref_found")
         else:
             # every rule sees the same snapshot: the rows kept when the rules step starts
-            conditions[col] = rule_condition(cr, ROW_ID, scope=ACTIVE_SQL)
+            conditions[col] = rule_condition(cr, ROW_ID, scope=ACTIVE_SQL, carried=carried.get(cr.series))
         flags[rule.name] = col
     if conditions:
         df = df.withColumns(conditions)
@@ -936,7 +953,58 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             error = F.format_string(f"conflicts on {', '.join(keys)}; kept %s (keep {rule.repair.keep})", F.col("__keep_first"))
             df = _remove(df, in_block & (F.col("__keep_rank") > 1), rule.name, error, status=MERGED)
             df = df.drop("__keep_rank", "__keep_first")
-    return df.drop(*flags.values())
+    return df.drop(*flags.values()).drop(*[c for c in df.columns if c.startswith(CARRIED)])
+
+
+def history_columns(source: SourceSpec) -> list[str]:
+    """The columns of earlier trusted months the cleaning reads: unit steps' series and values, and the
+    series, time and ``prev.`` columns of rules that look at the previous row."""
+    cols = [c for s in source.quality.cleaning if isinstance(s, UnitStep) for c in (*s.group_by, s.column)]
+    for cr in validate_quality(source):
+        if cr.series is not None:
+            cols += [*cr.series.group_by, cr.series.time, *sorted(c for dc in cr.constraints for c in dc.columns)]
+    return list(dict.fromkeys(cols))
+
+
+def _carry_previous(df: DataFrame, ctx: _Ctx) -> tuple[DataFrame, dict[Series, str]]:
+    """For rules with ``prev.``: each series' last row before the month (from ``history``), joined onto the
+    month as ``__carried_<n>_<column>``, so a series' first row of the month has a previous row.
+
+    The last rows are picked on the driver (pyarrow: one row per series) and broadcast. Without history
+    (the first month) a series' first row has no previous row. Returns the column prefix per series.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+
+    series = list(dict.fromkeys(cr.series for cr in ctx.rules if cr.series is not None))
+    earlier = ctx.earlier() if series and ctx.history is not None else None
+    if earlier is None:
+        return df, {}
+    prefixes = {}
+    for n, s in enumerate(series):
+        values = sorted({c for cr in ctx.rules if cr.series == s for dc in cr.constraints for c in dc.columns})
+        needed = [*s.group_by, s.time, *[v for v in values if v not in (*s.group_by, s.time)]]
+        t = earlier if isinstance(earlier, pa.Table) else earlier.select(*[F.col(f"`{c}`") for c in needed]).toArrow()
+        if any(c not in t.column_names for c in needed):
+            continue  # history from before the rule existed: no carried rows
+        t = t.select(needed).filter(pc.is_valid(t[s.time])) if t.num_rows else t.select(needed)
+        if not t.num_rows:
+            continue
+        t = t.sort_by([(c, "ascending") for c in (*s.group_by, s.time)])
+        if s.group_by:
+            whole = pc.ScalarAggregateOptions(skip_nulls=False)
+            t = t.group_by(list(s.group_by), use_threads=False).aggregate([(v, "last", whole) for v in values])
+            t = t.rename_columns([c.removesuffix("_last") if c.endswith("_last") else c for c in t.column_names])
+        else:
+            t = t.slice(t.num_rows - 1)
+        prefix = f"{CARRIED}{n}_"
+        keys = [f"__carried_key_{i}" for i in range(len(s.group_by))]
+        last = df.sparkSession.createDataFrame(t.select([*s.group_by, *values]).rename_columns([*keys, *[prefix + v for v in values]]))
+        on = [F.col(f"`{g}`").eqNullSafe(F.col(k)) for g, k in zip(s.group_by, keys, strict=True)] or F.lit(True)
+        df = df.join(F.broadcast(last), on=on, how="left").drop(*keys)
+        prefixes[s] = prefix
+    return df, prefixes
 
 
 def _keep_order(keep: str, by: str | None) -> list[Column]:

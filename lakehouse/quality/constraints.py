@@ -523,21 +523,21 @@ def _condition_sql(dc: DenialConstraint, operand: Callable[[Ref], str]) -> str:
     return " AND ".join(preds)
 
 
-#: prefix of the column that carries, on each row, the last value of ``prev.<column>`` in the series
-#: before the month (see :func:`previous_sql`)
+#: prefix of the columns that carry, on each row, the series' last values before the month (see
+#: :func:`previous_sql`)
 CARRIED = "__carried_"
 
 
-def previous_sql(series: Series, column: str, row_id: str, scope: str | None = None, carried: bool = False) -> str:
+def previous_sql(series: Series, column: str, row_id: str, scope: str | None = None, carried: str | None = None) -> str:
     """``prev.<column>``: the value of ``column`` on the previous row of the series (rows with a time,
-    and where ``scope`` holds), NULL on a series' first row. ``carried``: the first row takes
-    ``__carried_<column>`` instead (the series' last value before the month, joined by the caller)."""
+    and where ``scope`` holds), NULL on a series' first row. ``carried``: a column prefix; the first row
+    takes ``<carried><column>`` instead (the series' last value before the month, joined by the caller)."""
     inside = " AND ".join([f"{sql_name(series.time)} IS NOT NULL", *([f"({scope})"] if scope is not None else [])])
     keys = [sql_name(g) for g in series.group_by]
     w = f"PARTITION BY {', '.join([*keys, f'({inside})'])} ORDER BY {sql_name(series.time)}, {sql_name(row_id)}"
     lag = f"lag({sql_name(column)}) OVER ({w})"
-    if carried:
-        lag = f"CASE WHEN row_number() OVER ({w}) = 1 THEN {sql_name(CARRIED + column)} ELSE {lag} END"
+    if carried is not None:
+        lag = f"CASE WHEN row_number() OVER ({w}) = 1 THEN {sql_name(carried + column)} ELSE {lag} END"
     return f"CASE WHEN {inside} THEN {lag} END"
 
 
@@ -608,7 +608,7 @@ def block_condition(dc: DenialConstraint, row_id: str, scope: str | None = None)
     return F.expr(f"{inside} AND exists({members}, {_OTHER} -> {other} AND (({row_is('t1')}) OR ({row_is('t2')})))")
 
 
-def rule_condition(cr: CompiledRule, row_id: str, scope: str | None = None, carried: bool = False) -> Column:
+def rule_condition(cr: CompiledRule, row_id: str, scope: str | None = None, carried: str | None = None) -> Column:
     """True on the rows violating a one- or two-tuple rule (any of its constraints); ``scope`` as in
     :func:`block_condition`; ``carried`` as in :func:`previous_sql`."""
     from pyspark.sql import functions as F
