@@ -530,3 +530,81 @@ def test_prev_rule_on_a_single_series_uses_the_rule_s_own_order(spark):
     finally:
         result.close()
     assert days == {"2012-02-01"}  # -1.0 from January; -0.2 within the month is tolerated
+
+
+def _temperature_month(spark):
+    """Meter A: temp_c = 10 + day of January, missing on days 1, 5-7, 12, 15, 20 and 25, and a 999 on day
+    8 that the range rule quarantines. Meter B: 30 on day 1, then missing on days 2 and 3."""
+    nulls = {1, 5, 6, 7, 12, 15, 20, 25}
+    rows = [("A", dt.date(2012, 1, d), None if d in nulls else (999.0 if d == 8 else 10.0 + d)) for d in range(1, 26)]
+    rows += [("B", dt.date(2012, 1, 1), 30.0), ("B", dt.date(2012, 1, 2), None), ("B", dt.date(2012, 1, 3), None)]
+    rows = [(m, d, v, f"{m}.csv", i + 2) for i, (m, d, v) in enumerate(rows)]
+    return spark.createDataFrame(rows, "meter_id string, day date, temp_c double, _source_file string, _source_line bigint")
+
+
+@pytest.mark.parametrize(
+    ("fill", "expected"),
+    [
+        ({"method": "linear"}, {("A", 5): 15.0, ("A", 6): 16.0, ("A", 7): 17.0, ("A", 12): 22.0, ("A", 15): 25.0, ("A", 20): 30.0}),
+        ({"method": "linear", "max_distance": "3d"}, {("A", 12): 22.0, ("A", 15): 25.0, ("A", 20): 30.0}),
+        (
+            {"method": "previous", "max_distance": "2d"},
+            {("A", 5): 14.0, ("A", 6): 14.0, ("A", 12): 21.0, ("A", 15): 24.0, ("A", 20): 29.0, ("A", 25): 34.0, ("B", 2): 30.0, ("B", 3): 30.0},
+        ),
+        ({"method": "seasonal", "season": "7d"}, {("A", 20): 23.0, ("A", 25): 28.0}),
+    ],
+)
+def test_fill_nulls_fills_cells_from_the_series_and_logs_each(spark, fill, expected):
+    """Linear by time between the neighbouring values, the last value within max_distance, or the value
+    one season earlier — never from another meter nor from the quarantined 999 of day 8; what cannot be
+    filled stays null, and every filled cell is one repair (old value null)."""
+    source = SourceSpec.model_validate({
+        "name": "temps",
+        "collector": {"type": "file_drop", "inbox": "/nowhere"},
+        "columns": [{"name": "meter_id", "type": "string"}, {"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
+        "partitioning": {"kind": "time_column", "column": "day"},
+        "quality": {
+            "key": ["meter_id", "day"],
+            "rules": [{"name": "plausible_temp", "range": {"temp_c": {"max": 60}}}],
+            "cleaning": [
+                {"step": "rules"},
+                {"step": "fill_nulls", "name": "fill_temp", "columns": ["temp_c"], "group_by": ["meter_id"], "time": "day", **fill},
+            ],
+        },
+    })
+    result = clean_month(_temperature_month(spark), source, month=MONTH)
+    try:
+        trusted = {(r["meter_id"], r["day"].day): r["temp_c"] for r in as_rows(result.trusted_table())}
+        repairs = as_rows(result.repairs_table())
+        summary = {r["name"]: r for r in summary_rows(result)}
+    finally:
+        result.close()
+    missing = {("A", d) for d in (1, 5, 6, 7, 12, 15, 20, 25)} | {("B", 2), ("B", 3)}
+    assert {k: v for k, v in trusted.items() if k in missing and v is not None} == pytest.approx(expected)
+    assert ("A", 8) not in trusted and len(trusted) == 24 + 3  # the 999 is quarantined, nothing else moves
+    assert sorted((json.loads(r["key"])["meter_id"], int(json.loads(r["key"])["day"][-2:]), float(r["new_value"])) for r in repairs) == sorted(
+        (m, d, v) for (m, d), v in expected.items()
+    )
+    assert {(r["column"], r["old_value"], r["rule"], r["row_status"]) for r in repairs} == {("temp_c", None, "fill_temp", "kept")}
+    assert summary["fill_temp"]["repaired_cells"] == len(expected)
+
+
+def test_fill_nulls_rejects_what_it_cannot_do():
+    base = {"name": "f", "columns": ["temp_c"], "time": "day"}
+    with pytest.raises(ValueError, match="'season' goes with method 'seasonal'"):
+        SourceSpec.model_validate({
+            "name": "s", "collector": {"type": "file_drop", "inbox": "/x"},
+            "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
+            "partitioning": {"kind": "time_column", "column": "day"},
+            "quality": {"cleaning": [{"step": "fill_nulls", "method": "seasonal", **base}]},
+        })
+    from lakehouse.quality.cleaning import CleaningError, validate_quality
+
+    source = SourceSpec.model_validate({
+        "name": "s", "collector": {"type": "file_drop", "inbox": "/x"},
+        "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "string"}],
+        "partitioning": {"kind": "time_column", "column": "day"},
+        "quality": {"cleaning": [{"step": "fill_nulls", **base}]},
+    })
+    with pytest.raises(CleaningError, match="linear fills numbers, 'temp_c' is string"):
+        validate_quality(source)

@@ -38,6 +38,7 @@ from lakehouse.quality.constraints import (
     rule_condition,
 )
 from lakehouse.specs.models import (
+    FillNullsStep,
     ImputeStep,
     OutlierStep,
     RulesStep,
@@ -383,16 +384,25 @@ def validate_quality(source: SourceSpec) -> list[CompiledRule]:
     for step in source.quality.steps:
         if isinstance(step, RulesStep):
             continue
-        used = [step.column] + list(getattr(step, "group_by", [])) + ([step.time] if hasattr(step, "time") else [])
+        targets = list(step.columns) if isinstance(step, FillNullsStep) else [step.column]
+        used = targets + list(getattr(step, "group_by", [])) + ([step.time] if hasattr(step, "time") else [])
         missing = sorted(set(used) - set(cols))
         if missing:
             raise CleaningError(f"{source.name}: cleaning step {step.name!r} names unknown column(s) {missing}")
+        if hasattr(step, "time") and source.column(step.time).type not in ("timestamp", "date"):
+            raise CleaningError(f"{source.name}: step {step.name!r}: time column {step.time!r} must be a timestamp or a date")
+        if isinstance(step, FillNullsStep):
+            series = {*step.group_by, step.time}
+            for target in targets:
+                if target in series:
+                    raise CleaningError(f"{source.name}: step {step.name!r} cannot fill {target!r}: it places the rows in their series")
+                if step.method == "linear" and source.column(target).type not in ("double", "int", "bigint"):
+                    raise CleaningError(f"{source.name}: step {step.name!r}: linear fills numbers, {target!r} is {source.column(target).type}")
+            continue
         kind = source.column(step.column).type
         numeric = kind in ("double", "int", "bigint")
         if isinstance(step, (UnitStep, OutlierStep, StuckStep, ImputeStep)) and not numeric:
             raise CleaningError(f"{source.name}: step {step.name!r} needs a numeric column, {step.column!r} is {kind}")
-        if hasattr(step, "time") and source.column(step.time).type not in ("timestamp", "date"):
-            raise CleaningError(f"{source.name}: step {step.name!r}: time column {step.time!r} must be a timestamp or a date")
         if isinstance(step, StandardizeStep):
             if step.truncate and kind not in ("timestamp",):
                 raise CleaningError(f"{source.name}: step {step.name!r}: truncate needs a timestamp column")
@@ -476,6 +486,8 @@ def clean_month(
             df = _stuck(df, step, ctx)
         elif isinstance(step, ImputeStep):
             df = _impute(df, step, ctx)
+        elif isinstance(step, FillNullsStep):
+            df = _fill_nulls(df, step, ctx)
     if collect:
         # one job: the month's outcome and payload columns to the driver; the trusted, quarantine and
         # repairs rows and every figure are split from it with pyarrow (no final cache, no further job)
@@ -884,6 +896,52 @@ def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
     return x.select(
         *[F.when(k == 0, F.col(f"`{c}`")).otherwise(filled[c].cast(types[c])).alias(c) for c in df.columns]
     )
+
+
+def _fill_nulls(df: DataFrame, step: FillNullsStep, ctx: _Ctx) -> DataFrame:
+    """Fill the null cells of ``step.columns`` from the same series' values of that column (window
+    functions over the kept rows; see FillNullsStep). Each filled cell is a repair with old value null."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    what = {"linear": "linear between neighbours", "previous": "last value carried forward", "seasonal": f"value one {step.season} earlier"}
+    ctx.outcomes[step.name] = Outcome(
+        step.name, "step", "repair",
+        step.description or f"missing {', '.join(step.columns)} filled: {what[step.method]} {_per(step)}",
+        max_rate=step.max_rate,
+    )
+    t = _seconds(step.time)
+    x = df.withColumn(ACTIVE, _active() & F.col(f"`{step.time}`").isNotNull())
+    w = _series_window(step)
+    limit = duration_seconds(step.max_distance) if step.max_distance else None
+    for column in step.columns:
+        value = F.col(f"`{column}`")
+        if step.method == "seasonal":
+            season = int(duration_seconds(step.season))
+            same_time = Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE)).orderBy(t).rangeBetween(-season, -season)
+            new = F.first(value, ignorenulls=True).over(same_time)
+            ok = new.isNotNull()
+        else:
+            before = w.rowsBetween(Window.unboundedPreceding, -1)
+            prev_v = F.last(value, ignorenulls=True).over(before)
+            prev_t = F.last(F.when(value.isNotNull(), t), ignorenulls=True).over(before)
+            if step.method == "previous":
+                new, ok = prev_v, prev_v.isNotNull()
+                if limit is not None:
+                    ok = ok & (t - prev_t <= limit)
+            else:
+                after = w.rowsBetween(1, Window.unboundedFollowing)
+                next_v = F.first(value, ignorenulls=True).over(after)
+                next_t = F.first(F.when(value.isNotNull(), t), ignorenulls=True).over(after)
+                # try_divide: two neighbours at the same time give NULL (not filled), not an error
+                new = prev_v + (next_v - prev_v) * F.try_divide(t - prev_t, next_t - prev_t)
+                ok = new.isNotNull()
+                if limit is not None:
+                    ok = ok & (next_t - prev_t <= limit)
+        if step.round is not None:
+            new = F.round(new, step.round)
+        x = _set(x, F.col(ACTIVE) & value.isNull() & ok, column, new, step.name, ctx.type_of(column))
+    return x.drop(ACTIVE)
 
 
 # ------------------------------------------------------------------------------------------ rules

@@ -653,8 +653,43 @@ class ImputeStep(_SeriesStep):
         return value
 
 
+class FillNullsStep(_Step):
+    """Fill missing cells of ``columns`` within each series (rows equal on ``group_by``, none: one series,
+    ordered by ``time``), from the series' own values of that column:
+
+    ``linear``: between the neighbouring non-null values, by time; ``previous``: the last non-null value
+    before (carried forward); ``seasonal``: the value exactly one ``season`` earlier (``7d``, ``24h``).
+    ``max_distance`` (a duration): ``previous`` fills only up to that long after the last value,
+    ``linear`` only between neighbours at most that far apart. Every filled cell is a repair (old value
+    null); a cell that cannot be filled stays null."""
+
+    step: Literal["fill_nulls"]
+    columns: list[str] = Field(min_length=1)
+    group_by: list[str] = Field(default_factory=list)
+    time: str
+    method: Literal["linear", "previous", "seasonal"] = "linear"
+    max_distance: str | None = None
+    season: str | None = None
+    round: int | None = None
+
+    @field_validator("max_distance", "season")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_seconds(value)
+        return value
+
+    @model_validator(mode="after")
+    def _season(self) -> FillNullsStep:
+        if (self.method == "seasonal") != (self.season is not None):
+            raise ValueError(f"fill_nulls step {self.name!r}: 'season' goes with method 'seasonal' (and it needs one)")
+        if self.method == "seasonal" and self.max_distance is not None:
+            raise ValueError(f"fill_nulls step {self.name!r}: max_distance applies to 'linear' and 'previous'")
+        return self
+
+
 CleaningSpec = Annotated[
-    RulesStep | StandardizeStep | UnitStep | OutlierStep | StuckStep | ImputeStep, Field(discriminator="step")
+    RulesStep | StandardizeStep | UnitStep | OutlierStep | StuckStep | ImputeStep | FillNullsStep, Field(discriminator="step")
 ]
 
 #: check names the trusted asset always has; rules and steps may not use them
