@@ -608,3 +608,51 @@ def test_fill_nulls_rejects_what_it_cannot_do():
     })
     with pytest.raises(CleaningError, match="linear fills numbers, 'temp_c' is string"):
         validate_quality(source)
+
+
+def test_derived_columns_follow_the_cleaned_inputs(spark):
+    """A derived column is in the trusted table, recomputed from the cells as the cleaning left them: a
+    filled temperature gives its heating degrees, and a rule after the fill reads them."""
+    source = SourceSpec.model_validate({
+        "name": "temps",
+        "collector": {"type": "file_drop", "inbox": "/nowhere"},
+        "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
+        "derive": {"hdd": {"expr": "greatest(0, 16.5 - temp_c)", "type": "double"}, "heating": {"expr": "hdd > 0", "type": "boolean"}},
+        "partitioning": {"kind": "time_column", "column": "day"},
+        "quality": {
+            "key": ["day"],
+            "rules": [{"name": "cold_day", "deny": "hdd > 9", "action": "warn"}],
+            "cleaning": [{"step": "fill_nulls", "name": "fill_temp", "columns": ["temp_c"], "time": "day"}, {"step": "rules"}],
+        },
+    })
+    temps = [5.0, None, 9.0, 20.0, None, 12.0]
+    rows = [(dt.date(2012, 1, d + 1), t, "t.csv", d + 2) for d, t in enumerate(temps)]
+    result = clean_month(spark.createDataFrame(rows, "day date, temp_c double, _source_file string, _source_line bigint"), source, month=MONTH)
+    try:
+        trusted = sorted(as_rows(result.trusted_table()), key=lambda r: r["day"])
+        assert result.trusted_table().column_names[:4] == ["day", "temp_c", "hdd", "heating"]
+        summary = {r["name"]: r for r in summary_rows(result)}
+    finally:
+        result.close()
+    assert [r["temp_c"] for r in trusted] == pytest.approx([5.0, 7.0, 9.0, 20.0, 16.0, 12.0])
+    assert [r["hdd"] for r in trusted] == pytest.approx([11.5, 9.5, 7.5, 0.0, 0.5, 4.5])
+    assert [r["heating"] for r in trusted] == [True, True, True, False, True, True]
+    assert summary["cold_day"]["violations"] == 2  # day 2 only once its temperature is filled
+
+
+def test_nothing_may_change_a_derived_column():
+    from lakehouse.quality.cleaning import CleaningError, validate_quality
+
+    base = {
+        "name": "temps",
+        "collector": {"type": "file_drop", "inbox": "/nowhere"},
+        "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
+        "derive": {"hdd": {"expr": "greatest(0, 16.5 - temp_c)"}},
+        "partitioning": {"kind": "time_column", "column": "day"},
+    }
+    step = {"quality": {"cleaning": [{"step": "fill_nulls", "name": "f", "columns": ["hdd"], "time": "day"}]}}
+    with pytest.raises(CleaningError, match=r"changes derived column\(s\) \['hdd'\]"):
+        validate_quality(SourceSpec.model_validate({**base, **step}))
+    rule = {"quality": {"rules": [{"name": "r", "deny": "hdd > 50", "action": "repair", "repair": {"set": {"hdd": "50"}}}]}}
+    with pytest.raises(CleaningError, match=r"repairs derived column\(s\) \['hdd'\]"):
+        validate_quality(SourceSpec.model_validate({**base, **rule}))

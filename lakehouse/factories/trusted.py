@@ -38,7 +38,7 @@ from lakehouse.factories.common import (
     run_months,
     spec_version,
 )
-from lakehouse.factories.schema import column_schema
+from lakehouse.factories.schema import column_schema, derived_lineage
 from lakehouse.io.lake import Lake
 from lakehouse.quality import metrics, quarantine, repairs, schemas
 from lakehouse.quality.cleaning import EXACT_DUPLICATE, CleanResult, clean_month, history_columns, validate_quality
@@ -195,7 +195,8 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         tags={"zone": "trusted"},
         code_version=spec_version(source),
         metadata={
-            "dagster/column_schema": column_schema(source.columns),
+            "dagster/column_schema": column_schema(source.trusted_columns),
+            **({"dagster/column_lineage": lineage} if (lineage := derived_lineage(source)) else {}),
             **({"reference_tables": references} if references else {}),
         },
         check_specs=_check_specs(project, source, compiled),

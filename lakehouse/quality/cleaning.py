@@ -48,6 +48,7 @@ from lakehouse.specs.models import (
     UnitStep,
     duration_seconds,
 )
+from lakehouse.transforms.derive import derive_columns
 from lakehouse.transforms.parse import FILE_COL, LINE_COL
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class CleanResult:
         if self.table is None:
             return self.trusted.toArrow()
         out = self.table.filter(pc.is_in(self.table[STATUS], pa.array([KEPT, IMPUTED])))
-        return out.select([*canonical_columns(self.source), FILE_COL, LINE_COL, MONTH])
+        return out.select([*trusted_columns(self.source), FILE_COL, LINE_COL, MONTH])
 
     def rejected_table(self) -> pa.Table:
         """:attr:`rejected` as an Arrow table (same columns and values)."""
@@ -169,7 +170,7 @@ class CleanResult:
         from pyspark.sql import functions as F
 
         return self.annotated.filter(F.col(STATUS).isin(KEPT, IMPUTED)).select(
-            *canonical_columns(self.source), FILE_COL, LINE_COL, MONTH
+            *trusted_columns(self.source), FILE_COL, LINE_COL, MONTH
         )
 
     @property
@@ -228,6 +229,11 @@ class CleanResult:
 
 def canonical_columns(source: SourceSpec) -> list[str]:
     return [c.name for c in source.columns]
+
+
+def trusted_columns(source: SourceSpec) -> list[str]:
+    """The canonical columns, then the derived ones (``derive:``, computed in the trusted zone)."""
+    return [c.name for c in source.trusted_columns]
 
 
 def _key_json(source: SourceSpec, row: Column) -> Column:
@@ -378,18 +384,28 @@ class _Ctx:
 
 def validate_quality(source: SourceSpec) -> list[CompiledRule]:
     """Compile the rules and check every step against the declared columns (raises on a mismatch)."""
-    cols = canonical_columns(source)
-    types = {c.name: c.type for c in source.columns}
-    rules = compile_rules(source.quality.rules, cols, series=default_series(source.quality.key, types))
+    cols, derived = canonical_columns(source), list(source.derive)
+    types = {c.name: c.type for c in source.trusted_columns}
+    # rules may read derived columns; nothing may change them (they are recomputed after the cleaning)
+    rules = compile_rules(source.quality.rules, cols + derived, series=default_series(source.quality.key, types))
+    for cr in rules:
+        repaired = sorted(set(cr.spec.repair.set or {}) & set(derived)) if cr.spec.repair else []
+        if repaired:
+            raise CleaningError(f"{source.name}: rule {cr.name!r} repairs derived column(s) {repaired}; repair their inputs")
     for step in source.quality.steps:
         if isinstance(step, RulesStep):
             continue
         targets = list(step.columns) if isinstance(step, FillNullsStep) else [step.column]
+        if set(targets) & set(derived):
+            raise CleaningError(
+                f"{source.name}: cleaning step {step.name!r} changes derived column(s) {sorted(set(targets) & set(derived))};"
+                " clean their inputs (derived columns are recomputed after the cleaning)"
+            )
         used = targets + list(getattr(step, "group_by", [])) + ([step.time] if hasattr(step, "time") else [])
-        missing = sorted(set(used) - set(cols))
+        missing = sorted(set(used) - set(cols + derived))
         if missing:
             raise CleaningError(f"{source.name}: cleaning step {step.name!r} names unknown column(s) {missing}")
-        if hasattr(step, "time") and source.column(step.time).type not in ("timestamp", "date"):
+        if hasattr(step, "time") and types[step.time] not in ("timestamp", "date"):
             raise CleaningError(f"{source.name}: step {step.name!r}: time column {step.time!r} must be a timestamp or a date")
         if isinstance(step, FillNullsStep):
             series = {*step.group_by, step.time}
@@ -459,6 +475,7 @@ def clean_month(
         F.array().cast("array<string>").alias(ERRORS),
         F.array().cast(REPAIR_TYPE).alias(REPAIRS),
     )
+    df = derive_columns(df, source.derive)  # the rules and steps may read them
     if received and len(set(received.values())) > 1:  # one receipt time orders nothing: no join
         order = formatted.sparkSession.createDataFrame(sorted(received.items()), f"__file string, {RECEIVED} string")
         df = df.join(F.broadcast(order), df[FILE_COL] == order["__file"], "left").drop("__file")
@@ -475,7 +492,7 @@ def clean_month(
         df = _exact_duplicates(df, cols)
     for step in source.quality.steps:
         if isinstance(step, RulesStep):
-            df = _apply_rules(df, ctx)
+            df = _apply_rules(derive_columns(df, source.derive), ctx)  # derived from the cells as they stand
         elif isinstance(step, StandardizeStep):
             df = _standardize(df, step, ctx)
         elif isinstance(step, UnitStep):
@@ -488,6 +505,8 @@ def clean_month(
             df = _impute(df, step, ctx)
         elif isinstance(step, FillNullsStep):
             df = _fill_nulls(df, step, ctx)
+    # from the cleaned inputs: a filled or repaired input gives the derived value it implies
+    df = derive_columns(df, source.derive)
     if collect:
         # one job: the month's outcome and payload columns to the driver; the trusted, quarantine and
         # repairs rows and every figure are split from it with pyarrow (no final cache, no further job)
@@ -554,7 +573,7 @@ def _payload_columns(source: SourceSpec) -> list[Column]:
     out = F.col(STATUS).isin(REJECTED, MERGED)
     text = [F.when(out, expr).alias(name) for name, expr in _rejected_text(source).items()]
     repaired = F.when(F.size(F.col(REPAIRS)) > 0, _row_key(source)).alias(R_KEY)
-    return [*[F.col(f"`{c}`") for c in canonical_columns(source)], F.col(FILE_COL), F.col(LINE_COL), F.col(MONTH), *text, repaired]
+    return [*[F.col(f"`{c}`") for c in trusted_columns(source)], F.col(FILE_COL), F.col(LINE_COL), F.col(MONTH), *text, repaired]
 
 
 def _tally(t: pa.Table, source: SourceSpec, outcomes: dict[str, Outcome]):

@@ -200,6 +200,39 @@ class ColumnSpec(Spec):
         return self.source or self.name
 
 
+class DeriveSpec(Spec):
+    """A column computed from the row: a Spark SQL expression over the other columns (and earlier derived
+    ones), cast to ``type``. Checked at load (:mod:`lakehouse.specs.expressions`)."""
+
+    expr: str
+    type: ColumnType = "double"
+    unit: str | None = None
+    description: str = ""
+
+    def column(self, name: str) -> ColumnSpec:
+        """The derived column as a declared column (nullable: its inputs may be null)."""
+        return ColumnSpec(name=name, type=self.type, unit=self.unit, description=self.description or f"derived: {self.expr}")
+
+
+def _check_derive(derive: dict[str, DeriveSpec], known: list[str] | None, reserved: set[str], owner: str) -> dict[str, list[str]]:
+    """Check ``derive`` in order (a column may use the ones before it); returns each one's input columns.
+
+    ``known``: the columns an expression may read (None: unknown at load, only names and functions checked).
+    """
+    from lakehouse.specs.expressions import check_expression
+
+    inputs, available = {}, None if known is None else set(known)
+    for name, spec in derive.items():
+        _check_ident(name)
+        if name in reserved or (known is not None and name in known):
+            raise ValueError(f"{owner}: derived column {name!r} clashes with a declared column")
+        used = check_expression(spec.expr, what=f"{owner}: derive {name!r}", columns=available)
+        inputs[name] = used
+        if available is not None:
+            available.add(name)
+    return inputs
+
+
 class FileDropCollector(Spec):
     """Devices push files into an inbox directory; the month is read from the file name."""
 
@@ -760,11 +793,39 @@ class SourceSpec(Spec):
     #: the share of a month's rows that may be rejected (quarantined) while formatting, and again by the
     #: trusted zone's rules and cleaning, before the month's blocking ``rejected_rate`` check fails
     max_rejected_rate: float = Field(default=0.05, ge=0, le=1)
+    #: columns computed from each row in the trusted zone (name -> Spark SQL expression and type): after
+    #: the formatted casts, visible to the rules and cleaning steps, recomputed after the cleaning (so a
+    #: filled input gives a filled derived value); see docs/sources.md
+    derive: dict[str, DeriveSpec] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
     def _ident(cls, value: str) -> str:
         return _check_ident(value)
+
+    @field_validator("derive")
+    @classmethod
+    def _derive(cls, value: dict[str, DeriveSpec], info: ValidationInfo) -> dict[str, DeriveSpec]:
+        columns = [c.name for c in info.data.get("columns", [])]
+        _check_derive(value, columns, {"month"}, f"source {info.data.get('name', '?')!r}")
+        return value
+
+    @property
+    def derived_columns(self) -> list[ColumnSpec]:
+        return [d.column(name) for name, d in self.derive.items()]
+
+    @property
+    def trusted_columns(self) -> list[ColumnSpec]:
+        """The columns of ``trusted/<source>``: the declared ones, then the derived ones."""
+        return [*self.columns, *self.derived_columns]
+
+    def derive_inputs(self) -> dict[str, list[str]]:
+        """Derived column -> the declared columns it is computed from (through earlier derived ones)."""
+        direct = _check_derive(self.derive, [c.name for c in self.columns], {"month"}, f"source {self.name!r}")
+        out: dict[str, list[str]] = {}
+        for name, used in direct.items():
+            out[name] = list(dict.fromkeys(c for u in used for c in (out.get(u) or [u])))
+        return out
 
     @model_validator(mode="after")
     def _consistent(self) -> SourceSpec:
@@ -869,6 +930,9 @@ class ViewSpec(Spec):
     key: list[str] = Field(default_factory=list)
     columns: list[ViewColumnSpec] = Field(default_factory=list)
     write: ViewWriteSpec = Field(default_factory=ViewWriteSpec)
+    #: columns computed from each result row after the SQL/transform (name -> Spark SQL expression and
+    #: type); with declared ``columns`` they may read those only, join the contract and inherit lineage
+    derive: dict[str, DeriveSpec] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -901,6 +965,28 @@ class ViewSpec(Spec):
                 if col not in names:
                     raise ValueError(f"view {self.name!r}: key/write column {col!r} is not a declared column")
         return self
+
+    @field_validator("derive")
+    @classmethod
+    def _derive(cls, value: dict[str, DeriveSpec], info: ValidationInfo) -> dict[str, DeriveSpec]:
+        columns = [c.name for c in info.data.get("columns", [])]
+        _check_derive(value, columns or None, {"month"}, f"view {info.data.get('name', '?')!r}")
+        return value
+
+    @property
+    def contract_columns(self) -> list[ViewColumnSpec]:
+        """The declared columns, then the derived ones (each with the lineage of the columns it reads);
+        empty when the view declares no columns."""
+        if not self.columns:
+            return []
+        out = list(self.columns)
+        direct = _check_derive(self.derive, [c.name for c in self.columns], {"month"}, f"view {self.name!r}")
+        lineage = {c.name: list(c.lineage) for c in self.columns}
+        for name, used in direct.items():
+            lineage[name] = list(dict.fromkeys(ref for u in used for ref in lineage.get(u, [])))
+            d = self.derive[name]
+            out.append(ViewColumnSpec(**d.column(name).model_dump(), lineage=lineage[name]))
+        return out
 
     def input_for(self, ref: str) -> ViewInputSpec:
         """The input named by a lineage reference's table part (a ``zone/table`` or an alias)."""
