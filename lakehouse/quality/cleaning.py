@@ -971,7 +971,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
 
     flags: dict[str, str] = {}
     conditions: dict[str, Column] = {}  # added in one projection: each DataFrame step costs an analysis
-    df, carried = _carry_previous(df, ctx)
+    df, carried, carried_columns = _carry_previous(df, ctx)
     for i, cr in enumerate(ctx.rules):
         rule = cr.spec
         outcome = Outcome(rule.name, "rule", rule.action, rule.description or cr.describe(), max_rate=rule.max_rate)
@@ -1030,7 +1030,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             error = F.format_string(f"conflicts on {', '.join(keys)}; kept %s (keep {rule.repair.keep})", F.col("__keep_first"))
             df = _remove(df, in_block & (F.col("__keep_rank") > 1), rule.name, error, status=MERGED)
             df = df.drop("__keep_rank", "__keep_first")
-    return df.drop(*flags.values()).drop(*[c for c in df.columns if c.startswith(CARRIED)])
+    return df.drop(*flags.values(), *carried_columns)
 
 
 def history_columns(source: SourceSpec) -> list[str]:
@@ -1043,12 +1043,13 @@ def history_columns(source: SourceSpec) -> list[str]:
     return list(dict.fromkeys(cols))
 
 
-def _carry_previous(df: DataFrame, ctx: _Ctx) -> tuple[DataFrame, dict[Series, str]]:
+def _carry_previous(df: DataFrame, ctx: _Ctx) -> tuple[DataFrame, dict[Series, str], list[str]]:
     """For rules with ``prev.``: each series' last row before the month (from ``history``), joined onto the
     month as ``__carried_<n>_<column>``, so a series' first row of the month has a previous row.
 
     The last rows are picked on the driver (pyarrow: one row per series) and broadcast. Without history
-    (the first month) a series' first row has no previous row. Returns the column prefix per series.
+    (the first month) a series' first row has no previous row. Returns the column prefix per series and
+    the columns added.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -1057,8 +1058,8 @@ def _carry_previous(df: DataFrame, ctx: _Ctx) -> tuple[DataFrame, dict[Series, s
     series = list(dict.fromkeys(cr.series for cr in ctx.rules if cr.series is not None))
     earlier = ctx.earlier() if series and ctx.history is not None else None
     if earlier is None:
-        return df, {}
-    prefixes = {}
+        return df, {}, []
+    prefixes, added = {}, []
     for n, s in enumerate(series):
         values = sorted({c for cr in ctx.rules if cr.series == s for dc in cr.constraints for c in dc.columns})
         needed = [*s.group_by, s.time, *[v for v in values if v not in (*s.group_by, s.time)]]
@@ -1081,7 +1082,8 @@ def _carry_previous(df: DataFrame, ctx: _Ctx) -> tuple[DataFrame, dict[Series, s
         on = [F.col(f"`{g}`").eqNullSafe(F.col(k)) for g, k in zip(s.group_by, keys, strict=True)] or F.lit(True)
         df = df.join(F.broadcast(last), on=on, how="left").drop(*keys)
         prefixes[s] = prefix
-    return df, prefixes
+        added += [prefix + v for v in values]
+    return df, prefixes, added
 
 
 def _keep_order(keep: str, by: str | None) -> list[Column]:

@@ -5,8 +5,9 @@ A denial constraint lists predicates that must not all hold together::
     t.reading_kwh < 0                                                      one tuple
     t1.meter_id = t2.meter_id & t1.ts = t2.ts & t1.reading_kwh != t2.reading_kwh   two tuples
 
-Operands are column references (``t.col``, ``t1.col``, ``t2.col``), numbers, quoted strings or ``null``;
-operators are ``= != < <= > >=``. A two-tuple constraint is evaluated within blocks of rows equal on its
+Operands are column references (``t.col``, ``t1.col``, ``t2.col``; a bare ``col`` is ``t.col``), numbers,
+quoted strings or ``null``, and arithmetic over them (``+ - * /``, unary minus, parentheses, ``abs(...)``;
+NULL, and so no violation, on a division by zero); operators are ``= != < <= > >=``. A two-tuple constraint is evaluated within blocks of rows equal on its
 equality predicates between ``t1`` and ``t2`` (a window partitioned by those keys: each row meets only the
 rows of its own block — never a cross join); it needs at least one such equality.
 
@@ -17,6 +18,11 @@ The convenience forms of :class:`~lakehouse.specs.models.RuleSpec` compile to th
     range: {x: {min: 0, max: 9}} t.x < 0             |  t.x > 9
     allowed: {c: [u, v]}         t.c != 'u' & t.c != 'v'
     unique: [k1, k2]             t1.k1 = t2.k1 & t1.k2 = t2.k2
+
+``prev.col`` is ``col`` on the previous row of the row's series (one-tuple rules only): a ``lag`` window
+over the series (:class:`Series`: the key minus its time column, or the rule's ``group_by``/``time``)::
+
+    index_kwh < prev.index_kwh                                             meter-index continuity
 
 ``reference`` (a value must exist in another table) is not a constraint over one table: it compiles to a
 left join against the referenced column.

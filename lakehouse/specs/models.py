@@ -504,7 +504,8 @@ class RepairSpec(Spec):
 
 class RuleSpec(Spec):
     """A data-quality rule. ``deny``: predicates that must not all hold together (a denial constraint),
-    written over ``t`` (one tuple) or ``t1``/``t2`` (two tuples of the same table), joined by ``&``.
+    written over ``t`` (one tuple) or ``t1``/``t2`` (two tuples of the same table), joined by ``&``, with
+    arithmetic (``+ - * /``, ``abs``) and ``prev.<column>`` (the previous row of the series); parsed at load.
     Convenience forms (``not_null``, ``range``, ``unique``, ``allowed``, ``reference``) compile to the same.
 
     ``action``: ``warn`` keeps the rows and counts them; ``quarantine`` moves them to the quarantine;
