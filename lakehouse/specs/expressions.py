@@ -119,7 +119,7 @@ def _spark_parse(expr: str, what: str) -> None:
     if session is None or not hasattr(session, "_jsparkSession"):
         return
     try:
-        session._jsparkSession.sessionState().sqlParser().parseExpression(expr)  # noqa: SLF001 - parse only
+        session._jsparkSession.sessionState().sqlParser().parseExpression(expr)  # parse only, nothing runs
     except Exception as exc:  # py4j wraps Spark's ParseException
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{what}: Spark cannot parse {expr!r}: {first}") from None
