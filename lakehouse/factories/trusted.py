@@ -176,7 +176,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     # nothing): a soft dependency, kept out of the graph so a late registry never holds readings back
     references = sorted({r.reference.table for r in source.quality.rules if r.reference is not None})
     contract = schemas.source_contract(source, "trusted")
-    # a unit step compares a month with the trusted months before it: those months must be written
+    # a unit step (or a prev. rule) reads the trusted months before a month: those months must be written
     # first, so such a source's months overlap only up to the unit step (_InOrder), two at a time; any
     # other source's months are independent
     ordered = history_months(source) > 0
