@@ -412,8 +412,11 @@ def validate_quality(source: SourceSpec) -> list[CompiledRule]:
             for target in targets:
                 if target in series:
                     raise CleaningError(f"{source.name}: step {step.name!r} cannot fill {target!r}: it places the rows in their series")
-                if step.method == "linear" and source.column(target).type not in ("double", "int", "bigint"):
+                numeric = source.column(target).type in ("double", "int", "bigint")
+                if step.method == "linear" and not numeric:
                     raise CleaningError(f"{source.name}: step {step.name!r}: linear fills numbers, {target!r} is {source.column(target).type}")
+                if step.round is not None and not numeric:
+                    raise CleaningError(f"{source.name}: step {step.name!r}: round needs numeric columns, {target!r} is {source.column(target).type}")
             continue
         kind = source.column(step.column).type
         numeric = kind in ("double", "int", "bigint")
