@@ -483,7 +483,11 @@ def test_prev_rule_continues_the_series_from_the_month_before(spark):
     trusted day of January (the trusted zone's history), per meter; a meter without history starts fresh.
     The rule is evaluated on the kept rows: a row after a quarantined one is compared with it (same
     snapshot for all rules), and a later month runs the same generated code."""
-    quality = {"rules": [{"name": "index_continuity", "deny": "index_kwh < prev.index_kwh", "action": "quarantine"}]}
+    quality = {"rules": [
+        {"name": "index_continuity", "deny": "index_kwh < prev.index_kwh", "action": "quarantine"},
+        # the series' own key on the previous row (carried from January too): never differs
+        {"name": "same_meter", "deny": "meter_id != prev.meter_id", "action": "warn"},
+    ]}
     source = _index_source(**quality)
     january = pa.table({
         "meter_id": ["M1", "M1", "M2", "M2"],
@@ -503,6 +507,7 @@ def test_prev_rule_continues_the_series_from_the_month_before(spark):
         # with it, M1's Feb 1 (95) falls below its Jan 31 (100); M2's Feb 1 (12) is above its Jan 31 (10)
         assert rejected(with_history) == {("M1", "2012-02-01"), ("M1", "2012-02-03"), ("M2", "2012-02-02")}
         assert with_history.outcomes["index_continuity"].rejected == 3
+        assert with_history.outcomes["same_meter"].violations == 0
         assert "prev.index_kwh" in with_history.outcomes["index_continuity"].description
     finally:
         alone.close()

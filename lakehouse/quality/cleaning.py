@@ -1065,23 +1065,27 @@ def _carry_previous(df: DataFrame, ctx: _Ctx) -> tuple[DataFrame, dict[Series, s
     prefixes, added = {}, []
     for n, s in enumerate(series):
         values = sorted({c for cr in ctx.rules if cr.series == s for dc in cr.constraints for c in dc.columns})
-        needed = [*s.group_by, s.time, *[v for v in values if v not in (*s.group_by, s.time)]]
-        t = earlier if isinstance(earlier, pa.Table) else earlier.select(*[F.col(f"`{c}`") for c in needed]).toArrow()
-        if any(c not in t.column_names for c in needed):
+        needed = list(dict.fromkeys([*s.group_by, s.time, *values]))
+        present = earlier.column_names if isinstance(earlier, pa.Table) else earlier.columns
+        if any(c not in present for c in needed):
             continue  # history from before the rule existed: no carried rows
+        t = earlier if isinstance(earlier, pa.Table) else earlier.select(*[F.col(f"`{c}`") for c in needed]).toArrow()
         t = t.select(needed).filter(pc.is_valid(t[s.time])) if t.num_rows else t.select(needed)
         if not t.num_rows:
             continue
         t = t.sort_by([(c, "ascending") for c in (*s.group_by, s.time)])
+        measured = [v for v in values if v not in s.group_by]  # a series' own key is the same on every row
         if s.group_by:
             whole = pc.ScalarAggregateOptions(skip_nulls=False)
-            t = t.group_by(list(s.group_by), use_threads=False).aggregate([(v, "last", whole) for v in values])
+            t = t.group_by(list(s.group_by), use_threads=False).aggregate([(v, "last", whole) for v in measured])
             t = t.rename_columns([c.removesuffix("_last") if c.endswith("_last") else c for c in t.column_names])
         else:
             t = t.slice(t.num_rows - 1)
         prefix = f"{CARRIED}{n}_"
         keys = [f"__carried_key_{i}" for i in range(len(s.group_by))]
-        last = df.sparkSession.createDataFrame(t.select([*s.group_by, *values]).rename_columns([*keys, *[prefix + v for v in values]]))
+        last = df.sparkSession.createDataFrame(
+            pa.table({**{k: t[g] for k, g in zip(keys, s.group_by, strict=True)}, **{prefix + v: t[v] for v in values}})
+        )
         on = [F.col(f"`{g}`").eqNullSafe(F.col(k)) for g, k in zip(s.group_by, keys, strict=True)] or F.lit(True)
         df = df.join(F.broadcast(last), on=on, how="left").drop(*keys)
         prefixes[s] = prefix
