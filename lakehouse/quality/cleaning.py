@@ -939,7 +939,7 @@ def _fill_nulls(df: DataFrame, step: FillNullsStep, ctx: _Ctx) -> DataFrame:
     for column in step.columns:
         value = F.col(f"`{column}`")
         if step.method == "seasonal":
-            season = int(duration_seconds(step.season))
+            season = int(duration_seconds(step.season or "0s"))  # set: the spec requires it for seasonal
             same_time = Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE)).orderBy(t).rangeBetween(-season, -season)
             new = F.first(value, ignorenulls=True).over(same_time)
             ok = new.isNotNull()
@@ -991,7 +991,8 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             df = df.withColumn(col, _active() & value.isNotNull() & F.col("__ref_found").isNull()).drop("__ref_value", "__ref_found")
         else:
             # every rule sees the same snapshot: the rows kept when the rules step starts
-            conditions[col] = rule_condition(cr, ROW_ID, scope=ACTIVE_SQL, carried=carried.get(cr.series))
+            prefix = carried.get(cr.series) if cr.series is not None else None
+            conditions[col] = rule_condition(cr, ROW_ID, scope=ACTIVE_SQL, carried=prefix)
         flags[rule.name] = col
     if conditions:
         df = df.withColumns(conditions)

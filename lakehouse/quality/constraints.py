@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 from lakehouse.specs.models import ReferenceSpec, RuleSpec
 
@@ -188,19 +188,20 @@ class _Parser:
     """
 
     def __init__(self, rule: str, text: str) -> None:
-        self.rule, self.text, self.tokens, pos = rule, text, [], 0
+        self.rule, self.text, pos = rule, text, 0
+        self.tokens: list[tuple[str, str, int]] = []
         while pos < len(text):
             if text[pos:].strip() == "":
                 break
             m = _TOKEN.match(text, pos)
             if not m or m.end() == pos:
                 self.fail(f"cannot read {text[pos:].strip()[:30]!r}", len(text[pos:]) - len(text[pos:].lstrip()) + pos)
-            kind = m.lastgroup
+            kind = str(m.lastgroup)
             self.tokens.append((kind, m.group(kind), m.start(kind)))
             pos = m.end()
         self.i = 0
 
-    def fail(self, what: str, pos: int | None = None):
+    def fail(self, what: str, pos: int | None = None) -> NoReturn:
         where = f"at column {pos + 1}" if pos is not None else "at the end"
         raise ConstraintError(f"rule {self.rule!r}: {what} {where} of {self.text!r}")
 
@@ -225,8 +226,7 @@ class _Parser:
         if not self.tokens:
             raise ConstraintError(f"rule {self.rule!r}: empty deny expression")
         preds = [self.predicate()]
-        while self.peek() is not None:
-            tok = self.peek()
+        while (tok := self.peek()) is not None:
             if tok[0] != "and":
                 self.fail(f"predicates must be joined by '&', found {tok[1]!r}", tok[2])
             self.i += 1
@@ -305,7 +305,6 @@ class _Parser:
                 return Call(text.lower(), arg)
             return Ref("t", text)  # a bare column name is the row's own: t.<column>
         self.fail(f"expected an operand, found {text!r}", pos)
-        return None  # unreachable
 
 
 def parse_deny(rule: str, text: str) -> DenialConstraint:
@@ -352,7 +351,7 @@ class Series:
         return f"ordered by {self.time}{per}"
 
 
-def default_series(key: list[str], types: dict[str, str]) -> Series | None:
+def default_series(key: list[str], types: Mapping[str, str]) -> Series | None:
     """The series of a table keyed by ``key``: the key minus its one time column (a timestamp or date),
     ordered by that column; None when the key has no single time column."""
     times = [k for k in key if types.get(k) in ("timestamp", "date")]
@@ -622,15 +621,18 @@ def rule_condition(cr: CompiledRule, row_id: str, scope: str | None = None, carr
     if cr.reference is not None:
         raise ConstraintError(f"rule {cr.name!r}: a reference rule needs the referenced table (rule_violations)")
 
+    series = cr.series
+
     def previous(column: str) -> str:
-        return previous_sql(cr.series, column, row_id, scope, carried)
+        assert series is not None  # only passed for a rule with a series
+        return previous_sql(series, column, row_id, scope, carried)
 
     cond = F.lit(False)
     for dc in cr.constraints:
         if dc.two_tuple:
             cond = cond | block_condition(dc, row_id, scope)
         else:
-            cond = cond | violation_condition(dc, {"t": ""}, previous if cr.series is not None else None)
+            cond = cond | violation_condition(dc, {"t": ""}, previous if series is not None else None)
     return cond & F.expr(scope) if scope is not None else cond
 
 

@@ -32,7 +32,7 @@ _KEYWORDS = frozenset(
 
 
 def _tokens(expr: str) -> list[tuple[str, str]]:
-    return [(m.lastgroup, m.group(m.lastgroup)) for m in _TOKEN.finditer(expr)]
+    return [(str(m.lastgroup), m.group(str(m.lastgroup))) for m in _TOKEN.finditer(expr)]
 
 
 def referenced_columns(expr: str) -> list[str]:
