@@ -119,7 +119,7 @@ def _append_to_source(configs: Path, name: str, text: str) -> tuple[Path, str]:
     return path, content
 
 
-def _line_of(content: str, needle: str) -> int:
+def _line_in(content: str, needle: str) -> int:
     return next(i for i, line in enumerate(content.splitlines(), 1) if needle in line)
 
 
@@ -130,7 +130,7 @@ def test_a_rule_that_does_not_parse_names_file_line_rule_and_column(configs_copy
     with pytest.raises(SpecError) as err:
         load_project(configs_copy, env={})
     msg = str(err.value)
-    assert f"weather.yaml:{_line_of(content, 'name: spread')}:" in msg
+    assert f"weather.yaml:{_line_in(content, 'name: spread')}:" in msg
     assert "quality.rules.0.deny" in msg and "rule 'spread': expected ')', found '>' at column 29" in msg
 
 
@@ -147,7 +147,7 @@ def test_derive_is_checked_at_load(configs_copy: Path):
         _, content = _append_to_source(configs_copy, "weather", f'derive:\n  hdd:\n    expr: "{expr}"\n')
         with pytest.raises(SpecError) as err:
             load_project(configs_copy, env={})
-        assert f"weather.yaml:{_line_of(content, 'derive:')}: derive: Value error, source 'weather': derive 'hdd'" in str(err.value)
+        assert f"weather.yaml:{_line_in(content, 'derive:')}: derive: Value error, source 'weather': derive 'hdd'" in str(err.value)
         assert message in str(err.value), (expr, str(err.value))
     (configs_copy / "sources" / "weather.yaml").write_text(original)
     _append_to_source(configs_copy, "weather", "derive:\n  temp_min_c:\n    expr: temp_max_c - 1\n")
