@@ -451,3 +451,213 @@ def test_series_steps_on_a_single_daily_series_without_group_by(spark):
     assert trusted[dt.date(2012, 1, 9)]["energy_kwh"] < 100 and trusted[dt.date(2012, 1, 9)]["_source_file"] is None
     assert not any(dt.date(2012, 1, d) in trusted for d in (21, 22, 23, 24))
     assert len(trusted) == 31 - 5 + 1
+
+
+def _index_source(**quality) -> SourceSpec:
+    return SourceSpec.model_validate({
+        "name": "gas_index",
+        "collector": {"type": "file_drop", "inbox": "/nowhere"},
+        "columns": [
+            {"name": "meter_id", "type": "string"},
+            {"name": "day", "type": "date", "nullable": False},
+            {"name": "index_kwh", "type": "double"},
+        ],
+        "partitioning": {"kind": "time_column", "column": "day"},
+        "quality": {"key": ["meter_id", "day"], **quality},
+    })
+
+
+INDEX_SCHEMA = "meter_id string, day date, index_kwh double, _source_file string, _source_line bigint"
+
+
+def _index_month(spark, month: str, values: dict[str, list[float]]):
+    first = dt.date.fromisoformat(f"{month}-01")
+    rows = [
+        (meter, first + dt.timedelta(days=d), v, f"{meter}.csv", d + 2) for meter, vs in values.items() for d, v in enumerate(vs)
+    ]
+    return spark.createDataFrame(rows, INDEX_SCHEMA)
+
+
+def test_prev_rule_continues_the_series_from_the_month_before(spark):
+    """Meter-index continuity across months: each meter's first day of February is compared with its last
+    trusted day of January (the trusted zone's history), per meter; a meter without history starts fresh.
+    The rule is evaluated on the kept rows: a row after a quarantined one is compared with it (same
+    snapshot for all rules), and a later month runs the same generated code."""
+    quality = {"rules": [
+        {"name": "index_continuity", "deny": "index_kwh < prev.index_kwh", "action": "quarantine"},
+        # the series' own key on the previous row (carried from January too): never differs
+        {"name": "same_meter", "deny": "meter_id != prev.meter_id", "action": "warn"},
+    ]}
+    source = _index_source(**quality)
+    january = pa.table({
+        "meter_id": ["M1", "M1", "M2", "M2"],
+        "day": [dt.date(2012, 1, 30), dt.date(2012, 1, 31), dt.date(2012, 1, 31), dt.date(2012, 1, 30)],
+        "index_kwh": [98.0, 100.0, 10.0, 9.0],
+    })
+    feb = {"M1": [95.0, 101.0, 99.0, 102.0], "M2": [12.0, 11.0, 13.0], "M3": [5.0, 6.0]}
+
+    def rejected(result) -> set[tuple[str, str]]:
+        return {(json.loads(r["key"])["meter_id"], json.loads(r["key"])["day"]) for r in as_rows(result.rejected_table())}
+
+    alone = clean_month(_index_month(spark, "2012-02", feb), source, month="2012-02")
+    with_history = clean_month(_index_month(spark, "2012-02", feb), source, month="2012-02", history=lambda: january)
+    try:
+        # without history the first day of a series has no previous row
+        assert rejected(alone) == {("M1", "2012-02-03"), ("M2", "2012-02-02")}
+        # with it, M1's Feb 1 (95) falls below its Jan 31 (100); M2's Feb 1 (12) is above its Jan 31 (10)
+        assert rejected(with_history) == {("M1", "2012-02-01"), ("M1", "2012-02-03"), ("M2", "2012-02-02")}
+        assert with_history.outcomes["index_continuity"].rejected == 3
+        assert with_history.outcomes["same_meter"].violations == 0
+        assert "prev.index_kwh" in with_history.outcomes["index_continuity"].description
+    finally:
+        alone.close()
+        with_history.close()
+    metric = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
+    before = metric.getCount()
+    march_history = pa.table({"meter_id": ["M1", "M3"], "day": [dt.date(2012, 2, 29)] * 2, "index_kwh": [200.0, 1.0]})
+    march = clean_month(
+        _index_month(spark, "2012-03", {"M1": [150.0, 160.0], "M3": [2.0, 1.5]}), source, month="2012-03", history=march_history
+    )
+    try:
+        assert rejected(march) == {("M1", "2012-03-01"), ("M3", "2012-03-02")}
+    finally:
+        march.close()
+    assert metric.getCount() - before == 0
+
+
+def test_prev_rule_on_a_single_series_uses_the_rule_s_own_order(spark):
+    """No group_by: the whole source is one series; the rule names its time column."""
+    source = _index_source(rules=[{"name": "index_continuity", "deny": "index_kwh - prev.index_kwh < -0.5", "time": "day"}])
+    history = pa.table({"meter_id": ["A"], "day": [dt.date(2012, 1, 31)], "index_kwh": [50.0]})
+    result = clean_month(_index_month(spark, "2012-02", {"A": [49.0, 49.8, 49.6]}), source, month="2012-02", history=history)
+    try:
+        days = {json.loads(r["key"])["day"] for r in as_rows(result.rejected_table())}
+    finally:
+        result.close()
+    assert days == {"2012-02-01"}  # -1.0 from January; -0.2 within the month is tolerated
+
+
+def _temperature_month(spark):
+    """Meter A: temp_c = 10 + day of January, missing on days 1, 5-7, 12, 15, 20 and 25, and a 999 on day
+    8 that the range rule quarantines. Meter B: 30 on day 1, then missing on days 2 and 3."""
+    nulls = {1, 5, 6, 7, 12, 15, 20, 25}
+    rows = [("A", dt.date(2012, 1, d), None if d in nulls else (999.0 if d == 8 else 10.0 + d)) for d in range(1, 26)]
+    rows += [("B", dt.date(2012, 1, 1), 30.0), ("B", dt.date(2012, 1, 2), None), ("B", dt.date(2012, 1, 3), None)]
+    rows = [(m, d, v, f"{m}.csv", i + 2) for i, (m, d, v) in enumerate(rows)]
+    return spark.createDataFrame(rows, "meter_id string, day date, temp_c double, _source_file string, _source_line bigint")
+
+
+@pytest.mark.parametrize(
+    ("fill", "expected"),
+    [
+        ({"method": "linear"}, {("A", 5): 15.0, ("A", 6): 16.0, ("A", 7): 17.0, ("A", 12): 22.0, ("A", 15): 25.0, ("A", 20): 30.0}),
+        ({"method": "linear", "max_distance": "3d"}, {("A", 12): 22.0, ("A", 15): 25.0, ("A", 20): 30.0}),
+        (
+            {"method": "previous", "max_distance": "2d"},
+            {("A", 5): 14.0, ("A", 6): 14.0, ("A", 12): 21.0, ("A", 15): 24.0, ("A", 20): 29.0, ("A", 25): 34.0, ("B", 2): 30.0, ("B", 3): 30.0},
+        ),
+        ({"method": "seasonal", "season": "7d"}, {("A", 20): 23.0, ("A", 25): 28.0}),
+    ],
+)
+def test_fill_nulls_fills_cells_from_the_series_and_logs_each(spark, fill, expected):
+    """Linear by time between the neighbouring values, the last value within max_distance, or the value
+    one season earlier — never from another meter nor from the quarantined 999 of day 8; what cannot be
+    filled stays null, and every filled cell is one repair (old value null)."""
+    source = SourceSpec.model_validate({
+        "name": "temps",
+        "collector": {"type": "file_drop", "inbox": "/nowhere"},
+        "columns": [{"name": "meter_id", "type": "string"}, {"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
+        "partitioning": {"kind": "time_column", "column": "day"},
+        "quality": {
+            "key": ["meter_id", "day"],
+            "rules": [{"name": "plausible_temp", "range": {"temp_c": {"max": 60}}}],
+            "cleaning": [
+                {"step": "rules"},
+                {"step": "fill_nulls", "name": "fill_temp", "columns": ["temp_c"], "group_by": ["meter_id"], "time": "day", **fill},
+            ],
+        },
+    })
+    result = clean_month(_temperature_month(spark), source, month=MONTH)
+    try:
+        trusted = {(r["meter_id"], r["day"].day): r["temp_c"] for r in as_rows(result.trusted_table())}
+        repairs = as_rows(result.repairs_table())
+        summary = {r["name"]: r for r in summary_rows(result)}
+    finally:
+        result.close()
+    missing = {("A", d) for d in (1, 5, 6, 7, 12, 15, 20, 25)} | {("B", 2), ("B", 3)}
+    assert {k: v for k, v in trusted.items() if k in missing and v is not None} == pytest.approx(expected)
+    assert ("A", 8) not in trusted and len(trusted) == 24 + 3  # the 999 is quarantined, nothing else moves
+    assert sorted((json.loads(r["key"])["meter_id"], int(json.loads(r["key"])["day"][-2:]), float(r["new_value"])) for r in repairs) == sorted(
+        (m, d, v) for (m, d), v in expected.items()
+    )
+    assert {(r["column"], r["old_value"], r["rule"], r["row_status"]) for r in repairs} == {("temp_c", None, "fill_temp", "kept")}
+    assert summary["fill_temp"]["repaired_cells"] == len(expected)
+
+
+def test_fill_nulls_rejects_what_it_cannot_do():
+    base = {"name": "f", "columns": ["temp_c"], "time": "day"}
+    with pytest.raises(ValueError, match="'season' goes with method 'seasonal'"):
+        SourceSpec.model_validate({
+            "name": "s", "collector": {"type": "file_drop", "inbox": "/x"},
+            "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
+            "partitioning": {"kind": "time_column", "column": "day"},
+            "quality": {"cleaning": [{"step": "fill_nulls", "method": "seasonal", **base}]},
+        })
+    from lakehouse.quality.cleaning import CleaningError, validate_quality
+
+    source = SourceSpec.model_validate({
+        "name": "s", "collector": {"type": "file_drop", "inbox": "/x"},
+        "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "string"}],
+        "partitioning": {"kind": "time_column", "column": "day"},
+        "quality": {"cleaning": [{"step": "fill_nulls", **base}]},
+    })
+    with pytest.raises(CleaningError, match="linear fills numbers, 'temp_c' is string"):
+        validate_quality(source)
+
+
+def test_derived_columns_follow_the_cleaned_inputs(spark):
+    """A derived column is in the trusted table, recomputed from the cells as the cleaning left them: a
+    filled temperature gives its heating degrees, and a rule after the fill reads them."""
+    source = SourceSpec.model_validate({
+        "name": "temps",
+        "collector": {"type": "file_drop", "inbox": "/nowhere"},
+        "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
+        "derive": {"hdd": {"expr": "greatest(0, 16.5 - temp_c)", "type": "double"}, "heating": {"expr": "hdd > 0", "type": "boolean"}},
+        "partitioning": {"kind": "time_column", "column": "day"},
+        "quality": {
+            "key": ["day"],
+            "rules": [{"name": "cold_day", "deny": "hdd > 9", "action": "warn"}],
+            "cleaning": [{"step": "fill_nulls", "name": "fill_temp", "columns": ["temp_c"], "time": "day"}, {"step": "rules"}],
+        },
+    })
+    temps = [5.0, None, 9.0, 20.0, None, 12.0]
+    rows = [(dt.date(2012, 1, d + 1), t, "t.csv", d + 2) for d, t in enumerate(temps)]
+    result = clean_month(spark.createDataFrame(rows, "day date, temp_c double, _source_file string, _source_line bigint"), source, month=MONTH)
+    try:
+        trusted = sorted(as_rows(result.trusted_table()), key=lambda r: r["day"])
+        assert result.trusted_table().column_names[:4] == ["day", "temp_c", "hdd", "heating"]
+        summary = {r["name"]: r for r in summary_rows(result)}
+    finally:
+        result.close()
+    assert [r["temp_c"] for r in trusted] == pytest.approx([5.0, 7.0, 9.0, 20.0, 16.0, 12.0])
+    assert [r["hdd"] for r in trusted] == pytest.approx([11.5, 9.5, 7.5, 0.0, 0.5, 4.5])
+    assert [r["heating"] for r in trusted] == [True, True, True, False, True, True]
+    assert summary["cold_day"]["violations"] == 2  # day 2 only once its temperature is filled
+
+
+def test_nothing_may_change_a_derived_column():
+    from lakehouse.quality.cleaning import CleaningError, validate_quality
+
+    base = {
+        "name": "temps",
+        "collector": {"type": "file_drop", "inbox": "/nowhere"},
+        "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
+        "derive": {"hdd": {"expr": "greatest(0, 16.5 - temp_c)"}},
+        "partitioning": {"kind": "time_column", "column": "day"},
+    }
+    step = {"quality": {"cleaning": [{"step": "fill_nulls", "name": "f", "columns": ["hdd"], "time": "day"}]}}
+    with pytest.raises(CleaningError, match=r"changes derived column\(s\) \['hdd'\]"):
+        validate_quality(SourceSpec.model_validate({**base, **step}))
+    rule = {"quality": {"rules": [{"name": "r", "deny": "hdd > 50", "action": "repair", "repair": {"set": {"hdd": "50"}}}]}}
+    with pytest.raises(CleaningError, match=r"repairs derived column\(s\) \['hdd'\]"):
+        validate_quality(SourceSpec.model_validate({**base, **rule}))

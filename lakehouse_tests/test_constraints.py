@@ -6,8 +6,10 @@ import pytest
 
 from lakehouse.quality.constraints import (
     ConstraintError,
+    Series,
     compile_rule,
     compile_rules,
+    default_series,
     has_cross_join,
     parse_deny,
     rule_violations,
@@ -157,3 +159,89 @@ def test_cross_join_detector_detects_one(spark):
     a = spark.range(10).withColumnRenamed("id", "a")
     b = spark.range(10).withColumnRenamed("id", "b")
     assert has_cross_join(a.join(b, a["a"] < b["b"]))
+
+
+# ------------------------------------------------------------------------------ arithmetic and prev.
+@pytest.fixture(scope="module")
+def meters(spark):
+    """Two meters' index and volume; r3 has no volume, r4 a zero divisor, M2's index falls on Jan 2 (r7,
+    delivered after r6)."""
+    rows = [
+        ("r1", "M1", "2012-01-01", 100.0, 8.0, 2.0, 1),
+        ("r2", "M1", "2012-01-02", 110.0, 1.0, 4.0, 2),
+        ("r3", "M1", "2012-01-03", 125.0, None, 1.0, 0),
+        ("r4", "M1", "2012-01-04", 131.0, 0.5, 0.0, 0),
+        ("r5", "M2", "2012-01-01", 50.0, 3.0, 1.0, 5),
+        ("r6", "M2", "2012-01-03", 49.0, 3.0, -1.5, 7),
+        ("r7", "M2", "2012-01-02", 48.0, 3.0, 1.0, 6),
+    ]
+    schema = "rid string, meter_id string, day string, index_kwh double, volume_m3 double, a double, n int"
+    return spark.createDataFrame(rows, schema).selectExpr("rid", "meter_id", "cast(day as date) as day", "index_kwh", "volume_m3", "a", "n")
+
+
+@pytest.mark.parametrize(
+    ("deny", "expected"),
+    [
+        ("index_kwh - volume_m3 * 12 > 40", {"r2", "r4"}),  # * before -: (i - v) * 12 would flag every row
+        ("(index_kwh - volume_m3) * 2 > 240", {"r4"}),  # parentheses first; i - v * 2 > 240 flags none
+        ("index_kwh - volume_m3 - 100 > 10", {"r4"}),  # left to right; i - (v - 100) would flag all of M1
+        ("abs(a) > 1.2", {"r1", "r2", "r6"}),
+        ("abs(a - 2) < 0.5", {"r1"}),
+        ("-a > 1", {"r6"}),  # unary minus of a column
+        ("a < -1", {"r6"}),  # a negative constant
+        ("2 * -a + 1 > 3", {"r6"}),
+        ("index_kwh / a > 100", {"r3"}),  # r4 divides by zero: NULL, no violation (and no error)
+        ("index_kwh > volume_m3 * 20", {"r2", "r4"}),  # r3's volume is null: no violation
+        ("n * 2 + 1 = 11", {"r5"}),  # integers stay integers
+    ],
+)
+def test_arithmetic_follows_precedence_and_nulls_do_not_violate(meters, deny, expected):
+    assert ids(rule_violations(meters, compile_rule(rule(deny=deny)), "rid")) == expected
+
+
+def test_arithmetic_text_round_trips():
+    for text in ["t.a - (t.b - t.c) < -3 * -t.d", "abs(t.a - t.b) > 0.5", "-(t.a + t.b) > 1", "t.x / 2 * t.y <= 1"]:
+        dc = parse_deny("r", text)
+        assert str(dc) == text
+        assert str(parse_deny("r", str(dc))) == str(dc)
+    assert str(parse_deny("r", "energy_kwh > volume_m3 * 12")) == "t.energy_kwh > t.volume_m3 * 12"
+
+
+def test_arithmetic_parse_errors_name_the_rule_and_the_column():
+    with pytest.raises(ConstraintError, match=r"rule 'bad': expected '\)', found '>' at column 9 of 'abs\(t.x > 1'"):
+        parse_deny("bad", "abs(t.x > 1")
+    with pytest.raises(ConstraintError, match="unknown function 'sqrt'.*at column 1"):
+        parse_deny("bad", "sqrt(t.x) > 1")
+    with pytest.raises(ConstraintError, match="expected an operand, found '>' at column 7"):
+        parse_deny("bad", "t.x + > 1")
+    with pytest.raises(ConstraintError, match="needs numbers or columns"):
+        parse_deny("bad", "t.x + 'a' > 1")
+    with pytest.raises(ConstraintError, match="cannot be combined with t1/t2"):
+        parse_deny("bad", "t1.a = t2.a & prev.b > t1.b")
+
+
+def test_prev_reads_the_previous_row_of_the_series_in_time_order(meters):
+    """Meter-index continuity: M2's index falls on Jan 2 (r7), which was delivered after Jan 3 (r6) —
+    in delivery order r6 and r7 would both look like a fall. A series' first row has no previous row."""
+    per_meter = Series(("meter_id",), "day")
+    cr = compile_rule(rule(deny="index_kwh < prev.index_kwh"), series=per_meter)
+    assert ids(rule_violations(meters, cr, "rid")) == {"r7"}
+    # arithmetic with prev.: the day's consumption (index - previous index) against 5 kWh per m3;
+    # r3 has no volume, r1 no previous row
+    daily = compile_rule(rule(deny="index_kwh - prev.index_kwh > volume_m3 * 5"), series=per_meter)
+    assert ids(rule_violations(meters, daily, "rid")) == {"r2", "r4"}
+    # a rule's own series wins over the table's; without group_by the whole table is one series
+    whole = compile_rule(rule(deny="index_kwh < prev.index_kwh", time="day"), series=per_meter)
+    assert whole.series == Series((), "day")
+    assert ids(rule_violations(meters, whole, "rid")) == {"r5", "r7", "r6"}  # day by day, then by row id
+
+
+def test_prev_needs_a_series():
+    with pytest.raises(ConstraintError, match="prev. needs a series"):
+        compile_rule(rule(deny="index_kwh < prev.index_kwh"))
+    with pytest.raises(ConstraintError, match="only apply to rules using prev"):
+        compile_rule(rule(deny="index_kwh < 0", time="day"))
+    with pytest.raises(ConstraintError, match=r"unknown column\(s\) \['day'\]"):
+        compile_rules([rule(deny="x < prev.x", time="day")], ["x"])
+    assert default_series(["meter_id", "ts"], {"meter_id": "string", "ts": "timestamp"}) == Series(("meter_id",), "ts")
+    assert default_series(["meter_id"], {"meter_id": "string"}) is None

@@ -195,3 +195,27 @@ def test_a_validation_winter_colder_than_training_is_reported(example):
     ranges = check.metadata["ranges"].value
     assert ranges["temperature_c"]["validation_rows_outside"] >= colder and ranges["hdd"]["validation_rows_outside"] >= colder
     assert example["result"].success  # a warning: the champion is still chosen
+
+
+def test_derived_heating_degrees_and_the_previous_day_rule(example):
+    """The source's ``derive`` gives the trusted table its heating degrees (empty without a temperature),
+    with lineage to the formatted temperature; the ``prev.`` rule counts the days that jump above three
+    times the day before plus 100 kWh, found here independently from the delivered records."""
+    lake, records = example["lake"], example["records"]
+    trusted = lake.read_arrow("trusted", "gas_meter").to_pandas()
+    temp = trusted["temperature_c"]
+    expected = np.maximum(0.0, 16.5 - temp.to_numpy(dtype=float))
+    assert np.allclose(trusted["heating_degrees_c"].to_numpy(dtype=float), expected, equal_nan=True)
+    assert trusted["heating_degrees_c"].isna().sum() == MISSING_TEMPERATURE
+    energy = [r["energy_kwh"] for r in records]  # every delivered day, in order (the rules see them all)
+    jumps = {records[i]["time_period"][:7] for i in range(1, len(records)) if energy[i] > energy[i - 1] * 3 + 100}
+    assert jumps == {records[SPIKE]["time_period"][:7]}
+    metrics = lake.read_arrow("quality", "metrics").to_pandas()
+    flagged = metrics[(metrics["dataset"] == "gas_meter") & (metrics["metric"] == "violations") & (metrics["rule"] == "energy_jump")]
+    assert flagged.groupby("month")["value"].sum().loc[lambda v: v > 0].to_dict() == {m: 1 for m in jumps}
+    from lakehouse.factories.schema import derived_lineage
+    from lakehouse.specs import load_project
+
+    source = load_project(EXAMPLE, env={"LAKEHOUSE_ROOT": "/nowhere"}).source("gas_meter")
+    (dep,) = derived_lineage(source).deps_by_column["heating_degrees_c"]
+    assert (dep.asset_key.to_user_string(), dep.column_name) == ("formatted/gas_meter", "temperature_c")

@@ -110,3 +110,65 @@ def test_abusive_yaml_aliases_fail_at_load_naming_the_file(configs_copy: Path, y
     path.write_text(yaml_text)
     with pytest.raises(SpecError, match=rf"bomb.yaml:\d+: {problem}"):
         load_project(configs_copy, env={})
+
+
+def _append_to_source(configs: Path, name: str, text: str) -> tuple[Path, str]:
+    path = configs / "sources" / f"{name}.yaml"
+    content = path.read_text() + text
+    path.write_text(content)
+    return path, content
+
+
+def _line_in(content: str, needle: str) -> int:
+    return next(i for i, line in enumerate(content.splitlines(), 1) if needle in line)
+
+
+def test_a_rule_that_does_not_parse_names_file_line_rule_and_column(configs_copy: Path):
+    path = configs_copy / "sources" / "weather.yaml"
+    content = path.read_text().replace("  rules:\n", "  rules:\n    - {name: spread, deny: 'abs(temp_max_c - temp_min_c >> 40'}\n", 1)
+    path.write_text(content)
+    with pytest.raises(SpecError) as err:
+        load_project(configs_copy, env={})
+    msg = str(err.value)
+    assert f"weather.yaml:{_line_in(content, 'name: spread')}:" in msg
+    assert "quality.rules.0.deny" in msg and "rule 'spread': expected ')', found '>' at column 29" in msg
+
+
+def test_derive_is_checked_at_load(configs_copy: Path):
+    cases = {
+        "greatest(0, 16.5 - temp_avg_c)": "unknown column(s) ['temp_avg_c']",
+        "java_method('java.lang.System', 'exit', 0)": "java_method may not be called",
+        "`reflect`('java.lang.Runtime', 'getRuntime')": "reflect may not be called",
+        "avg(temp_max_c) OVER (PARTITION BY station)": "a window (OVER ...) is not allowed",
+    }
+    original = (configs_copy / "sources" / "weather.yaml").read_text()
+    for expr, message in cases.items():
+        (configs_copy / "sources" / "weather.yaml").write_text(original)
+        _, content = _append_to_source(configs_copy, "weather", f'derive:\n  hdd:\n    expr: "{expr}"\n')
+        with pytest.raises(SpecError) as err:
+            load_project(configs_copy, env={})
+        assert f"weather.yaml:{_line_in(content, 'derive:')}: derive: Value error, source 'weather': derive 'hdd'" in str(err.value)
+        assert message in str(err.value), (expr, str(err.value))
+    (configs_copy / "sources" / "weather.yaml").write_text(original)
+    _append_to_source(configs_copy, "weather", "derive:\n  temp_min_c:\n    expr: temp_max_c - 1\n")
+    with pytest.raises(SpecError, match="derived column 'temp_min_c' clashes with a declared column"):
+        load_project(configs_copy, env={})
+    # a derived column may read the ones before it; lineage goes back to the declared columns
+    (configs_copy / "sources" / "weather.yaml").write_text(original)
+    _append_to_source(
+        configs_copy, "weather",
+        "derive:\n  temp_mean_c: {expr: '(temp_max_c + temp_min_c) / 2'}\n  hdd: {expr: 'greatest(0, 16.5 - temp_mean_c)'}\n",
+    )
+    weather = load_project(configs_copy, env={}).source("weather")
+    assert [c.name for c in weather.trusted_columns][-2:] == ["temp_mean_c", "hdd"]
+    assert weather.derive_inputs() == {"temp_mean_c": ["temp_max_c", "temp_min_c"], "hdd": ["temp_max_c", "temp_min_c"]}
+
+
+def test_spark_parses_derive_when_a_session_exists(spark):
+    from lakehouse.specs.models import DeriveSpec, ViewSpec
+
+    view = {"name": "v", "inputs": [{"table": "trusted/weather"}], "sql": "SELECT 1"}
+    ok = ViewSpec.model_validate({**view, "derive": {"x": {"expr": "cast(a AS DOUBLE) * 2"}}})
+    assert ok.derive["x"] == DeriveSpec(expr="cast(a AS DOUBLE) * 2")
+    with pytest.raises(ValueError, match="derive 'x': Spark cannot parse 'a \\+\\* 2'"):
+        ViewSpec.model_validate({**view, "derive": {"x": {"expr": "a +* 2"}}})

@@ -184,3 +184,50 @@ def test_lineage_must_name_an_input(configs_copy):
     path.write_text(path.read_text().replace("lineage: [weather.wind_ms]", "lineage: [wether.wind_ms]"))
     with pytest.raises(SpecError, match="wether.wind_ms"):
         load_project(configs_copy, env={"LAKEHOUSE_ROOT": "/tmp/x"})
+
+
+def test_view_derive_joins_the_contract_with_the_lineage_of_its_inputs(spark):
+    from lakehouse.factories.exploitation import column_lineage, conform
+    from lakehouse.specs.models import ViewSpec
+
+    view = ViewSpec.model_validate({
+        "name": "daily",
+        "inputs": [{"table": "trusted/meter_readings", "alias": "r"}, {"table": "trusted/weather", "alias": "w"}],
+        "sql": "SELECT 1",
+        "columns": [
+            {"name": "date", "type": "date"},
+            {"name": "consumption_kwh", "type": "double", "lineage": ["r.reading_kwh"]},
+            {"name": "temp_mean_c", "type": "double", "lineage": ["w.temp_max_c", "w.temp_min_c"]},
+        ],
+        "derive": {
+            "hdd": {"expr": "greatest(0, 16.5 - temp_mean_c)", "unit": "K·d"},
+            "kwh_per_hdd": {"expr": "consumption_kwh / nullif(hdd, 0)"},
+        },
+    })
+    result = spark.createDataFrame(
+        [(dt.date(2012, 1, 1), 30.0, 6.5, "x"), (dt.date(2012, 1, 2), 10.0, 18.0, "y")],
+        "date date, consumption_kwh double, temp_mean_c double, extra string",
+    )
+    rows = [r.asDict() for r in conform(result, view).orderBy("date").collect()]
+    assert list(rows[0]) == ["date", "consumption_kwh", "temp_mean_c", "hdd", "kwh_per_hdd"]  # extra is dropped
+    assert [(r["hdd"], r["kwh_per_hdd"]) for r in rows] == [(10.0, 3.0), (0.0, None)]
+    deps = {c: {(d.asset_key.to_user_string(), d.column_name) for d in ds} for c, ds in column_lineage(view).deps_by_column.items()}
+    assert deps["hdd"] == {("trusted/weather", "temp_max_c"), ("trusted/weather", "temp_min_c")}
+    assert deps["kwh_per_hdd"] == deps["hdd"] | {("trusted/meter_readings", "reading_kwh")}
+    with pytest.raises(ValueError, match=r"derive 'hdd': unknown column\(s\) \['temp_c'\]"):
+        ViewSpec.model_validate({**view.model_dump(), "derive": {"hdd": {"expr": "16.5 - temp_c"}}})
+    # without declared columns the result's own columns are checked when the view runs
+    free = ViewSpec.model_validate({"name": "free", "inputs": [{"table": "trusted/weather"}], "sql": "SELECT 1", "derive": {"d": {"expr": "temp_c * 2"}}})
+    with pytest.raises(ValueError, match=r"derive reads column\(s\) \['temp_c'\]"):
+        conform(result, free)
+
+
+def test_derived_source_columns_have_lineage_to_the_formatted_columns(make_project, configs_copy):
+    from lakehouse.factories.schema import derived_lineage
+
+    path = configs_copy / "sources" / "weather.yaml"
+    path.write_text(path.read_text() + "derive:\n  temp_mean_c: {expr: '(temp_max_c + temp_min_c) / 2', unit: °C}\n")
+    weather = make_project(configs_copy).source("weather")
+    deps = {c: {(d.asset_key.to_user_string(), d.column_name) for d in ds} for c, ds in derived_lineage(weather).deps_by_column.items()}
+    assert deps == {"temp_mean_c": {("formatted/weather", "temp_max_c"), ("formatted/weather", "temp_min_c")}}
+    assert derived_lineage(make_project().source("weather")) is None

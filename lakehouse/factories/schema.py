@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from lakehouse.specs.models import ColumnSpec
+from lakehouse.specs.models import ColumnSpec, SourceSpec
 
 
 def column_schema(columns: list[ColumnSpec] | tuple[ColumnSpec, ...]) -> dg.TableSchema:
@@ -19,3 +19,15 @@ def column_schema(columns: list[ColumnSpec] | tuple[ColumnSpec, ...]) -> dg.Tabl
             for c in columns
         ]
     )
+
+
+def derived_lineage(source: SourceSpec) -> dg.TableColumnLineage | None:
+    """``dagster/column_lineage`` of ``trusted/<source>``: each derived column depends on the formatted
+    columns its expression reads (through earlier derived columns)."""
+    upstream = dg.AssetKey(["formatted", source.name])
+    deps = {
+        name: [dg.TableColumnDep(asset_key=upstream, column_name=c) for c in inputs]
+        for name, inputs in source.derive_inputs().items()
+        if inputs
+    }
+    return dg.TableColumnLineage(deps_by_column=deps) if deps else None

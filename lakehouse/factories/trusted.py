@@ -38,10 +38,10 @@ from lakehouse.factories.common import (
     run_months,
     spec_version,
 )
-from lakehouse.factories.schema import column_schema
+from lakehouse.factories.schema import column_schema, derived_lineage
 from lakehouse.io.lake import Lake
 from lakehouse.quality import metrics, quarantine, repairs, schemas
-from lakehouse.quality.cleaning import EXACT_DUPLICATE, CleanResult, clean_month, validate_quality
+from lakehouse.quality.cleaning import EXACT_DUPLICATE, CleanResult, clean_month, history_columns, validate_quality
 from lakehouse.quality.constraints import CompiledRule
 from lakehouse.specs.models import Project, ReferenceSpec, RulesStep, SourceSpec, UnitStep
 from lakehouse.transforms.parse import LINE_COL
@@ -84,22 +84,26 @@ def _check_specs(project: Project, source: SourceSpec, rules: list[CompiledRule]
 
 
 def history_months(source: SourceSpec) -> int:
-    """How many trusted months before a month its unit steps compare with (0: none; the months are independent)."""
-    return max((s.history_months for s in source.quality.cleaning if isinstance(s, UnitStep)), default=0)
+    """How many trusted months before a month its unit steps compare with, at least one when a rule reads
+    the previous row of a series (``prev.``: a series' first row of the month has its previous row in the
+    month before); 0: none, the months are independent."""
+    units = max((s.history_months for s in source.quality.cleaning if isinstance(s, UnitStep)), default=0)
+    previous = any(cr.series is not None for cr in validate_quality(source))
+    return max(units, 1 if previous else 0)
 
 
 def _history(root: Lake, source: SourceSpec, month: str):
-    """Trusted rows of the months before ``month`` that unit steps compare with (None if there are none).
+    """Trusted rows of the months before ``month`` that unit steps compare with and ``prev.`` rules
+    continue from (None if there are none).
 
-    Read with delta-rs into Arrow: the unit step computes its per-series medians on the driver.
+    Read with delta-rs into Arrow: the unit step computes its per-series medians on the driver, the rules
+    pick each series' last row there.
     """
-    steps = [s for s in source.quality.cleaning if isinstance(s, UnitStep)]
     n = history_months(source)
     if n == 0 or not root.exists("trusted", source.name):
         return None
     earlier = [m for m in root.months("trusted", source.name) if m < month][-n:]
-    columns = list(dict.fromkeys(c for s in steps for c in (*s.group_by, s.column)))
-    return root.read_arrow("trusted", source.name, months=earlier, columns=columns) if earlier else None
+    return root.read_arrow("trusted", source.name, months=earlier, columns=history_columns(source)) if earlier else None
 
 
 class _InOrder:
@@ -172,7 +176,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     # nothing): a soft dependency, kept out of the graph so a late registry never holds readings back
     references = sorted({r.reference.table for r in source.quality.rules if r.reference is not None})
     contract = schemas.source_contract(source, "trusted")
-    # a unit step compares a month with the trusted months before it: those months must be written
+    # a unit step (or a prev. rule) reads the trusted months before a month: those months must be written
     # first, so such a source's months overlap only up to the unit step (_InOrder), two at a time; any
     # other source's months are independent
     ordered = history_months(source) > 0
@@ -191,7 +195,8 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         tags={"zone": "trusted"},
         code_version=spec_version(source),
         metadata={
-            "dagster/column_schema": column_schema(source.columns),
+            "dagster/column_schema": column_schema(source.trusted_columns),
+            **({"dagster/column_lineage": lineage} if (lineage := derived_lineage(source)) else {}),
             **({"reference_tables": references} if references else {}),
         },
         check_specs=_check_specs(project, source, compiled),

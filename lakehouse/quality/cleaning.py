@@ -28,8 +28,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lakehouse.quality.constraints import CompiledRule, compile_rules, reference_flags, rule_condition
+from lakehouse.quality.constraints import (
+    CARRIED,
+    CompiledRule,
+    Series,
+    compile_rules,
+    default_series,
+    reference_flags,
+    rule_condition,
+)
 from lakehouse.specs.models import (
+    FillNullsStep,
     ImputeStep,
     OutlierStep,
     RulesStep,
@@ -39,6 +48,7 @@ from lakehouse.specs.models import (
     UnitStep,
     duration_seconds,
 )
+from lakehouse.transforms.derive import derive_columns
 from lakehouse.transforms.parse import FILE_COL, LINE_COL
 
 if TYPE_CHECKING:
@@ -120,7 +130,7 @@ class CleanResult:
         if self.table is None:
             return self.trusted.toArrow()
         out = self.table.filter(pc.is_in(self.table[STATUS], pa.array([KEPT, IMPUTED])))
-        return out.select([*canonical_columns(self.source), FILE_COL, LINE_COL, MONTH])
+        return out.select([*trusted_columns(self.source), FILE_COL, LINE_COL, MONTH])
 
     def rejected_table(self) -> pa.Table:
         """:attr:`rejected` as an Arrow table (same columns and values)."""
@@ -160,7 +170,7 @@ class CleanResult:
         from pyspark.sql import functions as F
 
         return self.annotated.filter(F.col(STATUS).isin(KEPT, IMPUTED)).select(
-            *canonical_columns(self.source), FILE_COL, LINE_COL, MONTH
+            *trusted_columns(self.source), FILE_COL, LINE_COL, MONTH
         )
 
     @property
@@ -219,6 +229,11 @@ class CleanResult:
 
 def canonical_columns(source: SourceSpec) -> list[str]:
     return [c.name for c in source.columns]
+
+
+def trusted_columns(source: SourceSpec) -> list[str]:
+    """The canonical columns, then the derived ones (``derive:``, computed in the trusted zone)."""
+    return [c.name for c in source.trusted_columns]
 
 
 def _key_json(source: SourceSpec, row: Column) -> Column:
@@ -338,6 +353,14 @@ class _Ctx:
     notes: list[str]
     held: list
 
+    _earlier: list = field(default_factory=list)
+
+    def earlier(self) -> DataFrame | pa.Table | None:
+        """The trusted rows of earlier months (``history``), read once for every step and rule that asks."""
+        if not self._earlier:
+            self._earlier.append(self.history() if callable(self.history) else self.history)
+        return self._earlier[0]
+
     def type_of(self, column: str) -> str:
         try:
             return self.source.column(column).type
@@ -361,21 +384,44 @@ class _Ctx:
 
 def validate_quality(source: SourceSpec) -> list[CompiledRule]:
     """Compile the rules and check every step against the declared columns (raises on a mismatch)."""
-    cols = canonical_columns(source)
-    rules = compile_rules(source.quality.rules, cols)
+    cols, derived = canonical_columns(source), list(source.derive)
+    types = {c.name: c.type for c in source.trusted_columns}
+    # rules may read derived columns; nothing may change them (they are recomputed after the cleaning)
+    rules = compile_rules(source.quality.rules, cols + derived, series=default_series(source.quality.key, types))
+    for cr in rules:
+        repaired = sorted(set(cr.spec.repair.set or {}) & set(derived)) if cr.spec.repair else []
+        if repaired:
+            raise CleaningError(f"{source.name}: rule {cr.name!r} repairs derived column(s) {repaired}; repair their inputs")
     for step in source.quality.steps:
         if isinstance(step, RulesStep):
             continue
-        used = [step.column] + list(getattr(step, "group_by", [])) + ([step.time] if hasattr(step, "time") else [])
-        missing = sorted(set(used) - set(cols))
+        targets = list(step.columns) if isinstance(step, FillNullsStep) else [step.column]
+        if set(targets) & set(derived):
+            raise CleaningError(
+                f"{source.name}: cleaning step {step.name!r} changes derived column(s) {sorted(set(targets) & set(derived))};"
+                " clean their inputs (derived columns are recomputed after the cleaning)"
+            )
+        used = targets + list(getattr(step, "group_by", [])) + ([step.time] if hasattr(step, "time") else [])
+        missing = sorted(set(used) - set(cols + derived))
         if missing:
             raise CleaningError(f"{source.name}: cleaning step {step.name!r} names unknown column(s) {missing}")
+        if hasattr(step, "time") and types[step.time] not in ("timestamp", "date"):
+            raise CleaningError(f"{source.name}: step {step.name!r}: time column {step.time!r} must be a timestamp or a date")
+        if isinstance(step, FillNullsStep):
+            series = {*step.group_by, step.time}
+            for target in targets:
+                if target in series:
+                    raise CleaningError(f"{source.name}: step {step.name!r} cannot fill {target!r}: it places the rows in their series")
+                numeric = source.column(target).type in ("double", "int", "bigint")
+                if step.method == "linear" and not numeric:
+                    raise CleaningError(f"{source.name}: step {step.name!r}: linear fills numbers, {target!r} is {source.column(target).type}")
+                if step.round is not None and not numeric:
+                    raise CleaningError(f"{source.name}: step {step.name!r}: round needs numeric columns, {target!r} is {source.column(target).type}")
+            continue
         kind = source.column(step.column).type
         numeric = kind in ("double", "int", "bigint")
         if isinstance(step, (UnitStep, OutlierStep, StuckStep, ImputeStep)) and not numeric:
             raise CleaningError(f"{source.name}: step {step.name!r} needs a numeric column, {step.column!r} is {kind}")
-        if hasattr(step, "time") and source.column(step.time).type not in ("timestamp", "date"):
-            raise CleaningError(f"{source.name}: step {step.name!r}: time column {step.time!r} must be a timestamp or a date")
         if isinstance(step, StandardizeStep):
             if step.truncate and kind not in ("timestamp",):
                 raise CleaningError(f"{source.name}: step {step.name!r}: truncate needs a timestamp column")
@@ -432,6 +478,7 @@ def clean_month(
         F.array().cast("array<string>").alias(ERRORS),
         F.array().cast(REPAIR_TYPE).alias(REPAIRS),
     )
+    df = derive_columns(df, source.derive)  # the rules and steps may read them
     if received and len(set(received.values())) > 1:  # one receipt time orders nothing: no join
         order = formatted.sparkSession.createDataFrame(sorted(received.items()), f"__file string, {RECEIVED} string")
         df = df.join(F.broadcast(order), df[FILE_COL] == order["__file"], "left").drop("__file")
@@ -448,7 +495,7 @@ def clean_month(
         df = _exact_duplicates(df, cols)
     for step in source.quality.steps:
         if isinstance(step, RulesStep):
-            df = _apply_rules(df, ctx)
+            df = _apply_rules(derive_columns(df, source.derive), ctx)  # derived from the cells as they stand
         elif isinstance(step, StandardizeStep):
             df = _standardize(df, step, ctx)
         elif isinstance(step, UnitStep):
@@ -459,6 +506,10 @@ def clean_month(
             df = _stuck(df, step, ctx)
         elif isinstance(step, ImputeStep):
             df = _impute(df, step, ctx)
+        elif isinstance(step, FillNullsStep):
+            df = _fill_nulls(df, step, ctx)
+    # from the cleaned inputs: a filled or repaired input gives the derived value it implies
+    df = derive_columns(df, source.derive)
     if collect:
         # one job: the month's outcome and payload columns to the driver; the trusted, quarantine and
         # repairs rows and every figure are split from it with pyarrow (no final cache, no further job)
@@ -525,7 +576,7 @@ def _payload_columns(source: SourceSpec) -> list[Column]:
     out = F.col(STATUS).isin(REJECTED, MERGED)
     text = [F.when(out, expr).alias(name) for name, expr in _rejected_text(source).items()]
     repaired = F.when(F.size(F.col(REPAIRS)) > 0, _row_key(source)).alias(R_KEY)
-    return [*[F.col(f"`{c}`") for c in canonical_columns(source)], F.col(FILE_COL), F.col(LINE_COL), F.col(MONTH), *text, repaired]
+    return [*[F.col(f"`{c}`") for c in trusted_columns(source)], F.col(FILE_COL), F.col(LINE_COL), F.col(MONTH), *text, repaired]
 
 
 def _tally(t: pa.Table, source: SourceSpec, outcomes: dict[str, Outcome]):
@@ -671,7 +722,7 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
         (positive[len(positive) // 2 - 1] + positive[len(positive) // 2]) / 2 if positive else None
     )
     history: dict[tuple, tuple[float, int]] = {}
-    earlier = (ctx.history() if callable(ctx.history) else ctx.history) if step.history_months > 0 else None
+    earlier = ctx.earlier() if step.history_months > 0 else None
     if earlier is not None:
         if not isinstance(earlier, pa.Table):
             earlier = earlier.select(*[F.col(f"`{g}`") for g in group], value).toArrow()
@@ -869,6 +920,52 @@ def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
     )
 
 
+def _fill_nulls(df: DataFrame, step: FillNullsStep, ctx: _Ctx) -> DataFrame:
+    """Fill the null cells of ``step.columns`` from the same series' values of that column (window
+    functions over the kept rows; see FillNullsStep). Each filled cell is a repair with old value null."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    what = {"linear": "linear between neighbours", "previous": "last value carried forward", "seasonal": f"value one {step.season} earlier"}
+    ctx.outcomes[step.name] = Outcome(
+        step.name, "step", "repair",
+        step.description or f"missing {', '.join(step.columns)} filled: {what[step.method]} {_per(step)}",
+        max_rate=step.max_rate,
+    )
+    t = _seconds(step.time)
+    x = df.withColumn(ACTIVE, _active() & F.col(f"`{step.time}`").isNotNull())
+    w = _series_window(step)
+    limit = duration_seconds(step.max_distance) if step.max_distance else None
+    for column in step.columns:
+        value = F.col(f"`{column}`")
+        if step.method == "seasonal":
+            season = int(duration_seconds(step.season or "0s"))  # set: the spec requires it for seasonal
+            same_time = Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE)).orderBy(t).rangeBetween(-season, -season)
+            new = F.first(value, ignorenulls=True).over(same_time)
+            ok = new.isNotNull()
+        else:
+            before = w.rowsBetween(Window.unboundedPreceding, -1)
+            prev_v = F.last(value, ignorenulls=True).over(before)
+            prev_t = F.last(F.when(value.isNotNull(), t), ignorenulls=True).over(before)
+            if step.method == "previous":
+                new, ok = prev_v, prev_v.isNotNull()
+                if limit is not None:
+                    ok = ok & (t - prev_t <= limit)
+            else:
+                after = w.rowsBetween(1, Window.unboundedFollowing)
+                next_v = F.first(value, ignorenulls=True).over(after)
+                next_t = F.first(F.when(value.isNotNull(), t), ignorenulls=True).over(after)
+                # try_divide: two neighbours at the same time give NULL (not filled), not an error
+                new = prev_v + (next_v - prev_v) * F.try_divide(t - prev_t, next_t - prev_t)
+                ok = new.isNotNull()
+                if limit is not None:
+                    ok = ok & (next_t - prev_t <= limit)
+        if step.round is not None:
+            new = F.round(new, step.round)
+        x = _set(x, F.col(ACTIVE) & value.isNull() & ok, column, new, step.name, ctx.type_of(column))
+    return x.drop(ACTIVE)
+
+
 # ------------------------------------------------------------------------------------------ rules
 def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
     """Evaluate every rule on the same snapshot of the kept rows, then apply the actions."""
@@ -877,6 +974,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
 
     flags: dict[str, str] = {}
     conditions: dict[str, Column] = {}  # added in one projection: each DataFrame step costs an analysis
+    df, carried, carried_columns = _carry_previous(df, ctx)
     for i, cr in enumerate(ctx.rules):
         rule = cr.spec
         outcome = Outcome(rule.name, "rule", rule.action, rule.description or cr.describe(), max_rate=rule.max_rate)
@@ -893,7 +991,8 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             df = df.withColumn(col, _active() & value.isNotNull() & F.col("__ref_found").isNull()).drop("__ref_value", "__ref_found")
         else:
             # every rule sees the same snapshot: the rows kept when the rules step starts
-            conditions[col] = rule_condition(cr, ROW_ID, scope=ACTIVE_SQL)
+            prefix = carried.get(cr.series) if cr.series is not None else None
+            conditions[col] = rule_condition(cr, ROW_ID, scope=ACTIVE_SQL, carried=prefix)
         flags[rule.name] = col
     if conditions:
         df = df.withColumns(conditions)
@@ -935,7 +1034,64 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             error = F.format_string(f"conflicts on {', '.join(keys)}; kept %s (keep {rule.repair.keep})", F.col("__keep_first"))
             df = _remove(df, in_block & (F.col("__keep_rank") > 1), rule.name, error, status=MERGED)
             df = df.drop("__keep_rank", "__keep_first")
-    return df.drop(*flags.values())
+    return df.drop(*flags.values(), *carried_columns)
+
+
+def history_columns(source: SourceSpec) -> list[str]:
+    """The columns of earlier trusted months the cleaning reads: unit steps' series and values, and the
+    series, time and ``prev.`` columns of rules that look at the previous row."""
+    cols = [c for s in source.quality.cleaning if isinstance(s, UnitStep) for c in (*s.group_by, s.column)]
+    for cr in validate_quality(source):
+        if cr.series is not None:
+            cols += [*cr.series.group_by, cr.series.time, *sorted(c for dc in cr.constraints for c in dc.columns)]
+    return list(dict.fromkeys(cols))
+
+
+def _carry_previous(df: DataFrame, ctx: _Ctx) -> tuple[DataFrame, dict[Series, str], list[str]]:
+    """For rules with ``prev.``: each series' last row before the month (from ``history``), joined onto the
+    month as ``__carried_<n>_<column>``, so a series' first row of the month has a previous row.
+
+    The last rows are picked on the driver (pyarrow: one row per series) and broadcast. Without history
+    (the first month) a series' first row has no previous row. Returns the column prefix per series and
+    the columns added.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+
+    series = list(dict.fromkeys(cr.series for cr in ctx.rules if cr.series is not None))
+    earlier = ctx.earlier() if series and ctx.history is not None else None
+    if earlier is None:
+        return df, {}, []
+    prefixes, added = {}, []
+    for n, s in enumerate(series):
+        values = sorted({c for cr in ctx.rules if cr.series == s for dc in cr.constraints for c in dc.columns})
+        needed = list(dict.fromkeys([*s.group_by, s.time, *values]))
+        present = earlier.column_names if isinstance(earlier, pa.Table) else earlier.columns
+        if any(c not in present for c in needed):
+            continue  # history from before the rule existed: no carried rows
+        t = earlier if isinstance(earlier, pa.Table) else earlier.select(*[F.col(f"`{c}`") for c in needed]).toArrow()
+        t = t.select(needed).filter(pc.is_valid(t[s.time])) if t.num_rows else t.select(needed)
+        if not t.num_rows:
+            continue
+        t = t.sort_by([(c, "ascending") for c in (*s.group_by, s.time)])
+        measured = [v for v in values if v not in s.group_by]  # a series' own key is the same on every row
+        if s.group_by:
+            whole = pc.ScalarAggregateOptions(skip_nulls=False)
+            t = t.group_by(list(s.group_by), use_threads=False).aggregate([(v, "last", whole) for v in measured])
+            t = t.rename_columns([c.removesuffix("_last") if c.endswith("_last") else c for c in t.column_names])
+        else:
+            t = t.slice(t.num_rows - 1)
+        prefix = f"{CARRIED}{n}_"
+        keys = [f"__carried_key_{i}" for i in range(len(s.group_by))]
+        last = df.sparkSession.createDataFrame(
+            pa.table({**{k: t[g] for k, g in zip(keys, s.group_by, strict=True)}, **{prefix + v: t[v] for v in values}})
+        )
+        on = [F.col(f"`{g}`").eqNullSafe(F.col(k)) for g, k in zip(s.group_by, keys, strict=True)] or F.lit(True)
+        df = df.join(F.broadcast(last), on=on, how="left").drop(*keys)
+        prefixes[s] = prefix
+        added += [prefix + v for v in values]
+    return df, prefixes, added
 
 
 def _keep_order(keep: str, by: str | None) -> list[Column]:

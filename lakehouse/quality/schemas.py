@@ -148,8 +148,9 @@ def source_contract(source: SourceSpec, zone: str) -> Contract:
     """The schema of ``formatted/<source>`` or ``trusted/<source>`` (see the module docstring)."""
     if zone not in ("formatted", "trusted"):
         raise ValueError(f"no source contract for zone {zone!r}")
-    checks: dict[str, list] = {c.name: [] for c in source.columns}
-    required = {c.name for c in source.columns if not c.nullable}
+    declared = source.trusted_columns if zone == "trusted" else source.columns  # derived columns: trusted only
+    checks: dict[str, list] = {c.name: [] for c in declared}
+    required = {c.name for c in declared if not c.nullable}
     if zone == "trusted":
         for rule in source.quality.rules:
             if rule.action not in ("quarantine", "repair"):
@@ -162,7 +163,7 @@ def source_contract(source: SourceSpec, zone: str) -> Contract:
                     checks[col].append(_allowed_check(col, values))
             if rule.not_null:
                 required |= set(rule.not_null)
-    columns = [(c.name, c.type, c.name not in required, checks[c.name]) for c in source.columns]
+    columns = [(c.name, c.type, c.name not in required, checks[c.name]) for c in declared]
     lineage_nullable = zone == "trusted"  # imputed rows have no source line
     columns += [(FILE_COL, "string", lineage_nullable, []), (LINE_COL, "bigint", lineage_nullable, []), (MONTH, "string", False, [])]
     # a key identifies a row within its month (snapshot sources repeat every key each month)
@@ -174,7 +175,7 @@ def view_contract(view: ViewSpec, spark_schema: StructType | None = None) -> Con
     """The schema of ``exploitation/<view>``: declared ``columns``, else the written Spark schema
     (``spark_schema`` also tells whether the table carries ``month``: merge views are unpartitioned)."""
     if view.columns:
-        declared: list[ColumnSpec] = list(view.columns)
+        declared: list[ColumnSpec] = list(view.contract_columns)
         columns = [(c.name, c.type, c.nullable, []) for c in declared]
         written = set(spark_schema.fieldNames()) if spark_schema is not None else {MONTH}
         if MONTH not in {c.name for c in declared} and MONTH in written:

@@ -200,6 +200,39 @@ class ColumnSpec(Spec):
         return self.source or self.name
 
 
+class DeriveSpec(Spec):
+    """A column computed from the row: a Spark SQL expression over the other columns (and earlier derived
+    ones), cast to ``type``. Checked at load (:mod:`lakehouse.specs.expressions`)."""
+
+    expr: str
+    type: ColumnType = "double"
+    unit: str | None = None
+    description: str = ""
+
+    def column(self, name: str) -> ColumnSpec:
+        """The derived column as a declared column (nullable: its inputs may be null)."""
+        return ColumnSpec(name=name, type=self.type, unit=self.unit, description=self.description or f"derived: {self.expr}")
+
+
+def _check_derive(derive: dict[str, DeriveSpec], known: list[str] | None, reserved: set[str], owner: str) -> dict[str, list[str]]:
+    """Check ``derive`` in order (a column may use the ones before it); returns each one's input columns.
+
+    ``known``: the columns an expression may read (None: unknown at load, only names and functions checked).
+    """
+    from lakehouse.specs.expressions import check_expression
+
+    inputs, available = {}, None if known is None else set(known)
+    for name, spec in derive.items():
+        _check_ident(name)
+        if name in reserved or (known is not None and name in known):
+            raise ValueError(f"{owner}: derived column {name!r} clashes with a declared column")
+        used = check_expression(spec.expr, what=f"{owner}: derive {name!r}", columns=available)
+        inputs[name] = used
+        if available is not None:
+            available.add(name)
+    return inputs
+
+
 class FileDropCollector(Spec):
     """Devices push files into an inbox directory; the month is read from the file name."""
 
@@ -471,7 +504,8 @@ class RepairSpec(Spec):
 
 class RuleSpec(Spec):
     """A data-quality rule. ``deny``: predicates that must not all hold together (a denial constraint),
-    written over ``t`` (one tuple) or ``t1``/``t2`` (two tuples of the same table), joined by ``&``.
+    written over ``t`` (one tuple) or ``t1``/``t2`` (two tuples of the same table), joined by ``&``, with
+    arithmetic (``+ - * /``, ``abs``) and ``prev.<column>`` (the previous row of the series); parsed at load.
     Convenience forms (``not_null``, ``range``, ``unique``, ``allowed``, ``reference``) compile to the same.
 
     ``action``: ``warn`` keeps the rows and counts them; ``quarantine`` moves them to the quarantine;
@@ -491,11 +525,24 @@ class RuleSpec(Spec):
     reference: ReferenceSpec | None = None
     repair: RepairSpec | None = None
     max_rate: float | None = Field(default=None, ge=0, le=1)
+    #: for a ``deny`` using ``prev.<column>``: the series whose previous row it reads (rows equal on
+    #: ``group_by``, ordered by ``time``); unset: the source's key minus its timestamp/date column
+    group_by: list[str] | None = None
+    time: str | None = None
 
     @field_validator("name")
     @classmethod
     def _ident(cls, value: str) -> str:
         return _check_ident(value)
+
+    @field_validator("deny")
+    @classmethod
+    def _parses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            from lakehouse.quality.constraints import parse_deny  # plain Python: no Spark at load
+
+            parse_deny(info.data.get("name", "?"), value)  # the error names the rule and the column
+        return value
 
     @model_validator(mode="after")
     def _one_form(self) -> RuleSpec:
@@ -640,8 +687,43 @@ class ImputeStep(_SeriesStep):
         return value
 
 
+class FillNullsStep(_Step):
+    """Fill missing cells of ``columns`` within each series (rows equal on ``group_by``, none: one series,
+    ordered by ``time``), from the series' own values of that column:
+
+    ``linear``: between the neighbouring non-null values, by time; ``previous``: the last non-null value
+    before (carried forward); ``seasonal``: the value exactly one ``season`` earlier (``7d``, ``24h``).
+    ``max_distance`` (a duration): ``previous`` fills only up to that long after the last value,
+    ``linear`` only between neighbours at most that far apart. Every filled cell is a repair (old value
+    null); a cell that cannot be filled stays null."""
+
+    step: Literal["fill_nulls"]
+    columns: list[str] = Field(min_length=1)
+    group_by: list[str] = Field(default_factory=list)
+    time: str
+    method: Literal["linear", "previous", "seasonal"] = "linear"
+    max_distance: str | None = None
+    season: str | None = None
+    round: int | None = None
+
+    @field_validator("max_distance", "season")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_seconds(value)
+        return value
+
+    @model_validator(mode="after")
+    def _season(self) -> FillNullsStep:
+        if (self.method == "seasonal") != (self.season is not None):
+            raise ValueError(f"fill_nulls step {self.name!r}: 'season' goes with method 'seasonal' (and it needs one)")
+        if self.method == "seasonal" and self.max_distance is not None:
+            raise ValueError(f"fill_nulls step {self.name!r}: max_distance applies to 'linear' and 'previous'")
+        return self
+
+
 CleaningSpec = Annotated[
-    RulesStep | StandardizeStep | UnitStep | OutlierStep | StuckStep | ImputeStep, Field(discriminator="step")
+    RulesStep | StandardizeStep | UnitStep | OutlierStep | StuckStep | ImputeStep | FillNullsStep, Field(discriminator="step")
 ]
 
 #: check names the trusted asset always has; rules and steps may not use them
@@ -712,11 +794,39 @@ class SourceSpec(Spec):
     #: the share of a month's rows that may be rejected (quarantined) while formatting, and again by the
     #: trusted zone's rules and cleaning, before the month's blocking ``rejected_rate`` check fails
     max_rejected_rate: float = Field(default=0.05, ge=0, le=1)
+    #: columns computed from each row in the trusted zone (name -> Spark SQL expression and type): after
+    #: the formatted casts, visible to the rules and cleaning steps, recomputed after the cleaning (so a
+    #: filled input gives a filled derived value); see docs/sources.md
+    derive: dict[str, DeriveSpec] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
     def _ident(cls, value: str) -> str:
         return _check_ident(value)
+
+    @field_validator("derive")
+    @classmethod
+    def _derive(cls, value: dict[str, DeriveSpec], info: ValidationInfo) -> dict[str, DeriveSpec]:
+        columns = [c.name for c in info.data.get("columns", [])]
+        _check_derive(value, columns, {"month"}, f"source {info.data.get('name', '?')!r}")
+        return value
+
+    @property
+    def derived_columns(self) -> list[ColumnSpec]:
+        return [d.column(name) for name, d in self.derive.items()]
+
+    @property
+    def trusted_columns(self) -> list[ColumnSpec]:
+        """The columns of ``trusted/<source>``: the declared ones, then the derived ones."""
+        return [*self.columns, *self.derived_columns]
+
+    def derive_inputs(self) -> dict[str, list[str]]:
+        """Derived column -> the declared columns it is computed from (through earlier derived ones)."""
+        direct = _check_derive(self.derive, [c.name for c in self.columns], {"month"}, f"source {self.name!r}")
+        out: dict[str, list[str]] = {}
+        for name, used in direct.items():
+            out[name] = list(dict.fromkeys(c for u in used for c in (out.get(u) or [u])))
+        return out
 
     @model_validator(mode="after")
     def _consistent(self) -> SourceSpec:
@@ -821,6 +931,9 @@ class ViewSpec(Spec):
     key: list[str] = Field(default_factory=list)
     columns: list[ViewColumnSpec] = Field(default_factory=list)
     write: ViewWriteSpec = Field(default_factory=ViewWriteSpec)
+    #: columns computed from each result row after the SQL/transform (name -> Spark SQL expression and
+    #: type); with declared ``columns`` they may read those only, join the contract and inherit lineage
+    derive: dict[str, DeriveSpec] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
@@ -853,6 +966,28 @@ class ViewSpec(Spec):
                 if col not in names:
                     raise ValueError(f"view {self.name!r}: key/write column {col!r} is not a declared column")
         return self
+
+    @field_validator("derive")
+    @classmethod
+    def _derive(cls, value: dict[str, DeriveSpec], info: ValidationInfo) -> dict[str, DeriveSpec]:
+        columns = [c.name for c in info.data.get("columns", [])]
+        _check_derive(value, columns or None, {"month"}, f"view {info.data.get('name', '?')!r}")
+        return value
+
+    @property
+    def contract_columns(self) -> list[ViewColumnSpec]:
+        """The declared columns, then the derived ones (each with the lineage of the columns it reads);
+        empty when the view declares no columns."""
+        if not self.columns:
+            return []
+        out = list(self.columns)
+        direct = _check_derive(self.derive, [c.name for c in self.columns], {"month"}, f"view {self.name!r}")
+        lineage = {c.name: list(c.lineage) for c in self.columns}
+        for name, used in direct.items():
+            lineage[name] = list(dict.fromkeys(ref for u in used for ref in lineage.get(u, [])))
+            d = self.derive[name]
+            out.append(ViewColumnSpec(**d.column(name).model_dump(), lineage=lineage[name]))
+        return out
 
     def input_for(self, ref: str) -> ViewInputSpec:
         """The input named by a lineage reference's table part (a ``zone/table`` or an alias)."""
