@@ -230,7 +230,7 @@ async def _lifespan(_app):
 @contextlib.contextmanager
 def _dagster_app(workspace: Path):
     """Dagster's webserver app over ``workspace`` (what ``dagster-webserver -w`` builds), on the instance of
-    ``DAGSTER_HOME``."""
+    ``DAGSTER_HOME``. Dagster has no public API for this: the two private names are the ones its CLI uses."""
     from dagster import DagsterInstance
     from dagster._core.workspace.context import WorkspaceProcessContext
     from dagster._core.workspace.load_target import WorkspaceFileTarget
