@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-HOST ?= 127.0.0.1
-PORT ?= 3000
+# The UI's address: its own variables, so a HOST or PORT in the environment cannot move it
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
+# other names the UI answers to (space separated), e.g. the machine's DNS name behind a TLS proxy
+UI_ALLOWED_HOSTS ?=
 WEATHER_PORT ?= 8765
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export LAKEHOUSE_DEMO_ROOT ?= $(CURDIR)/.demo
@@ -80,13 +83,14 @@ reliability: install java-check
 bench: install java-check
 	$(PY) -m benchmarks
 
-# The demo world's weather provider serves alongside the UI (LAKEHOUSE_WEATHER_URL is set for dagster dev).
-# Webserver + daemon (sensors, schedules, automation, backfills) on $(HOST) only. `exec` replaces the
-# shell, so Ctrl-C (SIGINT to the foreground group) reaches dagster dev, which stops its children.
+# The demo world's weather provider serves alongside the UI (LAKEHOUSE_WEATHER_URL is set for the UI).
+# lakehouse.ui: Dagster's webserver behind a guard (Host allow-list, same-origin mutations only, a token
+# beyond loopback: LAKEHOUSE_UI_TOKEN) + the daemon (sensors, schedules, automation, backfills) on
+# $(UI_HOST) only. `exec` replaces the shell, so Ctrl-C reaches the launcher, which stops both.
 ui: install java-check instance
-	@echo "Dagster UI: http://$(HOST):$(PORT)  (webserver + daemon; Ctrl-C stops both)"
+	@echo "Dagster UI: http://$(UI_HOST):$(UI_PORT)  (webserver + daemon; Ctrl-C stops both)"
 	exec $(PY) -m lakehouse.sim.weather_server --port $(WEATHER_PORT) --quiet -- \
-	  $(VENV)/bin/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+	  $(PY) -m lakehouse.ui --host $(UI_HOST) --port $(UI_PORT) $(foreach h,$(UI_ALLOWED_HOSTS),--allow-host $(h))
 
 clean:
 	rm -rf .lakehouse .demo .dagster_home

@@ -6,6 +6,7 @@ the variables ``storage.credentials`` names in ``lakehouse.yaml``  object-store 
                        :func:`lake`, never copied into a config, a log or metadata)
 ``LAKEHOUSE_SPARK_REMOTE`` / ``LAKEHOUSE_SPARK_MASTER``  override ``spark.remote`` / ``spark.master``
 ``LAKEHOUSE_BACKFILL_MONTHS_PER_RUN``  zone backfills in runs of that many months (unset: one run per range)
+``LAKEHOUSE_UI_TOKEN``  the token the UI asks for (required to bind beyond loopback, :mod:`lakehouse.ui`)
 
 Every other variable is visible to configs only through ``${VAR}`` interpolation (see the loader), and
 secrets only through ``dagster.EnvVar`` at run time.
@@ -72,3 +73,8 @@ def backfill_months_per_run() -> int | None:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"LAKEHOUSE_BACKFILL_MONTHS_PER_RUN must be a positive integer, got {value!r}")
     return int(value)
+
+
+def ui_token() -> str | None:
+    """``LAKEHOUSE_UI_TOKEN``: the UI's token (``None`` when unset or blank)."""
+    return os.environ.get("LAKEHOUSE_UI_TOKEN", "").strip() or None

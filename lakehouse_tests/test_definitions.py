@@ -67,15 +67,21 @@ def test_lakehouse_never_imports_the_demo_world():
     assert offenders == []
 
 
+#: Dagster has no public API to serve its webserver app inside another ASGI app: the UI launcher builds the
+#: workspace context as ``dagster-webserver`` does (pinned dagster; ``make e2e`` runs it)
+PRIVATE_DAGSTER_ALLOWED = {"ui.py": {"dagster._core.workspace.context", "dagster._core.workspace.load_target"}}
+
+
 def test_no_private_dagster_import_in_the_package():
     package = Path(__file__).resolve().parent.parent / "lakehouse"
     offenders = []
     for path in package.rglob("*.py"):
+        allowed = PRIVATE_DAGSTER_ALLOWED.get(str(path.relative_to(package)), set())
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path}: {n}" for n in names if n.startswith("dagster._")]
+            offenders += [f"{path}: {n}" for n in names if n.startswith("dagster._") and n not in allowed]
     assert offenders == []
 
 

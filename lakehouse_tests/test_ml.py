@@ -92,14 +92,10 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def lake_copy(trained, tmp_path):
-    """An independent copy of the trained lake (tests that change it do not disturb the others)."""
+    """An independent copy of the trained lake (tests that change it do not disturb the others); its
+    champion pointer names the model relative to the lake, so the copy serves its own models."""
     target = tmp_path / "lake"
     shutil.copytree(trained["lake"].root, target)
-    # model folders record absolute paths in the champion pointer: repoint them to the copy
-    for pointer in target.glob("ml/*/champion.json"):
-        record = json.loads(pointer.read_text())
-        record["model_dir"] = record["model_dir"].replace(str(trained["lake"].root), str(target))
-        pointer.write_text(json.dumps(record))
     return target
 
 
@@ -191,7 +187,7 @@ def test_forecast_assets_train_validate_and_promote(trained):
         assert m["rmse"].value > 0 and m["validation_rows"].value > 0 and -1 < m["r2"].value <= 1
         assert "data:image/png;base64," in m["plots"].value
         assert m["per_month"].value.records and "month" in m["per_month"].value.records[0].data
-        folder = Path(m["model_path"].value)
+        folder = Path(lake.root) / m["model_dir"].value
         assert {p.name for p in (folder / "plots").iterdir()} == {"predicted_vs_actual.png", "residuals_by_month.png", "feature_importance.png"}
         lineage = json.loads((folder / "lineage.json").read_text())
         assert lineage["inputs"]["exploitation/consumption_daily"]["delta_version"] == lake.version("exploitation", "consumption_daily")
@@ -207,6 +203,8 @@ def test_forecast_assets_train_validate_and_promote(trained):
     assert lake.version("ml", "consumption_split") in in_use[("ml", "consumption_split")]
     best = min(("gbm", "mlp"), key=lambda n: meta[f"consumption_{n}"]["rmse"].value)
     assert pointer["model"] == best and meta["consumption_champion"]["promoted"].value is True
+    # the champion is named relative to the lake (a moved or restored lake loads its own models)
+    assert pointer["model_dir"] == f"ml/consumption_{best}/models/v0001" == meta["consumption_champion"]["model_dir"].value
 
 
 def test_reproduce_gives_identical_metrics_after_the_input_moved_on(trained, lake_copy):

@@ -113,4 +113,4 @@ def test_all_zones_then_model_then_rerun(spark, world_and_project):
     model_dir = Path(lake.uri("ml", "consumption_model", "models", "v0001"))
     lineage = json.loads((model_dir / "lineage.json").read_text())
     assert lineage["inputs"]["exploitation/daily_consumption"]["delta_version"] == lake.version("exploitation", "daily_consumption")
-    assert (model_dir / "model.joblib").stat().st_size > 0
+    assert (model_dir / "model.skops").stat().st_size > 0 and lineage["files"]["model.skops"]

@@ -24,7 +24,7 @@ from lakehouse.io.lake import Lake
 from lakehouse.ml import anomaly, champion, consumption, drift, evaluate, forecast
 from lakehouse.ml import pipeline as fp
 from lakehouse.ml.lineage import code_version, normalized_hash
-from lakehouse.ml.models import load_model, read_json, save_model, version_name, versions
+from lakehouse.ml.models import ModelFileError, load_model, read_json, ref_of, resolve, save_model, version_name, versions
 from lakehouse.ml.train import single_threaded
 from lakehouse.specs.models import PipelineSpec, Project
 
@@ -266,7 +266,12 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
         current = champion.read_pointer(root.storage, pointer(root))
         current_rmse = None
         if current is not None:
-            if current["model_dir"] == best.model_dir:
+            try:
+                current_dir = resolve(root.storage, current["model_dir"])
+            except ModelFileError as exc:  # e.g. a pointer into another lake: it cannot be re-scored here
+                context.log.warning(f"current champion: {exc}")
+                current_dir = None
+            if current_dir == best.model_dir:
                 current_rmse = best.rmse
             elif metric == "cv_rmse" and current.get("metrics", {}).get("cv_folds_hash") == best.metrics.get("cv_folds_hash"):
                 current_rmse = float(current["metrics"]["cv_rmse"])  # the same folds: the recorded scores compare
@@ -279,7 +284,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
         promoted = gate.passed and drift_ok
         record = {
             "model": pick.name,
-            "model_dir": pick.model_dir,
+            "model_dir": ref_of(root.storage, pick.model_dir),  # relative to the lake: a moved lake finds it
             "rmse": float(pick.metrics["rmse"]),
             "metric": metric,
             "score": pick.rmse,
@@ -293,7 +298,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
         return dg.MaterializeResult(
             metadata={
                 "champion": pick.name,
-                "model_dir": dg.MetadataValue.path(pick.model_dir),
+                "model_dir": ref_of(root.storage, pick.model_dir),
                 "rmse": float(pick.metrics["rmse"]),
                 "metric": metric,
                 "score": pick.rmse,
@@ -337,7 +342,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
         current = champion.read_pointer(root.storage, pointer(root))
         if current is None:
             raise dg.Failure("no champion has been promoted yet: materialize the champion first")
-        model_dir = current["model_dir"]
+        model_dir = resolve(root.storage, current["model_dir"])
         model, lineage = load_model(root.storage, model_dir)
         cols = fp.ModelConfig.of(lineage["model"], lineage["params"]["models"][lineage["model"]]).columns
         run_params = fp.ForecastParams.of(lineage["params"])
@@ -383,7 +388,7 @@ def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.
         return dg.MaterializeResult(
             metadata={
                 "model": lineage["model"],
-                "model_dir": dg.MetadataValue.path(model_dir),
+                "model_dir": ref_of(root.storage, model_dir),
                 "input_delta_version": version,
             }
         )
@@ -449,8 +454,7 @@ def _model_asset(spec, params, name, k_split, t_features, t_labels, t_split, mod
                 **({"cv": _table(pd.DataFrame(run.cv), 3)} if run.cv else {}),
                 "plots": _md_images(root, plots),
                 **{f"plot_{k}": dg.MetadataValue.path(p) for k, p in plots.items()},
-                "model_path": dg.MetadataValue.path(folder),
-                "model_file": dg.MetadataValue.path(f"{folder}/model.joblib"),
+                "model_dir": ref_of(root.storage, folder),
                 "model_version": version_name(folder),
                 "lineage": dg.MetadataValue.json(json.loads(json.dumps({k: v for k, v in lineage.items() if k != "cv_folds"}, default=str))),
             }
@@ -593,7 +597,7 @@ def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsD
                 "meter_days": len(feats),
                 "flagged": int(scores["flagged"].sum()),
                 "threshold": float(detector.threshold_),
-                "model_path": dg.MetadataValue.path(folder),
+                "model_dir": ref_of(root.storage, folder),
                 "input_delta_version": version,
                 "lineage": dg.MetadataValue.json(lineage),
             }
@@ -716,8 +720,7 @@ def build_consumption_model(project: Project, spec: PipelineSpec) -> list[dg.Ass
                 "baseline_rmse": baseline_rmse,
                 "plots": _md_images(root, images),
                 **{f"plot_{name}": dg.MetadataValue.path(path) for name, path in images.items()},
-                "model_path": dg.MetadataValue.path(folder),
-                "model_file": dg.MetadataValue.path(f"{folder}/model.joblib"),
+                "model_dir": ref_of(root.storage, folder),
                 "model_version": version_name(folder),
                 "input_delta_version": version,
                 "lineage": dg.MetadataValue.json(lineage),

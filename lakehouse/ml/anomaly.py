@@ -158,7 +158,8 @@ def day_features(daily: pd.DataFrame, cfg: AnomalyConfig) -> pd.DataFrame:
 
 
 class DayDetector:
-    """Isolation Forest over entity-day figures plus the per-entity energy signatures it was fitted with."""
+    """Isolation Forest over entity-day figures plus the per-entity energy signatures it was fitted with
+    (kept as plain columns, ``{column: [values]}``, so the fitted detector is stored without pickle)."""
 
     def __init__(self, cfg: AnomalyConfig, seed: int) -> None:
         self.cfg = cfg
@@ -167,11 +168,12 @@ class DayDetector:
     def matrix(self, feats: pd.DataFrame) -> np.ndarray:
         df = feats.copy()
         if SIGNATURE in self.cfg.features:
-            df[SIGNATURE] = _with_signature(df, self.signature_, self.cfg).fillna(0.0)
+            sig = pd.DataFrame(self.signature_).astype({"sig_a": float, "sig_b": float})
+            df[SIGNATURE] = _with_signature(df, sig, self.cfg).fillna(0.0)
         return df[list(self.cfg.features)].to_numpy(dtype=float)
 
     def fit(self, feats: pd.DataFrame) -> DayDetector:
-        self.signature_ = _signature(feats, self.cfg) if "hdd" in feats.columns else None
+        self.signature_ = _signature(feats, self.cfg).to_dict(orient="list") if "hdd" in feats.columns else None
         X = self.matrix(feats)
         self.forest_ = IsolationForest(
             n_estimators=self.cfg.n_estimators,

@@ -3,7 +3,8 @@ boosting and a torch MLP, all seeded and deterministic.
 
 All are scikit-learn ``Pipeline`` objects (one-hot for the declared categorical columns, median imputation,
 standardization, then the regressor), so training, prediction, permutation importance, persistence
-(``joblib``) and reproduction treat them alike. Hyper-parameters come from ``configs/ml/``.
+(``skops``, torch weights apart: :mod:`lakehouse.ml.models`) and reproduction treat them alike.
+Hyper-parameters come from ``configs/ml/``.
 
 Cross-validation is declared (``params.cv``) and :func:`cv_folds` makes the folds once for every model of a
 pipeline, so models are compared on the same rows:

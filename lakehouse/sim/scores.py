@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lakehouse.io.lake import Lake
+from lakehouse.ml.models import read_file
 
 
 def _delta(lake: Lake, zone: str, table: str) -> pd.DataFrame | None:
@@ -42,7 +43,7 @@ def forecast_ratio(lake: Lake, world: Path) -> list[dict[str, Any]]:
         except FileNotFoundError:
             continue
         model_dir = champ["model_dir"]
-        pred = pd.read_csv(io.BytesIO(lake.storage.read(f"{model_dir}/validation_predictions.csv")), dtype={"date": str})
+        pred = pd.read_csv(io.BytesIO(read_file(lake.storage, model_dir, "validation_predictions.csv")), dtype={"date": str})
         both = pred.merge(truth, on=["meter_id", "date"], how="inner")
         if len(both) != len(pred):
             raise ValueError(f"{len(pred) - len(both)} validation meter-days of {model_dir} are missing from the truth")

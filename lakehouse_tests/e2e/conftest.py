@@ -1,10 +1,11 @@
-"""One real ``dagster dev`` (webserver + daemon) for the e2e and browser tests, and one monthly backfill.
+"""One real UI (``python -m lakehouse.ui``: the guarded webserver + the daemon, what ``make ui`` runs) for
+the e2e and browser tests, and one monthly backfill.
 
 The server runs on a free port on 127.0.0.1 with a temporary ``DAGSTER_HOME`` (the project's
 ``dagster_home/dagster.yaml``), a temporary lake and a small demo world (2 meters, 2012-01..2012-03, no
 faults) whose :data:`BAD_MONTH` is broken on purpose: every reading of that month is negative, so the
 trusted zone quarantines all of them and the month fails its blocking ``rejected_rate`` check. It is started in its own session (``start_new_session``: default signal handlers, its own
-process group) and stopped by signalling that group, by the PID this fixture started: ``dagster dev`` and
+process group) and stopped by signalling that group, by the PID this fixture started: the launcher and
 its webserver, daemon, code servers and run workers all go.
 
 The child gets default SIGINT/SIGQUIT handlers (see :func:`default_signals`).
@@ -69,8 +70,8 @@ def negate_readings(inbox: Path, month: str) -> int:
 
 def default_signals() -> None:
     """In the child before exec: SIGINT/SIGQUIT back to default. A pytest started as a background job of a
-    non-interactive shell inherits them *ignored*, exec keeps that, and ``dagster dev`` (which stops its
-    webserver, daemon and code servers by sending them SIGINT) then cannot stop anything."""
+    non-interactive shell inherits them *ignored*, exec keeps that, and the launcher (which stops the
+    daemon and its code servers by sending them SIGINT) then cannot stop anything."""
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
 
@@ -103,7 +104,7 @@ class DagsterServer:
 
 def _location_loaded(server: DagsterServer) -> bool:
     if not server.alive():
-        raise AssertionError(f"dagster dev exited with {server.proc.returncode}:\n{server.log_tail()}")
+        raise AssertionError(f"the UI exited with {server.proc.returncode}:\n{server.log_tail()}")
     try:
         data = server.graphql(
             "{ workspaceOrError { ... on Workspace { locationEntries { name locationOrLoadError { __typename"
@@ -176,17 +177,17 @@ def dagster_server(tmp_path_factory) -> Iterator[DagsterServer]:
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     port = free_port()
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "LAKEHOUSE_UI_TOKEN"},  # on loopback the UI needs none
         "DAGSTER_HOME": str(home),
         "LAKEHOUSE_ROOT": str(root / "lake"),
         "LAKEHOUSE_DEMO_ROOT": str(world),
         "PYTHONUNBUFFERED": "1",
         "FRESHNESS_DAEMON_INTERVAL_SECONDS": "5",
     }
-    log = root / "dagster_dev.log"
+    log = root / "ui.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster")), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "lakehouse.ui", "--host", "127.0.0.1", "--port", str(port)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             preexec_fn=default_signals,
         )

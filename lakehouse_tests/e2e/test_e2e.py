@@ -7,8 +7,10 @@ trusted zone: it alone is held downstream.
 """
 
 import re
+from urllib.parse import quote
 
 import pytest
+import requests
 
 from lakehouse.io.lake import Lake
 from lakehouse_tests.e2e.conftest import BACKFILL_ASSETS, BAD_MONTH, METERS, MONTHS, poll
@@ -167,3 +169,25 @@ def test_a_source_that_never_landed_has_no_freshness_yet(dagster_server, monthly
     assert info["internalFreshnessPolicy"]["__typename"] == "TimeWindowFreshnessPolicy"
     status = (info["freshnessStatusInfo"] or {}).get("freshnessStatus")
     assert status in (None, "UNKNOWN"), (path, status)
+
+
+PAUSED = "{ instance { autoMaterializePaused } }"
+PAUSE = "mutation { setAutoMaterializePaused(paused: %s) }"
+
+
+def test_the_ui_obeys_only_its_own_pages(dagster_server):
+    """A foreign page's mutation (POST with its Origin, or GET) and a rebound Host are refused before Dagster."""
+    url = f"{dagster_server.url}/graphql"
+    before = dagster_server.graphql(PAUSED)["instance"]["autoMaterializePaused"]
+    flip = PAUSE % str(not before).lower()
+    forged = requests.post(url, json={"query": flip}, headers={"Origin": "https://evil.example"}, timeout=30)
+    assert forged.status_code == 403 and "cross-origin" in forged.text
+    by_get = requests.get(f"{url}?query={quote(flip)}", timeout=30)
+    assert by_get.status_code == 405
+    rebound = requests.post(url, json={"query": flip}, headers={"Host": "evil.example", "Origin": "http://evil.example"}, timeout=30)
+    assert rebound.status_code == 403 and "host not allowed" in rebound.text
+    assert requests.get(dagster_server.url, headers={"Host": "attacker.example:80"}, timeout=30).status_code == 403
+    assert dagster_server.graphql(PAUSED)["instance"]["autoMaterializePaused"] == before  # nothing reached Dagster
+    # the UI's own pages: same origin, answered
+    same = requests.post(url, json={"query": PAUSED}, headers={"Origin": dagster_server.url}, timeout=30)
+    assert same.status_code == 200 and same.json()["data"]["instance"]["autoMaterializePaused"] == before

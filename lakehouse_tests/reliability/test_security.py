@@ -35,10 +35,18 @@ SECRET = "PLANTED-s3cr3t-7f3a9"
 # ------------------------------------------------------------------------------------------- binding
 def test_makefile_serves_the_ui_on_localhost():
     text = (REPO / "Makefile").read_text()
-    assert re.search(r"^HOST \?= 127\.0\.0\.1$", text, re.M), "the UI host must default to 127.0.0.1"
+    assert re.search(r"^UI_HOST \?= 127\.0\.0\.1$", text, re.M), "the UI host must default to 127.0.0.1"
     commands = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    servers = [line for line in commands if re.search(r"dagster(-webserver)? dev|dagster-webserver", line)]
-    assert servers and all("-h $(HOST)" in line or "--host $(HOST)" in line for line in servers), servers
+    servers = [line for line in commands if re.search(r"dagster(-webserver)? dev|dagster-webserver|-m lakehouse\.ui", line)]
+    assert servers and all("--host $(UI_HOST)" in line for line in servers), servers
+    # the generic HOST/PORT many shells and platforms export do not move it
+    import os
+
+    env = {**os.environ, "HOST": "192.0.2.7", "PORT": "8080"}
+    env.pop("UI_HOST", None)
+    env.pop("UI_PORT", None)
+    dry = subprocess.run(["make", "-n", "ui"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert "-m lakehouse.ui --host 127.0.0.1 --port 3000" in dry.stdout, dry.stdout + dry.stderr
 
 
 def test_nothing_binds_all_interfaces():
