@@ -217,3 +217,20 @@ def drift_frame(daily: pd.DataFrame, cfg: AnomalyConfig, ratios: dict[str, tuple
         df["hdd"] = np.maximum(0.0, cfg.hdd_base_c - df[cfg.columns.temperature])
         df[SIGNATURE] = _with_signature(df, _signature(df, cfg), cfg)
     return df
+
+
+def score_months(lake, source: str, detector: DayDetector, lineage: dict[str, Any], model_version: str, months: list[str]):
+    """The input's version read and each month's scored entity-days (months without input left out); a
+    month's features may look one month back."""
+    from lakehouse.ml.train import single_threaded
+
+    cfg = AnomalyConfig.of(lineage["params"].get("detector"), lineage["params"].get("columns"))
+    zone, table = source.split("/")
+    first = (pd.Period(months[0], freq="M") - 1).strftime("%Y-%m")
+    version = lake.version(zone, table)
+    window = [m for m in lake.months(zone, table) if first <= m <= months[-1]]
+    daily = lake.read_arrow(zone, table, months=window, version=version).to_pandas()
+    with single_threaded():
+        scored = score(detector, day_features(daily, cfg))
+    out = [(m, scored[scored["month"] == m].assign(model_version=model_version)) for m in months]
+    return version, [(m, frame) for m, frame in out if not frame.empty]

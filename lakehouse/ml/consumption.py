@@ -4,12 +4,15 @@ training and metrics. Pure and seeded; the input's columns (entity, time, target
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
+from lakehouse.io.lake import Lake
 from lakehouse.ml.forecast import Columns
 
 FEATURES = ["day_of_year_sin", "day_of_year_cos", "day_of_week", "lag_1", "lag_7", "rolling_7"]
@@ -60,3 +63,53 @@ def train_regressor(train: pd.DataFrame, valid: pd.DataFrame, params: dict, targ
         "validation_rows": int(len(valid)),
     }
     return Trained(model, metrics)
+
+
+@dataclass
+class Saved:
+    """A trained regressor saved as a new version: metrics, lineage, folder, plots and the naive baseline."""
+
+    trained: Trained
+    lineage: dict[str, Any]
+    folder: str
+    plots: dict[str, str]
+    baseline_rmse: float
+    input_version: int
+
+
+def train_version(lake: Lake, name: str, source: str, params: dict[str, Any], folder: str, run_id: str) -> Saved:
+    """Train on every month of ``source`` but the last ``validation_months``, score, plot, save a version."""
+    from lakehouse.ml import evaluate
+    from lakehouse.ml.lineage import code_version
+    from lakehouse.ml.models import save_model
+
+    cols = Columns.of(params.get("columns"))
+    zone, table = source.split("/")
+    version = lake.version(zone, table)
+    daily = lake.read_arrow(zone, table, version=version).to_pandas()
+    train, valid = time_split(daily_features(daily, cols), int(params.get("validation_months", 3)))
+    trained = train_regressor(train, valid, dict(params.get("model", {})), cols.target, seed=int(params.get("seed", 0)))
+    lineage = {
+        "inputs": {source: {"delta_version": version, "months": sorted(daily["month"].unique().tolist())}},
+        "code_version": code_version(),
+        "run_id": run_id,
+        "params": params,
+        "metrics": trained.metrics,
+    }
+    y_valid = valid[cols.target].to_numpy()
+    pred_valid = trained.model.predict(valid[FEATURES])
+    residuals = pd.concat([
+        pd.DataFrame({"month": part["month"].to_numpy(), "split": split,
+                      "residual": trained.model.predict(part[FEATURES]) - part[cols.target].to_numpy()})
+        for split, part in (("train", train), ("validation", valid))
+    ])
+
+    def plots(out: Path) -> None:
+        (out / "plots").mkdir()
+        evaluate.plot_predicted_vs_actual(y_valid, pred_valid, out / "plots" / "predicted_vs_actual.png", f"{name}: validation days")
+        evaluate.plot_residuals_by_month(residuals, out / "plots" / "residuals_by_month.png", f"{name}: residuals")
+
+    saved = save_model(lake.storage, folder, trained.model, lineage, plots)
+    images = {p: f"{saved}/plots/{p}.png" for p in ("predicted_vs_actual", "residuals_by_month")}
+    baseline_rmse = float(np.sqrt(np.mean((valid["lag_1"].to_numpy() - y_valid) ** 2)))
+    return Saved(trained, lineage, saved, images, baseline_rmse, version)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from lakehouse.io.lake import Lake
 from lakehouse.ml import evaluate, forecast, train
-from lakehouse.ml.lineage import code_version, frame_hash
+from lakehouse.ml.lineage import code_version
 
 LINEAGE_KEY = "lakehouse.lineage"
 #: what the champion is chosen on: the hold-out validation RMSE, or the pooled out-of-fold CV RMSE
@@ -274,3 +274,102 @@ def model_lineage(
         "metrics": run.metrics,
         "cv_folds": run.cv,
     }
+
+
+@dataclass
+class Trained:
+    """A model trained, scored and saved as a new version: its run, lineage, folder and plot files."""
+
+    run: ModelRun
+    lineage: dict[str, Any]
+    folder: str
+    plots: dict[str, str]
+
+
+def train_version(
+    lake: Lake, cfg: ModelConfig, p: ForecastParams, pipeline: str, source: str, tables: Any, folder: str, run_id: str
+) -> Trained:
+    """Train ``cfg`` on the split's rows (the features and labels versions the split was made from), score
+    it, and save model, lineage, metrics, validation predictions and plots as a new version under ``folder``."""
+    from lakehouse.ml.models import save_model
+    from lakehouse.ml.train import single_threaded
+
+    split, split_lineage, split_version = read_table(lake, tables.split)
+    feat_version = split_lineage["inputs"][f"ml/{tables.features}"]["delta_version"]
+    lab_version = split_lineage["inputs"][f"ml/{tables.labels}"]["delta_version"]
+    feats, feat_lineage, _ = read_table(lake, tables.features, feat_version)
+    labels, lab_lineage, _ = read_table(lake, tables.labels, lab_version)
+    data = dataset(feats, labels, split, p)
+    with single_threaded():
+        run = fit_model(cfg, data, p)
+    versions = {
+        source: split_lineage["inputs"][source],
+        f"ml/{tables.features}": {"delta_version": feat_version},
+        f"ml/{tables.labels}": {"delta_version": lab_version},
+        f"ml/{tables.split}": {"delta_version": split_version},
+    }
+    hashes = {"features": feat_lineage.get("hash"), "labels": lab_lineage.get("hash"), "split": split_lineage.get("hash")}
+    lineage = model_lineage(cfg, p, pipeline, source, versions, hashes, run)
+    lineage["split"] = split_lineage.get("cut", {})
+    lineage["run_id"] = run_id
+    plot_files: dict[str, str] = {}
+
+    def extra(out: Path) -> None:
+        (out / "metrics.json").write_text(json.dumps(run.metrics, indent=1))
+        run.per_month.to_csv(out / "per_month.csv", index=False)
+        t = p.columns.time
+        run.validation.assign(**{t: run.validation[t].astype(str)}).to_csv(out / "validation_predictions.csv", index=False)
+        with single_threaded():
+            paths, importance = write_plots(run, cfg, data, out / "plots", p.seed)
+        importance.rename("rmse_increase").to_csv(out / "feature_importance.csv")
+        plot_files.update({k: path.name for k, path in paths.items()})
+
+    saved = save_model(lake.storage, folder, run.model, lineage, extra)
+    return Trained(run, lineage, saved, {k: f"{saved}/plots/{f}" for k, f in plot_files.items()})
+
+
+def predictions(
+    lake: Lake, source: str, model: Any, lineage: dict[str, Any], model_version: str, months: list[str]
+) -> tuple[int | None, list[tuple[str, pd.DataFrame]]]:
+    """The input's version read and each month's day-ahead predictions of ``model`` (``<key>, month,
+    predicted, has_history, actual, label_ok, model, model_version, sample``; months without input are
+    left out), features from the 13 months before the first month."""
+    from lakehouse.ml.train import single_threaded
+
+    cols = ModelConfig.of(lineage["model"], lineage["params"]["models"][lineage["model"]]).columns
+    run_params = ForecastParams.of(lineage["params"])
+    zone, table = source.split("/")
+    first = (pd.Period(months[0], freq="M") - 13).strftime("%Y-%m")
+    window = [m for m in lake.months(zone, table) if first <= m <= months[-1]]
+    version = lake.version(zone, table)
+    daily = lake.read_arrow(zone, table, months=window, version=version).to_pandas()
+    feats = features_from(daily, run_params)
+    labels = labels_from(daily, run_params)
+    train_months = set(lineage.get("split", {}).get("train_months", []))
+    valid_months = set(lineage.get("split", {}).get("validation_months", []))
+    key = run_params.columns.key
+    out_months = []
+    for month in months:
+        f = feats[feats["month"] == month]
+        if f.empty:
+            continue
+        lab = labels[labels["month"] == month][[*key, forecast.LABEL, "label_ok"]]
+        with single_threaded():
+            pred = model.predict(f[cols])
+        out = f[[*key, "month"]].copy()
+        out["predicted"] = pred
+        # a series' first weeks have no energy signature (or history) yet: such predictions are marked
+        history = [c for c in ("sig_pred", *(f"lag_{k}" for k in run_params.features.lags)) if c in f.columns][:1]
+        out["has_history"] = f[history[0]].notna().to_numpy() if history else True
+        out = out.merge(lab, on=key, how="left").rename(columns={forecast.LABEL: "actual"})
+        out["model"] = lineage["model"]
+        out["model_version"] = model_version
+        out["sample"] = "train" if month in train_months else "validation" if month in valid_months else "new"
+        out_months.append((month, out))
+    return version, out_months
+
+
+def rmse_of(out: pd.DataFrame) -> float:
+    """RMSE of a predictions frame over its usable labels (label_ok, with history); NaN when none."""
+    ok = out[out["label_ok"].fillna(False).astype(bool) & out["has_history"]]
+    return float(np.sqrt(np.mean((ok["predicted"] - ok["actual"]) ** 2))) if len(ok) else float("nan")
