@@ -103,8 +103,8 @@ def lake_copy(trained, tmp_path):
 @pytest.fixture(scope="module")
 def small():
     daily = synthetic_daily(meters=3, start="2012-01", end="2012-09")
-    params = fp.ForecastParams.of(yaml.safe_load((REPO / "configs/ml/consumption_forecast.yaml").read_text())["params"])
-    params = fp.ForecastParams.of({**params.raw, "split": {"validation_months": 2, "min_history_days": 14}})
+    params = fp.ForecastParams.model_validate(yaml.safe_load((REPO / "configs/ml/consumption_forecast.yaml").read_text())["params"])
+    params = fp.ForecastParams.model_validate({**params.raw, "split": {"validation_months": 2, "min_history_days": 14}})
     return daily, params
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakehouse.ml import forecast, train
+from lakehouse.ml import train
 from lakehouse.ml import pipeline as fp
 from lakehouse_tests.conftest import REPO
 
@@ -39,7 +39,7 @@ PARAMS = {
 
 
 def test_a_day_without_its_driver_is_no_label_and_never_enters_the_signature():
-    p = fp.ForecastParams.of(PARAMS)
+    p = fp.ForecastParams.model_validate(PARAMS)
     daily = series()
     gaps = daily.index[[50, 90, 91, 200, 300]]
     daily.loc[gaps, "t_out"] = np.nan
@@ -61,7 +61,7 @@ def test_a_day_without_its_driver_is_no_label_and_never_enters_the_signature():
 
 def test_the_days_without_driver_would_have_moved_the_signature_as_zero_hdd():
     """The failure the issue reports: taken as HDD 0, the missing days pull the slope."""
-    p = fp.ForecastParams.of(PARAMS)
+    p = fp.ForecastParams.model_validate(PARAMS)
     daily = series()
     cold = daily.index[daily["t_out"] < 2][:15]
     daily.loc[cold, "t_out"] = np.nan
@@ -74,7 +74,7 @@ def test_the_days_without_driver_would_have_moved_the_signature_as_zero_hdd():
 
 
 def test_kfold_cv_gives_every_model_the_same_folds_and_pooled_r2():
-    p = fp.ForecastParams.of(PARAMS)
+    p = fp.ForecastParams.model_validate(PARAMS)
     daily = series()
     labels = fp.labels_from(daily, p)
     split, _ = fp.split_from(labels, p)
@@ -88,9 +88,9 @@ def test_kfold_cv_gives_every_model_the_same_folds_and_pooled_r2():
     assert not np.array_equal(folds[0][1], np.arange(len(folds[0][1])))
     again = train.cv_folds(data.train, p.cv, "d")
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again, strict=True))
-    other = train.cv_folds(data.train, train.CVConfig("kfold", 5, 1), "d")
+    other = train.cv_folds(data.train, train.CVConfig(kind="kfold", folds=5, seed=1), "d")
     assert not np.array_equal(folds[0][1], other[0][1])
-    ts = train.cv_folds(data.train, train.CVConfig("time_series", 5, 0), "d")
+    ts = train.cv_folds(data.train, train.CVConfig(kind="time_series", folds=5, seed=0), "d")
     assert all(fit.max() < test.min() for fit, test in ts)  # forward chaining: rows are in time order
 
 
@@ -107,16 +107,18 @@ def test_ridge_and_linear_extrapolate_where_trees_cannot():
 
 
 def test_columns_and_cv_are_declared_or_refused_with_the_option_named():
-    with pytest.raises(ValueError, match=r"must name \['time', 'target'\]"):
-        fp.ForecastParams.of({**PARAMS, "columns": {"entity": ["x"]}})
-    with pytest.raises(ValueError, match="cv.kind must be one of"):
-        fp.ForecastParams.of({**PARAMS, "cv": {"kind": "shuffle"}})
+    with pytest.raises(ValueError, match=r"columns.time\n  Field required"):
+        fp.ForecastParams.model_validate({**PARAMS, "columns": {"entity": ["x"]}})
+    with pytest.raises(ValueError, match=r"cv.kind\n  Input should be 'kfold' or 'time_series'"):
+        fp.ForecastParams.model_validate({**PARAMS, "cv": {"kind": "shuffle"}})
     with pytest.raises(ValueError, match=r"model\(s\) \['gbm'\] need 'cv: true'"):
-        fp.ForecastParams.of({**PARAMS, "models": {**PARAMS["models"], "gbm": {"type": "sklearn_gbm", "features": ["hdd"]}}})
-    no_temperature = fp.ForecastParams.of({**PARAMS, "columns": {"time": "d", "target": "gas"}})
+        fp.ForecastParams.model_validate({**PARAMS, "models": {**PARAMS["models"], "gbm": {"type": "sklearn_gbm", "features": ["hdd"]}}})
+    no_temperature = fp.ForecastParams.model_validate({**PARAMS, "columns": {"time": "d", "target": "gas"}})
     with pytest.raises(ValueError, match="columns.temperature"):
         fp.features_from(series(), no_temperature)
-    assert train.CVConfig.of({"kind": "kfold"}, seed=3) == train.CVConfig("kfold", 10, 3)
+    # cv shuffles with the pipeline's seed unless it names its own
+    assert fp.ForecastParams.model_validate({**PARAMS, "seed": 3, "cv": {"kind": "kfold"}}).cv == train.CVConfig(kind="kfold", folds=10, seed=3)
+    assert fp.ForecastParams.model_validate({**PARAMS, "seed": 3, "cv": {"kind": "kfold", "seed": 1}}).cv.seed == 1
 
 
 def test_no_scenario_column_name_is_a_constant_in_the_ml_package():

@@ -17,6 +17,7 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from lakehouse.io.lake import Lake
+from lakehouse.specs.ml import Columns
 from lakehouse.ml import anomaly, champion, train
 from lakehouse.ml.models import (
     ModelFileError,
@@ -54,10 +55,10 @@ def detector():
     days = pd.date_range("2012-01-01", periods=60)
     daily = pd.DataFrame({"meter_id": np.repeat(["M1", "M2"], 60), "date": np.tile(days, 2), "month": np.tile(days.strftime("%Y-%m"), 2),
                           "kwh": rng.uniform(5, 20, 120), "temp": rng.normal(8, 5, 120), "raw": rng.uniform(5, 20, 120), "pc": 24})
-    cfg = anomaly.AnomalyConfig.of(
-        {"profile": {"total": "raw", "periods_covered": "pc"}, "features": ["missing_periods", "cleaning_log_ratio", "signature_log_ratio"],
-         "max_samples": 64, "n_estimators": 20},
-        {"entity": ["meter_id"], "time": "date", "target": "kwh", "temperature": "temp"},
+    cfg = anomaly.AnomalyConfig(
+        profile={"total": "raw", "periods_covered": "pc"}, features=("missing_periods", "cleaning_log_ratio", "signature_log_ratio"),
+        max_samples=64, n_estimators=20,
+        columns=Columns(entity=("meter_id",), time="date", target="kwh", temperature="temp"),
     )
     feats = anomaly.day_features(daily, cfg)
     return anomaly.fit(feats, cfg, 0), feats

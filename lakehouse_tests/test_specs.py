@@ -172,3 +172,31 @@ def test_spark_parses_derive_when_a_session_exists(spark):
     assert ok.derive["x"] == DeriveSpec(expr="cast(a AS DOUBLE) * 2")
     with pytest.raises(ValueError, match="derive 'x': Spark cannot parse 'a \\+\\* 2'"):
         ViewSpec.model_validate({**view, "derive": {"x": {"expr": "a +* 2"}}})
+
+@pytest.mark.parametrize(
+    ("old", "new", "key", "problem"),
+    [
+        ("    kind: time_series", "    kind: shuffled", "params.cv.kind", "Input should be 'kfold' or 'time_series'"),
+        ("      type: sklearn_gbm", "      type: xgboost", "params.models.gbm.type", "Input should be"),
+        ("  validation_months: 6", "  validation_months: 6\n    validaton_days: 3", "params.split.validaton_days", "Extra inputs are not permitted"),
+    ],
+)
+def test_a_pipeline_parameter_mistake_names_file_line_and_key(configs_copy: Path, old, new, key, problem):
+    """ML parameters are typed by the pipeline's kind: a mistake is caught when the file loads."""
+    path = configs_copy / "ml" / "consumption_forecast.yaml"
+    text = path.read_text()
+    assert old in text
+    text = text.replace(old, new, 1)
+    path.write_text(text)
+    with pytest.raises(SpecError) as err:
+        load_project(configs_copy, env={})
+    line = str(err.value).split(":")[1]
+    assert f"consumption_forecast.yaml:{line}: {key}: {problem}" in str(err.value)
+    assert key.rsplit(".", 1)[-1].split("_")[0] in text.splitlines()[int(line) - 1]
+
+
+def test_an_unknown_pipeline_kind_is_refused_naming_the_kinds(configs_copy: Path):
+    path = configs_copy / "ml" / "meter_anomaly.yaml"
+    path.write_text(path.read_text().replace("kind: meter_anomaly", "kind: meter_anomalies"))
+    with pytest.raises(SpecError, match=r"meter_anomaly.yaml:\d+: kind: Input tag 'meter_anomalies' .*'consumption_forecast'"):
+        load_project(configs_copy, env={})

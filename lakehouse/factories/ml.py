@@ -14,6 +14,7 @@ Delta commit, models as versioned folders under ``ml/<pipeline>/models/``. The c
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 
@@ -23,12 +24,13 @@ from lakehouse.factories.ml_forecast import build_consumption_forecast
 from lakehouse.factories.ml_common import md_images
 from lakehouse.ml import consumption
 from lakehouse.ml.models import ref_of, version_name
-from lakehouse.specs.models import PipelineSpec, Project
+from lakehouse.specs.ml import PipelineSpec, RegressionPipeline
+from lakehouse.specs.models import Project
 
 BASELINE_CHECK = "beats_yesterday"
 
 
-def build_consumption_model(project: Project, spec: PipelineSpec) -> list[dg.AssetsDefinition]:
+def build_consumption_model(project: Project, spec: RegressionPipeline) -> list[dg.AssetsDefinition]:
     """The regressor's one asset: trained on every month of its input, a new model version per run."""
     asset_key = key("ml", spec.name)
 
@@ -79,7 +81,7 @@ def build_consumption_model(project: Project, spec: PipelineSpec) -> list[dg.Ass
     return [_model]
 
 
-BUILDERS: dict[str, Callable[[Project, PipelineSpec], list[dg.AssetsDefinition]]] = {
+BUILDERS: dict[str, Callable[[Project, Any], list[dg.AssetsDefinition]]] = {
     "consumption_regression": build_consumption_model,
     "consumption_forecast": build_consumption_forecast,
     "meter_anomaly": build_meter_anomaly,

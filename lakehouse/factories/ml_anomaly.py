@@ -15,7 +15,8 @@ from lakehouse.ml import pipeline as fp
 from lakehouse.ml.lineage import code_version
 from lakehouse.ml.models import load_model, ref_of, save_model, version_name, versions
 from lakehouse.ml.train import single_threaded
-from lakehouse.specs.models import PipelineSpec, Project
+from lakehouse.specs.ml import AnomalyPipeline
+from lakehouse.specs.models import Project
 
 DRIFT_CHECK = "drift_psi"
 
@@ -32,15 +33,10 @@ class _Anomaly(PipelineAssets):
         return lake.uri("ml", f"{self.prefix}_model", "models")
 
 
-def build_meter_anomaly(project: Project, spec: PipelineSpec) -> list[dg.AssetsDefinition]:
+def build_meter_anomaly(project: Project, spec: AnomalyPipeline) -> list[dg.AssetsDefinition]:
     """Drift of key features month to month, an unsupervised detector of faulty meter-days, and its
     monthly table of flagged meter-days."""
-    a = _Anomaly(
-        project, spec, spec.params.get("prefix", spec.name),
-        anomaly.AnomalyConfig.of(spec.params.get("detector"), spec.params.get("columns")),
-        drift.DriftConfig.of(spec.params.get("drift")),
-        int(spec.params.get("seed", 0)),
-    )
+    a = _Anomaly(project, spec, spec.prefix, spec.params.detector, spec.params.drift, spec.params.seed)
     return [_drift_asset(a), _model_asset(a), _flags_asset(a)]
 
 
@@ -63,7 +59,7 @@ def _drift_asset(a: _Anomaly) -> dg.AssetsDefinition:
         daily, version = fp.read_input(root, spec.input)
         table_ = drift.monthly_drift(anomaly.drift_frame(daily, a.cfg, a.dcfg.ratios), a.dcfg)
         lineage = {"inputs": fp.input_lineage(spec.input, version, sorted(daily["month"].unique())), "code_version": code_version(),
-                   "params": spec.params.get("drift", {})}
+                   "params": a.dcfg.model_dump(mode="json")}
         out_version = fp.write_table(root, f"{a.prefix}_drift", table_, lineage)
         newest = table_["month"].max() if len(table_) else None
         flagged = table_[(table_["month"] == newest) & table_["level"].isin(["warn", "severe"])]
@@ -116,7 +112,7 @@ def _model_asset(a: _Anomaly) -> dg.AssetsDefinition:
             "pipeline": spec.name,
             "inputs": fp.input_lineage(spec.input, version, sorted(daily["month"].unique())),
             "code_version": code_version(),
-            "params": spec.params,
+            "params": spec.params.model_dump(mode="json"),
             "seed": a.seed,
             "threshold": detector.threshold_,
             "flagged_share": float(scores["flagged"].mean()),

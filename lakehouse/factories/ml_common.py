@@ -11,7 +11,8 @@ import pandas as pd
 from lakehouse.factories.common import key, spec_version
 from lakehouse.io.lake import Lake
 from lakehouse.ml import evaluate
-from lakehouse.specs.models import PipelineSpec, Project
+from lakehouse.specs.ml import PipelineSpec
+from lakehouse.specs.models import Project
 
 
 @dataclass(frozen=True)

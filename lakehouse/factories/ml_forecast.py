@@ -21,7 +21,8 @@ from lakehouse.ml import champion
 from lakehouse.ml import pipeline as fp
 from lakehouse.ml.lineage import code_version, normalized_hash
 from lakehouse.ml.models import load_model, ref_of, resolve, version_name
-from lakehouse.specs.models import PipelineSpec, Project
+from lakehouse.specs.ml import ForecastPipeline
+from lakehouse.specs.models import Project
 
 LEAK_CHECK, RANGE_CHECK = "no_validation_leak", "drivers_within_training_range"
 GATE_CHECK, DRIFT_CHECK = "not_worse_than_current", "no_severe_drift"
@@ -45,9 +46,9 @@ class _Forecast(PipelineAssets):
         return lake.uri("ml", f"{self.prefix}_champion", "champion.json")
 
 
-def build_consumption_forecast(project: Project, spec: PipelineSpec) -> list[dg.AssetsDefinition]:
+def build_consumption_forecast(project: Project, spec: ForecastPipeline) -> list[dg.AssetsDefinition]:
     """Every asset of one forecasting pipeline (each factory call builds its own assets)."""
-    f = _Forecast(project, spec, spec.params.get("prefix", spec.name), fp.ForecastParams.of(spec.params))
+    f = _Forecast(project, spec, spec.prefix, spec.params)
     models = [_model_asset(f, name) for name in f.params.models]
     return [_features_asset(f), _labels_asset(f), _split_asset(f), *models, _champion_asset(f, [m.key for m in models]),
             _predictions_asset(f)]
@@ -61,7 +62,7 @@ def _features_asset(f: _Forecast) -> dg.AssetsDefinition:
         "HDD/CDD, the columns the pipeline carries, and target history (lags, rolling means, energy signature) "
         "from earlier days only.",
         lambda daily: fp.features_from(daily, p),
-        {"features": spec.params.get("features", {}), "labels": spec.params.get("labels", {})},
+        {"features": p.raw.get("features", {}), "labels": p.raw.get("labels", {})},
         lambda feats: {"features": [c for c in feats.columns if c not in (*p.columns.key, "month")]},
     )
 
@@ -79,7 +80,7 @@ def _labels_asset(f: _Forecast) -> dg.AssetsDefinition:
         f"Labels: each day's `{p.columns.target}`, and whether it is a trustworthy label (its drivers present and "
         "every declared label rule holding); an excluded day names the rule it broke.",
         lambda daily: fp.labels_from(daily, p),
-        {"labels": f.spec.params.get("labels", {})},
+        {"labels": p.raw.get("labels", {})},
         excluded,
     )
 
@@ -166,7 +167,7 @@ def _split_asset(f: _Forecast) -> dg.AssetsDefinition:
                 f"ml/{t.labels}": {"delta_version": lab_version},
             },
             "code_version": code_version(),
-            "params": {"split": spec.params.get("split", {})},
+            "params": {"split": p.raw.get("split", {})},
             "cut": info,
             "hash": normalized_hash(split, p.columns.key),
         }
@@ -256,7 +257,7 @@ def _model_asset(f: _Forecast, name: str) -> dg.AssetsDefinition:
 def _champion_asset(f: _Forecast, model_keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
     p = f.params
     k_champion = f.key("champion")
-    drift_table = p.champion.get("drift_table")
+    drift_table = p.champion.drift_table
 
     @dg.asset(
         key=k_champion,
@@ -292,7 +293,7 @@ def _champion_asset(f: _Forecast, model_keys: list[dg.AssetKey]) -> dg.AssetsDef
                 "metrics": pick.metrics,
                 "run_id": context.run.run_id,
             })
-        return _champion_result(root, choice, p.champion_metric, float(p.champion.get("tolerance", 0.0)))
+        return _champion_result(root, choice, p.champion_metric, p.champion.tolerance)
 
     return _champion
 

@@ -17,67 +17,15 @@ is part of the fitted detector, so scoring a new month uses the coefficients lea
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import IsolationForest
 
-from lakehouse.ml.forecast import Columns, groups
+from lakehouse.ml.forecast import groups
+from lakehouse.specs.ml import FIGURES, SIGNATURE, AnomalyConfig, AnomalyParams
 
-#: profile roles (``params.detector.profile``): the day as received, one column each
-PROFILE_ROLES = ("total", "received", "periods_covered", "repeat_run", "off_grid", "negatives", "max_share")
-#: the figure each role gives (see :func:`day_features`)
-FIGURES = {
-    "missing_periods": ("periods_covered",),
-    "extra_readings": ("received", "periods_covered"),
-    "repeat_run": ("repeat_run",),
-    "off_grid_readings": ("off_grid",),
-    "negative_values": ("negatives",),
-    "max_period_share": ("max_share",),
-    "cleaning_log_ratio": ("total",),
-}
-SIGNATURE = "signature_log_ratio"
-
-
-@dataclass(frozen=True)
-class AnomalyConfig:
-    columns: Columns
-    method: str = "isolation_forest"
-    features: tuple[str, ...] = tuple(FIGURES)
-    #: role -> column of the day as received (before cleaning)
-    profile: dict[str, str] = field(default_factory=dict)
-    #: periods (readings) a complete day has
-    periods_per_day: int = 24
-    hdd_base_c: float = 16.5
-    n_estimators: int = 200
-    max_samples: int | str = 512
-    #: share of days expected to be faulty (``auto``: Isolation Forest's own offset of -0.5)
-    contamination: float | str = "auto"
-
-    @classmethod
-    def of(cls, params: dict[str, Any] | None, columns: dict[str, Any] | None) -> AnomalyConfig:
-        params = dict(params or {})
-        known = set(cls.__dataclass_fields__) - {"columns"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown detector option(s) {unknown}; known: {sorted(known)}")
-        if params.get("method", "isolation_forest") != "isolation_forest":
-            raise ValueError(f"detector.method must be 'isolation_forest', got {params['method']!r}")
-        profile = dict(params.get("profile") or {})
-        bad_roles = sorted(set(profile) - set(PROFILE_ROLES))
-        if bad_roles:
-            raise ValueError(f"detector.profile: unknown role(s) {bad_roles}; known: {list(PROFILE_ROLES)}")
-        cols = Columns.of(columns)
-        cfg = cls(columns=cols, **{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
-        for f in cfg.features:
-            need = FIGURES.get(f, ())
-            if missing := [r for r in need if r not in profile]:
-                raise ValueError(f"detector feature {f!r} needs detector.profile.{missing[0]} (the column it comes from)")
-            if f == SIGNATURE and not cols.temperature:
-                raise ValueError(f"detector feature {SIGNATURE!r} needs columns.temperature")
-        return cfg
 
 
 def _complete(df: pd.DataFrame, cfg: AnomalyConfig) -> pd.Series:
@@ -224,7 +172,7 @@ def score_months(lake, source: str, detector: DayDetector, lineage: dict[str, An
     month's features may look one month back."""
     from lakehouse.ml.train import single_threaded
 
-    cfg = AnomalyConfig.of(lineage["params"].get("detector"), lineage["params"].get("columns"))
+    cfg = AnomalyParams.model_validate(lineage["params"]).detector
     zone, table = source.split("/")
     first = (pd.Period(months[0], freq="M") - 1).strftime("%Y-%m")
     version = lake.version(zone, table)

@@ -20,6 +20,7 @@ from lakehouse.ml import evaluate
 from lakehouse.ml import pipeline as fp
 from lakehouse.ml.models import ModelFileError, load_model, read_json, resolve, version_name, versions
 from lakehouse.ml.train import single_threaded
+from lakehouse.specs.ml import ForecastParams
 
 
 @dataclass
@@ -120,7 +121,7 @@ def candidates(lake: Lake, names: list[str], folder: Callable[[str], str], metri
     return cands
 
 
-def choose(lake: Lake, params: fp.ForecastParams, folder: Callable[[str], str], pointer: str, tables: Tables) -> Choice:
+def choose(lake: Lake, params: ForecastParams, folder: Callable[[str], str], pointer: str, tables: Tables) -> Choice:
     """The candidate to deploy (lowest ``params.champion_metric``) and whether it may replace the current
     champion: not worse on the same rows (or the same CV folds), and no severe drift."""
     metric = params.champion_metric
@@ -143,8 +144,8 @@ def choose(lake: Lake, params: fp.ForecastParams, folder: Callable[[str], str], 
             current_rmse = rescore(lake, current, best.model_dir, tables, notes)
             if metric != "rmse":  # other folds: compare on the candidate's validation rows instead
                 best = Candidate(best.name, best.model_dir, float(best.metrics["rmse"]), best.metrics)
-    gate = not_worse(best.rmse, current_rmse, float(params.champion.get("tolerance", 0.0)))
-    drift_ok, drift = drift_gate(lake, params.champion.get("drift_table"), best.model_dir, params.champion)
+    gate = not_worse(best.rmse, current_rmse, params.champion.tolerance)
+    drift_ok, drift = drift_gate(lake, params.champion.drift_table, best.model_dir, params.champion.drift_features)
     return Choice(cands, pick_, gate, current_rmse, drift_ok, drift, notes)
 
 
@@ -156,8 +157,9 @@ def rescore(lake: Lake, current: dict, candidate_dir: str, tables: Tables, notes
         feats, _, _ = fp.read_table(lake, tables.features, v[f"ml/{tables.features}"]["delta_version"])
         labels, _, _ = fp.read_table(lake, tables.labels, v[f"ml/{tables.labels}"]["delta_version"])
         split, _, _ = fp.read_table(lake, tables.split, v[f"ml/{tables.split}"]["delta_version"])
-        data = fp.dataset(feats, labels, split, fp.ForecastParams.of(lineage["params"]))
-        cols = fp.ModelConfig.of(lineage["model"], lineage["params"]["models"][lineage["model"]]).columns
+        params = ForecastParams.model_validate(lineage["params"])
+        data = fp.dataset(feats, labels, split, params)
+        cols = params.models[lineage["model"]].columns
         with single_threaded():
             return evaluate.regression_metrics(data.y_valid, model.predict(data.valid[cols]))["rmse"]
     except Exception as exc:  # noqa: BLE001 - a champion that cannot score today's rows keeps its record
@@ -165,7 +167,7 @@ def rescore(lake: Lake, current: dict, candidate_dir: str, tables: Tables, notes
         return float(current["rmse"])
 
 
-def drift_gate(lake: Lake, drift_table: str | None, model_dir: str, cfg: dict) -> tuple[bool, dict[str, Any]]:
+def drift_gate(lake: Lake, drift_table: str | None, model_dir: str, features: tuple[str, ...] | None) -> tuple[bool, dict[str, Any]]:
     """Severe drift in the champion's validation months (or the newest month) blocks the promotion."""
     if not drift_table:
         return True, {"drift": "no drift table configured"}
@@ -176,7 +178,6 @@ def drift_gate(lake: Lake, drift_table: str | None, model_dir: str, cfg: dict) -
     months = set(read_json(lake.storage, model_dir).get("split", {}).get("validation_months", []))
     if len(df):
         months.add(max(df["month"]))
-    features = cfg.get("drift_features")
     sel = df[df["month"].isin(months)]
     if features:
         sel = sel[sel["feature"].isin(features)]

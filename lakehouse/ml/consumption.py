@@ -13,7 +13,7 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from lakehouse.io.lake import Lake
-from lakehouse.ml.forecast import Columns
+from lakehouse.specs.ml import Columns, RegressionParams
 
 FEATURES = ["day_of_year_sin", "day_of_year_cos", "day_of_week", "lag_1", "lag_7", "rolling_7"]
 
@@ -77,23 +77,23 @@ class Saved:
     input_version: int
 
 
-def train_version(lake: Lake, name: str, source: str, params: dict[str, Any], folder: str, run_id: str) -> Saved:
+def train_version(lake: Lake, name: str, source: str, params: RegressionParams, folder: str, run_id: str) -> Saved:
     """Train on every month of ``source`` but the last ``validation_months``, score, plot, save a version."""
     from lakehouse.ml import evaluate
     from lakehouse.ml.lineage import code_version
     from lakehouse.ml.models import save_model
 
-    cols = Columns.of(params.get("columns"))
+    cols = params.columns
     zone, table = source.split("/")
     version = lake.version(zone, table)
     daily = lake.read_arrow(zone, table, version=version).to_pandas()
-    train, valid = time_split(daily_features(daily, cols), int(params.get("validation_months", 3)))
-    trained = train_regressor(train, valid, dict(params.get("model", {})), cols.target, seed=int(params.get("seed", 0)))
+    train, valid = time_split(daily_features(daily, cols), params.validation_months)
+    trained = train_regressor(train, valid, dict(params.model), cols.target, seed=params.seed)
     lineage = {
         "inputs": {source: {"delta_version": version, "months": sorted(daily["month"].unique().tolist())}},
         "code_version": code_version(),
         "run_id": run_id,
-        "params": params,
+        "params": params.model_dump(mode="json"),
         "metrics": trained.metrics,
     }
     y_valid = valid[cols.target].to_numpy()

@@ -9,39 +9,12 @@ another January), else with the previous month. Levels: ``warn`` from ``warn_psi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy.stats import ks_2samp
 
-
-@dataclass(frozen=True)
-class DriftConfig:
-    #: the columns compared month to month (the pipeline declares them)
-    features: tuple[str, ...] = ()
-    #: derived columns ``name: [numerator, denominator]`` (e.g. consumption per heated area)
-    ratios: dict[str, tuple[str, str]] = field(default_factory=dict)
-    bins: int = 10
-    warn_psi: float = 0.1
-    severe_psi: float = 0.25
-    #: fewer rows than this in either month: no verdict
-    min_rows: int = 50
-
-    @classmethod
-    def of(cls, params: dict[str, Any] | None) -> DriftConfig:
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown drift option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        ratios = {n: tuple(v) for n, v in (params.pop("ratios", None) or {}).items()}
-        if bad := [n for n, v in ratios.items() if len(v) != 2]:
-            raise ValueError(f"drift.ratios {bad}: each is [numerator, denominator]")
-        cfg = cls(ratios=ratios, **{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
-        if not cfg.features:
-            raise ValueError("drift.features must list the columns compared month to month")
-        return cfg
+from lakehouse.specs.ml import DriftConfig
 
 
 def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:

@@ -21,54 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lakehouse.specs.ml import Columns, FeatureConfig, LabelConfig, SplitConfig
+
 #: the label column of the labels table (the target's value for the day)
 LABEL = "label"
-
-
-def _tuple(value: Any) -> tuple:
-    if value is None:
-        return ()
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-
-
-@dataclass(frozen=True)
-class Columns:
-    """``configs/ml/<pipeline>.yaml`` → ``params.columns``: which input column plays which part.
-
-    ``entity``: the key of one series (none for a single series); ``time``: the day; ``target``: what is
-    forecast; ``temperature``: the outdoor temperature HDD/CDD come from; ``drivers``: further columns a
-    day needs to be learned from (a missing one excludes its label); ``categorical``: columns one-hot
-    encoded by the models.
-    """
-
-    time: str
-    target: str
-    entity: tuple[str, ...] = ()
-    temperature: str | None = None
-    drivers: tuple[str, ...] = ()
-    categorical: tuple[str, ...] = ()
-
-    @property
-    def key(self) -> list[str]:
-        return [*self.entity, self.time]
-
-    @property
-    def required_drivers(self) -> list[str]:
-        return list(dict.fromkeys([*([self.temperature] if self.temperature else []), *self.drivers]))
-
-    @classmethod
-    def of(cls, params: dict[str, Any] | None) -> Columns:
-        params = dict(params or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown columns option(s) {unknown}; known: {sorted(known)}")
-        missing = [k for k in ("time", "target") if not params.get(k)]
-        if missing:
-            raise ValueError(f"params.columns must name {missing} (the input's columns: time, target, optional entity key)")
-        for k in ("entity", "drivers", "categorical"):
-            params[k] = _tuple(params.get(k))
-        return cls(**params)
 
 
 def groups(df: pd.DataFrame, entity: tuple[str, ...] | list[str]) -> Iterator[pd.DataFrame]:
@@ -78,55 +34,6 @@ def groups(df: pd.DataFrame, entity: tuple[str, ...] | list[str]) -> Iterator[pd
         return
     for _, g in df.groupby(list(entity), sort=True, dropna=False):
         yield g
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """``configs/ml/<pipeline>.yaml`` → ``params.features``.
-
-    ``hdd_base_c`` / ``cdd_base_c``: heating / cooling degree-day bases (``hdd = max(0, base - t)``,
-    ``cdd = max(0, t - base)`` from ``columns.temperature``); ``columns``: input columns carried into the
-    feature table as they are (weather, calendar, building ...); ``lags``, ``rolling``: the target's past
-    days; ``signature_days``: history of the past-only energy signature (least squares of the target on
-    HDD; 0: none).
-    """
-
-    hdd_base_c: float | None = None
-    cdd_base_c: float | None = None
-    columns: tuple[str, ...] = ()
-    lags: tuple[int, ...] = (1, 7)
-    rolling: tuple[int, ...] = (7, 28)
-    signature_days: int = 365
-    signature_min_days: int = 28
-
-    @classmethod
-    def of(cls, params: dict[str, Any] | None) -> FeatureConfig:
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown feature option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
-
-
-@dataclass(frozen=True)
-class LabelConfig:
-    """Which days are trustworthy labels (and history): ``rules`` maps a column of the daily table to its
-    bounds (``{min: ..., max: ...}``); a day is usable when its target is known and every rule holds
-    (a missing value breaks the rule). A label also needs every declared driver (``columns``)."""
-
-    rules: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, params: dict[str, Any] | None) -> LabelConfig:
-        params = dict(params or {})
-        unknown = sorted(set(params) - {"rules"})
-        if unknown:
-            raise ValueError(f"unknown label option(s) {unknown}; known: ['rules']")
-        rules = params.get("rules") or {}
-        for col, bounds in rules.items():
-            if not bounds or set(bounds) - {"min", "max"}:
-                raise ValueError(f"label rule {col!r} must give 'min' and/or 'max', got {bounds!r}")
-        return cls(rules={c: dict(b) for c, b in rules.items()})
 
 
 def _check_columns(df: pd.DataFrame, needed: list[str], what: str) -> None:
@@ -145,12 +52,12 @@ def _rule_failures(daily: pd.DataFrame, cfg: LabelConfig, cols: Columns, *, driv
     for col, bounds in cfg.rules.items():
         v = daily[col].astype(float)
         bad = v.isna()
-        if "min" in bounds:
-            bad |= v < bounds["min"]
-            name = f"{col}<{bounds['min']}"
-        if "max" in bounds:
-            bad |= v > bounds["max"]
-            name = f"{col}>{bounds['max']}" if "min" not in bounds else f"{col} outside [{bounds['min']}, {bounds['max']}]"
+        if bounds.min is not None:
+            bad |= v < bounds.min
+            name = f"{col}<{bounds.min}"
+        if bounds.max is not None:
+            bad |= v > bounds.max
+            name = f"{col}>{bounds.max}" if bounds.min is None else f"{col} outside [{bounds.min}, {bounds.max}]"
         out.append((name, bad))
     return out
 
@@ -275,24 +182,6 @@ def feature_columns(features: pd.DataFrame, cols: Columns) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- split
-@dataclass(frozen=True)
-class SplitConfig:
-    """``validation_months``: the last months validate; earlier ones train. ``min_history_days``: a series'
-    first days (no history yet) are excluded. ``gap_days``: days dropped between train and validation."""
-
-    validation_months: int = 6
-    min_history_days: int = 28
-    gap_days: int = 0
-
-    @classmethod
-    def of(cls, params: dict[str, Any] | None) -> SplitConfig:
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown split option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**params)
-
-
 def time_split(labels: pd.DataFrame, cfg: SplitConfig, cols: Columns) -> tuple[pd.DataFrame, dict[str, Any]]:
     """``<key>, month, split, reason`` (``train`` / ``validation`` / ``excluded``) and the cut.
 

@@ -47,11 +47,11 @@ NETS_FILE = "nets.pt"
 NETS_SPEC = "nets.json"
 #: the types, beyond skops' own trusted list, that the lakehouse's pipelines put into a model file
 TRUSTED_TYPES = (
-    "lakehouse.ml.anomaly.AnomalyConfig",
     "lakehouse.ml.anomaly.DayDetector",
-    "lakehouse.ml.forecast.Columns",
     "lakehouse.ml.train.BaselineRatioRegressor",
     "lakehouse.ml.train.TorchMLPRegressor",
+    "lakehouse.specs.ml.AnomalyConfig",
+    "lakehouse.specs.ml.Columns",
     "numpy.dtype",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.tree._tree.Tree",

@@ -19,7 +19,7 @@ Parameters (``configs/ml/<pipeline>.yaml`` → ``params``)::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,90 +29,9 @@ import pandas as pd
 from lakehouse.io.lake import Lake
 from lakehouse.ml import evaluate, forecast, train
 from lakehouse.ml.lineage import code_version
+from lakehouse.specs.ml import ForecastParams, ModelConfig
 
 LINEAGE_KEY = "lakehouse.lineage"
-#: what the champion is chosen on: the hold-out validation RMSE, or the pooled out-of-fold CV RMSE
-CHAMPION_METRICS = ("rmse", "cv_rmse")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str
-    type: str
-    features: tuple[str, ...]
-    params: dict[str, Any]
-    cv: bool = False
-    #: a feature column the model corrects (learns target / baseline) instead of predicting from scratch
-    baseline: str | None = None
-
-    @property
-    def columns(self) -> list[str]:
-        return train.input_columns(self.features, self.baseline)
-
-    @classmethod
-    def of(cls, name: str, raw: dict[str, Any]) -> ModelConfig:
-        raw = dict(raw)
-        unknown = sorted(set(raw) - {"type", "features", "params", "cv", "baseline"})
-        if unknown:
-            raise ValueError(f"model {name!r}: unknown key(s) {unknown}")
-        if raw.get("type") not in train.MODEL_TYPES:
-            raise ValueError(f"model {name!r}: type must be one of {train.MODEL_TYPES}, got {raw.get('type')!r}")
-        if not raw.get("features"):
-            raise ValueError(f"model {name!r}: 'features' lists the feature columns it uses")
-        return cls(
-            name, raw["type"], tuple(raw["features"]), dict(raw.get("params", {})), bool(raw.get("cv", False)), raw.get("baseline")
-        )
-
-
-@dataclass(frozen=True)
-class ForecastParams:
-    seed: int
-    columns: forecast.Columns
-    features: forecast.FeatureConfig
-    labels: forecast.LabelConfig
-    split: forecast.SplitConfig
-    cv: train.CVConfig
-    models: dict[str, ModelConfig]
-    champion: dict[str, Any]
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
-
-    @classmethod
-    def of(cls, params: dict[str, Any]) -> ForecastParams:
-        known = {"seed", "columns", "features", "labels", "split", "cv", "models", "champion", "prefix"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
-        models = {n: ModelConfig.of(n, m) for n, m in (params.get("models") or {}).items()}
-        if not models:
-            raise ValueError("params.models must declare at least one model")
-        champ = dict(params.get("champion") or {})
-        metric = champ.get("metric", "rmse")
-        if metric not in CHAMPION_METRICS:
-            raise ValueError(f"champion.metric must be one of {CHAMPION_METRICS}, got {metric!r}")
-        if metric == "cv_rmse" and (no_cv := [n for n, m in models.items() if not m.cv]):
-            raise ValueError(f"champion.metric cv_rmse compares models on the same folds: model(s) {no_cv} need 'cv: true'")
-        seed = int(params.get("seed", 0))
-        return cls(
-            seed=seed,
-            columns=forecast.Columns.of(params.get("columns")),
-            features=forecast.FeatureConfig.of(params.get("features")),
-            labels=forecast.LabelConfig.of(params.get("labels")),
-            split=forecast.SplitConfig.of(params.get("split")),
-            cv=train.CVConfig.of(params.get("cv"), seed),
-            models=models,
-            champion=champ,
-            raw=dict(params),
-        )
-
-    @property
-    def champion_metric(self) -> str:
-        return self.champion.get("metric", "rmse")
-
-    @property
-    def drivers(self) -> list[str]:
-        """Numeric drivers whose validation values are checked against the training range."""
-        derived = [c for c, base in (("hdd", self.features.hdd_base_c), ("cdd", self.features.cdd_base_c)) if base is not None]
-        return list(dict.fromkeys([*self.columns.required_drivers, *derived]))
 
 
 # ------------------------------------------------------------------------------- stored ML tables
@@ -336,8 +255,8 @@ def predictions(
     left out), features from the 13 months before the first month."""
     from lakehouse.ml.train import single_threaded
 
-    cols = ModelConfig.of(lineage["model"], lineage["params"]["models"][lineage["model"]]).columns
-    run_params = ForecastParams.of(lineage["params"])
+    run_params = ForecastParams.model_validate(lineage["params"])
+    cols = run_params.models[lineage["model"]].columns
     zone, table = source.split("/")
     first = (pd.Period(months[0], freq="M") - 13).strftime("%Y-%m")
     window = [m for m in lake.months(zone, table) if first <= m <= months[-1]]

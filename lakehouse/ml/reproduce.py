@@ -13,7 +13,6 @@ prints recorded vs reproduced metrics. Exit status 0 when everything is identica
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from lakehouse.ml import pipeline as fp
 from lakehouse.ml.lineage import code_version, normalized_hash
 from lakehouse.ml.models import read_json
 from lakehouse.ml.train import single_threaded
+from lakehouse.specs.ml import AnomalyParams, ForecastParams
 
 
 @dataclass
@@ -104,7 +104,7 @@ def _read_version(lake: Lake, table: str, version: int):
 
 
 def _forecast(lineage: dict, lake: Lake, out: Reproduction, tolerance: float) -> None:
-    params = fp.ForecastParams.of(lineage["params"])
+    params = ForecastParams.model_validate(lineage["params"])
     source = lineage["source"]
     version = lineage["inputs"][source]["delta_version"]
     out.notes.append(f"{source} read at Delta version {version} (latest: {lake.version(*source.split('/'))})")
@@ -125,7 +125,7 @@ def _anomaly(lineage: dict, lake: Lake, out: Reproduction, tolerance: float) -> 
     (source, info), = [(k, v) for k, v in lineage["inputs"].items()]
     out.notes.append(f"{source} read at Delta version {info['delta_version']}")
     daily = _read_version(lake, source, info["delta_version"])
-    cfg = anomaly.AnomalyConfig.of(lineage["params"].get("detector"), lineage["params"].get("columns"))
+    cfg = AnomalyParams.model_validate(lineage["params"]).detector
     feats = anomaly.day_features(daily, cfg)
     detector = anomaly.fit(feats, cfg, int(lineage["seed"]))
     scores = anomaly.score(detector, feats)

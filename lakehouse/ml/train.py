@@ -36,9 +36,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from lakehouse.ml.evaluate import regression_metrics
+from lakehouse.specs.ml import MODEL_TYPES, CVConfig
 
-MODEL_TYPES = ("sklearn_ridge", "sklearn_linear", "sklearn_gbm", "torch_mlp")
-CV_KINDS = ("kfold", "time_series")
 
 
 def single_threaded():
@@ -263,30 +262,6 @@ def fit(
     model = make_model(kind, features, params, seed, baseline, categorical)
     model.fit(train[cols], target)
     return model
-
-
-@dataclass(frozen=True)
-class CVConfig:
-    """``configs/ml/<pipeline>.yaml`` → ``params.cv``: ``kind`` (``time_series`` or ``kfold``), ``folds``,
-    ``seed`` (kfold shuffling; the pipeline's seed when absent)."""
-
-    kind: str = "time_series"
-    folds: int = 10
-    seed: int | None = None
-
-    @classmethod
-    def of(cls, params: dict[str, Any] | None, seed: int = 0) -> CVConfig:
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown cv option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
-        kind = params.get("kind", "time_series")
-        if kind not in CV_KINDS:
-            raise ValueError(f"cv.kind must be one of {CV_KINDS}, got {kind!r}")
-        folds = int(params.get("folds", 10))
-        if folds < 2:
-            raise ValueError(f"cv.folds must be at least 2, got {folds}")
-        return cls(kind, folds, int(params["seed"]) if params.get("seed") is not None else int(seed))
 
 
 def cv_folds(train: pd.DataFrame, cfg: CVConfig, time: str) -> list[tuple[np.ndarray, np.ndarray]]:

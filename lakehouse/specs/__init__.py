@@ -1,10 +1,10 @@
 """Pydantic models of ``configs/*.yaml`` and their loader. No Dagster, no Spark."""
 
 from lakehouse.specs.loader import SpecError, load_project
+from lakehouse.specs.ml import PipelineSpec
 from lakehouse.specs.models import (
     ColumnSpec,
     LakehouseSpec,
-    PipelineSpec,
     Project,
     RuleSpec,
     SourceSpec,

@@ -21,21 +21,20 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
+from lakehouse.specs.ml import PIPELINE_KINDS, PipelineSpec
 from lakehouse.specs.models import (
     InterpolationSpec,
     LakehouseSpec,
-    PipelineSpec,
     Project,
     SourceSpec,
     ViewSpec,
 )
 
-M = TypeVar("M", bound=BaseModel)
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 #: nodes one config file may hold once its aliases are expanded (the largest shipped config has a few hundred)
 MAX_EXPANDED_NODES = 100_000
@@ -152,7 +151,8 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
     return data, lines
 
 
-def _validate(model: type[M], path: Path, env: Mapping[str, str], allowed: frozenset[str] | None = None) -> M:
+def _validate(model: Any, path: Path, env: Mapping[str, str], allowed: frozenset[str] | None = None) -> Any:
+    """``path`` read as ``model`` (a pydantic model, or an annotated union of models)."""
     data, lines = _read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}:1: expected a mapping at the top level, got {type(data).__name__}")
@@ -163,13 +163,15 @@ def _validate(model: type[M], path: Path, env: Mapping[str, str], allowed: froze
     return _model(model, data, path, lines)
 
 
-def _model(model: type[M], data: Any, path: Path, lines: dict[tuple[Any, ...], int], prefix: tuple[Any, ...] = ()) -> M:
+def _model(model: Any, data: Any, path: Path, lines: dict[tuple[Any, ...], int], prefix: tuple[Any, ...] = ()) -> Any:
     try:
-        return model.model_validate(data)
+        return TypeAdapter(model).validate_python(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             loc = prefix + tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):  # the discriminator key is at fault
+                loc = (*loc, str(err.get("ctx", {}).get("discriminator", "")).strip("'"))
             # the nearest enclosing key that exists in the file gives the line
             line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines), 1)
             key = ".".join(str(p) for p in loc) or "<root>"
@@ -178,7 +180,7 @@ def _model(model: type[M], data: Any, path: Path, lines: dict[tuple[Any, ...], i
 
 
 # pydantic puts the discriminator tag of a union member into error locations; files never contain it
-_UNION_TAGS = {"file_drop", "http", "sql", "library"}
+_UNION_TAGS = {"file_drop", "http", "sql", "library", *PIPELINE_KINDS}
 
 
 def _yaml_files(folder: Path) -> list[Path]:

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from lakehouse.specs.ml import PipelineSpec
+
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 IDENT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -995,34 +997,6 @@ class ViewSpec(Spec):
             if ref in (inp.table, inp.name):
                 return inp
         raise KeyError(ref)
-
-
-# ---------------------------------------------------------------------------------------------------
-# configs/ml/<pipeline>.yaml
-# ---------------------------------------------------------------------------------------------------
-class PipelineSpec(Spec):
-    """An analysis pipeline. ``kind`` selects the builder in ``lakehouse.factories.ml``; the rest is its
-    parameters (the columns it reads, features, models and hyper-parameters), validated when the file is
-    loaded by the same code that uses them (``lakehouse.ml.params``), so a mistake names the file and line."""
-
-    name: str
-    kind: str
-    description: str = ""
-    input: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _ident(cls, value: str) -> str:
-        return _check_ident(value)
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from lakehouse.ml.params import check_params  # plain Python (pandas, scikit-learn): no Dagster, no Spark
-
-        check_params(info.data.get("kind", ""), value)
-        return value
 
 
 class Project(Spec):
