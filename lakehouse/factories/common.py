@@ -360,7 +360,7 @@ def _targets(context: dg.AssetExecutionContext, months: list[str]) -> dict[str, 
         dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=months), limit=len(months) * 4
     ).records
     for record in records:  # newest first
-        if record.run_id == context.run_id and record.partition_key not in out:
+        if record.run_id == context.run.run_id and record.partition_key not in out:
             out[record.partition_key] = target(storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp)
     return out
 

@@ -72,10 +72,10 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
             files = [uri for uri, _ in landed]
             # clean files: parsed, cast and staged as Parquet by Spark's Python workers; the rest by Spark's casts
             staged, bad, fast = format_month(session, files, source, month, root.storage, path, schema, months=span, sizes=present)
-            rejected = quarantine.quarantine_table(bad, dataset=source.name, stage="formatted", run_id=context.run_id, month=month)
+            rejected = quarantine.quarantine_table(bad, dataset=source.name, stage="formatted", run_id=context.run.run_id, month=month)
             version = root.commit_month("formatted", source.name, month, staged, schema)
             # published even when empty: it supersedes the rows an earlier run of the month quarantined
-            quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month, run_id=context.run_id)
+            quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month, run_id=context.run.run_id)
             rows = sum(s["rows"] for s in staged)
             rates[month] = rejected_rate_result(
                 rejected=rejected.num_rows, total=max(rows + rejected.num_rows, landed_rows), kept=rows,
