@@ -24,7 +24,7 @@ from lakehouse.collectors.landing import (
     read_manifest,
     safe_name,
 )
-from lakehouse.specs.models import Project, SourceSpec
+from lakehouse.specs.models import FileDropCollector, Project, SourceSpec
 from lakehouse.transforms.records import delivery_months
 
 
@@ -85,9 +85,10 @@ def collect(project: Project, source: SourceSpec, month: str, month_dir: Month) 
             kept = keep_rejected(month_dir, exc.name, exc.data)
             raise CollectorError(f"{exc}; the rejected bytes are kept in {kept}") from None
         raise
-    inbox = project.resolve(source.collector.inbox) if source.collector.type == "file_drop" else None
-    if inbox is not None and inbox.is_dir():  # fetch() above reported a missing inbox
-        for path, why in file_drop.inbox_entries(source.collector, inbox, month)[1]:
+    drop = source.collector if isinstance(source.collector, FileDropCollector) else None
+    inbox = project.resolve(drop.inbox) if drop is not None else None
+    if drop is not None and inbox is not None and inbox.is_dir():  # fetch() above reported a missing inbox
+        for path, why in file_drop.inbox_entries(drop, inbox, month)[1]:
             kept = keep_rejected(month_dir, f"{path.name}.refused.txt", f"{path}: {why}\n".encode())
             result.refused.append((path.name, f"{why} (recorded in {kept})"))
     months_of = None

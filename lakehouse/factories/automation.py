@@ -73,8 +73,9 @@ def ml_condition(cron: str = ML_RETRAIN_CRON) -> dg.AutomationCondition:
     requested or materialized, and on the sensor's first tick), so a sensor re-enabled after five weeks
     requests one retrain, not five.
     """
+    tick: dg.AutomationCondition = dg.AutomationCondition.cron_tick_passed(cron)
     return (
-        dg.AutomationCondition.cron_tick_passed(cron).since_last_handled()
+        tick.since_last_handled()
         & dg.AutomationCondition.any_deps_updated().since_last_handled()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()

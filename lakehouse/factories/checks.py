@@ -94,7 +94,7 @@ def _validate(
     if months is not None and by_month:
         per_month = lake.month_rows(zone, table, months)
         chunks: list[list[str] | None] = [[m] for m in months] or [[]]
-        sizes = [None if per_month is None else sum(per_month[m] for m in chunk) for chunk in chunks]
+        sizes = [None if per_month is None else sum(per_month[m] for m in chunk or ()) for chunk in chunks]
     else:
         chunks, sizes = [None if months is None else list(months)], [lake.row_count(zone, table, months)]
     vouched, pending = [], []

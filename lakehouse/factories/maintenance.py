@@ -181,7 +181,7 @@ def maintain_table(
             protected |= _relative_files(DeltaTable(uri, version=v, storage_options=options))
         except Exception:  # noqa: BLE001 - the version's log is gone: nothing left to protect, report it
             unreadable.append(v)
-    vacuum_args = {"retention_hours": retention_hours, "enforce_retention_duration": False, "keep_versions": keep or None}
+    vacuum_args: dict[str, Any] = {"retention_hours": retention_hours, "enforce_retention_duration": False, "keep_versions": keep or None}
     # vacuum lists every expired tombstone of the log, also files an earlier vacuum already deleted
     candidates = {f for f in dt.vacuum(dry_run=True, **vacuum_args) if present(f)}
     endangered = sorted(candidates & protected)
@@ -227,7 +227,8 @@ def maintain_lake(
 ) -> tuple[list[dict[str, Any]], dict[str, BaseException]]:
     """:func:`maintain_table` for every Delta table; ``(results, failures by table)``."""
     in_use = versions_in_use(lake)  # raises before anything is touched when a lineage file is unreadable
-    results, failures = [], {}
+    results: list[dict[str, Any]] = []
+    failures: dict[str, BaseException] = {}
     tables = delta_tables(lake, zones)
     for i, (zone, table) in enumerate(tables, 1):
         try:

@@ -191,7 +191,7 @@ def plan_tick(
                "already landed": 0, "already requested": 0, "vanished": 0}
     deferred = dict(cursor.deferred)
     # files of a month that was still running: their turn comes when the month is a partition
-    due = [(0, name) for name, month in deferred.items() if has_month(month) and name not in {n for _, n in batch}]
+    due = [(0, name) for name, pending_month in deferred.items() if has_month(pending_month) and name not in {n for _, n in batch}]
     for _, name in due:
         del deferred[name]
     for changed_ns, name in [*due, *batch]:

@@ -86,6 +86,8 @@ def train_version(lake: Lake, name: str, source: str, params: RegressionParams, 
     cols = params.columns
     zone, table = source.split("/")
     version = lake.version(zone, table)
+    if version is None:
+        raise LookupError(f"{source} does not exist yet: materialize it first")
     daily = lake.read_arrow(zone, table, version=version).to_pandas()
     train, valid = time_split(daily_features(daily, cols), params.validation_months)
     trained = train_regressor(train, valid, dict(params.model), cols.target, seed=params.seed)

@@ -296,7 +296,7 @@ def leakage_report(
             bad |= diff
     samples = []
     for i in np.flatnonzero(bad)[:5]:
-        row = {k: str(stored.iloc[i][k]) for k in key}
+        row: dict[str, Any] = {k: str(stored.iloc[i][k]) for k in key}
         row.update({c: [stored.iloc[i][c], fresh.iloc[i][c]] for c in leaking})
         samples.append(row)
     return LeakageReport(

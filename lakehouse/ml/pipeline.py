@@ -176,7 +176,7 @@ def write_plots(run: ModelRun, cfg: ModelConfig, data: Dataset, folder: Path, se
 
 
 def model_lineage(
-    cfg: ModelConfig, p: ForecastParams, pipeline: str, source: str, versions: dict[str, Any], hashes: dict[str, str], run: ModelRun
+    cfg: ModelConfig, p: ForecastParams, pipeline: str, source: str, versions: dict[str, Any], hashes: dict[str, str | None], run: ModelRun
 ) -> dict[str, Any]:
     """``inputs`` maps every table the model depends on to ``{"delta_version": n}`` (table maintenance keeps
     those versions readable); ``source`` names the one features, labels and split are computed from."""
@@ -227,7 +227,9 @@ def train_version(
         f"ml/{tables.labels}": {"delta_version": lab_version},
         f"ml/{tables.split}": {"delta_version": split_version},
     }
-    hashes = {"features": feat_lineage.get("hash"), "labels": lab_lineage.get("hash"), "split": split_lineage.get("hash")}
+    hashes: dict[str, str | None] = {
+        "features": feat_lineage.get("hash"), "labels": lab_lineage.get("hash"), "split": split_lineage.get("hash")
+    }
     lineage = model_lineage(cfg, p, pipeline, source, versions, hashes, run)
     lineage["split"] = split_lineage.get("cut", {})
     lineage["run_id"] = run_id

@@ -664,9 +664,10 @@ def reference_flags(cr: CompiledRule, reference: DataFrame | None) -> DataFrame:
     """The distinct known values of a reference rule (``__ref_value``, ``__ref_found``), to broadcast."""
     from pyspark.sql import functions as F
 
-    if reference is None:
-        raise ConstraintError(f"rule {cr.name!r}: the referenced table {cr.reference.table} is not available")
     r = cr.reference
+    assert r is not None, f"rule {cr.name!r} is not a reference rule"
+    if reference is None:
+        raise ConstraintError(f"rule {cr.name!r}: the referenced table {r.table} is not available")
     if r.target_column not in reference.columns:
         raise ConstraintError(f"rule {cr.name!r}: {r.table} has no column {r.target_column!r}")
     known = reference.select(F.col(f"`{r.target_column}`").alias("__ref_value")).where("__ref_value IS NOT NULL")
@@ -676,6 +677,7 @@ def reference_flags(cr: CompiledRule, reference: DataFrame | None) -> DataFrame:
 def _ref_on(df: DataFrame, cr: CompiledRule):
     from pyspark.sql import functions as F
 
+    assert cr.reference is not None, f"rule {cr.name!r} is not a reference rule"
     return F.col(f"`{cr.reference.column}`") == F.col("__ref_value")
 
 

@@ -163,7 +163,7 @@ def source_contract(source: SourceSpec, zone: str) -> Contract:
                     checks[col].append(_allowed_check(col, values))
             if rule.not_null:
                 required |= set(rule.not_null)
-    columns = [(c.name, c.type, c.name not in required, checks[c.name]) for c in declared]
+    columns: list[tuple[str, str, bool, list[Any]]] = [(c.name, c.type, c.name not in required, checks[c.name]) for c in declared]
     lineage_nullable = zone == "trusted"  # imputed rows have no source line
     columns += [(FILE_COL, "string", lineage_nullable, []), (LINE_COL, "bigint", lineage_nullable, []), (MONTH, "string", False, [])]
     # a key identifies a row within its month (snapshot sources repeat every key each month)
@@ -174,6 +174,7 @@ def source_contract(source: SourceSpec, zone: str) -> Contract:
 def view_contract(view: ViewSpec, spark_schema: StructType | None = None) -> Contract:
     """The schema of ``exploitation/<view>``: declared ``columns``, else the written Spark schema
     (``spark_schema`` also tells whether the table carries ``month``: merge views are unpartitioned)."""
+    columns: list[tuple[str, str, bool, list[Any]]]
     if view.columns:
         declared: list[ColumnSpec] = list(view.contract_columns)
         columns = [(c.name, c.type, c.nullable, []) for c in declared]

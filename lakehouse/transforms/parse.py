@@ -641,7 +641,7 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column, months
         problems.append(why)
         if not c.nullable:
             problems.append(F.when(F.col(ERROR_COL).isNull() & why.isNull() & F.col(c.name).isNull(), F.lit(f"column {c.name}: empty")))
-    part_col = source.partitioning.column
+    part_col = source.partitioning.column or ""
     row_month = F.date_format(F.col(part_col), "yyyy-MM") if part_col else None
     if source.spans_months and row_month is not None:
         start, end = months if months is not None else (None, None)
