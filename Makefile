@@ -14,7 +14,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export LAKEHOUSE_DEMO_ROOT ?= $(CURDIR)/.demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test ui java-check clean reliability bench instance e2e spark-connect spark-cluster cluster-test
+.PHONY: install demo test lint ui java-check clean reliability bench instance e2e spark-connect spark-cluster cluster-test
 
 install: $(STAMP)
 
@@ -54,6 +54,12 @@ demo: install java-check instance
 test: install java-check
 	@# pytest exits 5 when it collects no tests; make fails on any non-zero status
 	$(PY) -m pytest -q
+
+# Lint (ruff), formatting (ruff format) and types (mypy, configured in pyproject.toml); .ci/run runs it first.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # The real webserver + daemon driven through GraphQL and headless Chromium (a few minutes: one Spark run).
 # The browser test skips with its reason when /usr/bin/chromium is missing (.ci/run installs it).

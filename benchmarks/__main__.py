@@ -21,7 +21,6 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,8 +82,8 @@ def all_sessions() -> list[dict]:
 
 def progress(lake: Path) -> str:
     """What a stopped lakehouse run had committed: months and rows per zone table."""
-    from deltalake import DeltaTable
     import pyarrow as pa
+    from deltalake import DeltaTable
 
     parts = []
     for zone, table in (("formatted", "meter_readings"), ("trusted", "meter_readings"), ("exploitation", "daily_consumption")):

@@ -67,7 +67,7 @@ def session_md(s: dict) -> list[str]:
         "",
         f"- machine: {m['cpus']} CPUs, {m['memory_gb']} GiB, {m['platform']}; Python {m['python']}; {m['java']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
-        f"- code: " + ", ".join(f"{k} at `{v}`" for k, v in s.get("code", {}).items()),
+        "- code: " + ", ".join(f"{k} at `{v}`" for k, v in s.get("code", {}).items()),
         f"- load average (1/5/15 min) at start {s['loadavg_start']}, at end {s.get('loadavg_end', '(unfinished)')}; "
         "per-run load is in results.json. "
         + ("The load was above the core count + 1 at the start or the end: other work, or the end of an earlier "
@@ -177,7 +177,7 @@ def session_md(s: dict) -> list[str]:
         out.append("")
     for r in s["runs"]:
         if r["contender"] == "demo":
-            out += [f"#### `make demo` (40 meters × 48 months: world build, all zones, model)", "",
+            out += ["#### `make demo` (40 meters × 48 months: world build, all zones, model)", "",
                     f"{r['status']}: **{r['wall_s']:.0f} s** wall (target ≤ 600 s), peak RSS {r['peak_rss_mb']:.0f} MB. {r['note']}", ""]
     return out
 

@@ -9,8 +9,6 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from lakehouse_tests.conftest import REPO
-
 from lakehouse.factories import build_definitions
 from lakehouse.factories.automation import (
     AUTOMATION_SENSOR,
@@ -19,6 +17,7 @@ from lakehouse.factories.automation import (
     ml_condition,
     zone_condition,
 )
+from lakehouse_tests.conftest import REPO
 
 LANDING = dg.AssetKey(["landing", "meter_readings"])
 FORMATTED = dg.AssetKey(["formatted", "meter_readings"])

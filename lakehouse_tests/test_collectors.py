@@ -12,10 +12,10 @@ import json
 import os
 import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from pathlib import Path
 
 from lakehouse.collectors import collect
 from lakehouse.collectors.landing import CollectorError, read_manifest

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lakehouse.ml import train
 from lakehouse.ml import pipeline as fp
+from lakehouse.ml import train
 from lakehouse_tests.conftest import REPO
 
 

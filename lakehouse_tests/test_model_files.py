@@ -17,7 +17,6 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from lakehouse.io.lake import Lake
-from lakehouse.specs.ml import Columns
 from lakehouse.ml import anomaly, champion, train
 from lakehouse.ml.models import (
     ModelFileError,
@@ -30,6 +29,7 @@ from lakehouse.ml.models import (
     resolve,
     save_model,
 )
+from lakehouse.specs.ml import Columns
 
 FEATURES = ["hdd", "temp", "kind"]
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import dagster as dg
 import pytest
 
-from lakehouse.factories import build_definitions
 from lakehouse.collectors.landing import read_manifest
+from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
 from lakehouse.sim.world import seattle_weather
 

@@ -11,7 +11,7 @@ from lakehouse.quality.schemas import source_contract, validate, view_contract
 from lakehouse.specs import load_project
 from lakehouse_tests.conftest import REPO
 
-T0 = dt.datetime(2012, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2012, 1, 1, tzinfo=dt.UTC)
 SCHEMA = "meter_id string, ts timestamp, reading_kwh double, _source_file string, _source_line bigint, month string"
 
 

@@ -20,7 +20,7 @@ from lakehouse.collectors.landing import read_manifest
 from lakehouse.factories import build_definitions
 from lakehouse.factories.maintenance import delta_tables, maintain_table
 from lakehouse.io.lake import Lake
-from lakehouse.io.storage import LakeURIError, StorageAccessError, StorageError, parse_root
+from lakehouse.io.storage import LakeURIError, StorageAccessError, parse_root
 from lakehouse.ml.models import read_json, versions
 from lakehouse.quality import quarantine as quarantine_table
 from lakehouse.quality import repairs as repairs_table

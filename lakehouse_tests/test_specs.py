@@ -18,7 +18,7 @@ def test_unknown_key_names_file_line_and_key(configs_copy: Path):
     path = configs_copy / "sources" / "meter_readings.yaml"
     text = path.read_text().replace("    nullable: false\n    unit: kWh", "    nullable: false\n    unti: kWh", 1)
     path.write_text(text)
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if "unti:" in l)
+    line = next(i for i, text_line in enumerate(text.splitlines(), 1) if "unti:" in text_line)
     with pytest.raises(SpecError) as err:
         load_project(configs_copy, env={})
     msg = str(err.value)

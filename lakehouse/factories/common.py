@@ -22,9 +22,8 @@ from dagster_pyspark import LazyPySparkResource
 from pydantic import BaseModel
 from pyspark.sql import SparkSession
 
-from lakehouse import __version__
+from lakehouse import __version__, settings
 from lakehouse.io.lake import Lake
-from lakehouse import settings
 from lakehouse.io.spark import session_conf, session_from_conf
 from lakehouse.specs.models import Project, SourceSpec, StorageSpec
 

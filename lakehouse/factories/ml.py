@@ -20,8 +20,8 @@ import dagster as dg
 
 from lakehouse.factories.common import LakeResource, escape_md, key, spec_version
 from lakehouse.factories.ml_anomaly import build_meter_anomaly
-from lakehouse.factories.ml_forecast import build_consumption_forecast
 from lakehouse.factories.ml_common import md_images
+from lakehouse.factories.ml_forecast import build_consumption_forecast
 from lakehouse.ml import consumption
 from lakehouse.ml.models import ref_of, version_name
 from lakehouse.specs.ml import PipelineSpec, RegressionPipeline

@@ -194,7 +194,7 @@ def plan_tick(
     due = [(0, name) for name, pending_month in deferred.items() if has_month(pending_month) and name not in {n for _, n in batch}]
     for _, name in due:
         del deferred[name]
-    for changed_ns, name in [*due, *batch]:
+    for _, name in [*due, *batch]:
         month = file_month(spec, name)
         if month is None:
             skipped["without a month in the name"] += 1

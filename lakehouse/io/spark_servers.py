@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = "LAKEHOUSE_SPARK_REMOTE={url}"
     else:
         server = standalone_cluster(args.port, webui_port=args.webui_port, cores=args.cores, memory=args.memory, workdir=args.workdir)
-        hint = "LAKEHOUSE_SPARK_MASTER={url}  (master UI http://127.0.0.1:%d)" % args.webui_port
+        hint = "LAKEHOUSE_SPARK_MASTER={url}  (master UI http://127.0.0.1:" + str(args.webui_port) + ")"
     with server as url:
         print(f"ready: {url}   point the lakehouse at it with {hint.format(url=url)}; Ctrl-C stops it", flush=True)
         while not stop["now"]:

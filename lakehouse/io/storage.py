@@ -20,7 +20,6 @@ object exists — what the landing manifest and model versions use instead of a 
 from __future__ import annotations
 
 import builtins
-
 import io
 import re
 from collections.abc import Iterable, Iterator, Mapping

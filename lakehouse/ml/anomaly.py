@@ -27,7 +27,6 @@ from lakehouse.ml.forecast import groups
 from lakehouse.specs.ml import FIGURES, SIGNATURE, AnomalyConfig, AnomalyParams
 
 
-
 def _complete(df: pd.DataFrame, cfg: AnomalyConfig) -> pd.Series:
     """Days received complete (every period), when the profile says so; else every day."""
     if "_complete" in df.columns:

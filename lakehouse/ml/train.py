@@ -39,7 +39,6 @@ from lakehouse.ml.evaluate import regression_metrics
 from lakehouse.specs.ml import MODEL_TYPES, CVConfig
 
 
-
 def single_threaded():
     """Native thread pools (OpenMP, BLAS) limited to one thread for the block.
 
@@ -135,7 +134,7 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
                 xt, yt = torch.from_numpy(Xtr), torch.from_numpy(ttr)
                 xe, ye = torch.from_numpy(Xes), torch.from_numpy(tes)
                 best, best_state, waited, history = np.inf, None, 0, []
-                for epoch in range(self.epochs):
+                for _ in range(self.epochs):
                     net.train()
                     order = torch.randperm(len(xt), generator=gen)
                     for i in range(0, len(order), self.batch_size):

@@ -27,7 +27,6 @@ from lakehouse.sim import scores, weather_server
 from lakehouse.sim.customers import CustomerWorld
 from lakehouse.sim.world import MeterWorld, WorldConfig, months_between
 
-
 # the demo prints progress for people; Dagster's notices about beta parameters would bury it
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)

@@ -198,13 +198,13 @@ def name_similarity(a: str, b: str) -> float:
     return fuzz.token_sort_ratio(" ".join(ta), " ".join(tb)) / 100.0
 
 
-def field_scores(l: pd.Series, r: pd.Series) -> dict[str, float]:
+def field_scores(left: pd.Series, r: pd.Series) -> dict[str, float]:
     return {
-        "name": name_similarity(l["name"], r["name"]),
-        "street": fuzz.ratio(l["street"], r["street"]) / 100.0 if l["street"] and r["street"] else 0.0,
-        "house_number": float(bool(l["number"]) and l["number"] == r["number"]),
-        "postcode": float(bool(l["postcode"]) and l["postcode"] == r["postcode"]),
-        "city": fuzz.ratio(l["city"], r["city"]) / 100.0 if l["city"] and r["city"] else 0.0,
+        "name": name_similarity(left["name"], r["name"]),
+        "street": fuzz.ratio(left["street"], r["street"]) / 100.0 if left["street"] and r["street"] else 0.0,
+        "house_number": float(bool(left["number"]) and left["number"] == r["number"]),
+        "postcode": float(bool(left["postcode"]) and left["postcode"] == r["postcode"]),
+        "city": fuzz.ratio(left["city"], r["city"]) / 100.0 if left["city"] and r["city"] else 0.0,
     }
 
 

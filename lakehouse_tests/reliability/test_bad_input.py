@@ -31,7 +31,6 @@ from lakehouse_tests.reliability.helpers import (
 )
 
 
-
 class Outcome:
     """What the lake made of a corpus: rows per zone keyed by (landed file, line)."""
 
@@ -104,7 +103,7 @@ def check_file(o: Outcome, f: bad.BadFile) -> list[str]:
         problems.append(f"conservation at parse: manifest {entry.rows} rows != formatted {len(formatted)} + quarantined {len(data_q)}")
     if set(formatted) & data_q:
         problems.append(f"lines both formatted and quarantined: {sorted(set(formatted) & data_q)[:5]}")
-    for ln, rows in trusted_q.items():
+    for ln in trusted_q:
         if ln not in formatted:
             problems.append(f"line {ln} quarantined by quality but never formatted")
     if set(trusted) - set(formatted):

@@ -37,7 +37,7 @@ from deltalake import DeltaTable
 from lakehouse.collectors.landing import read_manifest, sha256_file
 from lakehouse.io.lake import Lake
 from lakehouse.sim import corpus as bad
-from lakehouse.sim.world import MeterWorld, WorldConfig, months_between
+from lakehouse.sim.world import MeterWorld, WorldConfig
 from lakehouse_tests.reliability import crash_run
 from lakehouse_tests.reliability.helpers import (
     REPO,
@@ -217,7 +217,7 @@ def test_rerun_changes_nothing(reference):
     # (the formatted zone's Spark lane stages its month's Parquet through the same storage: month=…/part-…)
     assert not [w for w in writes if w[0] == "file" and not w[1].startswith("month=")]
     assert {m: read_manifest(lake.landing_month(SOURCE, m)) for m in months} == manifests
-    for m, entries in manifests.items():
+    for entries in manifests.values():
         assert not duplicates([e.__dict__ for e in entries], ["name", "sha256"])
     trusted = lake.read_arrow("trusted", SOURCE).to_pylist()
     assert not duplicates([r for r in trusted if r["_source_file"]], ["_source_file", "_source_line"])

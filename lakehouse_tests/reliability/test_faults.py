@@ -10,11 +10,10 @@ under ``_rejected/``). One failing month does not stop the others of a run.
 from __future__ import annotations
 
 import json
-
+from pathlib import Path
 
 import dagster as dg
 import pytest
-from pathlib import Path
 import requests
 
 from lakehouse.collectors import collect

@@ -15,7 +15,7 @@ import pytest
 from lakehouse.collectors.landing import read_manifest
 from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
-from lakehouse_tests.reliability.helpers import duplicates, landing_state, lake_hashes, materialize, project_at
+from lakehouse_tests.reliability.helpers import duplicates, lake_hashes, landing_state, materialize, project_at
 
 MONTH = "2012-02"
 
