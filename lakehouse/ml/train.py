@@ -134,7 +134,7 @@ class TorchMLPRegressor(RegressorMixin, BaseEstimator):
                 xt, yt = torch.from_numpy(Xtr), torch.from_numpy(ttr)
                 xe, ye = torch.from_numpy(Xes), torch.from_numpy(tes)
                 best, best_state, waited, history = np.inf, None, 0, []
-                for _ in range(self.epochs):
+                for epoch in range(self.epochs):  # noqa: B007 - the last one is recorded after the loop
                     net.train()
                     order = torch.randperm(len(xt), generator=gen)
                     for i in range(0, len(order), self.batch_size):
