@@ -26,6 +26,7 @@ from lakehouse import __version__, settings
 from lakehouse.io.lake import Lake
 from lakehouse.io.spark import session_conf, session_from_conf
 from lakehouse.specs.models import Project, SourceSpec, StorageSpec
+from lakehouse.specs.tables import TableRef
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -76,6 +77,11 @@ def monthly(project: Project, source: SourceSpec | None = None) -> dg.MonthlyPar
 
 def key(zone: str, table: str) -> dg.AssetKey:
     return dg.AssetKey([zone, table])
+
+
+def table_key(name: str) -> dg.AssetKey:
+    """The asset of a config's ``<zone>/<table>``."""
+    return key(*TableRef.of(name))
 
 
 def months_of(context: dg.AssetExecutionContext) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import dagster as dg
 
-from lakehouse.factories.common import LakeResource, escape_md, key, spec_version
+from lakehouse.factories.common import LakeResource, escape_md, key, spec_version, table_key
 from lakehouse.factories.ml_anomaly import build_meter_anomaly
 from lakehouse.factories.ml_common import md_images
 from lakehouse.factories.ml_forecast import build_consumption_forecast
@@ -36,7 +36,7 @@ def build_consumption_model(project: Project, spec: RegressionPipeline) -> list[
 
     @dg.asset(
         key=asset_key,
-        ins={"daily": dg.AssetIn(key=key(*spec.input.split("/")), partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)},
+        ins={"daily": dg.AssetIn(key=table_key(spec.input), partition_mapping=dg.AllPartitionMapping(), dagster_type=dg.Nothing)},
         group_name="ml",
         description=escape_md(spec.description) or f"Regressor trained on every month of {spec.input}.",
         kinds={"sklearn", "python"},

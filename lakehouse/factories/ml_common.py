@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from lakehouse.factories.common import key, spec_version
+from lakehouse.factories.common import key, spec_version, table_key
 from lakehouse.io.lake import Lake
 from lakehouse.ml import evaluate
 from lakehouse.specs.ml import PipelineSpec
@@ -29,7 +29,7 @@ class PipelineAssets:
 
     @property
     def source_key(self) -> dg.AssetKey:
-        return key(*self.spec.input.split("/"))
+        return table_key(self.spec.input)
 
     @property
     def all_months(self) -> dict[str, dg.AssetIn]:

@@ -14,7 +14,7 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 
-from lakehouse.factories.common import LakeResource, key, monthly, months_of, spec_version
+from lakehouse.factories.common import LakeResource, monthly, months_of, spec_version, table_key
 from lakehouse.factories.ml_common import PipelineAssets, frame_table, md_images, plain_number
 from lakehouse.io.lake import Lake
 from lakehouse.ml import champion
@@ -261,7 +261,7 @@ def _champion_asset(f: _Forecast, model_keys: list[dg.AssetKey]) -> dg.AssetsDef
 
     @dg.asset(
         key=k_champion,
-        deps=[*model_keys, *([key(*drift_table.split("/"))] if drift_table else [])],
+        deps=[*model_keys, *([table_key(drift_table)] if drift_table else [])],
         description=f"The model to deploy: the candidate with the lowest {p.champion_metric} (every candidate "
         "scored on the same rows, or the same CV folds). Promoted only when it is not worse than the current "
         "champion on the same rows and no severe drift was detected.",

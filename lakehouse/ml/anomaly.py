@@ -25,6 +25,7 @@ from sklearn.ensemble import IsolationForest
 
 from lakehouse.ml.forecast import groups
 from lakehouse.specs.ml import FIGURES, SIGNATURE, AnomalyConfig, AnomalyParams
+from lakehouse.specs.tables import TableRef
 
 
 def _complete(df: pd.DataFrame, cfg: AnomalyConfig) -> pd.Series:
@@ -172,7 +173,7 @@ def score_months(lake, source: str, detector: DayDetector, lineage: dict[str, An
     from lakehouse.ml.train import single_threaded
 
     cfg = AnomalyParams.model_validate(lineage["params"]).detector
-    zone, table = source.split("/")
+    zone, table = TableRef.of(source)
     first = (pd.Period(months[0], freq="M") - 1).strftime("%Y-%m")
     version = lake.version(zone, table)
     window = [m for m in lake.months(zone, table) if first <= m <= months[-1]]

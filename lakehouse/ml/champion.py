@@ -21,6 +21,7 @@ from lakehouse.ml import pipeline as fp
 from lakehouse.ml.models import ModelFileError, load_model, read_json, resolve, version_name, versions
 from lakehouse.ml.train import single_threaded
 from lakehouse.specs.ml import ForecastParams
+from lakehouse.specs.tables import TableRef
 
 
 @dataclass
@@ -171,7 +172,7 @@ def drift_gate(lake: Lake, drift_table: str | None, model_dir: str, features: tu
     """Severe drift in the champion's validation months (or the newest month) blocks the promotion."""
     if not drift_table:
         return True, {"drift": "no drift table configured"}
-    zone, table = drift_table.split("/")
+    zone, table = TableRef.of(drift_table)
     if lake.version(zone, table) is None:
         return False, {"drift": f"{drift_table} has not been computed"}
     df = lake.read_arrow(zone, table).to_pandas()

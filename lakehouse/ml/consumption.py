@@ -14,6 +14,7 @@ from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from lakehouse.io.lake import Lake
 from lakehouse.specs.ml import Columns, RegressionParams
+from lakehouse.specs.tables import TableRef
 
 FEATURES = ["day_of_year_sin", "day_of_year_cos", "day_of_week", "lag_1", "lag_7", "rolling_7"]
 
@@ -84,7 +85,7 @@ def train_version(lake: Lake, name: str, source: str, params: RegressionParams, 
     from lakehouse.ml.models import save_model
 
     cols = params.columns
-    zone, table = source.split("/")
+    zone, table = TableRef.of(source)
     version = lake.version(zone, table)
     if version is None:
         raise LookupError(f"{source} does not exist yet: materialize it first")

@@ -30,6 +30,7 @@ from lakehouse.io.lake import Lake
 from lakehouse.ml import evaluate, forecast, train
 from lakehouse.ml.lineage import code_version
 from lakehouse.specs.ml import ForecastParams, ModelConfig
+from lakehouse.specs.tables import TableRef
 
 LINEAGE_KEY = "lakehouse.lineage"
 
@@ -55,7 +56,7 @@ def read_table(lake: Lake, table: str, version: int | None = None) -> tuple[pd.D
 
 
 def read_input(lake: Lake, table: str, version: int | None = None) -> tuple[pd.DataFrame, int]:
-    zone, name = table.split("/")
+    zone, name = TableRef.of(table)
     version = lake.version(zone, name) if version is None else version
     if version is None:
         raise LookupError(f"{table} does not exist yet: materialize it first")
@@ -259,7 +260,7 @@ def predictions(
 
     run_params = ForecastParams.model_validate(lineage["params"])
     cols = run_params.models[lineage["model"]].columns
-    zone, table = source.split("/")
+    zone, table = TableRef.of(source)
     first = (pd.Period(months[0], freq="M") - 13).strftime("%Y-%m")
     window = [m for m in lake.months(zone, table) if first <= m <= months[-1]]
     version = lake.version(zone, table)

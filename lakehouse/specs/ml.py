@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from lakehouse.specs.tables import TableName
+
 #: model types of a forecasting pipeline (``lakehouse.ml.train.make_model`` builds each)
 MODEL_TYPES = ("sklearn_ridge", "sklearn_linear", "sklearn_gbm", "torch_mlp")
 #: cross-validation protocols: shuffled k-fold, or forward-chaining folds in time
@@ -147,7 +149,7 @@ class ChampionConfig(Options):
 
     metric: Literal["rmse", "cv_rmse"] = "rmse"
     tolerance: float = Field(default=0.0, ge=0)
-    drift_table: str | None = None
+    drift_table: TableName | None = None
     drift_features: tuple[str, ...] | None = None
 
 
@@ -279,7 +281,7 @@ class _Pipeline(Options):
     name: str
     description: str = ""
     #: the ``<zone>/<table>`` the pipeline learns from
-    input: str
+    input: TableName
 
     @field_validator("name")
     @classmethod

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from lakehouse.specs.ml import PipelineSpec
+from lakehouse.specs.tables import TableName, TableRef
 
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 IDENT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -467,16 +468,10 @@ class ReferenceSpec(Spec):
     checked month, for snapshots such as a registry; ``same``; ``all``)."""
 
     column: str
-    table: str
+    table: TableName
     to: str | None = None
     months: Literal["same", "latest", "all"] = "latest"
 
-    @field_validator("table")
-    @classmethod
-    def _zone_table(cls, value: str) -> str:
-        if value.count("/") != 1:
-            raise ValueError(f"reference table {value!r} must be '<zone>/<table>'")
-        return value
 
     @property
     def target_column(self) -> str:
@@ -867,20 +862,14 @@ class ViewInputSpec(Spec):
     """An input table of a view. ``months``: ``same`` (the view's month), ``all`` (every month),
     ``latest`` (the newest month not after the view's month — for snapshots such as registries)."""
 
-    table: str
+    table: TableName
     alias: str | None = None
     months: Literal["same", "all", "latest"] = "same"
 
-    @field_validator("table")
-    @classmethod
-    def _zone_table(cls, value: str) -> str:
-        if value.count("/") != 1:
-            raise ValueError(f"table {value!r} must be '<zone>/<table>'")
-        return value
 
     @property
     def name(self) -> str:
-        return self.alias or self.table.split("/")[1]
+        return self.alias or TableRef.of(self.table).table
 
 
 class ViewColumnSpec(ColumnSpec):
