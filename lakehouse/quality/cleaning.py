@@ -72,8 +72,8 @@ KEPT, REJECTED, MERGED, IMPUTED = "kept", "rejected", "merged", "imputed"
 EXACT_DUPLICATE = "exact_duplicate"
 MONTH = "month"
 TS_TEXT = "yyyy-MM-dd'T'HH:mm:ssXXX"
-# collected with the month (see _payload_columns): the quarantine's text of a rejected/merged row, the
-# key of a repaired row
+# computed with the month (see _payload_columns) and split by the staging tasks: the quarantine's text of a
+# rejected/merged row, the key of a repaired row
 Q_RULE, Q_ERROR, Q_KEY, Q_RECORD, R_KEY = "__q_rule", "__q_error", "__q_key", "__q_record", "__r_key"
 REPAIR_TYPE = "array<struct<column:string,old:string,new:string,rule:string>>"
 
