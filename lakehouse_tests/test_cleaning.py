@@ -15,8 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from lakehouse.quality import quarantine
-from lakehouse.quality.cleaning import IMPUTED, clean_month, summary_rows
+from lakehouse.io.lake import Lake
+from lakehouse.quality import metrics, quarantine, repairs
+from lakehouse.quality.cleaning import IMPUTED, CleanResult, Staging, clean_month, summary_rows
 from lakehouse.specs import load_project
 from lakehouse.specs.models import SourceSpec
 from lakehouse_tests.conftest import REPO
@@ -86,16 +87,43 @@ def as_rows(df) -> list[dict]:
     return [{k: _utc(v) for k, v in r.items()} for r in rows]
 
 
+def clean_and_commit(formatted, source: SourceSpec, root, *, month: str = MONTH, **kwargs) -> tuple[CleanResult, dict[str, list[dict]]]:
+    """``clean_month`` as the trusted asset runs it: Spark's tasks stage the month, it is committed to a lake
+    at ``root``, and the trusted rows, the batch's quarantine rows and changed cells are read back (lineage
+    columns named as in trusted)."""
+    lake = Lake(root)
+    batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id="test")
+    staging = Staging(lake.storage, lake.table_uri("trusted", source.name), lake.table_uri(*quarantine.TABLE),
+                      lake.table_uri(*repairs.TABLE), batch)
+    result = clean_month(formatted, source, month=month, staging=staging, **kwargs)
+    quarantine.commit(lake, result.staged["quarantine"], batch)
+    repairs.commit(lake, result.staged["repairs"], batch)
+    lake.commit_month("trusted", source.name, month, result.staged["trusted"], result.trusted_schema)
+    lineage = {"source_file": "_source_file", "source_line": "_source_line"}
+
+    def batch_rows(table: tuple[str, str], columns: list[str]) -> list[dict]:
+        if not lake.exists(*table):
+            return []
+        t = lake.read_arrow(*table, months=[month])
+        t = t.filter(pa.compute.equal(t["batch_id"], batch.batch_id))
+        return as_rows(t.rename_columns([lineage.get(c, c) for c in t.column_names]).select(columns))
+
+    rows = {
+        "trusted": as_rows(lake.read_arrow("trusted", source.name, months=[month])),
+        "rejected": batch_rows(quarantine.TABLE, ["rule", "disposition", "error", "_source_file", "_source_line", "key", "record"]),
+        "repairs": batch_rows(repairs.TABLE, ["key", "column", "old_value", "new_value", "rule", "row_status", "_source_file", "_source_line"]),
+    }
+    return result, rows
+
+
 @pytest.fixture(scope="module")
-def cleaned(spark):
-    """The crafted month as the trusted zone takes it: collected once, split with pyarrow."""
+def cleaned(spark, tmp_path_factory):
+    """The crafted month as the trusted zone takes it: staged by Spark's tasks, committed, read back."""
     formatted = spark.createDataFrame(crafted_rows(), SCHEMA)
-    result = clean_month(formatted, meter_source(), month=MONTH)
+    result, rows = clean_and_commit(formatted, meter_source(), tmp_path_factory.mktemp("lake"))
     out = {
         "result": result,
-        "trusted": as_rows(result.trusted_table()),
-        "rejected": as_rows(result.rejected_table()),
-        "repairs": as_rows(result.repairs_table()),
+        **rows,
         "summary": {r["name"]: r for r in summary_rows(result)},
         "formatted_rows": formatted.count(),
     }
@@ -103,33 +131,32 @@ def cleaned(spark):
     return out
 
 
-def test_spark_plans_give_the_rows_the_collected_month_gives(spark, cleaned):
-    """``collect=False`` (month persisted in Spark, rows from the DataFrame plans, as a range written by
-    Spark takes them) yields the same trusted, quarantine and repairs rows, in the same types, and the
-    same figures as the collected month split with pyarrow."""
-    formatted = spark.createDataFrame(crafted_rows(), SCHEMA)
-    result = clean_month(formatted, meter_source(), month=MONTH, collect=False)
+def test_many_tasks_and_small_shares_give_the_rows_and_figures_of_one(spark, cleaned, tmp_path, monkeypatch):
+    """The month split over more tasks, each counting its rows in shares of a few rows, gives the same
+    trusted, quarantine and repairs rows and the same figures: the tasks' sums add up, and keys repeated
+    across shares and tasks are counted once."""
+    from lakehouse.quality import cleaning
+
+    monkeypatch.setattr(cleaning, "CHUNK_ROWS", 7)
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "5")
     try:
-        assert result.table is None
-        collected = cleaned["result"]
-        assert result.counts == collected.counts and result.cells_repaired == collected.cells_repaired
-        assert summary_rows(result) == summary_rows(collected)
-        for name in ("trusted", "rejected", "repairs"):
-            plan = getattr(result, name)
-            table = getattr(result, f"{name}_table")()  # collect=False: the plan's toArrow
-            types = [[(f.name, f.type) for f in t.schema] for t in (table, getattr(collected, f"{name}_table")())]
-            assert types[0] == types[1], name  # (nullability differs; the writers cast to the table's schema)
-            assert sorted(map(repr, as_rows(plan))) == sorted(map(repr, cleaned[name])), name
-        assert len(cleaned["repairs"]) > HOURS and len(cleaned["rejected"]) == 10  # the comparison saw rows
-        args = {"dataset": "meter_readings", "stage": "trusted", "run_id": "r1", "month": MONTH}
-        from_arrow = quarantine.quarantine_table(collected.rejected_table(), **args)
-        from_spark = quarantine.quarantine_rows(result.rejected, record_columns=None, **args).toArrow()
-        assert sorted(map(repr, from_arrow.to_pylist())) == sorted(map(repr, quarantine._conform(from_spark).to_pylist()))
+        formatted = spark.createDataFrame(crafted_rows(), SCHEMA).repartition(5)
+        result, rows = clean_and_commit(formatted, meter_source(), tmp_path)
     finally:
-        result.close()
+        spark.conf.set("spark.sql.shuffle.partitions", before)
+    collected = cleaned["result"]
+    assert len(result.staged["trusted"]) > 1  # more than one task wrote the month
+    assert result.counts == collected.counts and result.cells_repaired == collected.cells_repaired
+    assert summary_rows(result) == summary_rows(collected)
+    assert (result.key_uniqueness_in, result.key_uniqueness_out) == (collected.key_uniqueness_in, collected.key_uniqueness_out)
+    assert result.completeness_in == collected.completeness_in and result.completeness_out == collected.completeness_out
+    for name in ("trusted", "rejected", "repairs"):
+        assert sorted(map(repr, rows[name])) == sorted(map(repr, cleaned[name])), name
+    assert len(cleaned["repairs"]) > HOURS and len(cleaned["rejected"]) == 10  # the comparison saw rows
 
 
-def test_the_next_month_reuses_the_generated_code(spark, cleaned):
+def test_the_next_month_reuses_the_generated_code(spark, cleaned, tmp_path):
     """Spark caches generated classes by their code: a month's plans are the same code as the last
     month's, so nothing compiles again (a Python lambda in a higher-order function names its variable
     afresh on every call, and that name is written into the generated code: each month compiled dozens
@@ -137,11 +164,8 @@ def test_the_next_month_reuses_the_generated_code(spark, cleaned):
     metric = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
     assert cleaned["formatted_rows"] > 0  # the fixture cleaned the month once in this session
     before = metric.getCount()
-    again = clean_month(spark.createDataFrame(crafted_rows(), SCHEMA), meter_source(), month=MONTH)
-    try:
-        assert again.counts == cleaned["result"].counts
-    finally:
-        again.close()
+    again, _ = clean_and_commit(spark.createDataFrame(crafted_rows(), SCHEMA), meter_source(), tmp_path)
+    assert again.counts == cleaned["result"].counts
     assert metric.getCount() - before == 0
 
 
@@ -268,7 +292,7 @@ def test_every_formatted_row_is_accounted_for(cleaned):
     assert cleaned["result"].failed_rules == []
 
 
-def test_fail_warn_set_repair_iqr_and_keep_policies(spark):
+def test_fail_warn_set_repair_iqr_and_keep_policies(spark, tmp_path):
     """Other actions on a tiny table: a fail rule, warn rules (one a reference to a registry), a set
     repair, iqr outliers repaired, conflicts resolved by keeping the max."""
     rows = [("M1", at(h), level(h), "f.csv", h + 2) for h in range(24)]
@@ -294,14 +318,10 @@ def test_fail_warn_set_repair_iqr_and_keep_policies(spark):
     }
     df = spark.createDataFrame(rows, SCHEMA)
     registry = spark.createDataFrame([("M7",), ("M8",)], "meter_id string")  # M1 is not registered
-    result = clean_month(df, meter_source(**quality), month=MONTH, references={"registered": registry})
-    try:
-        trusted = {r["ts"]: r["reading_kwh"] for r in as_rows(result.trusted)}
-        repairs = as_rows(result.repairs)
-        merged = as_rows(result.rejected)
-        summary = {r["name"]: r for r in summary_rows(result)}
-    finally:
-        result.close()
+    result, written = clean_and_commit(df, meter_source(**quality), tmp_path, references={"registered": registry})
+    trusted = {r["ts"]: r["reading_kwh"] for r in written["trusted"]}
+    repairs, merged = written["repairs"], written["rejected"]
+    summary = {r["name"]: r for r in summary_rows(result)}
     assert result.failed_rules == ["never_above_100"] and summary["never_above_100"]["violations"] == 1
     assert summary["too_big"]["violations"] == 1  # warn: counted, kept
     assert summary["registered"]["violations"] == len(rows) and summary["registered"]["rejected"] == 0
@@ -319,7 +339,7 @@ def test_fail_warn_set_repair_iqr_and_keep_policies(spark):
 
 
 @pytest.mark.parametrize("case", ["history", "history_arrow", "absolute"])
-def test_unit_harmonization_without_a_fleet(spark, case):
+def test_unit_harmonization_without_a_fleet(spark, case, tmp_path):
     """One meter alone: its own history decides, else the absolute bound; a normal file is left alone.
 
     The history is given as a Spark DataFrame, or as the trusted asset gives it: a function returning
@@ -339,23 +359,24 @@ def test_unit_harmonization_without_a_fleet(spark, case):
     step = {"step": "unit_harmonization", "name": "wh", "column": "reading_kwh", "group_by": ["meter_id"],
             "min_history": 168, "min_fleet": 3, "max_typical": 100}
     df = spark.createDataFrame(wh + ok, SCHEMA)
-    result = clean_month(df, meter_source(rules=[], cleaning=[step]), month=MONTH, history=history)
-    try:
-        trusted = as_rows(result.trusted)
-        notes = list(result.notes)
-    finally:
-        result.close()
+    result, rows = clean_and_commit(df, meter_source(rules=[], cleaning=[step]), tmp_path, history=history)
+    trusted, notes = rows["trusted"], list(result.notes)
     assert max(r["reading_kwh"] for r in trusted if r["meter_id"] == "M9") < 2
     assert min(r["reading_kwh"] for r in trusted if r["meter_id"] == "M8") > 30
     assert len(notes) == 1 and ("own history" in notes[0] if case != "absolute" else "max_typical" in notes[0])
 
 
-def test_group_medians_match_spark_median():
-    """The unit step's per-series medians (on the driver): nulls ignored, even counts averaged, null keys
-    a group of their own, as Spark's ``median`` over a ``groupBy`` gives them."""
+def test_group_medians_match_spark_median(spark):
+    """The unit step's per-series medians (a Spark aggregation, a row per group to the driver): nulls
+    ignored, even counts averaged, null keys a group of their own, as Spark's ``median`` over a ``groupBy``
+    gives them."""
     import pyarrow as pa
 
-    from lakehouse.quality.cleaning import _group_medians
+    from lakehouse.io.spark import arrow_frame
+    from lakehouse.quality.cleaning import _group_medians as in_spark
+
+    def _group_medians(t, keys, value):
+        return in_spark(arrow_frame(spark, t), keys, value)
 
     t = pa.table({"m": ["a", "a", "a", "a", "b", "b", None, "c"], "f": ["x"] * 8,
                   "v": [1.0, 4.0, 2.0, 10.0, 3.0, None, 7.0, None]})
@@ -396,24 +417,21 @@ def test_the_driver_jvm_collects_with_the_throughput_collector(spark):
     ({"a.csv": "2012-02-01T07:00:00+00:00", "b.csv": "2012-02-01T08:00:00+00:00"}, 1.0),
     (None, 1.0),  # without receipt times: file and line order
 ])
-def test_keep_first_keeps_the_row_received_first(spark, received, kept):
+def test_keep_first_keeps_the_row_received_first(spark, received, kept, tmp_path):
     rows = [("M1", at(h), level(h) + 1, "a.csv", h + 2) for h in range(6)]
     rows[2] = ("M1", at(2), 1.0, "a.csv", 4)
     rows.append(("M1", at(2), 9.0, "b.csv", 2))  # the same hour from a second delivery
     rows.append(("M1", at(4), level(4) + 1, "b.csv", 3))  # an exact duplicate of a.csv's hour 4
     quality = {"rules": [{"name": "one_per_hour", "unique": ["meter_id", "ts"], "action": "repair", "repair": {"keep": "first"}}],
                "cleaning": [{"step": "rules"}]}
-    result = clean_month(spark.createDataFrame(rows, SCHEMA), meter_source(**quality), month=MONTH, received=received)
-    try:
-        trusted = {r["ts"]: (r["reading_kwh"], r["_source_file"]) for r in as_rows(result.trusted)}
-    finally:
-        result.close()
+    _, written = clean_and_commit(spark.createDataFrame(rows, SCHEMA), meter_source(**quality), tmp_path, received=received)
+    trusted = {r["ts"]: (r["reading_kwh"], r["_source_file"]) for r in written["trusted"]}
     assert trusted[at(2)][0] == kept
     first_file = min(received, key=received.get) if received else "a.csv"
     assert trusted[at(4)] == (level(4) + 1, first_file)  # the exact duplicate keeps the first received copy
 
 
-def test_series_steps_on_a_single_daily_series_without_group_by(spark):
+def test_series_steps_on_a_single_daily_series_without_group_by(spark, tmp_path):
     """One meter's daily export: no entity column, a date as the time. A stuck run, a spike and two
     missing days are handled by the same steps the hourly meters use, with ``every: 1d``."""
     source = SourceSpec.model_validate({
@@ -436,12 +454,9 @@ def test_series_steps_on_a_single_daily_series_without_group_by(spark):
     del values[14], values[15]  # two days never sent
     rows = [(d0 + dt.timedelta(days=d), v, "gas.json", d + 2) for d, v in sorted(values.items())]
     df = spark.createDataFrame(rows, "day date, energy_kwh double, _source_file string, _source_line bigint")
-    result = clean_month(df, source, month=MONTH)
-    try:
-        trusted = {r["day"]: r for r in as_rows(result.trusted_table())}
-        rejected = {(r["rule"], json.loads(r["key"])["day"]) for r in as_rows(result.rejected_table())}
-    finally:
-        result.close()
+    _, rows = clean_and_commit(df, source, tmp_path)
+    trusted = {r["day"]: r for r in rows["trusted"]}
+    rejected = {(r["rule"], json.loads(r["key"])["day"]) for r in rows["rejected"]}
     assert rejected == {("spike", "2012-01-09"), *(("stuck_register", f"2012-01-{d}") for d in (21, 22, 23, 24))}
     for day in (15, 16):  # filled between its neighbours, one day at a time
         got = trusted[dt.date(2012, 1, day)]["energy_kwh"]
@@ -478,7 +493,7 @@ def _index_month(spark, month: str, values: dict[str, list[float]]):
     return spark.createDataFrame(rows, INDEX_SCHEMA)
 
 
-def test_prev_rule_continues_the_series_from_the_month_before(spark):
+def test_prev_rule_continues_the_series_from_the_month_before(spark, tmp_path):
     """Meter-index continuity across months: each meter's first day of February is compared with its last
     trusted day of January (the trusted zone's history), per meter; a meter without history starts fresh.
     The rule is evaluated on the kept rows: a row after a quarantined one is compared with it (same
@@ -496,44 +511,37 @@ def test_prev_rule_continues_the_series_from_the_month_before(spark):
     })
     feb = {"M1": [95.0, 101.0, 99.0, 102.0], "M2": [12.0, 11.0, 13.0], "M3": [5.0, 6.0]}
 
-    def rejected(result) -> set[tuple[str, str]]:
-        return {(json.loads(r["key"])["meter_id"], json.loads(r["key"])["day"]) for r in as_rows(result.rejected_table())}
+    def rejected(rows) -> set[tuple[str, str]]:
+        return {(json.loads(r["key"])["meter_id"], json.loads(r["key"])["day"]) for r in rows["rejected"]}
 
-    alone = clean_month(_index_month(spark, "2012-02", feb), source, month="2012-02")
-    with_history = clean_month(_index_month(spark, "2012-02", feb), source, month="2012-02", history=lambda: january)
-    try:
-        # without history the first day of a series has no previous row
-        assert rejected(alone) == {("M1", "2012-02-03"), ("M2", "2012-02-02")}
-        # with it, M1's Feb 1 (95) falls below its Jan 31 (100); M2's Feb 1 (12) is above its Jan 31 (10)
-        assert rejected(with_history) == {("M1", "2012-02-01"), ("M1", "2012-02-03"), ("M2", "2012-02-02")}
-        assert with_history.outcomes["index_continuity"].rejected == 3
-        assert with_history.outcomes["same_meter"].violations == 0
-        assert "prev.index_kwh" in with_history.outcomes["index_continuity"].description
-    finally:
-        alone.close()
-        with_history.close()
+    _, alone = clean_and_commit(_index_month(spark, "2012-02", feb), source, tmp_path / "alone", month="2012-02")
+    with_history, written = clean_and_commit(
+        _index_month(spark, "2012-02", feb), source, tmp_path / "history", month="2012-02", history=lambda: january
+    )
+    # without history the first day of a series has no previous row
+    assert rejected(alone) == {("M1", "2012-02-03"), ("M2", "2012-02-02")}
+    # with it, M1's Feb 1 (95) falls below its Jan 31 (100); M2's Feb 1 (12) is above its Jan 31 (10)
+    assert rejected(written) == {("M1", "2012-02-01"), ("M1", "2012-02-03"), ("M2", "2012-02-02")}
+    assert with_history.outcomes["index_continuity"].rejected == 3
+    assert with_history.outcomes["same_meter"].violations == 0
+    assert "prev.index_kwh" in with_history.outcomes["index_continuity"].description
     metric = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
     before = metric.getCount()
     march_history = pa.table({"meter_id": ["M1", "M3"], "day": [dt.date(2012, 2, 29)] * 2, "index_kwh": [200.0, 1.0]})
-    march = clean_month(
-        _index_month(spark, "2012-03", {"M1": [150.0, 160.0], "M3": [2.0, 1.5]}), source, month="2012-03", history=march_history
+    _, march = clean_and_commit(
+        _index_month(spark, "2012-03", {"M1": [150.0, 160.0], "M3": [2.0, 1.5]}), source, tmp_path / "march", month="2012-03",
+        history=march_history,
     )
-    try:
-        assert rejected(march) == {("M1", "2012-03-01"), ("M3", "2012-03-02")}
-    finally:
-        march.close()
+    assert rejected(march) == {("M1", "2012-03-01"), ("M3", "2012-03-02")}
     assert metric.getCount() - before == 0
 
 
-def test_prev_rule_on_a_single_series_uses_the_rule_s_own_order(spark):
+def test_prev_rule_on_a_single_series_uses_the_rule_s_own_order(spark, tmp_path):
     """No group_by: the whole source is one series; the rule names its time column."""
     source = _index_source(rules=[{"name": "index_continuity", "deny": "index_kwh - prev.index_kwh < -0.5", "time": "day"}])
     history = pa.table({"meter_id": ["A"], "day": [dt.date(2012, 1, 31)], "index_kwh": [50.0]})
-    result = clean_month(_index_month(spark, "2012-02", {"A": [49.0, 49.8, 49.6]}), source, month="2012-02", history=history)
-    try:
-        days = {json.loads(r["key"])["day"] for r in as_rows(result.rejected_table())}
-    finally:
-        result.close()
+    _, rows = clean_and_commit(_index_month(spark, "2012-02", {"A": [49.0, 49.8, 49.6]}), source, tmp_path, month="2012-02", history=history)
+    days = {json.loads(r["key"])["day"] for r in rows["rejected"]}
     assert days == {"2012-02-01"}  # -1.0 from January; -0.2 within the month is tolerated
 
 
@@ -559,7 +567,7 @@ def _temperature_month(spark):
         ({"method": "seasonal", "season": "7d"}, {("A", 20): 23.0, ("A", 25): 28.0}),
     ],
 )
-def test_fill_nulls_fills_cells_from_the_series_and_logs_each(spark, fill, expected):
+def test_fill_nulls_fills_cells_from_the_series_and_logs_each(spark, fill, expected, tmp_path):
     """Linear by time between the neighbouring values, the last value within max_distance, or the value
     one season earlier — never from another meter nor from the quarantined 999 of day 8; what cannot be
     filled stays null, and every filled cell is one repair (old value null)."""
@@ -577,13 +585,10 @@ def test_fill_nulls_fills_cells_from_the_series_and_logs_each(spark, fill, expec
             ],
         },
     })
-    result = clean_month(_temperature_month(spark), source, month=MONTH)
-    try:
-        trusted = {(r["meter_id"], r["day"].day): r["temp_c"] for r in as_rows(result.trusted_table())}
-        repairs = as_rows(result.repairs_table())
-        summary = {r["name"]: r for r in summary_rows(result)}
-    finally:
-        result.close()
+    result, rows = clean_and_commit(_temperature_month(spark), source, tmp_path)
+    trusted = {(r["meter_id"], r["day"].day): r["temp_c"] for r in rows["trusted"]}
+    repairs = rows["repairs"]
+    summary = {r["name"]: r for r in summary_rows(result)}
     missing = {("A", d) for d in (1, 5, 6, 7, 12, 15, 20, 25)} | {("B", 2), ("B", 3)}
     assert {k: v for k, v in trusted.items() if k in missing and v is not None} == pytest.approx(expected)
     assert ("A", 8) not in trusted and len(trusted) == 24 + 3  # the 999 is quarantined, nothing else moves
@@ -615,7 +620,7 @@ def test_fill_nulls_rejects_what_it_cannot_do():
         validate_quality(source)
 
 
-def test_derived_columns_follow_the_cleaned_inputs(spark):
+def test_derived_columns_follow_the_cleaned_inputs(spark, tmp_path):
     """A derived column is in the trusted table, recomputed from the cells as the cleaning left them: a
     filled temperature gives its heating degrees, and a rule after the fill reads them."""
     source = SourceSpec.model_validate({
@@ -632,13 +637,12 @@ def test_derived_columns_follow_the_cleaned_inputs(spark):
     })
     temps = [5.0, None, 9.0, 20.0, None, 12.0]
     rows = [(dt.date(2012, 1, d + 1), t, "t.csv", d + 2) for d, t in enumerate(temps)]
-    result = clean_month(spark.createDataFrame(rows, "day date, temp_c double, _source_file string, _source_line bigint"), source, month=MONTH)
-    try:
-        trusted = sorted(as_rows(result.trusted_table()), key=lambda r: r["day"])
-        assert result.trusted_table().column_names[:4] == ["day", "temp_c", "hdd", "heating"]
-        summary = {r["name"]: r for r in summary_rows(result)}
-    finally:
-        result.close()
+    result, written = clean_and_commit(
+        spark.createDataFrame(rows, "day date, temp_c double, _source_file string, _source_line bigint"), source, tmp_path
+    )
+    trusted = sorted(written["trusted"], key=lambda r: r["day"])
+    assert list(trusted[0])[:4] == ["day", "temp_c", "hdd", "heating"]
+    summary = {r["name"]: r for r in summary_rows(result)}
     assert [r["temp_c"] for r in trusted] == pytest.approx([5.0, 7.0, 9.0, 20.0, 16.0, 12.0])
     assert [r["hdd"] for r in trusted] == pytest.approx([11.5, 9.5, 7.5, 0.0, 0.5, 4.5])
     assert [r["heating"] for r in trusted] == [True, True, True, False, True, True]

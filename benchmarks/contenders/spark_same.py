@@ -20,9 +20,8 @@ imputed here (the lakehouse cleans each month alone), and the rows' counts are r
 that must fit a large range in memory would: formatted then trusted per month, the unit step given the
 trusted months before it (``history_months``), Parquet appended per month, the view once at the end. It
 leaves out what orchestration adds (Dagster, the landing manifest, Delta commits, the quality metrics,
-pandera validation and asset checks) and computes a month as a plain script would: ``collect=False`` (the
-month persisted, its outputs written by Spark), one month after the other, where the lakehouse collects
-the month once, commits it to Delta and overlaps two months.
+pandera validation and asset checks): its outputs are the files Spark's tasks stage, one month after the
+other, where the lakehouse also commits them to Delta and overlaps two months.
 """
 
 from __future__ import annotations
@@ -52,18 +51,20 @@ def _formatted(spark, source, schema, months: dict[str, list[Path]], out: Path) 
             pq.write_table(bad, out / "quarantine_formatted" / f"{month}.parquet")
 
 
-def _trusted(formatted, source, out: Path, mode: str, month: str = "all", history=None) -> None:
-    """``clean_month`` over ``formatted`` (a month or the range), written by Spark (not collected)."""
-    from pyspark.sql import functions as F
+def _trusted(formatted, source, out: Path, month: str = "all", history=None) -> None:
+    """``clean_month`` over ``formatted`` (a month or the range): Spark's tasks stage the trusted rows, the
+    quarantine rows and the changed cells as Parquet under ``out/{trusted,quarantine_trusted,repairs}/month=…/``
+    (no Delta commit: the staged files are the output)."""
+    from lakehouse.io.storage import Storage
+    from lakehouse.quality import cleaning, metrics
 
-    from lakehouse.quality import cleaning
-
-    result = cleaning.clean_month(formatted, source, month=month, history=history, collect=False)
-    part = F.date_format(F.col(source.partitioning.column), "yyyy-MM")
-    result.trusted.withColumn("month", part).write.mode(mode).partitionBy("month").parquet(str(out / "trusted"))
-    result.rejected.write.mode(mode).parquet(str(out / "quarantine_trusted"))
-    result.repairs.write.mode(mode).parquet(str(out / "repairs"))
-    result.close()
+    tables = {"trusted": out / "trusted", "quarantine": out / "quarantine_trusted", "repairs": out / "repairs"}
+    for folder in tables.values():
+        shutil.rmtree(folder / f"month={month}", ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id="spark_same")
+    staging = cleaning.Staging(Storage("/"), *(str(tables[k]) for k in ("trusted", "quarantine", "repairs")), batch)
+    cleaning.clean_month(formatted, source, month=month, staging=staging, history=history)
 
 
 def main(per_month: bool = False) -> None:
@@ -106,13 +107,13 @@ def main(per_month: bool = False) -> None:
             earlier = [str(out / "trusted" / f"month={m}") for m in done[-n:]] if n else []
             history = spark.read.parquet(*earlier) if earlier else None
             formatted = spark.read.parquet(str(out / "formatted" / f"month={month}"))
-            _trusted(formatted, source, out, "append", month=month, history=history)
+            _trusted(formatted, source, out, month=month, history=history)
             done.append(month)
             clock.lap("trusted")
     else:
         _formatted(spark, source, schema, months, out)
         clock.lap("formatted")
-        _trusted(spark.read.parquet(str(out / "formatted")), source, out, "overwrite")
+        _trusted(spark.read.parquet(str(out / "formatted")), source, out)
         clock.lap("trusted")
 
     spark.read.parquet(str(out / "trusted")).createOrReplaceTempView(view.inputs[0].name)

@@ -9,7 +9,9 @@ The ``table_maintenance`` job (scheduled weekly, :data:`MAINTENANCE_CRON`) runs 
    retention needs, **except the files of every version a model was trained on**. Models record their
    inputs' Delta versions in ``<lake>/ml/<pipeline>/models/v*/lineage.json``; those versions stay readable
    (time travel) for as long as the model folder exists. A dry run checks first that no file of such a
-   version would go; if one would, the table's vacuum is skipped and reported, never run.
+   version would go; if one would, the table's vacuum is skipped and reported, never run. The vacuum is
+   *full*: it also deletes files older than the retention that no commit ever listed (Parquet a crashed
+   job staged into a month folder, see :meth:`lakehouse.io.lake.Lake.commit_month`).
 
 Before that, :func:`sweep_staged` deletes what crashed writers left, once older than
 ``limits.staged_orphan_age_h`` (younger files may belong to a commit in flight): Parquet under a table's
@@ -181,7 +183,9 @@ def maintain_table(
             protected |= _relative_files(DeltaTable(uri, version=v, storage_options=options))
         except Exception:  # noqa: BLE001 - the version's log is gone: nothing left to protect, report it
             unreadable.append(v)
-    vacuum_args: dict[str, Any] = {"retention_hours": retention_hours, "enforce_retention_duration": False, "keep_versions": keep or None}
+    vacuum_args: dict[str, Any] = {
+        "retention_hours": retention_hours, "enforce_retention_duration": False, "keep_versions": keep or None, "full": True,
+    }
     # vacuum lists every expired tombstone of the log, also files an earlier vacuum already deleted
     candidates = {f for f in dt.vacuum(dry_run=True, **vacuum_args) if present(f)}
     endangered = sorted(candidates & protected)

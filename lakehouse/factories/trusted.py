@@ -41,7 +41,7 @@ from lakehouse.factories.common import (
 from lakehouse.factories.schema import column_schema, derived_lineage
 from lakehouse.io.lake import Lake
 from lakehouse.quality import metrics, quarantine, repairs, schemas
-from lakehouse.quality.cleaning import EXACT_DUPLICATE, CleanResult, clean_month, history_columns, validate_quality
+from lakehouse.quality.cleaning import EXACT_DUPLICATE, CleanResult, Staging, clean_month, history_columns, validate_quality
 from lakehouse.quality.constraints import CompiledRule
 from lakehouse.specs.models import Project, ReferenceSpec, RulesStep, SourceSpec, UnitStep
 from lakehouse.transforms.parse import LINE_COL
@@ -92,18 +92,19 @@ def history_months(source: SourceSpec) -> int:
     return max(units, 1 if previous else 0)
 
 
-def _history(root: Lake, source: SourceSpec, month: str):
-    """Trusted rows of the months before ``month`` that unit steps compare with and ``prev.`` rules
-    continue from (None if there are none).
-
-    Read with delta-rs into Arrow: the unit step computes its per-series medians on the driver, the rules
-    pick each series' last row there.
-    """
+def _history(root: Lake, source: SourceSpec, month: str) -> list[str] | None:
+    """The trusted months before ``month`` that unit steps compare with and ``prev.`` rules continue from
+    (None if there are none)."""
     n = history_months(source)
     if n == 0 or not root.exists("trusted", source.name):
         return None
-    earlier = [m for m in root.months("trusted", source.name) if m < month][-n:]
-    return root.read_arrow("trusted", source.name, months=earlier, columns=history_columns(source)) if earlier else None
+    return [m for m in root.months("trusted", source.name) if m < month][-n:] or None
+
+
+def _history_rows(root: Lake, session, source: SourceSpec, months: list[str]):
+    """The columns the cleaning reads of the trusted ``months``, as a Spark DataFrame (the unit step
+    aggregates them per series in Spark)."""
+    return root.read_spark(session, "trusted", source.name, months=months).select(*history_columns(source))
 
 
 class _InOrder:
@@ -152,17 +153,14 @@ def _references(root: Lake, session, source: SourceSpec, month: str) -> dict:
 
 
 def conservation(root: Lake, source: SourceSpec, month: str, batch: metrics.Batch) -> metrics.Conservation:
-    """The conservation figures of ``month``, read back from what is stored (not from the computation)."""
-    import pyarrow.compute as pc
-
-    first = source.columns[0].name
-    formatted = metrics.month_rows(root, "formatted", source.name, month, column=first).num_rows
-    trusted = metrics.month_rows(root, "trusted", source.name, month, column=LINE_COL)
-    imputed = trusted.num_rows - pc.count(trusted[LINE_COL]).as_py() if trusted.num_rows else 0
-    q = metrics.month_rows(root, *quarantine.TABLE, month, column="disposition", where={"batch_id": batch.batch_id})
-    rejected = int(pc.sum(pc.equal(q["disposition"], quarantine.REJECTED)).as_py() or 0) if q.num_rows else 0
-    merged = int(pc.sum(pc.equal(q["disposition"], quarantine.MERGED)).as_py() or 0) if q.num_rows else 0
-    return metrics.Conservation(formatted, trusted.num_rows, imputed, rejected, merged)
+    """The conservation figures of ``month``, counted on what is stored (not from the computation)."""
+    formatted = root.count_rows("formatted", source.name, month)
+    trusted = root.count_rows("trusted", source.name, month)
+    imputed = root.count_rows("trusted", source.name, month, null=LINE_COL)
+    mine = {"batch_id": batch.batch_id}
+    rejected = root.count_rows(*quarantine.TABLE, month, where={**mine, "disposition": quarantine.REJECTED})
+    merged = root.count_rows(*quarantine.TABLE, month, where={**mine, "disposition": quarantine.MERGED})
+    return metrics.Conservation(formatted, trusted, imputed, rejected, merged)
 
 
 def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:
@@ -213,7 +211,8 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         def history(month: str):
             if in_order is not None:
                 in_order.wait_for_earlier(month)
-            return _history(root, source, month)
+            earlier = _history(root, source, month)
+            return None if earlier is None else _history_rows(root, session, source, earlier)
 
         def step(month: str) -> dict:
             try:
@@ -224,49 +223,49 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
 
         def cleaned(month: str) -> dict:
             formatted = root.read_spark(session, "formatted", source.name, months=[month])
+            batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=context.run_id)
+            staging = Staging(
+                root.storage, path, root.table_uri(*quarantine.TABLE), root.table_uri(*repairs.TABLE), batch
+            )
+            # Spark's tasks write the month's trusted, quarantine and repairs files; the driver gets the file
+            # lists and the figures, and commits
             result: CleanResult = clean_month(
                 formatted,
                 source,
                 month=month,
+                staging=staging,
                 history=lambda: history(month),
                 references=_references(root, session, source, month),
                 received=received_times(Month(root.storage, root.table_uri("landing", source.name)), month, spans_months=source.spans_months),
             )
-            try:
-                batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=context.run_id)
-                data = result.trusted_table()
-                rejected = quarantine.quarantine_table(
-                    result.rejected_table(), dataset=source.name, stage="trusted", run_id=context.run_id, month=month
-                )
-                changed = result.repairs_table()
-                # order matters: the metrics row written last publishes the batch (see quality.metrics)
-                quarantine.append(root, rejected, batch)
-                repairs.append(root, changed, batch)
-                version = root.overwrite_month("trusted", source.name, data, month)
-                if in_order is not None:
-                    in_order.written(month)
-                cons = conservation(root, source, month, batch)
-                checks = metrics.evaluate(result, cons)
-                figures = metrics.rows(batch, metrics.figures(result, cons, checks))
-                metrics.publish(root, batch, rejected.num_rows, figures)
-                summaries[month] = metrics.summary_rows(result, checks)
-                rates[month] = rejected_rate_result(
-                    rejected=result.counts["rows_rejected"], total=result.counts["rows_in"],
-                    kept=cons.trusted_rows - cons.imputed_rows, limit=source.max_rejected_rate,
-                )
-                for note in result.notes:
-                    context.log.info(f"trusted/{source.name} {month}: {note}")
-            finally:
-                result.close()
+            rows = sum(f["rows"] for f in result.staged["trusted"])
+            quarantined = sum(f["rows"] for f in result.staged["quarantine"])
+            # order matters: the metrics row written last publishes the batch (see quality.metrics)
+            quarantine.commit(root, result.staged["quarantine"], batch)
+            repairs.commit(root, result.staged["repairs"], batch)
+            version = root.commit_month("trusted", source.name, month, result.staged["trusted"], result.trusted_schema)
+            if in_order is not None:
+                in_order.written(month)
+            cons = conservation(root, source, month, batch)
+            checks = metrics.evaluate(result, cons)
+            figures = metrics.rows(batch, metrics.figures(result, cons, checks))
+            metrics.publish(root, batch, quarantined, figures)
+            summaries[month] = metrics.summary_rows(result, checks)
+            rates[month] = rejected_rate_result(
+                rejected=result.counts["rows_rejected"], total=result.counts["rows_in"],
+                kept=cons.trusted_rows - cons.imputed_rows, limit=source.max_rejected_rate,
+            )
+            for note in result.notes:
+                context.log.info(f"trusted/{source.name} {month}: {note}")
             verdicts[month] = checks
             batches[month] = batch
             return {
-                "rows": data.num_rows,
+                "rows": rows,
                 "rows_in": result.counts["rows_in"],
                 "rows_quarantined": result.counts["rows_rejected"],
                 "rows_merged": result.counts["rows_merged"],
                 "rows_imputed": result.counts["rows_imputed"],
-                "cells_repaired": changed.num_rows,
+                "cells_repaired": result.cells_repaired,
                 "delta_version": version,
                 "path": dg.MetadataValue.path(path),
                 "checks": dg.MetadataValue.table(

@@ -241,6 +241,25 @@ class Lake:
                 rows[month] += int(n)
         return rows
 
+    def count_rows(self, zone: str, table: str, month: str, *, where: Mapping[str, str] | None = None, null: str | None = None) -> int:
+        """Rows of ``month`` whose ``where`` columns equal the given values (and whose ``null`` column is null,
+        when given), counted from the stored files batch by batch: the driver holds a count, never the rows."""
+        import pyarrow.dataset as ds
+
+        if not self.exists(zone, table):
+            return 0
+        dataset = self._guard(
+            f"{zone}/{table}", lambda: self.delta(zone, table).to_pyarrow_dataset(partitions=[(PARTITION_COLUMN, "=", month)])
+        )
+        condition = None
+        for column, value in (where or {}).items():
+            term = ds.field(column) == value
+            condition = term if condition is None else condition & term
+        if null is not None:
+            term = ds.field(null).is_null()
+            condition = term if condition is None else condition & term
+        return int(dataset.count_rows(filter=condition))
+
     # ----------------------------------------------------------------------------------- delta: write
     def _target(self, zone: str, table: str) -> DeltaTable | str:
         """What a write goes to: the table as :meth:`delta` has it (up to date, no log replay), or the path
@@ -287,6 +306,17 @@ class Lake:
         The table is created when missing. An existing table whose columns differ from ``schema`` is not
         touched (the error names both), because its other months were written with the old columns.
         """
+        return self._commit_staged(zone, table, month, staged, schema, mode="overwrite")
+
+    def commit_append(self, zone: str, table: str, month: str, staged: Sequence[dict], schema: pa.Schema) -> int | None:
+        """Add Parquet files already written into ``month``'s folder to the append-only ``zone/table`` (the
+        quarantine, the repairs log) in one transaction, as :meth:`commit_month` does for a month it replaces;
+        the new version, None when there is nothing to add."""
+        if not staged:
+            return None
+        return self._commit_staged(zone, table, month, staged, schema, mode="append")
+
+    def _commit_staged(self, zone: str, table: str, month: str, staged: Sequence[dict], schema: pa.Schema, *, mode: str) -> int:
         from deltalake import Schema as DeltaSchema
         from deltalake.transaction import AddAction, create_table_with_add_actions
 
@@ -309,10 +339,8 @@ class Lake:
                     f"{zone}/{table}: month {month} has columns {[f'{f.name}: {f.type}' for f in schema]} but the"
                     f" table has {[f'{f.name}: {f.type}' for f in stored]}; nothing was committed"
                 )
-            dt.create_write_transaction(
-                actions, mode="overwrite", schema=stored, partition_by=[PARTITION_COLUMN],
-                partition_filters=[(PARTITION_COLUMN, "=", month)],
-            )
+            filters = [(PARTITION_COLUMN, "=", month)] if mode == "overwrite" else None
+            dt.create_write_transaction(actions, mode=mode, schema=stored, partition_by=[PARTITION_COLUMN], partition_filters=filters)
 
         return self._commit(zone, table, write)
 

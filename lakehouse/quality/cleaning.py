@@ -55,6 +55,9 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import Column, DataFrame
 
+    from lakehouse.io.storage import Storage
+    from lakehouse.quality.metrics import Batch
+
 ROW_ID = "__rid"
 STATUS = "__status"
 FLAGS = "__flags"
@@ -69,8 +72,8 @@ KEPT, REJECTED, MERGED, IMPUTED = "kept", "rejected", "merged", "imputed"
 EXACT_DUPLICATE = "exact_duplicate"
 MONTH = "month"
 TS_TEXT = "yyyy-MM-dd'T'HH:mm:ssXXX"
-# collected with the month (see _payload_columns): the quarantine's text of a rejected/merged row, the
-# key of a repaired row
+# computed with the month (see _payload_columns) and split by the staging tasks: the quarantine's text of a
+# rejected/merged row, the key of a repaired row
 Q_RULE, Q_ERROR, Q_KEY, Q_RECORD, R_KEY = "__q_rule", "__q_error", "__q_key", "__q_record", "__r_key"
 REPAIR_TYPE = "array<struct<column:string,old:string,new:string,rule:string>>"
 
@@ -96,120 +99,40 @@ class Outcome:
     max_rate: float | None = None
 
 
+@dataclass(frozen=True)
+class Staging:
+    """Where Spark's tasks write a cleaned month (nothing is committed): the trusted table, the quarantine and
+    the repairs log, as table URIs on ``storage``, and the batch its quarantine and repairs rows belong to."""
+
+    storage: Storage
+    trusted: str
+    quarantine: str
+    repairs: str
+    batch: Batch
+
+
 @dataclass
 class CleanResult:
-    """The cleaned month; call :meth:`close` when done.
+    """The cleaned month as the driver holds it: the Parquet files Spark's tasks staged for the trusted
+    table, the quarantine and the repairs log (``staged[table]``: path, size, statistics, rows of each; not
+    committed), and the month's figures. Rows never come back to the driver."""
 
-    ``clean_month`` collects the annotated month to the driver in one Spark job (``table``); the
-    ``*_table`` methods split it with pyarrow, which is what the trusted zone writes. The DataFrame
-    properties (:attr:`trusted`, :attr:`rejected`, :attr:`repairs`) give the same rows as Spark plans,
-    for callers that write with Spark (they recompute the month unless ``collect=False`` kept it persisted).
-    """
-
-    annotated: DataFrame
     source: SourceSpec
     month: str
     outcomes: dict[str, Outcome]
     counts: dict[str, int]
-    #: changed cells in the month (the repairs log's rows); 0 lets :attr:`repairs` skip its Spark job
+    #: changed cells in the month (the repairs log's rows)
     cells_repaired: int
     completeness_in: dict[str, float]
     completeness_out: dict[str, float]
     key_uniqueness_in: float | None
     key_uniqueness_out: float | None
+    #: "trusted", "quarantine", "repairs" -> the files staged for that table
+    staged: dict[str, list[dict]]
+    #: the trusted table's Arrow schema (partition column included), what its month is committed with
+    trusted_schema: pa.Schema
     notes: list[str] = field(default_factory=list)
     _held: list = field(default_factory=list, repr=False)
-    #: the annotated month on the driver (``_tally_columns`` and ``_payload_columns``), or None
-    table: pa.Table | None = field(default=None, repr=False)
-
-    def trusted_table(self) -> pa.Table:
-        """:attr:`trusted` as an Arrow table (split from :attr:`table` without a Spark job when collected)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        if self.table is None:
-            return self.trusted.toArrow()
-        out = self.table.filter(pc.is_in(self.table[STATUS], pa.array([KEPT, IMPUTED])))
-        return out.select([*trusted_columns(self.source), FILE_COL, LINE_COL, MONTH])
-
-    def rejected_table(self) -> pa.Table:
-        """:attr:`rejected` as an Arrow table (same columns and values)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        if self.table is None:
-            return self.rejected.toArrow()
-        t = self.table.filter(pc.is_in(self.table[STATUS], pa.array([REJECTED, MERGED])))
-        names = {"rule": Q_RULE, "disposition": STATUS, "error": Q_ERROR, FILE_COL: FILE_COL, LINE_COL: LINE_COL, "key": Q_KEY, "record": Q_RECORD}
-        return pa.table({name: t[column] for name, column in names.items()})
-
-    def repairs_table(self) -> pa.Table:
-        """:attr:`repairs` as an Arrow table: one row per changed cell, in the rows' order."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        if self.table is None:
-            return self.repairs.toArrow()
-        lists = self.table[REPAIRS].combine_chunks()
-        cells = pc.list_flatten(lists)
-        rows = self.table.select([R_KEY, STATUS, FILE_COL, LINE_COL]).take(pc.list_parent_indices(lists))
-        field_of = {"column": "column", "old_value": "old", "new_value": "new", "rule": "rule"}
-        return pa.table(
-            {
-                "key": rows[R_KEY],
-                **{name: pc.struct_field(cells, [f]) for name, f in field_of.items()},
-                "row_status": rows[STATUS],
-                FILE_COL: rows[FILE_COL],
-                LINE_COL: rows[LINE_COL],
-            }
-        )
-
-    @property
-    def trusted(self) -> DataFrame:
-        """Rows for the trusted table: canonical columns, lineage (null on imputed rows), month."""
-        from pyspark.sql import functions as F
-
-        return self.annotated.filter(F.col(STATUS).isin(KEPT, IMPUTED)).select(
-            *trusted_columns(self.source), FILE_COL, LINE_COL, MONTH
-        )
-
-    @property
-    def rejected(self) -> DataFrame:
-        """Rejected and merged rows with their original content, rule(s), disposition and lineage."""
-        from pyspark.sql import functions as F
-
-        text = _rejected_text(self.source)
-        # a month with nothing rejected (the usual case) collects an empty plan: no Spark job
-        rows = self.annotated if self.counts["rows_rejected"] + self.counts["rows_merged"] else self.annotated.limit(0)
-        return rows.filter(F.col(STATUS).isin(REJECTED, MERGED)).select(
-            text[Q_RULE].alias("rule"),
-            F.col(STATUS).alias("disposition"),
-            text[Q_ERROR].alias("error"),
-            F.col(FILE_COL),
-            F.col(LINE_COL),
-            text[Q_KEY].alias("key"),
-            text[Q_RECORD].alias("record"),
-        )
-
-    @property
-    def repairs(self) -> DataFrame:
-        """One row per changed cell: the row's key (as in trusted), column, old, new, rule, lineage."""
-        from pyspark.sql import functions as F
-
-        rows = self.annotated if self.cells_repaired else self.annotated.limit(0)
-        exploded = rows.select(
-            _row_key(self.source).alias("key"), F.col(STATUS).alias("row_status"), FILE_COL, LINE_COL, F.explode(REPAIRS).alias("r")
-        )
-        return exploded.select(
-            "key",
-            F.col("r.column").alias("column"),
-            F.col("r.old").alias("old_value"),
-            F.col("r.new").alias("new_value"),
-            F.col("r.rule").alias("rule"),
-            "row_status",
-            FILE_COL,
-            LINE_COL,
-        )
 
     @property
     def failed_rules(self) -> list[str]:
@@ -225,6 +148,48 @@ class CleanResult:
         for df in self._held:
             df.unpersist()
         self._held.clear()
+
+
+def _trusted_rows(t: pa.Table, source: SourceSpec) -> pa.Table:
+    """The trusted table's rows of a share of the annotated month: kept and imputed rows, canonical and derived
+    columns, lineage (null on imputed rows) and month."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out = t.filter(pc.is_in(t[STATUS], pa.array([KEPT, IMPUTED])))
+    return out.select([*trusted_columns(source), FILE_COL, LINE_COL, MONTH])
+
+
+def _rejected_rows(t: pa.Table) -> pa.Table:
+    """Rejected and merged rows of a share of the annotated month, with their original content, rule(s),
+    disposition and lineage (what :func:`lakehouse.quality.quarantine.quarantine_table` takes)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = t.filter(pc.is_in(t[STATUS], pa.array([REJECTED, MERGED])))
+    names = {"rule": Q_RULE, "disposition": STATUS, "error": Q_ERROR, FILE_COL: FILE_COL, LINE_COL: LINE_COL, "key": Q_KEY, "record": Q_RECORD}
+    return pa.table({name: t[column] for name, column in names.items()})
+
+
+def _repaired_cells(t: pa.Table) -> pa.Table:
+    """One row per changed cell of a share of the annotated month: the row's key (as in trusted), column,
+    old, new, rule, the row's status and lineage, in the rows' order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lists = t[REPAIRS].combine_chunks()
+    cells = pc.list_flatten(lists)
+    rows = t.select([R_KEY, STATUS, FILE_COL, LINE_COL]).take(pc.list_parent_indices(lists))
+    field_of = {"column": "column", "old_value": "old", "new_value": "new", "rule": "rule"}
+    return pa.table(
+        {
+            "key": rows[R_KEY],
+            **{name: pc.struct_field(cells, [f]) for name, f in field_of.items()},
+            "row_status": rows[STATUS],
+            FILE_COL: rows[FILE_COL],
+            LINE_COL: rows[LINE_COL],
+        }
+    )
 
 
 def canonical_columns(source: SourceSpec) -> list[str]:
@@ -437,17 +402,22 @@ def clean_month(
     source: SourceSpec,
     *,
     month: str,
+    staging: Staging,
     history: DataFrame | pa.Table | Callable[[], DataFrame | pa.Table | None] | None = None,
     references: dict[str, DataFrame] | None = None,
     received: Mapping[str, str] | None = None,
-    collect: bool = True,
 ) -> CleanResult:
-    """Apply ``source.quality`` to one month of the formatted table.
+    """Apply ``source.quality`` to one month of the formatted table and stage the result.
+
+    Spark's tasks write the trusted rows, the quarantine rows and the changed cells as Parquet files
+    (``staging``) and count the month's figures; only the file lists and the figures come back to the
+    driver, which commits the files (see :mod:`lakehouse.factories.trusted`).
 
     Args:
         formatted: the month's formatted rows (canonical columns, ``_source_file``/``_source_line``).
         source: the dataset's spec (its ``quality`` section drives everything).
         month: the month, ``YYYY-MM``.
+        staging: where the tasks write, and the batch of the quarantine and repairs rows.
         history: trusted rows of earlier months (the unit step's per-series reference; a Spark or an Arrow
             table), if any; or a function returning them, called when the unit step needs them (so the
             steps before it can run while the earlier months are still being written).
@@ -455,9 +425,6 @@ def clean_month(
         received: landed file name → when it was received (the landing manifest's ``received_at``, ISO
             8601 UTC): ``keep: first``/``last`` and exact duplicates keep the row received first (last),
             then by file and line. Without it, file and line order alone.
-        collect: compute the month once into ``CleanResult.table`` on the driver (what a month-by-month
-            writer wants); ``False`` persists it in Spark instead and collects only the figures (a range
-            too large for the driver, written by Spark).
     """
     from pyspark.sql import functions as F
 
@@ -510,19 +477,12 @@ def clean_month(
             df = _fill_nulls(df, step, ctx)
     # from the cleaned inputs: a filled or repaired input gives the derived value it implies
     df = derive_columns(df, source.derive)
-    if collect:
-        # one job: the month's outcome and payload columns to the driver; the trusted, quarantine and
-        # repairs rows and every figure are split from it with pyarrow (no final cache, no further job)
-        table = df.select(*_tally_columns(source), *_payload_columns(source)).toArrow()
+    try:
+        staged, partials, distinct = _stage(df, source, month, staging)
+    finally:
         ctx.release()
-    else:
-        df = ctx.checkpoint(df)
-        table = None
-    counts, cells_repaired, comp_in, comp_out, uniq_in, uniq_out = _tally(
-        table if table is not None else df.select(*_tally_columns(source)).toArrow(), source, outcomes
-    )
+    counts, cells_repaired, comp_in, comp_out, uniq_in, uniq_out = _tally(partials, distinct, source, outcomes)
     return CleanResult(
-        annotated=df,
         source=source,
         month=month,
         outcomes=outcomes,
@@ -532,9 +492,9 @@ def clean_month(
         completeness_out=comp_out,
         key_uniqueness_in=uniq_in,
         key_uniqueness_out=uniq_out,
+        staged=staged,
+        trusted_schema=_trusted_schema(df, source),
         notes=ctx.notes,
-        _held=ctx.held,
-        table=table,
     )
 
 
@@ -579,34 +539,148 @@ def _payload_columns(source: SourceSpec) -> list[Column]:
     return [*[F.col(f"`{c}`") for c in trusted_columns(source)], F.col(FILE_COL), F.col(LINE_COL), F.col(MONTH), *text, repaired]
 
 
-def _tally(t: pa.Table, source: SourceSpec, outcomes: dict[str, Outcome]):
-    """Status counts, per rule/step figures, completeness and key uniqueness of the annotated month.
+#: a task splits and counts the annotated month this many rows at a time (its memory stays bounded)
+CHUNK_ROWS = 100_000
+#: what a staging task returns: a staged file (``kind`` = its table), its figures (``tally``), or a key of the
+#: month (``key_in``: a formatted row's, ``key_out``: a trusted row's; followed by the key columns)
+STAGED_FIELDS = (("kind", "string"), ("path", "string"), ("size", "bigint"), ("stats", "string"), ("rows", "bigint"), ("tally", "string"))
 
-    Counted with pyarrow on the driver from the month's ``_tally_columns``. The same figures as a Spark
-    aggregation need 4 aggregates per rule and 2 per column, plus a job for the distinct keys, and their
-    planning and code generation cost more than the counting: over 20 source-months of the demo lake,
-    0.76-2.33 s per month that way, 0.16-0.55 s this way, identical figures.
-    """
+
+def _trusted_schema(df: DataFrame, source: SourceSpec) -> pa.Schema:
+    """The trusted table's Arrow schema, as the rows the tasks stage have it (partition column last)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    from lakehouse.io.lake import normalized_schema
+
+    cols = [F.col(f"`{c}`") for c in [*trusted_columns(source), FILE_COL, LINE_COL, MONTH]]
+    return normalized_schema(to_arrow_schema(df.select(*cols).schema, timezone="UTC"))
+
+
+def _stage(df: DataFrame, source: SourceSpec, month: str, staging: Staging):
+    """The annotated month written by Spark's tasks (one job): (the staged files per table, each task's
+    figures, the number of distinct keys in and out). Keys are counted by Spark's ``distinct`` after the
+    tasks: a key's rows may sit in different tasks."""
+    import json
+
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import StructField, StructType, _parse_datatype_string
+
+    key = source.quality.key or []
+    types = {f.name: f.dataType for f in df.schema.fields}
+    fields = [StructField(name, _parse_datatype_string(kind)) for name, kind in STAGED_FIELDS]
+    fields += [StructField(f"__k{i}", types[k]) for i, k in enumerate(key)]
+    out_type = StructType(fields)
+    task = _stage_task(source, month, staging, to_arrow_schema(out_type, timezone="UTC"))
+    emitted = df.select(*_tally_columns(source), *_payload_columns(source)).mapInArrow(task, out_type)
+    if key:
+        names = [name for name, _ in STAGED_FIELDS]
+        # the distinct keys of each kind counted in Spark; the files and figures pass through one row each
+        emitted = emitted.distinct().groupBy(*names).agg(F.count(F.lit(1)).alias("__n"))
+    rows = emitted.drop(*[f"__k{i}" for i in range(len(key))]).toArrow().to_pylist()
+    staged: dict[str, list[dict]] = {"trusted": [], "quarantine": [], "repairs": []}
+    partials, distinct = [], {"key_in": 0, "key_out": 0}
+    for r in rows:
+        if r["kind"] in staged:
+            staged[r["kind"]].append({k: r[k] for k in ("path", "size", "stats", "rows")})
+        elif r["kind"] == "tally":
+            partials.append(json.loads(r["tally"]))
+        else:
+            distinct[r["kind"]] = int(r["__n"])
+    return staged, partials, distinct
+
+
+def _stage_task(source: SourceSpec, month: str, staging: Staging, out_schema: pa.Schema):
+    """The function each Spark task runs over its share of the annotated month: split into trusted,
+    quarantine and repairs rows with pyarrow, staged as Parquet; the share's figures and distinct keys."""
+
+    def run(batches):
+        import json
+        import uuid
+
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from lakehouse.quality import quarantine, repairs
+        from lakehouse.transforms.executors import Stager
+
+        partition = f"{MONTH}={month}"
+        stagers = {
+            "trusted": Stager(staging.storage, staging.trusted, partition),
+            "quarantine": Stager(staging.storage, staging.quarantine, partition),
+            "repairs": Stager(staging.storage, staging.repairs, partition),
+        }
+        key = source.quality.key or []
+        batch = staging.batch
+
+        def record(kind: str, **values) -> pa.RecordBatch:
+            row = {name: None for name in out_schema.names}
+            row.update(kind=kind, **values)
+            return pa.RecordBatch.from_pylist([row], schema=out_schema)
+
+        def keys(t: pa.Table, mask, prefix: str, kind: str) -> pa.RecordBatch | None:
+            part = t.filter(mask).select([f"{prefix}{i}" for i in range(len(key))])
+            if not part.num_rows:
+                return None
+            part = part.group_by(part.column_names, use_threads=False).aggregate([])
+            n = part.num_rows
+            arrays = [pa.array([kind] * n, pa.string())]
+            arrays += [pa.nulls(n, out_schema.field(name).type) for name, _ in STAGED_FIELDS[1:]]
+            arrays += [part[f"{prefix}{i}"].cast(out_schema.field(f"__k{i}").type).combine_chunks() for i in range(len(key))]
+            return pa.RecordBatch.from_arrays(arrays, schema=out_schema)
+
+        def written(kind: str, files: list[dict]):
+            for f in files:
+                yield record(kind, path=f["path"], size=f["size"], stats=f["stats"], rows=f["rows"])
+
+        def process(t: pa.Table):
+            yield record("tally", path=uuid.uuid4().hex, tally=json.dumps(_partial_tally(t, source)))
+            if key:
+                source_row = pc.not_equal(t[STATUS], IMPUTED)
+                out_row = pc.is_in(t[STATUS], pa.array([KEPT, IMPUTED]))
+                for found in (keys(t, source_row, "__ki", "key_in"), keys(t, out_row, "__ko", "key_out")):
+                    if found is not None:
+                        yield found
+            trusted = _trusted_rows(t, source).drop_columns([MONTH])
+            rejected = quarantine.conform(
+                quarantine.quarantine_table(_rejected_rows(t), dataset=batch.dataset, stage=batch.stage, run_id=batch.run_id, month=month),
+                batch,
+            ).drop_columns([MONTH])
+            cells = repairs.conform(_repaired_cells(t), batch).drop_columns([MONTH])
+            for kind, rows in (("trusted", trusted), ("quarantine", rejected), ("repairs", cells)):
+                yield from written(kind, stagers[kind].add(rows))
+
+        chunk: list[pa.RecordBatch] = []
+        held = 0
+        for b in batches:
+            chunk.append(b)
+            held += b.num_rows
+            if held >= CHUNK_ROWS:
+                yield from process(pa.Table.from_batches(chunk))
+                chunk, held = [], 0
+        if chunk:
+            yield from process(pa.Table.from_batches(chunk))
+        for kind, stager in stagers.items():
+            yield from written(kind, stager.flush())
+
+    return run
+
+
+def _partial_tally(t: pa.Table, source: SourceSpec) -> dict:
+    """The figures of a share of the annotated month (its ``_tally_columns``), as sums that add up
+    across shares: status counts, rows flagged/rejected/merged per name, changed cells per rule, present
+    values per column. Counted with pyarrow in the task."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     cols = canonical_columns(source)
-    key = source.quality.key or []
     status = t[STATUS]
     source_row = pc.not_equal(status, IMPUTED)
     out_row = pc.is_in(status, pa.array([KEPT, IMPUTED]))
 
     def n(mask) -> int:
         return int(pc.sum(mask).as_py() or 0) if len(mask) else 0
-
-    counts: dict[str, int] = {
-        "rows_in": n(source_row),
-        "rows_out": n(out_row),
-        "rows_kept": n(pc.equal(status, KEPT)),
-        "rows_rejected": n(pc.equal(status, REJECTED)),
-        "rows_merged": n(pc.equal(status, MERGED)),
-        "rows_imputed": n(pc.equal(status, IMPUTED)),
-    }
 
     def rows_naming(column: str) -> dict[str, list[int]]:
         """name -> the indices of the rows whose list column names it (each row once)."""
@@ -625,24 +699,49 @@ def _tally(t: pa.Table, source: SourceSpec, outcomes: dict[str, Outcome]):
     cells = pc.list_flatten(t[REPAIRS].combine_chunks()) if t.num_rows else None
     repaired = pc.struct_field(cells, ["rule"]) if cells is not None and len(cells) else pa.array([], pa.string())
     per_rule = dict(zip(*[c.to_pylist() for c in pc.value_counts(repaired).flatten()], strict=True)) if len(repaired) else {}
-    for o in outcomes.values():
-        why = [statuses[r] for r in reasons.get(o.name, [])]
-        o.violations = len(flagged.get(o.name, []))
-        o.rejected, o.merged = why.count(REJECTED), why.count(MERGED)
-        o.repaired_cells = int(per_rule.get(o.name, 0))
-    n_in, n_out = counts["rows_in"], counts["rows_out"]
-    comp_in = {c: (n(pc.and_(source_row, t[f"__in{j}"])) / n_in if n_in else 1.0) for j, c in enumerate(cols)}
-    comp_out = {c: (n(pc.and_(out_row, t[f"__out{j}"])) / n_out if n_out else 1.0) for j, c in enumerate(cols)}
-    uniq_in = uniq_out = None
-    if key:
-        # distinct keys as Spark's distinct() counts them: a NULL key value is one value
-        def distinct(mask, prefix: str) -> int:
-            part = t.filter(mask).select([f"{prefix}{i}" for i in range(len(key))])
-            return part.group_by(part.column_names).aggregate([]).num_rows if part.num_rows else 0
+    why = {name: [statuses[r] for r in rows] for name, rows in reasons.items()}
+    return {
+        "counts": {
+            "rows_in": n(source_row),
+            "rows_out": n(out_row),
+            "rows_kept": n(pc.equal(status, KEPT)),
+            "rows_rejected": n(pc.equal(status, REJECTED)),
+            "rows_merged": n(pc.equal(status, MERGED)),
+            "rows_imputed": n(pc.equal(status, IMPUTED)),
+        },
+        "flagged": {name: len(rows) for name, rows in flagged.items()},
+        "rejected": {name: w.count(REJECTED) for name, w in why.items()},
+        "merged": {name: w.count(MERGED) for name, w in why.items()},
+        "repaired": {name: int(v) for name, v in per_rule.items()},
+        "cells": len(repaired),
+        "present_in": [n(pc.and_(source_row, t[f"__in{j}"])) for j in range(len(cols))],
+        "present_out": [n(pc.and_(out_row, t[f"__out{j}"])) for j in range(len(cols))],
+    }
 
-        uniq_in = distinct(source_row, "__ki") / n_in if n_in else 1.0
-        uniq_out = distinct(out_row, "__ko") / n_out if n_out else 1.0
-    return counts, len(repaired), comp_in, comp_out, uniq_in, uniq_out
+
+def _tally(partials: list[dict], distinct: dict[str, int], source: SourceSpec, outcomes: dict[str, Outcome]):
+    """Status counts, per rule/step figures, completeness and key uniqueness of the annotated month, from
+    the tasks' :func:`_partial_tally` sums and the distinct keys Spark counted."""
+    cols = canonical_columns(source)
+    names = ("rows_in", "rows_out", "rows_kept", "rows_rejected", "rows_merged", "rows_imputed")
+    counts = {name: sum(p["counts"][name] for p in partials) for name in names}
+
+    def total(what: str, name: str) -> int:
+        return sum(p[what].get(name, 0) for p in partials)
+
+    for o in outcomes.values():
+        o.violations = total("flagged", o.name)
+        o.rejected, o.merged = total("rejected", o.name), total("merged", o.name)
+        o.repaired_cells = total("repaired", o.name)
+    n_in, n_out = counts["rows_in"], counts["rows_out"]
+    comp_in = {c: (sum(p["present_in"][j] for p in partials) / n_in if n_in else 1.0) for j, c in enumerate(cols)}
+    comp_out = {c: (sum(p["present_out"][j] for p in partials) / n_out if n_out else 1.0) for j, c in enumerate(cols)}
+    uniq_in = uniq_out = None
+    if source.quality.key:
+        # distinct keys as Spark's distinct() counts them: a NULL key value is one value
+        uniq_in = distinct["key_in"] / n_in if n_in else 1.0
+        uniq_out = distinct["key_out"] / n_out if n_out else 1.0
+    return counts, sum(p["cells"] for p in partials), comp_in, comp_out, uniq_in, uniq_out
 
 
 # ----------------------------------------------------------------------------------------- steps
@@ -677,44 +776,42 @@ def _standardize(df: DataFrame, step: StandardizeStep, ctx: _Ctx) -> DataFrame:
     return _set(df, col.isNotNull(), step.column, new, step.name, ctx.type_of(step.column))
 
 
-def _group_medians(t: pa.Table, keys: list[str], value: str) -> dict[tuple, tuple[float, int]]:
-    """Median and number of the non-null ``value`` per distinct ``keys`` of ``t`` (null keys are a group of
-    their own, as in Spark). Keys come back as the Python values Spark's ``collect`` gives."""
-    import numpy as np
-    import pyarrow.compute as pc
+def _group_medians(df: DataFrame, keys: list[str], value: str) -> dict[tuple, tuple[float, int]]:
+    """Median and number of the non-null ``value`` per distinct ``keys`` of ``df`` (null keys are a group of
+    their own; an even count averages the two middle values), aggregated by Spark: one row per group comes
+    back to the driver. Keys come back as the Python values Spark's ``collect`` gives."""
+    from pyspark.sql import functions as F
 
-    t = t.filter(pc.is_valid(t[value])) if t.num_rows else t
-    if not t.num_rows:
-        return {}
-    grouped = t.select([*keys, value]).group_by(keys, use_threads=False).aggregate([(value, "list")])
-    lists = grouped[f"{value}_list"].combine_chunks()
-    offsets, flat = lists.offsets.to_numpy(), lists.values.to_numpy()
-    groups = zip(*[grouped[k].to_pylist() for k in keys], strict=True)
-    return {
-        tuple(k): (float(np.median(flat[a:b])), int(b - a))
-        for k, a, b in zip(groups, offsets[:-1], offsets[1:], strict=True)
-    }
+    v = F.col(f"`{value}`")
+    groups = [F.col(f"`{k}`") for k in keys]
+    per = df.filter(v.isNotNull()).groupBy(*groups).agg(F.sort_array(F.collect_list(v)).alias("__vals"))
+    out = per.select(*groups, _middle(F.col("__vals"), F.size("__vals")).alias("__med"), F.size("__vals").alias("__n")).toArrow()
+    found = zip(*[out[k].to_pylist() for k in keys], out["__med"].to_pylist(), out["__n"].to_pylist(), strict=True)
+    return {tuple(row[:-2]): (float(row[-2]), int(row[-1])) for row in found}
 
 
 def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
     """Find files delivered in a unit ``factor`` times too small and convert them (see UnitStep).
 
-    The medians per file and per series of the history are computed on the driver from one narrow
-    projection each (pyarrow groups, numpy medians): a month's file medians are a few dozen numbers, and
-    a Spark aggregation with its shuffle costs more to plan and launch than the counting.
+    The medians per file and per series of the history are Spark aggregations; the driver gets one
+    figure per file and per series, and decides which files to convert.
     """
     import pyarrow as pa
     from pyspark.sql import functions as F
+
+    from lakehouse.io.spark import arrow_frame
 
     ctx.outcomes[step.name] = Outcome(
         step.name, "step", "repair", step.description or f"{step.column} in a unit {step.factor:g}x off", max_rate=step.max_rate
     )
     group = step.group_by
     value = F.col(f"`{step.column}`")
-    active = df.filter(_active() & value.isNotNull())
-    narrow = active.select(*[F.col(f"`{g}`") for g in group], F.col(FILE_COL), value).toArrow()
-    per_file = _group_medians(narrow, [*group, FILE_COL], step.column)
-    files = [{**dict(zip([*group, FILE_COL], k, strict=True)), "med": med, "n": n} for k, (med, n) in per_file.items()]
+    active = df.filter(_active())
+    per_file = _group_medians(active, [*group, FILE_COL], step.column)
+    files = [
+        {**dict(zip([*group, FILE_COL], k, strict=True)), "med": med, "n": n}
+        for k, (med, n) in sorted(per_file.items(), key=lambda item: repr(item[0]))
+    ]
     if not files:
         return df
     positive = sorted(f["med"] for f in files if f["med"] > 0)
@@ -724,8 +821,8 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
     history: dict[tuple, tuple[float, int]] = {}
     earlier = ctx.earlier() if step.history_months > 0 else None
     if earlier is not None:
-        if not isinstance(earlier, pa.Table):
-            earlier = earlier.select(*[F.col(f"`{g}`") for g in group], value).toArrow()
+        if isinstance(earlier, pa.Table):
+            earlier = arrow_frame(df.sparkSession, earlier)
         history = _group_medians(earlier, group, step.column)
     limit = math.sqrt(step.factor)
     converted = []

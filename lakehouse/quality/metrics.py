@@ -148,17 +148,6 @@ def current(lake: Lake, table: tuple[str, str], *, dataset: str | None = None, s
     return data.filter(pc.is_in(data["batch_id"], value_set=batches["batch_id"]))
 
 
-def month_rows(lake: Lake, zone: str, table: str, month: str, *, column: str, where: dict[str, str] | None = None) -> pa.Table:
-    """One column of one month of a table, read back from Delta (for the conservation figures)."""
-    if not lake.exists(zone, table):
-        return pa.table({column: pa.array([], pa.string())})
-    cols = [column, *(where or {})]
-    t = lake.read_arrow(zone, table, months=[month], columns=list(dict.fromkeys(cols)))
-    for k, v in (where or {}).items():
-        t = t.filter(pc.equal(t[k], v))
-    return t
-
-
 # -------------------------------------------------------------------------------------- checks
 @dataclass
 class CheckEval:

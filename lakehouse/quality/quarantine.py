@@ -78,9 +78,9 @@ def quarantine_rows(
 
 
 def quarantine_table(rejected: pa.Table, *, dataset: str, stage: str, run_id: str, month: str) -> pa.Table:
-    """:func:`quarantine_rows` for rows already on the driver: the lineage columns, ``record`` (text) and
-    ``error``, and optionally ``rule`` (default ``parse``), ``disposition`` (default ``rejected``) and
-    ``key`` — as the formatted zone's parse failures or :meth:`CleanResult.rejected_table` have them."""
+    """:func:`quarantine_rows` for rows in Arrow: the lineage columns, ``record`` (text) and ``error``, and
+    optionally ``rule`` (default ``parse``), ``disposition`` (default ``rejected``) and ``key`` — as the
+    formatted zone's parse failures (on the driver) or the trusted zone's Spark tasks have them."""
     n = rejected.num_rows
     rename = {FILE_COL: "source_file", LINE_COL: "source_line"}
     rows = rejected.rename_columns([rename.get(c, c) for c in rejected.column_names])
@@ -115,14 +115,25 @@ def _bounded_text(rows: pa.Table, columns: tuple[str, ...]) -> pa.Table:
     return rows
 
 
+def conform(rows: pa.Table, batch: metrics.Batch) -> pa.Table:
+    """``rows`` (as :func:`quarantine_table` gives them) in the table's shape, stamped with ``batch``."""
+    bad = set(rows.column("month").unique().to_pylist()) - {batch.month} if "month" in rows.column_names else set()
+    if bad:
+        raise ValueError(f"quarantine rows for months {sorted(bad)} in a batch of {batch.month}")
+    return _conform(batch.stamp(rows))
+
+
 def append(lake: Lake, rows: pa.Table, batch: metrics.Batch) -> int | None:
     """Append ``rows`` as part of ``batch`` (not yet published); the new version, None if no rows."""
     if rows.num_rows == 0:
         return None
-    bad = set(rows.column("month").unique().to_pylist()) - {batch.month} if "month" in rows.column_names else set()
-    if bad:
-        raise ValueError(f"quarantine rows for months {sorted(bad)} in a batch of {batch.month}")
-    return lake.append(*TABLE, _conform(batch.stamp(rows)))
+    return lake.append(*TABLE, conform(rows, batch))
+
+
+def commit(lake: Lake, staged: list[dict], batch: metrics.Batch) -> int | None:
+    """Add the Parquet files Spark's tasks staged for ``batch`` (rows as :func:`conform` gives them) in one
+    commit (not yet published); the new version, None if there are none."""
+    return lake.commit_append(*TABLE, batch.month, staged, SCHEMA)
 
 
 def write(lake: Lake, rows: pa.Table, *, dataset: str, stage: str, month: str, run_id: str | None = None) -> int:

@@ -37,7 +37,7 @@ SCHEMA = pa.schema(
 
 
 def conform(rows: pa.Table, batch: metrics.Batch) -> pa.Table:
-    """Repairs rows (from :attr:`CleanResult.repairs`) in the table's shape, stamped with ``batch``."""
+    """Changed cells (as the cleaning tasks split them) in the table's shape, stamped with ``batch``."""
     rename = {"_source_file": "source_file", "_source_line": "source_line"}
     rows = rows.rename_columns([rename.get(c, c) for c in rows.column_names])
     n = rows.num_rows
@@ -55,6 +55,12 @@ def append(lake: Lake, rows: pa.Table, batch: metrics.Batch) -> int | None:
     if rows.num_rows == 0:
         return None
     return lake.append(*TABLE, conform(rows, batch))
+
+
+def commit(lake: Lake, staged: list[dict], batch: metrics.Batch) -> int | None:
+    """Add the Parquet files Spark's tasks staged for ``batch`` (rows as :func:`conform` gives them) in one
+    commit; the new version, None if there are none."""
+    return lake.commit_append(*TABLE, batch.month, staged, SCHEMA)
 
 
 def current(lake: Lake, *, dataset: str | None = None, months: list[str] | None = None) -> pa.Table:

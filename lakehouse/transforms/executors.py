@@ -176,6 +176,65 @@ def stage_parquet(storage: Storage, table_uri: str, partition: str, table: pa.Ta
     return {"path": f"{partition}/{name}", "size": size, "stats": stats(table), "rows": table.num_rows}
 
 
+class Stager:
+    """One task's rows of one table, written as Parquet files of about ``FLUSH_ROWS`` rows into
+    ``table_uri/<partition>/`` (:func:`stage_parquet`): the task holds at most that many rows of the table."""
+
+    def __init__(self, storage: Storage, table_uri: str, partition: str, *, rows: int = FLUSH_ROWS) -> None:
+        self.storage, self.table_uri, self.partition, self.limit = storage, table_uri, partition, rows
+        self.parts: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> list[dict]:
+        """Buffer ``table``; the files written when the buffer reached the limit."""
+        if table.num_rows:
+            self.parts.append(table)
+            self.rows += table.num_rows
+        return self.flush() if self.rows >= self.limit else []
+
+    def flush(self) -> list[dict]:
+        """Write what is buffered (nothing when empty)."""
+        if not self.rows:
+            return []
+        from lakehouse.io.lake import normalized_schema
+
+        data = pa.concat_tables(self.parts)
+        self.parts, self.rows = [], 0
+        return [stage_parquet(self.storage, self.table_uri, self.partition, data.cast(normalized_schema(data.schema)))]
+
+
+def stage_frame(df, storage: Storage, table_uri: str, month: str) -> tuple[list[dict], pa.Schema]:
+    """The rows of ``df`` (one month, with or without its ``month`` column) written by Spark's tasks as
+    Parquet files into ``table_uri/month=<month>/``: (the staged files, the table's Arrow schema with the
+    partition column), for :meth:`lakehouse.io.lake.Lake.commit_month`. One Spark job; only the files'
+    paths and statistics come back to the driver, and nothing is committed."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    from lakehouse.io.lake import PARTITION_COLUMN, normalized_schema
+
+    if PARTITION_COLUMN not in df.columns:
+        df = df.withColumn(PARTITION_COLUMN, F.lit(month))
+    schema = normalized_schema(to_arrow_schema(df.schema, timezone="UTC"))
+    partition = f"{PARTITION_COLUMN}={month}"
+
+    def work(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        stager = Stager(storage, table_uri, partition)
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            other = pc.filter(table[PARTITION_COLUMN], pc.not_equal(table[PARTITION_COLUMN], month)).unique().to_pylist()
+            if other or table[PARTITION_COLUMN].null_count:
+                # the task fails, the job with it: nothing is committed (files staged so far are not in the log)
+                raise ValueError(f"{table_uri}: rows for months {sorted(map(str, other))} in a write of month {month}")
+            for staged in stager.add(table.drop_columns([PARTITION_COLUMN])):
+                yield pa.RecordBatch.from_pylist([{"kind": "staged", **staged}], schema=OUT_SCHEMA)
+        for staged in stager.flush():
+            yield pa.RecordBatch.from_pylist([{"kind": "staged", **staged}], schema=OUT_SCHEMA)
+
+    rows = df.mapInArrow(work, from_arrow_schema(OUT_SCHEMA)).toArrow().to_pylist()
+    return [r for r in rows if r["kind"] == "staged"], schema
+
+
 def _balanced(files: Sequence[str], slots: int, sizes: dict[str, int]) -> list[list[str]]:
     """``files`` dealt into ``slots`` lists of about equal bytes (largest first onto the lightest)."""
     out: list[list[str]] = [[] for _ in range(slots)]
