@@ -23,7 +23,7 @@ from lakehouse.specs.models import SourceSpec
 from lakehouse_tests.conftest import REPO
 
 MONTH = "2012-01"
-T0 = dt.datetime(2012, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2012, 1, 1, tzinfo=dt.UTC)
 HOURS = 72
 SCHEMA = "meter_id string, ts timestamp, reading_kwh double, _source_file string, _source_line bigint"
 
@@ -78,7 +78,7 @@ def _utc(v):
     # (Arrow's: aware, in UTC); both are made aware with the same tzinfo
     if not isinstance(v, dt.datetime):
         return v
-    return v.replace(tzinfo=dt.timezone.utc) if v.tzinfo is None else v.astimezone(dt.timezone.utc)
+    return v.replace(tzinfo=dt.UTC) if v.tzinfo is None else v.astimezone(dt.UTC)
 
 
 def as_rows(df) -> list[dict]:

@@ -16,11 +16,10 @@ import pytest
 
 from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
-from lakehouse.quality import metrics, quarantine, repairs
-from lakehouse.quality import cleaning
-from lakehouse.transforms.executors import stage_parquet
+from lakehouse.quality import cleaning, metrics, quarantine, repairs
 from lakehouse.sim.world import MeterWorld, WorldConfig
 from lakehouse.specs import load_project
+from lakehouse.transforms.executors import stage_parquet
 from lakehouse_tests.conftest import REPO
 
 MONTH = "2012-01"

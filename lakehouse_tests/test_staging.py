@@ -17,7 +17,7 @@ SCHEMA = "meter_id string, ts timestamp, kwh double, n bigint, day date"
 
 
 def rows(n: int, offset: float = 0.0) -> list[tuple]:
-    t0 = dt.datetime(2012, 3, 1, tzinfo=dt.timezone.utc)
+    t0 = dt.datetime(2012, 3, 1, tzinfo=dt.UTC)
     return [(f"M{i % 7}", t0 + dt.timedelta(hours=i), i / 3 + offset, None if i % 5 == 0 else i, (t0 + dt.timedelta(hours=i)).date())
             for i in range(n)]
 

@@ -41,6 +41,7 @@ from deltalake import DeltaTable
 from lakehouse.factories.common import LakeResource
 from lakehouse.io.lake import Lake
 from lakehouse.io.storage import is_local
+from lakehouse.specs.tables import TableRef
 
 MAINTENANCE_JOB = "table_maintenance"
 #: Sundays 03:00 UTC
@@ -76,7 +77,7 @@ def versions_in_use(lake: Lake) -> dict[tuple[str, str], set[int]]:
         try:
             inputs = json.loads(lake.storage.read(path))["inputs"]
             for table, info in inputs.items():
-                zone, name = table.split("/")
+                zone, name = TableRef.of(table)
                 if info.get("delta_version") is not None:
                     in_use[(zone, name)].add(int(info["delta_version"]))
         except (OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
@@ -299,7 +300,7 @@ def build_maintenance(
             log=context.log,
         )
         for r in results:
-            key = dg.AssetKey(r["table"].split("/"))
+            key = dg.AssetKey(list(TableRef.of(r["table"])))
             if key in known:
                 context.log_event(
                     dg.AssetObservation(

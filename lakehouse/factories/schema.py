@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dagster as dg
 
-from lakehouse.specs.models import ColumnSpec, SourceSpec
+from lakehouse.specs.models import ColumnSpec, SourceSpec, ViewColumnSpec
 
 
-def column_schema(columns: list[ColumnSpec] | tuple[ColumnSpec, ...]) -> dg.TableSchema:
+def column_schema(columns: Sequence[ColumnSpec | ViewColumnSpec]) -> dg.TableSchema:
     return dg.TableSchema(
         columns=[
             dg.TableColumn(

@@ -182,8 +182,8 @@ def plan_tick(
         return manifests[month]
 
     # forget requests whose files have landed since
-    for name, (sha, month) in list(pending.items()):
-        if (safe_name(name), sha) in landed(month):
+    for name, (sha, requested) in list(pending.items()):
+        if (safe_name(name), sha) in landed(requested):
             del pending[name]
 
     plan = TickPlan(requests={}, cursor=cursor, listed=listed, changed=len(changed), backlog=backlog)

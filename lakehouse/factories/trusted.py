@@ -44,6 +44,7 @@ from lakehouse.quality import metrics, quarantine, repairs, schemas
 from lakehouse.quality.cleaning import EXACT_DUPLICATE, CleanResult, Staging, clean_month, history_columns, validate_quality
 from lakehouse.quality.constraints import CompiledRule
 from lakehouse.specs.models import Project, ReferenceSpec, RulesStep, SourceSpec, UnitStep
+from lakehouse.specs.tables import TableRef
 from lakehouse.transforms.parse import LINE_COL
 
 
@@ -143,7 +144,7 @@ def _references(root: Lake, session, source: SourceSpec, month: str) -> dict:
     for rule in source.quality.rules:
         if rule.reference is None:
             continue
-        zone, table = rule.reference.table.split("/")
+        zone, table = TableRef.of(rule.reference.table)
         if not root.exists(zone, table):
             continue
         months = _reference_months(rule.reference, month, root.months(zone, table))
@@ -223,7 +224,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
 
         def cleaned(month: str) -> dict:
             formatted = root.read_spark(session, "formatted", source.name, months=[month])
-            batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=context.run_id)
+            batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=context.run.run_id)
             staging = Staging(
                 root.storage, path, root.table_uri(*quarantine.TABLE), root.table_uri(*repairs.TABLE), batch
             )

@@ -20,10 +20,10 @@ commit leaves the previous version intact.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -318,12 +318,13 @@ class Lake:
 
     def _commit_staged(self, zone: str, table: str, month: str, staged: Sequence[dict], schema: pa.Schema, *, mode: str) -> int:
         from deltalake import Schema as DeltaSchema
-        from deltalake.transaction import AddAction, create_table_with_add_actions
+        from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
         schema = normalized_schema(schema)
         uri = self._uri(zone, table)
         now = int(time.time() * 1000)
         actions = [AddAction(s["path"], s["size"], {PARTITION_COLUMN: month}, now, True, s["stats"]) for s in staged]
+        changes: list[AddAction | RemoveAction] = [*actions]
 
         def write() -> None:
             if not DeltaTable.is_deltatable(uri, storage_options=self.storage.delta_options):
@@ -340,7 +341,7 @@ class Lake:
                     f" table has {[f'{f.name}: {f.type}' for f in stored]}; nothing was committed"
                 )
             filters = [(PARTITION_COLUMN, "=", month)] if mode == "overwrite" else None
-            dt.create_write_transaction(actions, mode=mode, schema=stored, partition_by=[PARTITION_COLUMN], partition_filters=filters)
+            dt.create_write_transaction(changes, mode=mode, schema=stored, partition_by=[PARTITION_COLUMN], partition_filters=filters)
 
         return self._commit(zone, table, write)
 
@@ -482,8 +483,8 @@ class Lake:
     ) -> pa.Table:
         dt = self.delta(zone, table, version)
         if months is not None and not months:
-            return dt.to_pyarrow_table(columns=columns).slice(0, 0)
-        return dt.to_pyarrow_table(filters=self._filters(months), columns=columns)
+            return dt.to_pyarrow_table(columns=list(columns) if columns else None).slice(0, 0)
+        return dt.to_pyarrow_table(filters=self._filters(months), columns=list(columns) if columns else None)
 
     def read_spark(
         self,

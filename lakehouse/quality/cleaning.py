@@ -615,7 +615,7 @@ def _stage_task(source: SourceSpec, month: str, staging: Staging, out_schema: pa
         batch = staging.batch
 
         def record(kind: str, **values) -> pa.RecordBatch:
-            row = {name: None for name in out_schema.names}
+            row: dict[str, Any] = {name: None for name in out_schema.names}
             row.update(kind=kind, **values)
             return pa.RecordBatch.from_pylist([row], schema=out_schema)
 
@@ -1118,17 +1118,19 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
         rule = cr.spec
         if rule.action != "repair" or cr.name not in flags:
             continue
-        col = F.col(flags[cr.name])
-        if rule.repair.set:
-            for target, expr in rule.repair.set.items():
-                df = _set(df, col, target, F.expr(expr), rule.name, ctx.type_of(target))
+        flag = F.col(flags[cr.name])
+        repair = rule.repair
+        assert repair is not None, f"rule {rule.name!r}: a repair rule names its repair"
+        if repair.set:
+            for target, expr in repair.set.items():
+                df = _set(df, flag, target, F.expr(expr), rule.name, ctx.type_of(target))
         else:
             keys = cr.blocking_keys() if cr.two_tuple else []
-            in_block = _active() & col
-            order = _keep_order(rule.repair.keep, rule.repair.by)
+            in_block = _active() & flag
+            order = _keep_order(repair.keep or "first", repair.by)
             w = Window.partitionBy(*[F.col(f"`{k}`") for k in keys], in_block).orderBy(*order)
             df = df.withColumns({"__keep_rank": F.row_number().over(w), "__keep_first": F.first(ROW_ID).over(w)})
-            error = F.format_string(f"conflicts on {', '.join(keys)}; kept %s (keep {rule.repair.keep})", F.col("__keep_first"))
+            error = F.format_string(f"conflicts on {', '.join(keys)}; kept %s (keep {repair.keep})", F.col("__keep_first"))
             df = _remove(df, in_block & (F.col("__keep_rank") > 1), rule.name, error, status=MERGED)
             df = df.drop("__keep_rank", "__keep_first")
     return df.drop(*flags.values(), *carried_columns)

@@ -65,7 +65,7 @@ class Batch:
 
     @classmethod
     def new(cls, *, dataset: str, stage: str, month: str, run_id: str) -> Batch:
-        return cls(dataset, stage, month, run_id, uuid.uuid4().hex, dt.datetime.now(dt.timezone.utc))
+        return cls(dataset, stage, month, run_id, uuid.uuid4().hex, dt.datetime.now(dt.UTC))
 
     def stamp(self, rows: pa.Table) -> pa.Table:
         """``rows`` with this batch's ``run_id``, ``batch_id`` and ``written_at`` columns set."""

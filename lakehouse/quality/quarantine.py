@@ -148,7 +148,8 @@ def write(lake: Lake, rows: pa.Table, *, dataset: str, stage: str, month: str, r
     batch = metrics.Batch.new(dataset=dataset, stage=stage, month=month, run_id=run_id)
     append(lake, rows, batch)
     metrics.publish(lake, batch, rows.num_rows)
-    return lake.version(*TABLE) if lake.exists(*TABLE) else -1
+    version = lake.version(*TABLE)
+    return -1 if version is None else version
 
 
 def current(lake: Lake, *, dataset: str | None = None, stage: str | None = None, months: list[str] | None = None) -> pa.Table:

@@ -19,11 +19,10 @@ value, so a file gives the same rows on either lane (``lakehouse_tests/test_exec
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -31,7 +30,7 @@ import pyarrow.compute as pc
 
 from lakehouse.io.spark import parallelism
 from lakehouse.io.storage import Storage
-from lakehouse.specs.models import SourceSpec
+from lakehouse.specs.models import FormatSpec, SourceSpec
 from lakehouse.transforms.parse import FILE_COL, LINE_COL, cast_checked, clean_layout, empty_raw, read_clean
 
 if TYPE_CHECKING:
@@ -59,7 +58,7 @@ FLUSH_ROWS = 1_000_000
 class Plan:
     """What a Spark task needs to format a file (small and picklable: no project objects)."""
 
-    fmt: object
+    fmt: FormatSpec
     raw_names: tuple[str, ...]
     columns: tuple[tuple[str, str, str, bool, str | None], ...]  # (raw name, name, type, nullable, pattern)
     month_column: str | None
@@ -133,13 +132,15 @@ def cast_strict(raw: pa.Table, plan: Plan) -> pa.Table | None:
         names.append(name)
     table = pa.Table.from_arrays([*arrays, raw.column(FILE_COL), raw.column(LINE_COL)], names=[*names, FILE_COL, LINE_COL])
     if plan.month_column is not None:
-        start = datetime.strptime(plan.month, "%Y-%m").replace(tzinfo=timezone.utc)
+        start = datetime.strptime(plan.month, "%Y-%m").replace(tzinfo=UTC)
         end = (start + timedelta(days=32)).replace(day=1)
         bounds = pc.min_max(table.column(plan.month_column))
         lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
         if lo is not None and not isinstance(lo, datetime):  # a date column
-            start, end = start.date(), end.date()
-        if lo is not None and (lo < start or hi >= end):
+            inside = start.date() <= lo and hi < end.date()
+        else:
+            inside = lo is None or (start <= lo and hi < end)
+        if not inside:
             return None
     return table.cast(plan.schema)
 
@@ -150,7 +151,7 @@ def stats(table: pa.Table) -> str:
 
     def text(value):
         if isinstance(value, datetime):
-            value = value.astimezone(timezone.utc)
+            value = value.astimezone(UTC)
             return value.strftime("%Y-%m-%dT%H:%M:%S") + (f".{value.microsecond:06d}" if value.microsecond else "") + "Z"
         return value.isoformat() if hasattr(value, "isoformat") else value
 
@@ -282,9 +283,9 @@ def _format_slot(paths: Sequence[str], plan: Plan) -> Iterator[dict]:
 
     parts: list[pa.Table] = []
     rows = 0
-    for names, files in groups.items():
+    for group_names, files in groups.items():
         for chunk in _chunks(files, FLUSH_ROWS):
-            for out in typed(chunk, names):
+            for out in typed(chunk, group_names):
                 if isinstance(out, str):
                     yield _slow(out)
                     continue
