@@ -70,7 +70,9 @@ def machine() -> dict:
 
 def git_head() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "lakehouse", "configs"], cwd=HERE.parent, capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "lakehouse", "configs"], cwd=HERE.parent, capture_output=True, text=True
+    )
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
@@ -99,7 +101,9 @@ def progress(lake: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--scales", default="10x12,40x48", help="comma-separated <meters>x<months>")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--contenders", default=",".join(CONTENDERS), help=f"subset of {','.join(CONTENDERS)}")
@@ -111,12 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", default="", help="contender@scale pairs to skip, e.g. pandas@1440x48 (reported as skipped)")
     p.add_argument("--skip-reason", default="", help="why the --skip pairs were skipped (goes into the report)")
     p.add_argument("--incremental-scale", default=None, help="scale of the incremental-month figure (default: the largest)")
-    p.add_argument("--append", action="store_true", help="add this session to benchmarks/out/results.json instead of replacing it")
+    p.add_argument(
+        "--append", action="store_true", help="add this session to benchmarks/out/results.json instead of replacing it"
+    )
     p.add_argument("--note", default="", help="a note printed with this session in the report")
     p.add_argument("--report-only", action="store_true", help="re-render RESULTS.md and the plot from results*.json")
-    p.add_argument("--results", type=Path, default=RESULTS,
-                   help="where this session is saved (sessions running at once need one file each); the report "
-                        "renders every benchmarks/out/results*.json")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="where this session is saved (sessions running at once need one file each); the report "
+        "renders every benchmarks/out/results*.json",
+    )
     args = p.parse_args(argv)
 
     if args.report_only:
@@ -172,12 +182,21 @@ def main(argv: list[str] | None = None) -> int:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
-        cmd = [module, "--world", world["path"], "--work", str(work), *module_args[1:]] if module_args else [
-            module, "--world", world["path"], "--work", str(work)]
+        cmd = (
+            [module, "--world", world["path"], "--work", str(work), *module_args[1:]]
+            if module_args
+            else [module, "--world", world["path"], "--work", str(work)]
+        )
         log(f"{scale.label} r{repeat} {name} ...")
         r = runner.run(
-            name, cmd, scale=scale.label, repeat=repeat, budget_s=args.budget, rss_limit_mb=args.rss_limit,
-            log_dir=logs, python_path=str(HERE.parent) if sha_path and sha_path[1] else None,
+            name,
+            cmd,
+            scale=scale.label,
+            repeat=repeat,
+            budget_s=args.budget,
+            rss_limit_mb=args.rss_limit,
+            log_dir=logs,
+            python_path=str(HERE.parent) if sha_path and sha_path[1] else None,
             cwd=sha_path[1] if sha_path and sha_path[1] else None,
             env={"DAGSTER_HOME": str(work / "dagster_home")},
         )
@@ -196,16 +215,26 @@ def main(argv: list[str] | None = None) -> int:
             for name in contenders:
                 if f"{name}@{scale.label}" in skip:
                     if repeat == 1:
-                        session["skipped"].append({"contender": name, "scale": scale.label, "reason": args.skip_reason or "skipped by --skip"})
+                        session["skipped"].append(
+                            {"contender": name, "scale": scale.label, "reason": args.skip_reason or "skipped by --skip"}
+                        )
                     continue
-                if repeat > 1 and any(r["contender"] == name and r["scale"] == scale.label and r["status"] in ("timeout", "memory")
-                                      for r in session["runs"]):
+                if repeat > 1 and any(
+                    r["contender"] == name and r["scale"] == scale.label and r["status"] in ("timeout", "memory")
+                    for r in session["runs"]
+                ):
                     continue  # it did not fit the budget once; do not spend it again
                 one(name, [], scale, repeat, runs_dir / scale.label / name, world)
             if "write_path" in extras and repeat == 1:  # two Spark runs per scale: once is enough
                 for mode in ("collect", "executors"):
-                    one(f"write_{mode}", ["benchmarks.contenders.write_path", "--mode", mode], scale, repeat,
-                        runs_dir / scale.label / f"write_{mode}", world)
+                    one(
+                        f"write_{mode}",
+                        ["benchmarks.contenders.write_path", "--mode", mode],
+                        scale,
+                        repeat,
+                        runs_dir / scale.label / f"write_{mode}",
+                        world,
+                    )
         shutil.rmtree(runs_dir / scale.label, ignore_errors=True)
 
     if "incremental" in extras:
@@ -215,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         months = scale.month_keys
         work = runs_dir / f"incremental-{scale.label}"
         shutil.rmtree(work, ignore_errors=True)
-        steps = [("month_first", f"{months[0]}:{months[0]}"), ("months_middle", f"{months[1]}:{months[-2]}"),
-                 ("month_last", f"{months[-1]}:{months[-1]}")]
+        steps = [
+            ("month_first", f"{months[0]}:{months[0]}"),
+            ("months_middle", f"{months[1]}:{months[-2]}"),
+            ("month_last", f"{months[-1]}:{months[-1]}"),
+        ]
         for step, rng in steps:
             rec = one("lakehouse", ["benchmarks.contenders.lakehouse", "--months", rng], scale, 1, work, world, keep=True)
             rec["incremental"] = step
@@ -231,11 +263,20 @@ def main(argv: list[str] | None = None) -> int:
         sha_path = code["lakehouse"]
         log("demo: python -m lakehouse.sim.demo (default scale, 40 meters x 48 months) ...")
         r = runner.run(
-            "demo", ["benchmarks.contenders.demo", "--world", str(work / "world"), "--work", str(work)],
-            scale="40x48", repeat=1, budget_s=max(args.budget, 1800), rss_limit_mb=args.rss_limit, log_dir=logs,
-            python_path=str(HERE.parent) if sha_path[1] else None, cwd=sha_path[1],
-            env={"DAGSTER_HOME": str(work / "dagster_home"), "LAKEHOUSE_ROOT": str(work / "lake"),
-                 "LAKEHOUSE_DEMO_ROOT": str(work / "world")},
+            "demo",
+            ["benchmarks.contenders.demo", "--world", str(work / "world"), "--work", str(work)],
+            scale="40x48",
+            repeat=1,
+            budget_s=max(args.budget, 1800),
+            rss_limit_mb=args.rss_limit,
+            log_dir=logs,
+            python_path=str(HERE.parent) if sha_path[1] else None,
+            cwd=sha_path[1],
+            env={
+                "DAGSTER_HOME": str(work / "dagster_home"),
+                "LAKEHOUSE_ROOT": str(work / "lake"),
+                "LAKEHOUSE_DEMO_ROOT": str(work / "world"),
+            },
         )
         log(f"    {r.status} {r.wall_s:.1f}s peak {r.peak_rss_mb:.0f} MB {r.note}")
         session["runs"].append(r.to_json())

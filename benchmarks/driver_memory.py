@@ -59,8 +59,12 @@ def child(month: str) -> None:
     instance = dg.DagsterInstance.ephemeral()
     t0 = time.monotonic()
     result = dg.materialize(
-        defs.assets, selection=[dg.AssetKey.from_user_string(k) for k in ASSETS], resources=defs.resources,
-        instance=instance, partition_key=month, raise_on_error=False,
+        defs.assets,
+        selection=[dg.AssetKey.from_user_string(k) for k in ASSETS],
+        resources=defs.resources,
+        instance=instance,
+        partition_key=month,
+        raise_on_error=False,
         run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
     )
     run_s = time.monotonic() - t0
@@ -68,18 +72,35 @@ def child(month: str) -> None:
     for stat in instance.get_run_step_stats(result.run_id):
         zone = stat.step_key.split("__")[0]
         zones[zone] = round(zones.get(zone, 0.0) + (stat.end_time or time.time()) - stat.start_time, 2)
-    failure = next((e.step_failure_data.error.message.strip().splitlines()[0][:400]
-                    for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None)
+    failure = next(
+        (
+            e.step_failure_data.error.message.strip().splitlines()[0][:400]
+            for e in result.all_events
+            if e.event_type_value == "STEP_FAILURE"
+        ),
+        None,
+    )
     lake = Lake(project.lake_root)
     rows = {}
     for zone, table in (("formatted", "meter_readings"), ("trusted", "meter_readings"), ("exploitation", "daily_consumption")):
         if lake.exists(zone, table):
             actions = pa.table(lake.delta(zone, table).get_add_actions(flatten=True))
             rows[zone] = int(sum(int(n or 0) for n in actions.column("num_records").to_pylist()))
-    print(json.dumps({
-        "success": result.success, "failure": failure, "run_s": round(run_s, 1), "zones_s": zones, "rows": rows,
-        "conf": conf, "driver_peak": _driver_peak(session), "process_s": round(time.monotonic() - started, 1),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "success": result.success,
+                "failure": failure,
+                "run_s": round(run_s, 1),
+                "zones_s": zones,
+                "rows": rows,
+                "conf": conf,
+                "driver_peak": _driver_peak(session),
+                "process_s": round(time.monotonic() - started, 1),
+            }
+        ),
+        flush=True,
+    )
 
 
 def _driver_peak(session) -> dict:
@@ -95,8 +116,11 @@ def _driver_peak(session) -> dict:
             for e in json.load(r):
                 if e["id"] == "driver":
                     peak = e.get("peakMemoryMetrics") or {}
-                    out = {k: round(peak[k] / 2**20, 1) for k in ("JVMHeapMemory", "JVMOffHeapMemory", "OnHeapExecutionMemory",
-                                                                  "OnHeapStorageMemory") if k in peak}
+                    out = {
+                        k: round(peak[k] / 2**20, 1)
+                        for k in ("JVMHeapMemory", "JVMOffHeapMemory", "OnHeapExecutionMemory", "OnHeapStorageMemory")
+                        if k in peak
+                    }
     jvm = session._jvm.java.lang.management.ManagementFactory
     out["heap_max_mib"] = round(jvm.getMemoryMXBean().getHeapMemoryUsage().getMax() / 2**20, 1)
     return out
@@ -165,13 +189,29 @@ def main(argv: list[str] | None = None) -> int:
         if standalone:
             from lakehouse.io.spark_servers import free_port, standalone_cluster
 
-            master = stack.enter_context(standalone_cluster(free_port(), cores=2, memory=args.executor_memory, workdir=Path(tmp) / "spark"))
-        configs = _configs(Path(tmp) / "configs", args.driver_memory, args.max_result_size, args.executor_memory if standalone else None)
-        env = {**os.environ, "LAKEHOUSE_ROOT": f"{tmp}/lake", "LAKEHOUSE_DEMO_ROOT": world["path"], "DAGSTER_HOME": tmp,
-               "LAKEHOUSE_CONFIGS": str(configs), "LAKEHOUSE_SPARK_MASTER": master}
+            master = stack.enter_context(
+                standalone_cluster(free_port(), cores=2, memory=args.executor_memory, workdir=Path(tmp) / "spark")
+            )
+        configs = _configs(
+            Path(tmp) / "configs", args.driver_memory, args.max_result_size, args.executor_memory if standalone else None
+        )
+        env = {
+            **os.environ,
+            "LAKEHOUSE_ROOT": f"{tmp}/lake",
+            "LAKEHOUSE_DEMO_ROOT": world["path"],
+            "DAGSTER_HOME": tmp,
+            "LAKEHOUSE_CONFIGS": str(configs),
+            "LAKEHOUSE_SPARK_MASTER": master,
+        }
         t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.driver_memory", "--child", args.month], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.driver_memory", "--child", args.month],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         peaks: dict = {}
         stop = threading.Event()
         poller = threading.Thread(target=_poll, args=(proc.pid, peaks, stop), daemon=True)
@@ -189,10 +229,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(stderr[-4000:])
         raise SystemExit(f"the run's process failed (exit {proc.returncode}; its log: {log})")
     figures = {
-        "commit": commit, "readings": world["readings"], "meters": world["meters"], "month": args.month,
-        "master": args.master, "driver_memory": args.driver_memory, "max_result_size": args.max_result_size,
-        **({"executor_memory": args.executor_memory} if standalone else {}), "wall_s": round(wall, 1),
-        **json.loads(lines[-1]), **{k: round(v, 1) for k, v in peaks.items()},
+        "commit": commit,
+        "readings": world["readings"],
+        "meters": world["meters"],
+        "month": args.month,
+        "master": args.master,
+        "driver_memory": args.driver_memory,
+        "max_result_size": args.max_result_size,
+        **({"executor_memory": args.executor_memory} if standalone else {}),
+        "wall_s": round(wall, 1),
+        **json.loads(lines[-1]),
+        **{k: round(v, 1) for k, v in peaks.items()},
     }
     (OUT / f"driver_memory-{label}.json").write_text(json.dumps(figures, indent=1))
     print(json.dumps(figures))

@@ -45,8 +45,10 @@ def main() -> None:
         (entry,) = collect(project, source, "2012-01", month).landed
         seconds = time.monotonic() - started
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(f"{args.mib} MiB file: rows={entry.rows:,} bytes={entry.bytes:,} seconds={seconds:.1f} "
-              f"peak_rss_mib={peak / 1024:.0f} (before the collect {before / 1024:.0f})")
+        print(
+            f"{args.mib} MiB file: rows={entry.rows:,} bytes={entry.bytes:,} seconds={seconds:.1f} "
+            f"peak_rss_mib={peak / 1024:.0f} (before the collect {before / 1024:.0f})"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -45,9 +45,18 @@ def main() -> None:
             rows = df.toArrow().num_rows
             times[v].append(time.monotonic() - t0)
             tasks[v] = read_raw(spark, files, source).rdd.getNumPartitions()
-    print(json.dumps({"files": len(files), "rows": rows, "loadavg": os.getloadavg(),
-                      "seconds": {v: [round(t, 2) for t in ts] for v, ts in times.items()},
-                      "median": {v: round(median(ts), 2) for v, ts in times.items()}, "tasks": tasks}))
+    print(
+        json.dumps(
+            {
+                "files": len(files),
+                "rows": rows,
+                "loadavg": os.getloadavg(),
+                "seconds": {v: [round(t, 2) for t in ts] for v, ts in times.items()},
+                "median": {v: round(median(ts), 2) for v, ts in times.items()},
+                "tasks": tasks,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

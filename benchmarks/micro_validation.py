@@ -44,7 +44,11 @@ def main() -> int:
 
         defs = build_definitions(settings.load())
         defs.resources["spark"].session()
-        keys = [a.key for a in defs.assets if a.partitions_def is not None and a.key.path[0] in ("formatted", "trusted", "exploitation")]
+        keys = [
+            a.key
+            for a in defs.assets
+            if a.partitions_def is not None and a.key.path[0] in ("formatted", "trusted", "exploitation")
+        ]
         instance = dg.DagsterInstance.ephemeral()
         bound = {"local": schemas.LOCAL_ROWS, "spark": -1}
         seconds: dict[str, list[float]] = {"local": [], "spark": []}
@@ -53,19 +57,33 @@ def main() -> int:
                 schemas.LOCAL_ROWS = bound[mode]
                 t0 = time.monotonic()
                 result = dg.materialize(
-                    defs.assets, selection=keys, resources=defs.resources, instance=instance, partition_key=args.month,
-                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}}, raise_on_error=False,
+                    defs.assets,
+                    selection=keys,
+                    resources=defs.resources,
+                    instance=instance,
+                    partition_key=args.month,
+                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                    raise_on_error=False,
                 )
                 seconds[mode].append(round(time.monotonic() - t0, 1))
-                print(f"pair {pair}: {mode:5s} {seconds[mode][-1]:6.1f} s ({len(keys)} assets, {'ok' if result.success else 'FAILED'})", flush=True)
+                print(
+                    f"pair {pair}: {mode:5s} {seconds[mode][-1]:6.1f} s ({len(keys)} assets, {'ok' if result.success else 'FAILED'})",
+                    flush=True,
+                )
                 if not result.success:
                     raise SystemExit("a run failed: the comparison would be meaningless")
     warm = {m: s[1:] or s for m, s in seconds.items()}
-    print(json.dumps({
-        "month": args.month, "assets": len(keys), "seconds": seconds,
-        "median_warm_s": {m: statistics.median(s) for m, s in warm.items()},
-        "local_over_spark": round(statistics.median(warm["local"]) / statistics.median(warm["spark"]), 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "month": args.month,
+                "assets": len(keys),
+                "seconds": seconds,
+                "median_warm_s": {m: statistics.median(s) for m, s in warm.items()},
+                "local_over_spark": round(statistics.median(warm["local"]) / statistics.median(warm["spark"]), 2),
+            }
+        )
+    )
     return 0
 
 

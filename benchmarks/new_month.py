@@ -46,8 +46,13 @@ def child(month: str) -> None:
     monthly = [a.key for a in defs.assets if a.partitions_def is not None]
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize(
-        defs.assets, selection=monthly, resources=defs.resources, instance=instance, partition_key=month,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}}, raise_on_error=False,
+        defs.assets,
+        selection=monthly,
+        resources=defs.resources,
+        instance=instance,
+        partition_key=month,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        raise_on_error=False,
     )
     zones: dict[str, float] = {}
     steps: dict[str, float] = {}
@@ -56,12 +61,20 @@ def child(month: str) -> None:
         steps[stat.step_key.replace("__", "/", 1)] = round(seconds, 2)
         zone = stat.step_key.split("__")[0]
         zones[zone] = round(zones.get(zone, 0.0) + seconds, 2)
-    print(json.dumps({
-        "month": month, "success": result.success, "assets": len(monthly),
-        "imports_s": round(imported - started, 2), "spark_start_s": round(spark_start, 2),
-        "run_s": round(time.monotonic() - imported - spark_start, 2), "zones_s": zones,
-        "steps_s": dict(sorted(steps.items(), key=lambda kv: -kv[1])),
-    }))
+    print(
+        json.dumps(
+            {
+                "month": month,
+                "success": result.success,
+                "assets": len(monthly),
+                "imports_s": round(imported - started, 2),
+                "spark_start_s": round(spark_start, 2),
+                "run_s": round(time.monotonic() - imported - spark_start, 2),
+                "zones_s": zones,
+                "steps_s": dict(sorted(steps.items(), key=lambda kv: -kv[1])),
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -82,15 +95,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="new-month-") as tmp, weather_provider():
         lake = Path(tmp) / "lake"
         shutil.copytree(args.lake, lake)
-        env = {**os.environ, "LAKEHOUSE_ROOT": str(lake), "LAKEHOUSE_DEMO_ROOT": str(args.world.resolve()),
-               "DAGSTER_HOME": tmp}
+        env = {**os.environ, "LAKEHOUSE_ROOT": str(lake), "LAKEHOUSE_DEMO_ROOT": str(args.world.resolve()), "DAGSTER_HOME": tmp}
         for month in args.months.split(","):
             removed = [d for d in (lake / "landing").glob(f"*/{month}") if d.is_dir()]
             for d in removed:
                 shutil.rmtree(d)
             t0 = time.monotonic()
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.new_month", "--child", month], cwd=REPO, env=env,
-                                  capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.new_month", "--child", month],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             wall = time.monotonic() - t0
             lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
             if proc.returncode or not lines:
@@ -98,9 +115,12 @@ def main() -> int:
                 raise SystemExit(f"{month}: the run's process failed (exit {proc.returncode})")
             figures = {**json.loads(lines[-1]), "wall_s": round(wall, 1), "landing_folders_removed": len(removed)}
             out.append(figures)
-            print(f"{month}: {'ok' if figures['success'] else 'FAILED'} {wall:.1f} s wall (imports {figures['imports_s']} s, "
-                  f"Spark start {figures['spark_start_s']} s, run {figures['run_s']} s; {figures['assets']} assets) "
-                  f"zones: {figures['zones_s']}", flush=True)
+            print(
+                f"{month}: {'ok' if figures['success'] else 'FAILED'} {wall:.1f} s wall (imports {figures['imports_s']} s, "
+                f"Spark start {figures['spark_start_s']} s, run {figures['run_s']} s; {figures['assets']} assets) "
+                f"zones: {figures['zones_s']}",
+                flush=True,
+            )
     if len(out) >= 2 and all(f["success"] for f in out):
         print(f"last ÷ first, wall: {out[-1]['wall_s'] / out[0]['wall_s']:.2f}×")
     print(json.dumps(out))

@@ -9,7 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from statistics import median
 
-ORDER = ("lakehouse", "lakehouse@before", "spark_same", "spark_monthly", "pyspark", "pandas", "floor", "write_collect", "write_executors")
+ORDER = (
+    "lakehouse",
+    "lakehouse@before",
+    "spark_same",
+    "spark_monthly",
+    "pyspark",
+    "pandas",
+    "floor",
+    "write_collect",
+    "write_executors",
+)
 ZONES = ("landing", "formatted", "trusted", "exploitation")
 
 
@@ -28,9 +38,9 @@ def _ratio(values: list[float]) -> str:
 
 def _runs(session: dict, scale: str, contender: str, ok: bool = True) -> list[dict]:
     return [
-        r for r in session["runs"]
-        if r["scale"] == scale and r["contender"] == contender and not r.get("incremental")
-        and (r["status"] == "ok" or not ok)
+        r
+        for r in session["runs"]
+        if r["scale"] == scale and r["contender"] == contender and not r.get("incremental") and (r["status"] == "ok" or not ok)
     ]
 
 
@@ -70,11 +80,13 @@ def session_md(s: dict) -> list[str]:
         "- code: " + ", ".join(f"{k} at `{v}`" for k, v in s.get("code", {}).items()),
         f"- load average (1/5/15 min) at start {s['loadavg_start']}, at end {s.get('loadavg_end', '(unfinished)')}; "
         "per-run load is in results.json. "
-        + ("The load was above the core count + 1 at the start or the end: other work, or the end of an earlier "
-           "heavy run, may have shared the machine (the session's note says which when known); compare ratios, "
-           "not seconds."
-           if max(s["loadavg_start"][0], (s.get("loadavg_end") or [0])[0]) > (m["cpus"] or 1) + 1
-           else "The load stayed within the core count + 1: no other heavy work shared the machine."),
+        + (
+            "The load was above the core count + 1 at the start or the end: other work, or the end of an earlier "
+            "heavy run, may have shared the machine (the session's note says which when known); compare ratios, "
+            "not seconds."
+            if max(s["loadavg_start"][0], (s.get("loadavg_end") or [0])[0]) > (m["cpus"] or 1) + 1
+            else "The load stayed within the core count + 1: no other heavy work shared the machine."
+        ),
         f"- repeats: {s['args']['repeats']}; budget {s['args']['budget']:.0f} s and {s['args']['rss_limit']:.0f} MB RSS per run",
         "",
     ]
@@ -93,8 +105,9 @@ def session_md(s: dict) -> list[str]:
             ok = [r for r in all_runs if r["status"] == "ok"]
             walls = [r["wall_s"] for r in ok]
             rows = ok[-1]["figures"].get("rows", {}) if ok else {}
-            rows_txt = " / ".join(f"{rows[z]:,}" for z in ("formatted", "trusted", "exploitation") if isinstance(rows, dict) and z in rows) or (
-                f"{rows:,}" if isinstance(rows, int) else "–")
+            rows_txt = " / ".join(
+                f"{rows[z]:,}" for z in ("formatted", "trusted", "exploitation") if isinstance(rows, dict) and z in rows
+            ) or (f"{rows:,}" if isinstance(rows, int) else "–")
             failed = [f"{r['status']}: {r['note']}" for r in all_runs if r["status"] != "ok"]
             out.append(
                 f"| {c} | {len(ok)}/{len(all_runs)}{' — ' + '; '.join(failed)[:200] if failed else ''} | {_fmt_range(walls)} | "
@@ -115,7 +128,9 @@ def session_md(s: dict) -> list[str]:
             for z in ZONES:
                 secs = [x for x in (_zone_s(r, z) for r in ok) if x]
                 cells.append(_fmt_range([readings / x for x in secs], "", 0) if secs else "–")
-            start = [x for x in (_zone_s(r, "spark_start") or (r["figures"].get("stages") or {}).get("spark_start") for r in ok) if x]
+            start = [
+                x for x in (_zone_s(r, "spark_start") or (r["figures"].get("stages") or {}).get("spark_start") for r in ok) if x
+            ]
             zone_lines.append(f"| {c} | " + " | ".join(cells) + f" | {_fmt_range(start)} |")
         if zone_lines:
             out += [
@@ -129,27 +144,90 @@ def session_md(s: dict) -> list[str]:
         ratios = []
         wall = lambda r: r["wall_s"]  # noqa: E731
         for label, a, b, fn, target in (
-            ("lakehouse ÷ the same transforms in one PySpark script (spark_same), end-to-end wall", "lakehouse", "spark_same", wall, "≤ 1.25×"),
-            ("lakehouse ÷ the same transforms in one script, trusted zone seconds", "lakehouse", "spark_same", lambda r: _zone_s(r, "trusted"), ""),
-            ("lakehouse ÷ the same transforms in one script, a month at a time (spark_monthly), end-to-end wall", "lakehouse", "spark_monthly", wall, "≤ 1.25×"),
-            ("lakehouse ÷ spark_monthly, trusted zone seconds", "lakehouse", "spark_monthly", lambda r: _zone_s(r, "trusted"), ""),
+            (
+                "lakehouse ÷ the same transforms in one PySpark script (spark_same), end-to-end wall",
+                "lakehouse",
+                "spark_same",
+                wall,
+                "≤ 1.25×",
+            ),
+            (
+                "lakehouse ÷ the same transforms in one script, trusted zone seconds",
+                "lakehouse",
+                "spark_same",
+                lambda r: _zone_s(r, "trusted"),
+                "",
+            ),
+            (
+                "lakehouse ÷ the same transforms in one script, a month at a time (spark_monthly), end-to-end wall",
+                "lakehouse",
+                "spark_monthly",
+                wall,
+                "≤ 1.25×",
+            ),
+            (
+                "lakehouse ÷ spark_monthly, trusted zone seconds",
+                "lakehouse",
+                "spark_monthly",
+                lambda r: _zone_s(r, "trusted"),
+                "",
+            ),
             ("lakehouse ÷ minimal PySpark script (dedup + negatives only), end-to-end wall", "lakehouse", "pyspark", wall, ""),
             ("lakehouse ÷ pandas baseline, end-to-end wall", "lakehouse", "pandas", wall, "< 1× at the largest scale"),
             ("lakehouse ÷ pandas baseline, peak RSS", "lakehouse", "pandas", lambda r: r["peak_rss_mb"], "flat as data grows"),
             ("lakehouse before ÷ after (same run), wall", "lakehouse@before", "lakehouse", wall, "> 1× = faster now"),
-            ("lakehouse before ÷ after, the Dagster run alone (wall − imports − Spark start)", "lakehouse@before", "lakehouse",
-             lambda r: (r["figures"].get("stages") or {}).get("materialize"), "> 1× = faster now"),
-            ("lakehouse ÷ PySpark script, Spark work alone (lakehouse run vs script after its Spark start)", "lakehouse", "pyspark",
-             lambda r: (r["figures"].get("stages") or {}).get("materialize")
-             or sum(v for k, v in (r["figures"].get("zone_seconds") or {}).items() if k != "spark_start"), ""),
-            ("lakehouse before ÷ after, formatted zone seconds", "lakehouse@before", "lakehouse", lambda r: _zone_s(r, "formatted"), ""),
-            ("lakehouse before ÷ after, trusted zone seconds", "lakehouse@before", "lakehouse", lambda r: _zone_s(r, "trusted"), ""),
-            ("formatted throughput ÷ floor throughput (floor s ÷ lakehouse formatted s)", "floor", "lakehouse",
-             lambda r: _zone_s(r, "formatted"), "≥ 0.50"),
-            ("executors+one commit ÷ collect+write_deltalake, write seconds", "write_executors", "write_collect",
-             lambda r: _zone_s(r, "write"), "< 1× = executors faster"),
-            ("executors+one commit ÷ collect+write_deltalake, peak RSS", "write_executors", "write_collect",
-             lambda r: r["peak_rss_mb"], ""),
+            (
+                "lakehouse before ÷ after, the Dagster run alone (wall − imports − Spark start)",
+                "lakehouse@before",
+                "lakehouse",
+                lambda r: (r["figures"].get("stages") or {}).get("materialize"),
+                "> 1× = faster now",
+            ),
+            (
+                "lakehouse ÷ PySpark script, Spark work alone (lakehouse run vs script after its Spark start)",
+                "lakehouse",
+                "pyspark",
+                lambda r: (
+                    (r["figures"].get("stages") or {}).get("materialize")
+                    or sum(v for k, v in (r["figures"].get("zone_seconds") or {}).items() if k != "spark_start")
+                ),
+                "",
+            ),
+            (
+                "lakehouse before ÷ after, formatted zone seconds",
+                "lakehouse@before",
+                "lakehouse",
+                lambda r: _zone_s(r, "formatted"),
+                "",
+            ),
+            (
+                "lakehouse before ÷ after, trusted zone seconds",
+                "lakehouse@before",
+                "lakehouse",
+                lambda r: _zone_s(r, "trusted"),
+                "",
+            ),
+            (
+                "formatted throughput ÷ floor throughput (floor s ÷ lakehouse formatted s)",
+                "floor",
+                "lakehouse",
+                lambda r: _zone_s(r, "formatted"),
+                "≥ 0.50",
+            ),
+            (
+                "executors+one commit ÷ collect+write_deltalake, write seconds",
+                "write_executors",
+                "write_collect",
+                lambda r: _zone_s(r, "write"),
+                "< 1× = executors faster",
+            ),
+            (
+                "executors+one commit ÷ collect+write_deltalake, peak RSS",
+                "write_executors",
+                "write_collect",
+                lambda r: r["peak_rss_mb"],
+                "",
+            ),
         ):
             vals = _paired(s, scale, a, b, fn)
             if vals:
@@ -160,25 +238,38 @@ def session_md(s: dict) -> list[str]:
     if inc:
         by = {r["incremental"]: r for r in inc}
         first, last = by.get("month_first"), by.get("month_last")
-        out += [f"#### Incremental month (scale {inc[0]['scale']}, one lake, each step a fresh process)", "",
-                "| step | status | wall s | peak RSS MB | Spark start s | zones s (landing / formatted / trusted / exploitation) |",
-                "|---|---|---|---|---|---|"]
+        out += [
+            f"#### Incremental month (scale {inc[0]['scale']}, one lake, each step a fresh process)",
+            "",
+            "| step | status | wall s | peak RSS MB | Spark start s | zones s (landing / formatted / trusted / exploitation) |",
+            "|---|---|---|---|---|---|",
+        ]
         for step in ("month_first", "months_middle", "month_last"):
             r = by.get(step)
             if not r:
                 continue
             zs = r["figures"].get("zone_seconds", {})
             st = (r["figures"].get("stages") or {}).get("spark_start", "–")
-            out.append(f"| {step} | {r['status']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {st} | "
-                       + " / ".join(str(zs.get(z, "–")) for z in ZONES) + " |")
+            out.append(
+                f"| {step} | {r['status']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} | {st} | "
+                + " / ".join(str(zs.get(z, "–")) for z in ZONES)
+                + " |"
+            )
         if first and last and first["status"] == last["status"] == "ok":
-            out += ["", f"Last month ÷ first month, wall: **{last['wall_s'] / first['wall_s']:.2f}×** (target ≤ 1.1×); "
-                        f"a new month through all zones: **{last['wall_s']:.0f} s** (target ≤ 60 s), one Spark start."]
+            out += [
+                "",
+                f"Last month ÷ first month, wall: **{last['wall_s'] / first['wall_s']:.2f}×** (target ≤ 1.1×); "
+                f"a new month through all zones: **{last['wall_s']:.0f} s** (target ≤ 60 s), one Spark start.",
+            ]
         out.append("")
     for r in s["runs"]:
         if r["contender"] == "demo":
-            out += ["#### `make demo` (40 meters × 48 months: world build, all zones, model)", "",
-                    f"{r['status']}: **{r['wall_s']:.0f} s** wall (target ≤ 600 s), peak RSS {r['peak_rss_mb']:.0f} MB. {r['note']}", ""]
+            out += [
+                "#### `make demo` (40 meters × 48 months: world build, all zones, model)",
+                "",
+                f"{r['status']}: **{r['wall_s']:.0f} s** wall (target ≤ 600 s), peak RSS {r['peak_rss_mb']:.0f} MB. {r['note']}",
+                "",
+            ]
     return out
 
 

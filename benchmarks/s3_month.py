@@ -32,8 +32,14 @@ def run_month(project, month: str) -> tuple[float, dict[str, float]]:
     keys = [a.key for a in defs.assets if a.partitions_def is not None and a.key.path[0] != "ml"]
     instance = dg.DagsterInstance.ephemeral()
     started = time.monotonic()
-    result = dg.materialize(defs.assets, selection=keys, resources=defs.resources, instance=instance, partition_key=month,
-                            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+    result = dg.materialize(
+        defs.assets,
+        selection=keys,
+        resources=defs.resources,
+        instance=instance,
+        partition_key=month,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
     wall = time.monotonic() - started
     assert result.success
     zones: dict[str, float] = {}
@@ -68,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     moto = start_moto(port, {"INITIAL_NO_AUTH_ACTION_COUNT": "1000000000"})
     endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench",
-                 region_name="us-east-1").create_bucket(Bucket="lake")
-    os.environ.update({"LAKEHOUSE_S3_ENDPOINT": endpoint, "LAKEHOUSE_S3_ACCESS_KEY_ID": "bench",
-                       "LAKEHOUSE_S3_SECRET_ACCESS_KEY": "bench"})
+    boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1"
+    ).create_bucket(Bucket="lake")
+    os.environ.update(
+        {"LAKEHOUSE_S3_ENDPOINT": endpoint, "LAKEHOUSE_S3_ACCESS_KEY_ID": "bench", "LAKEHOUSE_S3_SECRET_ACCESS_KEY": "bench"}
+    )
     from lakehouse.io.spark import get_spark
     from lakehouse.specs.models import SparkSpec
 
@@ -79,8 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, list] = {"local": [], "s3": []}
     try:
         with WeatherServer(host="127.0.0.1", port=0) as weather:
+
             def project_for(root: str):
-                env = {**os.environ, "LAKEHOUSE_ROOT": root, "LAKEHOUSE_DEMO_ROOT": str(tmp / "world"), "LAKEHOUSE_WEATHER_URL": weather.url}
+                env = {
+                    **os.environ,
+                    "LAKEHOUSE_ROOT": root,
+                    "LAKEHOUSE_DEMO_ROOT": str(tmp / "world"),
+                    "LAKEHOUSE_WEATHER_URL": weather.url,
+                }
                 return load_project(REPO / "configs", env=env)
 
             # warm-up, not counted: the first run of a process pays for Spark's code generation and caches
@@ -101,8 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         moto.terminate()
     local_s, s3_s = statistics.median(r["wall"] for r in out["local"]), statistics.median(r["wall"] for r in out["s3"])
-    print(json.dumps({"month": args.month, "meters": args.meters, "repeats": args.repeats, "local_median_s": local_s,
-                      "s3_median_s": s3_s, "ratio": round(s3_s / local_s, 2), "same_tables": same, "tables": len(tables)}))
+    print(
+        json.dumps(
+            {
+                "month": args.month,
+                "meters": args.meters,
+                "repeats": args.repeats,
+                "local_median_s": local_s,
+                "s3_median_s": s3_s,
+                "ratio": round(s3_s / local_s, 2),
+                "same_tables": same,
+                "tables": len(tables),
+            }
+        )
+    )
     return 0 if same else 1
 
 

@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="sensor_tick_") as tmp:
         root = Path(tmp)
-        project = load_project(REPO / "configs", env={"LAKEHOUSE_ROOT": str(root / "lake"), "LAKEHOUSE_DEMO_ROOT": str(root / "world")})
+        project = load_project(
+            REPO / "configs", env={"LAKEHOUSE_ROOT": str(root / "lake"), "LAKEHOUSE_DEMO_ROOT": str(root / "world")}
+        )
         source = project.source("meter_readings")
         inbox = project.resolve(source.collector.inbox)
         t0 = time.perf_counter()
@@ -75,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 
         job = landing_job(project, source)
         sensor = build_inbox_sensor(project, source, job, settle_seconds=0)
-        defs = dg.Definitions(assets=[build_landing_asset(project, source)], jobs=[job], sensors=[sensor], resources=resources(project))
+        defs = dg.Definitions(
+            assets=[build_landing_asset(project, source)], jobs=[job], sensors=[sensor], resources=resources(project)
+        )
         instance = dg.DagsterInstance.ephemeral()
         cursor: str | None = None
 
@@ -101,8 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         steady = [tick()[0] for _ in range(args.repeat)]
-        print(f"steady tick, {args.files} unchanged files: median {statistics.median(steady) * 1000:.0f} ms"
-              f" (min {min(steady) * 1000:.0f}, max {max(steady) * 1000:.0f}, {args.repeat} ticks)", file=sys.stderr)
+        print(
+            f"steady tick, {args.files} unchanged files: median {statistics.median(steady) * 1000:.0f} ms"
+            f" (min {min(steady) * 1000:.0f}, max {max(steady) * 1000:.0f}, {args.repeat} ticks)",
+            file=sys.stderr,
+        )
 
         (inbox / "meter_M99999_2012-03.csv").write_text("device_id;timestamp;reading_kwh\nM99999;2012-03-01T00:00:00Z;1.0\n")
         late_s, late_req = tick()

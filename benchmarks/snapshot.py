@@ -18,8 +18,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def resolve(ref: str) -> str:
-    return subprocess.run(["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=REPO, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def export(ref: str) -> tuple[str, Path]:

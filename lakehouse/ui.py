@@ -207,7 +207,9 @@ class GuardMiddleware:
         rest = urlencode([(k, v) for k, v in pairs if k != "token"])
         location = scope.get("path", "/") + (f"?{rest}" if rest else "")
         cookie = f"{COOKIE}={self.guard.token}; Path=/; HttpOnly; SameSite=Lax"
-        await _respond(send, 303, "signed in", [(b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("latin-1"))])
+        await _respond(
+            send, 303, "signed in", [(b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("latin-1"))]
+        )
         return True
 
 
@@ -278,8 +280,10 @@ def serve(host: str, port: int, guard: Guard, workspace: Path) -> int:
                     time.sleep(2)
 
             threading.Thread(target=watch, name="daemon-watch", daemon=True).start()
-            log.info(f"Dagster UI on http://{host if ':' not in host else f'[{host}]'}:{port} (hosts: {', '.join(sorted(guard.hosts))}"
-                     f"{'; token required' if guard.token else ''})")
+            log.info(
+                f"Dagster UI on http://{host if ':' not in host else f'[{host}]'}:{port} (hosts: {', '.join(sorted(guard.hosts))}"
+                f"{'; token required' if guard.token else ''})"
+            )
             server.run()
     except KeyboardInterrupt:
         pass
@@ -289,11 +293,20 @@ def serve(host: str, port: int, guard: Guard, workspace: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lakehouse.ui", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else needs LAKEHOUSE_UI_TOKEN)")
+    parser = argparse.ArgumentParser(
+        prog="python -m lakehouse.ui", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else needs LAKEHOUSE_UI_TOKEN)"
+    )
     parser.add_argument("--port", type=int, default=3000)
-    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
-                        help="another name the UI answers to (the machine's DNS name behind a proxy); repeatable")
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME[:PORT]",
+        help="another name the UI answers to (the machine's DNS name behind a proxy); repeatable",
+    )
     parser.add_argument("--workspace", type=Path, default=settings.REPO_ROOT / "workspace.yaml")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

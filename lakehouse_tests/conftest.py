@@ -86,8 +86,13 @@ def start_moto(port: int, env_extra: dict[str, str] | None = None):
     exe = Path(sys.executable).with_name("moto_server")
     # IAM checks on after the 3 unauthenticated calls that create the user and its key
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3", **(env_extra or {})}
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -111,13 +116,20 @@ def s3_server():
     port = free_port()
     proc = start_moto(port)
     endpoint = f"http://127.0.0.1:{port}"
-    iam = boto3.client("iam", endpoint_url=endpoint, aws_access_key_id="setup", aws_secret_access_key="setup", region_name="us-east-1")
+    iam = boto3.client(
+        "iam", endpoint_url=endpoint, aws_access_key_id="setup", aws_secret_access_key="setup", region_name="us-east-1"
+    )
     iam.create_user(UserName="lake")
     policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
     iam.put_user_policy(UserName="lake", PolicyName="all", PolicyDocument=json.dumps(policy))
     key = iam.create_access_key(UserName="lake")["AccessKey"]
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key["AccessKeyId"],
-                      aws_secret_access_key=key["SecretAccessKey"], region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=key["AccessKeyId"],
+        aws_secret_access_key=key["SecretAccessKey"],
+        region_name="us-east-1",
+    )
     s3.create_bucket(Bucket="lake")
     server = S3Server(proc, endpoint, key["AccessKeyId"], key["SecretAccessKey"], "lake")
     yield server
@@ -144,8 +156,11 @@ class Cuttable:
         import sys
         import time
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "lakehouse_tests.tcp_proxy", str(self.port), str(self.target)],
-                                     cwd=str(REPO), start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lakehouse_tests.tcp_proxy", str(self.port), str(self.target)],
+            cwd=str(REPO),
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:

@@ -253,7 +253,9 @@ def test_every_run_of_the_project_carries_its_max_runtime(make_project, configs_
         assert request.tags[tag] == "1234" and request.tags["lakehouse/trigger"] == "inbox"
         schedule = next(s for s in defs.schedules if s.name == "customers_monthly")
         when = dt.datetime(2013, 2, 1, 6, tzinfo=dt.UTC)
-        tick = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def()))
+        tick = schedule.evaluate_tick(
+            dg.build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def())
+        )
         assert [r.tags[tag] for r in tick.run_requests] == ["1234"]
     for name in ("dagster.yaml", "dagster.postgres.yaml"):
         monitoring = yaml.safe_load((REPO / "dagster_home" / name).read_text())["run_monitoring"]

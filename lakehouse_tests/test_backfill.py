@@ -87,8 +87,10 @@ def test_one_bad_month_keeps_the_others_and_its_previous_data(tmp_path, workers)
             meta = record.asset_materialization.metadata
             assert meta["dagster/row_count"].value == meta["rows"].value == 3
             assert "total_rows" not in meta
-        versions = {r.partition_key: r.asset_materialization.metadata["delta_version"].value
-                    for r in instance.fetch_materializations(key, limit=10).records}
+        versions = {
+            r.partition_key: r.asset_materialization.metadata["delta_version"].value
+            for r in instance.fetch_materializations(key, limit=10).records
+        }
         assert sorted(versions.values()) == list(range(len(MONTHS)))  # one commit, one version per month
         assert {m: {r["value"] for r in rows} for m, rows in by_month(lake, "formatted", "toy").items()} == {
             m: {1} for m in MONTHS
@@ -215,8 +217,14 @@ def test_parallel_months_write_what_one_month_at_a_time_writes(spark, tmp_path, 
         defs = zone_definitions(project, sources=("meter_readings", "calendar"))
         assert materialize(defs, [a.key for a in defs.assets], MONTHS[0], MONTHS[-1]).success
         lake = Lake(project.lake_root)
-        tables = [("formatted", "meter_readings"), ("formatted", "calendar"), ("trusted", "calendar"),
-                  ("trusted", "meter_readings"), ("quality", "quarantine"), ("quality", "repairs")]
+        tables = [
+            ("formatted", "meter_readings"),
+            ("formatted", "calendar"),
+            ("trusted", "calendar"),
+            ("trusted", "meter_readings"),
+            ("quality", "quarantine"),
+            ("quality", "repairs"),
+        ]
         hashes[workers] = {f"{z}/{t}": content_hash(lake, z, t) for z, t in tables}
         assert lake.months("trusted", "calendar") == MONTHS and lake.months("formatted", "meter_readings") == MONTHS
         assert lake.months("trusted", "meter_readings") == MONTHS

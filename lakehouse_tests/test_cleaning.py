@@ -87,14 +87,21 @@ def as_rows(df) -> list[dict]:
     return [{k: _utc(v) for k, v in r.items()} for r in rows]
 
 
-def clean_and_commit(formatted, source: SourceSpec, root, *, month: str = MONTH, **kwargs) -> tuple[CleanResult, dict[str, list[dict]]]:
+def clean_and_commit(
+    formatted, source: SourceSpec, root, *, month: str = MONTH, **kwargs
+) -> tuple[CleanResult, dict[str, list[dict]]]:
     """``clean_month`` as the trusted asset runs it: Spark's tasks stage the month, it is committed to a lake
     at ``root``, and the trusted rows, the batch's quarantine rows and changed cells are read back (lineage
     columns named as in trusted)."""
     lake = Lake(root)
     batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id="test")
-    staging = Staging(lake.storage, lake.table_uri("trusted", source.name), lake.table_uri(*quarantine.TABLE),
-                      lake.table_uri(*repairs.TABLE), batch)
+    staging = Staging(
+        lake.storage,
+        lake.table_uri("trusted", source.name),
+        lake.table_uri(*quarantine.TABLE),
+        lake.table_uri(*repairs.TABLE),
+        batch,
+    )
     result = clean_month(formatted, source, month=month, staging=staging, **kwargs)
     quarantine.commit(lake, result.staged["quarantine"], batch)
     repairs.commit(lake, result.staged["repairs"], batch)
@@ -110,8 +117,12 @@ def clean_and_commit(formatted, source: SourceSpec, root, *, month: str = MONTH,
 
     rows = {
         "trusted": as_rows(lake.read_arrow("trusted", source.name, months=[month])),
-        "rejected": batch_rows(quarantine.TABLE, ["rule", "disposition", "error", "_source_file", "_source_line", "key", "record"]),
-        "repairs": batch_rows(repairs.TABLE, ["key", "column", "old_value", "new_value", "rule", "row_status", "_source_file", "_source_line"]),
+        "rejected": batch_rows(
+            quarantine.TABLE, ["rule", "disposition", "error", "_source_file", "_source_line", "key", "record"]
+        ),
+        "repairs": batch_rows(
+            repairs.TABLE, ["key", "column", "old_value", "new_value", "rule", "row_status", "_source_file", "_source_line"]
+        ),
     }
     return result, rows
 
@@ -271,7 +282,9 @@ def test_trusted_is_complete_unique_and_clean(cleaned):
 
 def test_every_rule_and_step_is_counted(cleaned):
     """The tally per outcome: rows flagged, rejected, merged and cells changed, from the crafted faults."""
-    figures = {r["name"]: (r["violations"], r["rejected"], r["merged"], r["repaired_cells"]) for r in summary_rows(cleaned["result"])}
+    figures = {
+        r["name"]: (r["violations"], r["rejected"], r["merged"], r["repaired_cells"]) for r in summary_rows(cleaned["result"])
+    }
     assert figures["exact_duplicate"] == (1, 0, 1, 0)
     assert figures["align_to_hour"] == (1, 0, 0, 1)
     assert figures["wh_to_kwh"] == (HOURS, 0, 0, HOURS)  # M2's whole file
@@ -304,16 +317,37 @@ def test_fail_warn_set_repair_iqr_and_keep_policies(spark, tmp_path):
         "rules": [
             {"name": "too_big", "deny": "t.reading_kwh > 2000", "action": "warn"},
             {"name": "never_above_100", "range": {"reading_kwh": {"max": 100}}, "action": "fail"},
-            {"name": "negative_flipped", "deny": "t.reading_kwh < 0", "action": "repair",
-             "repair": {"set": {"reading_kwh": "abs(reading_kwh)"}}},
-            {"name": "one_per_hour", "unique": ["meter_id", "ts"], "action": "repair", "repair": {"keep": "max", "by": "reading_kwh"}},
-            {"name": "registered", "reference": {"column": "meter_id", "table": "trusted/customers", "to": "meter_id"},
-             "action": "warn"},
+            {
+                "name": "negative_flipped",
+                "deny": "t.reading_kwh < 0",
+                "action": "repair",
+                "repair": {"set": {"reading_kwh": "abs(reading_kwh)"}},
+            },
+            {
+                "name": "one_per_hour",
+                "unique": ["meter_id", "ts"],
+                "action": "repair",
+                "repair": {"keep": "max", "by": "reading_kwh"},
+            },
+            {
+                "name": "registered",
+                "reference": {"column": "meter_id", "table": "trusted/customers", "to": "meter_id"},
+                "action": "warn",
+            },
         ],
         "cleaning": [
             {"step": "rules"},
-            {"step": "outliers", "name": "iqr_outlier", "column": "reading_kwh", "group_by": ["meter_id"], "time": "ts",
-             "method": "iqr", "threshold": 3, "window": "12h", "action": "repair"},
+            {
+                "step": "outliers",
+                "name": "iqr_outlier",
+                "column": "reading_kwh",
+                "group_by": ["meter_id"],
+                "time": "ts",
+                "method": "iqr",
+                "threshold": 3,
+                "window": "12h",
+                "action": "repair",
+            },
         ],
     }
     df = spark.createDataFrame(rows, SCHEMA)
@@ -356,8 +390,15 @@ def test_unit_harmonization_without_a_fleet(spark, case, tmp_path):
     if case == "history_arrow":
         table = history.select("meter_id", "reading_kwh").toArrow()
         history = lambda: table  # noqa: E731
-    step = {"step": "unit_harmonization", "name": "wh", "column": "reading_kwh", "group_by": ["meter_id"],
-            "min_history": 168, "min_fleet": 3, "max_typical": 100}
+    step = {
+        "step": "unit_harmonization",
+        "name": "wh",
+        "column": "reading_kwh",
+        "group_by": ["meter_id"],
+        "min_history": 168,
+        "min_fleet": 3,
+        "max_typical": 100,
+    }
     df = spark.createDataFrame(wh + ok, SCHEMA)
     result, rows = clean_and_commit(df, meter_source(rules=[], cleaning=[step]), tmp_path, history=history)
     trusted, notes = rows["trusted"], list(result.notes)
@@ -378,8 +419,9 @@ def test_group_medians_match_spark_median(spark):
     def _group_medians(t, keys, value):
         return in_spark(arrow_frame(spark, t), keys, value)
 
-    t = pa.table({"m": ["a", "a", "a", "a", "b", "b", None, "c"], "f": ["x"] * 8,
-                  "v": [1.0, 4.0, 2.0, 10.0, 3.0, None, 7.0, None]})
+    t = pa.table(
+        {"m": ["a", "a", "a", "a", "b", "b", None, "c"], "f": ["x"] * 8, "v": [1.0, 4.0, 2.0, 10.0, 3.0, None, 7.0, None]}
+    )
     assert _group_medians(t, ["m", "f"], "v") == {("a", "x"): (3.0, 4), ("b", "x"): (3.0, 1), (None, "x"): (7.0, 1)}
     assert _group_medians(t.slice(0, 0), ["m"], "v") == {}
     # integer keys stay integers next to a null key (the conversion marker compares them as text)
@@ -390,16 +432,20 @@ def test_group_medians_match_spark_median(spark):
 def test_parse_failures_get_the_same_quarantine_rows_on_the_driver_as_in_spark(spark):
     """The formatted zone's rejected lines (month, file, line, raw record, error) become quarantine rows with
     pyarrow; the Spark function they mirror gives the same rows (rule ``parse``, disposition ``rejected``)."""
-    bad = pa.table({
-        "month": [MONTH, MONTH],
-        "_source_file": [f"meter_M1_{MONTH}.csv", f"meter_M2_{MONTH}.csv"],
-        "_source_line": pa.array([4, 17], pa.int64()),
-        "record": ["M1;2012-01-01T03:00:00Z;abc", "M2;;1.5"],
-        "error": ["reading_kwh: 'abc' is not a double", "ts: empty"],
-    })
+    bad = pa.table(
+        {
+            "month": [MONTH, MONTH],
+            "_source_file": [f"meter_M1_{MONTH}.csv", f"meter_M2_{MONTH}.csv"],
+            "_source_line": pa.array([4, 17], pa.int64()),
+            "record": ["M1;2012-01-01T03:00:00Z;abc", "M2;;1.5"],
+            "error": ["reading_kwh: 'abc' is not a double", "ts: empty"],
+        }
+    )
     args = {"dataset": "meter_readings", "stage": "formatted", "run_id": "r1", "month": MONTH}
     from_arrow = quarantine.quarantine_table(bad, **args)
-    from_spark = quarantine._conform(quarantine.quarantine_rows(spark.createDataFrame(bad), record_columns=None, **args).toArrow())
+    from_spark = quarantine._conform(
+        quarantine.quarantine_rows(spark.createDataFrame(bad), record_columns=None, **args).toArrow()
+    )
     assert from_arrow.schema == quarantine.SCHEMA
     assert from_arrow.to_pylist() == from_spark.to_pylist()
     assert {(r["rule"], r["disposition"], r["month"]) for r in from_arrow.to_pylist()} == {("parse", "rejected", MONTH)}
@@ -412,18 +458,23 @@ def test_the_driver_jvm_collects_with_the_throughput_collector(spark):
     assert sorted(b.getName() for b in beans) == ["PS MarkSweep", "PS Scavenge"]
 
 
-@pytest.mark.parametrize(("received", "kept"), [
-    ({"a.csv": "2012-02-01T08:00:00+00:00", "b.csv": "2012-02-01T07:00:00+00:00"}, 9.0),  # b came first
-    ({"a.csv": "2012-02-01T07:00:00+00:00", "b.csv": "2012-02-01T08:00:00+00:00"}, 1.0),
-    (None, 1.0),  # without receipt times: file and line order
-])
+@pytest.mark.parametrize(
+    ("received", "kept"),
+    [
+        ({"a.csv": "2012-02-01T08:00:00+00:00", "b.csv": "2012-02-01T07:00:00+00:00"}, 9.0),  # b came first
+        ({"a.csv": "2012-02-01T07:00:00+00:00", "b.csv": "2012-02-01T08:00:00+00:00"}, 1.0),
+        (None, 1.0),  # without receipt times: file and line order
+    ],
+)
 def test_keep_first_keeps_the_row_received_first(spark, received, kept, tmp_path):
     rows = [("M1", at(h), level(h) + 1, "a.csv", h + 2) for h in range(6)]
     rows[2] = ("M1", at(2), 1.0, "a.csv", 4)
     rows.append(("M1", at(2), 9.0, "b.csv", 2))  # the same hour from a second delivery
     rows.append(("M1", at(4), level(4) + 1, "b.csv", 3))  # an exact duplicate of a.csv's hour 4
-    quality = {"rules": [{"name": "one_per_hour", "unique": ["meter_id", "ts"], "action": "repair", "repair": {"keep": "first"}}],
-               "cleaning": [{"step": "rules"}]}
+    quality = {
+        "rules": [{"name": "one_per_hour", "unique": ["meter_id", "ts"], "action": "repair", "repair": {"keep": "first"}}],
+        "cleaning": [{"step": "rules"}],
+    }
     _, written = clean_and_commit(spark.createDataFrame(rows, SCHEMA), meter_source(**quality), tmp_path, received=received)
     trusted = {r["ts"]: (r["reading_kwh"], r["_source_file"]) for r in written["trusted"]}
     assert trusted[at(2)][0] == kept
@@ -434,20 +485,29 @@ def test_keep_first_keeps_the_row_received_first(spark, received, kept, tmp_path
 def test_series_steps_on_a_single_daily_series_without_group_by(spark, tmp_path):
     """One meter's daily export: no entity column, a date as the time. A stuck run, a spike and two
     missing days are handled by the same steps the hourly meters use, with ``every: 1d``."""
-    source = SourceSpec.model_validate({
-        "name": "gas_daily",
-        "collector": {"type": "file_drop", "inbox": "/nowhere"},
-        "columns": [{"name": "day", "type": "date", "nullable": False}, {"name": "energy_kwh", "type": "double"}],
-        "partitioning": {"kind": "time_column", "column": "day"},
-        "quality": {
-            "key": ["day"],
-            "cleaning": [
-                {"step": "stuck", "name": "stuck_register", "column": "energy_kwh", "time": "day", "min_run": 4},
-                {"step": "outliers", "name": "spike", "column": "energy_kwh", "time": "day", "window": "9d", "min_points": 5},
-                {"step": "impute_gaps", "name": "fill_days", "column": "energy_kwh", "time": "day", "every": "1d", "max_gap": 2},
-            ],
-        },
-    })
+    source = SourceSpec.model_validate(
+        {
+            "name": "gas_daily",
+            "collector": {"type": "file_drop", "inbox": "/nowhere"},
+            "columns": [{"name": "day", "type": "date", "nullable": False}, {"name": "energy_kwh", "type": "double"}],
+            "partitioning": {"kind": "time_column", "column": "day"},
+            "quality": {
+                "key": ["day"],
+                "cleaning": [
+                    {"step": "stuck", "name": "stuck_register", "column": "energy_kwh", "time": "day", "min_run": 4},
+                    {"step": "outliers", "name": "spike", "column": "energy_kwh", "time": "day", "window": "9d", "min_points": 5},
+                    {
+                        "step": "impute_gaps",
+                        "name": "fill_days",
+                        "column": "energy_kwh",
+                        "time": "day",
+                        "every": "1d",
+                        "max_gap": 2,
+                    },
+                ],
+            },
+        }
+    )
     d0 = dt.date(2012, 1, 1)
     values = {d: round(50 + 5 * math.sin(d / 3), 2) for d in range(31)}
     values.update({8: 700.0, 20: 42.0, 21: 42.0, 22: 42.0, 23: 42.0})  # a spike, a stuck run
@@ -469,17 +529,19 @@ def test_series_steps_on_a_single_daily_series_without_group_by(spark, tmp_path)
 
 
 def _index_source(**quality) -> SourceSpec:
-    return SourceSpec.model_validate({
-        "name": "gas_index",
-        "collector": {"type": "file_drop", "inbox": "/nowhere"},
-        "columns": [
-            {"name": "meter_id", "type": "string"},
-            {"name": "day", "type": "date", "nullable": False},
-            {"name": "index_kwh", "type": "double"},
-        ],
-        "partitioning": {"kind": "time_column", "column": "day"},
-        "quality": {"key": ["meter_id", "day"], **quality},
-    })
+    return SourceSpec.model_validate(
+        {
+            "name": "gas_index",
+            "collector": {"type": "file_drop", "inbox": "/nowhere"},
+            "columns": [
+                {"name": "meter_id", "type": "string"},
+                {"name": "day", "type": "date", "nullable": False},
+                {"name": "index_kwh", "type": "double"},
+            ],
+            "partitioning": {"kind": "time_column", "column": "day"},
+            "quality": {"key": ["meter_id", "day"], **quality},
+        }
+    )
 
 
 INDEX_SCHEMA = "meter_id string, day date, index_kwh double, _source_file string, _source_line bigint"
@@ -498,17 +560,21 @@ def test_prev_rule_continues_the_series_from_the_month_before(spark, tmp_path):
     trusted day of January (the trusted zone's history), per meter; a meter without history starts fresh.
     The rule is evaluated on the kept rows: a row after a quarantined one is compared with it (same
     snapshot for all rules), and a later month runs the same generated code."""
-    quality = {"rules": [
-        {"name": "index_continuity", "deny": "index_kwh < prev.index_kwh", "action": "quarantine"},
-        # the series' own key on the previous row (carried from January too): never differs
-        {"name": "same_meter", "deny": "meter_id != prev.meter_id", "action": "warn"},
-    ]}
+    quality = {
+        "rules": [
+            {"name": "index_continuity", "deny": "index_kwh < prev.index_kwh", "action": "quarantine"},
+            # the series' own key on the previous row (carried from January too): never differs
+            {"name": "same_meter", "deny": "meter_id != prev.meter_id", "action": "warn"},
+        ]
+    }
     source = _index_source(**quality)
-    january = pa.table({
-        "meter_id": ["M1", "M1", "M2", "M2"],
-        "day": [dt.date(2012, 1, 30), dt.date(2012, 1, 31), dt.date(2012, 1, 31), dt.date(2012, 1, 30)],
-        "index_kwh": [98.0, 100.0, 10.0, 9.0],
-    })
+    january = pa.table(
+        {
+            "meter_id": ["M1", "M1", "M2", "M2"],
+            "day": [dt.date(2012, 1, 30), dt.date(2012, 1, 31), dt.date(2012, 1, 31), dt.date(2012, 1, 30)],
+            "index_kwh": [98.0, 100.0, 10.0, 9.0],
+        }
+    )
     feb = {"M1": [95.0, 101.0, 99.0, 102.0], "M2": [12.0, 11.0, 13.0], "M3": [5.0, 6.0]}
 
     def rejected(rows) -> set[tuple[str, str]]:
@@ -529,7 +595,10 @@ def test_prev_rule_continues_the_series_from_the_month_before(spark, tmp_path):
     before = metric.getCount()
     march_history = pa.table({"meter_id": ["M1", "M3"], "day": [dt.date(2012, 2, 29)] * 2, "index_kwh": [200.0, 1.0]})
     _, march = clean_and_commit(
-        _index_month(spark, "2012-03", {"M1": [150.0, 160.0], "M3": [2.0, 1.5]}), source, tmp_path / "march", month="2012-03",
+        _index_month(spark, "2012-03", {"M1": [150.0, 160.0], "M3": [2.0, 1.5]}),
+        source,
+        tmp_path / "march",
+        month="2012-03",
         history=march_history,
     )
     assert rejected(march) == {("M1", "2012-03-01"), ("M3", "2012-03-02")}
@@ -540,7 +609,9 @@ def test_prev_rule_on_a_single_series_uses_the_rule_s_own_order(spark, tmp_path)
     """No group_by: the whole source is one series; the rule names its time column."""
     source = _index_source(rules=[{"name": "index_continuity", "deny": "index_kwh - prev.index_kwh < -0.5", "time": "day"}])
     history = pa.table({"meter_id": ["A"], "day": [dt.date(2012, 1, 31)], "index_kwh": [50.0]})
-    _, rows = clean_and_commit(_index_month(spark, "2012-02", {"A": [49.0, 49.8, 49.6]}), source, tmp_path, month="2012-02", history=history)
+    _, rows = clean_and_commit(
+        _index_month(spark, "2012-02", {"A": [49.0, 49.8, 49.6]}), source, tmp_path, month="2012-02", history=history
+    )
     days = {json.loads(r["key"])["day"] for r in rows["rejected"]}
     assert days == {"2012-02-01"}  # -1.0 from January; -0.2 within the month is tolerated
 
@@ -558,11 +629,23 @@ def _temperature_month(spark):
 @pytest.mark.parametrize(
     ("fill", "expected"),
     [
-        ({"method": "linear"}, {("A", 5): 15.0, ("A", 6): 16.0, ("A", 7): 17.0, ("A", 12): 22.0, ("A", 15): 25.0, ("A", 20): 30.0}),
+        (
+            {"method": "linear"},
+            {("A", 5): 15.0, ("A", 6): 16.0, ("A", 7): 17.0, ("A", 12): 22.0, ("A", 15): 25.0, ("A", 20): 30.0},
+        ),
         ({"method": "linear", "max_distance": "3d"}, {("A", 12): 22.0, ("A", 15): 25.0, ("A", 20): 30.0}),
         (
             {"method": "previous", "max_distance": "2d"},
-            {("A", 5): 14.0, ("A", 6): 14.0, ("A", 12): 21.0, ("A", 15): 24.0, ("A", 20): 29.0, ("A", 25): 34.0, ("B", 2): 30.0, ("B", 3): 30.0},
+            {
+                ("A", 5): 14.0,
+                ("A", 6): 14.0,
+                ("A", 12): 21.0,
+                ("A", 15): 24.0,
+                ("A", 20): 29.0,
+                ("A", 25): 34.0,
+                ("B", 2): 30.0,
+                ("B", 3): 30.0,
+            },
         ),
         ({"method": "seasonal", "season": "7d"}, {("A", 20): 23.0, ("A", 25): 28.0}),
     ],
@@ -571,20 +654,33 @@ def test_fill_nulls_fills_cells_from_the_series_and_logs_each(spark, fill, expec
     """Linear by time between the neighbouring values, the last value within max_distance, or the value
     one season earlier — never from another meter nor from the quarantined 999 of day 8; what cannot be
     filled stays null, and every filled cell is one repair (old value null)."""
-    source = SourceSpec.model_validate({
-        "name": "temps",
-        "collector": {"type": "file_drop", "inbox": "/nowhere"},
-        "columns": [{"name": "meter_id", "type": "string"}, {"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
-        "partitioning": {"kind": "time_column", "column": "day"},
-        "quality": {
-            "key": ["meter_id", "day"],
-            "rules": [{"name": "plausible_temp", "range": {"temp_c": {"max": 60}}}],
-            "cleaning": [
-                {"step": "rules"},
-                {"step": "fill_nulls", "name": "fill_temp", "columns": ["temp_c"], "group_by": ["meter_id"], "time": "day", **fill},
+    source = SourceSpec.model_validate(
+        {
+            "name": "temps",
+            "collector": {"type": "file_drop", "inbox": "/nowhere"},
+            "columns": [
+                {"name": "meter_id", "type": "string"},
+                {"name": "day", "type": "date"},
+                {"name": "temp_c", "type": "double"},
             ],
-        },
-    })
+            "partitioning": {"kind": "time_column", "column": "day"},
+            "quality": {
+                "key": ["meter_id", "day"],
+                "rules": [{"name": "plausible_temp", "range": {"temp_c": {"max": 60}}}],
+                "cleaning": [
+                    {"step": "rules"},
+                    {
+                        "step": "fill_nulls",
+                        "name": "fill_temp",
+                        "columns": ["temp_c"],
+                        "group_by": ["meter_id"],
+                        "time": "day",
+                        **fill,
+                    },
+                ],
+            },
+        }
+    )
     result, rows = clean_and_commit(_temperature_month(spark), source, tmp_path)
     trusted = {(r["meter_id"], r["day"].day): r["temp_c"] for r in rows["trusted"]}
     repairs = rows["repairs"]
@@ -592,9 +688,9 @@ def test_fill_nulls_fills_cells_from_the_series_and_logs_each(spark, fill, expec
     missing = {("A", d) for d in (1, 5, 6, 7, 12, 15, 20, 25)} | {("B", 2), ("B", 3)}
     assert {k: v for k, v in trusted.items() if k in missing and v is not None} == pytest.approx(expected)
     assert ("A", 8) not in trusted and len(trusted) == 24 + 3  # the 999 is quarantined, nothing else moves
-    assert sorted((json.loads(r["key"])["meter_id"], int(json.loads(r["key"])["day"][-2:]), float(r["new_value"])) for r in repairs) == sorted(
-        (m, d, v) for (m, d), v in expected.items()
-    )
+    assert sorted(
+        (json.loads(r["key"])["meter_id"], int(json.loads(r["key"])["day"][-2:]), float(r["new_value"])) for r in repairs
+    ) == sorted((m, d, v) for (m, d), v in expected.items())
     assert {(r["column"], r["old_value"], r["rule"], r["row_status"]) for r in repairs} == {("temp_c", None, "fill_temp", "kept")}
     assert summary["fill_temp"]["repaired_cells"] == len(expected)
 
@@ -602,20 +698,26 @@ def test_fill_nulls_fills_cells_from_the_series_and_logs_each(spark, fill, expec
 def test_fill_nulls_rejects_what_it_cannot_do():
     base = {"name": "f", "columns": ["temp_c"], "time": "day"}
     with pytest.raises(ValueError, match="'season' goes with method 'seasonal'"):
-        SourceSpec.model_validate({
-            "name": "s", "collector": {"type": "file_drop", "inbox": "/x"},
-            "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
-            "partitioning": {"kind": "time_column", "column": "day"},
-            "quality": {"cleaning": [{"step": "fill_nulls", "method": "seasonal", **base}]},
-        })
+        SourceSpec.model_validate(
+            {
+                "name": "s",
+                "collector": {"type": "file_drop", "inbox": "/x"},
+                "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
+                "partitioning": {"kind": "time_column", "column": "day"},
+                "quality": {"cleaning": [{"step": "fill_nulls", "method": "seasonal", **base}]},
+            }
+        )
     from lakehouse.quality.cleaning import CleaningError, validate_quality
 
-    source = SourceSpec.model_validate({
-        "name": "s", "collector": {"type": "file_drop", "inbox": "/x"},
-        "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "string"}],
-        "partitioning": {"kind": "time_column", "column": "day"},
-        "quality": {"cleaning": [{"step": "fill_nulls", **base}]},
-    })
+    source = SourceSpec.model_validate(
+        {
+            "name": "s",
+            "collector": {"type": "file_drop", "inbox": "/x"},
+            "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "string"}],
+            "partitioning": {"kind": "time_column", "column": "day"},
+            "quality": {"cleaning": [{"step": "fill_nulls", **base}]},
+        }
+    )
     with pytest.raises(CleaningError, match="linear fills numbers, 'temp_c' is string"):
         validate_quality(source)
 
@@ -623,18 +725,26 @@ def test_fill_nulls_rejects_what_it_cannot_do():
 def test_derived_columns_follow_the_cleaned_inputs(spark, tmp_path):
     """A derived column is in the trusted table, recomputed from the cells as the cleaning left them: a
     filled temperature gives its heating degrees, and a rule after the fill reads them."""
-    source = SourceSpec.model_validate({
-        "name": "temps",
-        "collector": {"type": "file_drop", "inbox": "/nowhere"},
-        "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
-        "derive": {"hdd": {"expr": "greatest(0, 16.5 - temp_c)", "type": "double"}, "heating": {"expr": "hdd > 0", "type": "boolean"}},
-        "partitioning": {"kind": "time_column", "column": "day"},
-        "quality": {
-            "key": ["day"],
-            "rules": [{"name": "cold_day", "deny": "hdd > 9", "action": "warn"}],
-            "cleaning": [{"step": "fill_nulls", "name": "fill_temp", "columns": ["temp_c"], "time": "day"}, {"step": "rules"}],
-        },
-    })
+    source = SourceSpec.model_validate(
+        {
+            "name": "temps",
+            "collector": {"type": "file_drop", "inbox": "/nowhere"},
+            "columns": [{"name": "day", "type": "date"}, {"name": "temp_c", "type": "double"}],
+            "derive": {
+                "hdd": {"expr": "greatest(0, 16.5 - temp_c)", "type": "double"},
+                "heating": {"expr": "hdd > 0", "type": "boolean"},
+            },
+            "partitioning": {"kind": "time_column", "column": "day"},
+            "quality": {
+                "key": ["day"],
+                "rules": [{"name": "cold_day", "deny": "hdd > 9", "action": "warn"}],
+                "cleaning": [
+                    {"step": "fill_nulls", "name": "fill_temp", "columns": ["temp_c"], "time": "day"},
+                    {"step": "rules"},
+                ],
+            },
+        }
+    )
     temps = [5.0, None, 9.0, 20.0, None, 12.0]
     rows = [(dt.date(2012, 1, d + 1), t, "t.csv", d + 2) for d, t in enumerate(temps)]
     result, written = clean_and_commit(

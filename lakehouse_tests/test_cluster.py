@@ -26,7 +26,16 @@ EXPECTED = {"formatted/meter_readings", "trusted/meter_readings", "quality/quara
 
 def drive(root: Path, lake: str, *where: str) -> dict:
     """The world through the zones in a new process on ``where`` (``--master URL`` / ``--remote URL``)."""
-    command = [sys.executable, "-m", "lakehouse_tests.cluster_world", "--world", str(root / "world"), "--lake", str(root / lake), *where]
+    command = [
+        sys.executable,
+        "-m",
+        "lakehouse_tests.cluster_world",
+        "--world",
+        str(root / "world"),
+        "--lake",
+        str(root / lake),
+        *where,
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-4000:]}")

@@ -71,8 +71,14 @@ def test_http_lands_the_real_observations_with_origin_and_checksum(project, weat
     assert entry.name == f"weather_USW00024233_{MONTH}.json" and entry.rows == 31
     # the served rows are NOAA's observations for the month, value for value
     rows = [
-        {"date": o["date"], "tmax_c": o["temperature"]["max_c"], "tmin_c": o["temperature"]["min_c"],
-         "prcp_mm": o["precipitation_mm"], "wind_ms": o["wind_ms"], "weather": o["weather"]}
+        {
+            "date": o["date"],
+            "tmax_c": o["temperature"]["max_c"],
+            "tmin_c": o["temperature"]["min_c"],
+            "prcp_mm": o["precipitation_mm"],
+            "wind_ms": o["wind_ms"],
+            "weather": o["weather"],
+        }
         for o in json.loads(data)["observations"]
     ]
     truth = seattle_weather()
@@ -212,7 +218,10 @@ def secret_env(monkeypatch):
     monkeypatch.setenv("WEATHER_KEY", KEY)
     monkeypatch.setenv("WEATHER_TOKEN", TOKEN)
     monkeypatch.setenv("WEATHER_PARAM", PARAM)
-    return {"headers_env": {"X-Api-Key": "WEATHER_KEY", "Authorization": "WEATHER_TOKEN"}, "params_env": {"appid": "WEATHER_PARAM"}}
+    return {
+        "headers_env": {"X-Api-Key": "WEATHER_KEY", "Authorization": "WEATHER_TOKEN"},
+        "params_env": {"appid": "WEATHER_PARAM"},
+    }
 
 
 def test_http_provider_texts_are_scrubbed_of_every_secret(project, monkeypatch):
@@ -230,7 +239,7 @@ def test_http_provider_texts_are_scrubbed_of_every_secret(project, monkeypatch):
     message = str(err.value)
     assert "HTTP 403" in message and "invalid key ***" in message
     assert KEY not in message and "t0ken-0f-the-pr0vider" not in message and PARAM not in message
-    (path, headers), = server.requests
+    ((path, headers),) = server.requests
     assert headers["X-Api-Key"] == KEY and f"appid={PARAM}" in path  # they were sent, only never shown
 
 
@@ -254,7 +263,7 @@ def test_http_secret_params_reach_the_provider_but_not_the_manifest(project, mon
         source = http_source(project, url=server.url + "/d.json?start={start}", **secret_env(monkeypatch))
         folder = month_dir(project, "weather")
         (entry,) = collect(project, source, MONTH, folder).landed
-    (path, _), = server.requests
+    ((path, _),) = server.requests
     assert path == f"/d.json?start={MONTH}-01&appid={PARAM}"
     assert entry.origin == f"{server.url}/d.json?start={MONTH}-01&appid=***"
     assert PARAM not in json.dumps([e.__dict__ for e in read_manifest(folder)])
@@ -264,12 +273,14 @@ def test_http_secret_headers_are_dropped_on_a_redirect_to_another_host(project, 
     """requests drops Authorization on a cross-host redirect, not custom headers: X-Api-Key followed the
     redirect to whatever host the provider named."""
     body = json.dumps({"observations": []}).encode()
-    with Recorder(lambda h: (200, {"Content-Type": "application/json"}, body)) as other, \
-            Recorder(lambda h: (302, {"Location": other.url + "/moved.json"}, b"")) as provider:
+    with (
+        Recorder(lambda h: (200, {"Content-Type": "application/json"}, body)) as other,
+        Recorder(lambda h: (302, {"Location": other.url + "/moved.json"}, b"")) as provider,
+    ):
         source = http_source(project, url=provider.url + "/d.json?start={start}", **secret_env(monkeypatch))
         (entry,) = collect(project, source, MONTH, month_dir(project, "weather")).landed
     assert provider.requests[0][1]["X-Api-Key"] == KEY
-    (_, headers), = other.requests
+    ((_, headers),) = other.requests
     assert "X-Api-Key" not in headers and "Authorization" not in headers
     assert entry.bytes == len(body)
 
@@ -285,7 +296,10 @@ def test_http_secret_headers_follow_a_redirect_on_the_same_host(project, monkeyp
     with Recorder(answer) as provider:
         source = http_source(project, url=provider.url + "/d.json?start={start}", **secret_env(monkeypatch))
         collect(project, source, MONTH, month_dir(project, "weather"))
-    assert [(p, h.get("X-Api-Key")) for p, h in provider.requests] == [(f"/d.json?start={MONTH}-01&appid={PARAM}", KEY), ("/moved.json", KEY)]
+    assert [(p, h.get("X-Api-Key")) for p, h in provider.requests] == [
+        (f"/d.json?start={MONTH}-01&appid={PARAM}", KEY),
+        ("/moved.json", KEY),
+    ]
 
 
 def test_redact_masks_userinfo_and_query_tokens():
@@ -348,7 +362,9 @@ def test_sql_database_down_names_source_month_and_cause(project, monkeypatch, tm
     monkeypatch.delenv("LAKEHOUSE_CUSTOMERS_DB_URL", raising=False)
     folder = month_dir(project, "customers")
     missing = tmp_path / "gone" / "customers.sqlite"
-    with pytest.raises(CollectorError, match=rf"'customers' month {MONTH}: database unreachable: .*{missing.name} does not exist"):
+    with pytest.raises(
+        CollectorError, match=rf"'customers' month {MONTH}: database unreachable: .*{missing.name} does not exist"
+    ):
         collect(project, sql_source(project, missing), MONTH, folder)
     assert not missing.exists(), "a missing SQLite file must not be created empty"
 
@@ -429,7 +445,9 @@ def test_sql_statement_timeout_stops_a_long_query_on_sqlite(project, registry, m
     monkeypatch.delenv("LAKEHOUSE_CUSTOMERS_DB_URL", raising=False)
     folder = month_dir(project, "customers")
     started = time.monotonic()
-    with pytest.raises(CollectorError, match=rf"'customers' month {MONTH}: the query ran longer than its timeout of 0.5s \(collector.timeout_s\)"):
+    with pytest.raises(
+        CollectorError, match=rf"'customers' month {MONTH}: the query ran longer than its timeout of 0.5s \(collector.timeout_s\)"
+    ):
         collect(project, with_query(sql_source(project, registry), query=SLOW_SQLITE, timeout_s=0.5), MONTH, folder)
     assert time.monotonic() - started < 5
     assert landed_nothing(folder)
@@ -448,7 +466,9 @@ def test_sql_deadline_watchdog_stops_a_collect_whatever_the_dialect(project, reg
     folder = month_dir(project, "customers")
     started = time.monotonic()
     with pytest.raises(CollectorError, match=r"took longer than its deadline of 0.7s \(collector.deadline_s\)"):
-        collect(project, with_query(sql_source(project, registry), query=SLOW_SQLITE, timeout_s=300, deadline_s=0.7), MONTH, folder)
+        collect(
+            project, with_query(sql_source(project, registry), query=SLOW_SQLITE, timeout_s=300, deadline_s=0.7), MONTH, folder
+        )
     assert time.monotonic() - started < 5
     assert landed_nothing(folder)
 
@@ -513,7 +533,9 @@ def postgres_server():
     subprocess.run([*as_pg, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust"], check=True, capture_output=True)
     port = free_port()
     opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1"
-    subprocess.run([*as_pg, "pg_ctl", "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_pg, "pg_ctl", "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w", "start"], check=True, capture_output=True
+    )
     try:
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     finally:
@@ -585,7 +607,9 @@ def test_file_drop_inbox_that_does_not_exist_is_an_error_not_an_empty_month(make
     source = project.source("meter_readings")
     folder = month_dir(project, "meter_readings")
     inbox = tmp_path / "world" / "inbox" / "meter_readings"
-    with pytest.raises(CollectorError, match=rf"'meter_readings' month {MONTH}: the inbox {re.escape(str(inbox))} does not exist"):
+    with pytest.raises(
+        CollectorError, match=rf"'meter_readings' month {MONTH}: the inbox {re.escape(str(inbox))} does not exist"
+    ):
         collect(project, source, MONTH, folder)
     assert landed_nothing(folder)
 
@@ -630,7 +654,9 @@ def test_http_deadline_bounds_a_provider_that_drips(project):
         url = f"http://127.0.0.1:{server.server_address[1]}/stations/{{station}}/daily.json?start={{start}}"
         started = time.monotonic()
         with pytest.raises(CollectorError, match=r"longer than its deadline of 1s \(collector.deadline_s\)"):
-            collect(project, http_source(project, url=url, timeout_s=2, retries=0, deadline_s=1), MONTH, month_dir(project, "weather"))
+            collect(
+                project, http_source(project, url=url, timeout_s=2, retries=0, deadline_s=1), MONTH, month_dir(project, "weather")
+            )
         assert time.monotonic() - started < 5
     finally:
         server.shutdown()

@@ -176,7 +176,9 @@ def meters(spark):
         ("r7", "M2", "2012-01-02", 48.0, 3.0, 1.0, 6),
     ]
     schema = "rid string, meter_id string, day string, index_kwh double, volume_m3 double, a double, n int"
-    return spark.createDataFrame(rows, schema).selectExpr("rid", "meter_id", "cast(day as date) as day", "index_kwh", "volume_m3", "a", "n")
+    return spark.createDataFrame(rows, schema).selectExpr(
+        "rid", "meter_id", "cast(day as date) as day", "index_kwh", "volume_m3", "a", "n"
+    )
 
 
 @pytest.mark.parametrize(

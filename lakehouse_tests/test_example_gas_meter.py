@@ -42,7 +42,9 @@ def simulate(seed: int = 3) -> tuple[list[dict], dict[str, float]]:
     energy = truth["base"] + truth["slope"] * np.maximum(0.0, 16.5 - temp) + rng.normal(0, truth["noise_sd"], len(days))
     records = []
     for d, t, e in zip(days, temp, np.maximum(energy, 0.0), strict=True):
-        records.append({"time_period": d.isoformat(), "energy_kwh": round(float(e), 2), "weather": {"temperature_degC": round(float(t), 1)}})
+        records.append(
+            {"time_period": d.isoformat(), "energy_kwh": round(float(e), 2), "weather": {"temperature_degC": round(float(t), 1)}}
+        )
     faulty = {NEGATIVE: -3.0, SPIKE: records[SPIKE]["energy_kwh"] * 6 + 200}
     ordinary = np.flatnonzero(~cold & ~np.isin(np.arange(len(days)), list(faulty)))
     gaps = rng.choice(ordinary, MISSING_TEMPERATURE, replace=False)
@@ -170,7 +172,9 @@ def test_champion_is_not_worse_than_a_plain_hdd_regression_on_the_same_10_folds(
     assert models["hdd_linear"]["cv_r2"].value == pytest.approx(plain_r2, abs=1e-9)
     champ = models[pointer["model"]]
     report = {n: round(m["cv_r2"].value, 4) for n, m in models.items()}
-    print(f"\ngas_meter 10-fold CV R²: champion {pointer['model']} {champ['cv_r2'].value:.4f}, plain HDD regression {plain_r2:.4f}; all {report}")
+    print(
+        f"\ngas_meter 10-fold CV R²: champion {pointer['model']} {champ['cv_r2'].value:.4f}, plain HDD regression {plain_r2:.4f}; all {report}"
+    )
     assert champ["cv_folds"].value == 10 and champ["cv_r2"].value >= plain_r2
     assert pointer["score"] == pytest.approx(min(m["cv_rmse"].value for m in models.values()))
     # the fitted signature finds the simulated one (base and slope per HDD)
@@ -210,7 +214,9 @@ def test_derived_heating_degrees_and_the_previous_day_rule(example):
     jumps = {records[i]["time_period"][:7] for i in range(1, len(records)) if energy[i] > energy[i - 1] * 3 + 100}
     assert jumps == {records[SPIKE]["time_period"][:7]}
     metrics = lake.read_arrow("quality", "metrics").to_pandas()
-    flagged = metrics[(metrics["dataset"] == "gas_meter") & (metrics["metric"] == "violations") & (metrics["rule"] == "energy_jump")]
+    flagged = metrics[
+        (metrics["dataset"] == "gas_meter") & (metrics["metric"] == "violations") & (metrics["rule"] == "energy_jump")
+    ]
     assert flagged.groupby("month")["value"].sum().loc[lambda v: v > 0].to_dict() == {m: 1 for m in jumps}
     from lakehouse.factories.schema import derived_lineage
     from lakehouse.specs import load_project

@@ -53,7 +53,9 @@ HEADER = b"device_id;timestamp;reading_kwh\n"
 
 
 def meter_file(hours: range, meter: str = "M0001") -> bytes:
-    return HEADER + b"".join(b"%s;2012-01-%02dT%02d:00:00Z;%d.%03d\n" % (meter.encode(), 1 + h // 24, h % 24, h % 50, h * 7 % 1000) for h in hours)
+    return HEADER + b"".join(
+        b"%s;2012-01-%02dT%02d:00:00Z;%d.%03d\n" % (meter.encode(), 1 + h // 24, h % 24, h % 50, h * 7 % 1000) for h in hours
+    )
 
 
 def spark_lane(spark, files: list[str], source: SourceSpec) -> tuple[pa.Table, pa.Table]:
@@ -147,8 +149,15 @@ def test_a_source_the_fast_lane_cannot_cast_takes_the_spark_lane(spark, tmp_path
 def test_cast_strict_steps_aside(kind, value):
     raw = pa.table({"v": [value], FILE_COL: ["f"], LINE_COL: pa.array([2], pa.int64())})
     plan = X.Plan(
-        fmt=None, raw_names=("v",), columns=(("v", "v", kind, True, None),), month_column=None, month=MONTH,
-        utc_session=True, schema=pa.schema([("v", pa.string()), (FILE_COL, pa.string()), (LINE_COL, pa.int64())]), table_dir="", storage=Storage("/"),
+        fmt=None,
+        raw_names=("v",),
+        columns=(("v", "v", kind, True, None),),
+        month_column=None,
+        month=MONTH,
+        utc_session=True,
+        schema=pa.schema([("v", pa.string()), (FILE_COL, pa.string()), (LINE_COL, pa.int64())]),
+        table_dir="",
+        storage=Storage("/"),
     )
     assert X.cast_strict(raw, plan) is None
 
@@ -199,8 +208,14 @@ def test_commit_month_refuses_other_columns(spark, tmp_path):
 
 
 def test_file_statistics_bound_every_column():
-    table = pa.table({"ts": pa.array(["2012-01-02T03:04:05.000006Z", "2012-01-01T00:00:00Z"]).cast(pa.timestamp("us", tz="UTC")),
-                      "x": [2.5, None], "s": ["b", "a"], "long": ["x" * 100, "y"]})
+    table = pa.table(
+        {
+            "ts": pa.array(["2012-01-02T03:04:05.000006Z", "2012-01-01T00:00:00Z"]).cast(pa.timestamp("us", tz="UTC")),
+            "x": [2.5, None],
+            "s": ["b", "a"],
+            "long": ["x" * 100, "y"],
+        }
+    )
     stats = json.loads(X.stats(table))
     assert stats["numRecords"] == 2 and stats["nullCount"] == {"ts": 0, "x": 1, "s": 0, "long": 0}
     assert stats["minValues"] == {"ts": "2012-01-01T00:00:00Z", "x": 2.5, "s": "a"}

@@ -29,11 +29,16 @@ def rows(table: pa.Table) -> list[dict]:
 
 
 def test_json_array_under_a_path_with_nested_columns():
-    doc = {"meta": {"n": 3}, "data": {"days": [
-        {"day": "2019-01-01", "energy": {"kwh": 41.5}, "t": -2},
-        {"day": "2019-01-02", "energy": {"kwh": None}, "t": 1.25},
-        {"day": "2019-01-03", "energy": {"kwh": [1, 2]}, "t": 0},
-    ]}}
+    doc = {
+        "meta": {"n": 3},
+        "data": {
+            "days": [
+                {"day": "2019-01-01", "energy": {"kwh": 41.5}, "t": -2},
+                {"day": "2019-01-02", "energy": {"kwh": None}, "t": 1.25},
+                {"day": "2019-01-03", "energy": {"kwh": [1, 2]}, "t": 0},
+            ]
+        },
+    }
     fmt = FormatSpec(kind="json", records_path="data.days")
     out = rows(parse_file("g.json", json.dumps(doc).encode(), fmt, ["day", "energy.kwh", "t"]))
     assert out[0] == {"day": "2019-01-01", "energy.kwh": "41.5", "t": "-2", "_source_line": 1}
@@ -85,12 +90,14 @@ def test_gzip_declared_auto_and_undeclared():
 
 
 def test_parquet_columns_by_name_as_text_the_cast_reads_back():
-    table = pa.table({
-        "ts": pa.array([1546300800_000000, None], pa.timestamp("us", tz="UTC")),
-        "kwh": pa.array([0.1, 2.5e-7]),
-        "n": pa.array([3, 4], pa.int64()),
-        "extra": ["x", "y"],
-    })
+    table = pa.table(
+        {
+            "ts": pa.array([1546300800_000000, None], pa.timestamp("us", tz="UTC")),
+            "kwh": pa.array([0.1, 2.5e-7]),
+            "n": pa.array([3, 4], pa.int64()),
+            "extra": ["x", "y"],
+        }
+    )
     sink = io.BytesIO()
     pq.write_table(table, sink)
     fmt = FormatSpec(kind="parquet")
@@ -114,7 +121,9 @@ def test_header_names_in_another_case_when_declared():
 
 def _source(fmt: FormatSpec, *columns: ColumnSpec) -> SourceSpec:
     return SourceSpec(
-        name="s", collector={"type": "file_drop", "inbox": "/nonexistent"}, format=fmt,
+        name="s",
+        collector={"type": "file_drop", "inbox": "/nonexistent"},
+        format=fmt,
         columns=[ColumnSpec(name="day", type="date", nullable=False), *columns],
         partitioning=PartitioningSpec(kind="time_column", column="day"),
     )
@@ -122,7 +131,9 @@ def _source(fmt: FormatSpec, *columns: ColumnSpec) -> SourceSpec:
 
 def _cast(spark, source: SourceSpec, values: list[str]) -> list[tuple]:
     lines = "".join(f"2012-01-0{i % 9 + 1};{v}\n" for i, v in enumerate(values))
-    raw = parse_file("f.csv", (f"day;{source.columns[1].raw_name}\n" + lines).encode(), source.format, [c.raw_name for c in source.columns])
+    raw = parse_file(
+        "f.csv", (f"day;{source.columns[1].raw_name}\n" + lines).encode(), source.format, [c.raw_name for c in source.columns]
+    )
     out = cast_checked(spark.createDataFrame(raw), source, "2012-01").orderBy("_source_line").collect()
     return [(r[source.columns[1].name], r.error) for r in out]
 
@@ -138,14 +149,16 @@ def test_decimal_comma_with_thousands_and_ambiguous_values(spark):
     assert "not a number under decimal ',' and thousands '.'" in got[6][1]
     assert "ambiguous" in got[7][1]
     no_groups = _source(FormatSpec(delimiter=";", decimal=","), ColumnSpec(name="v", type="double"))
-    (value, error), = _cast(spark, no_groups, ["1.234"])
+    ((value, error),) = _cast(spark, no_groups, ["1.234"])
     assert value is None and "ambiguous under decimal ',' and no thousands separator" in error
 
 
 def test_only_iso_forms_of_dates_times_and_numbers(spark):
     ts = _source(FormatSpec(delimiter=";"), ColumnSpec(name="t", type="timestamp"))
-    got = _cast(spark, ts, ["2012-01-01T05:00:00+01:00", "12:00", "41275.5", "2012-01-01T24:00:00Z", "2012-06-30T23:59:60Z", "2012"])
-    assert str(got[0][0]) .startswith("2012-01-01 04:00:00")
+    got = _cast(
+        spark, ts, ["2012-01-01T05:00:00+01:00", "12:00", "41275.5", "2012-01-01T24:00:00Z", "2012-06-30T23:59:60Z", "2012"]
+    )
+    assert str(got[0][0]).startswith("2012-01-01 04:00:00")
     assert [v for v, _ in got[1:]] == [None] * 5
     assert "cannot read '12:00' as timestamp" in got[1][1]
     assert "a bare number" in got[2][1] and "hour 24" in got[3][1] and "leap second" in got[4][1] and "a bare number" in got[5][1]
@@ -222,14 +235,18 @@ def _materialize(configs: Path, make_project, name: str, yaml_text: str, month: 
 def test_a_json_gas_meter_export_declared_by_yaml(configs_copy, make_project, tmp_path, spark):
     inbox = tmp_path / "world" / "inbox" / "gas_meter"
     inbox.mkdir(parents=True)
-    days = [{"time_period": f"2015-03-{d:02d}", "energy_kwh": 40.0 - d, "weather": {"temperature_degC": d / 2}} for d in range(1, 11)]
+    days = [
+        {"time_period": f"2015-03-{d:02d}", "energy_kwh": 40.0 - d, "weather": {"temperature_degC": d / 2}} for d in range(1, 11)
+    ]
     days[3]["energy_kwh"] = -1.0
     days[5]["time_period"] = "06/03/2015"
     (inbox / "gas_home_2015-03.json.gz").write_bytes(gzip.compress(json.dumps({"meter": "G1", "data": days}).encode()))
     result, lake = _materialize(configs_copy, make_project, "gas_meter", GAS_JSON, "2015-03")
     assert result.success
     formatted = {r["day"].isoformat(): r for r in lake.read_arrow("formatted", "gas_meter").to_pylist()}
-    assert len(formatted) == 9 and formatted["2015-03-02"]["energy_kwh"] == 38.0 and formatted["2015-03-02"]["temperature_c"] == 1.0
+    assert (
+        len(formatted) == 9 and formatted["2015-03-02"]["energy_kwh"] == 38.0 and formatted["2015-03-02"]["temperature_c"] == 1.0
+    )
     trusted = {r["day"].isoformat() for r in lake.read_arrow("trusted", "gas_meter").to_pylist()}
     assert trusted == set(formatted) - {"2015-03-04"}
     quarantine = lake.read_arrow("quality", "quarantine").to_pylist()
@@ -244,11 +261,13 @@ def test_a_parquet_export_declared_by_yaml(configs_copy, make_project, tmp_path,
     inbox = tmp_path / "world" / "inbox" / "heat_export"
     inbox.mkdir(parents=True)
     stamps = [1328054400_000000 + h * 3600_000000 for h in range(6)]  # 2012-02-01T00:00Z, hourly
-    table = pa.table({
-        "device": ["M1", "M1", "M1", "M1", "bad id", "M1"],
-        "ts": pa.array(stamps[:5] + [stamps[0]], pa.timestamp("us", tz="UTC")),
-        "kwh": [1.5, 2.0, None, 3.25, 1.0, 9.0],
-    })
+    table = pa.table(
+        {
+            "device": ["M1", "M1", "M1", "M1", "bad id", "M1"],
+            "ts": pa.array(stamps[:5] + [stamps[0]], pa.timestamp("us", tz="UTC")),
+            "kwh": [1.5, 2.0, None, 3.25, 1.0, 9.0],
+        }
+    )
     pq.write_table(table, inbox / "heat_platform_2012-02.parquet")
     result, lake = _materialize(configs_copy, make_project, "heat_export", PARQUET, "2012-02")
     assert result.success
@@ -261,8 +280,12 @@ def test_a_parquet_export_declared_by_yaml(configs_copy, make_project, tmp_path,
     assert reasons[3] == "column reading_kwh: empty" and "does not match the pattern" in reasons[5]
 
 
-GAS_EXPORT = GAS_JSON.replace("name: gas_meter", "name: gas_export").replace("gas_*.json.gz", "gas_export_*.json.gz").replace(
-    "inbox/gas_meter", "inbox/gas_export").replace("partitioning:", "months: {start: '2015-01'}\nspans_months: true\npartitioning:")
+GAS_EXPORT = (
+    GAS_JSON.replace("name: gas_meter", "name: gas_export")
+    .replace("gas_*.json.gz", "gas_export_*.json.gz")
+    .replace("inbox/gas_meter", "inbox/gas_export")
+    .replace("partitioning:", "months: {start: '2015-01'}\nspans_months: true\npartitioning:")
+)
 
 
 def test_an_export_of_many_months_lands_once_and_each_month_takes_its_rows(configs_copy, make_project, tmp_path, spark):
@@ -273,8 +296,12 @@ def test_an_export_of_many_months_lands_once_and_each_month_takes_its_rows(confi
 
     inbox = tmp_path / "world" / "inbox" / "gas_export"
     inbox.mkdir(parents=True)
-    days = [{"time_period": f"2015-03-{d:02d}", "energy_kwh": float(d), "weather": {"temperature_degC": 1.0}} for d in range(1, 32)]
-    days += [{"time_period": f"2015-04-{d:02d}", "energy_kwh": 100.0 + d, "weather": {"temperature_degC": 2.0}} for d in range(1, 11)]
+    days = [
+        {"time_period": f"2015-03-{d:02d}", "energy_kwh": float(d), "weather": {"temperature_degC": 1.0}} for d in range(1, 32)
+    ]
+    days += [
+        {"time_period": f"2015-04-{d:02d}", "energy_kwh": 100.0 + d, "weather": {"temperature_degC": 2.0}} for d in range(1, 11)
+    ]
     days += [{"time_period": "2014-12-31", "energy_kwh": 5.0}, {"time_period": "not a day", "energy_kwh": 5.0}]
     (inbox / "gas_export_2015-04.json.gz").write_bytes(gzip.compress(json.dumps({"data": days}).encode()))
     (configs_copy / "sources" / "gas_export.yaml").write_text(GAS_EXPORT)
@@ -288,7 +315,9 @@ def test_an_export_of_many_months_lands_once_and_each_month_takes_its_rows(confi
     (entry,) = [e.__dict__ for e in read_manifest(lake.landing_month("gas_export", "2015-04"))]
     assert entry["rows"] == 43 and entry["months"] == ["2014-12", "2015-03", "2015-04"]
     for month in ("2015-03", "2015-04", "2015-05"):
-        run = dg.materialize(defs.assets, selection=[keys["formatted"], keys["trusted"]], partition_key=month, resources=defs.resources)
+        run = dg.materialize(
+            defs.assets, selection=[keys["formatted"], keys["trusted"]], partition_key=month, resources=defs.resources
+        )
         assert run.success, month
     formatted = lake.read_arrow("formatted", "gas_export").to_pylist()
     by_month = {m: sorted(r["day"].day for r in formatted if r["month"] == m) for m in ("2015-03", "2015-04", "2015-05")}

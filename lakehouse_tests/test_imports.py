@@ -63,7 +63,15 @@ def test_nothing_outside_the_simulation_imports_it():
 def test_the_rule_sees_function_level_and_relative_imports(tmp_path, monkeypatch):
     """The checker itself: an import inside a function, and a relative one, are both found."""
     module = PACKAGE / "collectors" / "_probe_for_test.py"
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "def f():\n    import pyspark.sql\n    from ..factories import common\n" if self == module else Path.read_bytes(self).decode())
+    monkeypatch.setattr(
+        Path,
+        "read_text",
+        lambda self, *a, **k: (
+            "def f():\n    import pyspark.sql\n    from ..factories import common\n"
+            if self == module
+            else Path.read_bytes(self).decode()
+        ),
+    )
     assert offending([module], ("pyspark", "lakehouse.factories")) == {
         "lakehouse/collectors/_probe_for_test.py": ["lakehouse.factories", "lakehouse.factories.common", "pyspark.sql"]
     }

@@ -120,8 +120,15 @@ def test_a_legacy_manifest_reads_as_version_zero(tmp_path):
     month = month_at(tmp_path)
     Path(month.uri).mkdir(parents=True)
     (Path(month.uri) / "a.csv").write_bytes(b"h\n1\n")
-    entry = {"name": "a.csv", "sha256": landing_sha(b"h\n1\n"), "bytes": 4, "rows": 1, "origin": "o",
-             "received_at": "2026-01-01T00:00:00+00:00", "status": "landed"}
+    entry = {
+        "name": "a.csv",
+        "sha256": landing_sha(b"h\n1\n"),
+        "bytes": 4,
+        "rows": 1,
+        "origin": "o",
+        "received_at": "2026-01-01T00:00:00+00:00",
+        "status": "landed",
+    }
     (Path(month.uri) / "_manifest.json").write_text(json.dumps([entry]))
     assert land(month, "a.csv", b"h\n1\n", origin="o") is None
     assert land(month, "b.csv", b"h\n2\n", origin="o") is not None

@@ -60,9 +60,7 @@ def test_compacts_and_vacuums_but_keeps_the_versions_models_used(lake):
     files_before = len(lake.delta("exploitation", "daily").file_uris())
     assert files_before == 4, "each month: one rewritten file + one appended file"
 
-    (result,) = [
-        r for r in maintain_lake(lake, retention_hours=0)[0] if r["table"] == "exploitation/daily"
-    ]
+    (result,) = [r for r in maintain_lake(lake, retention_hours=0)[0] if r["table"] == "exploitation/daily"]
     assert result["files_before"] == 4 and result["files_after"] == 2, result
     assert result["files_compacted"] == 4 and result["files_written_by_compaction"] == 2
     assert result["files_vacuumed"] > 0 and result["skipped"] == ""

@@ -58,13 +58,20 @@ def write_daily(lake: Lake, daily: pd.DataFrame) -> None:
 def load(configs: Path, lake_root: Path):
     from lakehouse.specs import load_project
 
-    project = load_project(configs, env={"LAKEHOUSE_ROOT": str(lake_root), "LAKEHOUSE_DEMO_ROOT": str(lake_root.parent / "world")})
+    project = load_project(
+        configs, env={"LAKEHOUSE_ROOT": str(lake_root), "LAKEHOUSE_DEMO_ROOT": str(lake_root.parent / "world")}
+    )
     return project, build_definitions(project)
 
 
 def run(defs, selection, **kw):
     return dg.materialize(
-        defs.assets, selection=selection, resources=defs.resources, instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, **kw
+        defs.assets,
+        selection=selection,
+        resources=defs.resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+        **kw,
     )
 
 
@@ -103,7 +110,9 @@ def lake_copy(trained, tmp_path):
 @pytest.fixture(scope="module")
 def small():
     daily = synthetic_daily(meters=3, start="2012-01", end="2012-09")
-    params = fp.ForecastParams.model_validate(yaml.safe_load((REPO / "configs/ml/consumption_forecast.yaml").read_text())["params"])
+    params = fp.ForecastParams.model_validate(
+        yaml.safe_load((REPO / "configs/ml/consumption_forecast.yaml").read_text())["params"]
+    )
     params = fp.ForecastParams.model_validate({**params.raw, "split": {"validation_months": 2, "min_history_days": 14}})
     return daily, params
 
@@ -188,9 +197,15 @@ def test_forecast_assets_train_validate_and_promote(trained):
         assert "data:image/png;base64," in m["plots"].value
         assert m["per_month"].value.records and "month" in m["per_month"].value.records[0].data
         folder = Path(lake.root) / m["model_dir"].value
-        assert {p.name for p in (folder / "plots").iterdir()} == {"predicted_vs_actual.png", "residuals_by_month.png", "feature_importance.png"}
+        assert {p.name for p in (folder / "plots").iterdir()} == {
+            "predicted_vs_actual.png",
+            "residuals_by_month.png",
+            "feature_importance.png",
+        }
         lineage = json.loads((folder / "lineage.json").read_text())
-        assert lineage["inputs"]["exploitation/consumption_daily"]["delta_version"] == lake.version("exploitation", "consumption_daily")
+        assert lineage["inputs"]["exploitation/consumption_daily"]["delta_version"] == lake.version(
+            "exploitation", "consumption_daily"
+        )
         assert lineage["inputs"]["ml/consumption_split"]["delta_version"] == lake.version("ml", "consumption_split")
         assert lineage["code_version"]["lakehouse"] and "git_commit" in lineage["code_version"]
     assert meta["consumption_gbm"]["cv_folds"].value == 3 and len(meta["consumption_gbm"]["cv"].value.records) == 3
@@ -267,7 +282,10 @@ def test_planted_leak_fails_the_split_check_and_blocks_training(trained, lake_co
 
     def leaky(daily, cfg, labels, cols):
         out = real(daily, cfg, labels, cols)
-        y = out.merge(daily.assign(date=pd.to_datetime(daily["date"]).dt.date)[["meter_id", "date", "consumption_kwh"]], on=["meter_id", "date"])
+        y = out.merge(
+            daily.assign(date=pd.to_datetime(daily["date"]).dt.date)[["meter_id", "date", "consumption_kwh"]],
+            on=["meter_id", "date"],
+        )
         out["roll_7"] = y.groupby("meter_id")["consumption_kwh"].transform(lambda s: s.shift(-1)).to_numpy()  # tomorrow
         return out
 

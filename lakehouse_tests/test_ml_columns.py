@@ -27,7 +27,14 @@ def series(days: int = 400, seed: int = 0) -> pd.DataFrame:
 PARAMS = {
     "seed": 0,
     "columns": {"time": "d", "target": "gas", "temperature": "t_out"},
-    "features": {"hdd_base_c": 15, "columns": ["t_out"], "lags": [1], "rolling": [7], "signature_days": 120, "signature_min_days": 20},
+    "features": {
+        "hdd_base_c": 15,
+        "columns": ["t_out"],
+        "lags": [1],
+        "rolling": [7],
+        "signature_days": 120,
+        "signature_min_days": 20,
+    },
     "split": {"validation_months": 2, "min_history_days": 7},
     "cv": {"kind": "kfold", "folds": 5},
     "models": {
@@ -112,12 +119,16 @@ def test_columns_and_cv_are_declared_or_refused_with_the_option_named():
     with pytest.raises(ValueError, match=r"cv.kind\n  Input should be 'kfold' or 'time_series'"):
         fp.ForecastParams.model_validate({**PARAMS, "cv": {"kind": "shuffle"}})
     with pytest.raises(ValueError, match=r"model\(s\) \['gbm'\] need 'cv: true'"):
-        fp.ForecastParams.model_validate({**PARAMS, "models": {**PARAMS["models"], "gbm": {"type": "sklearn_gbm", "features": ["hdd"]}}})
+        fp.ForecastParams.model_validate(
+            {**PARAMS, "models": {**PARAMS["models"], "gbm": {"type": "sklearn_gbm", "features": ["hdd"]}}}
+        )
     no_temperature = fp.ForecastParams.model_validate({**PARAMS, "columns": {"time": "d", "target": "gas"}})
     with pytest.raises(ValueError, match="columns.temperature"):
         fp.features_from(series(), no_temperature)
     # cv shuffles with the pipeline's seed unless it names its own
-    assert fp.ForecastParams.model_validate({**PARAMS, "seed": 3, "cv": {"kind": "kfold"}}).cv == train.CVConfig(kind="kfold", folds=10, seed=3)
+    assert fp.ForecastParams.model_validate({**PARAMS, "seed": 3, "cv": {"kind": "kfold"}}).cv == train.CVConfig(
+        kind="kfold", folds=10, seed=3
+    )
     assert fp.ForecastParams.model_validate({**PARAMS, "seed": 3, "cv": {"kind": "kfold", "seed": 1}}).cv.seed == 1
 
 

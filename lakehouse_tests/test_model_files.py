@@ -38,8 +38,14 @@ FEATURES = ["hdd", "temp", "kind"]
 def rows() -> tuple[pd.DataFrame, np.ndarray]:
     rng = np.random.default_rng(0)
     n = 200
-    X = pd.DataFrame({"hdd": rng.normal(5, 2, n), "temp": rng.normal(10, 3, n), "kind": rng.choice(["a", "b"], n),
-                      "sig_pred": rng.uniform(5, 10, n)})
+    X = pd.DataFrame(
+        {
+            "hdd": rng.normal(5, 2, n),
+            "temp": rng.normal(10, 3, n),
+            "kind": rng.choice(["a", "b"], n),
+            "sig_pred": rng.uniform(5, 10, n),
+        }
+    )
     X.loc[::17, "hdd"] = np.nan
     return X, (10 + X["hdd"].fillna(0) * 2 + rng.normal(0, 1, n)).to_numpy()
 
@@ -53,11 +59,22 @@ def fitted(kind: str, rows, baseline: str | None = None):
 def detector():
     rng = np.random.default_rng(1)
     days = pd.date_range("2012-01-01", periods=60)
-    daily = pd.DataFrame({"meter_id": np.repeat(["M1", "M2"], 60), "date": np.tile(days, 2), "month": np.tile(days.strftime("%Y-%m"), 2),
-                          "kwh": rng.uniform(5, 20, 120), "temp": rng.normal(8, 5, 120), "raw": rng.uniform(5, 20, 120), "pc": 24})
+    daily = pd.DataFrame(
+        {
+            "meter_id": np.repeat(["M1", "M2"], 60),
+            "date": np.tile(days, 2),
+            "month": np.tile(days.strftime("%Y-%m"), 2),
+            "kwh": rng.uniform(5, 20, 120),
+            "temp": rng.normal(8, 5, 120),
+            "raw": rng.uniform(5, 20, 120),
+            "pc": 24,
+        }
+    )
     cfg = anomaly.AnomalyConfig(
-        profile={"total": "raw", "periods_covered": "pc"}, features=("missing_periods", "cleaning_log_ratio", "signature_log_ratio"),
-        max_samples=64, n_estimators=20,
+        profile={"total": "raw", "periods_covered": "pc"},
+        features=("missing_periods", "cleaning_log_ratio", "signature_log_ratio"),
+        max_samples=64,
+        n_estimators=20,
         columns=Columns(entity=("meter_id",), time="date", target="kwh", temperature="temp"),
     )
     feats = anomaly.day_features(daily, cfg)
@@ -73,8 +90,16 @@ def folder(lake: Lake, name: str = "consumption_gbm") -> str:
     return lake.uri("ml", name, "models")
 
 
-@pytest.mark.parametrize("kind,baseline", [("sklearn_gbm", None), ("sklearn_ridge", "sig_pred"), ("sklearn_linear", None),
-                                           ("torch_mlp", None), ("torch_mlp", "sig_pred")])
+@pytest.mark.parametrize(
+    "kind,baseline",
+    [
+        ("sklearn_gbm", None),
+        ("sklearn_ridge", "sig_pred"),
+        ("sklearn_linear", None),
+        ("torch_mlp", None),
+        ("torch_mlp", "sig_pred"),
+    ],
+)
 def test_every_model_kind_round_trips_without_pickle(lake, rows, kind, baseline):
     model = fitted(kind, rows, baseline)
     version = save_model(lake.storage, folder(lake), model, {"model": kind})
@@ -96,7 +121,9 @@ def test_anomaly_detector_round_trips(lake):
 
 
 def test_a_tampered_model_file_is_refused_naming_it(lake, rows):
-    version = save_model(lake.storage, folder(lake), fitted("sklearn_ridge", rows), {}, lambda d: (d / "metrics.json").write_text('{"rmse": 1.0}'))
+    version = save_model(
+        lake.storage, folder(lake), fitted("sklearn_ridge", rows), {}, lambda d: (d / "metrics.json").write_text('{"rmse": 1.0}')
+    )
     path = Path(version, "model.skops")
     other = save_model(lake.storage, folder(lake), fitted("sklearn_linear", rows), {})
     path.write_bytes(Path(other, "model.skops").read_bytes())  # a valid model, just not the one saved here
@@ -143,7 +170,9 @@ def test_an_unknown_type_is_refused_at_save_and_at_load(lake, rows):
     # a lake writer swaps in a file naming that type and rewrites its sha256: the loader builds nothing
     version = save_model(lake.storage, folder(lake), fitted("sklearn_linear", rows), {})
     _forge(Path(version), "model.skops", sio.dumps(Stranger().fit(X, y)))
-    with pytest.raises(UntrustedModelError, match=r"model.skops: refuses type\(s\) \['lakehouse_tests.test_model_files.Stranger'\]"):
+    with pytest.raises(
+        UntrustedModelError, match=r"model.skops: refuses type\(s\) \['lakehouse_tests.test_model_files.Stranger'\]"
+    ):
         load_model(lake.storage, version)
 
 
@@ -162,8 +191,14 @@ def test_references_are_relative_to_the_lake_and_contained(lake, tmp_path, rows)
     assert ref == "ml/consumption_gbm/models/v0001"
     assert resolve(lake.storage, ref) == version == resolve(lake.storage, version)  # an older absolute pointer inside the lake
     outside = tmp_path / "elsewhere" / "ml" / "consumption_gbm" / "models" / "v0001"
-    for bad in (str(outside), "ml/../../elsewhere/models/v0001", "ml/consumption_gbm/models/v0001/../../../../x/models/v0001",
-                "landing/consumption_gbm/models/v0001", "ml/consumption_gbm/v0001", "/etc/passwd"):
+    for bad in (
+        str(outside),
+        "ml/../../elsewhere/models/v0001",
+        "ml/consumption_gbm/models/v0001/../../../../x/models/v0001",
+        "landing/consumption_gbm/models/v0001",
+        "ml/consumption_gbm/v0001",
+        "/etc/passwd",
+    ):
         with pytest.raises(ModelFileError):
             load_model(lake.storage, bad)
 

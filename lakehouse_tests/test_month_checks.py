@@ -28,36 +28,52 @@ def test_an_all_rejected_month_fails_its_blocking_check_and_holds_only_itself(sp
     for path in sorted((world / "inbox" / "meter_readings").glob(f"meter_*_{BAD}.csv")):
         header, *lines = path.read_text().splitlines()
         path.write_text("\n".join([header, *(line.rsplit(";", 1)[0] + ";n/a" for line in lines if line)]) + "\n")
-    project = load_project(reduced_configs(tmp_path / "configs"),
-                           env={"LAKEHOUSE_ROOT": str(tmp_path / "lake"), "LAKEHOUSE_DEMO_ROOT": str(world)})
+    project = load_project(
+        reduced_configs(tmp_path / "configs"), env={"LAKEHOUSE_ROOT": str(tmp_path / "lake"), "LAKEHOUSE_DEMO_ROOT": str(world)}
+    )
     defs = build_definitions(project)
     with dg.instance_for_test() as instance:
         result = dg.materialize(
-            defs.assets, selection=[dg.AssetKey(["landing", "meter_readings"]), FORMATTED, TRUSTED],
-            resources=defs.resources, instance=instance, tags=RANGE, raise_on_error=False,
+            defs.assets,
+            selection=[dg.AssetKey(["landing", "meter_readings"]), FORMATTED, TRUSTED],
+            resources=defs.resources,
+            instance=instance,
+            tags=RANGE,
+            raise_on_error=False,
         )
         assert not result.success
         # formatted: both months committed, the bad one with no row and a failed blocking check of its own
-        rejected = {e.partition: e for e in result.get_asset_check_evaluations()
-                    if e.asset_key == FORMATTED and e.check_name == "rejected_rate"}
+        rejected = {
+            e.partition: e
+            for e in result.get_asset_check_evaluations()
+            if e.asset_key == FORMATTED and e.check_name == "rejected_rate"
+        }
         assert sorted(rejected) == MONTHS
         assert rejected[GOOD].passed and rejected[GOOD].metadata["rate"].value == 0.0
         bad = rejected[BAD]
         assert not bad.passed and bad.blocking and bad.severity == dg.AssetCheckSeverity.ERROR
         assert bad.metadata["rate"].value == 1.0 and "none kept" in bad.description
-        formatted = {m.materialization.partition: m.materialization.metadata for m in result.get_asset_materialization_events()
-                     if m.asset_key == FORMATTED}
+        formatted = {
+            m.materialization.partition: m.materialization.metadata
+            for m in result.get_asset_materialization_events()
+            if m.asset_key == FORMATTED
+        }
         assert formatted[BAD]["rows"].value == 0 and formatted[BAD][BLOCKING_FAILED].value == ["rejected_rate"]
         assert formatted[GOOD]["rows"].value == 2 * 31 * 24 and formatted[GOOD][BLOCKING_FAILED].value == []
         # trusted: the good month ran and is materialized; the bad month was held, not run
         trusted = [r.partition_key for r in instance.fetch_materializations(TRUSTED, limit=10).records]
         assert trusted == [GOOD]
-        executions = instance.event_log_storage.get_asset_check_execution_history(dg.AssetCheckKey(TRUSTED, "conservation"), limit=5)
+        executions = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(TRUSTED, "conservation"), limit=5
+        )
         # evaluated in the good month only (the held month's check was planned with the range, never evaluated)
         assert {e.partition for e in executions if e.status.value in ("SUCCEEDED", "FAILED")} == {GOOD}
         (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         assert failure.step_key == "trusted__meter_readings"
-        assert f"{BAD}: held: formatted/meter_readings {BAD} failed blocking check(s) rejected_rate" in failure.step_failure_data.error.message
+        assert (
+            f"{BAD}: held: formatted/meter_readings {BAD} failed blocking check(s) rejected_rate"
+            in failure.step_failure_data.error.message
+        )
         (held,) = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=TRUSTED, asset_partitions=[BAD]), limit=5).records
         assert "rejected_rate" in held.asset_observation.metadata[HELD].value
     lake = Lake(project.lake_root)

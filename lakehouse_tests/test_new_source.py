@@ -69,7 +69,11 @@ def test_a_yaml_file_alone_adds_a_source(configs_copy, make_project, weather_ser
     for row in truth.itertuples(index=False):  # value for value, as NOAA observed them
         got = by_day[row.date]
         assert (got["t_max"], got["t_min"], got["rain_mm"], got["wind"], got["sky"]) == (
-            row.temp_max, row.temp_min, row.precipitation, row.wind, row.weather
+            row.temp_max,
+            row.temp_min,
+            row.precipitation,
+            row.wind,
+            row.weather,
         )
     assert {r["month"] for r in table} == {"2012-02"}
     assert lake.months("formatted", "weather_legacy") == ["2012-02"]

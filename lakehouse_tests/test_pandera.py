@@ -70,7 +70,9 @@ def test_a_valid_table_passes_and_a_wrong_type_is_reported(spark, project):
     contract = source_contract(project.source("meter_readings"), "formatted")
     good = spark.createDataFrame([("M1", T0, 1.0, "a.csv", 2, "2012-01")], SCHEMA)
     assert validate(good, contract).passed
-    wrong = good.selectExpr("meter_id", "ts", "cast(reading_kwh as string) as reading_kwh", "_source_file", "_source_line", "month")
+    wrong = good.selectExpr(
+        "meter_id", "ts", "cast(reading_kwh as string) as reading_kwh", "_source_file", "_source_line", "month"
+    )
     report = validate(wrong, contract)
     (failure,) = report.failures
     assert failure.column == "reading_kwh" and failure.failures == 1
@@ -168,7 +170,10 @@ def test_a_range_is_vouched_for_month_by_month_and_only_the_rest_goes_to_spark(s
     big = [(f"M{i}", T0, 1.0, "c.csv", i, "2012-03") for i in range(3)]
     lake.overwrite_month("trusted", "meter_readings", _arrow(big), "2012-03")
     assert lake.month_rows("trusted", "meter_readings", ["2012-01", "2012-02", "2012-03", "2012-04"]) == {
-        "2012-01": 2, "2012-02": 1, "2012-03": 3, "2012-04": 0,
+        "2012-01": 2,
+        "2012-02": 1,
+        "2012-03": 3,
+        "2012-04": 0,
     }
     monkeypatch.setattr(schemas, "LOCAL_ROWS", 2)
     seen: list[list[str]] = []
@@ -202,8 +207,11 @@ def test_local_validation_fails_a_value_outside_the_allowed_ones():
 
     from lakehouse.quality.schemas import _allowed_check, _contract, _range_checks, validate_local
 
-    contract = _contract("t", [("kind", "string", True, [_allowed_check("kind", ["a", "b"])]),
-                               ("n", "bigint", False, _range_checks("n", 0, 9))], [])
+    contract = _contract(
+        "t",
+        [("kind", "string", True, [_allowed_check("kind", ["a", "b"])]), ("n", "bigint", False, _range_checks("n", 0, 9))],
+        [],
+    )
     ok = pa.table({"kind": pa.array(["a", None, "b"]), "n": pa.array([0, 9, 5], pa.int64())})
     assert validate_local(ok, contract).passed
     assert validate_local(ok.set_column(0, "kind", pa.array(["a", "c", "b"])), contract) is None

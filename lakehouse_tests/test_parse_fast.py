@@ -26,8 +26,15 @@ def test_clean_file_takes_the_fast_path_with_line_numbers():
     assert table is not None and table.schema == P.raw_schema(RAW)
     rows = table.to_pylist()
     assert [r["_source_line"] for r in rows] == list(range(2, 26))
-    assert rows[0] == {"device_id": "M0001", "timestamp": "2012-01-01T00:00:00Z", "reading_kwh": "0.000",
-                       "_source_file": "f.csv", "_source_line": 2, "_raw": None, "_error": None}
+    assert rows[0] == {
+        "device_id": "M0001",
+        "timestamp": "2012-01-01T00:00:00Z",
+        "reading_kwh": "0.000",
+        "_source_file": "f.csv",
+        "_source_line": 2,
+        "_raw": None,
+        "_error": None,
+    }
 
 
 @pytest.mark.parametrize(

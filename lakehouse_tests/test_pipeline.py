@@ -40,8 +40,11 @@ def world_and_project(tmp_path_factory, weather_server):
     config = WorldConfig(meters=3, fault_rate=0.01, seed=3)
     MeterWorld(config).write(root / "world", MONTHS)
     CustomerWorld(config).write(root / "world", MONTHS)  # registry (SQLite) + billing exports
-    env = {"LAKEHOUSE_ROOT": str(root / "lake"), "LAKEHOUSE_DEMO_ROOT": str(root / "world"),
-           "LAKEHOUSE_WEATHER_URL": weather_server.url}
+    env = {
+        "LAKEHOUSE_ROOT": str(root / "lake"),
+        "LAKEHOUSE_DEMO_ROOT": str(root / "world"),
+        "LAKEHOUSE_WEATHER_URL": weather_server.url,
+    }
     project = load_project(REPO / "configs", env=env)
     return root, project
 
@@ -95,9 +98,16 @@ def test_all_zones_then_model_then_rerun(spark, world_and_project):
     daily = lake.read_arrow("exploitation", "daily_consumption").to_pandas()
     assert daily.groupby("month").size().to_dict() == {m: 3 * d for m, d in zip(MONTHS, [31, 29, 31, 30], strict=True)}
 
-    before = {t: content_hash(lake, *t) for t in [("formatted", "meter_readings"), ("trusted", "meter_readings"),
-                                                   ("quality", "quarantine"), ("quality", "repairs"),
-                                                   ("exploitation", "daily_consumption")]}
+    before = {
+        t: content_hash(lake, *t)
+        for t in [
+            ("formatted", "meter_readings"),
+            ("trusted", "meter_readings"),
+            ("quality", "quarantine"),
+            ("quality", "repairs"),
+            ("exploitation", "daily_consumption"),
+        ]
+    }
     versions = {t: lake.version(*t) for t in before}
     # rerun one month: every table keeps its content, and the month was rewritten (new versions)
     again = run_zones(defs, "2012-02", "2012-02", instance)
@@ -105,12 +115,16 @@ def test_all_zones_then_model_then_rerun(spark, world_and_project):
     assert {t: content_hash(lake, *t) for t in before} == before
     assert all(lake.version(*t) > versions[t] for t in before)
 
-    ml = dg.materialize(defs.assets, selection=[dg.AssetKey(["ml", "consumption_model"])], resources=defs.resources, instance=instance)
+    ml = dg.materialize(
+        defs.assets, selection=[dg.AssetKey(["ml", "consumption_model"])], resources=defs.resources, instance=instance
+    )
     assert ml.success
     (event,) = ml.get_asset_materialization_events()
     meta = event.materialization.metadata
     assert meta["rmse"].value > 0 and meta["validation_rows"].value > 0
     model_dir = Path(lake.uri("ml", "consumption_model", "models", "v0001"))
     lineage = json.loads((model_dir / "lineage.json").read_text())
-    assert lineage["inputs"]["exploitation/daily_consumption"]["delta_version"] == lake.version("exploitation", "daily_consumption")
+    assert lineage["inputs"]["exploitation/daily_consumption"]["delta_version"] == lake.version(
+        "exploitation", "daily_consumption"
+    )
     assert (model_dir / "model.skops").stat().st_size > 0 and lineage["files"]["model.skops"]

@@ -57,9 +57,7 @@ def project_for(root: Path, name: str, extra_rules: str = ""):
 
 
 def materialize(defs, keys, instance, **kw):
-    return dg.materialize(
-        defs.assets, selection=keys, resources=defs.resources, instance=instance, partition_key=MONTH, **kw
-    )
+    return dg.materialize(defs.assets, selection=keys, resources=defs.resources, instance=instance, partition_key=MONTH, **kw)
 
 
 def evaluations(result) -> dict[str, dg.AssetCheckEvaluation]:
@@ -81,9 +79,11 @@ def test_every_rule_and_step_is_a_check_of_the_partition(first_run):
     assert result.success
     evals = evaluations(result)
     quality = project.source("meter_readings").quality
-    expected = {"exact_duplicate", "conservation", "rejected_rate", "pandera_schema"} | {r.name for r in quality.rules} | {
-        s.name for s in quality.cleaning if hasattr(s, "name")
-    }
+    expected = (
+        {"exact_duplicate", "conservation", "rejected_rate", "pandera_schema"}
+        | {r.name for r in quality.rules}
+        | {s.name for s in quality.cleaning if hasattr(s, "name")}
+    )
     assert set(evals) == expected
     assert {e.partition for e in evals.values()} == {MONTH}  # a result of the month, not of the run
     # the registry is not part of this reduced project: the reference rule says so instead of guessing
@@ -167,11 +167,11 @@ def test_blocking_checks_fail_the_run_when_a_row_goes_missing_or_a_fail_rule_bre
     base_project = first_run[0]
     lake = Lake(base_project.lake_root)
     published_before = metrics.current_batches(lake, months=[MONTH]).to_pylist()
-    project = project_for(world, "broken", extra_rules=(
-        "    - name: tiny_readings_only\n"
-        "      range: {reading_kwh: {max: 0.5}}\n"
-        "      action: fail\n"
-    ))
+    project = project_for(
+        world,
+        "broken",
+        extra_rules=("    - name: tiny_readings_only\n      range: {reading_kwh: {max: 0.5}}\n      action: fail\n"),
+    )
     original = cleaning._stage
 
     def losing_one_row(df, source, month, staging):
@@ -181,7 +181,9 @@ def test_blocking_checks_fail_the_run_when_a_row_goes_missing_or_a_fail_rule_bre
         first = staged["trusted"][0]
         rows = staging.storage.read_parquet(f"{staging.trusted}/{first['path']}")
         i = pc.index(pc.is_valid(rows["_source_line"]), True).as_py()
-        smaller = stage_parquet(staging.storage, staging.trusted, first["path"].split("/")[0], pa.concat_tables([rows.slice(0, i), rows.slice(i + 1)]))
+        smaller = stage_parquet(
+            staging.storage, staging.trusted, first["path"].split("/")[0], pa.concat_tables([rows.slice(0, i), rows.slice(i + 1)])
+        )
         staged["trusted"][0] = {k: smaller[k] for k in ("path", "size", "stats", "rows")}
         return staged, partials, distinct
 

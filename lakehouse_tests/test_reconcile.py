@@ -34,7 +34,16 @@ BILLING = pd.DataFrame(
     columns=["account_no", "holder_name", "address_line", "zip", "town", "tariff"],
 )
 TRUE_PAIRS = {("C1", "A1"), ("C2", "A2"), ("C3", "A3"), ("C3", "A4"), ("C5", "A7")}
-RF = rc.Fields.of({"id": "customer_id", "name": "name", "street": "street", "house_number": "house_number", "postcode": "postcode", "city": "city"})
+RF = rc.Fields.of(
+    {
+        "id": "customer_id",
+        "name": "name",
+        "street": "street",
+        "house_number": "house_number",
+        "postcode": "postcode",
+        "city": "city",
+    }
+)
 BF = rc.Fields.of({"id": "account_no", "name": "holder_name", "street": "address_line", "postcode": "zip", "city": "town"})
 
 

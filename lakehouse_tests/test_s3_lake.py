@@ -72,22 +72,34 @@ def s3_env(s3_server):
 
 
 def project_at(world: Path, lake_root: str, weather_url: str, configs: Path | None = None):
-    env = {**os.environ, "LAKEHOUSE_ROOT": lake_root, "LAKEHOUSE_DEMO_ROOT": str(world / "world"), "LAKEHOUSE_WEATHER_URL": weather_url}
+    env = {
+        **os.environ,
+        "LAKEHOUSE_ROOT": lake_root,
+        "LAKEHOUSE_DEMO_ROOT": str(world / "world"),
+        "LAKEHOUSE_WEATHER_URL": weather_url,
+    }
     return load_project(configs or REPO / "configs", env=env)
 
 
 def run_zones(defs, months=MONTHS, *, raise_on_error=True, zones=("landing", "formatted", "trusted", "quality", "exploitation")):
     zone_keys = [a.key for a in defs.assets if a.partitions_def is not None and a.key.path[0] in zones]
     return dg.materialize(
-        defs.assets, selection=zone_keys, resources=defs.resources, instance=dg.DagsterInstance.ephemeral(),
+        defs.assets,
+        selection=zone_keys,
+        resources=defs.resources,
+        instance=dg.DagsterInstance.ephemeral(),
         tags={ASSET_PARTITION_RANGE_START_TAG: months[0], ASSET_PARTITION_RANGE_END_TAG: months[-1]},
         raise_on_error=raise_on_error,
     )
 
 
 def run_model(defs):
-    return dg.materialize(defs.assets, selection=[dg.AssetKey(["ml", "consumption_model"])], resources=defs.resources,
-                          instance=dg.DagsterInstance.ephemeral())
+    return dg.materialize(
+        defs.assets,
+        selection=[dg.AssetKey(["ml", "consumption_model"])],
+        resources=defs.resources,
+        instance=dg.DagsterInstance.ephemeral(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +141,9 @@ def test_every_zone_on_s3_gives_the_tables_of_the_local_lake(spark, world, weath
     assert s3_model.startswith("s3://lake/lakes/main/ml/consumption_model/models/v0001")
     s3_lineage, local_lineage = read_json(lake.storage, s3_model), read_json(local.storage, local_model)
     assert s3_lineage["metrics"] == local_lineage["metrics"]
-    assert s3_lineage["inputs"]["exploitation/daily_consumption"]["delta_version"] == lake.version("exploitation", "daily_consumption")
+    assert s3_lineage["inputs"]["exploitation/daily_consumption"]["delta_version"] == lake.version(
+        "exploitation", "daily_consumption"
+    )
 
     # maintenance on S3: compaction keeps the rows; the model's input version stays readable
     before = table_hash(lake, "formatted", "meter_readings")
@@ -155,8 +169,10 @@ def test_a_wrong_or_missing_credential_is_named_never_shown(world, weather_serve
 
     wrong_secret = "wr0ng-s3cret-value"
     lake = open_lake(project, env=s3_env.env(LAKEHOUSE_S3_SECRET_ACCESS_KEY=wrong_secret))
-    for attempt in (lambda: lake.exists("formatted", "meter_readings"),
-                    lambda: read_manifest(lake.landing_month("meter_readings", MONTHS[0]))):
+    for attempt in (
+        lambda: lake.exists("formatted", "meter_readings"),
+        lambda: read_manifest(lake.landing_month("meter_readings", MONTHS[0])),
+    ):
         with pytest.raises(StorageAccessError) as err:
             attempt()
         text = str(err.value)
@@ -168,7 +184,9 @@ def test_a_wrong_or_missing_credential_is_named_never_shown(world, weather_serve
     assert "AKIAWRONGKEY0000" not in str(err.value) and "LAKEHOUSE_S3_ACCESS_KEY_ID" in str(err.value)
 
 
-def test_a_server_gone_mid_run_fails_clearly_and_the_rerun_converges(spark, world, weather_server, s3_env, local_lake, configs_copy, monkeypatch):
+def test_a_server_gone_mid_run_fails_clearly_and_the_rerun_converges(
+    spark, world, weather_server, s3_env, local_lake, configs_copy, monkeypatch
+):
     local_project, local = local_lake
     proxy = Cuttable(int(s3_env.endpoint.rsplit(":", 1)[1]))
     try:
@@ -182,7 +200,11 @@ def _outage_then_rerun(proxy, world, weather_server, s3_env, local_project, loca
 
     main = configs_copy / "lakehouse.yaml"
     # few, short retries: an unreachable store fails the step in seconds
-    main.write_text(main.read_text().replace("  credentials:\n", "  options:\n    max_retries: \"1\"\n    retry_timeout: \"2s\"\n  credentials:\n"))
+    main.write_text(
+        main.read_text().replace(
+            "  credentials:\n", '  options:\n    max_retries: "1"\n    retry_timeout: "2s"\n  credentials:\n'
+        )
+    )
     monkeypatch.setenv("LAKEHOUSE_S3_ENDPOINT", f"http://127.0.0.1:{proxy.port}")
     project = project_at(world, f"s3://{s3_env.bucket}/lakes/outage", weather_server.url, configs_copy)
     defs = build_definitions(project)

@@ -195,10 +195,14 @@ def test_a_tick_over_unchanged_files_hashes_nothing(setup):
         meter_file(inbox, f"M{i:04d}", "2012-01")
     assert list(tick()) == ["2012-01"]
     has_month = lambda m: True  # noqa: E731
-    plan = plan_tick(source, inbox, Lake(project.lake_root), InboxCursor.parse(state["cursor"]), has_month=has_month, settle_seconds=0)
+    plan = plan_tick(
+        source, inbox, Lake(project.lake_root), InboxCursor.parse(state["cursor"]), has_month=has_month, settle_seconds=0
+    )
     assert (plan.listed, plan.changed, plan.hashed, plan.requests) == (300, 0, 0, {})
     meter_file(inbox, "M9999", "2012-02")
-    plan = plan_tick(source, inbox, Lake(project.lake_root), InboxCursor.parse(state["cursor"]), has_month=has_month, settle_seconds=0)
+    plan = plan_tick(
+        source, inbox, Lake(project.lake_root), InboxCursor.parse(state["cursor"]), has_month=has_month, settle_seconds=0
+    )
     assert (plan.listed, plan.changed, plan.hashed, list(plan.requests)) == (301, 1, 1, ["2012-02"])
 
 
@@ -212,15 +216,23 @@ def test_a_file_for_a_running_month_is_requested_once_the_month_is_over(make_pro
     open_months = {"2015-11"}
     in_range = lambda m: "2012-01" <= m < "2016-01"  # noqa: E731
 
-    plan = plan_tick(source, inbox, lake, InboxCursor(), has_month=open_months.__contains__, may_become_month=in_range, settle_seconds=0)
+    plan = plan_tick(
+        source, inbox, lake, InboxCursor(), has_month=open_months.__contains__, may_become_month=in_range, settle_seconds=0
+    )
     assert list(plan.requests) == ["2015-11"] and plan.cursor.deferred == {"meter_M0001_2015-12.csv": "2015-12"}
-    again = plan_tick(source, inbox, lake, plan.cursor, has_month=open_months.__contains__, may_become_month=in_range, settle_seconds=0)
+    again = plan_tick(
+        source, inbox, lake, plan.cursor, has_month=open_months.__contains__, may_become_month=in_range, settle_seconds=0
+    )
     assert again.requests == {} and again.cursor.deferred == plan.cursor.deferred and again.hashed == 0
 
     open_months.add("2015-12")  # the month is over
-    due = plan_tick(source, inbox, lake, again.cursor, has_month=open_months.__contains__, may_become_month=in_range, settle_seconds=0)
+    due = plan_tick(
+        source, inbox, lake, again.cursor, has_month=open_months.__contains__, may_become_month=in_range, settle_seconds=0
+    )
     assert list(due.requests) == ["2015-12"] and due.cursor.deferred == {}
     # a month past the range's end never becomes a partition: skipped, not remembered
     meter_file(inbox, "M0001", "2016-01")
-    past = plan_tick(source, inbox, lake, due.cursor, has_month=open_months.__contains__, may_become_month=in_range, settle_seconds=0)
+    past = plan_tick(
+        source, inbox, lake, due.cursor, has_month=open_months.__contains__, may_become_month=in_range, settle_seconds=0
+    )
     assert past.requests == {} and past.cursor.deferred == {} and past.skipped["month outside the partitions"] == 1

@@ -14,8 +14,17 @@ from lakehouse.io.spark import LOCAL_CONF, STATIC_CONF, arrow_frame, is_local, p
 from lakehouse.specs.models import SparkSpec
 
 
-@pytest.mark.parametrize(("master", "local"), [("local[2]", True), ("local", True), ("local[*,3]", True),
-                                               ("spark://10.0.0.5:7077", False), ("yarn", False), ("k8s://https://api:6443", False)])
+@pytest.mark.parametrize(
+    ("master", "local"),
+    [
+        ("local[2]", True),
+        ("local", True),
+        ("local[*,3]", True),
+        ("spark://10.0.0.5:7077", False),
+        ("yarn", False),
+        ("k8s://https://api:6443", False),
+    ],
+)
 def test_is_local(master, local):
     assert is_local(master) is local
 
@@ -37,7 +46,9 @@ def test_cluster_master_keeps_spark_defaults_for_shuffles_binding_and_ui():
 
 
 def test_connect_client_sends_only_modifiable_session_settings():
-    conf = session_conf(SparkSpec(remote="sc://127.0.0.1:15002", conf={"spark.executor.memory": "4g", "spark.sql.ansi.enabled": "false"}))
+    conf = session_conf(
+        SparkSpec(remote="sc://127.0.0.1:15002", conf={"spark.executor.memory": "4g", "spark.sql.ansi.enabled": "false"})
+    )
     assert conf.pop("spark.remote") == "sc://127.0.0.1:15002"
     assert "spark.master" not in conf and conf["spark.sql.ansi.enabled"] == "false"
     assert all(k.startswith("spark.sql.") and k not in STATIC_CONF for k in conf)

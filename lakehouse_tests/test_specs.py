@@ -78,8 +78,12 @@ def test_interpolation_reads_only_allowed_variables(configs_copy: Path):
 def test_a_secret_variable_cannot_be_allowed_for_interpolation(configs_copy: Path):
     """A variable a collector names as a secret (here the registry's url_env) is never interpolated."""
     main = configs_copy / "lakehouse.yaml"
-    main.write_text(main.read_text().replace("allowed: [LAKEHOUSE_ROOT,", "allowed: [LAKEHOUSE_CUSTOMERS_DB_URL, LAKEHOUSE_ROOT,"))
-    with pytest.raises(SpecError, match=rf"lakehouse.yaml:{_line_of(main, 'allowed:')}: .*LAKEHOUSE_CUSTOMERS_DB_URL is named as a secret"):
+    main.write_text(
+        main.read_text().replace("allowed: [LAKEHOUSE_ROOT,", "allowed: [LAKEHOUSE_CUSTOMERS_DB_URL, LAKEHOUSE_ROOT,")
+    )
+    with pytest.raises(
+        SpecError, match=rf"lakehouse.yaml:{_line_of(main, 'allowed:')}: .*LAKEHOUSE_CUSTOMERS_DB_URL is named as a secret"
+    ):
         load_project(configs_copy, env={})
 
 
@@ -89,7 +93,7 @@ def test_configs_without_an_allow_list_get_the_default(configs_copy: Path):
     main = configs_copy / "lakehouse.yaml"
     text = main.read_text()
     start = text.index("interpolation:")
-    main.write_text(text[:start] + text[text.index("# Project-wide limits"):])
+    main.write_text(text[:start] + text[text.index("# Project-wide limits") :])
     project = load_project(configs_copy, env={"LAKEHOUSE_ROOT": "/tmp/lake"})
     assert project.lakehouse.interpolation.allowed == DEFAULT_INTERPOLATION_ALLOWED
     assert project.lake_root == "/tmp/lake"
@@ -99,9 +103,14 @@ def test_configs_without_an_allow_list_get_the_default(configs_copy: Path):
     ("yaml_text", "problem"),
     [
         ("name: &a [*a]\n", r"alias \*a refers to its own anchor"),
-        ("\n".join(["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
-                   + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]) + "\n",
-         r"more than 100,000 nodes once its aliases are expanded"),
+        (
+            "\n".join(
+                ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+                + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+            )
+            + "\n",
+            r"more than 100,000 nodes once its aliases are expanded",
+        ),
     ],
     ids=["recursive", "billion-laughs"],
 )
@@ -125,7 +134,9 @@ def _line_in(content: str, needle: str) -> int:
 
 def test_a_rule_that_does_not_parse_names_file_line_rule_and_column(configs_copy: Path):
     path = configs_copy / "sources" / "weather.yaml"
-    content = path.read_text().replace("  rules:\n", "  rules:\n    - {name: spread, deny: 'abs(temp_max_c - temp_min_c >> 40'}\n", 1)
+    content = path.read_text().replace(
+        "  rules:\n", "  rules:\n    - {name: spread, deny: 'abs(temp_max_c - temp_min_c >> 40'}\n", 1
+    )
     path.write_text(content)
     with pytest.raises(SpecError) as err:
         load_project(configs_copy, env={})
@@ -147,7 +158,9 @@ def test_derive_is_checked_at_load(configs_copy: Path):
         _, content = _append_to_source(configs_copy, "weather", f'derive:\n  hdd:\n    expr: "{expr}"\n')
         with pytest.raises(SpecError) as err:
             load_project(configs_copy, env={})
-        assert f"weather.yaml:{_line_in(content, 'derive:')}: derive: Value error, source 'weather': derive 'hdd'" in str(err.value)
+        assert f"weather.yaml:{_line_in(content, 'derive:')}: derive: Value error, source 'weather': derive 'hdd'" in str(
+            err.value
+        )
         assert message in str(err.value), (expr, str(err.value))
     (configs_copy / "sources" / "weather.yaml").write_text(original)
     _append_to_source(configs_copy, "weather", "derive:\n  temp_min_c:\n    expr: temp_max_c - 1\n")
@@ -156,7 +169,8 @@ def test_derive_is_checked_at_load(configs_copy: Path):
     # a derived column may read the ones before it; lineage goes back to the declared columns
     (configs_copy / "sources" / "weather.yaml").write_text(original)
     _append_to_source(
-        configs_copy, "weather",
+        configs_copy,
+        "weather",
         "derive:\n  temp_mean_c: {expr: '(temp_max_c + temp_min_c) / 2'}\n  hdd: {expr: 'greatest(0, 16.5 - temp_mean_c)'}\n",
     )
     weather = load_project(configs_copy, env={}).source("weather")
@@ -173,12 +187,18 @@ def test_spark_parses_derive_when_a_session_exists(spark):
     with pytest.raises(ValueError, match="derive 'x': Spark cannot parse 'a \\+\\* 2'"):
         ViewSpec.model_validate({**view, "derive": {"x": {"expr": "a +* 2"}}})
 
+
 @pytest.mark.parametrize(
     ("old", "new", "key", "problem"),
     [
         ("    kind: time_series", "    kind: shuffled", "params.cv.kind", "Input should be 'kfold' or 'time_series'"),
         ("      type: sklearn_gbm", "      type: xgboost", "params.models.gbm.type", "Input should be"),
-        ("  validation_months: 6", "  validation_months: 6\n    validaton_days: 3", "params.split.validaton_days", "Extra inputs are not permitted"),
+        (
+            "  validation_months: 6",
+            "  validation_months: 6\n    validaton_days: 3",
+            "params.split.validaton_days",
+            "Extra inputs are not permitted",
+        ),
     ],
 )
 def test_a_pipeline_parameter_mistake_names_file_line_and_key(configs_copy: Path, old, new, key, problem):

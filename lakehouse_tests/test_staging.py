@@ -18,8 +18,10 @@ SCHEMA = "meter_id string, ts timestamp, kwh double, n bigint, day date"
 
 def rows(n: int, offset: float = 0.0) -> list[tuple]:
     t0 = dt.datetime(2012, 3, 1, tzinfo=dt.UTC)
-    return [(f"M{i % 7}", t0 + dt.timedelta(hours=i), i / 3 + offset, None if i % 5 == 0 else i, (t0 + dt.timedelta(hours=i)).date())
-            for i in range(n)]
+    return [
+        (f"M{i % 7}", t0 + dt.timedelta(hours=i), i / 3 + offset, None if i % 5 == 0 else i, (t0 + dt.timedelta(hours=i)).date())
+        for i in range(n)
+    ]
 
 
 def by_key(table: pa.Table) -> list[tuple]:
@@ -60,8 +62,10 @@ def test_a_job_that_fails_half_way_leaves_the_table_as_it_was(spark, tmp_path):
     version = lake.commit_month("exploitation", "v", MONTH, staged, schema)
     before = by_key(lake.read_arrow("exploitation", "v"))
     # the last of four tasks holds a row of another month: its task raises once the others have written
-    bad = spark.createDataFrame(rows(400, 2.0), SCHEMA).repartition(4).withColumn(
-        "month", F.when(F.col("kwh") == F.lit(399 / 3 + 2.0), F.lit("2012-04")).otherwise(F.lit(MONTH))
+    bad = (
+        spark.createDataFrame(rows(400, 2.0), SCHEMA)
+        .repartition(4)
+        .withColumn("month", F.when(F.col("kwh") == F.lit(399 / 3 + 2.0), F.lit("2012-04")).otherwise(F.lit(MONTH)))
     )
     with pytest.raises(Exception, match="rows for months \\['2012-04'\\] in a write of month 2012-03"):
         stage_frame(bad, lake.storage, uri, MONTH)
@@ -87,4 +91,6 @@ def test_appended_files_add_to_an_append_only_table(spark, tmp_path):
     second, _ = stage_frame(spark.createDataFrame(rows(5, 9.0), SCHEMA), lake.storage, uri, MONTH)
     lake.commit_append("quality", "log", MONTH, second, schema)
     assert lake.read_arrow("quality", "log").num_rows == 35
-    assert lake.count_rows("quality", "log", MONTH, where={"meter_id": "M1"}) == sum(1 for r in rows(30) + rows(5) if r[0] == "M1")
+    assert lake.count_rows("quality", "log", MONTH, where={"meter_id": "M1"}) == sum(
+        1 for r in rows(30) + rows(5) if r[0] == "M1"
+    )

@@ -45,7 +45,9 @@ def _project(configs_copy: Path, make_project, tmp_path: Path):
     project = make_project(configs_copy)
     defs = build_definitions(project)
     lake = Lake(project.lake_root)
-    landed = dg.materialize(defs.assets, selection=[dg.AssetKey(["landing", "heat_drop"])], partition_key=MONTH, resources=defs.resources)
+    landed = dg.materialize(
+        defs.assets, selection=[dg.AssetKey(["landing", "heat_drop"])], partition_key=MONTH, resources=defs.resources
+    )
     assert landed.success
     return defs, lake
 
@@ -71,7 +73,9 @@ def test_a_file_landed_while_the_month_is_formatted_is_not_lost(configs_copy, ma
         return real(session, files, *args, **kwargs)
 
     monkeypatch.setattr(formatted, "format_month", format_while_a_correction_lands)
-    run = dg.materialize(defs.assets, selection=[dg.AssetKey(["formatted", "heat_drop"])], partition_key=MONTH, resources=defs.resources)
+    run = dg.materialize(
+        defs.assets, selection=[dg.AssetKey(["formatted", "heat_drop"])], partition_key=MONTH, resources=defs.resources
+    )
     assert run.success
     assert len(calls) == 2  # computed again from the new manifest
     assert _readings(lake, "formatted") == [10.0, 20.0, 30.0]  # the corrected file's rows, not the superseded ones
@@ -96,6 +100,8 @@ def test_an_input_month_rewritten_while_trusted_cleans_is_cleaned_again(configs_
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trusted, "clean_month", clean_while_the_input_is_rewritten)
-    run = dg.materialize(defs.assets, selection=[dg.AssetKey(["trusted", "heat_drop"])], partition_key=MONTH, resources=defs.resources)
+    run = dg.materialize(
+        defs.assets, selection=[dg.AssetKey(["trusted", "heat_drop"])], partition_key=MONTH, resources=defs.resources
+    )
     assert run.success and len(calls) == 2
     assert _readings(lake, "trusted") == [10.0, 20.0, 30.0]

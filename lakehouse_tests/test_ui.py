@@ -18,7 +18,7 @@ from lakehouse_tests.conftest import REPO
 
 PORT = 3000
 SELF = f"http://127.0.0.1:{PORT}"
-WIPE = "mutation { wipeAssets(assetPartitionRanges: [{assetKey: {path: [\"trusted\", \"meter_readings\"]}}]) { __typename } }"
+WIPE = 'mutation { wipeAssets(assetPartitionRanges: [{assetKey: {path: ["trusted", "meter_readings"]}}]) { __typename } }'
 
 
 class Recorder:
@@ -36,14 +36,31 @@ class Recorder:
         await send({"type": "http.response.body", "body": b"dagster"})
 
 
-def call(app, method: str = "GET", path: str = "/graphql", query: str = "", headers: dict[str, str] | None = None,
-         body: bytes = b"", kind: str = "http") -> tuple[int, dict[str, str], str]:
+def call(
+    app,
+    method: str = "GET",
+    path: str = "/graphql",
+    query: str = "",
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    kind: str = "http",
+) -> tuple[int, dict[str, str], str]:
     """One request through ``app``: (status, response headers, body text); websockets: 101 or 403."""
     sent: list[dict] = []
     hdrs = {"host": f"127.0.0.1:{PORT}", **(headers or {})}
-    scope = {"type": kind, "method": method, "path": path, "raw_path": path.encode(), "query_string": query.encode(),
-             "headers": [(k.lower().encode(), v.encode()) for k, v in hdrs.items() if v is not None], "scheme": "http",
-             "server": ("127.0.0.1", PORT), "client": ("127.0.0.1", 50000), "root_path": "", "http_version": "1.1"}
+    scope = {
+        "type": kind,
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in hdrs.items() if v is not None],
+        "scheme": "http",
+        "server": ("127.0.0.1", PORT),
+        "client": ("127.0.0.1", 50000),
+        "root_path": "",
+        "http_version": "1.1",
+    }
     messages = [{"type": "http.request", "body": body, "more_body": False}] if kind == "http" else [{"type": "websocket.connect"}]
 
     async def receive():
@@ -69,20 +86,30 @@ def guarded():
 def test_a_mutation_from_a_foreign_origin_is_refused_and_never_reaches_dagster(guarded):
     app, inner = guarded
     body = json.dumps({"query": WIPE}).encode()
-    for headers in ({"origin": "https://evil.example"}, {"origin": "null"}, {"referer": "https://evil.example/page"},
-                    {"origin": f"http://127.0.0.1:{PORT + 1}"}):
+    for headers in (
+        {"origin": "https://evil.example"},
+        {"origin": "null"},
+        {"referer": "https://evil.example/page"},
+        {"origin": f"http://127.0.0.1:{PORT + 1}"},
+    ):
         status, _, text = call(app, "POST", body=body, headers={"content-type": "application/json", **headers})
         assert status == 403 and "cross-origin" in text, (headers, status, text)
     # the form POST a foreign page can send without a preflight: the query rides in the URL
-    status, _, _ = call(app, "POST", query="query=" + quote(WIPE), headers={"origin": "https://evil.example",
-                                                                              "content-type": "application/x-www-form-urlencoded"})
+    status, _, _ = call(
+        app,
+        "POST",
+        query="query=" + quote(WIPE),
+        headers={"origin": "https://evil.example", "content-type": "application/x-www-form-urlencoded"},
+    )
     assert status == 403
     assert inner.reached == []
 
 
 def test_a_same_origin_query_and_mutation_pass(guarded):
     app, inner = guarded
-    status, _, text = call(app, "POST", body=b'{"query": "{ version }"}', headers={"origin": SELF, "content-type": "application/json"})
+    status, _, text = call(
+        app, "POST", body=b'{"query": "{ version }"}', headers={"origin": SELF, "content-type": "application/json"}
+    )
     assert (status, text) == (200, "dagster")
     status, _, _ = call(app, "POST", body=json.dumps({"query": WIPE}).encode(), headers={"origin": f"http://localhost:{PORT}"})
     assert status == 200
@@ -103,7 +130,9 @@ def test_a_mutation_by_get_is_refused_whatever_its_origin(guarded):
     assert call(app, "GET", query="query=" + quote("mutation {"))[0] == 400
     assert inner.reached == []
     assert call(app, "GET", query="query=" + quote("{ version }"))[0] == 200  # reading by GET is fine
-    assert call(app, "GET", path="/assets", headers={"referer": "https://elsewhere.example/"})[0] == 200  # a link from another site
+    assert (
+        call(app, "GET", path="/assets", headers={"referer": "https://elsewhere.example/"})[0] == 200
+    )  # a link from another site
 
 
 def test_a_forged_host_is_refused(guarded):
@@ -111,7 +140,9 @@ def test_a_forged_host_is_refused(guarded):
     for host in ("evil.example", f"evil.example:{PORT}", "127.0.0.1:9999", f"127.0.0.1.nip.io:{PORT}", ""):
         status, _, text = call(app, "GET", path="/", headers={"host": host})
         assert status == 403 and "host not allowed" in text, (host, status)
-    status, _, _ = call(app, "POST", body=b'{"query": "{ version }"}', headers={"host": "evil.example", "origin": "http://evil.example"})
+    status, _, _ = call(
+        app, "POST", body=b'{"query": "{ version }"}', headers={"host": "evil.example", "origin": "http://evil.example"}
+    )
     assert status == 403
     assert inner.reached == []
     for host in (f"localhost:{PORT}", f"[::1]:{PORT}", f"127.0.0.1:{PORT}", f"LOCALHOST:{PORT}"):
@@ -141,7 +172,11 @@ def test_a_non_loopback_bind_needs_a_token_and_every_request_then_carries_it():
     # the login sets the cookie and drops the token from the address
     status, hdrs, _ = call(app, "GET", path="/assets", query="token=s3cret&view=lineage", headers=host)
     assert status == 303 and hdrs["location"] == "/assets?view=lineage"
-    assert hdrs["set-cookie"].startswith(f"{COOKIE}=s3cret;") and "HttpOnly" in hdrs["set-cookie"] and "SameSite=Lax" in hdrs["set-cookie"]
+    assert (
+        hdrs["set-cookie"].startswith(f"{COOKIE}=s3cret;")
+        and "HttpOnly" in hdrs["set-cookie"]
+        and "SameSite=Lax" in hdrs["set-cookie"]
+    )
     assert call(app, "GET", path="/assets", headers={**host, "cookie": f"other=1; {COOKIE}=s3cret"})[0] == 200
     assert call(app, "POST", body=b'{"query": "{ version }"}', headers={**host, "authorization": "Bearer s3cret"})[0] == 200
     # the token does not lift the origin rule: a page elsewhere cannot ride the user's cookie
@@ -153,8 +188,14 @@ def test_a_non_loopback_bind_needs_a_token_and_every_request_then_carries_it():
 def test_the_launcher_refuses_a_non_loopback_bind_without_a_token():
     env = {k: v for k, v in os.environ.items() if k != "LAKEHOUSE_UI_TOKEN"}
     env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run([sys.executable, "-m", "lakehouse.ui", "--host", "0.0.0.0", "--allow-host", "lake.example"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "lakehouse.ui", "--host", "0.0.0.0", "--allow-host", "lake.example"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "LAKEHOUSE_UI_TOKEN" in done.stderr, done.stderr
 
 
@@ -169,7 +210,11 @@ def test_dagster_s_own_app_behind_the_guard():
         query = json.dumps({"query": "{ version }"}).encode()
         status, _, text = call(app, "POST", body=query, headers={"origin": SELF, "content-type": "application/json"})
         assert status == 200 and json.loads(text)["data"] == {"version": "guarded"}
-        status, _, text = call(app, "POST", body=json.dumps({"query": WIPE}).encode(),
-                               headers={"origin": "https://evil.example", "content-type": "application/json"})
+        status, _, text = call(
+            app,
+            "POST",
+            body=json.dumps({"query": WIPE}).encode(),
+            headers={"origin": "https://evil.example", "content-type": "application/json"},
+        )
         assert status == 403 and "cross-origin" in text
         assert call(app, "GET", query="query=" + quote(WIPE))[0] == 405

@@ -50,7 +50,13 @@ def write_fixture_lake(lake: Lake) -> None:
         lake.overwrite_month(
             "formatted",
             "meter_readings",
-            pa.table({"meter_id": [meters[i] for i in keep], "ts": [raw_ts[i] for i in keep], "reading_kwh": [raw_values[i] for i in keep]}),
+            pa.table(
+                {
+                    "meter_id": [meters[i] for i in keep],
+                    "ts": [raw_ts[i] for i in keep],
+                    "reading_kwh": [raw_values[i] for i in keep],
+                }
+            ),
             month,
         )
         lake.overwrite_month(
@@ -88,14 +94,29 @@ def write_fixture_lake(lake: Lake) -> None:
             ("C1", "M1", "Anna Miller", "Pine Street", 12, "98123", "Seattle", "detached", 150.0, 1965, "gas_boiler"),
             ("C2", "M2", "Ben Schmidt", "Maple Avenue", 7, "98402", "Tacoma", "office", 400.0, 2001, "heat_pump"),
         ]
-        cols = ["customer_id", "meter_id", "name", "street", "house_number", "postcode", "city", "building_type",
-                "heated_area_m2", "construction_year", "heating_system"]
-        lake.overwrite_month("trusted", "customers", pa.Table.from_pylist([dict(zip(cols, r, strict=True)) for r in registry]), month)
+        cols = [
+            "customer_id",
+            "meter_id",
+            "name",
+            "street",
+            "house_number",
+            "postcode",
+            "city",
+            "building_type",
+            "heated_area_m2",
+            "construction_year",
+            "heating_system",
+        ]
+        lake.overwrite_month(
+            "trusted", "customers", pa.Table.from_pylist([dict(zip(cols, r, strict=True)) for r in registry]), month
+        )
         billing = [("A1", "MILLER, ANNA", "12 Pine St.", "98123-0412", "SEATTLE", "residential", dt.date(2010, 1, 1))]
         if month == "2012-02":  # an account opened in February, for a customer billing alone knows
             billing.append(("A7", "Olga Wolf", "17 Elm Avenue", "98111", "Tacoma", "residential", dt.date(2012, 2, 3)))
         bcols = ["account_no", "holder_name", "address_line", "zip", "town", "tariff", "opened_on"]
-        lake.overwrite_month("trusted", "billing_customers", pa.Table.from_pylist([dict(zip(bcols, r, strict=True)) for r in billing]), month)
+        lake.overwrite_month(
+            "trusted", "billing_customers", pa.Table.from_pylist([dict(zip(bcols, r, strict=True)) for r in billing]), month
+        )
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +125,9 @@ def materialized(spark, tmp_path_factory):
     from lakehouse_tests.conftest import REPO
 
     root = tmp_path_factory.mktemp("views")
-    project = load_project(REPO / "configs", env={"LAKEHOUSE_ROOT": str(root / "lake"), "LAKEHOUSE_DEMO_ROOT": str(root / "world")})
+    project = load_project(
+        REPO / "configs", env={"LAKEHOUSE_ROOT": str(root / "lake"), "LAKEHOUSE_DEMO_ROOT": str(root / "world")}
+    )
     lake = Lake(project.lake_root)
     write_fixture_lake(lake)
     defs = build_definitions(project)
@@ -161,7 +184,8 @@ def test_declared_columns_schema_and_lineage(materialized):
     table = lake.read_arrow("exploitation", "consumption_daily")
     assert table.column_names == [c.name for c in view.columns] + ["month"]
     event = next(
-        e for e in result.get_asset_materialization_events()
+        e
+        for e in result.get_asset_materialization_events()
         if e.materialization.asset_key == dg.AssetKey(["exploitation", "consumption_daily"])
     )
     meta = event.materialization.metadata
@@ -190,20 +214,22 @@ def test_view_derive_joins_the_contract_with_the_lineage_of_its_inputs(spark):
     from lakehouse.factories.exploitation import column_lineage, conform
     from lakehouse.specs.models import ViewSpec
 
-    view = ViewSpec.model_validate({
-        "name": "daily",
-        "inputs": [{"table": "trusted/meter_readings", "alias": "r"}, {"table": "trusted/weather", "alias": "w"}],
-        "sql": "SELECT 1",
-        "columns": [
-            {"name": "date", "type": "date"},
-            {"name": "consumption_kwh", "type": "double", "lineage": ["r.reading_kwh"]},
-            {"name": "temp_mean_c", "type": "double", "lineage": ["w.temp_max_c", "w.temp_min_c"]},
-        ],
-        "derive": {
-            "hdd": {"expr": "greatest(0, 16.5 - temp_mean_c)", "unit": "K·d"},
-            "kwh_per_hdd": {"expr": "consumption_kwh / nullif(hdd, 0)"},
-        },
-    })
+    view = ViewSpec.model_validate(
+        {
+            "name": "daily",
+            "inputs": [{"table": "trusted/meter_readings", "alias": "r"}, {"table": "trusted/weather", "alias": "w"}],
+            "sql": "SELECT 1",
+            "columns": [
+                {"name": "date", "type": "date"},
+                {"name": "consumption_kwh", "type": "double", "lineage": ["r.reading_kwh"]},
+                {"name": "temp_mean_c", "type": "double", "lineage": ["w.temp_max_c", "w.temp_min_c"]},
+            ],
+            "derive": {
+                "hdd": {"expr": "greatest(0, 16.5 - temp_mean_c)", "unit": "K·d"},
+                "kwh_per_hdd": {"expr": "consumption_kwh / nullif(hdd, 0)"},
+            },
+        }
+    )
     result = spark.createDataFrame(
         [(dt.date(2012, 1, 1), 30.0, 6.5, "x"), (dt.date(2012, 1, 2), 10.0, 18.0, "y")],
         "date date, consumption_kwh double, temp_mean_c double, extra string",
@@ -211,13 +237,17 @@ def test_view_derive_joins_the_contract_with_the_lineage_of_its_inputs(spark):
     rows = [r.asDict() for r in conform(result, view).orderBy("date").collect()]
     assert list(rows[0]) == ["date", "consumption_kwh", "temp_mean_c", "hdd", "kwh_per_hdd"]  # extra is dropped
     assert [(r["hdd"], r["kwh_per_hdd"]) for r in rows] == [(10.0, 3.0), (0.0, None)]
-    deps = {c: {(d.asset_key.to_user_string(), d.column_name) for d in ds} for c, ds in column_lineage(view).deps_by_column.items()}
+    deps = {
+        c: {(d.asset_key.to_user_string(), d.column_name) for d in ds} for c, ds in column_lineage(view).deps_by_column.items()
+    }
     assert deps["hdd"] == {("trusted/weather", "temp_max_c"), ("trusted/weather", "temp_min_c")}
     assert deps["kwh_per_hdd"] == deps["hdd"] | {("trusted/meter_readings", "reading_kwh")}
     with pytest.raises(ValueError, match=r"derive 'hdd': unknown column\(s\) \['temp_c'\]"):
         ViewSpec.model_validate({**view.model_dump(), "derive": {"hdd": {"expr": "16.5 - temp_c"}}})
     # without declared columns the result's own columns are checked when the view runs
-    free = ViewSpec.model_validate({"name": "free", "inputs": [{"table": "trusted/weather"}], "sql": "SELECT 1", "derive": {"d": {"expr": "temp_c * 2"}}})
+    free = ViewSpec.model_validate(
+        {"name": "free", "inputs": [{"table": "trusted/weather"}], "sql": "SELECT 1", "derive": {"d": {"expr": "temp_c * 2"}}}
+    )
     with pytest.raises(ValueError, match=r"derive reads column\(s\) \['temp_c'\]"):
         conform(result, free)
 
@@ -228,6 +258,9 @@ def test_derived_source_columns_have_lineage_to_the_formatted_columns(make_proje
     path = configs_copy / "sources" / "weather.yaml"
     path.write_text(path.read_text() + "derive:\n  temp_mean_c: {expr: '(temp_max_c + temp_min_c) / 2', unit: °C}\n")
     weather = make_project(configs_copy).source("weather")
-    deps = {c: {(d.asset_key.to_user_string(), d.column_name) for d in ds} for c, ds in derived_lineage(weather).deps_by_column.items()}
+    deps = {
+        c: {(d.asset_key.to_user_string(), d.column_name) for d in ds}
+        for c, ds in derived_lineage(weather).deps_by_column.items()
+    }
     assert deps == {"temp_mean_c": {("formatted/weather", "temp_max_c"), ("formatted/weather", "temp_min_c")}}
     assert derived_lineage(make_project().source("weather")) is None

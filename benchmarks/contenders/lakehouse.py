@@ -44,7 +44,9 @@ def main() -> None:
     from lakehouse.io.lake import Lake
 
     months = list(meter_files(args.world, args.months))
-    os.environ["LAKEHOUSE_CONFIGS"] = str(bench_configs(Path(lakehouse.__file__).parent.parent / "configs", args.work / "configs"))
+    os.environ["LAKEHOUSE_CONFIGS"] = str(
+        bench_configs(Path(lakehouse.__file__).parent.parent / "configs", args.work / "configs")
+    )
     project = settings.load()
     defs = build_definitions(project)
     keys = [dg.AssetKey.from_user_string(k) for k in ASSETS]
@@ -76,7 +78,14 @@ def main() -> None:
         rows[zone] = int(sum(int(n or 0) for n in actions.column("num_records").to_pylist()))
     write_result(
         args.result,
-        {"months": len(months), "zone_seconds": zones, "code": os.path.dirname(os.path.dirname(lakehouse.__file__)), "stages": clock.stages, "rows": rows, "run_id": result.run_id},
+        {
+            "months": len(months),
+            "zone_seconds": zones,
+            "code": os.path.dirname(os.path.dirname(lakehouse.__file__)),
+            "stages": clock.stages,
+            "rows": rows,
+            "run_id": result.run_id,
+        },
     )
 
 

@@ -78,7 +78,9 @@ def main(per_month: bool = False) -> None:
     import lakehouse
     from lakehouse import settings
 
-    os.environ["LAKEHOUSE_CONFIGS"] = str(bench_configs(Path(lakehouse.__file__).parent.parent / "configs", args.work / "configs"))
+    os.environ["LAKEHOUSE_CONFIGS"] = str(
+        bench_configs(Path(lakehouse.__file__).parent.parent / "configs", args.work / "configs")
+    )
     project = settings.load()
     from pyspark.sql import functions as F
 

@@ -73,8 +73,9 @@ def redact(url: str, *, secret_params: frozenset[str] = frozenset()) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         if any(SECRET_PARAM.search(k) or k in secret_params for k, _ in pairs):
-            query = urlencode([(k, MASK if SECRET_PARAM.search(k) or k in secret_params else v) for k, v in pairs],
-                              safe="*{}", quote_via=quote)
+            query = urlencode(
+                [(k, MASK if SECRET_PARAM.search(k) or k in secret_params else v) for k, v in pairs], safe="*{}", quote_via=quote
+            )
     if host == parts.netloc and query == parts.query:
         return url
     return urlunsplit((parts.scheme, host, parts.path, query, parts.fragment))
@@ -236,8 +237,7 @@ def _fetch(
                 ) from None
             if response.status_code in RETRY_STATUSES:
                 raise CollectorError(
-                    f"{where}: GET {origin} answered HTTP {response.status_code} {response.reason}"
-                    f" after {spec.retries} retries"
+                    f"{where}: GET {origin} answered HTTP {response.status_code} {response.reason} after {spec.retries} retries"
                 )
             if response.status_code != 200:
                 raise CollectorError(
@@ -263,7 +263,9 @@ def _fetch(
 
 def _check_deadline(deadline: float, spec: HttpCollector, where: str, origin: str) -> None:
     if time.monotonic() > deadline:
-        raise CollectorError(f"{where}: GET {origin} took longer than its deadline of {spec.deadline_s:g}s (collector.deadline_s)")
+        raise CollectorError(
+            f"{where}: GET {origin} took longer than its deadline of {spec.deadline_s:g}s (collector.deadline_s)"
+        )
 
 
 def _read_body(response: requests.Response, spec: HttpCollector, deadline: float, where: str, origin: str) -> bytes:

@@ -265,9 +265,7 @@ def land_many(
             changed = True
         if not changed or _create_manifest(month, number + 1, entries):
             return out
-    raise CollectorError(
-        f"{month.uri}: {MANIFEST_ATTEMPTS} other landings created the manifest first; nothing was recorded"
-    )
+    raise CollectorError(f"{month.uri}: {MANIFEST_ATTEMPTS} other landings created the manifest first; nothing was recorded")
 
 
 def _keep_superseded(month: Month, name: str, old: ManifestEntry) -> None:
@@ -315,8 +313,11 @@ def spanning_entries(source: Month, month: str) -> list[tuple[str, ManifestEntry
     out = []
     for other in source.months():
         if other.name != month:
-            out += [(other.file(e.name), e) for e in read_manifest(other)
-                    if e.status == "landed" and (e.months is None or month in e.months)]
+            out += [
+                (other.file(e.name), e)
+                for e in read_manifest(other)
+                if e.status == "landed" and (e.months is None or month in e.months)
+            ]
     return out
 
 

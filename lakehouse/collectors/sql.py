@@ -110,8 +110,15 @@ def scrub(text: str, url: URL) -> str:
 
 
 #: words of the errors databases raise when a statement timeout or a cancel stopped a query
-_TIMEOUT_WORDS = ("statement timeout", "max_execution_time", "max_statement_time", "maximum statement execution time",
-                  "call timeout", "dpy-4024", "query timeout expired")
+_TIMEOUT_WORDS = (
+    "statement timeout",
+    "max_execution_time",
+    "max_statement_time",
+    "maximum statement execution time",
+    "call timeout",
+    "dpy-4024",
+    "query timeout expired",
+)
 
 
 def session_setup(dialect: str, server_version: str, timeout_s: float) -> list[str]:
@@ -204,7 +211,9 @@ class Limits:
         """The error to raise when a limit stopped the collect (``None`` when ``exc`` is another failure)."""
         text = str(getattr(exc, "orig", None) or exc or "").lower()
         if self.fired == "deadline" or clock.monotonic() > self.deadline:
-            return CollectorError(f"{where}: the collect took longer than its deadline of {self.deadline_s:g}s (collector.deadline_s)")
+            return CollectorError(
+                f"{where}: the collect took longer than its deadline of {self.deadline_s:g}s (collector.deadline_s)"
+            )
         if self.fired == "timeout" or any(w in text for w in _TIMEOUT_WORDS):
             return CollectorError(f"{where}: the query ran longer than its timeout of {self.timeout_s:g}s (collector.timeout_s)")
         return None
@@ -241,7 +250,9 @@ def fetch(spec: SqlCollector, month: str, *, root: Path, source: str = "?") -> I
                 # SQLite opens lazily: a file that is not a database only fails on first read
                 conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").fetchall()
         except SQLAlchemyError as exc:
-            raise limits.explain(exc, where) or CollectorError(f"{where}: database unreachable ({shown}): {_reason(exc, url)}") from None
+            raise limits.explain(exc, where) or CollectorError(
+                f"{where}: database unreachable ({shown}): {_reason(exc, url)}"
+            ) from None
         with conn:
             try:
                 result = conn.execute(query, {k: v for k, v in bounds.items() if k in wanted})
@@ -251,7 +262,9 @@ def fetch(spec: SqlCollector, month: str, *, root: Path, source: str = "?") -> I
                     rows += [tuple(r) for r in batch]
                     limits.check()
             except (SQLAlchemyError, TimeoutError) as exc:
-                raise limits.explain(exc, where) or CollectorError(f"{where}: query failed ({shown}): {_reason(exc, url)}") from None
+                raise limits.explain(exc, where) or CollectorError(
+                    f"{where}: query failed ({shown}): {_reason(exc, url)}"
+                ) from None
     finally:
         limits.cancel()
         engine.dispose()

@@ -41,7 +41,9 @@ def build_definitions(project: Project, *, months_per_run: int | None = None) ->
     """
     assets = apply_policy(project, build_assets(project), months_per_run=months_per_run)
     maintenance_job, maintenance_schedule = build_maintenance(
-        [k for a in assets for k in a.keys], tags=run_tags(project), staged_orphan_age_h=project.lakehouse.limits.staged_orphan_age_h
+        [k for a in assets for k in a.keys],
+        tags=run_tags(project),
+        staged_orphan_age_h=project.lakehouse.limits.staged_orphan_age_h,
     )
     landing = build_landing_automation(project)  # inbox sensors + monthly schedules of the sources
     return dg.Definitions(

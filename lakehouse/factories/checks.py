@@ -7,7 +7,6 @@ same everywhere: a check that found what it looks for and may not block fails wi
 rule with violations, drift), a blocking check fails with ``ERROR``.
 """
 
-
 import json
 from collections.abc import Callable, Mapping, Sequence
 
@@ -38,8 +37,14 @@ def pandera_spec(asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition
     )
 
 
-def rejected_rate_spec(asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition, limit: float, stage: str) -> dg.AssetCheckSpec:
-    what = "rows quarantined while formatting / rows landed" if stage == "formatted" else "rows quarantined by the rules and cleaning / rows in"
+def rejected_rate_spec(
+    asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition, limit: float, stage: str
+) -> dg.AssetCheckSpec:
+    what = (
+        "rows quarantined while formatting / rows landed"
+        if stage == "formatted"
+        else "rows quarantined by the rules and cleaning / rows in"
+    )
     return month_check_spec(
         REJECTED_RATE,
         asset_key,
@@ -129,7 +134,12 @@ def validate_view(spark: SparkSession, lake: Lake, view: ViewSpec, months: Seque
     month), or the whole table for merge (unpartitioned) views, as :func:`validate_written`."""
     chosen = list(months) if lake.partitioned("exploitation", view.name) else None
     return _validate(
-        spark, lake, "exploitation", view.name, chosen, lambda schema: schemas.view_contract(view, schema),
+        spark,
+        lake,
+        "exploitation",
+        view.name,
+        chosen,
+        lambda schema: schemas.view_contract(view, schema),
         by_month=bool(view.key),
     )
 
@@ -156,15 +166,23 @@ def _month_failures(report: schemas.Report, month: str | None) -> list[tuple[sch
     return out
 
 
-def pandera_results(report: schemas.Report, months: Sequence[str], rows: Mapping[str, int]) -> dict[str, list[dg.AssetCheckResult]]:
+def pandera_results(
+    report: schemas.Report, months: Sequence[str], rows: Mapping[str, int]
+) -> dict[str, list[dg.AssetCheckResult]]:
     """One ``pandera_schema`` result per month from a report over several months (``rows``: each month's rows)."""
     out = {}
     for month in months:
         failures = _month_failures(report, month)
         n = rows.get(month, report.rows)
         table = [
-            dg.TableRecord({"column": f.column, "check": f.check, "failing_rows": -1 if k is None else int(k),
-                            "example": json.dumps(f.examples[0], default=str)[:300] if f.examples else ""})
+            dg.TableRecord(
+                {
+                    "column": f.column,
+                    "check": f.check,
+                    "failing_rows": -1 if k is None else int(k),
+                    "example": json.dumps(f.examples[0], default=str)[:300] if f.examples else "",
+                }
+            )
             for f, k in failures
         ]
         out[month] = [

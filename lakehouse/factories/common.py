@@ -150,7 +150,9 @@ def held_months(context: dg.AssetExecutionContext, upstream: Sequence[dg.AssetKe
             obs = context.instance.fetch_observations(where, limit=1).records
             latest = mats[0].storage_id if mats else -1
             if obs and obs[0].storage_id > latest and HELD in obs[0].asset_observation.metadata:
-                held.setdefault(month, f"held: {up.to_user_string()} {month} was held ({obs[0].asset_observation.metadata[HELD].value})")
+                held.setdefault(
+                    month, f"held: {up.to_user_string()} {month} was held ({obs[0].asset_observation.metadata[HELD].value})"
+                )
                 continue
             failed = mats[0].asset_materialization.metadata.get(BLOCKING_FAILED) if mats else None
             names = list(failed.value) if failed is not None else []
@@ -286,8 +288,11 @@ def report(
     blocking = {n for n, s in specs.items() if s.blocking}
     per_month = {}
     for month, figures in done.results.items():
-        failed = sorted(r.check_name or "" for r in checks.get(month, ()) if r.check_name in blocking and not r.passed
-                        and r.severity == dg.AssetCheckSeverity.ERROR)
+        failed = sorted(
+            r.check_name or ""
+            for r in checks.get(month, ())
+            if r.check_name in blocking and not r.passed and r.severity == dg.AssetCheckSeverity.ERROR
+        )
         per_month[month] = {**{k: _md(v) for k, v in figures.items()}, **(metadata or {})}
         if blocking:
             per_month[month][BLOCKING_FAILED] = failed
@@ -314,8 +319,10 @@ def report(
                 continue
             spec = specs[result.check_name]
             if result.check_name in blocking and not result.passed and result.severity == dg.AssetCheckSeverity.ERROR:
-                context.log.error(f"{done.what} {month}: blocking check {result.check_name} failed: {result.description}; "
-                                  "downstream assets hold this month")
+                context.log.error(
+                    f"{done.what} {month}: blocking check {result.check_name} failed: {result.description}; "
+                    "downstream assets hold this month"
+                )
             context.log_event(
                 dg.AssetCheckEvaluation(
                     asset_key=context.asset_key,
@@ -336,12 +343,17 @@ def report(
         raise dg.Failure(
             description=f"{done.what}: {len(done.failures) + len(done.held)} of {len(done.months)} month(s) failed: "
             + "; ".join(problems),
-            metadata={"failed_months": sorted(done.failures), "held_months": sorted(done.held),
-                      "committed_months": sorted(done.results)},
+            metadata={
+                "failed_months": sorted(done.failures),
+                "held_months": sorted(done.held),
+                "committed_months": sorted(done.results),
+            },
         ) from first
     # check outputs: their results are the per-month evaluations above
     for name in sorted(selected):
-        yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(dg.AssetCheckKey(context.asset_key, name)))
+        yield dg.Output(
+            None, output_name=context.assets_def.get_output_name_for_asset_check_key(dg.AssetCheckKey(context.asset_key, name))
+        )
 
 
 def _target_type() -> type:

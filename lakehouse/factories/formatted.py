@@ -6,7 +6,6 @@ files take the fast lane (:mod:`lakehouse.transforms.executors`: Spark's Python 
 write Parquet), the others Spark's casts; both land in the same commit.
 """
 
-
 import dagster as dg
 
 from lakehouse.collectors.landing import Month, landed_entries, manifest_version, spanning_entries
@@ -71,14 +70,20 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
                 raise FileNotFoundError(f"landing/{source.name}/{month}: listed in the manifest but missing: {missing}")
             files = [uri for uri, _ in landed]
             # clean files: parsed, cast and staged as Parquet by Spark's Python workers; the rest by Spark's casts
-            staged, bad, fast = format_month(session, files, source, month, root.storage, path, schema, months=span, sizes=present)
-            rejected = quarantine.quarantine_table(bad, dataset=source.name, stage="formatted", run_id=context.run.run_id, month=month)
+            staged, bad, fast = format_month(
+                session, files, source, month, root.storage, path, schema, months=span, sizes=present
+            )
+            rejected = quarantine.quarantine_table(
+                bad, dataset=source.name, stage="formatted", run_id=context.run.run_id, month=month
+            )
             version = root.commit_month("formatted", source.name, month, staged, schema)
             # published even when empty: it supersedes the rows an earlier run of the month quarantined
             quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month, run_id=context.run.run_id)
             rows = sum(s["rows"] for s in staged)
             rates[month] = rejected_rate_result(
-                rejected=rejected.num_rows, total=max(rows + rejected.num_rows, landed_rows), kept=rows,
+                rejected=rejected.num_rows,
+                total=max(rows + rejected.num_rows, landed_rows),
+                kept=rows,
                 limit=source.max_rejected_rate,
             )
             return {
@@ -105,7 +110,9 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
         months = list(done.results)
         checks = {m: [rates[m]] for m in months}
         if months:
-            report_ = validate_written(session, root, "formatted", source.name, months, schemas.source_contract(source, "formatted"))
+            report_ = validate_written(
+                session, root, "formatted", source.name, months, schemas.source_contract(source, "formatted")
+            )
             checks = merge_results(checks, pandera_results(report_, months, {m: done.results[m]["rows"] for m in months}))
         yield from report(context, done, checks=checks)
 

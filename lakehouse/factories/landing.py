@@ -4,7 +4,6 @@ Materializing a month runs the source's collector and lands what it fetched, eac
 with the month's manifest (``_manifest.json``) next to the raw files.
 """
 
-
 import dagster as dg
 
 from lakehouse.collectors import collect

@@ -72,7 +72,7 @@ def versions_in_use(lake: Lake) -> dict[tuple[str, str], set[int]]:
     """``(zone, table) -> {delta_version}`` of every model's inputs (``ml/*/models/v*/lineage.json``)."""
     in_use: dict[tuple[str, str], set[int]] = defaultdict(set)
     ml = lake.storage.uri("ml")
-    paths = [u for u, _ in lake.storage.list(ml) if re.fullmatch(r"[^/]+/models/v\d{4,}/lineage\.json", u[len(ml) + 1:])]
+    paths = [u for u, _ in lake.storage.list(ml) if re.fullmatch(r"[^/]+/models/v\d{4,}/lineage\.json", u[len(ml) + 1 :])]
     for path in paths:
         try:
             inputs = json.loads(lake.storage.read(path))["inputs"]
@@ -106,7 +106,11 @@ def logged_files(lake: Lake, table_uri: str) -> set[str]:
 
 
 def sweep_staged(
-    lake: Lake, *, older_than_hours: float, zones: Iterable[str] = DELTA_ZONES, dry_run: bool = False,
+    lake: Lake,
+    *,
+    older_than_hours: float,
+    zones: Iterable[str] = DELTA_ZONES,
+    dry_run: bool = False,
     now: dt.datetime | None = None,
 ) -> list[str]:
     """Delete the files crashed writers left that are older than ``older_than_hours``: in ``zones``, Parquet
@@ -120,7 +124,7 @@ def sweep_staged(
         zone_uri = storage.uri(zone)
         for name in storage.folders(zone_uri):
             table_uri = storage.join(zone_uri, name)
-            objects = [(uri[len(table_uri) + 1:], uri, modified) for uri, modified in storage.list_modified(table_uri)]
+            objects = [(uri[len(table_uri) + 1 :], uri, modified) for uri, modified in storage.list_modified(table_uri)]
             is_delta = any(rel.startswith("_delta_log/") for rel, _, _ in objects)
             logged = logged_files(lake, table_uri) if is_delta else set()
             for rel, uri, modified in objects:
@@ -185,7 +189,10 @@ def maintain_table(
         except Exception:  # noqa: BLE001 - the version's log is gone: nothing left to protect, report it
             unreadable.append(v)
     vacuum_args: dict[str, Any] = {
-        "retention_hours": retention_hours, "enforce_retention_duration": False, "keep_versions": keep or None, "full": True,
+        "retention_hours": retention_hours,
+        "enforce_retention_duration": False,
+        "keep_versions": keep or None,
+        "full": True,
     }
     # vacuum lists every expired tombstone of the log, also files an earlier vacuum already deleted
     candidates = {f for f in dt.vacuum(dry_run=True, **vacuum_args) if present(f)}
@@ -198,7 +205,8 @@ def maintain_table(
         dt.vacuum(dry_run=False, **vacuum_args)
         removed = [f for f in candidates if not present(f)]
     still_readable = [
-        v for v in keep
+        v
+        for v in keep
         if v not in unreadable and all(present(f) for f in _relative_files(DeltaTable(uri, version=v, storage_options=options)))
     ]
     return {
@@ -290,7 +298,9 @@ def build_maintenance(
         age = config.staged_orphan_age_h if config.staged_orphan_age_h is not None else staged_orphan_age_h
         swept = sweep_staged(lake.lake, older_than_hours=age, zones=config.zones, dry_run=config.dry_run)
         for uri in swept:
-            context.log.info(f"maintenance: {'would sweep' if config.dry_run else 'swept'} staged file {uri} (older than {age:g} h, in no commit)")
+            context.log.info(
+                f"maintenance: {'would sweep' if config.dry_run else 'swept'} staged file {uri} (older than {age:g} h, in no commit)"
+            )
         results, failures = maintain_lake(
             lake.lake,
             retention_hours=config.retention_hours,

@@ -53,7 +53,9 @@ def build_consumption_model(project: Project, spec: RegressionPipeline) -> list[
     )
     def _model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         root = lake.lake
-        s = consumption.train_version(root, spec.name, spec.input, spec.params, root.uri("ml", spec.name, "models"), context.run.run_id)
+        s = consumption.train_version(
+            root, spec.name, spec.input, spec.params, root.uri("ml", spec.name, "models"), context.run.run_id
+        )
         metrics = s.trained.metrics
         context.log.info(f"ml/{spec.name}: {metrics} (yesterday's value: rmse {s.baseline_rmse:.3f}) -> {s.folder}")
         return dg.MaterializeResult(

@@ -50,16 +50,25 @@ def _drift_asset(a: _Anomaly) -> dg.AssetsDefinition:
         f"else the previous month): warn from PSI {a.dcfg.warn_psi}, severe from {a.dcfg.severe_psi}. Severe drift "
         "gates the forecasting champion.",
         kinds={"pandas", "delta"},
-        check_specs=[dg.AssetCheckSpec(DRIFT_CHECK, asset=k_drift, description="The newest month did not drift from its "
-                                       "reference month (warns, does not block; severe drift gates the champion).")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                DRIFT_CHECK,
+                asset=k_drift,
+                description="The newest month did not drift from its "
+                "reference month (warns, does not block; severe drift gates the champion).",
+            )
+        ],
         **a.common,
     )
     def _drift(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         root = lake.lake
         daily, version = fp.read_input(root, spec.input)
         table_ = drift.monthly_drift(anomaly.drift_frame(daily, a.cfg, a.dcfg.ratios), a.dcfg)
-        lineage = {"inputs": fp.input_lineage(spec.input, version, sorted(daily["month"].unique())), "code_version": code_version(),
-                   "params": a.dcfg.model_dump(mode="json")}
+        lineage = {
+            "inputs": fp.input_lineage(spec.input, version, sorted(daily["month"].unique())),
+            "code_version": code_version(),
+            "params": a.dcfg.model_dump(mode="json"),
+        }
         out_version = fp.write_table(root, f"{a.prefix}_drift", table_, lineage)
         newest = table_["month"].max() if len(table_) else None
         flagged = table_[(table_["month"] == newest) & table_["level"].isin(["warn", "severe"])]
@@ -81,7 +90,8 @@ def _drift_asset(a: _Anomaly) -> dg.AssetsDefinition:
                         "month": newest or "none",
                         "drifted": frame_table(flagged, 3),
                         "psi_by_month": frame_table(table_.pivot(index="month", columns="feature", values="psi").reset_index(), 3)
-                        if len(table_) else "none",
+                        if len(table_)
+                        else "none",
                     },
                 )
             ],

@@ -48,15 +48,24 @@ class PipelineAssets:
 
 def md_images(root: Lake, uris: dict[str, str]) -> dg.MetadataValue:
     """The plots at ``uris`` (name -> PNG on the lake) embedded in one Markdown value."""
-    return dg.MetadataValue.md("\n\n".join(f"**{name}**\n\n{evaluate.embed_png(root.storage.read(u), name)}" for name, u in uris.items()))
+    return dg.MetadataValue.md(
+        "\n\n".join(f"**{name}**\n\n{evaluate.embed_png(root.storage.read(u), name)}" for name, u in uris.items())
+    )
 
 
 def frame_table(df: pd.DataFrame, digits: int = 4) -> dg.TableMetadataValue:
     """A frame as Dagster table metadata (typed columns, sortable in the UI) instead of a Markdown table."""
     kinds = {}
     for col, dtype in df.dtypes.items():
-        kinds[col] = ("bool" if pd.api.types.is_bool_dtype(dtype) else "int" if pd.api.types.is_integer_dtype(dtype)
-                      else "float" if pd.api.types.is_float_dtype(dtype) else "string")
+        kinds[col] = (
+            "bool"
+            if pd.api.types.is_bool_dtype(dtype)
+            else "int"
+            if pd.api.types.is_integer_dtype(dtype)
+            else "float"
+            if pd.api.types.is_float_dtype(dtype)
+            else "string"
+        )
 
     def cell(value: Any, kind: str) -> Any:
         if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -65,8 +74,10 @@ def frame_table(df: pd.DataFrame, digits: int = 4) -> dg.TableMetadataValue:
             return round(float(value), digits)
         return int(value) if kind == "int" else bool(value) if kind == "bool" else str(value)
 
-    records = [dg.TableRecord({str(c): cell(v, kinds[c]) for c, v in zip(df.columns, row, strict=True)})
-               for row in df.itertuples(index=False)]
+    records = [
+        dg.TableRecord({str(c): cell(v, kinds[c]) for c, v in zip(df.columns, row, strict=True)})
+        for row in df.itertuples(index=False)
+    ]
     schema = dg.TableSchema(columns=[dg.TableColumn(str(c), k) for c, k in kinds.items()])
     return dg.MetadataValue.table(records, schema=schema)
 

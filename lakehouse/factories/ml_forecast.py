@@ -50,14 +50,21 @@ def build_consumption_forecast(project: Project, spec: ForecastPipeline) -> list
     """Every asset of one forecasting pipeline (each factory call builds its own assets)."""
     f = _Forecast(project, spec, spec.prefix, spec.params)
     models = [_model_asset(f, name) for name in f.params.models]
-    return [_features_asset(f), _labels_asset(f), _split_asset(f), *models, _champion_asset(f, [m.key for m in models]),
-            _predictions_asset(f)]
+    return [
+        _features_asset(f),
+        _labels_asset(f),
+        _split_asset(f),
+        *models,
+        _champion_asset(f, [m.key for m in models]),
+        _predictions_asset(f),
+    ]
 
 
 def _features_asset(f: _Forecast) -> dg.AssetsDefinition:
     p, spec = f.params, f.spec
     return _from_input_asset(
-        f, "features",
+        f,
+        "features",
         f"Features per {' and '.join([*p.columns.entity, 'day'])} from every month of {spec.input}: drivers and "
         "HDD/CDD, the columns the pipeline carries, and target history (lags, rolling means, energy signature) "
         "from earlier days only.",
@@ -72,11 +79,14 @@ def _labels_asset(f: _Forecast) -> dg.AssetsDefinition:
 
     def excluded(labels: pd.DataFrame) -> dict[str, Any]:
         reasons = labels.loc[~labels["label_ok"], "reason"].value_counts().to_dict()
-        return {"label_ok": int(labels["label_ok"].sum()),
-                "excluded_by_reason": dg.MetadataValue.json({k: int(v) for k, v in reasons.items()})}
+        return {
+            "label_ok": int(labels["label_ok"].sum()),
+            "excluded_by_reason": dg.MetadataValue.json({k: int(v) for k, v in reasons.items()}),
+        }
 
     return _from_input_asset(
-        f, "labels",
+        f,
+        "labels",
         f"Labels: each day's `{p.columns.target}`, and whether it is a trustworthy label (its drivers present and "
         "every declared label rule holding); an excluded day names the rule it broke.",
         lambda daily: fp.labels_from(daily, p),
@@ -212,7 +222,8 @@ def _range_result(ranges: dict[str, dict[str, Any]]) -> dg.AssetCheckResult:
         passed=not outside,
         severity=dg.AssetCheckSeverity.WARN,
         description=("validation rows outside the training range: " + ", ".join(f"{d}: {n}" for d, n in outside.items()))
-        if outside else "every validation driver lies within the training range",
+        if outside
+        else "every validation driver lies within the training range",
         metadata={"ranges": dg.MetadataValue.json(ranges), "rows_outside": dg.MetadataValue.json(outside)},
     )
 
@@ -267,10 +278,18 @@ def _champion_asset(f: _Forecast, model_keys: list[dg.AssetKey]) -> dg.AssetsDef
         "champion on the same rows and no severe drift was detected.",
         kinds={"python"},
         check_specs=[
-            dg.AssetCheckSpec(GATE_CHECK, asset=k_champion, blocking=True,
-                              description="The new champion's validation RMSE is not worse than the current one's."),
-            dg.AssetCheckSpec(DRIFT_CHECK, asset=k_champion, blocking=True,
-                              description="No severe drift (PSI) in the months the champion is validated on or serves."),
+            dg.AssetCheckSpec(
+                GATE_CHECK,
+                asset=k_champion,
+                blocking=True,
+                description="The new champion's validation RMSE is not worse than the current one's.",
+            ),
+            dg.AssetCheckSpec(
+                DRIFT_CHECK,
+                asset=k_champion,
+                blocking=True,
+                description="No severe drift (PSI) in the months the champion is validated on or serves.",
+            ),
         ],
         **f.common,
     )
@@ -284,15 +303,19 @@ def _champion_asset(f: _Forecast, model_keys: list[dg.AssetKey]) -> dg.AssetsDef
             context.log.warning(note)
         pick = choice.pick
         if choice.promoted:
-            champion.write_pointer(root.storage, f.pointer(root), {
-                "model": pick.name,
-                "model_dir": ref_of(root.storage, pick.model_dir),  # relative to the lake: a moved lake finds it
-                "rmse": float(pick.metrics["rmse"]),
-                "metric": p.champion_metric,
-                "score": pick.rmse,
-                "metrics": pick.metrics,
-                "run_id": context.run.run_id,
-            })
+            champion.write_pointer(
+                root.storage,
+                f.pointer(root),
+                {
+                    "model": pick.name,
+                    "model_dir": ref_of(root.storage, pick.model_dir),  # relative to the lake: a moved lake finds it
+                    "rmse": float(pick.metrics["rmse"]),
+                    "metric": p.champion_metric,
+                    "score": pick.rmse,
+                    "metrics": pick.metrics,
+                    "run_id": context.run.run_id,
+                },
+            )
         return _champion_result(root, choice, p.champion_metric, p.champion.tolerance)
 
     return _champion
@@ -301,8 +324,12 @@ def _champion_asset(f: _Forecast, model_keys: list[dg.AssetKey]) -> dg.AssetsDef
 def _champion_result(root: Lake, choice: champion.Choice, metric: str, tolerance: float) -> dg.MaterializeResult:
     pick, gate = choice.pick, choice.gate
     shown = ("rmse", "mae", "r2", "cv_rmse", "cv_r2")
-    table = pd.DataFrame([{"model": c.name, "version": version_name(c.model_dir), **{k: c.metrics.get(k, float("nan")) for k in shown}}
-                          for c in choice.candidates])
+    table = pd.DataFrame(
+        [
+            {"model": c.name, "version": version_name(c.model_dir), **{k: c.metrics.get(k, float("nan")) for k in shown}}
+            for c in choice.candidates
+        ]
+    )
     drift = {k: dg.MetadataValue.json(v) if isinstance(v, list) else v for k, v in choice.drift.items()}
     return dg.MaterializeResult(
         metadata={
@@ -320,8 +347,11 @@ def _champion_result(root: Lake, choice: champion.Choice, metric: str, tolerance
                 check_name=GATE_CHECK,
                 passed=gate.passed,
                 description=gate.reason,
-                metadata={"candidate_rmse": gate.candidate_rmse, "current_rmse": gate.current_rmse if gate.current_rmse is not None else "none",
-                          "tolerance": tolerance},
+                metadata={
+                    "candidate_rmse": gate.candidate_rmse,
+                    "current_rmse": gate.current_rmse if gate.current_rmse is not None else "none",
+                    "tolerance": tolerance,
+                },
             ),
             dg.AssetCheckResult(check_name=DRIFT_CHECK, passed=choice.drift_ok, metadata=drift),
         ],
@@ -356,8 +386,13 @@ def _predictions_asset(f: _Forecast) -> dg.AssetsDefinition:
             v = root.overwrite_month("ml", f"{f.prefix}_predictions", pa.Table.from_pandas(out, preserve_index=False), month)
             # the month's own figures; the range's are in the run's log
             context.add_asset_metadata(
-                {"rows": len(out), "dagster/row_count": len(out), "rmse": fp.rmse_of(out), "sample": out["sample"].iloc[0],
-                 "delta_version": v},
+                {
+                    "rows": len(out),
+                    "dagster/row_count": len(out),
+                    "rmse": fp.rmse_of(out),
+                    "sample": out["sample"].iloc[0],
+                    "delta_version": v,
+                },
                 partition_key=month,
             )
         context.log.info(f"ml/{f.prefix}_predictions: {sum(len(out) for _, out in by_month)} rows over {len(by_month)} month(s)")

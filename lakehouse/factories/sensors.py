@@ -187,11 +187,19 @@ def plan_tick(
             del pending[name]
 
     plan = TickPlan(requests={}, cursor=cursor, listed=listed, changed=len(changed), backlog=backlog)
-    skipped = {"without a month in the name": 0, "month outside the partitions": 0, "month not over yet": 0,
-               "already landed": 0, "already requested": 0, "vanished": 0}
+    skipped = {
+        "without a month in the name": 0,
+        "month outside the partitions": 0,
+        "month not over yet": 0,
+        "already landed": 0,
+        "already requested": 0,
+        "vanished": 0,
+    }
     deferred = dict(cursor.deferred)
     # files of a month that was still running: their turn comes when the month is a partition
-    due = [(0, name) for name, pending_month in deferred.items() if has_month(pending_month) and name not in {n for _, n in batch}]
+    due = [
+        (0, name) for name, pending_month in deferred.items() if has_month(pending_month) and name not in {n for _, n in batch}
+    ]
     for _, name in due:
         del deferred[name]
     for _, name in [*due, *batch]:
@@ -293,8 +301,12 @@ def build_inbox_sensor(
             dg.RunRequest(
                 run_key=run_key(source.name, month, files),
                 partition_key=month,
-                tags={"lakehouse/trigger": "inbox", "lakehouse/source": source.name, "lakehouse/files": str(len(files)),
-                      **run_tags(project)},
+                tags={
+                    "lakehouse/trigger": "inbox",
+                    "lakehouse/source": source.name,
+                    "lakehouse/files": str(len(files)),
+                    **run_tags(project),
+                },
             )
             for month, files in sorted(plan.requests.items())
         ]

@@ -52,7 +52,9 @@ def _check_specs(project: Project, source: SourceSpec, rules: list[CompiledRule]
     asset, months = key("trusted", source.name), monthly(project, source)
     specs = []
     if source.quality.drop_exact_duplicates:
-        specs.append(month_check_spec(EXACT_DUPLICATE, asset, months, description="Rows identical in every column (merged, first kept)."))
+        specs.append(
+            month_check_spec(EXACT_DUPLICATE, asset, months, description="Rows identical in every column (merged, first kept).")
+        )
     for cr in rules:
         r = cr.spec
         specs.append(
@@ -69,7 +71,9 @@ def _check_specs(project: Project, source: SourceSpec, rules: list[CompiledRule]
         if isinstance(step, RulesStep):
             continue
         action = getattr(step, "action", "repair")
-        specs.append(month_check_spec(step.name, asset, months, description=f"[{step.step}, {action}] {step.description}".strip()))
+        specs.append(
+            month_check_spec(step.name, asset, months, description=f"[{step.step}, {action}] {step.description}".strip())
+        )
     specs.append(
         month_check_spec(
             "conservation",
@@ -225,9 +229,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         def cleaned(month: str) -> dict:
             formatted = root.read_spark(session, "formatted", source.name, months=[month])
             batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=context.run.run_id)
-            staging = Staging(
-                root.storage, path, root.table_uri(*quarantine.TABLE), root.table_uri(*repairs.TABLE), batch
-            )
+            staging = Staging(root.storage, path, root.table_uri(*quarantine.TABLE), root.table_uri(*repairs.TABLE), batch)
             # Spark's tasks write the month's trusted, quarantine and repairs files; the driver gets the file
             # lists and the figures, and commits
             result: CleanResult = clean_month(
@@ -237,7 +239,9 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 staging=staging,
                 history=lambda: history(month),
                 references=_references(root, session, source, month),
-                received=received_times(Month(root.storage, root.table_uri("landing", source.name)), month, spans_months=source.spans_months),
+                received=received_times(
+                    Month(root.storage, root.table_uri("landing", source.name)), month, spans_months=source.spans_months
+                ),
             )
             rows = sum(f["rows"] for f in result.staged["trusted"])
             quarantined = sum(f["rows"] for f in result.staged["quarantine"])
@@ -253,8 +257,10 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
             metrics.publish(root, batch, quarantined, figures)
             summaries[month] = metrics.summary_rows(result, checks)
             rates[month] = rejected_rate_result(
-                rejected=result.counts["rows_rejected"], total=result.counts["rows_in"],
-                kept=cons.trusted_rows - cons.imputed_rows, limit=source.max_rejected_rate,
+                rejected=result.counts["rows_rejected"],
+                total=result.counts["rows_in"],
+                kept=cons.trusted_rows - cons.imputed_rows,
+                limit=source.max_rejected_rate,
             )
             for note in result.notes:
                 context.log.info(f"trusted/{source.name} {month}: {note}")
@@ -269,13 +275,15 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
                 "cells_repaired": result.cells_repaired,
                 "delta_version": version,
                 "path": dg.MetadataValue.path(path),
-                "checks": dg.MetadataValue.table(
-                    [dg.TableRecord(r) for r in summaries[month]], schema=SUMMARY_SCHEMA
-                ),
+                "checks": dg.MetadataValue.table([dg.TableRecord(r) for r in summaries[month]], schema=SUMMARY_SCHEMA),
             }
 
         done = run_months(
-            context, step, f"trusted/{source.name}", workers=workers, upstream=[key("formatted", source.name)],
+            context,
+            step,
+            f"trusted/{source.name}",
+            workers=workers,
+            upstream=[key("formatted", source.name)],
             inputs=lambda month: root.month_files("formatted", source.name, [month]),
         )
         months = list(done.results)
@@ -286,8 +294,15 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
             pandera_rows = []
             for month in months:
                 failing = failing_rows_in(report_, month)
-                pandera_rows.append(metrics.rows(batches[month], [("check_passed", PANDERA, None, 0.0 if failing else 1.0),
-                                                                  ("pandera_failing_rows", PANDERA, None, failing)]))
+                pandera_rows.append(
+                    metrics.rows(
+                        batches[month],
+                        [
+                            ("check_passed", PANDERA, None, 0.0 if failing else 1.0),
+                            ("pandera_failing_rows", PANDERA, None, failing),
+                        ],
+                    )
+                )
             metrics.append(root, pa.concat_tables(pandera_rows))
         yield from report(context, done, checks=checks)
 

@@ -100,7 +100,16 @@ def _delta_error(exc: BaseException, what: str, storage: Storage) -> BaseExcepti
     """A delta-rs error that means the object store refused the credentials or could not be reached, as the
     lake's own error (naming the credential variables, never their values); None for any other error."""
     text = str(exc)
-    if any(s in text for s in ("lacked the necessary privileges", "403 Forbidden", "401 Unauthorized", "InvalidAccessKeyId", "SignatureDoesNotMatch")):
+    if any(
+        s in text
+        for s in (
+            "lacked the necessary privileges",
+            "403 Forbidden",
+            "401 Unauthorized",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+        )
+    ):
         named = ", ".join(storage.secret_names) or "no credential variables (storage.credentials is empty)"
         return StorageAccessError(f"{what}: the object store refused the credentials; check the values of {named}")
     if any(s in text for s in ("error sending request", "Connection refused", "connection error", "dns error", "timed out")):
@@ -122,7 +131,9 @@ class Lake:
     read from ``env`` by variable name, see :class:`lakehouse.specs.models.StorageSpec`).
     """
 
-    def __init__(self, root: str | os.PathLike[str], storage: StorageSpec | None = None, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], storage: StorageSpec | None = None, *, env: Mapping[str, str] | None = None
+    ) -> None:
         uri = parse_root(os.fspath(root), os.getcwd())
         options, names = options_for(uri, storage, env if env is not None else {})
         self.storage = Storage(uri, options, names)
@@ -195,9 +206,7 @@ class Lake:
         try:
             return self._guard(f"{zone}/{table}", open_)
         except TableNotFoundError as exc:
-            raise TableMissingError(
-                f"{zone}/{table} has no Delta table at {uri}: materialize it first"
-            ) from exc
+            raise TableMissingError(f"{zone}/{table} has no Delta table at {uri}: materialize it first") from exc
 
     def version(self, zone: str, table: str) -> int | None:
         return self.delta(zone, table).version() if self.exists(zone, table) else None
@@ -241,7 +250,9 @@ class Lake:
                 rows[month] += int(n)
         return rows
 
-    def count_rows(self, zone: str, table: str, month: str, *, where: Mapping[str, str] | None = None, null: str | None = None) -> int:
+    def count_rows(
+        self, zone: str, table: str, month: str, *, where: Mapping[str, str] | None = None, null: str | None = None
+    ) -> int:
         """Rows of ``month`` whose ``where`` columns equal the given values (and whose ``null`` column is null,
         when given), counted from the stored files batch by batch: the driver holds a count, never the rows."""
         import pyarrow.dataset as ds
@@ -266,9 +277,7 @@ class Lake:
         of a table the write creates."""
         return self.delta(zone, table) if self.exists(zone, table) else self._uri(zone, table)
 
-    def overwrite_month(
-        self, zone: str, table: str, data: pa.Table, month: str, *, where: dict[str, str] | None = None
-    ) -> int:
+    def overwrite_month(self, zone: str, table: str, data: pa.Table, month: str, *, where: dict[str, str] | None = None) -> int:
         """Replace exactly ``month`` of ``zone/table`` with ``data`` in one transaction; the new version.
 
         ``where`` narrows the replaced slice further (``{"dataset": "meter_readings"}``) for shared tables
@@ -329,7 +338,11 @@ class Lake:
         def write() -> None:
             if not DeltaTable.is_deltatable(uri, storage_options=self.storage.delta_options):
                 create_table_with_add_actions(
-                    uri, DeltaSchema.from_arrow(schema), actions, mode="error", partition_by=[PARTITION_COLUMN],
+                    uri,
+                    DeltaSchema.from_arrow(schema),
+                    actions,
+                    mode="error",
+                    partition_by=[PARTITION_COLUMN],
                     storage_options=self.storage.delta_options,
                 )
                 return
@@ -341,7 +354,9 @@ class Lake:
                     f" table has {[f'{f.name}: {f.type}' for f in stored]}; nothing was committed"
                 )
             filters = [(PARTITION_COLUMN, "=", month)] if mode == "overwrite" else None
-            dt.create_write_transaction(changes, mode=mode, schema=stored, partition_by=[PARTITION_COLUMN], partition_filters=filters)
+            dt.create_write_transaction(
+                changes, mode=mode, schema=stored, partition_by=[PARTITION_COLUMN], partition_filters=filters
+            )
 
         return self._commit(zone, table, write)
 
@@ -374,8 +389,13 @@ class Lake:
             zone,
             table,
             lambda: write_deltalake(
-                self._target(zone, table), data, mode="overwrite", schema_mode="overwrite",
-                partition_by=partition_by, commit_properties=props, storage_options=self.storage.delta_options,
+                self._target(zone, table),
+                data,
+                mode="overwrite",
+                schema_mode="overwrite",
+                partition_by=partition_by,
+                commit_properties=props,
+                storage_options=self.storage.delta_options,
             ),
         )
 

@@ -103,7 +103,7 @@ def _check_connect(remote: str) -> None:
     except (OSError, ValueError) as exc:
         raise ConnectServerUnreachableError(
             f"no Spark Connect server answers at {remote} ({type(exc).__name__}: {exc}). Start one with "
-            "`make spark-connect` (docs/operations.md, \"Running on a cluster\"), or unset spark.remote / "
+            '`make spark-connect` (docs/operations.md, "Running on a cluster"), or unset spark.remote / '
             "LAKEHOUSE_SPARK_REMOTE to run Spark locally."
         ) from exc
 

@@ -71,7 +71,9 @@ class SparkProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise SparkServerError(f"{self.name} exited with {self.process.returncode} before {what}; log: {self.log}\n{self.tail()}")
+                raise SparkServerError(
+                    f"{self.name} exited with {self.process.returncode} before {what}; log: {self.log}\n{self.tail()}"
+                )
             try:
                 if ready():
                     return
@@ -107,10 +109,21 @@ def connect_server(
     local lakehouse session gets (:func:`lakehouse.io.spark.server_conf`); yields its ``sc://`` URL once
     it listens (its first query takes a few seconds more). Its Python workers run ``python`` (pyarrow and pandas are needed there)."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="spark-connect-"))
-    conf = {**server_conf(master), "spark.connect.grpc.binding.address": "127.0.0.1", "spark.connect.grpc.binding.port": str(port)}
+    conf = {
+        **server_conf(master),
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port),
+    }
     conf.pop("spark.master")
-    command = [str(spark_home() / "bin" / "spark-submit"), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
-               "--name", "lakehouse-connect", "--master", master]
+    command = [
+        str(spark_home() / "bin" / "spark-submit"),
+        "--class",
+        "org.apache.spark.sql.connect.service.SparkConnectServer",
+        "--name",
+        "lakehouse-connect",
+        "--master",
+        master,
+    ]
     for key, value in conf.items():
         command += ["--conf", f"{key}={value}"]
     server = SparkProcess("Spark Connect server", command, log=workdir / "connect.log", env=_env(python), cwd=workdir)
@@ -145,17 +158,43 @@ def standalone_cluster(
     env = _env(python)
     master = SparkProcess(
         "Spark master",
-        [spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(webui_port)],
-        log=workdir / "master.log", env=env, cwd=workdir,
+        [
+            spark_class,
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(webui_port),
+        ],
+        log=workdir / "master.log",
+        env=env,
+        cwd=workdir,
     )
     worker = None
     try:
         master.wait_until(lambda: _listening("127.0.0.1", port), f"listener on 127.0.0.1:{port}")
         worker = SparkProcess(
             "Spark worker",
-            [spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", str(cores),
-             "--memory", memory, "--webui-port", str(free_port()), "--work-dir", str(workdir / "work"), url],
-            log=workdir / "worker.log", env=env, cwd=workdir,
+            [
+                spark_class,
+                "org.apache.spark.deploy.worker.Worker",
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                str(cores),
+                "--memory",
+                memory,
+                "--webui-port",
+                str(free_port()),
+                "--work-dir",
+                str(workdir / "work"),
+                url,
+            ],
+            log=workdir / "worker.log",
+            env=env,
+            cwd=workdir,
         )
         master.wait_until(lambda: _alive_workers(webui_port) >= 1, "registered worker")
         yield url
@@ -187,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         server = connect_server(args.port, master=args.master, workdir=args.workdir)
         hint = "LAKEHOUSE_SPARK_REMOTE={url}"
     else:
-        server = standalone_cluster(args.port, webui_port=args.webui_port, cores=args.cores, memory=args.memory, workdir=args.workdir)
+        server = standalone_cluster(
+            args.port, webui_port=args.webui_port, cores=args.cores, memory=args.memory, workdir=args.workdir
+        )
         hint = "LAKEHOUSE_SPARK_MASTER={url}  (master UI http://127.0.0.1:" + str(args.webui_port) + ")"
     with server as url:
         print(f"ready: {url}   point the lakehouse at it with {hint.format(url=url)}; Ctrl-C stops it", flush=True)

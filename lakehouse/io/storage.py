@@ -183,13 +183,13 @@ class Storage:
         """``uri`` relative to the root; refuses anything outside it."""
         text = str(uri)
         if text.startswith("file://"):
-            text = text[len("file://"):]
+            text = text[len("file://") :]
         base = self.root.rstrip("/")  # "" for the local root "/"
         if text == self.root:
             return ""
         if not text.startswith(base + "/"):
             raise PermissionError(f"{uri} is outside the lake root {self.root}")
-        rel = text[len(base) + 1:]
+        rel = text[len(base) + 1 :]
         if any(p in ("", ".", "..") for p in rel.split("/")):
             raise PermissionError(f"{uri} escapes the lake root {self.root}")
         return rel
@@ -251,7 +251,10 @@ class Storage:
             raise self._denied(what, uri) from None
         except oe.BaseError as exc:
             text = str(exc)
-            if any(s in text for s in ("403 Forbidden", "401 Unauthorized", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")):
+            if any(
+                s in text
+                for s in ("403 Forbidden", "401 Unauthorized", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")
+            ):
                 raise self._denied(what, uri) from None
             raise StorageUnavailableError(f"{what} {uri}: the object store failed ({_cause(text)})") from None
         except OSError as exc:
@@ -261,9 +264,7 @@ class Storage:
         if is_local(self.root):
             return StorageAccessError(f"{what} {uri}: permission denied on the local disk")
         named = ", ".join(self.secret_names) or "no credential variables (storage.credentials is empty)"
-        return StorageAccessError(
-            f"{what} {uri}: the object store refused the credentials; check the values of {named}"
-        )
+        return StorageAccessError(f"{what} {uri}: the object store refused the credentials; check the values of {named}")
 
     # ------------------------------------------------------------------------------------------ bytes
     def read(self, uri: str) -> bytes:
@@ -390,7 +391,6 @@ def _cause(text: str) -> str:
     first = text.strip().splitlines()[0] if text.strip() else "no detail"
     first = re.sub(r"<\?xml.*", "", first)
     return first[:300]
-
 
 
 def open_files(uris, storage: Storage | None = None):

@@ -59,7 +59,11 @@ def _signature(df: pd.DataFrame, cfg: AnomalyConfig) -> pd.DataFrame:
 def _with_signature(df: pd.DataFrame, sig: pd.DataFrame, cfg: AnomalyConfig) -> pd.Series:
     """Log of the day's target over what the entity's signature expects for that day's weather."""
     ent = list(cfg.columns.entity)
-    m = df.merge(sig, on=ent, how="left") if ent else df.assign(**{c: sig[c].iloc[0] if len(sig) else np.nan for c in ("sig_a", "sig_b")})
+    m = (
+        df.merge(sig, on=ent, how="left")
+        if ent
+        else df.assign(**{c: sig[c].iloc[0] if len(sig) else np.nan for c in ("sig_a", "sig_b")})
+    )
     expected = np.maximum(m["sig_a"] + m["sig_b"] * m["hdd"], 1e-3)
     return pd.Series(np.log(np.maximum(m[cfg.columns.target].to_numpy(dtype=float), 1e-3) / expected.to_numpy()), index=df.index)
 

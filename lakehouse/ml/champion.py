@@ -54,9 +54,15 @@ def not_worse(candidate_rmse: float, current_rmse: float | None, tolerance: floa
         return GateResult(True, "no current champion", candidate_rmse, None, None)
     limit = current_rmse * (1.0 + tolerance)
     if candidate_rmse <= limit:
-        return GateResult(True, f"RMSE {candidate_rmse:.4f} <= {limit:.4f} (current {current_rmse:.4f})", candidate_rmse, current_rmse, limit)
+        return GateResult(
+            True, f"RMSE {candidate_rmse:.4f} <= {limit:.4f} (current {current_rmse:.4f})", candidate_rmse, current_rmse, limit
+        )
     return GateResult(
-        False, f"RMSE {candidate_rmse:.4f} is worse than the current champion's {current_rmse:.4f} (limit {limit:.4f})", candidate_rmse, current_rmse, limit
+        False,
+        f"RMSE {candidate_rmse:.4f} is worse than the current champion's {current_rmse:.4f} (limit {limit:.4f})",
+        candidate_rmse,
+        current_rmse,
+        limit,
     )
 
 
@@ -118,7 +124,9 @@ def candidates(lake: Lake, names: list[str], folder: Callable[[str], str], metri
         raise ChoiceError(f"candidates were validated on different splits {sorted(split_versions)}: retrain them together")
     fold_sets = {c.metrics.get("cv_folds_hash") for c in cands}
     if metric == "cv_rmse" and len(fold_sets) > 1:
-        raise ChoiceError(f"candidates were cross-validated on different folds {sorted(map(str, fold_sets))}: retrain them together")
+        raise ChoiceError(
+            f"candidates were cross-validated on different folds {sorted(map(str, fold_sets))}: retrain them together"
+        )
     return cands
 
 
@@ -168,7 +176,9 @@ def rescore(lake: Lake, current: dict, candidate_dir: str, tables: Tables, notes
         return float(current["rmse"])
 
 
-def drift_gate(lake: Lake, drift_table: str | None, model_dir: str, features: tuple[str, ...] | None) -> tuple[bool, dict[str, Any]]:
+def drift_gate(
+    lake: Lake, drift_table: str | None, model_dir: str, features: tuple[str, ...] | None
+) -> tuple[bool, dict[str, Any]]:
     """Severe drift in the champion's validation months (or the newest month) blocks the promotion."""
     if not drift_table:
         return True, {"drift": "no drift table configured"}

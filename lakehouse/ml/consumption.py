@@ -101,15 +101,24 @@ def train_version(lake: Lake, name: str, source: str, params: RegressionParams, 
     }
     y_valid = valid[cols.target].to_numpy()
     pred_valid = trained.model.predict(valid[FEATURES])
-    residuals = pd.concat([
-        pd.DataFrame({"month": part["month"].to_numpy(), "split": split,
-                      "residual": trained.model.predict(part[FEATURES]) - part[cols.target].to_numpy()})
-        for split, part in (("train", train), ("validation", valid))
-    ])
+    residuals = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "month": part["month"].to_numpy(),
+                    "split": split,
+                    "residual": trained.model.predict(part[FEATURES]) - part[cols.target].to_numpy(),
+                }
+            )
+            for split, part in (("train", train), ("validation", valid))
+        ]
+    )
 
     def plots(out: Path) -> None:
         (out / "plots").mkdir()
-        evaluate.plot_predicted_vs_actual(y_valid, pred_valid, out / "plots" / "predicted_vs_actual.png", f"{name}: validation days")
+        evaluate.plot_predicted_vs_actual(
+            y_valid, pred_valid, out / "plots" / "predicted_vs_actual.png", f"{name}: validation days"
+        )
         evaluate.plot_residuals_by_month(residuals, out / "plots" / "residuals_by_month.png", f"{name}: residuals")
 
     saved = save_model(lake.storage, folder, trained.model, lineage, plots)

@@ -56,10 +56,22 @@ def monthly_drift(df: pd.DataFrame, cfg: DriftConfig, months: Sequence[str] | No
             cur = by_month[month][feat].to_numpy(dtype=float) if month in by_month else np.array([])
             base = by_month[ref][feat].to_numpy(dtype=float) if ref else np.array([])
             if ref is None or len(cur) < cfg.min_rows or len(base) < cfg.min_rows:
-                rows.append({"month": month, "feature": feat, "reference_month": ref, "rows": len(cur), "psi": np.nan, "ks": np.nan, "level": "n/a"})
+                rows.append(
+                    {
+                        "month": month,
+                        "feature": feat,
+                        "reference_month": ref,
+                        "rows": len(cur),
+                        "psi": np.nan,
+                        "ks": np.nan,
+                        "level": "n/a",
+                    }
+                )
                 continue
             p = psi(base, cur, cfg.bins)
             k = float(ks_2samp(base[np.isfinite(base)], cur[np.isfinite(cur)]).statistic)
             level = "severe" if p >= cfg.severe_psi else "warn" if p >= cfg.warn_psi else "ok"
-            rows.append({"month": month, "feature": feat, "reference_month": ref, "rows": len(cur), "psi": p, "ks": k, "level": level})
+            rows.append(
+                {"month": month, "feature": feat, "reference_month": ref, "rows": len(cur), "psi": p, "ks": k, "level": level}
+            )
     return pd.DataFrame(rows, columns=["month", "feature", "reference_month", "rows", "psi", "ks", "level"])

@@ -35,7 +35,9 @@ def per_month(months: pd.Series, y: np.ndarray, pred: np.ndarray) -> pd.DataFram
     ).reset_index()
 
 
-def permutation_importance(model, X: pd.DataFrame, y: np.ndarray, *, seed: int, repeats: int = 3, max_rows: int = 3000) -> pd.Series:
+def permutation_importance(
+    model, X: pd.DataFrame, y: np.ndarray, *, seed: int, repeats: int = 3, max_rows: int = 3000
+) -> pd.Series:
     """Increase of RMSE when one input column is shuffled (mean over ``repeats``), on at most ``max_rows``."""
     rng = np.random.default_rng(seed)
     if len(X) > max_rows:

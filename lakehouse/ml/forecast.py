@@ -164,10 +164,24 @@ def build_features(daily: pd.DataFrame, cfg: FeatureConfig, labels: LabelConfig,
         sig = ["sig_intercept", "sig_slope", "sig_pred"]
     carried = [c for c in dict.fromkeys([*cols.required_drivers, *cfg.columns]) if c not in cols.key]
     for c in carried:
-        if pd.api.types.is_bool_dtype(df[c]) or df[c].dtype == object and df[c].dropna().map(type).eq(bool).all() and df[c].notna().any():
+        if (
+            pd.api.types.is_bool_dtype(df[c])
+            or df[c].dtype == object
+            and df[c].dropna().map(type).eq(bool).all()
+            and df[c].notna().any()
+        ):
             df[c] = df[c].astype("float")
-    out_cols = [*cols.key, "month", *derived, *carried, "doy_sin", "doy_cos",
-                *(f"lag_{k}" for k in cfg.lags), *(f"roll_{w}" for w in cfg.rolling), *sig]
+    out_cols = [
+        *cols.key,
+        "month",
+        *derived,
+        *carried,
+        "doy_sin",
+        "doy_cos",
+        *(f"lag_{k}" for k in cfg.lags),
+        *(f"roll_{w}" for w in cfg.rolling),
+        *sig,
+    ]
     out = df[list(dict.fromkeys(out_cols))].copy()
     out[t] = out[t].dt.date
     return out
@@ -195,7 +209,11 @@ def time_split(labels: pd.DataFrame, cfg: SplitConfig, cols: Columns) -> tuple[p
     cut = pd.Timestamp(f"{months[-cfg.validation_months]}-01")
     train_end = cut - pd.Timedelta(days=cfg.gap_days)
     date = pd.to_datetime(labels[cols.time])
-    first = date.groupby([labels[c] for c in cols.entity]).transform("min") if cols.entity else pd.Series(date.min(), index=date.index)
+    first = (
+        date.groupby([labels[c] for c in cols.entity]).transform("min")
+        if cols.entity
+        else pd.Series(date.min(), index=date.index)
+    )
     young = date < first + pd.Timedelta(days=cfg.min_history_days)
     split = np.where(date >= cut, "validation", np.where(date < train_end, "train", "excluded"))
     reason = np.where(split == "excluded", "gap", "")
@@ -210,7 +228,7 @@ def time_split(labels: pd.DataFrame, cfg: SplitConfig, cols: Columns) -> tuple[p
         "cut_date": cut.date().isoformat(),
         "train_end_date": (train_end - pd.Timedelta(days=1)).date().isoformat(),
         "train_months": [m for m in months if m < months[-cfg.validation_months]],
-        "validation_months": months[-cfg.validation_months:],
+        "validation_months": months[-cfg.validation_months :],
         **{f"rows_{k}": int(v) for k, v in pd.Series(split).value_counts().items()},
     }
     return out, info
@@ -236,8 +254,12 @@ def extrapolation(features: pd.DataFrame, split: pd.DataFrame, drivers: list[str
         lo, hi = float(tr.min()), float(tr.max())
         outside = va[(va < lo) | (va > hi)]
         out[d] = {
-            "train_min": lo, "train_max": hi, "validation_min": float(va.min()), "validation_max": float(va.max()),
-            "validation_rows_outside": int(len(outside)), "validation_rows": int(len(va)),
+            "train_min": lo,
+            "train_max": hi,
+            "validation_min": float(va.min()),
+            "validation_max": float(va.max()),
+            "validation_rows_outside": int(len(outside)),
+            "validation_rows": int(len(va)),
         }
     return out
 

@@ -34,7 +34,11 @@ def _git() -> tuple[str | None, bool | None]:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", "lakehouse", "configs"],
-            cwd=REPO, capture_output=True, text=True, timeout=10, check=True,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         return commit or None, bool(dirty)
     except (OSError, subprocess.SubprocessError):

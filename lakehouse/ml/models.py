@@ -74,7 +74,7 @@ def _numbers(storage: Storage, folder: str) -> dict[int, set[str]]:
     """Version number -> the names of the objects directly in its folder."""
     found: dict[int, set[str]] = {}
     for uri, _ in storage.list(folder):
-        rel = uri[len(folder) + 1:].split("/")
+        rel = uri[len(folder) + 1 :].split("/")
         if len(rel) >= 2 and (m := VERSION_RE.fullmatch(rel[0])):
             found.setdefault(int(m.group(1)), set()).add(rel[1] if len(rel) == 2 else rel[1] + "/")
     return found
@@ -100,7 +100,9 @@ def resolve(storage: Storage, ref: str) -> str:
         try:
             text = storage.key(text)
         except PermissionError:
-            raise ModelFileError(f"model folder {ref} is outside this lake ({storage.root}): promote or train the model again") from None
+            raise ModelFileError(
+                f"model folder {ref} is outside this lake ({storage.root}): promote or train the model again"
+            ) from None
     if not REF_RE.fullmatch(text):
         raise ModelFileError(f"{ref!r} is not a model version inside the lake's ml/ folder (expected ml/<asset>/models/vNNNN)")
     return storage.inside(storage.uri(*text.split("/")))
@@ -198,10 +200,14 @@ def _verified(storage: Storage, version_dir: str, name: str, lineage: dict[str, 
     uri = storage.join(version_dir, *name.split("/"))
     expected = (lineage.get("files") or {}).get(name)
     if expected is None:
-        raise ModelFileError(f"{uri}: no sha256 recorded for it in {LINEAGE} (a version saved before hashes were recorded): train it again")
+        raise ModelFileError(
+            f"{uri}: no sha256 recorded for it in {LINEAGE} (a version saved before hashes were recorded): train it again"
+        )
     data = storage.read(uri)
     if (got := _sha256(data)) != expected:
-        raise ModelIntegrityError(f"{uri}: sha256 {got} differs from {expected} recorded in {LINEAGE} at save time; refusing to read it")
+        raise ModelIntegrityError(
+            f"{uri}: sha256 {got} differs from {expected} recorded in {LINEAGE} at save time; refusing to read it"
+        )
     return data
 
 
@@ -241,7 +247,9 @@ def load_model(storage: Storage, version_dir: str) -> tuple[Any, dict[str, Any]]
         spec = json.loads(_verified(storage, version_dir, NETS_SPEC, lineage))
         states = torch.load(io.BytesIO(_verified(storage, version_dir, NETS_FILE, lineage)), weights_only=True)
         if set(spec) != set(nets) or set(states) != set(nets):
-            raise ModelFileError(f"{version_dir}: {NETS_SPEC}/{NETS_FILE} describe networks {sorted(spec)}, the model holds {sorted(nets)}")
+            raise ModelFileError(
+                f"{version_dir}: {NETS_SPEC}/{NETS_FILE} describe networks {sorted(spec)}, the model holds {sorted(nets)}"
+            )
         for path, est in nets.items():
             arch = spec[path]
             if list(arch["hidden"]) != [int(h) for h in est.hidden] or arch["n_in"] != est.n_features_in_:

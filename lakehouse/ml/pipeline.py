@@ -142,8 +142,17 @@ def fit_model(cfg: ModelConfig, data: Dataset, p: ForecastParams) -> ModelRun:
     metrics.update({"train_rows": int(len(data.train)), "validation_rows": int(len(data.valid))})
     if cfg.cv:
         result = train.cross_validate(
-            cfg.type, data.train, data.y_train, list(cfg.features), cfg.params, p.seed, p.cv, p.columns.key, p.columns.time,
-            cfg.baseline, cats,
+            cfg.type,
+            data.train,
+            data.y_train,
+            list(cfg.features),
+            cfg.params,
+            p.seed,
+            p.cv,
+            p.columns.key,
+            p.columns.time,
+            cfg.baseline,
+            cats,
         )
         cv = result.folds
         metrics.update({"cv_kind": p.cv.kind, **result.summary(data.y_train)})
@@ -168,16 +177,28 @@ def write_plots(run: ModelRun, cfg: ModelConfig, data: Dataset, folder: Path, se
     importance = evaluate.permutation_importance(run.model, data.valid[cols], data.y_valid, seed=seed)
     return {
         "predicted_vs_actual": evaluate.plot_predicted_vs_actual(
-            run.validation["actual"].to_numpy(), run.validation["predicted"].to_numpy(),
-            folder / "predicted_vs_actual.png", f"{cfg.name}: validation days",
+            run.validation["actual"].to_numpy(),
+            run.validation["predicted"].to_numpy(),
+            folder / "predicted_vs_actual.png",
+            f"{cfg.name}: validation days",
         ),
-        "residuals_by_month": evaluate.plot_residuals_by_month(run.in_sample, folder / "residuals_by_month.png", f"{cfg.name}: residuals"),
-        "feature_importance": evaluate.plot_importance(importance, folder / "feature_importance.png", f"{cfg.name}: permutation importance"),
+        "residuals_by_month": evaluate.plot_residuals_by_month(
+            run.in_sample, folder / "residuals_by_month.png", f"{cfg.name}: residuals"
+        ),
+        "feature_importance": evaluate.plot_importance(
+            importance, folder / "feature_importance.png", f"{cfg.name}: permutation importance"
+        ),
     }, importance
 
 
 def model_lineage(
-    cfg: ModelConfig, p: ForecastParams, pipeline: str, source: str, versions: dict[str, Any], hashes: dict[str, str | None], run: ModelRun
+    cfg: ModelConfig,
+    p: ForecastParams,
+    pipeline: str,
+    source: str,
+    versions: dict[str, Any],
+    hashes: dict[str, str | None],
+    run: ModelRun,
 ) -> dict[str, Any]:
     """``inputs`` maps every table the model depends on to ``{"delta_version": n}`` (table maintenance keeps
     those versions readable); ``source`` names the one features, labels and split are computed from."""
@@ -229,7 +250,9 @@ def train_version(
         f"ml/{tables.split}": {"delta_version": split_version},
     }
     hashes: dict[str, str | None] = {
-        "features": feat_lineage.get("hash"), "labels": lab_lineage.get("hash"), "split": split_lineage.get("hash")
+        "features": feat_lineage.get("hash"),
+        "labels": lab_lineage.get("hash"),
+        "split": split_lineage.get("hash"),
     }
     lineage = model_lineage(cfg, p, pipeline, source, versions, hashes, run)
     lineage["split"] = split_lineage.get("cut", {})

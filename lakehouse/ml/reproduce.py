@@ -52,7 +52,9 @@ class Reproduction:
         width = max((len(c["what"]) for c in self.checks), default=10)
         for c in self.checks:
             fmt = lambda v: f"{v:.10g}" if isinstance(v, float) else str(v)[:16]  # noqa: E731
-            lines.append(f"  {c['what']:<{width}}  recorded {fmt(c['recorded']):>18}  reproduced {fmt(c['reproduced']):>18}  {'same' if c['same'] else 'DIFFERENT'}")
+            lines.append(
+                f"  {c['what']:<{width}}  recorded {fmt(c['recorded']):>18}  reproduced {fmt(c['reproduced']):>18}  {'same' if c['same'] else 'DIFFERENT'}"
+            )
         lines.append("IDENTICAL" if self.identical else "NOT IDENTICAL")
         return "\n".join(lines)
 
@@ -122,7 +124,7 @@ def _forecast(lineage: dict, lake: Lake, out: Reproduction, tolerance: float) ->
 
 
 def _anomaly(lineage: dict, lake: Lake, out: Reproduction, tolerance: float) -> None:
-    (source, info), = [(k, v) for k, v in lineage["inputs"].items()]
+    ((source, info),) = [(k, v) for k, v in lineage["inputs"].items()]
     out.notes.append(f"{source} read at Delta version {info['delta_version']}")
     daily = _read_version(lake, source, info["delta_version"])
     cfg = AnomalyParams.model_validate(lineage["params"]).detector
@@ -134,8 +136,9 @@ def _anomaly(lineage: dict, lake: Lake, out: Reproduction, tolerance: float) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lakehouse.ml.reproduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lakehouse.ml.reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model_dir", help="the model's version folder (a local path or a URI)")
     parser.add_argument("--lake", help="lake root (default: found from the model folder)")
     parser.add_argument("--tolerance", type=float, default=0.0, help="relative tolerance for metrics (default: exact)")

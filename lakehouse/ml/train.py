@@ -224,7 +224,11 @@ class BaselineRatioRegressor(RegressorMixin, BaseEstimator):
 
 
 def make_model(
-    kind: str, features: Sequence[str], params: dict[str, Any], seed: int, baseline: str | None = None,
+    kind: str,
+    features: Sequence[str],
+    params: dict[str, Any],
+    seed: int,
+    baseline: str | None = None,
     categorical: Sequence[str] = (),
 ):
     """An unfitted pipeline of ``kind`` (see ``MODEL_TYPES``) over ``features`` (``categorical`` ones
@@ -232,14 +236,21 @@ def make_model(
     params = dict(params)
     if kind == "sklearn_gbm":
         model = Pipeline(
-            [("prep", _preprocess(features, categorical, impute=False)), ("model", HistGradientBoostingRegressor(random_state=seed, **params))]
+            [
+                ("prep", _preprocess(features, categorical, impute=False)),
+                ("model", HistGradientBoostingRegressor(random_state=seed, **params)),
+            ]
         )
     elif kind == "sklearn_ridge":
-        model = Pipeline([("prep", _preprocess(features, categorical, impute=True)), ("model", Ridge(random_state=seed, **params))])
+        model = Pipeline(
+            [("prep", _preprocess(features, categorical, impute=True)), ("model", Ridge(random_state=seed, **params))]
+        )
     elif kind == "sklearn_linear":
         model = Pipeline([("prep", _preprocess(features, categorical, impute=True)), ("model", LinearRegression(**params))])
     elif kind == "torch_mlp":
-        model = Pipeline([("prep", _preprocess(features, categorical, impute=True)), ("model", TorchMLPRegressor(seed=seed, **params))])
+        model = Pipeline(
+            [("prep", _preprocess(features, categorical, impute=True)), ("model", TorchMLPRegressor(seed=seed, **params))]
+        )
     else:
         raise ValueError(f"unknown model type {kind!r}; known: {MODEL_TYPES}")
     return BaselineRatioRegressor(model, baseline) if baseline else model
@@ -251,8 +262,14 @@ def input_columns(features: Sequence[str], baseline: str | None = None) -> list[
 
 
 def fit(
-    kind: str, train: pd.DataFrame, target: np.ndarray, features: Sequence[str], params: dict[str, Any], seed: int,
-    baseline: str | None = None, categorical: Sequence[str] = (),
+    kind: str,
+    train: pd.DataFrame,
+    target: np.ndarray,
+    features: Sequence[str],
+    params: dict[str, Any],
+    seed: int,
+    baseline: str | None = None,
+    categorical: Sequence[str] = (),
 ):
     cols = input_columns(features, baseline)
     missing = [c for c in cols if c not in train.columns]
@@ -342,7 +359,12 @@ def cross_validate(
         m = regression_metrics(target[test_rows], pred)
         row: dict[str, Any] = {"fold": k, "fit_rows": int(len(fit_rows)), "test_rows": int(len(test_rows))}
         if cfg.kind == "time_series":
-            row.update({"train_until": str(dates.iloc[fit_rows].max().date()), "test_from": str(dates.iloc[test_rows].min().date()),
-                        "test_to": str(dates.iloc[test_rows].max().date())})
+            row.update(
+                {
+                    "train_until": str(dates.iloc[fit_rows].max().date()),
+                    "test_from": str(dates.iloc[test_rows].min().date()),
+                    "test_to": str(dates.iloc[test_rows].max().date()),
+                }
+            )
         out.append({**row, **{k2: round(v, 4) for k2, v in m.items()}})
     return CVResult(out, oof, folds_hash(folds, train, key))

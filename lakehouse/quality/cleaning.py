@@ -167,7 +167,15 @@ def _rejected_rows(t: pa.Table) -> pa.Table:
     import pyarrow.compute as pc
 
     t = t.filter(pc.is_in(t[STATUS], pa.array([REJECTED, MERGED])))
-    names = {"rule": Q_RULE, "disposition": STATUS, "error": Q_ERROR, FILE_COL: FILE_COL, LINE_COL: LINE_COL, "key": Q_KEY, "record": Q_RECORD}
+    names = {
+        "rule": Q_RULE,
+        "disposition": STATUS,
+        "error": Q_ERROR,
+        FILE_COL: FILE_COL,
+        LINE_COL: LINE_COL,
+        "key": Q_KEY,
+        "record": Q_RECORD,
+    }
     return pa.table({name: t[column] for name, column in names.items()})
 
 
@@ -376,12 +384,18 @@ def validate_quality(source: SourceSpec) -> list[CompiledRule]:
             series = {*step.group_by, step.time}
             for target in targets:
                 if target in series:
-                    raise CleaningError(f"{source.name}: step {step.name!r} cannot fill {target!r}: it places the rows in their series")
+                    raise CleaningError(
+                        f"{source.name}: step {step.name!r} cannot fill {target!r}: it places the rows in their series"
+                    )
                 numeric = source.column(target).type in ("double", "int", "bigint")
                 if step.method == "linear" and not numeric:
-                    raise CleaningError(f"{source.name}: step {step.name!r}: linear fills numbers, {target!r} is {source.column(target).type}")
+                    raise CleaningError(
+                        f"{source.name}: step {step.name!r}: linear fills numbers, {target!r} is {source.column(target).type}"
+                    )
                 if step.round is not None and not numeric:
-                    raise CleaningError(f"{source.name}: step {step.name!r}: round needs numeric columns, {target!r} is {source.column(target).type}")
+                    raise CleaningError(
+                        f"{source.name}: step {step.name!r}: round needs numeric columns, {target!r} is {source.column(target).type}"
+                    )
             continue
         kind = source.column(step.column).type
         numeric = kind in ("double", "int", "bigint")
@@ -543,7 +557,14 @@ def _payload_columns(source: SourceSpec) -> list[Column]:
 CHUNK_ROWS = 100_000
 #: what a staging task returns: a staged file (``kind`` = its table), its figures (``tally``), or a key of the
 #: month (``key_in``: a formatted row's, ``key_out``: a trusted row's; followed by the key columns)
-STAGED_FIELDS = (("kind", "string"), ("path", "string"), ("size", "bigint"), ("stats", "string"), ("rows", "bigint"), ("tally", "string"))
+STAGED_FIELDS = (
+    ("kind", "string"),
+    ("path", "string"),
+    ("size", "bigint"),
+    ("stats", "string"),
+    ("rows", "bigint"),
+    ("tally", "string"),
+)
 
 
 def _trusted_schema(df: DataFrame, source: SourceSpec) -> pa.Schema:
@@ -644,7 +665,9 @@ def _stage_task(source: SourceSpec, month: str, staging: Staging, out_schema: pa
                         yield found
             trusted = _trusted_rows(t, source).drop_columns([MONTH])
             rejected = quarantine.conform(
-                quarantine.quarantine_table(_rejected_rows(t), dataset=batch.dataset, stage=batch.stage, run_id=batch.run_id, month=month),
+                quarantine.quarantine_table(
+                    _rejected_rows(t), dataset=batch.dataset, stage=batch.stage, run_id=batch.run_id, month=month
+                ),
                 batch,
             ).drop_columns([MONTH])
             cells = repairs.conform(_repaired_cells(t), batch).drop_columns([MONTH])
@@ -752,15 +775,15 @@ def _exact_duplicates(df: DataFrame, cols: list[str]) -> DataFrame:
     w = Window.partitionBy(*[F.col(f"`{c}`") for c in cols]).orderBy(*_keep_order("first", None))
     ranked = df.withColumns({"__dup_rank": F.row_number().over(w), "__dup_first": F.first(ROW_ID).over(w)})
     error = F.concat(F.lit("identical to "), F.col("__dup_first"))
-    return _remove(ranked, F.col("__dup_rank") > 1, EXACT_DUPLICATE, error, status=MERGED).drop(
-        "__dup_rank", "__dup_first"
-    )
+    return _remove(ranked, F.col("__dup_rank") > 1, EXACT_DUPLICATE, error, status=MERGED).drop("__dup_rank", "__dup_first")
 
 
 def _standardize(df: DataFrame, step: StandardizeStep, ctx: _Ctx) -> DataFrame:
     from pyspark.sql import functions as F
 
-    ctx.outcomes[step.name] = Outcome(step.name, "step", "repair", step.description or f"standardize {step.column}", max_rate=step.max_rate)
+    ctx.outcomes[step.name] = Outcome(
+        step.name, "step", "repair", step.description or f"standardize {step.column}", max_rate=step.max_rate
+    )
     col = F.col(f"`{step.column}`")
     new = col
     if step.truncate:
@@ -815,8 +838,10 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
     if not files:
         return df
     positive = sorted(f["med"] for f in files if f["med"] > 0)
-    fleet = positive[len(positive) // 2] if len(positive) % 2 else (
-        (positive[len(positive) // 2 - 1] + positive[len(positive) // 2]) / 2 if positive else None
+    fleet = (
+        positive[len(positive) // 2]
+        if len(positive) % 2
+        else ((positive[len(positive) // 2 - 1] + positive[len(positive) // 2]) / 2 if positive else None)
     )
     history: dict[tuple, tuple[float, int]] = {}
     earlier = ctx.earlier() if step.history_months > 0 else None
@@ -883,7 +908,9 @@ def _outliers(df: DataFrame, step: OutlierStep, ctx: _Ctx) -> DataFrame:
     from pyspark.sql import functions as F
 
     ctx.outcomes[step.name] = Outcome(
-        step.name, "step", step.action,
+        step.name,
+        "step",
+        step.action,
         step.description or f"{step.method} outliers of {step.column} over {step.window} {_per(step)}",
         max_rate=step.max_rate,
     )
@@ -907,7 +934,9 @@ def _outliers(df: DataFrame, step: OutlierStep, ctx: _Ctx) -> DataFrame:
         out = F.abs(value - F.col("__med")) > F.lit(step.threshold) * F.col("__scale")
         how = F.format_string(
             f"{step.column} %s is %.1f robust deviations from the {step.window} median %s (mad, threshold {step.threshold:g})",
-            value.cast("string"), F.abs(value - F.col("__med")) / F.col("__scale"), F.round(F.col("__med"), 4).cast("string"),
+            value.cast("string"),
+            F.abs(value - F.col("__med")) / F.col("__scale"),
+            F.round(F.col("__med"), 4).cast("string"),
         )
     else:
         q1 = F.element_at("__win", F.greatest(F.lit(1), F.ceil(n * 0.25).cast("int")))
@@ -919,7 +948,9 @@ def _outliers(df: DataFrame, step: OutlierStep, ctx: _Ctx) -> DataFrame:
         out = (value < lo) | (value > hi)
         how = F.format_string(
             f"{step.column} %s outside [%s, %s] (iqr over {step.window}, threshold {step.threshold:g})",
-            value.cast("string"), F.round(lo, 4).cast("string"), F.round(hi, 4).cast("string"),
+            value.cast("string"),
+            F.round(lo, 4).cast("string"),
+            F.round(hi, 4).cast("string"),
         )
     hit = F.col(ACTIVE) & (n >= step.min_points) & F.coalesce(out, F.lit(False))
     if step.action == "quarantine":
@@ -936,7 +967,9 @@ def _stuck(df: DataFrame, step: StuckStep, ctx: _Ctx) -> DataFrame:
     from pyspark.sql import functions as F
 
     ctx.outcomes[step.name] = Outcome(
-        step.name, "step", step.action,
+        step.name,
+        "step",
+        step.action,
         step.description or f"{step.min_run}+ identical consecutive {step.column} {_per(step)}",
         max_rate=step.max_rate,
     )
@@ -967,7 +1000,9 @@ def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
     from pyspark.sql import functions as F
 
     ctx.outcomes[step.name] = Outcome(
-        step.name, "step", "repair",
+        step.name,
+        "step",
+        "repair",
         step.description or f"{step.method} fill of gaps up to {step.max_gap} x {step.every} in {step.column}",
         max_rate=step.max_rate,
     )
@@ -1012,9 +1047,7 @@ def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
             REPAIRS: F.array(entry),
         }
     )
-    return x.select(
-        *[F.when(k == 0, F.col(f"`{c}`")).otherwise(filled[c].cast(types[c])).alias(c) for c in df.columns]
-    )
+    return x.select(*[F.when(k == 0, F.col(f"`{c}`")).otherwise(filled[c].cast(types[c])).alias(c) for c in df.columns])
 
 
 def _fill_nulls(df: DataFrame, step: FillNullsStep, ctx: _Ctx) -> DataFrame:
@@ -1023,9 +1056,15 @@ def _fill_nulls(df: DataFrame, step: FillNullsStep, ctx: _Ctx) -> DataFrame:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    what = {"linear": "linear between neighbours", "previous": "last value carried forward", "seasonal": f"value one {step.season} earlier"}
+    what = {
+        "linear": "linear between neighbours",
+        "previous": "last value carried forward",
+        "seasonal": f"value one {step.season} earlier",
+    }
     ctx.outcomes[step.name] = Outcome(
-        step.name, "step", "repair",
+        step.name,
+        "step",
+        "repair",
         step.description or f"missing {', '.join(step.columns)} filled: {what[step.method]} {_per(step)}",
         max_rate=step.max_rate,
     )
@@ -1037,7 +1076,11 @@ def _fill_nulls(df: DataFrame, step: FillNullsStep, ctx: _Ctx) -> DataFrame:
         value = F.col(f"`{column}`")
         if step.method == "seasonal":
             season = int(duration_seconds(step.season or "0s"))  # set: the spec requires it for seasonal
-            same_time = Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE)).orderBy(t).rangeBetween(-season, -season)
+            same_time = (
+                Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE))
+                .orderBy(t)
+                .rangeBetween(-season, -season)
+            )
             new = F.first(value, ignorenulls=True).over(same_time)
             ok = new.isNotNull()
         else:
@@ -1085,7 +1128,9 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             known = reference_flags(cr, ctx.references[rule.name])
             value = F.col(f"`{cr.reference.column}`")
             df = df.join(known, value == F.col("__ref_value"), "left")
-            df = df.withColumn(col, _active() & value.isNotNull() & F.col("__ref_found").isNull()).drop("__ref_value", "__ref_found")
+            df = df.withColumn(col, _active() & value.isNotNull() & F.col("__ref_found").isNull()).drop(
+                "__ref_value", "__ref_found"
+            )
         else:
             # every rule sees the same snapshot: the rows kept when the rules step starts
             prefix = carried.get(cr.series) if cr.series is not None else None

@@ -179,12 +179,12 @@ class DenialConstraint:
 class _Parser:
     """Recursive descent over the tokens of a ``deny`` expression::
 
-        constraint := predicate ('&' predicate)*
-        predicate  := sum op sum
-        sum        := product (('+' | '-') product)*
-        product    := unary (('*' | '/') unary)*
-        unary      := '-' unary | atom
-        atom       := number | 'string' | null | ref | column | abs '(' sum ')' | '(' sum ')'
+    constraint := predicate ('&' predicate)*
+    predicate  := sum op sum
+    sum        := product (('+' | '-') product)*
+    product    := unary (('*' | '/') unary)*
+    unary      := '-' unary | atom
+    atom       := number | 'string' | null | ref | column | abs '(' sum ')' | '(' sum ')'
     """
 
     def __init__(self, rule: str, text: str) -> None:
@@ -238,7 +238,9 @@ class _Parser:
         op = self.peek()
         if op is None or op[0] != "op":
             self.fail(
-                f"expected a comparison (= != < <= > >=) in '<operand> <op> <operand>', found {op[1]!r}" if op else "incomplete predicate",
+                f"expected a comparison (= != < <= > >=) in '<operand> <op> <operand>', found {op[1]!r}"
+                if op
+                else "incomplete predicate",
                 op[2] if op else None,
             )
         self.i += 1
@@ -323,9 +325,7 @@ def _validated(dc: DenialConstraint) -> DenialConstraint:
     if dc.uses_prev and dc.two_tuple:
         raise ConstraintError(f"rule {rule!r}: prev. (the previous row of the series) cannot be combined with t1/t2")
     if dc.two_tuple and not dc.blocking_keys():
-        raise ConstraintError(
-            f"rule {rule!r}: a two-tuple constraint needs an equality t1.c = t2.c to block on (no cross joins)"
-        )
+        raise ConstraintError(f"rule {rule!r}: a two-tuple constraint needs an equality t1.c = t2.c to block on (no cross joins)")
     for p in dc.predicates:
         if p.left is None:
             raise ConstraintError(f"rule {rule!r}: write 'null' on the right of {p}")
@@ -654,9 +654,11 @@ def rule_violations(df: DataFrame, cr: CompiledRule, row_id: str, reference: Dat
     from pyspark.sql import functions as F
 
     if cr.reference is not None:
-        return df.join(reference_flags(cr, reference), on=_ref_on(df, cr), how="left").filter(
-            F.col("__ref_found").isNull() & F.col(f"`{cr.reference.column}`").isNotNull()
-        ).select(row_id)
+        return (
+            df.join(reference_flags(cr, reference), on=_ref_on(df, cr), how="left")
+            .filter(F.col("__ref_found").isNull() & F.col(f"`{cr.reference.column}`").isNotNull())
+            .select(row_id)
+        )
     return df.withColumn("__violates", rule_condition(cr, row_id)).filter(F.col("__violates")).select(row_id)
 
 

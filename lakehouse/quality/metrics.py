@@ -126,15 +126,18 @@ def current_batches(lake: Lake, *, months: list[str] | None = None) -> pa.Table:
         return t.select(["dataset", "stage", "month", "batch_id"])
     ordered = t.sort_by([("dataset", "ascending"), ("stage", "ascending"), ("month", "ascending"), ("written_at", "descending")])
     seen, keep = set(), []
-    for i, (d, s, m) in enumerate(zip(ordered["dataset"].to_pylist(), ordered["stage"].to_pylist(), ordered["month"].to_pylist(), strict=True)):
+    for i, (d, s, m) in enumerate(
+        zip(ordered["dataset"].to_pylist(), ordered["stage"].to_pylist(), ordered["month"].to_pylist(), strict=True)
+    ):
         if (d, s, m) not in seen:
             seen.add((d, s, m))
             keep.append(i)
     return ordered.take(keep).select(["dataset", "stage", "month", "batch_id"])
 
 
-def current(lake: Lake, table: tuple[str, str], *, dataset: str | None = None, stage: str | None = None,
-            months: list[str] | None = None) -> pa.Table:
+def current(
+    lake: Lake, table: tuple[str, str], *, dataset: str | None = None, stage: str | None = None, months: list[str] | None = None
+) -> pa.Table:
     """The rows of ``table`` (quarantine or repairs) that belong to the newest published batch of their
     slice — what a rerun-free world would hold. Older batches stay in the table (append-only)."""
     if not lake.exists(*table):
@@ -203,7 +206,9 @@ def evaluate(result: CleanResult, conservation: Conservation) -> list[CheckEval]
             passed = o.violations == 0 if o.max_rate is None else rate <= o.max_rate
         else:  # quarantined, repaired or merged: handled; only a share above max_rate is worth a warning
             passed = o.max_rate is None or rate <= o.max_rate
-        what = {"quarantine": "quarantined", "repair": "repaired", "warn": "kept (warn)", "merge": "merged"}.get(o.action, o.action)
+        what = {"quarantine": "quarantined", "repair": "repaired", "warn": "kept (warn)", "merge": "merged"}.get(
+            o.action, o.action
+        )
         desc = f"{o.violations} row(s) flagged, rate {rate:.4%}; {what}"
         if o.max_rate is not None:
             desc += f" (warn above {o.max_rate:.4%})"
@@ -228,7 +233,10 @@ def figures(result: CleanResult, conservation: Conservation, checks: list[CheckE
     f += [("completeness_in", None, c, v) for c, v in result.completeness_in.items()]
     f += [("completeness_out", None, c, v) for c, v in result.completeness_out.items()]
     if result.key_uniqueness_in is not None:
-        f += [("key_uniqueness_in", None, None, result.key_uniqueness_in), ("key_uniqueness_out", None, None, result.key_uniqueness_out)]
+        f += [
+            ("key_uniqueness_in", None, None, result.key_uniqueness_in),
+            ("key_uniqueness_out", None, None, result.key_uniqueness_out),
+        ]
     f += [
         ("formatted_rows", None, None, conservation.formatted_rows),
         ("trusted_rows", None, None, conservation.trusted_rows),
@@ -241,8 +249,14 @@ def figures(result: CleanResult, conservation: Conservation, checks: list[CheckE
 
 #: the columns of :func:`summary_rows` (name, type), for a table in the materialization metadata
 SUMMARY_COLUMNS = (
-    ("check", "string"), ("action", "string"), ("flagged", "int"), ("rate", "float"), ("quarantined", "int"),
-    ("merged", "int"), ("cells_repaired", "int"), ("result", "string"),
+    ("check", "string"),
+    ("action", "string"),
+    ("flagged", "int"),
+    ("rate", "float"),
+    ("quarantined", "int"),
+    ("merged", "int"),
+    ("cells_repaired", "int"),
+    ("result", "string"),
 )
 
 
@@ -254,8 +268,16 @@ def summary_rows(result: CleanResult, checks: list[CheckEval]) -> list[dict[str,
     for o in result.outcomes.values():
         v = verdict.get(o.name)
         status = "not evaluated" if not o.evaluated else ("pass" if v is None or v.passed else v.severity)
-        rows.append({
-            "check": o.name, "action": o.action, "flagged": int(o.violations), "rate": float(o.violations / n),
-            "quarantined": int(o.rejected), "merged": int(o.merged), "cells_repaired": int(o.repaired_cells), "result": status,
-        })
+        rows.append(
+            {
+                "check": o.name,
+                "action": o.action,
+                "flagged": int(o.violations),
+                "rate": float(o.violations / n),
+                "quarantined": int(o.rejected),
+                "merged": int(o.merged),
+                "cells_repaired": int(o.repaired_cells),
+                "result": status,
+            }
+        )
     return rows

@@ -165,7 +165,11 @@ def source_contract(source: SourceSpec, zone: str) -> Contract:
                 required |= set(rule.not_null)
     columns: list[tuple[str, str, bool, list[Any]]] = [(c.name, c.type, c.name not in required, checks[c.name]) for c in declared]
     lineage_nullable = zone == "trusted"  # imputed rows have no source line
-    columns += [(FILE_COL, "string", lineage_nullable, []), (LINE_COL, "bigint", lineage_nullable, []), (MONTH, "string", False, [])]
+    columns += [
+        (FILE_COL, "string", lineage_nullable, []),
+        (LINE_COL, "bigint", lineage_nullable, []),
+        (MONTH, "string", False, []),
+    ]
     # a key identifies a row within its month (snapshot sources repeat every key each month)
     key = [*source.quality.key, MONTH] if zone == "trusted" and source.quality.key else []
     return _contract(f"{zone}/{source.name}", columns, key)
@@ -214,8 +218,10 @@ def _type_name(dtype) -> str | None:
 
 
 def _examples(df: DataFrame, cond: Column, n: int) -> list[dict[str, Any]]:
-    return [{k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in r.asDict().items()}
-            for r in df.filter(cond).limit(n).collect()]
+    return [
+        {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in r.asDict().items()}
+        for r in df.filter(cond).limit(n).collect()
+    ]
 
 
 def _per_month(df: DataFrame, cond: Column) -> dict[str, int]:
@@ -292,8 +298,14 @@ def validate(df: DataFrame, contract: Contract, *, examples: int = 3) -> Report:
                     marked = df.withColumn("__key_n", F.count(F.lit(1)).over(w))
                     cond_df = marked.filter(F.col("__key_n") > 1).drop("__key_n")
                     failures.append(
-                        Failure(", ".join(contract.key), check, error, cond_df.count(), _examples(cond_df, F.lit(True), examples),
-                                _per_month(cond_df, F.lit(True)))
+                        Failure(
+                            ", ".join(contract.key),
+                            check,
+                            error,
+                            cond_df.count(),
+                            _examples(cond_df, F.lit(True), examples),
+                            _per_month(cond_df, F.lit(True)),
+                        )
                     )
                     continue
                 if cond is not None:

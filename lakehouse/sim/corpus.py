@@ -180,8 +180,14 @@ def truncated_last_line(ctx: Context) -> BadFile:
 def wrong_delimiter(ctx: Context) -> BadFile:
     rows = [r.replace(";", ",") for r in ctx.text_rows()]
     data = _file(ctx, "", [HEADER.replace(";", ","), *rows])
-    return BadFile("wrong_delimiter", ctx.name, data, ctx.month, _all_rejected(ctx, "rejected with its file"),
-                   file_error="does not match the declared columns")
+    return BadFile(
+        "wrong_delimiter",
+        ctx.name,
+        data,
+        ctx.month,
+        _all_rejected(ctx, "rejected with its file"),
+        file_error="does not match the declared columns",
+    )
 
 
 def decimal_comma(ctx: Context) -> BadFile:
@@ -192,8 +198,9 @@ def decimal_comma(ctx: Context) -> BadFile:
 
 def extra_column(ctx: Context) -> BadFile:
     data = _file(ctx, "", [HEADER + ";status", *(r + ";OK" for r in ctx.text_rows())])
-    return BadFile("extra_column", ctx.name, data, ctx.month, _all_rejected(ctx, "rejected with its file"),
-                   file_error="unknown ['status']")
+    return BadFile(
+        "extra_column", ctx.name, data, ctx.month, _all_rejected(ctx, "rejected with its file"), file_error="unknown ['status']"
+    )
 
 
 def extra_field_on_lines(ctx: Context) -> BadFile:
@@ -207,8 +214,14 @@ def extra_field_on_lines(ctx: Context) -> BadFile:
 def missing_column(ctx: Context) -> BadFile:
     rows = [r.rsplit(";", 1)[0] for r in ctx.text_rows()]
     data = _file(ctx, "", ["device_id;timestamp", *rows])
-    return BadFile("missing_column", ctx.name, data, ctx.month, _all_rejected(ctx, "rejected with its file"),
-                   file_error="missing ['reading_kwh']")
+    return BadFile(
+        "missing_column",
+        ctx.name,
+        data,
+        ctx.month,
+        _all_rejected(ctx, "rejected with its file"),
+        file_error="missing ['reading_kwh']",
+    )
 
 
 def missing_field_on_lines(ctx: Context) -> BadFile:
@@ -227,8 +240,14 @@ def reordered_columns(ctx: Context) -> BadFile:
 
 def header_case_changed(ctx: Context) -> BadFile:
     data = _file(ctx, "", ["Device_ID;Timestamp;Reading_kWh", *ctx.text_rows()])
-    return BadFile("header_case_changed", ctx.name, data, ctx.month, _all_rejected(ctx, "rejected with its file"),
-                   file_error="does not match the declared columns")
+    return BadFile(
+        "header_case_changed",
+        ctx.name,
+        data,
+        ctx.month,
+        _all_rejected(ctx, "rejected with its file"),
+        file_error="does not match the declared columns",
+    )
 
 
 def non_utf8_bytes(ctx: Context) -> BadFile:
@@ -305,24 +324,32 @@ def timestamps_other_zone(ctx: Context) -> BadFile:
 def dst_local_time_with_offsets(ctx: Context) -> BadFile:
     """Seattle wall-clock time with its offset; across a DST change a local hour repeats (fall) or is
     skipped (spring) but the instants stay distinct and must all be kept."""
-    rows = [f"{r.meter_id};{t.astimezone(LOCAL_TZ).isoformat()};{r.kwh:.3f}" for r, t in zip(ctx.readings(), ctx.stamps, strict=True)]
+    rows = [
+        f"{r.meter_id};{t.astimezone(LOCAL_TZ).isoformat()};{r.kwh:.3f}" for r, t in zip(ctx.readings(), ctx.stamps, strict=True)
+    ]
     return BadFile("dst_local_time_with_offsets", ctx.name, _file(ctx, "", [HEADER, *rows]), ctx.month, _all_ok(ctx))
 
 
 def timestamps_without_zone(ctx: Context) -> BadFile:
     """No zone designator: the column is declared UTC, so the text is read as UTC."""
-    rows = [f"{r.meter_id};{t.strftime('%Y-%m-%d %H:%M:%S')};{r.kwh:.3f}" for r, t in zip(ctx.readings(), ctx.stamps, strict=True)]
+    rows = [
+        f"{r.meter_id};{t.strftime('%Y-%m-%d %H:%M:%S')};{r.kwh:.3f}" for r, t in zip(ctx.readings(), ctx.stamps, strict=True)
+    ]
     return BadFile("timestamps_without_zone", ctx.name, _file(ctx, "", [HEADER, *rows]), ctx.month, _all_ok(ctx))
 
 
 def timestamps_other_format(ctx: Context) -> BadFile:
     rows = [f"{r.meter_id};{t.strftime('%d/%m/%Y %H:%M')};{r.kwh:.3f}" for r, t in zip(ctx.readings(), ctx.stamps, strict=True)]
-    return BadFile("timestamps_other_format", ctx.name, _file(ctx, "", [HEADER, *rows]), ctx.month, _all_rejected(ctx, "as timestamp"))
+    return BadFile(
+        "timestamps_other_format", ctx.name, _file(ctx, "", [HEADER, *rows]), ctx.month, _all_rejected(ctx, "as timestamp")
+    )
 
 
 def timestamps_epoch_seconds(ctx: Context) -> BadFile:
     rows = [f"{r.meter_id};{int(t.timestamp())};{r.kwh:.3f}" for r, t in zip(ctx.readings(), ctx.stamps, strict=True)]
-    return BadFile("timestamps_epoch_seconds", ctx.name, _file(ctx, "", [HEADER, *rows]), ctx.month, _all_rejected(ctx, "as timestamp"))
+    return BadFile(
+        "timestamps_epoch_seconds", ctx.name, _file(ctx, "", [HEADER, *rows]), ctx.month, _all_rejected(ctx, "as timestamp")
+    )
 
 
 def _shift_some(ctx: Context, kind: str, new_ts: Callable[[datetime], datetime]) -> BadFile:
@@ -344,8 +371,13 @@ def ancient_timestamps(ctx: Context) -> BadFile:
 
 def file_for_other_month(ctx: Context) -> BadFile:
     """Named for this month, but its rows are last month's (a device with a wrong month counter)."""
-    rows = [f"{r.meter_id};{(t - timedelta(days=31)).strftime(TS_FORMAT)};{r.kwh:.3f}" for r, t in zip(ctx.readings(), ctx.stamps, strict=True)]
-    return BadFile("file_for_other_month", ctx.name, _file(ctx, "", [HEADER, *rows]), ctx.month, _all_rejected(ctx, "delivered for"))
+    rows = [
+        f"{r.meter_id};{(t - timedelta(days=31)).strftime(TS_FORMAT)};{r.kwh:.3f}"
+        for r, t in zip(ctx.readings(), ctx.stamps, strict=True)
+    ]
+    return BadFile(
+        "file_for_other_month", ctx.name, _file(ctx, "", [HEADER, *rows]), ctx.month, _all_rejected(ctx, "delivered for")
+    )
 
 
 def unknown_device_id(ctx: Context) -> BadFile:
@@ -497,7 +529,9 @@ def month_before_range(ctx: Context) -> BadFile:
 
 
 # ------------------------------------------------------------------- real-export dialect and text kinds
-def _records(ctx: Context, texts: list[str], lines_of: list[Line], *, eol: str = "\n", header: str = HEADER) -> tuple[bytes, dict[int, Line]]:
+def _records(
+    ctx: Context, texts: list[str], lines_of: list[Line], *, eol: str = "\n", header: str = HEADER
+) -> tuple[bytes, dict[int, Line]]:
     """A file of ``texts`` records (each may span lines) after ``header``, and the truth keyed by the line
     each record starts on."""
     truth, line = {}, 2
@@ -521,14 +555,16 @@ def _some_records(ctx: Context, kind: str, text_of: Callable[[Reading], str], ne
 def quoted_newline_in_field(ctx: Context) -> BadFile:
     """A quoted device id holding a line break (a site name typed into the id field): one record over two
     lines, whose id is not an id — not two rows under made-up ids."""
-    return _some_records(ctx, "quoted_newline_in_field", lambda r: f'"{r.meter_id}\nsite 2";{r.ts};{r.kwh:.3f}',
-                         "does not match the pattern")
+    return _some_records(
+        ctx, "quoted_newline_in_field", lambda r: f'"{r.meter_id}\nsite 2";{r.ts};{r.kwh:.3f}', "does not match the pattern"
+    )
 
 
 def quoted_delimiter_in_field(ctx: Context) -> BadFile:
     """A quoted value holding the delimiter: still three fields, the id is refused by its pattern."""
-    return _some_records(ctx, "quoted_delimiter_in_field", lambda r: f'"{r.meter_id};old";{r.ts};{r.kwh:.3f}',
-                         "does not match the pattern")
+    return _some_records(
+        ctx, "quoted_delimiter_in_field", lambda r: f'"{r.meter_id};old";{r.ts};{r.kwh:.3f}', "does not match the pattern"
+    )
 
 
 def escaped_quotes(ctx: Context) -> BadFile:
@@ -561,7 +597,9 @@ def stray_quote_after_field(ctx: Context) -> BadFile:
 
 def cr_only_line_endings(ctx: Context) -> BadFile:
     """Classic Mac line endings: a lone carriage return ends each line."""
-    return BadFile("cr_only_line_endings", ctx.name, _file(ctx, "", [HEADER, *ctx.text_rows()], eol="\r"), ctx.month, _all_ok(ctx))
+    return BadFile(
+        "cr_only_line_endings", ctx.name, _file(ctx, "", [HEADER, *ctx.text_rows()], eol="\r"), ctx.month, _all_ok(ctx)
+    )
 
 
 def utf16_be_with_bom(ctx: Context) -> BadFile:
@@ -655,15 +693,23 @@ def header_padded_with_spaces(ctx: Context) -> BadFile:
 def huge_header_line(ctx: Context) -> BadFile:
     """A header line of many megabytes: a file-level error of bounded size, every row rejected with it."""
     header = HEADER + ";" + "x" * ctx.huge_line_bytes
-    return BadFile("huge_header_line", ctx.name, _file(ctx, "", [header, *ctx.text_rows()]), ctx.month,
-                   _all_rejected(ctx, "rejected with its file"), file_error="does not match the declared columns")
+    return BadFile(
+        "huge_header_line",
+        ctx.name,
+        _file(ctx, "", [header, *ctx.text_rows()]),
+        ctx.month,
+        _all_rejected(ctx, "rejected with its file"),
+        file_error="does not match the declared columns",
+    )
 
 
 def multi_month_export(ctx: Context) -> BadFile:
     """A file named for this month holding this month's rows and the next month's: the other month's
     rows are refused (this source delivers one month per file), with the month they belong to."""
     nxt = [t + timedelta(days=31) for t in ctx.stamps]
-    texts = ctx.text_rows() + [f"{r.meter_id};{t.strftime(TS_FORMAT)};{r.kwh:.3f}" for r, t in zip(ctx.readings(), nxt, strict=True)]
+    texts = ctx.text_rows() + [
+        f"{r.meter_id};{t.strftime(TS_FORMAT)};{r.kwh:.3f}" for r, t in zip(ctx.readings(), nxt, strict=True)
+    ]
     lines = _all_ok(ctx)
     for i in range(len(nxt)):
         lines[2 + len(ctx.values) + i] = Line("rejected", None, "delivered for")
@@ -676,10 +722,20 @@ def same_bytes_two_names(ctx: Context) -> list[BadFile]:
     data = _file(ctx, "", [HEADER, *ctx.text_rows()])
     copy = f"meter_{ctx.device}_copy_{ctx.month}.csv"
     pairs = {2 + i: i for i in range(len(ctx.values))}
-    first = BadFile("same_bytes_two_names", ctx.name, data, ctx.month,
-                    {n: Line("flagged", r, "duplicate", group=pairs[n]) for n, r in zip(pairs, ctx.readings(), strict=True)})
-    second = BadFile("same_bytes_two_names", copy, data, ctx.month,
-                     {n: Line("flagged", r, "duplicate", group=pairs[n]) for n, r in zip(pairs, ctx.readings(), strict=True)})
+    first = BadFile(
+        "same_bytes_two_names",
+        ctx.name,
+        data,
+        ctx.month,
+        {n: Line("flagged", r, "duplicate", group=pairs[n]) for n, r in zip(pairs, ctx.readings(), strict=True)},
+    )
+    second = BadFile(
+        "same_bytes_two_names",
+        copy,
+        data,
+        ctx.month,
+        {n: Line("flagged", r, "duplicate", group=pairs[n]) for n, r in zip(pairs, ctx.readings(), strict=True)},
+    )
     return [first, second]
 
 
@@ -707,7 +763,9 @@ FILE_KINDS: tuple[FileKind, ...] = (
     FileKind("second_header_mid_file", "the header repeated mid-file (two files concatenated)", second_header_mid_file),
     FileKind("quoted_fields", "every field in double quotes", quoted_fields, "none"),
     FileKind("timestamps_other_zone", "same instants written at +05:30", timestamps_other_zone, "none"),
-    FileKind("dst_local_time_with_offsets", "Seattle local time with offsets across a DST change", dst_local_time_with_offsets, "none"),
+    FileKind(
+        "dst_local_time_with_offsets", "Seattle local time with offsets across a DST change", dst_local_time_with_offsets, "none"
+    ),
     FileKind("timestamps_without_zone", "no zone designator (read as the declared UTC)", timestamps_without_zone, "none"),
     FileKind("timestamps_other_format", "dd/mm/yyyy HH:MM", timestamps_other_format),
     FileKind("timestamps_epoch_seconds", "Unix epoch seconds", timestamps_epoch_seconds),
@@ -728,8 +786,12 @@ FILE_KINDS: tuple[FileKind, ...] = (
     FileKind("name_with_spaces", "spaces and parentheses in the file name", name_with_spaces, "landing"),
     FileKind("name_non_ascii", "non-ASCII letters in the file name", name_non_ascii, "landing"),
     FileKind("name_with_traversal", "..\\..\\ path separators in the file name", name_with_traversal, "landing"),
-    FileKind("month_after_range", "a file for the same month of 2031 (after the partition range)", month_after_range, "collector"),
-    FileKind("month_before_range", "a file for the same month of 1999 (before the partition range)", month_before_range, "collector"),
+    FileKind(
+        "month_after_range", "a file for the same month of 2031 (after the partition range)", month_after_range, "collector"
+    ),
+    FileKind(
+        "month_before_range", "a file for the same month of 1999 (before the partition range)", month_before_range, "collector"
+    ),
     FileKind("quoted_newline_in_field", "a quoted id holding a line break", quoted_newline_in_field),
     FileKind("quoted_delimiter_in_field", "a quoted id holding the delimiter", quoted_delimiter_in_field),
     FileKind("escaped_quotes", "doubled quotes inside quoted values", escaped_quotes),
@@ -775,15 +837,42 @@ def source_kinds(retries: int = 3, timeout_s: float = 1.0) -> tuple[SourceKind, 
     return (
         SourceKind("http_500_transient", "http", f"{retries} x HTTP 500, then data", {"fail": retries}, True),
         SourceKind("http_500", "http", f"{over} x HTTP 500 (server down)", {"fail": over}, False, "HTTP 500"),
-        SourceKind("http_timeout_transient", "http", f"{retries} x no answer within the timeout, then data",
-                   {"delay_s": slow, "delay_n": retries}, True),
-        SourceKind("http_timeout", "http", f"{over} x no answer within the timeout", {"delay_s": slow, "delay_n": over}, False, "timed out"),
+        SourceKind(
+            "http_timeout_transient",
+            "http",
+            f"{retries} x no answer within the timeout, then data",
+            {"delay_s": slow, "delay_n": retries},
+            True,
+        ),
+        SourceKind(
+            "http_timeout",
+            "http",
+            f"{over} x no answer within the timeout",
+            {"delay_s": slow, "delay_n": over},
+            False,
+            "timed out",
+        ),
         SourceKind("http_truncated_transient", "http", f"{retries} x body cut in half, then data", {"truncate": retries}, True),
-        SourceKind("http_truncated_body", "http", f"{over} x body cut in half (Content-Length not met)", {"truncate": over}, False, "truncated"),
-        SourceKind("http_html_200_transient", "http", f"{retries} x HTML maintenance page with status 200, then data", {"html": retries}, True),
+        SourceKind(
+            "http_truncated_body",
+            "http",
+            f"{over} x body cut in half (Content-Length not met)",
+            {"truncate": over},
+            False,
+            "truncated",
+        ),
+        SourceKind(
+            "http_html_200_transient",
+            "http",
+            f"{retries} x HTML maintenance page with status 200, then data",
+            {"html": retries},
+            True,
+        ),
         SourceKind("http_html_200", "http", f"{over} x HTML maintenance page with status 200", {"html": over}, False, "HTML"),
         SourceKind("http_not_found", "http", "a month the provider does not have (404)", {"month": "2031-01"}, False, "404"),
-        SourceKind("http_connection_refused", "http", "nothing listens on the port", {"port": "closed"}, False, "Connection refused"),
+        SourceKind(
+            "http_connection_refused", "http", "nothing listens on the port", {"port": "closed"}, False, "Connection refused"
+        ),
         SourceKind("db_down", "sql", "the database server does not answer", {"url": "unreachable"}, False, "unreachable"),
         SourceKind("db_missing_file", "sql", "the SQLite file does not exist", {"url": "missing_file"}, False, "does not exist"),
         SourceKind("db_missing_table", "sql", "the query's table does not exist", {"url": "empty_db"}, False, "query failed"),
@@ -837,11 +926,18 @@ class Corpus:
             tmp.rename(inbox / f.name)  # devices drop complete files only
         truth = out / "truth"
         truth.mkdir(parents=True, exist_ok=True)
-        (truth / "corpus.json").write_text(json.dumps(
-            {"months": self.months, "files": [f.truth() for f in self.files],
-             "kinds": {k.name: {"description": k.description, "caught_by": k.caught_by} for k in FILE_KINDS},
-             "source_kinds": [asdict(k) for k in SOURCE_KINDS]},
-            indent=1, ensure_ascii=False))
+        (truth / "corpus.json").write_text(
+            json.dumps(
+                {
+                    "months": self.months,
+                    "files": [f.truth() for f in self.files],
+                    "kinds": {k.name: {"description": k.description, "caught_by": k.caught_by} for k in FILE_KINDS},
+                    "source_kinds": [asdict(k) for k in SOURCE_KINDS],
+                },
+                indent=1,
+                ensure_ascii=False,
+            )
+        )
         return inbox
 
 
@@ -884,8 +980,11 @@ def main(argv: list[str] | None = None) -> int:
     days = [int(d) for d in args.days.split(",") if d] or None
     corpus = build(args.months.split(","), days=days, seed=args.seed)
     inbox = corpus.write(args.out)
-    print(f"{len(corpus.files)} bad files of {len(FILE_KINDS)} kinds -> {inbox}; "
-          f"{len(SOURCE_KINDS)} source fault kinds in truth/corpus.json", file=sys.stderr)
+    print(
+        f"{len(corpus.files)} bad files of {len(FILE_KINDS)} kinds -> {inbox}; "
+        f"{len(SOURCE_KINDS)} source fault kinds in truth/corpus.json",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -88,8 +88,17 @@ def write_registry(out: Path, buildings: list[Building], seed: int) -> Path:
             "INSERT INTO customers VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             [
                 (
-                    b.customer_id, b.device_id, b.name, b.street, b.house_number, b.postcode, b.city,
-                    b.building_type, b.heated_area_m2, b.construction_year, b.heating_system,
+                    b.customer_id,
+                    b.device_id,
+                    b.name,
+                    b.street,
+                    b.house_number,
+                    b.postcode,
+                    b.city,
+                    b.building_type,
+                    b.heated_area_m2,
+                    b.construction_year,
+                    b.heating_system,
                     registered_on(b, seed).isoformat(),
                 )
                 for b in buildings

@@ -94,9 +94,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 def report(result: dg.ExecuteInProcessResult) -> None:
     """One line per materialized asset of a finished run: months, rows (summed over its months), the
     newest Delta version, step time."""
-    seconds = {
-        e.step_key: e.step_success_data.duration_ms / 1000 for e in result.all_events if e.is_step_success
-    }
+    seconds = {e.step_key: e.step_success_data.duration_ms / 1000 for e in result.all_events if e.is_step_success}
     assets: dict[str, tuple[set, list]] = {}
     for event in result.get_asset_materialization_events():
         m = event.materialization
@@ -148,7 +146,9 @@ def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = 
         return demo.resolve_job_def(name).execute_in_process(instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
 
     t0 = time.monotonic()
-    _say(f"[2/3] materializing {len(zone_assets)} zone assets for {start}..{end} in one run of job {ZONES_JOB} (one Spark session)")
+    _say(
+        f"[2/3] materializing {len(zone_assets)} zone assets for {start}..{end} in one run of job {ZONES_JOB} (one Spark session)"
+    )
     res = run(ZONES_JOB, "zones", months=True)
     assert res is not None, "the demo's configs declare no zone asset"
     zones_s = time.monotonic() - t0
@@ -167,7 +167,8 @@ def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = 
         for event in res_ml.get_asset_materialization_events():
             m = event.materialization
             ml_meta[m.asset_key.to_user_string()] = {
-                k: v.value for k, v in m.metadata.items()
+                k: v.value
+                for k, v in m.metadata.items()
                 if isinstance(v.value, (int, float)) or (isinstance(v.value, str) and len(v.value) < 100)
             }
     return {
@@ -185,7 +186,9 @@ def summary(lake: Lake) -> list[str]:
         for table in lake.storage.folders(lake.storage.uri(zone)):
             if lake.exists(zone, table):
                 rows = lake.row_count(zone, table) or 0
-                lines.append(f"  {zone + '/' + table:<36} {rows:>10,} rows  {len(lake.months(zone, table)):>3} months  v{lake.version(zone, table)}")
+                lines.append(
+                    f"  {zone + '/' + table:<36} {rows:>10,} rows  {len(lake.months(zone, table)):>3} months  v{lake.version(zone, table)}"
+                )
     return lines
 
 

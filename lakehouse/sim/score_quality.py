@@ -161,8 +161,17 @@ def score(world: Path, lake: Lake, claims: dict[str, tuple[str, tuple[str, ...]]
         expected -= gone
         other = (found - expected) & faulty
         scores.append(
-            KindScore(kind, list(rules), len(expected), len(found), len(found & expected), len(other),
-                      len(found - expected - other), len(gone), len(expected & (caught | found)))
+            KindScore(
+                kind,
+                list(rules),
+                len(expected),
+                len(found),
+                len(found & expected),
+                len(other),
+                len(found - expected - other),
+                len(gone),
+                len(expected & (caught | found)),
+            )
         )
     return scores, months
 
@@ -207,9 +216,24 @@ def main(argv: list[str] | None = None) -> int:
     scores, months = score(args.world, Lake(args.lake), claims)
     print(report(scores, months))
     if args.json:
-        args.json.write_text(json.dumps({"months": months, "scores": [
-            {**asdict(s), "precision": s.precision, "precision_excl_overlaps": s.precision_excl_overlaps,
-             "recall": s.recall, "recall_any_rule": s.recall_any_rule} for s in scores]}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "months": months,
+                    "scores": [
+                        {
+                            **asdict(s),
+                            "precision": s.precision,
+                            "precision_excl_overlaps": s.precision_excl_overlaps,
+                            "recall": s.recall,
+                            "recall_any_rule": s.recall_any_rule,
+                        }
+                        for s in scores
+                    ],
+                },
+                indent=1,
+            )
+        )
     missed = [s.kind for s in scores if s.truth and not s.meets_targets]
     if missed:
         print(f"\nbelow target: {', '.join(missed)}", file=sys.stderr)

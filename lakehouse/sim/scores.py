@@ -77,7 +77,13 @@ def _prf(flag: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     tp = int((flag & truth).sum())
     p = tp / flag.sum() if flag.sum() else 0.0
     r = tp / truth.sum() if truth.sum() else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "flagged": int(flag.sum()), "faulty": int(truth.sum())}
+    return {
+        "precision": p,
+        "recall": r,
+        "f1": 2 * p * r / (p + r) if p + r else 0.0,
+        "flagged": int(flag.sum()),
+        "faulty": int(truth.sum()),
+    }
 
 
 def anomaly_scores(lake: Lake, world: Path) -> list[dict[str, Any]]:
@@ -180,8 +186,9 @@ def _reconciliation_lines(lake: Lake, world: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lakehouse.sim.scores", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m lakehouse.sim.scores", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lake", default=None, help="lake root (default: the project's, from lakehouse.yaml)")
     parser.add_argument("--world", type=Path, default=Path(".demo"))
     parser.add_argument("--json", action="store_true", help="print every figure as JSON")
@@ -191,8 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     project = settings.load()
     args.lake = Lake(args.lake or project.lake_root, project.lakehouse.storage, env=settings.env())
     if args.json:
-        print(json.dumps({"forecast": forecast_ratio(args.lake, args.world), "anomaly": anomaly_scores(args.lake, args.world),
-                          "reconciliation": reconciliation_scores(args.lake, args.world)}, indent=1, default=str))
+        print(
+            json.dumps(
+                {
+                    "forecast": forecast_ratio(args.lake, args.world),
+                    "anomaly": anomaly_scores(args.lake, args.world),
+                    "reconciliation": reconciliation_scores(args.lake, args.world),
+                },
+                indent=1,
+                default=str,
+            )
+        )
     else:
         print("\n".join(summary_lines(args.lake, args.world)))
     return 0

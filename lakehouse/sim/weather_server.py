@@ -136,7 +136,11 @@ class WeatherData:
             }
             for r in rows.itertuples(index=False)
         ]
-        doc = {"station": station, "units": {"temperature": "degC", "precipitation": "mm", "wind": "m/s"}, "observations": observations}
+        doc = {
+            "station": station,
+            "units": {"temperature": "degC", "precipitation": "mm", "wind": "m/s"},
+            "observations": observations,
+        }
         return (json.dumps(doc, indent=1) + "\n").encode("utf-8")
 
     def legacy_txt(self, station: str, month: str) -> bytes | None:
@@ -323,7 +327,9 @@ class WeatherServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def inject(self, *, fail: int = 0, html: int = 0, truncate: int = 0, delay_s: float = 0.0, delay_n: int = 0, match: str = "") -> None:
+    def inject(
+        self, *, fail: int = 0, html: int = 0, truncate: int = 0, delay_s: float = 0.0, delay_n: int = 0, match: str = ""
+    ) -> None:
         """Faults for the next requests whose path contains ``match`` (as ``POST /_faults`` does)."""
         self._server.inject(Faults(fail=fail, html=html, truncate=truncate, delay_s=delay_s, delay_n=delay_n, match=match))
 
@@ -380,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765, help="0 picks a free port (a taken port falls back to a free one)")
     parser.add_argument("--quiet", action="store_true", help="do not log requests")
     parser.add_argument(
-        "command", nargs=argparse.REMAINDER,
+        "command",
+        nargs=argparse.REMAINDER,
         help="after --: a command to run while serving, with LAKEHOUSE_WEATHER_URL set (e.g. dagster dev)",
     )
     args = parser.parse_args(argv)

@@ -26,9 +26,7 @@ BASE_KWH_PER_DAY = 16.0
 KWH_PER_HDD = 10.5
 HDD_BASE_C = 16.5
 #: share of the day's consumption per hour (night setback, morning and evening peaks); sums to 1
-HOURLY_PROFILE = np.array(
-    [2, 2, 2, 2, 2.5, 4, 6, 6.5, 5, 4, 3.5, 3.5, 3.5, 3.5, 3.5, 4, 5, 6, 6.5, 6, 5, 4, 3, 2.5]
-)
+HOURLY_PROFILE = np.array([2, 2, 2, 2, 2.5, 4, 6, 6.5, 5, 4, 3.5, 3.5, 3.5, 3.5, 3.5, 4, 5, 6, 6.5, 6, 5, 4, 3, 2.5])
 HOURLY_PROFILE = HOURLY_PROFILE / HOURLY_PROFILE.sum()
 
 FAULT_KINDS = ("negative", "spike", "wh_unit", "duplicate", "conflict", "stuck", "missing", "clock_shift")
@@ -37,12 +35,62 @@ CITIES = ("Seattle", "Bellevue", "Redmond", "Tacoma", "Everett", "Kirkland")
 BUILDING_TYPES = ("apartment", "detached", "terraced", "office")
 HEATING_SYSTEMS = ("gas_boiler", "condensing_boiler", "district_heating", "heat_pump")
 _EFFICIENCY = {"gas_boiler": 1.15, "condensing_boiler": 1.0, "district_heating": 0.95, "heat_pump": 0.55}
-_FIRST = ("Anna", "Ben", "Carla", "David", "Elena", "Frank", "Greta", "Hugo", "Ines", "Jonas", "Karin",
-          "Lukas", "Maria", "Nils", "Olga", "Paul", "Rosa", "Stefan", "Tina", "Uwe", "Vera", "Walter")
-_LAST = ("Miller", "Schmidt", "Garcia", "Johnson", "Nguyen", "Fischer", "Weber", "Lopez", "Brown",
-         "Wagner", "Becker", "Hoffmann", "Klein", "Wolf", "Neumann", "Schulz", "Keller", "Young")
-_STREETS = ("Pine Street", "Maple Avenue", "Lake Road", "Cedar Lane", "Harbor Way", "Oak Street",
-            "Hill Road", "Union Street", "Market Street", "Elm Avenue")
+_FIRST = (
+    "Anna",
+    "Ben",
+    "Carla",
+    "David",
+    "Elena",
+    "Frank",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Karin",
+    "Lukas",
+    "Maria",
+    "Nils",
+    "Olga",
+    "Paul",
+    "Rosa",
+    "Stefan",
+    "Tina",
+    "Uwe",
+    "Vera",
+    "Walter",
+)
+_LAST = (
+    "Miller",
+    "Schmidt",
+    "Garcia",
+    "Johnson",
+    "Nguyen",
+    "Fischer",
+    "Weber",
+    "Lopez",
+    "Brown",
+    "Wagner",
+    "Becker",
+    "Hoffmann",
+    "Klein",
+    "Wolf",
+    "Neumann",
+    "Schulz",
+    "Keller",
+    "Young",
+)
+_STREETS = (
+    "Pine Street",
+    "Maple Avenue",
+    "Lake Road",
+    "Cedar Lane",
+    "Harbor Way",
+    "Oak Street",
+    "Hill Road",
+    "Union Street",
+    "Market Street",
+    "Elm Avenue",
+)
 
 
 def seattle_weather() -> pd.DataFrame:
@@ -128,9 +176,7 @@ class MeterWorld:
         self.config = config
         self.weather = weather if weather is not None else seattle_weather()
         self.buildings = make_buildings(config.meters, config.seed)
-        self._temp = {
-            row.date: (row.temp_max + row.temp_min) / 2.0 for row in self.weather.itertuples(index=False)
-        }
+        self._temp = {row.date: (row.temp_max + row.temp_min) / 2.0 for row in self.weather.itertuples(index=False)}
 
     def month_rows(self, building: Building, month: str, rng: np.random.Generator):
         """The clean hourly readings of one meter-month, and the day-level truth."""

@@ -76,7 +76,8 @@ def called_functions(expr: str) -> list[str]:
     tokens = _tokens(expr)
     names = [t[1:-1].replace("``", "`") if k == "quoted" else t for k, t in tokens]
     return [
-        n.lower() for i, ((k, _), n) in enumerate(zip(tokens, names, strict=True))
+        n.lower()
+        for i, ((k, _), n) in enumerate(zip(tokens, names, strict=True))
         if k in ("name", "quoted") and i + 1 < len(tokens) and tokens[i + 1][1] == "("
     ]
 

@@ -77,8 +77,11 @@ def _expanded_size(root: yaml.Node) -> int:
         node, done = stack.pop()
         if id(node) in sizes:
             continue
-        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else (
-            list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        children = (
+            [n for pair in node.value for n in pair]
+            if isinstance(node, yaml.MappingNode)
+            else (list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        )
         if done:
             sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), MAX_EXPANDED_NODES + 1)
         else:
@@ -88,7 +91,11 @@ def _expanded_size(root: yaml.Node) -> int:
 
 
 def _interpolate(
-    value: Any, env: Mapping[str, str], allowed: frozenset[str], where: Path, lines: dict[tuple[Any, ...], int],
+    value: Any,
+    env: Mapping[str, str],
+    allowed: frozenset[str],
+    where: Path,
+    lines: dict[tuple[Any, ...], int],
     path: tuple[Any, ...] = (),
 ) -> Any:
     if isinstance(value, str):
@@ -137,7 +144,9 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
         try:
             node = loader.get_single_node()
             if node is not None and _expanded_size(node) > MAX_EXPANDED_NODES:
-                raise SpecError(f":1: more than {MAX_EXPANDED_NODES:,} nodes once its aliases are expanded (an alias expansion attack?)")
+                raise SpecError(
+                    f":1: more than {MAX_EXPANDED_NODES:,} nodes once its aliases are expanded (an alias expansion attack?)"
+                )
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()

@@ -215,8 +215,8 @@ class AnomalyConfig(Options):
     method: Literal["isolation_forest"] = "isolation_forest"
     features: tuple[str, ...] = tuple(FIGURES)
     #: role -> column of the day as received (before cleaning)
-    profile: dict[Literal["total", "received", "periods_covered", "repeat_run", "off_grid", "negatives", "max_share"], str] = Field(
-        default_factory=dict
+    profile: dict[Literal["total", "received", "periods_covered", "repeat_run", "off_grid", "negatives", "max_share"], str] = (
+        Field(default_factory=dict)
     )
     #: periods (readings) a complete day has
     periods_per_day: int = Field(default=24, ge=1)

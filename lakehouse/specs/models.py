@@ -155,6 +155,7 @@ class LakehouseSpec(Spec):
 
         parse_root(value, "/")  # a malformed or unsupported URI fails here, at load time (never a local folder)
         return value
+
     months: MonthsSpec
     spark: SparkSpec = Field(default_factory=SparkSpec)
     #: months of a backfilled range processed at the same time (threads sharing the Spark session), for
@@ -317,7 +318,9 @@ class HttpCollector(Spec):
             for option, name in names.items():
                 if not _VARIABLE_RE.fullmatch(name or ""):
                     # a value here would be a secret pasted into a config: do not repeat it
-                    raise ValueError(f"collector.{what}.{option} must name an environment variable (letters, digits, _), not hold a value")
+                    raise ValueError(
+                        f"collector.{what}.{option} must name an environment variable (letters, digits, _), not hold a value"
+                    )
         return self
 
 
@@ -363,9 +366,7 @@ class LibraryCollector(Spec):
         return self
 
 
-CollectorSpec = Annotated[
-    FileDropCollector | HttpCollector | SqlCollector | LibraryCollector, Field(discriminator="type")
-]
+CollectorSpec = Annotated[FileDropCollector | HttpCollector | SqlCollector | LibraryCollector, Field(discriminator="type")]
 
 
 class FormatSpec(Spec):
@@ -415,7 +416,9 @@ class FormatSpec(Spec):
                 raise ValueError(f"format.delimiter must be one character other than a line break, not {self.delimiter!r}")
             for what, char in (("quote", self.quote), ("escape", self.escape)):
                 if char is not None and (len(char) != 1 or char == self.delimiter or char in "\r\n"):
-                    raise ValueError(f"format.{what} must be one character other than the delimiter and line breaks, not {char!r}")
+                    raise ValueError(
+                        f"format.{what} must be one character other than the delimiter and line breaks, not {char!r}"
+                    )
         if self.thousands is not None and self.thousands == self.decimal:
             raise ValueError(f"format.thousands and format.decimal cannot both be {self.decimal!r}")
         if self.records_path is not None and self.kind != "json":
@@ -471,7 +474,6 @@ class ReferenceSpec(Spec):
     table: TableName
     to: str | None = None
     months: Literal["same", "latest", "all"] = "latest"
-
 
     @property
     def target_column(self) -> str:
@@ -545,9 +547,7 @@ class RuleSpec(Spec):
     def _one_form(self) -> RuleSpec:
         forms = [f for f in RULE_FORMS if getattr(self, f)]
         if len(forms) != 1:
-            raise ValueError(
-                f"rule {self.name!r} must have exactly one of {'/'.join(RULE_FORMS)}, got {forms or 'none'}"
-            )
+            raise ValueError(f"rule {self.name!r} must have exactly one of {'/'.join(RULE_FORMS)}, got {forms or 'none'}")
         if self.action == "repair" and not self.repair:
             raise ValueError(f"rule {self.name!r} has action 'repair' but no 'repair' block")
         if self.repair and self.action != "repair":
@@ -865,7 +865,6 @@ class ViewInputSpec(Spec):
     table: TableName
     alias: str | None = None
     months: Literal["same", "all", "latest"] = "same"
-
 
     @property
     def name(self) -> str:

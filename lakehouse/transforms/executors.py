@@ -125,7 +125,9 @@ def cast_strict(raw: pa.Table, plan: Plan) -> pa.Table | None:
                 elif kind == "boolean":
                     value = pc.equal(text, "true")
                 else:
-                    value = pc.cast(text, {"int": pa.int32(), "bigint": pa.int64(), "double": pa.float64(), "date": pa.date32()}[kind])
+                    value = pc.cast(
+                        text, {"int": pa.int32(), "bigint": pa.int64(), "double": pa.float64(), "date": pa.date32()}[kind]
+                    )
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 return None  # e.g. 2012-02-30: Spark's cast decides, and the quarantine says why
         arrays.append(value)
@@ -292,7 +294,10 @@ def _format_slot(paths: Sequence[str], plan: Plan) -> Iterator[dict]:
                 parts.append(out)
                 rows += out.num_rows
             if rows >= FLUSH_ROWS:
-                yield {"kind": "staged", **stage_parquet(plan.storage, plan.table_dir, f"month={plan.month}", pa.concat_tables(parts))}
+                yield {
+                    "kind": "staged",
+                    **stage_parquet(plan.storage, plan.table_dir, f"month={plan.month}", pa.concat_tables(parts)),
+                }
                 parts, rows = [], 0
     if parts:
         yield {"kind": "staged", **stage_parquet(plan.storage, plan.table_dir, f"month={plan.month}", pa.concat_tables(parts))}
@@ -316,7 +321,9 @@ def _chunks(files: list[tuple[str, bytes]], rows: int) -> Iterator[list[tuple[st
         yield chunk
 
 
-OUT_SCHEMA = pa.schema([("kind", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("stats", pa.string()), ("rows", pa.int64())])
+OUT_SCHEMA = pa.schema(
+    [("kind", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("stats", pa.string()), ("rows", pa.int64())]
+)
 
 
 def data_schema(spark: SparkSession, source: SourceSpec) -> pa.Schema:
@@ -411,7 +418,9 @@ def format_month(
 
 
 #: rejected rows as :func:`format_month` returns them (what the quarantine records of a formatted month)
-_REJECTED = pa.schema([("month", pa.string()), (FILE_COL, pa.string()), (LINE_COL, pa.int64()), ("record", pa.string()), ("error", pa.string())])
+_REJECTED = pa.schema(
+    [("month", pa.string()), (FILE_COL, pa.string()), (LINE_COL, pa.int64()), ("record", pa.string()), ("error", pa.string())]
+)
 
 
 def _file_schema(schema: pa.Schema) -> pa.Schema:

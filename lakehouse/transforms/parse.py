@@ -92,7 +92,9 @@ def clean_layout(data: bytes, fmt: FormatSpec, raw_names: Sequence[str]) -> tupl
     return header, end + 1
 
 
-def read_clean(files: Sequence[tuple[str, bytes]], names: Sequence[str], fmt: FormatSpec, raw_names: Sequence[str]) -> pa.Table | None:
+def read_clean(
+    files: Sequence[tuple[str, bytes]], names: Sequence[str], fmt: FormatSpec, raw_names: Sequence[str]
+) -> pa.Table | None:
     """The rows of clean files (``(name, body)``: the bytes after the header, see :func:`clean_layout`)
     whose columns stand in the same order ``names``, read by one pyarrow CSV call; ``None`` when a line has
     another number of fields (pyarrow refuses the read) — then each file must be taken on its own."""
@@ -108,8 +110,12 @@ def read_clean(files: Sequence[tuple[str, bytes]], names: Sequence[str], fmt: Fo
             pa.BufferReader(data),
             read_options=pcsv.ReadOptions(column_names=list(names), use_threads=False, block_size=max(1 << 20, len(data) + 1)),
             parse_options=pcsv.ParseOptions(
-                delimiter=fmt.delimiter, quote_char=False, double_quote=False, escape_char=False,
-                newlines_in_values=False, ignore_empty_lines=False,
+                delimiter=fmt.delimiter,
+                quote_char=False,
+                double_quote=False,
+                escape_char=False,
+                newlines_in_values=False,
+                ignore_empty_lines=False,
             ),
             convert_options=pcsv.ConvertOptions(
                 column_types={n: pa.string() for n in names}, strings_can_be_null=False, quoted_strings_can_be_null=False
@@ -165,7 +171,9 @@ class _Rows:
     def _lineage(self, line: int, raw: str | None, error: str | None) -> None:
         if raw is not None:
             # bytes invalid in the encoding (lone surrogates) are shown as \xNN
-            raw = bounded(raw[: MAX_RAW_CHARS * 2].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), MAX_RAW_CHARS)
+            raw = bounded(
+                raw[: MAX_RAW_CHARS * 2].encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"), MAX_RAW_CHARS
+            )
         self.lines.append(line)
         self.raws.append(raw)
         self.errors.append(None if error is None else bounded(error))
@@ -328,7 +336,9 @@ def _read_csv(rows: _Rows, payload: Payload, fmt: FormatSpec, raw_names: list[st
         else:
             rows.ok(line, [fields[i].strip() for i in header_map])  # type: ignore[index]
     if header_map is not None and not rows.records:
-        rows.reject(0, None, f"{rows.name}: header only, no data lines" if fmt.header else f"{rows.name}: empty file, no data lines")
+        rows.reject(
+            0, None, f"{rows.name}: header only, no data lines" if fmt.header else f"{rows.name}: empty file, no data lines"
+        )
 
 
 def _json_value(record: dict, path: str) -> tuple[bool, object]:
@@ -442,8 +452,11 @@ def _read_parquet(rows: _Rows, data: bytes, raw_names: list[str]) -> None:
     missing = [n for n in raw_names if n not in table.column_names]
     nested = [n for n in raw_names if n in table.column_names and pa.types.is_nested(table.schema.field(n).type)]
     if missing or nested:
-        error = (f"columns {table.column_names} do not hold the declared {raw_names}"
-                 + (f"; missing {missing}" if missing else "") + (f"; not scalar {nested}" if nested else ""))
+        error = (
+            f"columns {table.column_names} do not hold the declared {raw_names}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; not scalar {nested}" if nested else "")
+        )
         rows.reject(0, None, f"{rows.name}: {error}")
         for i in range(table.num_rows):
             rows.reject(i + 1, None, f"rejected with its file: {error}")
@@ -457,13 +470,16 @@ def _read_parquet(rows: _Rows, data: bytes, raw_names: list[str]) -> None:
             column = pa.array([None if v is None else repr(v) for v in column.to_pylist()], pa.string())
         texts.append(pc.cast(column, pa.string()).to_pylist())
     for i, values in enumerate(zip(*texts, strict=True), start=1):
-        problem = next((f"column {n}: {p}" for n, v in zip(raw_names, values, strict=True) if v and (p := invalid_text(v, "utf-8"))), None)
+        problem = next(
+            (f"column {n}: {p}" for n, v in zip(raw_names, values, strict=True) if v and (p := invalid_text(v, "utf-8"))), None
+        )
         if problem:
             rows.reject(i, json.dumps(dict(zip(raw_names, values, strict=True)), ensure_ascii=False), problem)
         else:
             rows.ok(i, values)
     if not rows.records:
         rows.reject(0, None, f"{rows.name}: no rows")
+
 
 def lineage_name(path: str, spans_months: bool) -> str:
     """The ``_source_file`` of a landed file: its name, or ``<landing month>/<name>`` for a source whose
@@ -544,7 +560,9 @@ def _number_text(text: Column, fmt: FormatSpec) -> tuple[Column, Column | None]:
     plain = text if fmt.thousands is None else F.replace(text, F.lit(fmt.thousands), F.lit(""))
     if fmt.decimal != ".":
         plain = F.replace(plain, F.lit(fmt.decimal), F.lit("."))
-    locale = f"decimal {fmt.decimal!r}" + (f" and thousands {fmt.thousands!r}" if fmt.thousands else " and no thousands separator")
+    locale = f"decimal {fmt.decimal!r}" + (
+        f" and thousands {fmt.thousands!r}" if fmt.thousands else " and no thousands separator"
+    )
     stray = [c for c in ".,' _" if c not in (fmt.decimal, fmt.thousands)]
     reason = F.when(
         _contains_any(text, stray),
@@ -599,13 +617,17 @@ def _typed(column: ColumnSpec, fmt: FormatSpec) -> tuple[Column, Column]:
         mismatch = value.isNotNull() & ~value.rlike(f"^(?:{column.pattern})$")
         problem = F.when(
             mismatch,
-            F.format_string(f"column {column.name}: '%s' does not match the pattern %s", F.substring(text, 1, 200), F.lit(column.pattern)),
+            F.format_string(
+                f"column {column.name}: '%s' does not match the pattern %s", F.substring(text, 1, 200), F.lit(column.pattern)
+            ),
         ).otherwise(problem)
         value = F.when(~mismatch, value)
     return value, problem
 
 
-def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column, months: tuple[str, str | None] | None = None) -> DataFrame:
+def cast_checked(
+    raw: DataFrame, source: SourceSpec, month: str | Column, months: tuple[str, str | None] | None = None
+) -> DataFrame:
     """Every parsed row, cast: the canonical columns, lineage, ``month``, and ``error`` / ``record`` (the
     cause and the row as received), both NULL on rows that are accepted.
 
@@ -639,7 +661,9 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column, months
         why = F.col(f"__why_{c.name}")
         problems.append(why)
         if not c.nullable:
-            problems.append(F.when(F.col(ERROR_COL).isNull() & why.isNull() & F.col(c.name).isNull(), F.lit(f"column {c.name}: empty")))
+            problems.append(
+                F.when(F.col(ERROR_COL).isNull() & why.isNull() & F.col(c.name).isNull(), F.lit(f"column {c.name}: empty"))
+            )
     part_col = source.partitioning.column or ""
     row_month = F.date_format(F.col(part_col), "yyyy-MM") if part_col else None
     if source.spans_months and row_month is not None:
@@ -650,15 +674,20 @@ def cast_checked(raw: DataFrame, source: SourceSpec, month: str | Column, months
         problems.append(
             F.when(
                 F.col(part_col).isNotNull() & outside,
-                F.format_string(f"{part_col} %s belongs to month %s, outside the source's months {start}..{end or ''}",
-                                F.col(part_col).cast("string"), row_month),
+                F.format_string(
+                    f"{part_col} %s belongs to month %s, outside the source's months {start}..{end or ''}",
+                    F.col(part_col).cast("string"),
+                    row_month,
+                ),
             )
         )
     elif source.partitioning.kind == "time_column" and row_month is not None:
         problems.append(
             F.when(
                 F.col(part_col).isNotNull() & (row_month != delivered),
-                F.format_string(f"{part_col} %s belongs to month %s, delivered for %s", F.col(part_col).cast("string"), row_month, delivered),
+                F.format_string(
+                    f"{part_col} %s belongs to month %s, delivered for %s", F.col(part_col).cast("string"), row_month, delivered
+                ),
             )
         )
     checked = typed.withColumn("__problem", F.concat_ws("; ", *problems))

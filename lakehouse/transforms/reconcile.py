@@ -36,15 +36,26 @@ if TYPE_CHECKING:
 
 #: canonical spelling of street-kind words (every variant maps to the same token)
 STREET_WORDS = {
-    "street": "st", "str": "st", "st": "st",
-    "avenue": "ave", "av": "ave", "ave": "ave",
-    "road": "rd", "rd": "rd",
-    "lane": "ln", "ln": "ln",
-    "way": "way", "wy": "way",
-    "drive": "dr", "dr": "dr",
-    "boulevard": "blvd", "blvd": "blvd",
-    "place": "pl", "pl": "pl",
-    "court": "ct", "ct": "ct",
+    "street": "st",
+    "str": "st",
+    "st": "st",
+    "avenue": "ave",
+    "av": "ave",
+    "ave": "ave",
+    "road": "rd",
+    "rd": "rd",
+    "lane": "ln",
+    "ln": "ln",
+    "way": "way",
+    "wy": "way",
+    "drive": "dr",
+    "dr": "dr",
+    "boulevard": "blvd",
+    "blvd": "blvd",
+    "place": "pl",
+    "pl": "pl",
+    "court": "ct",
+    "ct": "ct",
 }
 #: US state suffixes seen after a town name (``Seattle WA``)
 STATE_SUFFIXES = {"wa", "washington"}

@@ -43,7 +43,9 @@ def daily_meter_profile(readings: DataFrame, prefix: str = "") -> DataFrame:
 
     r = readings.select("meter_id", "ts", "reading_kwh").withColumn("date", F.to_date("ts"))
     w = Window.partitionBy("meter_id", "date").orderBy("ts")
-    r = r.withColumn("_changed", (F.lag("reading_kwh").over(w).isNull() | (F.lag("reading_kwh").over(w) != F.col("reading_kwh"))).cast("int"))
+    r = r.withColumn(
+        "_changed", (F.lag("reading_kwh").over(w).isNull() | (F.lag("reading_kwh").over(w) != F.col("reading_kwh"))).cast("int")
+    )
     r = r.withColumn("_run", F.sum("_changed").over(w.rowsBetween(Window.unboundedPreceding, 0)))
     runs = r.groupBy("meter_id", "date", "_run").agg(F.count("*").alias("_len"))
     longest = runs.groupBy("meter_id", "date").agg(F.max("_len").alias("max_repeat_run"))
@@ -84,9 +86,7 @@ def consumption_daily(inputs: dict[str, DataFrame], month: str, options: dict[st
     customers = (
         inputs["customers"]
         .where(F.col("meter_id").isNotNull())
-        .select(
-            "meter_id", "golden_id", "city", "building_type", "heated_area_m2", "construction_year", "heating_system"
-        )
+        .select("meter_id", "golden_id", "city", "building_type", "heated_area_m2", "construction_year", "heating_system")
         .withColumn("station", city_station(F.col("city"), stations, default))
     )
     dup = customers.groupBy("meter_id").count().where("count > 1").limit(5).collect()

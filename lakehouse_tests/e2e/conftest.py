@@ -64,7 +64,9 @@ def negate_readings(inbox: Path, month: str) -> int:
     files = sorted(inbox.glob(f"meter_*_{month}.csv"))
     for path in files:
         header, *lines = path.read_text().splitlines()
-        path.write_text("\n".join([header, *(f"{line.rsplit(';', 1)[0]};-{line.rsplit(';', 1)[1]}" for line in lines if line)]) + "\n")
+        path.write_text(
+            "\n".join([header, *(f"{line.rsplit(';', 1)[0]};-{line.rsplit(';', 1)[1]}" for line in lines if line)]) + "\n"
+        )
     return len(files)
 
 
@@ -164,9 +166,26 @@ def dagster_server(tmp_path_factory) -> Iterator[DagsterServer]:
     t0 = time.monotonic()
     staging, world, home = root / "staging", root / "world", root / "dagster_home"
     built = subprocess.run(
-        [sys.executable, "-m", "lakehouse.sim", "build", "--out", str(staging), "--meters", str(METERS),
-         "--start", MONTHS[0], "--end", MONTHS[-1], "--fault-rate", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lakehouse.sim",
+            "build",
+            "--out",
+            str(staging),
+            "--meters",
+            str(METERS),
+            "--start",
+            MONTHS[0],
+            "--end",
+            MONTHS[-1],
+            "--fault-rate",
+            "0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert built.returncode == 0, built.stderr[-3000:]
     assert negate_readings(staging / "inbox" / "meter_readings", BAD_MONTH) == METERS
@@ -188,7 +207,12 @@ def dagster_server(tmp_path_factory) -> Iterator[DagsterServer]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lakehouse.ui", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
             preexec_fn=default_signals,
         )
     server = DagsterServer(url=f"http://127.0.0.1:{port}", proc=proc, home=home, lake=root / "lake", world=world, log=log)

@@ -13,8 +13,14 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 ZONES = ["landing", "formatted", "trusted", "exploitation", "ml"]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture
@@ -73,8 +79,11 @@ def test_asset_graph_grouped_by_zone_and_monthly_partitions(dagster_server, mont
 
 def month_commit(lake: Lake, zone: str, table: str, month: str) -> int:
     """The Delta version of ``month``'s latest commit, from the table's own log (not from Dagster)."""
-    return max(h["version"] for h in lake.history(zone, table)
-               if f"month = '{month}'" in (h.get("operationParameters") or {}).get("predicate", ""))
+    return max(
+        h["version"]
+        for h in lake.history(zone, table)
+        if f"month = '{month}'" in (h.get("operationParameters") or {}).get("predicate", "")
+    )
 
 
 def test_a_month_shows_its_own_rows_delta_version_and_checks(dagster_server, monthly_backfill, page, tmp_path):

@@ -76,8 +76,11 @@ def test_monthly_backfill_is_one_run_per_asset_range(dagster_server, monthly_bac
             assert labels["rows"] == METERS * hours, (zone, m["partition"], labels)
         if zone != "landing":
             assert labels["delta_version"] in {h["version"] for h in lake.history(zone, table)}
-    versions = [{e["label"]: e.get("intValue") for e in m["metadataEntries"]}["delta_version"]
-                for m in mats if m["assetKey"]["path"] == ["trusted", "meter_readings"]]
+    versions = [
+        {e["label"]: e.get("intValue") for e in m["metadataEntries"]}["delta_version"]
+        for m in mats
+        if m["assetKey"]["path"] == ["trusted", "meter_readings"]
+    ]
     assert len(set(versions)) == len(MONTHS), "each month names its own commit"
 
     # the run's events: every month was committed on its own, with its progress line
@@ -92,9 +95,14 @@ def test_monthly_backfill_is_one_run_per_asset_range(dagster_server, monthly_bac
         # months of a range run in parallel workers (month_workers): the count says how many were done, in
         # whatever order they finished
         for month in months:
-            assert any(re.match(rf"{re.escape(name)} {month} \([1-{len(months)}]/{len(months)},", msg) for msg in messages), (name, month)
-    assert any(f"{'/'.join(VIEW)} {BAD_MONTH}: held: trusted/meter_readings {BAD_MONTH} failed blocking check(s) rejected_rate" in msg
-               for msg in messages)
+            assert any(re.match(rf"{re.escape(name)} {month} \([1-{len(months)}]/{len(months)},", msg) for msg in messages), (
+                name,
+                month,
+            )
+    assert any(
+        f"{'/'.join(VIEW)} {BAD_MONTH}: held: trusted/meter_readings {BAD_MONTH} failed blocking check(s) rejected_rate" in msg
+        for msg in messages
+    )
 
 
 def test_each_month_has_its_own_check_results(dagster_server, monthly_backfill):
@@ -102,10 +110,14 @@ def test_each_month_has_its_own_check_results(dagster_server, monthly_backfill):
     trusted = {"path": ["trusted", "meter_readings"]}
     for check, bad_status in (("rejected_rate", "FAILED"), ("conservation", "SUCCEEDED"), ("pandera_schema", "SUCCEEDED")):
         for month in MONTHS:
-            (execution,) = dagster_server.graphql(CHECK_EXECUTIONS, {"key": trusted, "check": check, "partition": month})["assetCheckExecutions"]
+            (execution,) = dagster_server.graphql(CHECK_EXECUTIONS, {"key": trusted, "check": check, "partition": month})[
+                "assetCheckExecutions"
+            ]
             assert execution["partition"] == month
             assert execution["status"] == (bad_status if month == BAD_MONTH else "SUCCEEDED"), (check, month, execution)
-    (bad,) = dagster_server.graphql(CHECK_EXECUTIONS, {"key": trusted, "check": "rejected_rate", "partition": BAD_MONTH})["assetCheckExecutions"]
+    (bad,) = dagster_server.graphql(CHECK_EXECUTIONS, {"key": trusted, "check": "rejected_rate", "partition": BAD_MONTH})[
+        "assetCheckExecutions"
+    ]
     assert bad["evaluation"]["severity"] == "ERROR" and "none kept" in bad["evaluation"]["description"], bad
     # the check's partition statuses (what the UI colours per month): failed exactly in the bad month
     node = dagster_server.graphql(CHECK_STATUSES, {"path": trusted["path"]})["assetNodeOrError"]
@@ -133,7 +145,10 @@ def test_only_the_bad_months_downstream_is_held(dagster_server, monthly_backfill
     assert landing == MONTHS
     # the UI's partition status of the view: materialized but the bad month
     view = dagster_server.graphql(PARTITIONS, {"path": VIEW})["assetNodeOrError"]["assetPartitionStatuses"]["ranges"]
-    done = sorted({r["startKey"] for r in view if r["status"] == "MATERIALIZED"} | {r["endKey"] for r in view if r["status"] == "MATERIALIZED"})
+    done = sorted(
+        {r["startKey"] for r in view if r["status"] == "MATERIALIZED"}
+        | {r["endKey"] for r in view if r["status"] == "MATERIALIZED"}
+    )
     assert done == GOOD, view
 
 
@@ -184,7 +199,9 @@ def test_the_ui_obeys_only_its_own_pages(dagster_server):
     assert forged.status_code == 403 and "cross-origin" in forged.text
     by_get = requests.get(f"{url}?query={quote(flip)}", timeout=30)
     assert by_get.status_code == 405
-    rebound = requests.post(url, json={"query": flip}, headers={"Host": "evil.example", "Origin": "http://evil.example"}, timeout=30)
+    rebound = requests.post(
+        url, json={"query": flip}, headers={"Host": "evil.example", "Origin": "http://evil.example"}, timeout=30
+    )
     assert rebound.status_code == 403 and "host not allowed" in rebound.text
     assert requests.get(dagster_server.url, headers={"Host": "attacker.example:80"}, timeout=30).status_code == 403
     assert dagster_server.graphql(PAUSED)["instance"]["autoMaterializePaused"] == before  # nothing reached Dagster

@@ -23,5 +23,13 @@ def corpus_run(spark, tmp_path_factory) -> SimpleNamespace:
     corpus.write(root / "world")
     t0 = time.monotonic()
     result, writes = crash_run.record_writes(root / "ref", root / "world", FAST_MONTHS[0], FAST_MONTHS[-1], VIEWS)
-    return SimpleNamespace(root=root, world=root / "world", lake_dir=root / "ref", corpus=corpus, result=result,
-                           writes=writes, months=list(FAST_MONTHS), seconds=time.monotonic() - t0)
+    return SimpleNamespace(
+        root=root,
+        world=root / "world",
+        lake_dir=root / "ref",
+        corpus=corpus,
+        result=result,
+        writes=writes,
+        months=list(FAST_MONTHS),
+        seconds=time.monotonic() - t0,
+    )

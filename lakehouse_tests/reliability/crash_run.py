@@ -97,9 +97,7 @@ def run(lake: Path, world: Path, start: str, end: str, views: list[str]):
     project = project_at(lake, world)
     # the corpus month is mostly broken files on purpose: lift the rejected-rows guard (max_rejected_rate,
     # a blocking check that would hold the month) so the run shows what each zone does with every line
-    project = project.model_copy(update={"sources": [
-        s.model_copy(update={"max_rejected_rate": 1.0}) for s in project.sources
-    ]})
+    project = project.model_copy(update={"sources": [s.model_copy(update={"max_rejected_rate": 1.0}) for s in project.sources]})
     defs = zone_definitions(project, views=views)
     keys = [k for a in defs.assets for k in a.keys]
     return materialize(defs, keys, start, end, raise_on_error=False)

@@ -44,7 +44,11 @@ def zone_definitions(project: Project, sources: Sequence[str] = (SOURCE,), views
     assets = []
     for name in sources:
         source = project.source(name)
-        assets += [build_landing_asset(project, source), build_formatted_asset(project, source), build_trusted_asset(project, source)]
+        assets += [
+            build_landing_asset(project, source),
+            build_formatted_asset(project, source),
+            build_trusted_asset(project, source),
+        ]
     for view in project.views:
         if view.name in views:
             assets.append(build_view_asset(project, view))
@@ -82,8 +86,14 @@ def meter_keys(defs: dg.Definitions, zones: Sequence[str] = ("landing", "formatt
     return wanted
 
 
-def materialize(defs: dg.Definitions, keys: Iterable[dg.AssetKey], start: str, end: str | None = None,
-                instance: dg.DagsterInstance | None = None, raise_on_error: bool = True) -> dg.ExecuteInJobResult:
+def materialize(
+    defs: dg.Definitions,
+    keys: Iterable[dg.AssetKey],
+    start: str,
+    end: str | None = None,
+    instance: dg.DagsterInstance | None = None,
+    raise_on_error: bool = True,
+) -> dg.ExecuteInJobResult:
     """One run of ``keys`` over the months ``start..end`` (a single-run backfill, like the UI's)."""
     return dg.materialize(
         defs.assets,

@@ -29,18 +29,29 @@ def file_rows(months: list[str], days: list[int] | None, huge: int) -> tuple[lis
         seconds = time.monotonic() - t0
         table = outcome_table(o)
         descriptions = {k.name: k.description for k in bad.FILE_KINDS}
-        lines = ["| kind | what | caught by | lines | parse quarantine | quality quarantine | repaired | trusted as is | file-level entry | as the truth says |",
-                 "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        lines = [
+            "| kind | what | caught by | lines | parse quarantine | quality quarantine | repaired | trusted as is | file-level entry | as the truth says |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in table:
-            verdict = "yes" if r["problems"] == 0 else ("**known gap**" if r["kind"] in KNOWN_GAPS else f"**no** ({r['problems']})")
+            verdict = (
+                "yes" if r["problems"] == 0 else ("**known gap**" if r["kind"] in KNOWN_GAPS else f"**no** ({r['problems']})")
+            )
             lines.append(
                 f"| `{r['kind']}` | {descriptions[r['kind']]} | {r['caught_by']} | {r['lines']} | {r.get('quarantined_parse', 0)}"
                 f" | {r.get('quarantined_quality', 0)} | {r.get('repaired', 0)} | {r.get('trusted', 0)} | {r['file_level_entries']} | {verdict} |"
             )
         landed = sum(e.rows for m in o.manifests.values() for e in m.values())
-        stats = {"files": len(o.corpus.files), "kinds": len(table), "seconds": round(seconds, 1), "rows_landed": landed,
-                 "formatted": len(o.formatted), "trusted": len(o.trusted_rows),
-                 "problems": sum(len(check_file(o, f)) for f in o.corpus.files), "success": o.result.success}
+        stats = {
+            "files": len(o.corpus.files),
+            "kinds": len(table),
+            "seconds": round(seconds, 1),
+            "rows_landed": landed,
+            "formatted": len(o.formatted),
+            "trusted": len(o.trusted_rows),
+            "problems": sum(len(check_file(o, f)) for f in o.corpus.files),
+            "success": o.result.success,
+        }
     return lines, stats
 
 
@@ -68,8 +79,11 @@ def source_rows() -> list[str]:
             source = weather
             if kind.channel == "sql":
                 source = project.source("customers")
-                url = {"unreachable": "postgresql+psycopg2://reader:pw@127.0.0.1:1/registry",
-                       "missing_file": f"sqlite:///{tmp / 'gone.sqlite'}", "empty_db": f"sqlite:///{tmp / f'empty{i}.sqlite'}"}[faults["url"]]
+                url = {
+                    "unreachable": "postgresql+psycopg2://reader:pw@127.0.0.1:1/registry",
+                    "missing_file": f"sqlite:///{tmp / 'gone.sqlite'}",
+                    "empty_db": f"sqlite:///{tmp / f'empty{i}.sqlite'}",
+                }[faults["url"]]
                 if faults["url"] == "empty_db":
                     import sqlite3
 
@@ -78,8 +92,13 @@ def source_rows() -> list[str]:
                 faults = {}
             if faults.pop("port", None):
                 closed = free_port()
-                source = weather.model_copy(update={"collector": collector.model_copy(
-                    update={"url": collector.url.replace(f":{server.port}/", f":{closed}/")})})
+                source = weather.model_copy(
+                    update={
+                        "collector": collector.model_copy(
+                            update={"url": collector.url.replace(f":{server.port}/", f":{closed}/")}
+                        )
+                    }
+                )
             month = faults.pop("month", month)
             if faults:
                 server.inject(match=month, **faults)
@@ -92,8 +111,10 @@ def source_rows() -> list[str]:
                 outcome = "CollectorError, nothing landed" if not landed else "CollectorError, BUT LANDED"
                 message = str(exc)
             ok = (outcome.startswith("landed") == kind.survive) and (kind.survive or kind.needle in message)
-            lines.append(f"| `{kind.name}` | {kind.description} | {outcome}{'' if ok else ' **unexpected**'} |"
-                         f" {message[:150].replace('|', '/')} |")
+            lines.append(
+                f"| `{kind.name}` | {kind.description} | {outcome}{'' if ok else ' **unexpected**'} |"
+                f" {message[:150].replace('|', '/')} |"
+            )
             server.clear()
     return lines
 

@@ -49,8 +49,9 @@ class Outcome:
         self.repairs: dict[tuple, list[dict]] = defaultdict(list)  # (file, line) -> repairs
         for r in repair_rows(lake):
             self.repairs[(r["source_file"], r["source_line"])].append(r)
-        self.manifests = {m: {e.name: e for e in read_manifest(lake.landing_month(SOURCE, m)) if e.status == "landed"}
-                          for m in corpus.months}
+        self.manifests = {
+            m: {e.name: e for e in read_manifest(lake.landing_month(SOURCE, m)) if e.status == "landed"} for m in corpus.months
+        }
 
 
 def run_corpus(tmp: Path, months: list[str], days: list[int] | None, huge: int) -> Outcome:
@@ -100,7 +101,9 @@ def check_file(o: Outcome, f: bad.BadFile) -> list[str]:
     if too_long:
         problems.append(f"quarantine messages of {max(too_long):,} characters (bounded at ~2 KB)")
     if entry.rows != len(formatted) + sum(len(parse_q[ln]) for ln in data_q):
-        problems.append(f"conservation at parse: manifest {entry.rows} rows != formatted {len(formatted)} + quarantined {len(data_q)}")
+        problems.append(
+            f"conservation at parse: manifest {entry.rows} rows != formatted {len(formatted)} + quarantined {len(data_q)}"
+        )
     if set(formatted) & data_q:
         problems.append(f"lines both formatted and quarantined: {sorted(set(formatted) & data_q)[:5]}")
     for ln in trusted_q:
@@ -141,7 +144,9 @@ def check_file(o: Outcome, f: bad.BadFile) -> list[str]:
         want = line.reading
         got_ts = row["ts"].strftime(bad.TS_FORMAT)
         if (row["meter_id"], got_ts) != (want.meter_id, want.ts) or not math.isclose(row["reading_kwh"], want.kwh, rel_tol=1e-12):
-            problems.append(f"{where}: formatted {(row['meter_id'], got_ts, row['reading_kwh'])} != delivered {(want.meter_id, want.ts, want.kwh)}")
+            problems.append(
+                f"{where}: formatted {(row['meter_id'], got_ts, row['reading_kwh'])} != delivered {(want.meter_id, want.ts, want.kwh)}"
+            )
             continue
         if line.outcome == "ok":
             if ln not in trusted:
@@ -198,9 +203,17 @@ def outcome_table(o: Outcome) -> list[dict]:
                 elif (name, ln) in o.trusted:
                     counts["trusted"] += 1
         file_level = sum(1 for f in files if (safe_name(f.name), 0) in o.quarantine["formatted"])
-        rows.append({"kind": kind.name, "caught_by": kind.caught_by, "files": len(files),
-                     "lines": sum(len(f.lines) for f in files), **counts, "file_level_entries": file_level,
-                     "problems": sum(len(check_file(o, f)) for f in files)})
+        rows.append(
+            {
+                "kind": kind.name,
+                "caught_by": kind.caught_by,
+                "files": len(files),
+                "lines": sum(len(f.lines) for f in files),
+                **counts,
+                "file_level_entries": file_level,
+                "problems": sum(len(check_file(o, f)) for f in files),
+            }
+        )
     return rows
 
 
@@ -273,8 +286,14 @@ def test_out_of_range_files_are_reported(outcome, tmp_path):
     assert out_of_range and all(check_file(outcome, f) == [] for f in out_of_range)  # never landed
     project = project_at(Path(outcome.lake.root), outcome.world)
     source = project.source(SOURCE)
-    plan = plan_tick(source, project.resolve(source.collector.inbox), outcome.lake, InboxCursor.parse(None),
-                     has_month=monthly(project).has_partition_key, settle_seconds=0)
+    plan = plan_tick(
+        source,
+        project.resolve(source.collector.inbox),
+        outcome.lake,
+        InboxCursor.parse(None),
+        has_month=monthly(project).has_partition_key,
+        settle_seconds=0,
+    )
     assert plan.skipped["month outside the partitions"] == len(out_of_range)
     assert f"{len(out_of_range)} month outside the partitions" in plan.summary()
     # every in-range file has landed exactly once: nothing is requested again

@@ -27,7 +27,15 @@ def run_writers(root: Path, specs: list[dict], *, delay: float = 1.5) -> dict[st
     start_at = time.time() + delay
     procs = {}
     for spec in specs:
-        args = [sys.executable, "-m", "lakehouse_tests.reliability.delta_writer", "--root", str(root), "--start-at", str(start_at)]
+        args = [
+            sys.executable,
+            "-m",
+            "lakehouse_tests.reliability.delta_writer",
+            "--root",
+            str(root),
+            "--start-at",
+            str(start_at),
+        ]
         for k, v in spec.items():
             args += [f"--{k}", str(v)]
         procs[spec["writer"]] = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -50,11 +58,14 @@ def test_two_months_and_a_rival_writer_all_commit(tmp_path):
     commits (retried when it lost the race) and each month holds its writer's last version, whole."""
     root = tmp_path / "lake"
     writes = 6
-    reports = run_writers(root, [
-        {"writer": "a", "month": "2012-01", "writes": writes},
-        {"writer": "b", "month": "2012-02", "writes": writes},
-        {"writer": "c", "month": "2012-01", "writes": writes},
-    ])
+    reports = run_writers(
+        root,
+        [
+            {"writer": "a", "month": "2012-01", "writes": writes},
+            {"writer": "b", "month": "2012-02", "writes": writes},
+            {"writer": "c", "month": "2012-01", "writes": writes},
+        ],
+    )
     s = summarize(reports)
     assert s["errors"] == {} and s["committed"] == 3 * writes, s
     lake = Lake(root)
@@ -66,7 +77,7 @@ def test_two_months_and_a_rival_writer_all_commit(tmp_path):
         held = [(w, i) for (m, w, i) in by_month if m == month]
         assert len(held) == 1 and by_month[(month, *held[0])] == 200, by_month
     assert by_month[("2012-02", "b", writes)] == 200  # b's month is only b's, at its last write
-    (w, i), = [(w, i) for (m, w, i) in by_month if m == "2012-01"]
+    ((w, i),) = [(w, i) for (m, w, i) in by_month if m == "2012-01"]
     assert i == writes and w in ("a", "c")  # whoever committed last, at its last write
     history = [h for h in lake.history("formatted", "stress") if h.get("operation") in ("WRITE", "CREATE TABLE")]
     assert len(history) == 3 * writes  # one commit per write: none lost, none doubled
@@ -75,19 +86,24 @@ def test_two_months_and_a_rival_writer_all_commit(tmp_path):
 def test_concurrent_appends_and_merges_keep_every_write(tmp_path):
     root = tmp_path / "lake"
     writes = 5
-    reports = run_writers(root, [
-        {"writer": "a", "mode": "append", "writes": writes, "month": "2012-01"},
-        {"writer": "b", "mode": "append", "writes": writes, "month": "2012-02"},
-        {"writer": "c", "mode": "merge", "writes": writes, "rows": 50},
-        {"writer": "d", "mode": "merge", "writes": writes, "rows": 50},
-    ])
+    reports = run_writers(
+        root,
+        [
+            {"writer": "a", "mode": "append", "writes": writes, "month": "2012-01"},
+            {"writer": "b", "mode": "append", "writes": writes, "month": "2012-02"},
+            {"writer": "c", "mode": "merge", "writes": writes, "rows": 50},
+            {"writer": "d", "mode": "merge", "writes": writes, "rows": 50},
+        ],
+    )
     s = summarize(reports)
     assert s["errors"] == {} and s["committed"] == 4 * writes, s
     lake = Lake(root)
     appended = Counter((r["writer"], r["write"]) for r in lake.read_arrow("quality", "stress").to_pylist())
     assert appended == {(w, i): 200 for w in "ab" for i in range(1, writes + 1)}
     merged = lake.read_arrow("exploitation", "stress").to_pylist()
-    assert sorted(r["key"] for r in merged) == sorted(f"{w}-{i}-{r}" for w in "cd" for i in range(1, writes + 1) for r in range(50))
+    assert sorted(r["key"] for r in merged) == sorted(
+        f"{w}-{i}-{r}" for w in "cd" for i in range(1, writes + 1) for r in range(50)
+    )
 
 
 def test_a_commit_that_keeps_losing_fails_clearly(tmp_path, monkeypatch):

@@ -128,12 +128,37 @@ def check_after_kill(lake: Lake, reference: dict) -> list[str]:
     return problems
 
 
-def kill_run(lake: Path, world: Path, months: list[str], *, kill_at: int | None = None, kind: str = "commit",
-             phase: str = "during", after_s: float | None = None, seed: int = 0, timeout: float = 1800) -> dict:
+def kill_run(
+    lake: Path,
+    world: Path,
+    months: list[str],
+    *,
+    kill_at: int | None = None,
+    kind: str = "commit",
+    phase: str = "during",
+    after_s: float | None = None,
+    seed: int = 0,
+    timeout: float = 1800,
+) -> dict:
     """Run crash_run in a child process; kill it (itself at its ``kill_at``-th write of ``kind``, or from
     here ``after_s`` seconds after its first write). Returns what happened."""
-    args = [sys.executable, "-m", "lakehouse_tests.reliability.crash_run", "--lake", str(lake), "--world", str(world),
-            "--start", months[0], "--end", months[-1], "--views", ",".join(VIEWS), "--seed", str(seed)]
+    args = [
+        sys.executable,
+        "-m",
+        "lakehouse_tests.reliability.crash_run",
+        "--lake",
+        str(lake),
+        "--world",
+        str(world),
+        "--start",
+        months[0],
+        "--end",
+        months[-1],
+        "--views",
+        ",".join(VIEWS),
+        "--seed",
+        str(seed),
+    ]
     if kill_at is not None:
         args += ["--kill-at", str(kill_at), "--kind", kind, "--phase", phase]
     log = lake.parent / f"child-{time.time_ns()}.log"
@@ -152,8 +177,14 @@ def kill_run(lake: Path, world: Path, months: list[str], *, kill_at: int | None 
                 last = line.strip()
         proc.wait(timeout=timeout)
     _kill_group(proc.pid)  # the child's Spark JVM, if the kill left it behind
-    return {"returncode": proc.returncode, "writes": writes, "last": last, "seconds": round(time.monotonic() - t0, 1),
-            "killed": proc.returncode == -signal.SIGKILL, "log": str(log)}
+    return {
+        "returncode": proc.returncode,
+        "writes": writes,
+        "last": last,
+        "seconds": round(time.monotonic() - t0, 1),
+        "killed": proc.returncode == -signal.SIGKILL,
+        "log": str(log),
+    }
 
 
 def _kill_group(pgid: int) -> None:
@@ -188,8 +219,15 @@ def make_reference(root: Path, months: list[str], meters: int) -> dict:
 def describe(root: Path, months: list[str], result, writes: list, seconds: float) -> dict:
     assert result.success
     lake = Lake(root / "ref")
-    return {"root": root, "months": months, "lake": lake, "writes": writes, "content": lake_content(lake),
-            "landing": landing_state(lake), "seconds": seconds}
+    return {
+        "root": root,
+        "months": months,
+        "lake": lake,
+        "writes": writes,
+        "content": lake_content(lake),
+        "landing": landing_state(lake),
+        "seconds": seconds,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -243,8 +281,9 @@ def crash_and_converge(reference, tmp_name: str, kills: int, next_kill) -> list[
         problems = check_after_kill(Lake(lake_dir), reference) if lake_dir.exists() else []
         outcomes.append({**kill, **out, "problems": problems})
         assert not problems, f"seed {SEED}, run {attempts} {kill}: {out}\n" + "\n".join(problems[:10])
-    result, _ = crash_run.record_writes(lake_dir, reference["root"] / "world", reference["months"][0],
-                                        reference["months"][-1], VIEWS)
+    result, _ = crash_run.record_writes(
+        lake_dir, reference["root"] / "world", reference["months"][0], reference["months"][-1], VIEWS
+    )
     assert result.success
     assert lake_content(Lake(lake_dir)) == reference["content"], f"seed {SEED}: no convergence after {outcomes}"
     return outcomes
@@ -258,10 +297,14 @@ def test_two_kills_then_rerun_converges(reference):
     files = sum(1 for kind, _ in writes if kind == "file")
     # the commits of the formatted zone and its quarantine (before the costly trusted step)
     commits = [w for w in writes if w[0] == "commit"]
-    formatted = [i for i, (_, target) in enumerate(commits, 1) if target in ("formatted/meter_readings", "quality/quarantine")][:4]
+    formatted = [i for i, (_, target) in enumerate(commits, 1) if target in ("formatted/meter_readings", "quality/quarantine")][
+        :4
+    ]
     assert files > 4 and formatted
-    plan = [{"kill_at": rng.randint(1, files // 2), "kind": "file", "phase": "after"},
-            {"kill_at": rng.choice(formatted), "kind": "commit", "phase": "during"}]
+    plan = [
+        {"kill_at": rng.randint(1, files // 2), "kind": "file", "phase": "after"},
+        {"kill_at": rng.choice(formatted), "kind": "commit", "phase": "during"},
+    ]
     outcomes = crash_and_converge(reference, "crashed", 2, lambda i: plan[i] if i < len(plan) else plan[-1])
     assert [o["killed"] for o in outcomes[:2]] == [True, True], outcomes
 
@@ -276,9 +319,26 @@ def test_delta_writer_killed_mid_commit_keeps_whole_versions(tmp_path):
     versions = []
     for round_ in range(3):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lakehouse_tests.reliability.delta_writer", "--root", str(root), "--writer", f"w{round_}",
-             "--month", f"2012-0{1 + round_ % 2}", "--writes", "400", "--rows", "5000"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            [
+                sys.executable,
+                "-m",
+                "lakehouse_tests.reliability.delta_writer",
+                "--root",
+                str(root),
+                "--writer",
+                f"w{round_}",
+                "--month",
+                f"2012-0{1 + round_ % 2}",
+                "--writes",
+                "400",
+                "--rows",
+                "5000",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert proc.stdout.readline().startswith('{"ready"')
         committed = 0
         deadline = time.monotonic() + rng.uniform(0.3, 1.5)
@@ -294,10 +354,11 @@ def test_delta_writer_killed_mid_commit_keeps_whole_versions(tmp_path):
             held[r["month"]].add((r["writer"], r["write"]))
         for month, writes in held.items():
             assert len(writes) == 1, f"seed {SEED}: month {month} mixes writes {writes}"
-            (writer, i), = writes
+            ((writer, i),) = writes
             expected = payload(writer, i, month, 5000).to_pylist()
             assert sorted(json.dumps(r, sort_keys=True) for r in table if r["month"] == month) == sorted(
-                json.dumps(r, sort_keys=True) for r in expected)
+                json.dumps(r, sort_keys=True) for r in expected
+            )
         versions.append(lake.version("formatted", "stress"))
         assert committed > 0
     assert versions == sorted(versions)

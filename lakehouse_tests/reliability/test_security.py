@@ -52,8 +52,15 @@ def test_makefile_serves_the_ui_on_localhost():
 def test_nothing_binds_all_interfaces():
     """No config, script or module asks for 0.0.0.0 / :: (the sim and tests included)."""
     offenders = []
-    for path in [REPO / "Makefile", REPO / "workspace.yaml", *REPO.glob("configs/**/*.yaml"), *REPO.glob("dagster_home/*.yaml"),
-                 *PACKAGE.rglob("*.py"), *REPO.glob("scripts/**/*"), *REPO.glob("*.sh")]:
+    for path in [
+        REPO / "Makefile",
+        REPO / "workspace.yaml",
+        *REPO.glob("configs/**/*.yaml"),
+        *REPO.glob("dagster_home/*.yaml"),
+        *PACKAGE.rglob("*.py"),
+        *REPO.glob("scripts/**/*"),
+        *REPO.glob("*.sh"),
+    ]:
         if path.is_file():
             text = path.read_text(errors="replace")
             if re.search(r"0\.0\.0\.0|['\"]::['\"]|\[::\]", text):
@@ -66,7 +73,9 @@ def test_spark_binds_localhost(spark):
     assert spark.conf.get("spark.ui.enabled") == "false"
     for path in [*PACKAGE.rglob("*.py"), REPO / "Makefile", *REPO.glob("scripts/**/*")]:
         if path.is_file():
-            for m in re.finditer(r"spark\.connect\.grpc\.binding\.address[=\"' ,:]+([^\s\"']+)", path.read_text(errors="replace")):
+            for m in re.finditer(
+                r"spark\.connect\.grpc\.binding\.address[=\"' ,:]+([^\s\"']+)", path.read_text(errors="replace")
+            ):
                 assert m.group(1) in ("127.0.0.1", "localhost"), f"{path}: Spark Connect binds {m.group(1)}"
 
 
@@ -79,8 +88,13 @@ def test_weather_provider_binds_localhost():
     with WeatherServer(port=0) as server:
         assert server._server.server_address[0] == "127.0.0.1"
     # the command line too: it prints where it listens
-    proc = subprocess.Popen([sys.executable, "-m", "lakehouse.sim.weather_server", "--port", "0", "--quiet"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lakehouse.sim.weather_server", "--port", "0", "--quiet"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
     finally:
@@ -151,8 +165,9 @@ def test_a_planted_secret_never_leaves_the_environment(planted, tmp_path, spark,
     home = tmp_path / "dagster_home"
     home.mkdir()
     with dg.DagsterInstance.local_temp(str(home)) as instance:
-        result = materialize(dg.Definitions(assets=assets, resources=resources(project)), [a.key for a in assets],
-                             "2012-03", instance=instance)
+        result = materialize(
+            dg.Definitions(assets=assets, resources=resources(project)), [a.key for a in assets], "2012-03", instance=instance
+        )
         assert result.success
         lake = Lake(project.lake_root)
         (entry,) = read_manifest(lake.landing_month("customers", "2012-03"))
@@ -177,8 +192,13 @@ def test_a_planted_secret_stays_out_of_a_failed_run(tmp_path, monkeypatch, capfd
     home = tmp_path / "dagster_home"
     home.mkdir()
     with dg.DagsterInstance.local_temp(str(home)) as instance:
-        result = materialize(dg.Definitions(assets=[asset], resources=resources(project)), [asset.key], "2012-03",
-                             instance=instance, raise_on_error=False)
+        result = materialize(
+            dg.Definitions(assets=[asset], resources=resources(project)),
+            [asset.key],
+            "2012-03",
+            instance=instance,
+            raise_on_error=False,
+        )
         assert not result.success
         failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
         assert "database unreachable" in str(failure.event_specific_data.error)
@@ -199,7 +219,9 @@ def test_names_from_a_source_cannot_write_outside_the_lake(tmp_path, make_projec
     month_dir = lake.landing_month(source.name, "2012-01")
     hostile = ["../../../../escape.csv", "/etc/cron.d/evil", "..\\..\\win.csv", "a/../../b.csv", "\x00nul.csv", "..", ""]
     data = b"device_id;timestamp;reading_kwh\nM1;2012-01-01T00:00:00Z;1.0\n"
-    monkeypatch.setattr(collectors, "fetch", lambda *a, **k: [Fetched(n, data + n.encode("utf-8", "replace") + b"\n", "test") for n in hostile])
+    monkeypatch.setattr(
+        collectors, "fetch", lambda *a, **k: [Fetched(n, data + n.encode("utf-8", "replace") + b"\n", "test") for n in hostile]
+    )
     before = {p for p in tmp_path.rglob("*")}
     result = collect(project, source, "2012-01", month_dir)
     # each its own file: no name collapses into another (which would supersede it)
@@ -252,7 +274,9 @@ def test_source_paths_never_deserialize_code():
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [a.name.split(".")[0] for a in node.names] + ([node.module.split(".")[0]] if getattr(node, "module", None) else [])
+                names = [a.name.split(".")[0] for a in node.names] + (
+                    [node.module.split(".")[0]] if getattr(node, "module", None) else []
+                )
                 problems += [f"{path.name}:{node.lineno} imports {n}" for n in names if n in FORBIDDEN_IMPORTS]
             if isinstance(node, ast.Call):
                 name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
@@ -263,7 +287,9 @@ def test_source_paths_never_deserialize_code():
                     loader = {k.arg: ast.unparse(k.value) for k in node.keywords}.get("Loader", "")
                     if "SafeLoader" not in loader:
                         problems.append(f"{path.name}:{node.lineno} yaml.load without SafeLoader")
-                if name in ("read_parquet", "read_csv") and any(k.arg == "engine" and "pickle" in ast.unparse(k.value) for k in node.keywords):
+                if name in ("read_parquet", "read_csv") and any(
+                    k.arg == "engine" and "pickle" in ast.unparse(k.value) for k in node.keywords
+                ):
                     problems.append(f"{path.name}:{node.lineno} {name} with a pickle engine")
     assert not problems
 
@@ -272,7 +298,9 @@ def test_every_yaml_load_in_the_package_is_safe():
     """Across the whole package (ML and sim included): only safe_load / SafeLoader."""
     for path in PACKAGE.rglob("*.py"):
         text = path.read_text()
-        assert not re.search(r"yaml\.(unsafe_load|full_load|load_all)\(|Loader=yaml\.(Loader|FullLoader|UnsafeLoader)", text), path
+        assert not re.search(r"yaml\.(unsafe_load|full_load|load_all)\(|Loader=yaml\.(Loader|FullLoader|UnsafeLoader)", text), (
+            path
+        )
         for m in re.finditer(r"yaml\.load\(([^)]*)\)", text):
             assert "SafeLoader" in m.group(1), f"{path}: {m.group(0)}"
 
@@ -334,4 +362,5 @@ def test_an_inbox_file_over_the_cap_is_refused_and_recorded(tmp_path, make_proje
     (record,) = (month_dir / "_rejected").iterdir()
     assert "max_bytes" in record.read_text()
     assert not any("BIG" in p.name for p in month_dir.iterdir()) and b"M2;" not in b"".join(
-        p.read_bytes() for p in month_dir.rglob("*") if p.is_file())
+        p.read_bytes() for p in month_dir.rglob("*") if p.is_file()
+    )
