@@ -43,7 +43,7 @@ def toy(context: dg.AssetExecutionContext, config: ToyConfig, lake: LakeResource
     def step(month: str) -> dict:
         if month in config.bad_months:
             raise ValueError(f"unreadable data in {month}")
-        data = pa.table({"value": [config.value] * 3, "run_id": [context.run_id] * 3})
+        data = pa.table({"value": [config.value] * 3, "run_id": [context.run.run_id] * 3})
         return {"rows": data.num_rows, "delta_version": lake.lake.overwrite_month("formatted", "toy", data, month)}
 
     yield from report(context, run_months(context, step, "formatted/toy", workers=config.workers))

@@ -235,7 +235,7 @@ class Lake:
         read."""
         if not self.exists(zone, table) or not months:
             return ()
-        return tuple(sorted(self.delta(zone, table).file_uris([(PARTITION_COLUMN, "in", list(months))])))
+        return tuple(sorted(self.delta(zone, table).file_uris(file_pruning_predicate=[(PARTITION_COLUMN, "in", list(months))])))
 
     def month_rows(self, zone: str, table: str, months: Sequence[str]) -> dict[str, int] | None:
         """Rows of each of ``months`` (0 for a month without files), from the Delta log as :meth:`row_count`;
@@ -260,7 +260,8 @@ class Lake:
         if not self.exists(zone, table):
             return 0
         dataset = self._guard(
-            f"{zone}/{table}", lambda: self.delta(zone, table).to_pyarrow_dataset(partitions=[(PARTITION_COLUMN, "=", month)])
+            f"{zone}/{table}",
+            lambda: self.delta(zone, table).to_pyarrow_dataset(file_pruning_predicate=[(PARTITION_COLUMN, "=", month)]),
         )
         condition = None
         for column, value in (where or {}).items():
@@ -522,7 +523,7 @@ class Lake:
         months = None if months is None else sorted(set(months))
         dt = self.delta(zone, table, version)
         partition_filters = None if months is None else [(PARTITION_COLUMN, "in", months)]
-        files = dt.file_uris(partition_filters=partition_filters) if months != [] else []
+        files = dt.file_uris(file_pruning_predicate=partition_filters) if months != [] else []
         if not files:
             empty = dt.to_pyarrow_table(filters=[(PARTITION_COLUMN, "=", "~none~")])
             from lakehouse.io.spark import arrow_frame
