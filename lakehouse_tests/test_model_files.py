@@ -228,3 +228,39 @@ def _forge(version: Path, name: str, data: bytes) -> None:
     lineage = json.loads((version / "lineage.json").read_text())
     lineage["files"][name] = hashlib.sha256(data).hexdigest()
     (version / "lineage.json").write_text(json.dumps(lineage))
+
+
+def test_two_trainings_saving_at_once_get_their_own_versions(lake, rows, monkeypatch):
+    """Both trainings list the folder before either claims a number (the race of two runs): each still gets
+    its own version, holding its own model and lineage."""
+    import threading
+
+    from lakehouse.ml import models
+
+    listed = threading.Barrier(2)
+    real = models._numbers
+
+    def numbers_listed_together(storage, folder_uri):
+        found = real(storage, folder_uri)
+        listed.wait(timeout=30)  # neither has claimed yet when both have listed
+        return found
+
+    monkeypatch.setattr(models, "_numbers", numbers_listed_together)
+    fits = {kind: fitted(kind, rows) for kind in ("sklearn_ridge", "sklearn_linear")}
+    saved: dict[str, str] = {}
+
+    def train(kind: str) -> None:
+        saved[kind] = save_model(lake.storage, folder(lake), fits[kind], {"model": kind})
+
+    threads = [threading.Thread(target=train, args=(k,)) for k in fits]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    monkeypatch.setattr(models, "_numbers", real)
+    assert sorted(saved.values()) == [f"{folder(lake)}/v0001", f"{folder(lake)}/v0002"]
+    X, _ = rows
+    for kind, version in saved.items():
+        model, lineage = load_model(lake.storage, version)
+        assert lineage["model"] == kind
+        np.testing.assert_array_equal(model.predict(X), fits[kind].predict(X))
