@@ -9,7 +9,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from lakehouse.io.lake import Lake
+from lakehouse.io.lake import MONTH_KEY, Lake
 from lakehouse.transforms.executors import stage_frame
 
 MONTH = "2012-03"
@@ -48,6 +48,12 @@ def test_a_staged_month_is_the_frame_and_replaces_only_its_month(spark, tmp_path
     again, _ = stage_frame(spark.createDataFrame(rows(20, 1.0), SCHEMA), lake.storage, uri, MONTH)
     assert lake.commit_month("exploitation", "v", MONTH, again, schema) == version + 2
     assert lake.month_rows("exploitation", "v", [MONTH, "2012-04"]) == {MONTH: 20, "2012-04": 10}
+    # each commit names the month it wrote in the table's own history
+    assert [(h["version"], h.get(MONTH_KEY)) for h in lake.history("exploitation", "v")][:3] == [
+        (version + 2, MONTH),
+        (version + 1, "2012-04"),
+        (version, MONTH),
+    ]
     assert lake.count_rows("exploitation", "v", MONTH, null="n") == 4  # rows 0, 5, 10, 15
 
 

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from lakehouse.specs.models import StorageSpec
 
 PARTITION_COLUMN = "month"
+#: commit metadata naming the month a staged commit wrote (:meth:`Lake.history` shows it)
+MONTH_KEY = "lakehouse.month"
 ZONES = ("landing", "formatted", "trusted", "quality", "exploitation", "ml")
 
 
@@ -335,6 +337,8 @@ class Lake:
         now = int(time.time() * 1000)
         actions = [AddAction(s["path"], s["size"], {PARTITION_COLUMN: month}, now, True, s["stats"]) for s in staged]
         changes: list[AddAction | RemoveAction] = [*actions]
+        # the month a commit wrote, in the table's own history (a staged commit records no predicate)
+        props = CommitProperties(custom_metadata={MONTH_KEY: month})
 
         def write() -> None:
             if not DeltaTable.is_deltatable(uri, storage_options=self.storage.delta_options):
@@ -345,6 +349,7 @@ class Lake:
                     mode="error",
                     partition_by=[PARTITION_COLUMN],
                     storage_options=self.storage.delta_options,
+                    commit_properties=props,
                 )
                 return
             dt = self.delta(zone, table)
@@ -356,7 +361,12 @@ class Lake:
                 )
             filters = [(PARTITION_COLUMN, "=", month)] if mode == "overwrite" else None
             dt.create_write_transaction(
-                changes, mode=mode, schema=stored, partition_by=[PARTITION_COLUMN], partition_filters=filters
+                changes,
+                mode=mode,
+                schema=stored,
+                partition_by=[PARTITION_COLUMN],
+                partition_filters=filters,
+                commit_properties=props,
             )
 
         return self._commit(zone, table, write)
