@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -40,6 +40,10 @@ RETRY_OPTIONS = ("max_retries", "retry_timeout")
 
 class LakeURIError(ValueError):
     """A lake root that is not a local path or a supported object-store URI."""
+
+
+#: parts of a streamed write (5 MiB each, object_store's part size) uploaded at once: what a stream holds in memory
+STREAM_PARTS_IN_FLIGHT = 2
 
 
 class StorageError(RuntimeError):
@@ -290,8 +294,16 @@ class Storage:
         import obstore.exceptions as oe
 
         key = self.key(uri)
+        mode: Literal["create", "overwrite"] = "create" if create else "overwrite"
+
+        def put() -> Any:
+            if isinstance(data, bytes):
+                return obstore.put(self._store(), key, data, mode=mode)
+            # a stream is uploaded in parts; at most STREAM_PARTS_IN_FLIGHT of them are held at once
+            return obstore.put(self._store(), key, data, mode=mode, max_concurrency=STREAM_PARTS_IN_FLIGHT)
+
         try:
-            self._call("write", uri, lambda: obstore.put(self._store(), key, data, mode="create" if create else "overwrite"))
+            self._call("write", uri, put)
         except oe.AlreadyExistsError:
             return False
         return True
