@@ -328,6 +328,10 @@ class _Ctx:
 
     _earlier: list = field(default_factory=list)
 
+    def step_outcome(self, step: Any, action: str, default: str) -> None:
+        """Register what cleaning ``step`` does (its own description, else ``default``) before it runs."""
+        self.outcomes[step.name] = Outcome(step.name, "step", action, step.description or default, max_rate=step.max_rate)
+
     def earlier(self) -> DataFrame | pa.Table | None:
         """The trusted rows of earlier months (``history``), read once for every step and rule that asks."""
         if not self._earlier:
@@ -781,9 +785,7 @@ def _exact_duplicates(df: DataFrame, cols: list[str]) -> DataFrame:
 def _standardize(df: DataFrame, step: StandardizeStep, ctx: _Ctx) -> DataFrame:
     from pyspark.sql import functions as F
 
-    ctx.outcomes[step.name] = Outcome(
-        step.name, "step", "repair", step.description or f"standardize {step.column}", max_rate=step.max_rate
-    )
+    ctx.step_outcome(step, "repair", f"standardize {step.column}")
     col = F.col(f"`{step.column}`")
     new = col
     if step.truncate:
@@ -824,9 +826,7 @@ def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
 
     from lakehouse.io.spark import arrow_frame
 
-    ctx.outcomes[step.name] = Outcome(
-        step.name, "step", "repair", step.description or f"{step.column} in a unit {step.factor:g}x off", max_rate=step.max_rate
-    )
+    ctx.step_outcome(step, "repair", f"{step.column} in a unit {step.factor:g}x off")
     group = step.group_by
     value = F.col(f"`{step.column}`")
     active = df.filter(_active())
@@ -907,13 +907,7 @@ def _outliers(df: DataFrame, step: OutlierStep, ctx: _Ctx) -> DataFrame:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    ctx.outcomes[step.name] = Outcome(
-        step.name,
-        "step",
-        step.action,
-        step.description or f"{step.method} outliers of {step.column} over {step.window} {_per(step)}",
-        max_rate=step.max_rate,
-    )
+    ctx.step_outcome(step, step.action, f"{step.method} outliers of {step.column} over {step.window} {_per(step)}")
     half = int(duration_seconds(step.window) / 2)
     value = F.col(f"`{step.column}`")
     w = (
@@ -966,13 +960,7 @@ def _stuck(df: DataFrame, step: StuckStep, ctx: _Ctx) -> DataFrame:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    ctx.outcomes[step.name] = Outcome(
-        step.name,
-        "step",
-        step.action,
-        step.description or f"{step.min_run}+ identical consecutive {step.column} {_per(step)}",
-        max_rate=step.max_rate,
-    )
+    ctx.step_outcome(step, step.action, f"{step.min_run}+ identical consecutive {step.column} {_per(step)}")
     value = F.col(f"`{step.column}`")
     x = df.withColumn(ACTIVE, _active() & value.isNotNull())
     w = _series_window(step)
@@ -999,13 +987,7 @@ def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
     """
     from pyspark.sql import functions as F
 
-    ctx.outcomes[step.name] = Outcome(
-        step.name,
-        "step",
-        "repair",
-        step.description or f"{step.method} fill of gaps up to {step.max_gap} x {step.every} in {step.column}",
-        max_rate=step.max_rate,
-    )
+    ctx.step_outcome(step, "repair", f"{step.method} fill of gaps up to {step.max_gap} x {step.every} in {step.column}")
     every = int(duration_seconds(step.every))
     value = F.col(f"`{step.column}`")
     t = _seconds(step.time)
@@ -1061,13 +1043,7 @@ def _fill_nulls(df: DataFrame, step: FillNullsStep, ctx: _Ctx) -> DataFrame:
         "previous": "last value carried forward",
         "seasonal": f"value one {step.season} earlier",
     }
-    ctx.outcomes[step.name] = Outcome(
-        step.name,
-        "step",
-        "repair",
-        step.description or f"missing {', '.join(step.columns)} filled: {what[step.method]} {_per(step)}",
-        max_rate=step.max_rate,
-    )
+    ctx.step_outcome(step, "repair", f"missing {', '.join(step.columns)} filled: {what[step.method]} {_per(step)}")
     t = _seconds(step.time)
     x = df.withColumn(ACTIVE, _active() & F.col(f"`{step.time}`").isNotNull())
     w = _series_window(step)
