@@ -171,19 +171,16 @@ class ForecastParams(Options):
     @classmethod
     def _given(cls, data: Any, handler: Any) -> ForecastParams:
         """Name each model by its key, give ``cv`` the pipeline's seed, and keep the parameters as given."""
-        if isinstance(data, ForecastParams):
-            return data
-        raw = dict(data) if isinstance(data, dict) else data
-        if isinstance(raw, dict):
-            given = dict(raw)
-            if isinstance(given.get("models"), dict):
-                given["models"] = {n: {**m, "name": n} if isinstance(m, dict) else m for n, m in given["models"].items()}
-            cv = given.get("cv")
-            if cv is None or (isinstance(cv, dict) and cv.get("seed") is None):
-                given["cv"] = {**(cv or {}), "seed": given.get("seed", 0)}
-            data = given
-        out = handler(data)
-        out._raw = raw if isinstance(raw, dict) else {}
+        if not isinstance(data, dict):
+            return handler(data)  # an instance already, or an error pydantic reports
+        given = dict(data)
+        if isinstance(given.get("models"), dict):
+            given["models"] = {n: {**m, "name": n} if isinstance(m, dict) else m for n, m in given["models"].items()}
+        cv = given.get("cv")
+        if cv is None or (isinstance(cv, dict) and cv.get("seed") is None):
+            given["cv"] = {**(cv or {}), "seed": given.get("seed", 0)}
+        out = handler(given)
+        out._raw = dict(data)
         return out
 
     @model_validator(mode="after")
