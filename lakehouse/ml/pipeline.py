@@ -29,6 +29,8 @@ import pandas as pd
 from lakehouse.io.lake import Lake
 from lakehouse.ml import evaluate, forecast, train
 from lakehouse.ml.lineage import code_version
+from lakehouse.ml.models import save_model
+from lakehouse.ml.train import single_threaded
 from lakehouse.specs.ml import ForecastParams, ModelConfig
 from lakehouse.specs.tables import TableRef
 
@@ -232,9 +234,6 @@ def train_version(
 ) -> Trained:
     """Train ``cfg`` on the split's rows (the features and labels versions the split was made from), score
     it, and save model, lineage, metrics, validation predictions and plots as a new version under ``folder``."""
-    from lakehouse.ml.models import save_model
-    from lakehouse.ml.train import single_threaded
-
     split, split_lineage, split_version = read_table(lake, tables.split)
     feat_version = split_lineage["inputs"][f"ml/{tables.features}"]["delta_version"]
     lab_version = split_lineage["inputs"][f"ml/{tables.labels}"]["delta_version"]
@@ -279,8 +278,6 @@ def predictions(
     """The input's version read and each month's day-ahead predictions of ``model`` (``<key>, month,
     predicted, has_history, actual, label_ok, model, model_version, sample``; months without input are
     left out), features from the 13 months before the first month."""
-    from lakehouse.ml.train import single_threaded
-
     run_params = ForecastParams.model_validate(lineage["params"])
     cols = run_params.models[lineage["model"]].columns
     zone, table = TableRef.of(source)
