@@ -24,11 +24,15 @@ def resolve(ref: str) -> str:
 
 
 def export(ref: str) -> tuple[str, Path]:
-    """(full sha, directory holding ``lakehouse/`` and ``configs/`` of that commit)."""
+    """(full sha, directory holding ``lakehouse/``, ``configs/`` and the tests' fixture configs of that commit)."""
     sha = resolve(ref)
     target = WORK / "src" / sha[:12]
     if not (target / "lakehouse").is_dir():
-        data = subprocess.run(["git", "archive", sha, "lakehouse", "configs"], cwd=REPO, check=True, capture_output=True).stdout
+        listed = subprocess.run(
+            ["git", "ls-tree", "--name-only", sha, "lakehouse_tests/fixtures"], cwd=REPO, capture_output=True, text=True
+        )
+        paths = ["lakehouse", "configs", *listed.stdout.split()]
+        data = subprocess.run(["git", "archive", sha, *paths], cwd=REPO, check=True, capture_output=True).stdout
         target.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             tar.extractall(target, filter="data")

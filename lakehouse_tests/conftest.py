@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +15,30 @@ import pytest
 from lakehouse.specs import Project, load_project
 
 REPO = Path(__file__).resolve().parent.parent
+#: the tests' light meter chain, added to the repository's configs: ``exploitation/daily_consumption`` (the
+#: meter readings alone, per day) and the small forecast ``meter_forecast`` over it
+FIXTURE_CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
+
+
+def with_fixtures(target: Path, base: Path = REPO / "configs") -> Path:
+    """``base`` copied to ``target`` with the tests' fixture declarations added."""
+    shutil.copytree(base, target)
+    shutil.copytree(FIXTURE_CONFIGS, target, dirs_exist_ok=True)
+    return target
+
+
+def _session_configs() -> Path:
+    """One composed configs folder for the session; child processes (servers, crash runs, cluster worlds)
+    find it through ``LAKEHOUSE_CONFIGS``."""
+    root = Path(tempfile.mkdtemp(prefix="lakehouse-test-configs-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return with_fixtures(root / "configs")
+
+
+TEST_CONFIGS = _session_configs()
+#: the training assets of the fixture forecast ``meter_forecast`` (prefix ``daily``), upstream first
+FIXTURE_MODEL_KEYS = [["ml", f"daily_{step}"] for step in ("features", "labels", "split", "gbm", "champion")]
+os.environ["LAKEHOUSE_CONFIGS"] = str(TEST_CONFIGS)
 
 
 def free_port() -> int:
@@ -33,9 +60,9 @@ def spark():
 
 @pytest.fixture
 def configs_copy(tmp_path: Path) -> Path:
-    """A writable copy of the repository's configs/ under a temporary project root."""
+    """A writable copy of the tests' configs (the repository's and the fixtures) under a temporary project root."""
     target = tmp_path / "project" / "configs"
-    shutil.copytree(REPO / "configs", target)
+    shutil.copytree(TEST_CONFIGS, target)
     return target
 
 
@@ -44,7 +71,7 @@ def make_project(tmp_path: Path) -> Callable[..., Project]:
     """Load a configs dir with the lake and the demo world under ``tmp_path``."""
 
     def load(configs: Path | None = None, **env: str) -> Project:
-        configs = configs or (REPO / "configs")
+        configs = configs or TEST_CONFIGS
         values = {"LAKEHOUSE_ROOT": str(tmp_path / "lake"), "LAKEHOUSE_DEMO_ROOT": str(tmp_path / "world"), **env}
         return load_project(configs, env=values)
 

@@ -4,10 +4,10 @@ import ast
 from pathlib import Path
 
 from lakehouse.factories import build_definitions
+from lakehouse_tests.conftest import REPO
 
 EXPECTED_KEYS = [
     "exploitation/consumption_daily",
-    "exploitation/daily_consumption",
     "exploitation/golden_customers",
     "formatted/billing_customers",
     "formatted/calendar",
@@ -24,7 +24,6 @@ EXPECTED_KEYS = [
     "ml/consumption_gbm",
     "ml/consumption_labels",
     "ml/consumption_mlp",
-    "ml/consumption_model",
     "ml/consumption_predictions",
     "ml/consumption_split",
     "ml/meter_drift",
@@ -39,7 +38,7 @@ EXPECTED_KEYS = [
 
 
 def test_asset_keys_snapshot(make_project):
-    defs = build_definitions(make_project())
+    defs = build_definitions(make_project(REPO / "configs"))
     keys = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())
     assert keys == EXPECTED_KEYS
 

@@ -9,7 +9,7 @@ import pytest
 from lakehouse.factories.checks import pandera_results
 from lakehouse.quality.schemas import source_contract, validate, view_contract
 from lakehouse.specs import load_project
-from lakehouse_tests.conftest import REPO
+from lakehouse_tests.conftest import TEST_CONFIGS
 
 T0 = dt.datetime(2012, 1, 1, tzinfo=dt.UTC)
 SCHEMA = "meter_id string, ts timestamp, reading_kwh double, _source_file string, _source_line bigint, month string"
@@ -17,7 +17,7 @@ SCHEMA = "meter_id string, ts timestamp, reading_kwh double, _source_file string
 
 @pytest.fixture(scope="module")
 def project():
-    return load_project(REPO / "configs", env={})
+    return load_project(TEST_CONFIGS, env={})
 
 
 def checks_of(contract, column: str) -> list[str]:

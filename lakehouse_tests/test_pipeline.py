@@ -16,6 +16,7 @@ from lakehouse.io.lake import Lake
 from lakehouse.quality import quarantine as quarantine_table
 from lakehouse.quality import repairs as repairs_table
 from lakehouse.sim.world import MeterWorld, WorldConfig
+from lakehouse_tests.conftest import FIXTURE_MODEL_KEYS, TEST_CONFIGS
 
 MONTHS = ["2012-01", "2012-02", "2012-03", "2012-04"]
 RUN_COLUMNS = {"run_id", "batch_id", "written_at"}
@@ -34,7 +35,6 @@ def content_hash(lake: Lake, zone: str, table: str) -> str:
 def world_and_project(tmp_path_factory, weather_server):
     from lakehouse.sim.customers import CustomerWorld
     from lakehouse.specs import load_project
-    from lakehouse_tests.conftest import REPO
 
     root = tmp_path_factory.mktemp("pipeline")
     config = WorldConfig(meters=3, fault_rate=0.01, seed=3)
@@ -45,7 +45,7 @@ def world_and_project(tmp_path_factory, weather_server):
         "LAKEHOUSE_DEMO_ROOT": str(root / "world"),
         "LAKEHOUSE_WEATHER_URL": weather_server.url,
     }
-    project = load_project(REPO / "configs", env=env)
+    project = load_project(TEST_CONFIGS, env=env)
     return root, project
 
 
@@ -116,13 +116,14 @@ def test_all_zones_then_model_then_rerun(spark, world_and_project):
     assert all(lake.version(*t) > versions[t] for t in before)
 
     ml = dg.materialize(
-        defs.assets, selection=[dg.AssetKey(["ml", "consumption_model"])], resources=defs.resources, instance=instance
+        defs.assets, selection=[dg.AssetKey(k) for k in FIXTURE_MODEL_KEYS], resources=defs.resources, instance=instance
     )
     assert ml.success
-    (event,) = ml.get_asset_materialization_events()
-    meta = event.materialization.metadata
+    meta = next(
+        e.materialization.metadata for e in ml.get_asset_materialization_events() if e.asset_key.path == ["ml", "daily_gbm"]
+    )
     assert meta["rmse"].value > 0 and meta["validation_rows"].value > 0
-    model_dir = Path(lake.uri("ml", "consumption_model", "models", "v0001"))
+    model_dir = Path(lake.uri("ml", "daily_gbm", "models", "v0001"))
     lineage = json.loads((model_dir / "lineage.json").read_text())
     assert lineage["inputs"]["exploitation/daily_consumption"]["delta_version"] == lake.version(
         "exploitation", "daily_consumption"

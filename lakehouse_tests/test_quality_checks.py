@@ -20,15 +20,15 @@ from lakehouse.quality import cleaning, metrics, quarantine, repairs
 from lakehouse.sim.world import MeterWorld, WorldConfig
 from lakehouse.specs import load_project
 from lakehouse.transforms.executors import stage_parquet
-from lakehouse_tests.conftest import REPO
+from lakehouse_tests.conftest import TEST_CONFIGS
 
 MONTH = "2012-01"
 TRUSTED = dg.AssetKey(["trusted", "meter_readings"])
 
 
 def reduced_configs(target: Path, extra_rules: str = "") -> Path:
-    """The repository's configs with only meter_readings and the daily view (no other collectors)."""
-    shutil.copytree(REPO / "configs", target)
+    """The tests' configs with only meter_readings and the daily view (no other collectors)."""
+    shutil.copytree(TEST_CONFIGS, target)
     for path in (target / "sources").iterdir():
         if path.name != "meter_readings.yaml":
             path.unlink()

@@ -26,7 +26,7 @@ from lakehouse.quality import quarantine as quarantine_table
 from lakehouse.quality import repairs as repairs_table
 from lakehouse.sim.world import MeterWorld, WorldConfig
 from lakehouse.specs import SpecError, load_project
-from lakehouse_tests.conftest import REPO, Cuttable
+from lakehouse_tests.conftest import FIXTURE_MODEL_KEYS, TEST_CONFIGS, Cuttable
 
 pytestmark = pytest.mark.s3
 
@@ -78,7 +78,7 @@ def project_at(world: Path, lake_root: str, weather_url: str, configs: Path | No
         "LAKEHOUSE_DEMO_ROOT": str(world / "world"),
         "LAKEHOUSE_WEATHER_URL": weather_url,
     }
-    return load_project(configs or REPO / "configs", env=env)
+    return load_project(configs or TEST_CONFIGS, env=env)
 
 
 def run_zones(defs, months=MONTHS, *, raise_on_error=True, zones=("landing", "formatted", "trusted", "quality", "exploitation")):
@@ -96,7 +96,7 @@ def run_zones(defs, months=MONTHS, *, raise_on_error=True, zones=("landing", "fo
 def run_model(defs):
     return dg.materialize(
         defs.assets,
-        selection=[dg.AssetKey(["ml", "consumption_model"])],
+        selection=[dg.AssetKey(k) for k in FIXTURE_MODEL_KEYS],
         resources=defs.resources,
         instance=dg.DagsterInstance.ephemeral(),
     )
@@ -136,9 +136,9 @@ def test_every_zone_on_s3_gives_the_tables_of_the_local_lake(spark, world, weath
     assert s3_rows == local_rows and len(s3_rows) > 0
 
     # the model: a versioned folder on S3 with its lineage, the same metrics as on disk
-    (s3_model,) = versions(lake.storage, lake.uri("ml", "consumption_model", "models"))
-    (local_model,) = versions(local.storage, local.uri("ml", "consumption_model", "models"))
-    assert s3_model.startswith("s3://lake/lakes/main/ml/consumption_model/models/v0001")
+    (s3_model,) = versions(lake.storage, lake.uri("ml", "daily_gbm", "models"))
+    (local_model,) = versions(local.storage, local.uri("ml", "daily_gbm", "models"))
+    assert s3_model.startswith("s3://lake/lakes/main/ml/daily_gbm/models/v0001")
     s3_lineage, local_lineage = read_json(lake.storage, s3_model), read_json(local.storage, local_model)
     assert s3_lineage["metrics"] == local_lineage["metrics"]
     assert s3_lineage["inputs"]["exploitation/daily_consumption"]["delta_version"] == lake.version(

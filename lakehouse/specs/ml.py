@@ -264,16 +264,6 @@ class AnomalyParams(Options):
         return data
 
 
-class RegressionParams(Options):
-    """``params`` of a ``consumption_regression`` pipeline (one gradient-boosting model on calendar and
-    past-target features)."""
-
-    columns: Columns
-    validation_months: int = Field(default=3, ge=1)
-    seed: int = 0
-    model: dict[str, Any] = Field(default_factory=dict)
-
-
 class _Pipeline(Options):
     name: str
     description: str = ""
@@ -303,11 +293,6 @@ class AnomalyPipeline(_Pipeline):
     params: AnomalyParams
 
 
-class RegressionPipeline(_Pipeline):
-    kind: Literal["consumption_regression"]
-    params: RegressionParams
-
-
 #: an analysis pipeline; ``kind`` selects its parameters and its builder (``lakehouse.factories.ml``)
-PipelineSpec = Annotated[ForecastPipeline | AnomalyPipeline | RegressionPipeline, Field(discriminator="kind")]
-PIPELINE_KINDS = ("consumption_forecast", "meter_anomaly", "consumption_regression")
+PipelineSpec = Annotated[ForecastPipeline | AnomalyPipeline, Field(discriminator="kind")]
+PIPELINE_KINDS = ("consumption_forecast", "meter_anomaly")

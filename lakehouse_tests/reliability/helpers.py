@@ -12,6 +12,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from lakehouse.io.lake import Lake
 from lakehouse.specs import Project, load_project
+from lakehouse_tests.conftest import TEST_CONFIGS
 
 REPO = Path(__file__).resolve().parents[2]
 #: columns that name the run rather than the data (excluded from content hashes)
@@ -28,7 +29,7 @@ ZONE_KEYS = [("landing", SOURCE), ("formatted", SOURCE), ("trusted", SOURCE)]
 
 def project_at(root: Path, world: Path, configs: Path | None = None, **env: str) -> Project:
     values = {"LAKEHOUSE_ROOT": str(root), "LAKEHOUSE_DEMO_ROOT": str(world), **env}
-    return load_project(configs or REPO / "configs", env=values)
+    return load_project(configs or TEST_CONFIGS, env=values)
 
 
 def zone_definitions(project: Project, sources: Sequence[str] = (SOURCE,), views: Sequence[str] = ()) -> dg.Definitions:
