@@ -26,8 +26,9 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("LAKEHOUSE_DEMO_ROOT", str(args.world))
     from lakehouse import settings
+    from lakehouse.io.formatting import read_raw
     from lakehouse.io.spark import get_spark
-    from lakehouse.transforms.parse import cast_checked, read_raw
+    from lakehouse.transforms.parse import cast_checked
 
     project = settings.load()
     source = project.source("meter_readings")

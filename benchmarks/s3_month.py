@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import boto3
 
-    from lakehouse.factories.maintenance import delta_tables
     from lakehouse.io.lake import Lake
+    from lakehouse.io.maintenance import delta_tables
     from lakehouse.sim.customers import CustomerWorld
     from lakehouse.sim.weather_server import WeatherServer
     from lakehouse.sim.world import MeterWorld, WorldConfig

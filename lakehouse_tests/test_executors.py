@@ -12,11 +12,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from lakehouse.io import formatting, staging
+from lakehouse.io.formatting import read_raw
 from lakehouse.io.lake import Lake
 from lakehouse.io.storage import Storage
 from lakehouse.specs.models import SourceSpec
-from lakehouse.transforms import executors as X
-from lakehouse.transforms.parse import FILE_COL, LINE_COL, cast_checked, read_raw
+from lakehouse.transforms import fast_lane
+from lakehouse.transforms.parse import FILE_COL, LINE_COL, cast_checked
 
 METER = SourceSpec.model_validate(
     {
@@ -73,8 +75,8 @@ def both_lanes(spark, tmp_path: Path, source: SourceSpec, contents: dict[str, by
     for name, data in contents.items():
         (inbox / name).write_bytes(data)
         files.append(str(inbox / name))
-    schema = X.data_schema(spark, source)
-    staged, bad, fast = X.format_month(spark, files, source, MONTH, Storage("/"), str(tmp_path / "table"), schema)
+    schema = formatting.data_schema(spark, source)
+    staged, bad, fast = formatting.format_month(spark, files, source, MONTH, Storage("/"), str(tmp_path / "table"), schema)
     accepted = pa.concat_tables([pq.read_table(tmp_path / "table" / s["path"]) for s in staged]) if staged else None
     return accepted, bad, fast, spark_lane(spark, files, source), staged
 
@@ -110,7 +112,7 @@ def test_clean_and_dirty_files_give_the_spark_lanes_rows(spark, tmp_path):
     )  # columns in another order: still the fast lane
     accepted, bad, fast, (ref_good, ref_bad), _ = both_lanes(spark, tmp_path, METER, contents)
     assert 3 <= fast < len(contents), fast  # both lanes were taken
-    assert accepted.schema.equals(X._file_schema(X.data_schema(spark, METER)))
+    assert accepted.schema.equals(fast_lane.file_schema(formatting.data_schema(spark, METER)))
     assert ordered(accepted) == ordered(ref_good.cast(accepted.schema))
     assert ordered(bad) == ordered(ref_bad.cast(bad.schema)) and bad.num_rows > 0
 
@@ -137,7 +139,7 @@ def test_a_source_the_fast_lane_cannot_cast_takes_the_spark_lane(spark, tmp_path
     raw = METER.model_dump()
     raw["columns"][1]["format"] = "yyyy-MM-dd'T'HH:mm:ss'Z'"
     spec = SourceSpec.model_validate(raw)
-    assert not X.eligible(spec) and X.eligible(METER)
+    assert not fast_lane.eligible(spec) and fast_lane.eligible(METER)
     accepted, bad, fast, (ref_good, _), staged = both_lanes(spark, tmp_path, spec, {"m_2012-01.csv": meter_file(range(5))})
     assert fast == 0 and len(staged) == 1 and ordered(accepted) == ordered(ref_good.cast(accepted.schema))
 
@@ -148,7 +150,7 @@ def test_a_source_the_fast_lane_cannot_cast_takes_the_spark_lane(spark, tmp_path
 )
 def test_cast_strict_steps_aside(kind, value):
     raw = pa.table({"v": [value], FILE_COL: ["f"], LINE_COL: pa.array([2], pa.int64())})
-    plan = X.Plan(
+    plan = fast_lane.CastPlan(
         fmt=None,
         raw_names=("v",),
         columns=(("v", "v", kind, True, None),),
@@ -156,10 +158,8 @@ def test_cast_strict_steps_aside(kind, value):
         month=MONTH,
         utc_session=True,
         schema=pa.schema([("v", pa.string()), (FILE_COL, pa.string()), (LINE_COL, pa.int64())]),
-        table_dir="",
-        storage=Storage("/"),
     )
-    assert X.cast_strict(raw, plan) is None
+    assert fast_lane.cast_strict(raw, plan) is None
 
 
 def staged_month(lake: Lake, month: str, rows: int, schema: pa.Schema) -> list[dict]:
@@ -171,13 +171,13 @@ def staged_month(lake: Lake, month: str, rows: int, schema: pa.Schema) -> list[d
             FILE_COL: ["f.csv"] * rows,
             LINE_COL: pa.array(range(2, rows + 2), pa.int64()),
         }
-    ).cast(X._file_schema(schema))
-    return [X.stage_parquet(lake.storage, lake.table_uri("formatted", "m"), f"month={month}", table)]
+    ).cast(fast_lane.file_schema(schema))
+    return [staging.stage_parquet(lake.storage, lake.table_uri("formatted", "m"), f"month={month}", table)]
 
 
 def test_commit_month_replaces_one_month_in_one_transaction(spark, tmp_path):
     lake = Lake(tmp_path / "lake")
-    schema = X.data_schema(spark, METER)
+    schema = formatting.data_schema(spark, METER)
     assert lake.commit_month("formatted", "m", "2012-01", staged_month(lake, "2012-01", 5, schema), schema) == 0
     assert lake.commit_month("formatted", "m", "2012-02", staged_month(lake, "2012-02", 3, schema), schema) == 1
     assert lake.commit_month("formatted", "m", "2012-01", staged_month(lake, "2012-01", 2, schema), schema) == 2
@@ -199,7 +199,7 @@ def test_commit_month_replaces_one_month_in_one_transaction(spark, tmp_path):
 
 def test_commit_month_refuses_other_columns(spark, tmp_path):
     lake = Lake(tmp_path / "lake")
-    schema = X.data_schema(spark, METER)
+    schema = formatting.data_schema(spark, METER)
     lake.commit_month("formatted", "m", "2012-01", staged_month(lake, "2012-01", 2, schema), schema)
     other = pa.schema([f if f.name != "reading_kwh" else pa.field("reading_kwh", pa.string()) for f in schema])
     with pytest.raises(ValueError, match=r"formatted/m: month 2012-02 has columns .*reading_kwh: string.* but the table has"):
@@ -216,7 +216,7 @@ def test_file_statistics_bound_every_column():
             "long": ["x" * 100, "y"],
         }
     )
-    stats = json.loads(X.stats(table))
+    stats = json.loads(staging.stats(table))
     assert stats["numRecords"] == 2 and stats["nullCount"] == {"ts": 0, "x": 1, "s": 0, "long": 0}
     assert stats["minValues"] == {"ts": "2012-01-01T00:00:00Z", "x": 2.5, "s": "a"}
     assert stats["maxValues"] == {"ts": "2012-01-02T03:04:05.000006Z", "x": 2.5, "s": "b"}

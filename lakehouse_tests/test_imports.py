@@ -1,6 +1,7 @@
 """The package's layering, checked on the source: every import statement, at any depth of a module.
 
 - collectors fetch and land bytes: no Dagster, no Spark;
+- transforms are pure functions of data: no file or table IO (``lakehouse.io``);
 - nothing below the factories imports them (transforms, quality, io, ml, specs, collectors);
 - the demo's simulated world (``lakehouse.sim``) is imported by nothing in the lakehouse but itself.
 """
@@ -48,6 +49,7 @@ def offending(paths: list[Path], forbidden: tuple[str, ...]) -> dict[str, list[s
     ("folders", "forbidden"),
     [
         (("collectors",), ("dagster", "pyspark", "lakehouse.factories")),
+        (("transforms",), ("lakehouse.io",)),
         (("transforms", "quality", "io", "ml", "specs", "collectors"), ("lakehouse.factories", "lakehouse.definitions")),
     ],
 )

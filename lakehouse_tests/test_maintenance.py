@@ -8,17 +8,9 @@ import pyarrow as pa
 import pytest
 
 from lakehouse.factories.common import LakeResource
-from lakehouse.factories.maintenance import (
-    MAINTENANCE_CRON,
-    MAINTENANCE_JOB,
-    LineageError,
-    build_maintenance,
-    delta_tables,
-    maintain_lake,
-    maintain_table,
-    versions_in_use,
-)
+from lakehouse.factories.maintenance import MAINTENANCE_CRON, MAINTENANCE_JOB, build_maintenance
 from lakehouse.io.lake import Lake
+from lakehouse.io.maintenance import LineageError, delta_tables, maintain_lake, maintain_table, versions_in_use
 
 MONTHS = ["2012-01", "2012-02"]
 

@@ -211,7 +211,7 @@ def test_forecast_assets_train_validate_and_promote(trained):
     assert meta["consumption_gbm"]["cv_folds"].value == 3 and len(meta["consumption_gbm"]["cv"].value.records) == 3
     pointer = json.loads(lake.storage.read(lake.uri("ml", "consumption_champion", "champion.json")))
     # table maintenance keeps every version a model depends on readable (vacuum skips them)
-    from lakehouse.factories.maintenance import versions_in_use
+    from lakehouse.io.maintenance import versions_in_use
 
     in_use = versions_in_use(lake)
     assert lake.version("exploitation", "consumption_daily") in in_use[("exploitation", "consumption_daily")]

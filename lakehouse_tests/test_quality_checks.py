@@ -16,10 +16,10 @@ import pytest
 
 from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
+from lakehouse.io.staging import stage_parquet
 from lakehouse.quality import cleaning, metrics, quarantine, repairs
 from lakehouse.sim.world import MeterWorld, WorldConfig
 from lakehouse.specs import load_project
-from lakehouse.transforms.executors import stage_parquet
 from lakehouse_tests.conftest import TEST_CONFIGS
 
 MONTH = "2012-01"

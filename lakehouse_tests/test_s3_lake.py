@@ -18,8 +18,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from lakehouse.collectors.landing import read_manifest
 from lakehouse.factories import build_definitions
-from lakehouse.factories.maintenance import delta_tables, maintain_table
 from lakehouse.io.lake import Lake
+from lakehouse.io.maintenance import delta_tables, maintain_table
 from lakehouse.io.storage import LakeURIError, StorageAccessError, parse_root
 from lakehouse.ml.models import read_json, versions
 from lakehouse.quality import quarantine as quarantine_table

@@ -68,7 +68,12 @@ def test_package_zip_holds_the_importable_package_and_is_reused():
     path = package_zip()
     assert path.name == "lakehouse.zip" and package_zip() == path
     names = set(zipfile.ZipFile(path).namelist())
-    assert {"lakehouse/__init__.py", "lakehouse/io/spark.py", "lakehouse/transforms/executors.py"} <= names
+    assert {
+        "lakehouse/__init__.py",
+        "lakehouse/io/spark.py",
+        "lakehouse/transforms/fast_lane.py",
+        "lakehouse/io/formatting.py",
+    } <= names
     assert not any("__pycache__" in n for n in names)
     assert zipimport.zipimporter(str(path)).find_spec("lakehouse") is not None
 

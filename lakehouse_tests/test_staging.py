@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from lakehouse.io.lake import MONTH_KEY, Lake
-from lakehouse.transforms.executors import stage_frame
+from lakehouse.io.staging import stage_frame
 
 MONTH = "2012-03"
 SCHEMA = "meter_id string, ts timestamp, kwh double, n bigint, day date"
@@ -80,7 +80,7 @@ def test_a_job_that_fails_half_way_leaves_the_table_as_it_was(spark, tmp_path):
     folder = tmp_path / "exploitation" / "v" / f"month={MONTH}"
     assert len(list(folder.glob("*.parquet"))) > len(staged)  # staged files of the failed job are on disk, outside the log
     # the maintenance job's vacuum removes them (here without a retention period); the rows stay
-    from lakehouse.factories.maintenance import maintain_table
+    from lakehouse.io.maintenance import maintain_table
 
     maintain_table(lake, "exploitation", "v", retention_hours=0)
     listed = {p.rsplit("/", 1)[-1] for p in lake.delta("exploitation", "v").file_uris()}

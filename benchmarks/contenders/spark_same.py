@@ -40,8 +40,8 @@ def _formatted(spark, source, schema, months: dict[str, list[Path]], out: Path) 
     rejected rows into ``out/quarantine_formatted/``. No Delta commit: the staged files are the output."""
     import pyarrow.parquet as pq
 
+    from lakehouse.io.formatting import format_month
     from lakehouse.io.storage import Storage
-    from lakehouse.transforms.executors import format_month
 
     for month, paths in months.items():
         shutil.rmtree(out / "formatted" / f"month={month}", ignore_errors=True)
@@ -85,8 +85,8 @@ def main(per_month: bool = False) -> None:
     from pyspark.sql import functions as F
 
     from lakehouse.factories.trusted import history_months
+    from lakehouse.io.formatting import data_schema
     from lakehouse.io.spark import get_spark
-    from lakehouse.transforms.executors import data_schema
 
     source = next(s for s in project.sources if s.name == "meter_readings")
     view = next(v for v in project.views if v.name == "daily_consumption")

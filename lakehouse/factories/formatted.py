@@ -2,7 +2,7 @@
 
 Spark parses the month's landed files, casts every column to its declared type and writes the month in
 one Delta transaction; rows that cannot be read go to the quarantine with file, line and cause. Clean
-files take the fast lane (:mod:`lakehouse.transforms.executors`: Spark's Python workers parse, cast and
+files take the fast lane (:mod:`lakehouse.io.formatting`: Spark's Python workers parse, cast and
 write Parquet), the others Spark's casts; both land in the same commit.
 """
 
@@ -19,9 +19,9 @@ from lakehouse.factories.checks import (
 )
 from lakehouse.factories.common import LakeResource, SparkResource, escape_md, key, monthly, report, run_months, spec_version
 from lakehouse.factories.schema import column_schema
+from lakehouse.io.formatting import data_schema, format_month
 from lakehouse.quality import quarantine, schemas
 from lakehouse.specs.models import Project, SourceSpec
-from lakehouse.transforms.executors import data_schema, format_month
 
 
 def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:

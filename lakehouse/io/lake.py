@@ -312,7 +312,7 @@ class Lake:
 
     def commit_month(self, zone: str, table: str, month: str, staged: Sequence[dict], schema: pa.Schema) -> int:
         """Replace exactly ``month`` of ``zone/table`` with Parquet files already written into its month
-        folder (``path``/``size``/``stats`` of each, see :func:`lakehouse.transforms.executors.stage_parquet`)
+        folder (``path``/``size``/``stats`` of each, see :func:`lakehouse.io.staging.stage_parquet`)
         in one transaction; the new version. ``schema``: the files' schema with the partition column.
 
         The table is created when missing. An existing table whose columns differ from ``schema`` is not

@@ -627,8 +627,8 @@ def _stage_task(source: SourceSpec, month: str, staging: Staging, out_schema: pa
         import pyarrow as pa
         import pyarrow.compute as pc
 
+        from lakehouse.io.staging import Stager
         from lakehouse.quality import quarantine, repairs
-        from lakehouse.transforms.executors import Stager
 
         partition = f"{MONTH}={month}"
         stagers = {

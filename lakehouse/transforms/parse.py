@@ -1,8 +1,8 @@
 """A delivery → rows of strings, then strings → the canonical typed table. Nothing is dropped.
 
 Parsing (:func:`parse_file`: csv with a real dialect, JSON lines, JSON documents, Parquet, any of them
-gzip-compressed) happens on Spark executors (``binaryFile`` + ``mapInArrow``) so every row keeps its file
-name and line; a record that cannot be read becomes a row with ``_error`` set and its text in ``_raw``.
+gzip-compressed) runs in Spark's tasks (:func:`lakehouse.io.formatting.read_raw`) so every row keeps its
+file name and line; a record that cannot be read becomes a row with ``_error`` set and its text in ``_raw``.
 Casting (:func:`cast_checked`) accepts each value only in its declared form (ISO dates and times, numbers
 in the source's locale, strings matching their pattern) and rejects the rest with a message that names
 the column, the value and why.
@@ -22,7 +22,7 @@ from lakehouse.specs.models import ColumnSpec, FormatSpec, SourceSpec
 from lakehouse.transforms.decode import Payload, Unreadable, bounded, decode_text, decompress, invalid_text
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame
 
 FILE_COL = "_source_file"
 LINE_COL = "_source_line"
@@ -488,39 +488,6 @@ def lineage_name(path: str, spans_months: bool) -> str:
     return "/".join(parts[-2:]) if spans_months else parts[-1]
 
 
-def read_raw(spark: SparkSession, files: str | Sequence[str], source: SourceSpec, *, storage=None) -> DataFrame:
-    """Landed files as rows of strings (one Spark task parses whole files).
-
-    ``files``: the exact files to read (the month's manifest, see
-    :func:`lakehouse.collectors.landing.landed_files`), as URIs on ``storage`` (the lake's
-    :class:`lakehouse.io.storage.Storage`; None: local paths). Spark's Python workers open them
-    (:func:`lakehouse.io.storage.open_files`), so the same code reads a lake on disk or on S3.
-    """
-    from lakehouse.io.spark import parallelism
-    from lakehouse.io.storage import open_files
-
-    fmt = source.format
-    raw_names = [c.raw_name for c in source.columns]
-    schema = raw_schema(raw_names)
-    paths = [files] if isinstance(files, str) else [str(f) for f in files]
-    if not paths:
-        return empty_raw(spark, source)
-
-    spans = source.spans_months
-    slots = min(len(paths), parallelism(spark))
-    shares = [paths[i::slots] for i in range(slots)]
-
-    def parse_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for slot in batch.column("id").to_pylist():
-                for path, content in open_files(shares[slot], storage):
-                    yield from parse_file(lineage_name(path, spans), content, fmt, raw_names).to_batches()
-
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    return spark.range(slots, numPartitions=slots).mapInArrow(parse_batches, from_arrow_schema(schema))
-
-
 #: the forms a value of each type must take when the column declares no ``format`` (Java regex, whole
 #: value): Spark's own casts also read ``12:00`` as today's noon, ``41275`` as the year 41275, ``0x1p3``
 #: as 8.0 and a timestamp as a date, none of which a delivery means
@@ -706,9 +673,3 @@ def cast_checked(
         F.when(rejected, F.col("__problem")).alias("error"),
         F.when(rejected, F.coalesce(F.col(RAW_COL), record)).alias("record"),
     )
-
-
-def empty_raw(spark: SparkSession, source: SourceSpec) -> DataFrame:
-    from lakehouse.io.spark import arrow_frame
-
-    return arrow_frame(spark, raw_schema([c.raw_name for c in source.columns]).empty_table())

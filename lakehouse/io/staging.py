@@ -1,0 +1,121 @@
+"""Executors write, the driver commits: Spark's tasks write a table's rows as Parquet files into its month
+folder through the lake's storage (:class:`lakehouse.io.storage.Storage`: the same code on disk and on S3);
+only the files' paths and Delta statistics come back, and the driver commits them in the month's one Delta
+transaction (:meth:`lakehouse.io.lake.Lake.commit_month`). Uncommitted files are not part of the table, so
+a crash leaves the previous version intact (:func:`lakehouse.io.maintenance.sweep_staged` removes them).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakehouse.io.storage import Storage
+
+#: longer string bounds are left out of a file's statistics
+STRING_STATS_CHARS = 64
+
+#: a task parses at most about this many lines at once and writes a Parquet file at least this often
+FLUSH_ROWS = 1_000_000
+
+
+def stats(table: pa.Table) -> str:
+    """Delta ``add`` statistics of a file's rows (the form delta-rs writes): row count, per-column nulls,
+    minimum and maximum."""
+
+    def text(value):
+        if isinstance(value, datetime):
+            value = value.astimezone(UTC)
+            return value.strftime("%Y-%m-%dT%H:%M:%S") + (f".{value.microsecond:06d}" if value.microsecond else "") + "Z"
+        return value.isoformat() if hasattr(value, "isoformat") else value
+
+    lows, highs, nulls = {}, {}, {}
+    for name in table.column_names:
+        column = table.column(name)
+        nulls[name] = column.null_count
+        if column.null_count < len(column) and not pa.types.is_boolean(column.type):
+            bounds = pc.min_max(column)
+            low, high = text(bounds["min"].as_py()), text(bounds["max"].as_py())
+            if isinstance(low, str) and max(len(low), len(high)) > STRING_STATS_CHARS:
+                continue  # no bounds rather than long ones in every add of the log (a cut maximum would lie)
+            lows[name], highs[name] = low, high
+    return json.dumps({"numRecords": table.num_rows, "minValues": lows, "maxValues": highs, "nullCount": nulls})
+
+
+def stage_parquet(storage: Storage, table_uri: str, partition: str, table: pa.Table) -> dict:
+    """Write ``table`` as one Parquet file into ``table_uri/<partition>/``; what the Delta ``add`` needs.
+
+    The file is not part of the table until a commit lists it."""
+    name = f"part-{uuid.uuid4().hex}-c000.snappy.parquet"
+    size = storage.write_parquet(storage.join(table_uri, partition, name), table)
+    return {"path": f"{partition}/{name}", "size": size, "stats": stats(table), "rows": table.num_rows}
+
+
+class Stager:
+    """One task's rows of one table, written as Parquet files of about ``FLUSH_ROWS`` rows into
+    ``table_uri/<partition>/`` (:func:`stage_parquet`): the task holds at most that many rows of the table."""
+
+    def __init__(self, storage: Storage, table_uri: str, partition: str, *, rows: int = FLUSH_ROWS) -> None:
+        self.storage, self.table_uri, self.partition, self.limit = storage, table_uri, partition, rows
+        self.parts: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> list[dict]:
+        """Buffer ``table``; the files written when the buffer reached the limit."""
+        if table.num_rows:
+            self.parts.append(table)
+            self.rows += table.num_rows
+        return self.flush() if self.rows >= self.limit else []
+
+    def flush(self) -> list[dict]:
+        """Write what is buffered (nothing when empty)."""
+        if not self.rows:
+            return []
+        from lakehouse.io.lake import normalized_schema
+
+        data = pa.concat_tables(self.parts)
+        self.parts, self.rows = [], 0
+        return [stage_parquet(self.storage, self.table_uri, self.partition, data.cast(normalized_schema(data.schema)))]
+
+
+def stage_frame(df, storage: Storage, table_uri: str, month: str) -> tuple[list[dict], pa.Schema]:
+    """The rows of ``df`` (one month, with or without its ``month`` column) written by Spark's tasks as
+    Parquet files into ``table_uri/month=<month>/``: (the staged files, the table's Arrow schema with the
+    partition column), for :meth:`lakehouse.io.lake.Lake.commit_month`. One Spark job; only the files'
+    paths and statistics come back to the driver, and nothing is committed."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    from lakehouse.io.lake import PARTITION_COLUMN, normalized_schema
+
+    if PARTITION_COLUMN not in df.columns:
+        df = df.withColumn(PARTITION_COLUMN, F.lit(month))
+    schema = normalized_schema(to_arrow_schema(df.schema, timezone="UTC"))
+    partition = f"{PARTITION_COLUMN}={month}"
+
+    def work(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        stager = Stager(storage, table_uri, partition)
+        for batch in batches:
+            table = pa.Table.from_batches([batch])
+            other = pc.filter(table[PARTITION_COLUMN], pc.not_equal(table[PARTITION_COLUMN], month)).unique().to_pylist()
+            if other or table[PARTITION_COLUMN].null_count:
+                # the task fails, the job with it: nothing is committed (files staged so far are not in the log)
+                raise ValueError(f"{table_uri}: rows for months {sorted(map(str, other))} in a write of month {month}")
+            for staged in stager.add(table.drop_columns([PARTITION_COLUMN])):
+                yield pa.RecordBatch.from_pylist([{"kind": "staged", **staged}], schema=OUT_SCHEMA)
+        for staged in stager.flush():
+            yield pa.RecordBatch.from_pylist([{"kind": "staged", **staged}], schema=OUT_SCHEMA)
+
+    rows = df.mapInArrow(work, from_arrow_schema(OUT_SCHEMA)).toArrow().to_pylist()
+    return [r for r in rows if r["kind"] == "staged"], schema
+
+
+#: a task's row per file: ``kind`` (``staged``; the fast lane's ``slow``: left to Spark), then what the Delta ``add`` needs
+OUT_SCHEMA = pa.schema(
+    [("kind", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("stats", pa.string()), ("rows", pa.int64())]
+)
