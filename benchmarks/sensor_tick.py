@@ -27,10 +27,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from lakehouse.collectors.inbox import MAX_FILES_PER_TICK, InboxCursor
 from lakehouse.collectors.landing import sha256_file
 from lakehouse.factories.common import resources
 from lakehouse.factories.landing import build_landing_asset
-from lakehouse.factories.sensors import MAX_FILES_PER_TICK, InboxCursor, build_inbox_sensor, landing_job
+from lakehouse.factories.sensors import build_inbox_sensor, landing_job
 from lakehouse.specs import load_project
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
+from lakehouse.collectors.inbox import InboxCursor, plan_tick
 from lakehouse.factories import build_definitions
 from lakehouse.factories.common import resources
 from lakehouse.factories.landing import build_landing_asset
-from lakehouse.factories.sensors import InboxCursor, build_inbox_sensor, landing_job, plan_tick, previous_month
+from lakehouse.factories.sensors import build_inbox_sensor, landing_job, previous_month
 from lakehouse.io.lake import Lake
 
 HEADER = "device_id;timestamp;reading_kwh\n"

@@ -279,8 +279,8 @@ def test_row_conservation_over_the_month(outcome):
 
 def test_out_of_range_files_are_reported(outcome, tmp_path):
     """A file for a month no partition covers is never landed; the inbox sensor skips and reports it."""
+    from lakehouse.collectors.inbox import InboxCursor, plan_tick
     from lakehouse.factories.common import monthly
-    from lakehouse.factories.sensors import InboxCursor, plan_tick
 
     out_of_range = [f for f in outcome.corpus.files if f.out_of_range]
     assert out_of_range and all(check_file(outcome, f) == [] for f in out_of_range)  # never landed
