@@ -286,18 +286,7 @@ def report(
     specs = {spec.name: spec for spec in context.assets_def.check_specs if spec.asset_key == context.asset_key}
     selected = {k.name for k in context.selected_asset_check_keys if k.asset_key == context.asset_key}
     blocking = {n for n, s in specs.items() if s.blocking}
-    per_month = {}
-    for month, figures in done.results.items():
-        failed = sorted(
-            r.check_name or ""
-            for r in checks.get(month, ())
-            if r.check_name in blocking and not r.passed and r.severity == dg.AssetCheckSeverity.ERROR
-        )
-        per_month[month] = {**{k: _md(v) for k, v in figures.items()}, **(metadata or {})}
-        if blocking:
-            per_month[month][BLOCKING_FAILED] = failed
-        if "rows" in figures and "dagster/row_count" not in figures:
-            per_month[month]["dagster/row_count"] = int(figures["rows"])
+    per_month = _month_metadata(done, checks, blocking, metadata or {})
     if done.results:
         context.log.info(f"{done.what}: {summarize(done.results, done.seconds)}")
     if done.failures or done.held:
@@ -312,13 +301,52 @@ def report(
         for month, meta in per_month.items():
             context.add_asset_metadata(meta, partition_key=month)
         yield dg.MaterializeResult()
+    _log_check_evaluations(context, done, checks, specs, selected)
+    if done.failures or done.held:
+        raise _failure(done) from next(iter(done.failures.values()), None)
+    # check outputs: their results are the per-month evaluations above
+    for name in sorted(selected):
+        yield dg.Output(
+            None, output_name=context.assets_def.get_output_name_for_asset_check_key(dg.AssetCheckKey(context.asset_key, name))
+        )
+
+
+def _fails_blocking(result: dg.AssetCheckResult, blocking: set[str]) -> bool:
+    """A blocking check that failed with an error (a warning never holds a month)."""
+    return result.check_name in blocking and not result.passed and result.severity == dg.AssetCheckSeverity.ERROR
+
+
+def _month_metadata(
+    done: Months, checks: Mapping[str, Sequence[dg.AssetCheckResult]], blocking: set[str], metadata: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each committed month's materialization metadata: its own figures, ``metadata``, the blocking checks
+    it failed (:data:`BLOCKING_FAILED`) and its ``dagster/row_count``."""
+    per_month = {}
+    for month, figures in done.results.items():
+        meta = {**{k: _md(v) for k, v in figures.items()}, **metadata}
+        if blocking:
+            meta[BLOCKING_FAILED] = sorted(r.check_name or "" for r in checks.get(month, ()) if _fails_blocking(r, blocking))
+        if "rows" in figures and "dagster/row_count" not in figures:
+            meta["dagster/row_count"] = int(figures["rows"])
+        per_month[month] = meta
+    return per_month
+
+
+def _log_check_evaluations(
+    context: dg.AssetExecutionContext,
+    done: Months,
+    checks: Mapping[str, Sequence[dg.AssetCheckResult]],
+    specs: Mapping[str, dg.AssetCheckSpec],
+    selected: set[str],
+) -> None:
+    """One evaluation per committed month and selected check, tied to the month's materialization of this run."""
     targets = _targets(context, list(done.results))
+    blocking = {n for n, s in specs.items() if s.blocking}
     for month in done.results:
         for result in checks.get(month, ()):
             if result.check_name not in selected:
                 continue
-            spec = specs[result.check_name]
-            if result.check_name in blocking and not result.passed and result.severity == dg.AssetCheckSeverity.ERROR:
+            if _fails_blocking(result, blocking):
                 context.log.error(
                     f"{done.what} {month}: blocking check {result.check_name} failed: {result.description}; "
                     "downstream assets hold this month"
@@ -332,28 +360,25 @@ def report(
                     target_materialization_data=targets.get(month),
                     severity=result.severity,
                     description=result.description,
-                    blocking=spec.blocking,
+                    blocking=specs[result.check_name].blocking,
                     partition=month,
                 )
             )
-    if done.failures or done.held:
-        first = next(iter(done.failures.values()), None)
-        problems = [f"{m}: {type(e).__name__}: {e}" for m, e in done.failures.items()]
-        problems += [f"{m}: {why}" for m, why in done.held.items()]
-        raise dg.Failure(
-            description=f"{done.what}: {len(done.failures) + len(done.held)} of {len(done.months)} month(s) failed: "
-            + "; ".join(problems),
-            metadata={
-                "failed_months": sorted(done.failures),
-                "held_months": sorted(done.held),
-                "committed_months": sorted(done.results),
-            },
-        ) from first
-    # check outputs: their results are the per-month evaluations above
-    for name in sorted(selected):
-        yield dg.Output(
-            None, output_name=context.assets_def.get_output_name_for_asset_check_key(dg.AssetCheckKey(context.asset_key, name))
-        )
+
+
+def _failure(done: Months) -> dg.Failure:
+    """The step's failure naming every failed and held month."""
+    problems = [f"{m}: {type(e).__name__}: {e}" for m, e in done.failures.items()]
+    problems += [f"{m}: {why}" for m, why in done.held.items()]
+    return dg.Failure(
+        description=f"{done.what}: {len(done.failures) + len(done.held)} of {len(done.months)} month(s) failed: "
+        + "; ".join(problems),
+        metadata={
+            "failed_months": sorted(done.failures),
+            "held_months": sorted(done.held),
+            "committed_months": sorted(done.results),
+        },
+    )
 
 
 def _target_type() -> type:
