@@ -6,7 +6,11 @@ files take the fast lane (:mod:`lakehouse.io.formatting`: Spark's Python workers
 write Parquet), the others Spark's casts; both land in the same commit.
 """
 
+from typing import Any
+
 import dagster as dg
+import pyarrow as pa
+from pyspark.sql import SparkSession
 
 from lakehouse.collectors.landing import Month, landed_entries, manifest_version, spanning_entries
 from lakehouse.factories.checks import (
@@ -20,8 +24,66 @@ from lakehouse.factories.checks import (
 from lakehouse.factories.common import LakeResource, SparkResource, escape_md, key, monthly, report, run_months, spec_version
 from lakehouse.factories.schema import column_schema
 from lakehouse.io.formatting import data_schema, format_month
+from lakehouse.io.lake import Lake
 from lakehouse.quality import quarantine, schemas
 from lakehouse.specs.models import Project, SourceSpec
+
+
+def _month_files(root: Lake, source: SourceSpec, month: str) -> tuple[list[str], int, dict[str, int]]:
+    """The files ``month`` is formatted from, the rows landed for it and the files' sizes.
+
+    Exactly the files the manifest lists: a file a crashed landing left unlisted is not read. For a source
+    whose deliveries span months, also the files landed under other months that hold rows of this one
+    (then the rows read count, not the rows landed: 0)."""
+    landed = landed_entries(root.landing_month(source.name, month))
+    landed_rows = 0 if source.spans_months else sum(e.rows or 0 for _, e in landed)
+    listed = root.landing_uri(source.name, month)
+    if source.spans_months:
+        landed += spanning_entries(Month(root.storage, root.table_uri("landing", source.name)), month)
+        listed = root.table_uri("landing", source.name)
+    present = dict(root.storage.list(listed))
+    missing = [e.name for uri, e in landed if uri not in present]
+    if missing:
+        raise FileNotFoundError(f"landing/{source.name}/{month}: listed in the manifest but missing: {missing}")
+    return [uri for uri, _ in landed], landed_rows, present
+
+
+def _landed_version(root: Lake, source: SourceSpec, month: str) -> Any:
+    """What the month is formatted from: its manifest's version (every month's, for deliveries that span
+    months)."""
+    if source.spans_months:
+        folder = Month(root.storage, root.table_uri("landing", source.name))
+        return tuple((m.name, manifest_version(m)) for m in folder.months())
+    return manifest_version(root.landing_month(source.name, month))
+
+
+def _format_and_commit(
+    root: Lake, session: SparkSession, source: SourceSpec, month: str, *, run_id: str, schema: pa.Schema, span: tuple
+) -> tuple[dict[str, Any], dg.AssetCheckResult]:
+    """Format ``month``, commit it and publish its quarantine: the month's figures and its rejected-rate check."""
+    path = root.table_uri("formatted", source.name)
+    files, landed_rows, present = _month_files(root, source, month)
+    # clean files: parsed, cast and staged as Parquet by Spark's Python workers; the rest by Spark's casts
+    staged, bad, fast = format_month(session, files, source, month, root.storage, path, schema, months=span, sizes=present)
+    rejected = quarantine.quarantine_table(bad, dataset=source.name, stage="formatted", run_id=run_id, month=month)
+    version = root.commit_month("formatted", source.name, month, staged, schema)
+    # published even when empty: it supersedes the rows an earlier run of the month quarantined
+    quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month, run_id=run_id)
+    rows = sum(s["rows"] for s in staged)
+    rate = rejected_rate_result(
+        rejected=rejected.num_rows,
+        total=max(rows + rejected.num_rows, landed_rows),
+        kept=rows,
+        limit=source.max_rejected_rate,
+    )
+    figures = {
+        "rows": rows,
+        "rows_quarantined": rejected.num_rows,
+        "files_fast_lane": fast,
+        "delta_version": version,
+        "path": dg.MetadataValue.path(path),
+    }
+    return figures, rate
 
 
 def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:
@@ -49,63 +111,23 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
     )
     def _formatted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource):
         root, session = lake.lake, spark.session()
-        path = root.table_uri("formatted", source.name)
-
         schema = data_schema(session, source)
         span = (project.months_of(source).start, project.months_of(source).end)
+        rates: dict[str, dg.AssetCheckResult] = {}
 
         def step(month: str) -> dict:
-            # exactly the files the manifest lists: a file a crashed landing left unlisted is not read
-            landed = landed_entries(root.landing_month(source.name, month))
-            # what landed for the month (a delivery spanning months may hold rows of other months: then
-            # the rows read count)
-            landed_rows = 0 if source.spans_months else sum(e.rows or 0 for _, e in landed)
-            listed = root.landing_uri(source.name, month)
-            if source.spans_months:  # and files landed under other months that hold rows of this one
-                landed += spanning_entries(Month(root.storage, root.table_uri("landing", source.name)), month)
-                listed = root.table_uri("landing", source.name)
-            present = dict(root.storage.list(listed))
-            missing = [e.name for uri, e in landed if uri not in present]
-            if missing:
-                raise FileNotFoundError(f"landing/{source.name}/{month}: listed in the manifest but missing: {missing}")
-            files = [uri for uri, _ in landed]
-            # clean files: parsed, cast and staged as Parquet by Spark's Python workers; the rest by Spark's casts
-            staged, bad, fast = format_month(
-                session, files, source, month, root.storage, path, schema, months=span, sizes=present
+            figures, rates[month] = _format_and_commit(
+                root, session, source, month, run_id=context.run.run_id, schema=schema, span=span
             )
-            rejected = quarantine.quarantine_table(
-                bad, dataset=source.name, stage="formatted", run_id=context.run.run_id, month=month
-            )
-            version = root.commit_month("formatted", source.name, month, staged, schema)
-            # published even when empty: it supersedes the rows an earlier run of the month quarantined
-            quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month, run_id=context.run.run_id)
-            rows = sum(s["rows"] for s in staged)
-            rates[month] = rejected_rate_result(
-                rejected=rejected.num_rows,
-                total=max(rows + rejected.num_rows, landed_rows),
-                kept=rows,
-                limit=source.max_rejected_rate,
-            )
-            return {
-                "rows": rows,
-                "rows_quarantined": rejected.num_rows,
-                "files_fast_lane": fast,
-                "delta_version": version,
-                "path": dg.MetadataValue.path(path),
-            }
+            return figures
 
-        def landed_version(month: str):
-            """What the month is formatted from: its manifest's version (every month's, for deliveries
-            that span months)."""
-            if source.spans_months:
-                folder = Month(root.storage, root.table_uri("landing", source.name))
-                return tuple((m.name, manifest_version(m)) for m in folder.months())
-            return manifest_version(root.landing_month(source.name, month))
-
-        rates: dict[str, dg.AssetCheckResult] = {}
         # months are independent (each parses its own landed files)
         done = run_months(
-            context, step, f"formatted/{source.name}", workers=project.lakehouse.month_workers, inputs=landed_version
+            context,
+            step,
+            f"formatted/{source.name}",
+            workers=project.lakehouse.month_workers,
+            inputs=lambda month: _landed_version(root, source, month),
         )
         months = list(done.results)
         checks = {m: [rates[m]] for m in months}

@@ -13,6 +13,7 @@ import threading
 
 import dagster as dg
 import pyarrow as pa
+from pyspark.sql import SparkSession
 
 from lakehouse.collectors.landing import Month, received_times
 from lakehouse.factories.checks import (
@@ -28,6 +29,7 @@ from lakehouse.factories.checks import (
 )
 from lakehouse.factories.common import (
     LakeResource,
+    Months,
     SparkResource,
     escape_md,
     key,
@@ -168,13 +170,135 @@ def conservation(root: Lake, source: SourceSpec, month: str, batch: metrics.Batc
     return metrics.Conservation(formatted, trusted, imputed, rejected, merged)
 
 
-def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:
-    """The trusted asset of ``source`` (each call builds exactly one asset)."""
-    compiled = validate_quality(source)  # a rule or step that does not fit the table fails at load time
+class _TrustedMonths:
+    """One run of ``source``'s trusted asset: each month cleaned and committed, and what the run's checks
+    need of it afterwards (its verdicts, its batch and its rejected-rate result)."""
+
+    def __init__(
+        self, context: dg.AssetExecutionContext, root: Lake, session: SparkSession, source: SourceSpec, *, ordered: bool
+    ) -> None:
+        self.context, self.root, self.session, self.source = context, root, session, source
+        self.path = root.table_uri("trusted", source.name)
+        self.verdicts: dict[str, list[metrics.CheckEval]] = {}
+        self.batches: dict[str, metrics.Batch] = {}
+        self.rates: dict[str, dg.AssetCheckResult] = {}
+        self.in_order = _InOrder(months_of(context)) if ordered else None
+
+    def step(self, month: str) -> dict:
+        try:
+            return self._cleaned(month)
+        finally:
+            if self.in_order is not None:
+                self.in_order.written(month)
+
+    def _earlier_rows(self, month: str):
+        if self.in_order is not None:
+            self.in_order.wait_for_earlier(month)
+        earlier = _history(self.root, self.source, month)
+        return None if earlier is None else _history_rows(self.root, self.session, self.source, earlier)
+
+    def _clean(self, month: str, batch: metrics.Batch) -> CleanResult:
+        """The month's rules and cleaning steps: Spark's tasks write the month's trusted, quarantine and
+        repairs files; the driver gets the file lists and the figures."""
+        root, source = self.root, self.source
+        formatted = root.read_spark(self.session, "formatted", source.name, months=[month])
+        staging = Staging(root.storage, self.path, root.table_uri(*quarantine.TABLE), root.table_uri(*repairs.TABLE), batch)
+        return clean_month(
+            formatted,
+            source,
+            month=month,
+            staging=staging,
+            history=lambda: self._earlier_rows(month),
+            references=_references(root, self.session, source, month),
+            received=received_times(
+                Month(root.storage, root.table_uri("landing", source.name)), month, spans_months=source.spans_months
+            ),
+        )
+
+    def _cleaned(self, month: str) -> dict:
+        """Clean ``month``, commit its tables and publish its assessment: the month's figures."""
+        root, source = self.root, self.source
+        batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=self.context.run.run_id)
+        result = self._clean(month, batch)
+        # order matters: the metrics row written last publishes the batch (see quality.metrics)
+        quarantine.commit(root, result.staged["quarantine"], batch)
+        repairs.commit(root, result.staged["repairs"], batch)
+        version = root.commit_month("trusted", source.name, month, result.staged["trusted"], result.trusted_schema)
+        if self.in_order is not None:
+            self.in_order.written(month)
+        summary = self._assess(month, batch, result)
+        for note in result.notes:
+            self.context.log.info(f"trusted/{source.name} {month}: {note}")
+        return {
+            "rows": sum(f["rows"] for f in result.staged["trusted"]),
+            "rows_in": result.counts["rows_in"],
+            "rows_quarantined": result.counts["rows_rejected"],
+            "rows_merged": result.counts["rows_merged"],
+            "rows_imputed": result.counts["rows_imputed"],
+            "cells_repaired": result.cells_repaired,
+            "delta_version": version,
+            "path": dg.MetadataValue.path(self.path),
+            "checks": dg.MetadataValue.table([dg.TableRecord(r) for r in summary], schema=SUMMARY_SCHEMA),
+        }
+
+    def _assess(self, month: str, batch: metrics.Batch, result: CleanResult) -> list[dict]:
+        """The month's checks on what was written, published with its figures (the batch's last row); the
+        summary table of its checks."""
+        cons = conservation(self.root, self.source, month, batch)
+        checks = metrics.evaluate(result, cons)
+        figures = metrics.rows(batch, metrics.figures(result, cons, checks))
+        metrics.publish(self.root, batch, sum(f["rows"] for f in result.staged["quarantine"]), figures)
+        self.rates[month] = rejected_rate_result(
+            rejected=result.counts["rows_rejected"],
+            total=result.counts["rows_in"],
+            kept=cons.trusted_rows - cons.imputed_rows,
+            limit=self.source.max_rejected_rate,
+        )
+        self.verdicts[month] = checks
+        self.batches[month] = batch
+        return metrics.summary_rows(result, checks)
+
+    def check_results(self, done: Months, contract) -> dict[str, list[dg.AssetCheckResult]]:
+        """Every committed month's check results, the pandera schema's included (its figures appended to
+        the month's metrics)."""
+        months = list(done.results)
+        checks = merge_results(verdict_results({m: self.verdicts[m] for m in months}), {m: [self.rates[m]] for m in months})
+        if not months:
+            return checks
+        report_ = validate_written(self.session, self.root, "trusted", self.source.name, months, contract)
+        checks = merge_results(checks, pandera_results(report_, months, {m: done.results[m]["rows"] for m in months}))
+        pandera_rows = []
+        for month in months:
+            failing = failing_rows_in(report_, month)
+            pandera_rows.append(
+                metrics.rows(
+                    self.batches[month],
+                    [
+                        ("check_passed", PANDERA, None, 0.0 if failing else 1.0),
+                        ("pandera_failing_rows", PANDERA, None, failing),
+                    ],
+                )
+            )
+        metrics.append(self.root, pa.concat_tables(pandera_rows))
+        return checks
+
+
+def _description(source: SourceSpec, compiled: list[CompiledRule]) -> str:
+    """The asset's description: where its rows go, its rules and cleaning steps."""
     rules = "\n".join(f"- `{cr.name}` ({cr.spec.action}): {escape_md(cr.spec.description or cr.describe())}" for cr in compiled)
     steps = "\n".join(
         f"- `{s.name}` ({s.step}): {escape_md(s.description)}" for s in source.quality.cleaning if not isinstance(s, RulesStep)
     )
+    return (
+        f"`{source.name}` after quality rules and cleaning; rejected rows are in "
+        f"`quality/quarantine`, changed cells in `quality/repairs`, the assessment in `quality/metrics`."
+        f"\n\nRules:\n{rules or '- none declared'}\n\nCleaning:\n{steps or '- none declared'}"
+    )
+
+
+def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefinition:
+    """The trusted asset of ``source`` (each call builds exactly one asset)."""
+    compiled = validate_quality(source)  # a rule or step that does not fit the table fails at load time
     # reference rules read whatever the referenced table holds when the month runs ("not evaluated" when
     # nothing): a soft dependency, kept out of the graph so a late registry never holds readings back
     references = sorted({r.reference.table for r in source.quality.rules if r.reference is not None})
@@ -189,9 +313,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         key=key("trusted", source.name),
         deps=[key("formatted", source.name)],
         group_name="trusted",
-        description=f"`{source.name}` after quality rules and cleaning; rejected rows are in "
-        f"`quality/quarantine`, changed cells in `quality/repairs`, the assessment in `quality/metrics`."
-        f"\n\nRules:\n{rules or '- none declared'}\n\nCleaning:\n{steps or '- none declared'}",
+        description=_description(source, compiled),
         partitions_def=monthly(project, source),
         backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"spark", "delta"},
@@ -205,106 +327,17 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         check_specs=_check_specs(project, source, compiled),
     )
     def _trusted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource):
-        root, session = lake.lake, spark.session()
-        path = root.table_uri("trusted", source.name)
-        verdicts: dict[str, list[metrics.CheckEval]] = {}
-        batches: dict[str, metrics.Batch] = {}
-        summaries: dict[str, list[dict]] = {}
-        rates: dict[str, dg.AssetCheckResult] = {}
-        in_order = _InOrder(months_of(context)) if ordered else None
-
-        def history(month: str):
-            if in_order is not None:
-                in_order.wait_for_earlier(month)
-            earlier = _history(root, source, month)
-            return None if earlier is None else _history_rows(root, session, source, earlier)
-
-        def step(month: str) -> dict:
-            try:
-                return cleaned(month)
-            finally:
-                if in_order is not None:
-                    in_order.written(month)
-
-        def cleaned(month: str) -> dict:
-            formatted = root.read_spark(session, "formatted", source.name, months=[month])
-            batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=context.run.run_id)
-            staging = Staging(root.storage, path, root.table_uri(*quarantine.TABLE), root.table_uri(*repairs.TABLE), batch)
-            # Spark's tasks write the month's trusted, quarantine and repairs files; the driver gets the file
-            # lists and the figures, and commits
-            result: CleanResult = clean_month(
-                formatted,
-                source,
-                month=month,
-                staging=staging,
-                history=lambda: history(month),
-                references=_references(root, session, source, month),
-                received=received_times(
-                    Month(root.storage, root.table_uri("landing", source.name)), month, spans_months=source.spans_months
-                ),
-            )
-            rows = sum(f["rows"] for f in result.staged["trusted"])
-            quarantined = sum(f["rows"] for f in result.staged["quarantine"])
-            # order matters: the metrics row written last publishes the batch (see quality.metrics)
-            quarantine.commit(root, result.staged["quarantine"], batch)
-            repairs.commit(root, result.staged["repairs"], batch)
-            version = root.commit_month("trusted", source.name, month, result.staged["trusted"], result.trusted_schema)
-            if in_order is not None:
-                in_order.written(month)
-            cons = conservation(root, source, month, batch)
-            checks = metrics.evaluate(result, cons)
-            figures = metrics.rows(batch, metrics.figures(result, cons, checks))
-            metrics.publish(root, batch, quarantined, figures)
-            summaries[month] = metrics.summary_rows(result, checks)
-            rates[month] = rejected_rate_result(
-                rejected=result.counts["rows_rejected"],
-                total=result.counts["rows_in"],
-                kept=cons.trusted_rows - cons.imputed_rows,
-                limit=source.max_rejected_rate,
-            )
-            for note in result.notes:
-                context.log.info(f"trusted/{source.name} {month}: {note}")
-            verdicts[month] = checks
-            batches[month] = batch
-            return {
-                "rows": rows,
-                "rows_in": result.counts["rows_in"],
-                "rows_quarantined": result.counts["rows_rejected"],
-                "rows_merged": result.counts["rows_merged"],
-                "rows_imputed": result.counts["rows_imputed"],
-                "cells_repaired": result.cells_repaired,
-                "delta_version": version,
-                "path": dg.MetadataValue.path(path),
-                "checks": dg.MetadataValue.table([dg.TableRecord(r) for r in summaries[month]], schema=SUMMARY_SCHEMA),
-            }
-
+        root = lake.lake
+        run = _TrustedMonths(context, root, spark.session(), source, ordered=ordered)
         done = run_months(
             context,
-            step,
+            run.step,
             f"trusted/{source.name}",
             workers=workers,
             upstream=[key("formatted", source.name)],
             inputs=lambda month: root.month_files("formatted", source.name, [month]),
         )
-        months = list(done.results)
-        checks = merge_results(verdict_results({m: verdicts[m] for m in months}), {m: [rates[m]] for m in months})
-        if months:
-            report_ = validate_written(session, root, "trusted", source.name, months, contract)
-            checks = merge_results(checks, pandera_results(report_, months, {m: done.results[m]["rows"] for m in months}))
-            pandera_rows = []
-            for month in months:
-                failing = failing_rows_in(report_, month)
-                pandera_rows.append(
-                    metrics.rows(
-                        batches[month],
-                        [
-                            ("check_passed", PANDERA, None, 0.0 if failing else 1.0),
-                            ("pandera_failing_rows", PANDERA, None, failing),
-                        ],
-                    )
-                )
-            metrics.append(root, pa.concat_tables(pandera_rows))
-        yield from report(context, done, checks=checks)
+        yield from report(context, done, checks=run.check_results(done, contract))
 
     return _trusted
 

@@ -592,6 +592,37 @@ def _typed(column: ColumnSpec, fmt: FormatSpec) -> tuple[Column, Column]:
     return value, problem
 
 
+def _month_problem(
+    source: SourceSpec, row_month: Column, delivered: Column, months: tuple[str, str | None] | None
+) -> Column | None:
+    """Why a row's time column (``row_month``) places it where it may not be: outside the source's
+    ``months`` for deliveries that span months, else in another month than the one ``delivered``."""
+    from pyspark.sql import functions as F
+
+    part_col = source.partitioning.column or ""
+    if source.spans_months:
+        start, end = months if months is not None else (None, None)
+        outside = (row_month < F.lit(start)) if start else F.lit(False)
+        if end:
+            outside = outside | (row_month >= F.lit(end))
+        return F.when(
+            F.col(part_col).isNotNull() & outside,
+            F.format_string(
+                f"{part_col} %s belongs to month %s, outside the source's months {start}..{end or ''}",
+                F.col(part_col).cast("string"),
+                row_month,
+            ),
+        )
+    if source.partitioning.kind == "time_column":
+        return F.when(
+            F.col(part_col).isNotNull() & (row_month != delivered),
+            F.format_string(
+                f"{part_col} %s belongs to month %s, delivered for %s", F.col(part_col).cast("string"), row_month, delivered
+            ),
+        )
+    return None
+
+
 def cast_checked(
     raw: DataFrame, source: SourceSpec, month: str | Column, months: tuple[str, str | None] | None = None
 ) -> DataFrame:
@@ -633,30 +664,8 @@ def cast_checked(
             )
     part_col = source.partitioning.column or ""
     row_month = F.date_format(F.col(part_col), "yyyy-MM") if part_col else None
-    if source.spans_months and row_month is not None:
-        start, end = months if months is not None else (None, None)
-        outside = (row_month < F.lit(start)) if start else F.lit(False)
-        if end:
-            outside = outside | (row_month >= F.lit(end))
-        problems.append(
-            F.when(
-                F.col(part_col).isNotNull() & outside,
-                F.format_string(
-                    f"{part_col} %s belongs to month %s, outside the source's months {start}..{end or ''}",
-                    F.col(part_col).cast("string"),
-                    row_month,
-                ),
-            )
-        )
-    elif source.partitioning.kind == "time_column" and row_month is not None:
-        problems.append(
-            F.when(
-                F.col(part_col).isNotNull() & (row_month != delivered),
-                F.format_string(
-                    f"{part_col} %s belongs to month %s, delivered for %s", F.col(part_col).cast("string"), row_month, delivered
-                ),
-            )
-        )
+    if row_month is not None and (misplaced := _month_problem(source, row_month, delivered, months)) is not None:
+        problems.append(misplaced)
     checked = typed.withColumn("__problem", F.concat_ws("; ", *problems))
     if source.spans_months and row_month is not None:
         # a row is this month's when its time column says so; what cannot be placed (rejected rows, file
