@@ -14,7 +14,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export LAKEHOUSE_DEMO_ROOT ?= $(CURDIR)/.demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test lint ui java-check clean reliability bench instance e2e spark-connect spark-cluster cluster-test
+.PHONY: install demo test lint coverage ui java-check clean reliability bench instance e2e spark-connect spark-cluster cluster-test
 
 install: $(STAMP)
 
@@ -60,6 +60,11 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+# Coverage of lakehouse/ over the default test selection (pytest-cov): a table in the terminal and
+# coverage.json (git-ignored). Lines that run only inside Spark's Python workers are not counted.
+coverage: install java-check
+	$(PY) -m pytest -q --cov=lakehouse --cov-report=term --cov-report=json:coverage.json
 
 # The real webserver + daemon driven through GraphQL and headless Chromium (a few minutes: one Spark run).
 # The browser test skips with its reason when /usr/bin/chromium is missing (.ci/run installs it).
