@@ -35,13 +35,17 @@ if TYPE_CHECKING:
 
 TABLE = ("quality", "metrics")
 PUBLISH_METRIC = "rows_quarantined"
+#: the write a row of an append-only quality table belongs to (:meth:`Batch.stamp`)
+BATCH_FIELDS = (
+    pa.field("run_id", pa.string()),
+    pa.field("batch_id", pa.string()),
+    pa.field("written_at", pa.timestamp("us", tz="UTC")),
+)
 SCHEMA = pa.schema(
     [
         pa.field("dataset", pa.string()),
         pa.field("stage", pa.string()),
-        pa.field("run_id", pa.string()),
-        pa.field("batch_id", pa.string()),
-        pa.field("written_at", pa.timestamp("us", tz="UTC")),
+        *BATCH_FIELDS,
         pa.field("metric", pa.string()),
         pa.field("rule", pa.string()),
         pa.field("column", pa.string()),
@@ -49,7 +53,7 @@ SCHEMA = pa.schema(
         pa.field("month", pa.string()),
     ]
 )
-BATCH_COLUMNS = ("run_id", "batch_id", "written_at")
+BATCH_COLUMNS = tuple(f.name for f in BATCH_FIELDS)
 
 
 @dataclass(frozen=True)

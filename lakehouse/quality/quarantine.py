@@ -40,9 +40,7 @@ SCHEMA = pa.schema(
         pa.field("source_line", pa.int64()),
         pa.field("key", pa.string()),
         pa.field("record", pa.string()),
-        pa.field("run_id", pa.string()),
-        pa.field("batch_id", pa.string()),
-        pa.field("written_at", pa.timestamp("us", tz="UTC")),
+        *metrics.BATCH_FIELDS,
         pa.field("month", pa.string()),
     ]
 )

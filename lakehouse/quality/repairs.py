@@ -28,9 +28,7 @@ SCHEMA = pa.schema(
         pa.field("row_status", pa.string()),
         pa.field("source_file", pa.string()),
         pa.field("source_line", pa.int64()),
-        pa.field("run_id", pa.string()),
-        pa.field("batch_id", pa.string()),
-        pa.field("written_at", pa.timestamp("us", tz="UTC")),
+        *metrics.BATCH_FIELDS,
         pa.field("month", pa.string()),
     ]
 )
