@@ -14,7 +14,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export LAKEHOUSE_DEMO_ROOT ?= $(CURDIR)/.demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test lint coverage ui java-check clean reliability bench instance e2e spark-connect spark-cluster cluster-test
+.PHONY: install demo test lint ui java-check clean reliability bench instance e2e spark-connect spark-cluster cluster-test
 
 install: $(STAMP)
 
@@ -63,6 +63,7 @@ lint: install
 
 # Coverage of lakehouse/ over the default test selection (pytest-cov): a table in the terminal and
 # coverage.json (git-ignored). Lines that run only inside Spark's Python workers are not counted.
+.PHONY: coverage
 coverage: install java-check
 	$(PY) -m pytest -q --cov=lakehouse --cov-report=term --cov-report=json:coverage.json
 
