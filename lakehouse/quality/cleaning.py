@@ -46,7 +46,6 @@ from lakehouse.specs.models import (
     StandardizeStep,
     StuckStep,
     UnitStep,
-    duration_seconds,
 )
 from lakehouse.transforms.derive import derive_columns
 from lakehouse.transforms.parse import FILE_COL, LINE_COL
@@ -450,25 +449,7 @@ def clean_month(
     cols = canonical_columns(source)
     outcomes: dict[str, Outcome] = {}
     ctx = _Ctx(source, month, rules, history, references or {}, outcomes, [], [])
-    df = formatted.select(
-        *cols,
-        FILE_COL,
-        LINE_COL,
-        F.lit(month).alias(MONTH),
-        F.concat_ws(":", F.col(FILE_COL), F.col(LINE_COL).cast("string")).alias(ROW_ID),
-        F.struct(*cols).alias(ORIG),
-        F.lit(KEPT).alias(STATUS),
-        F.array().cast("array<string>").alias(FLAGS),
-        F.array().cast("array<string>").alias(REASONS),
-        F.array().cast("array<string>").alias(ERRORS),
-        F.array().cast(REPAIR_TYPE).alias(REPAIRS),
-    )
-    df = derive_columns(df, source.derive)  # the rules and steps may read them
-    if received and len(set(received.values())) > 1:  # one receipt time orders nothing: no join
-        order = formatted.sparkSession.createDataFrame(sorted(received.items()), f"__file string, {RECEIVED} string")
-        df = df.join(F.broadcast(order), df[FILE_COL] == order["__file"], "left").drop("__file")
-    else:
-        df = df.withColumn(RECEIVED, F.lit(None).cast("string"))
+    df = _annotated(formatted, source, month, received)
     common = _common_partition(source, rules)
     if common:
         # every window below partitions by a superset of these columns: one shuffle serves them all
@@ -478,21 +459,7 @@ def clean_month(
             EXACT_DUPLICATE, "builtin", "merge", "rows identical in every column: the first is kept"
         )
         df = _exact_duplicates(df, cols)
-    for step in source.quality.steps:
-        if isinstance(step, RulesStep):
-            df = _apply_rules(derive_columns(df, source.derive), ctx)  # derived from the cells as they stand
-        elif isinstance(step, StandardizeStep):
-            df = _standardize(df, step, ctx)
-        elif isinstance(step, UnitStep):
-            df = _unit(ctx.checkpoint(df), step, ctx)
-        elif isinstance(step, OutlierStep):
-            df = _outliers(df, step, ctx)
-        elif isinstance(step, StuckStep):
-            df = _stuck(df, step, ctx)
-        elif isinstance(step, ImputeStep):
-            df = _impute(df, step, ctx)
-        elif isinstance(step, FillNullsStep):
-            df = _fill_nulls(df, step, ctx)
+    df = _run_steps(df, ctx)
     # from the cleaned inputs: a filled or repaired input gives the derived value it implies
     df = derive_columns(df, source.derive)
     try:
@@ -514,6 +481,52 @@ def clean_month(
         trusted_schema=_trusted_schema(df, source),
         notes=ctx.notes,
     )
+
+
+def _annotated(formatted: DataFrame, source: SourceSpec, month: str, received: Mapping[str, str] | None) -> DataFrame:
+    """The month's formatted rows, each kept with its id, original content, empty annotations, derived
+    columns and (when files were received at different times) its file's receipt time."""
+    from pyspark.sql import functions as F
+
+    cols = canonical_columns(source)
+    df = formatted.select(
+        *cols,
+        FILE_COL,
+        LINE_COL,
+        F.lit(month).alias(MONTH),
+        F.concat_ws(":", F.col(FILE_COL), F.col(LINE_COL).cast("string")).alias(ROW_ID),
+        F.struct(*cols).alias(ORIG),
+        F.lit(KEPT).alias(STATUS),
+        F.array().cast("array<string>").alias(FLAGS),
+        F.array().cast("array<string>").alias(REASONS),
+        F.array().cast("array<string>").alias(ERRORS),
+        F.array().cast(REPAIR_TYPE).alias(REPAIRS),
+    )
+    df = derive_columns(df, source.derive)  # the rules and steps may read them
+    if received and len(set(received.values())) > 1:  # one receipt time orders nothing: no join
+        order = formatted.sparkSession.createDataFrame(sorted(received.items()), f"__file string, {RECEIVED} string")
+        df = df.join(F.broadcast(order), df[FILE_COL] == order["__file"], "left").drop("__file")
+    else:
+        df = df.withColumn(RECEIVED, F.lit(None).cast("string"))
+    return df
+
+
+def _run_steps(df: DataFrame, ctx: _Ctx) -> DataFrame:
+    """The declared cleaning steps in order; each run of consecutive series steps grouped alike is one
+    vectorized pass over the series (:mod:`lakehouse.quality.series`)."""
+    from lakehouse.quality.series import plan_steps, series_pass
+
+    source = ctx.source
+    for step in plan_steps(source.quality.steps):
+        if isinstance(step, list):
+            df = series_pass(df, step, ctx)
+        elif isinstance(step, RulesStep):
+            df = _apply_rules(derive_columns(df, source.derive), ctx)  # derived from the cells as they stand
+        elif isinstance(step, StandardizeStep):
+            df = _standardize(df, step, ctx)
+        elif isinstance(step, UnitStep):
+            df = _unit(ctx.checkpoint(df), step, ctx)
+    return df
 
 
 def _common_partition(source: SourceSpec, rules: list[CompiledRule]) -> list[str]:
@@ -879,21 +892,6 @@ def _per(step) -> str:
     return f"per {', '.join(step.group_by)}" if step.group_by else "of the series"
 
 
-def _seconds(column: str) -> Column:
-    """A timestamp or date column as seconds since the epoch (a date: its midnight)."""
-    from pyspark.sql import functions as F
-
-    return F.col(f"`{column}`").cast("timestamp").cast("long")
-
-
-def _series_window(step, ordered: bool = True):
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    w = Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE))
-    return w.orderBy(F.col(f"`{step.time}`"), F.col(ROW_ID)) if ordered else w
-
-
 def _middle(sorted_arr: Column, n: Column) -> Column:
     """Median of a sorted array of length ``n`` (mean of the two middle elements when even)."""
     from pyspark.sql import functions as F
@@ -901,185 +899,6 @@ def _middle(sorted_arr: Column, n: Column) -> Column:
     lo = F.element_at(sorted_arr, F.floor((n + 1) / 2).cast("int"))
     hi = F.element_at(sorted_arr, F.ceil((n + 1) / 2).cast("int"))
     return (lo + hi) / 2
-
-
-def _outliers(df: DataFrame, step: OutlierStep, ctx: _Ctx) -> DataFrame:
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    ctx.step_outcome(step, step.action, f"{step.method} outliers of {step.column} over {step.window} {_per(step)}")
-    half = int(duration_seconds(step.window) / 2)
-    value = F.col(f"`{step.column}`")
-    w = (
-        Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE))
-        .orderBy(_seconds(step.time))
-        .rangeBetween(-half, half)
-    )
-    x = df.withColumn(ACTIVE, _active() & value.isNotNull())
-    # sort_array, not array_sort: array_sort compares through an interpreted lambda. The windows hold no
-    # nulls: same order
-    x = x.withColumn("__win", F.sort_array(F.collect_list(value).over(w)))
-    n = F.size("__win")
-    x = x.withColumn("__med", _middle(F.col("__win"), n))
-    floor_scale = F.lit(step.min_relative_scale) * F.abs(F.col("__med"))
-    if step.method == "mad":
-        dev = F.sort_array(F.expr("transform(__win, v -> abs(v - __med))"))  # a SQL lambda keeps its name
-        x = x.withColumn("__scale", F.greatest(F.lit(1.4826) * _middle(dev, n), floor_scale))
-        out = F.abs(value - F.col("__med")) > F.lit(step.threshold) * F.col("__scale")
-        how = F.format_string(
-            f"{step.column} %s is %.1f robust deviations from the {step.window} median %s (mad, threshold {step.threshold:g})",
-            value.cast("string"),
-            F.abs(value - F.col("__med")) / F.col("__scale"),
-            F.round(F.col("__med"), 4).cast("string"),
-        )
-    else:
-        q1 = F.element_at("__win", F.greatest(F.lit(1), F.ceil(n * 0.25).cast("int")))
-        q3 = F.element_at("__win", F.greatest(F.lit(1), F.ceil(n * 0.75).cast("int")))
-        x = x.withColumns({"__q1": q1, "__q3": q3})
-        x = x.withColumn("__scale", F.greatest(F.col("__q3") - F.col("__q1"), floor_scale))
-        lo = F.col("__q1") - F.lit(step.threshold) * F.col("__scale")
-        hi = F.col("__q3") + F.lit(step.threshold) * F.col("__scale")
-        out = (value < lo) | (value > hi)
-        how = F.format_string(
-            f"{step.column} %s outside [%s, %s] (iqr over {step.window}, threshold {step.threshold:g})",
-            value.cast("string"),
-            F.round(lo, 4).cast("string"),
-            F.round(hi, 4).cast("string"),
-        )
-    hit = F.col(ACTIVE) & (n >= step.min_points) & F.coalesce(out, F.lit(False))
-    if step.action == "quarantine":
-        x = _remove(x, hit, step.name, how)
-    elif step.action == "repair":
-        x = _set(x, hit, step.column, F.col("__med"), step.name, ctx.type_of(step.column))
-    else:
-        x = x.withColumn(FLAGS, _flag(hit, step.name))
-    return x.drop(ACTIVE, "__win", "__med", "__scale", "__q1", "__q3")
-
-
-def _stuck(df: DataFrame, step: StuckStep, ctx: _Ctx) -> DataFrame:
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    ctx.step_outcome(step, step.action, f"{step.min_run}+ identical consecutive {step.column} {_per(step)}")
-    value = F.col(f"`{step.column}`")
-    x = df.withColumn(ACTIVE, _active() & value.isNotNull())
-    w = _series_window(step)
-    x = x.withColumn("__new_run", (~value.eqNullSafe(F.lag(value).over(w))).cast("int"))
-    x = x.withColumn("__run", F.sum("__new_run").over(w.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
-    run_w = Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE), F.col("__run"))
-    x = x.withColumn("__run_len", F.count(F.lit(1)).over(run_w))
-    ignored = value.isin(step.ignore_values) if step.ignore_values else F.lit(False)
-    hit = F.col(ACTIVE) & (F.col("__run_len") >= step.min_run) & ~ignored
-    error = F.format_string(f"{step.column} %s repeated in %d consecutive readings", value.cast("string"), F.col("__run_len"))
-    if step.action == "quarantine":
-        x = _remove(x, hit, step.name, error)
-    else:
-        x = x.withColumn(FLAGS, _flag(hit, step.name))
-    return x.drop(ACTIVE, "__new_run", "__run", "__run_len")
-
-
-def _impute(df: DataFrame, step: ImputeStep, ctx: _Ctx) -> DataFrame:
-    """Fill gaps of up to ``max_gap`` steps between two kept readings of a series.
-
-    Each row is exploded into its position in the gap that follows it: 0 (the row itself) and, where a
-    gap follows a kept reading, 1 .. n-1 (the new rows). One pass over the month, no union of the month
-    with itself, so nothing has to be cached for this step.
-    """
-    from pyspark.sql import functions as F
-
-    ctx.step_outcome(step, "repair", f"{step.method} fill of gaps up to {step.max_gap} x {step.every} in {step.column}")
-    every = int(duration_seconds(step.every))
-    value = F.col(f"`{step.column}`")
-    t = _seconds(step.time)
-    w = _series_window(step)
-    x = df.withColumn(ACTIVE, _active() & value.isNotNull() & F.col(f"`{step.time}`").isNotNull())
-    x = x.withColumns({"__next_t": F.lead(t).over(w), "__next_v": F.lead(value).over(w)})
-    span = F.col("__next_t") - t
-    steps = (span / every).cast("int")
-    gap = F.col(ACTIVE) & (span % every == 0) & (span / every >= 2) & (span / every <= step.max_gap + 1)
-    x = x.withColumn("__k", F.explode(F.when(gap, F.sequence(F.lit(0), steps - 1)).otherwise(F.array(F.lit(0)))))
-    k = F.col("__k")
-    ctype = ctx.type_of(step.column)
-    types = {f.name: f.dataType for f in df.schema.fields}
-    # the k-th row of the gap after this row (k >= 1)
-    new_value = value + (F.col("__next_v") - value) * k / steps if step.method == "linear" else value
-    if step.round is not None:
-        new_value = F.round(new_value, step.round)
-    new_value = new_value.cast(ctype)
-    new_ts = F.timestamp_seconds(t + k * every)
-    entry = F.struct(
-        F.lit(step.column).alias("column"),
-        F.lit(None).cast("string").alias("old"),
-        _as_text(new_value, ctype).alias("new"),
-        F.lit(step.name).alias("rule"),
-    )
-    keyed = [F.col(f"`{g}`").alias(g) for g in step.group_by] + [new_ts.alias(step.time)]
-    filled = {c: F.lit(None) for c in df.columns}
-    filled.update({g: F.col(f"`{g}`") for g in step.group_by})
-    filled.update(
-        {
-            step.time: new_ts,
-            step.column: new_value,
-            MONTH: F.lit(ctx.month),
-            ROW_ID: F.concat(F.lit("imputed:"), F.to_json(F.struct(*keyed))),
-            STATUS: F.lit(IMPUTED),
-            FLAGS: F.array(F.lit(step.name)),
-            REASONS: F.array(),
-            ERRORS: F.array(),
-            REPAIRS: F.array(entry),
-        }
-    )
-    return x.select(*[F.when(k == 0, F.col(f"`{c}`")).otherwise(filled[c].cast(types[c])).alias(c) for c in df.columns])
-
-
-def _fill_nulls(df: DataFrame, step: FillNullsStep, ctx: _Ctx) -> DataFrame:
-    """Fill the null cells of ``step.columns`` from the same series' values of that column (window
-    functions over the kept rows; see FillNullsStep). Each filled cell is a repair with old value null."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    what = {
-        "linear": "linear between neighbours",
-        "previous": "last value carried forward",
-        "seasonal": f"value one {step.season} earlier",
-    }
-    ctx.step_outcome(step, "repair", f"missing {', '.join(step.columns)} filled: {what[step.method]} {_per(step)}")
-    t = _seconds(step.time)
-    x = df.withColumn(ACTIVE, _active() & F.col(f"`{step.time}`").isNotNull())
-    w = _series_window(step)
-    limit = duration_seconds(step.max_distance) if step.max_distance else None
-    for column in step.columns:
-        value = F.col(f"`{column}`")
-        if step.method == "seasonal":
-            season = int(duration_seconds(step.season or "0s"))  # set: the spec requires it for seasonal
-            same_time = (
-                Window.partitionBy(*[F.col(f"`{g}`") for g in step.group_by], F.col(ACTIVE))
-                .orderBy(t)
-                .rangeBetween(-season, -season)
-            )
-            new = F.first(value, ignorenulls=True).over(same_time)
-            ok = new.isNotNull()
-        else:
-            before = w.rowsBetween(Window.unboundedPreceding, -1)
-            prev_v = F.last(value, ignorenulls=True).over(before)
-            prev_t = F.last(F.when(value.isNotNull(), t), ignorenulls=True).over(before)
-            if step.method == "previous":
-                new, ok = prev_v, prev_v.isNotNull()
-                if limit is not None:
-                    ok = ok & (t - prev_t <= limit)
-            else:
-                after = w.rowsBetween(1, Window.unboundedFollowing)
-                next_v = F.first(value, ignorenulls=True).over(after)
-                next_t = F.first(F.when(value.isNotNull(), t), ignorenulls=True).over(after)
-                # try_divide: two neighbours at the same time give NULL (not filled), not an error
-                new = prev_v + (next_v - prev_v) * F.try_divide(t - prev_t, next_t - prev_t)
-                ok = new.isNotNull()
-                if limit is not None:
-                    ok = ok & (next_t - prev_t <= limit)
-        if step.round is not None:
-            new = F.round(new, step.round)
-        x = _set(x, F.col(ACTIVE) & value.isNull() & ok, column, new, step.name, ctx.type_of(column))
-    return x.drop(ACTIVE)
 
 
 # ------------------------------------------------------------------------------------------ rules
