@@ -27,6 +27,7 @@ from lakehouse.quality.cleaning import (
     FLAGS,
     IMPUTED,
     KEPT,
+    MONTH,
     REASONS,
     REJECTED,
     REPAIRS,
@@ -47,7 +48,7 @@ SERIES_STEPS = (OutlierStep, StuckStep, ImputeStep, FillNullsStep)
 IMPUTED_ID = "imputed:"
 #: the window matrix of the outliers step is built this many cells at a time (memory stays bounded)
 WINDOW_CELLS = 1 << 21
-#: the consistency Spark's round works at (its BigDecimal context is wider than any double)
+#: the precision of the decimal rounding (wide enough for any double)
 _DECIMAL = Context(prec=800)
 
 
@@ -291,7 +292,7 @@ class _Series:
         for f in self.table.schema:
             if f.name in columns:
                 arrays.append(columns[f.name].cast(f.type))
-            elif f.name in self.group_by or f.name == "month":
+            elif f.name in self.group_by or f.name == MONTH:
                 arrays.append(self.column(f.name).take(pa.array(template)))
             elif f.name in (FLAGS, REASONS, ERRORS, REPAIRS):
                 arrays.append(pa.array([[]] * m, f.type))
