@@ -169,6 +169,29 @@ class StaleInputsError(RuntimeError):
     """A month's inputs changed while it was computed, on every attempt."""
 
 
+def _fresh(
+    context: dg.AssetExecutionContext,
+    what: str,
+    step: Callable[[str], dict[str, Any]],
+    inputs: Callable[[str], Any] | None,
+    month: str,
+) -> dict[str, Any]:
+    """``step(month)``, run again while ``inputs(month)`` changed during it (see :func:`run_months`)."""
+    for _ in range(STALE_ATTEMPTS):
+        before = inputs(month) if inputs else None
+        figures = step(month)
+        if inputs is None or inputs(month) == before:
+            return figures
+        context.log.warning(
+            f"{what} {month}: its inputs changed while it was computed (a concurrent run landed or committed"
+            " newer data); computing the month again from the new inputs"
+        )
+    raise StaleInputsError(
+        f"{what} {month}: its inputs changed during each of {STALE_ATTEMPTS} attempts; the last commit may"
+        " hold superseded data — materialize the month again once the concurrent runs are done"
+    )
+
+
 def run_months(
     context: dg.AssetExecutionContext,
     step: Callable[[str], dict[str, Any]],
@@ -207,28 +230,10 @@ def run_months(
     started = time.monotonic()
     lock = threading.Lock()
 
-    def fresh(month: str) -> dict[str, Any]:
-        for _ in range(STALE_ATTEMPTS):
-            before = inputs(month) if inputs else None
-            figures = step(month)
-            if inputs is None:
-                return figures
-            after = inputs(month)
-            if after == before:
-                return figures
-            context.log.warning(
-                f"{what} {month}: its inputs changed while it was computed (a concurrent run landed or committed"
-                " newer data); computing the month again from the new inputs"
-            )
-        raise StaleInputsError(
-            f"{what} {month}: its inputs changed during each of {STALE_ATTEMPTS} attempts; the last commit may"
-            " hold superseded data — materialize the month again once the concurrent runs are done"
-        )
-
     def one(month: str) -> None:
         t0 = time.monotonic()
         try:
-            figures = fresh(month)
+            figures = _fresh(context, what, step, inputs, month)
         except Exception as exc:  # noqa: BLE001 - reported below, per month
             with lock:
                 failures[month] = exc
