@@ -14,7 +14,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export LAKEHOUSE_DEMO_ROOT ?= $(CURDIR)/.demo
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test lint ui java-check clean reliability bench instance e2e spark-connect spark-cluster cluster-test
+.PHONY: install demo test lint dg-check ui java-check clean reliability bench instance e2e spark-connect spark-cluster cluster-test
 
 install: $(STAMP)
 
@@ -66,6 +66,14 @@ lint: install
 .PHONY: coverage
 coverage: install java-check
 	$(PY) -m pytest -q --cov=lakehouse --cov-report=term --cov-report=json:coverage.json
+
+# Dagster's own checks of the declarations (lakehouse/defs/*/<name>/defs.yaml): each file against its
+# component's JSON schema, then the whole project loaded (every file validated, cross-references checked);
+# .ci/run runs it after lint. `dg` runs in this venv (VIRTUAL_ENV), so it warns about no other one.
+DG := VIRTUAL_ENV=$(CURDIR)/$(VENV) PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dg
+dg-check: install instance
+	$(DG) check yaml
+	$(DG) list defs > /dev/null
 
 # The real webserver + daemon driven through GraphQL and headless Chromium (a few minutes: one Spark run).
 # The browser test skips with its reason when /usr/bin/chromium is missing (.ci/run installs it).

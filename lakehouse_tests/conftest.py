@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lakehouse.specs import Project, load_project
+from lakehouse_tests.declarations import copy_configs
 
 REPO = Path(__file__).resolve().parent.parent
 #: the tests' light meter chain, added to the repository's configs: ``exploitation/daily_consumption`` (the
@@ -21,9 +22,10 @@ FIXTURE_CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
 
 
 def with_fixtures(target: Path, base: Path = REPO / "configs") -> Path:
-    """``base`` copied to ``target`` with the tests' fixture declarations added."""
-    shutil.copytree(base, target)
-    shutil.copytree(FIXTURE_CONFIGS, target, dirs_exist_ok=True)
+    """``base`` (``lakehouse.yaml`` and its declarations) copied to ``target`` with the tests' fixture
+    declarations added (``target/defs``)."""
+    copy_configs(target, base=base)
+    shutil.copytree(FIXTURE_CONFIGS / "defs", target / "defs", dirs_exist_ok=True)
     return target
 
 
@@ -60,7 +62,8 @@ def spark():
 
 @pytest.fixture
 def configs_copy(tmp_path: Path) -> Path:
-    """A writable copy of the tests' configs (the repository's and the fixtures) under a temporary project root."""
+    """A writable copy of the tests' configs (the repository's and the fixtures: ``lakehouse.yaml`` and its
+    declarations under ``defs/``) under a temporary project root."""
     target = tmp_path / "project" / "configs"
     shutil.copytree(TEST_CONFIGS, target)
     return target

@@ -22,6 +22,7 @@ from lakehouse.collectors.landing import CollectorError, read_manifest
 from lakehouse.io.lake import Lake
 from lakehouse.sim.customers import CustomerWorld
 from lakehouse.sim.world import WorldConfig, make_buildings, seattle_weather
+from lakehouse_tests.declarations import declaration
 
 MONTH = "2012-03"
 
@@ -421,11 +422,13 @@ def test_library_bad_option_is_a_clear_error(project):
 
 # ----------------------------------------------------------------------------------------------- specs
 def test_http_url_template_fields_are_checked_at_load(configs_copy, make_project):
-    path = configs_copy / "sources" / "weather.yaml"
+    path = declaration(configs_copy, "sources", "weather")
     path.write_text(path.read_text().replace("{station}/daily", "{statoin}/daily"))
     from lakehouse.specs import SpecError
 
-    with pytest.raises(SpecError, match=r"weather.yaml:\d+: collector: .*collector.url .*unknown field\(s\) \['statoin'\]"):
+    with pytest.raises(
+        SpecError, match=r"weather/defs.yaml:\d+: attributes.collector: .*collector.url .*unknown field\(s\) \['statoin'\]"
+    ):
         make_project(configs_copy)
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from lakehouse.factories import build_definitions
 from lakehouse_tests.conftest import REPO
+from lakehouse_tests.declarations import declaration
 
 EXPECTED_KEYS = [
     "exploitation/consumption_daily",
@@ -88,8 +89,8 @@ def test_every_asset_has_a_code_version_that_follows_its_yaml(configs_copy, make
     before = build_definitions(make_project(configs_copy))
     versions = {k: a.code_versions_by_key[k] for a in before.assets for k in a.keys}
     assert all(versions.values()), [k.to_user_string() for k, v in versions.items() if not v]
-    source = configs_copy / "sources" / "weather.yaml"
-    source.write_text(source.read_text() + "max_rejected_rate: 0.1\n")
+    source = declaration(configs_copy, "sources", "weather")
+    source.write_text(source.read_text() + "  max_rejected_rate: 0.1\n")
     after = build_definitions(make_project(configs_copy))
     changed = {k.to_user_string() for a in after.assets for k in a.keys if a.code_versions_by_key[k] != versions[k]}
     assert changed == {"landing/weather", "formatted/weather", "trusted/weather"}

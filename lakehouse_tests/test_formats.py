@@ -20,6 +20,7 @@ from lakehouse.collectors.landing import read_manifest
 from lakehouse.specs.models import ColumnSpec, FormatSpec, PartitioningSpec, SourceSpec
 from lakehouse.transforms.parse import cast_checked, parse_file
 from lakehouse.transforms.records import count_records
+from lakehouse_tests.declarations import declare
 
 GAS = ["time_period", "energy_kwh", "temperature_degC"]
 
@@ -224,7 +225,7 @@ def _materialize(configs: Path, make_project, name: str, yaml_text: str, month: 
     from lakehouse.factories import build_definitions
     from lakehouse.io.lake import Lake
 
-    (configs / "sources" / f"{name}.yaml").write_text(yaml_text)
+    declare(configs, "sources", name, yaml_text)
     project = make_project(configs)
     defs = build_definitions(project)
     selection = [dg.AssetKey([zone, name]) for zone in ("landing", "formatted", "trusted")]
@@ -304,7 +305,7 @@ def test_an_export_of_many_months_lands_once_and_each_month_takes_its_rows(confi
     ]
     days += [{"time_period": "2014-12-31", "energy_kwh": 5.0}, {"time_period": "not a day", "energy_kwh": 5.0}]
     (inbox / "gas_export_2015-04.json.gz").write_bytes(gzip.compress(json.dumps({"data": days}).encode()))
-    (configs_copy / "sources" / "gas_export.yaml").write_text(GAS_EXPORT)
+    declare(configs_copy, "sources", "gas_export", GAS_EXPORT)
     project = make_project(configs_copy)
     defs = build_definitions(project)
     keys = {z: dg.AssetKey([z, "gas_export"]) for z in ("landing", "formatted", "trusted")}

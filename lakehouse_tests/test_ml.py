@@ -22,6 +22,7 @@ from lakehouse.ml import pipeline as fp
 from lakehouse.ml.reproduce import main as reproduce_cli
 from lakehouse.ml.reproduce import reproduce
 from lakehouse_tests.conftest import REPO
+from lakehouse_tests.declarations import copy_configs, declaration
 from lakehouse_tests.ml_fixtures import inject_faults, synthetic_daily
 
 START, END = "2012-01", "2013-06"
@@ -37,10 +38,10 @@ def tiny_configs(target: Path, **model_params) -> Path:
     """A copy of configs/ with small models (and overrides ``gbm``/``mlp`` params)."""
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(REPO / "configs", target)
-    path = target / "ml" / "consumption_forecast.yaml"
+    copy_configs(target)
+    path = declaration(target, "ml", "consumption_forecast")
     spec = yaml.safe_load(path.read_text())
-    p = spec["params"]
+    p = spec["attributes"]["params"]
     p["cv"]["folds"] = 3
     p["split"]["validation_months"] = 3
     p["features"]["signature_min_days"] = 14
@@ -111,7 +112,7 @@ def lake_copy(trained, tmp_path):
 def small():
     daily = synthetic_daily(meters=3, start="2012-01", end="2012-09")
     params = fp.ForecastParams.model_validate(
-        yaml.safe_load((REPO / "configs/ml/consumption_forecast.yaml").read_text())["params"]
+        yaml.safe_load((REPO / "lakehouse/defs/ml/consumption_forecast/defs.yaml").read_text())["attributes"]["params"]
     )
     params = fp.ForecastParams.model_validate({**params.raw, "split": {"validation_months": 2, "min_history_days": 14}})
     return daily, params

@@ -133,11 +133,12 @@ def test_columns_and_cv_are_declared_or_refused_with_the_option_named():
 
 
 def test_no_scenario_column_name_is_a_constant_in_the_ml_package():
-    """Every column of the demo's meter view and source is declared in configs/ml/, none is named in
+    """Every column of the demo's meter view and source is declared in lakehouse/defs/, none is named in
     lakehouse/ml/ (prose aside: only quoted names count)."""
     names = set()
-    for path in ("exploitation/consumption_daily.yaml", "sources/meter_readings.yaml"):
-        names |= set(re.findall(r"\bname: ([a-z_0-9]+)", (REPO / "configs" / path).read_text()))
+    for path in REPO.glob("lakehouse/defs/*/*/defs.yaml"):
+        if path.parent.name in ("consumption_daily", "meter_readings"):
+            names |= set(re.findall(r"\bname: ([a-z_0-9]+)", path.read_text()))
     names -= {"date", "month", "consumption_daily", "meter_readings"}
     assert {"meter_id", "consumption_kwh", "temp_mean_c", "hours_covered"} <= names
     found = []

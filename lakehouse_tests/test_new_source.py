@@ -9,6 +9,7 @@ from lakehouse.collectors.landing import read_manifest
 from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
 from lakehouse.sim.world import seattle_weather
+from lakehouse_tests.declarations import declare
 
 # The provider's legacy export: another URL, semicolons, CRLF, day-first dates, its own column names.
 LEGACY_WEATHER = """
@@ -45,7 +46,7 @@ quality:
 
 def test_a_yaml_file_alone_adds_a_source(configs_copy, make_project, weather_server, spark):
     weather_server.clear()
-    (configs_copy / "sources" / "weather_legacy.yaml").write_text(LEGACY_WEATHER)
+    declare(configs_copy, "sources", "weather_legacy", LEGACY_WEATHER)
     project = make_project(configs_copy, LAKEHOUSE_WEATHER_URL=weather_server.url)
     defs = build_definitions(project)
 
@@ -83,6 +84,8 @@ def test_a_broken_new_source_names_its_file_and_key(configs_copy, make_project):
     from lakehouse.specs import SpecError
 
     broken = LEGACY_WEATHER.replace("  expect_prefix", "  expect_prefx")
-    (configs_copy / "sources" / "weather_legacy.yaml").write_text(broken)
-    with pytest.raises(SpecError, match=r"weather_legacy.yaml:\d+: collector.expect_prefx: Extra inputs are not permitted"):
+    declare(configs_copy, "sources", "weather_legacy", broken)
+    with pytest.raises(
+        SpecError, match=r"weather_legacy/defs.yaml:\d+: attributes.collector.expect_prefx: Extra inputs are not permitted"
+    ):
         make_project(configs_copy, LAKEHOUSE_WEATHER_URL="http://127.0.0.1:1")

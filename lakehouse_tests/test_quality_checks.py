@@ -6,7 +6,7 @@ One month of a three-meter world, on a project reduced to meter_readings and the
 
 from __future__ import annotations
 
-import shutil
+import textwrap
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +21,7 @@ from lakehouse.quality import cleaning, metrics, quarantine, repairs
 from lakehouse.sim.world import MeterWorld, WorldConfig
 from lakehouse.specs import load_project
 from lakehouse_tests.conftest import TEST_CONFIGS
+from lakehouse_tests.declarations import copy_configs, declaration
 
 MONTH = "2012-01"
 TRUSTED = dg.AssetKey(["trusted", "meter_readings"])
@@ -28,18 +29,11 @@ TRUSTED = dg.AssetKey(["trusted", "meter_readings"])
 
 def reduced_configs(target: Path, extra_rules: str = "") -> Path:
     """The tests' configs with only meter_readings and the daily view (no other collectors)."""
-    shutil.copytree(TEST_CONFIGS, target)
-    for path in (target / "sources").iterdir():
-        if path.name != "meter_readings.yaml":
-            path.unlink()
-    for path in (target / "exploitation").iterdir():
-        if path.name != "daily_consumption.yaml":
-            path.unlink()
-    shutil.rmtree(target / "ml", ignore_errors=True)
+    copy_configs(target, keep={"sources/meter_readings", "views/daily_consumption"}, base=TEST_CONFIGS)
     if extra_rules:
-        source = target / "sources" / "meter_readings.yaml"
+        source = declaration(target, "sources", "meter_readings")
         text = source.read_text()
-        source.write_text(text.replace("  rules:\n", "  rules:\n" + extra_rules, 1))
+        source.write_text(text.replace("    rules:\n", "    rules:\n" + textwrap.indent(extra_rules, "  "), 1))
     return target
 
 

@@ -14,6 +14,7 @@ import dagster as dg
 from lakehouse.collectors.landing import land, read_manifest
 from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
+from lakehouse_tests.declarations import declare
 
 SOURCE = """
 name: heat_drop
@@ -41,7 +42,7 @@ def _project(configs_copy: Path, make_project, tmp_path: Path):
     inbox = tmp_path / "world" / "inbox" / "heat_drop"
     inbox.mkdir(parents=True)
     (inbox / f"heat_a_{MONTH}.csv").write_bytes(OLD)
-    (configs_copy / "sources" / "heat_drop.yaml").write_text(SOURCE)
+    declare(configs_copy, "sources", "heat_drop", SOURCE)
     project = make_project(configs_copy)
     defs = build_definitions(project)
     lake = Lake(project.lake_root)

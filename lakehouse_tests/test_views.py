@@ -13,6 +13,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
+from lakehouse_tests.declarations import declaration
 
 MONTHS = ["2012-01", "2012-02"]
 STATION = "USW00024233"
@@ -204,7 +205,7 @@ def test_lineage_must_name_an_input(configs_copy):
     from lakehouse.specs import load_project
     from lakehouse.specs.loader import SpecError
 
-    path = configs_copy / "exploitation" / "consumption_daily.yaml"
+    path = declaration(configs_copy, "views", "consumption_daily")
     path.write_text(path.read_text().replace("lineage: [weather.wind_ms]", "lineage: [wether.wind_ms]"))
     with pytest.raises(SpecError, match="wether.wind_ms"):
         load_project(configs_copy, env={"LAKEHOUSE_ROOT": "/tmp/x"})
@@ -255,8 +256,8 @@ def test_view_derive_joins_the_contract_with_the_lineage_of_its_inputs(spark):
 def test_derived_source_columns_have_lineage_to_the_formatted_columns(make_project, configs_copy):
     from lakehouse.factories.schema import derived_lineage
 
-    path = configs_copy / "sources" / "weather.yaml"
-    path.write_text(path.read_text() + "derive:\n  temp_mean_c: {expr: '(temp_max_c + temp_min_c) / 2', unit: °C}\n")
+    path = declaration(configs_copy, "sources", "weather")
+    path.write_text(path.read_text() + "  derive:\n    temp_mean_c: {expr: '(temp_max_c + temp_min_c) / 2', unit: °C}\n")
     weather = make_project(configs_copy).source("weather")
     deps = {
         c: {(d.asset_key.to_user_string(), d.column_name) for d in ds}

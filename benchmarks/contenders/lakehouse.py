@@ -8,6 +8,7 @@ instance under ``--work``. Seconds per zone come from the run's step statistics.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ ASSETS = ("landing/meter_readings", "formatted/meter_readings", "trusted/meter_r
 
 
 #: the meter-only daily view the tests use too (next to ``configs/`` in the same source tree)
-DAILY_VIEW = Path("lakehouse_tests/fixtures/configs/exploitation/daily_consumption.yaml")
+DAILY_VIEW = Path("lakehouse_tests/fixtures/configs/defs/views/daily_consumption")
 
 
 def bench_configs(configs: Path, target: Path) -> Path:
@@ -28,13 +29,23 @@ def bench_configs(configs: Path, target: Path) -> Path:
     The other sources need the demo's HTTP and SQL servers; the benchmark measures the meter files only.
     """
     shutil.rmtree(target, ignore_errors=True)
-    for rel in ("lakehouse.yaml", "sources/meter_readings.yaml"):
-        (target / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(configs / rel, target / rel)
-    # commits before the view moved to the tests' fixtures kept it under configs/exploitation/
-    view = next(p for p in (configs.parent / DAILY_VIEW, configs / "exploitation" / DAILY_VIEW.name) if p.exists())
-    (target / "exploitation").mkdir()
-    shutil.copy(view, target / "exploitation" / DAILY_VIEW.name)
+    target.mkdir(parents=True)
+    if (configs / "sources").is_dir():  # commits before the declarations became components: configs/<kind>/*.yaml
+        for rel in ("lakehouse.yaml", "sources/meter_readings.yaml"):
+            (target / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(configs / rel, target / rel)
+        # commits before the view moved to the tests' fixtures kept it under configs/exploitation/
+        old = Path("lakehouse_tests/fixtures/configs/exploitation/daily_consumption.yaml")
+        view = next(p for p in (configs.parent / old, configs / "exploitation" / old.name) if p.exists())
+        (target / "exploitation").mkdir()
+        shutil.copy(view, target / "exploitation" / old.name)
+        return target
+    text = (configs / "lakehouse.yaml").read_text()
+    (target / "lakehouse.yaml").write_text(re.sub(r"(?m)^defs: .*$", "defs: defs", text))
+    shutil.copytree(
+        configs.parent / "lakehouse" / "defs" / "sources" / "meter_readings", target / "defs" / "sources" / "meter_readings"
+    )
+    shutil.copytree(configs.parent / DAILY_VIEW, target / "defs" / "views" / "daily_consumption")
     return target
 
 

@@ -179,14 +179,12 @@ class LandingAutomation:
     schedules: list[dg.ScheduleDefinition]
 
 
-def build_landing_automation(project: Project) -> LandingAutomation:
-    """One landing job per source; an inbox sensor per file drop, a schedule per periodic source."""
-    out = LandingAutomation(jobs=[], sensors=[], schedules=[])
-    for source in project.sources:
-        job = landing_job(project, source)
-        out.jobs.append(job)
-        if source.collector.type == "file_drop":
-            out.sensors.append(build_inbox_sensor(project, source, job))
-        elif source.schedule:
-            out.schedules.append(build_source_schedule(project, source, job))
+def build_source_automation(project: Project, source: SourceSpec) -> LandingAutomation:
+    """The source's landing job, and its inbox sensor (a file drop) or monthly schedule (a periodic source)."""
+    job = landing_job(project, source)
+    out = LandingAutomation(jobs=[job], sensors=[], schedules=[])
+    if source.collector.type == "file_drop":
+        out.sensors.append(build_inbox_sensor(project, source, job))
+    elif source.schedule:
+        out.schedules.append(build_source_schedule(project, source, job))
     return out

@@ -1,12 +1,14 @@
-"""Load and validate ``configs/``: one entry point, :func:`load_project`.
+"""Load and validate a project: ``lakehouse.yaml`` and the declarations of its defs folder (one
+``defs.yaml`` per source, view and ML pipeline, Dagster's component layout); one entry point, :func:`load_project`.
 
 Errors are :class:`SpecError` and name the file, the line and the key, e.g.::
 
-    configs/sources/meter_readings.yaml:12: columns.1.tpye: Extra inputs are not permitted
+    lakehouse/defs/sources/meter_readings/defs.yaml:14: attributes.columns.1.tpye: Extra inputs are not permitted
 
 ``${VAR}`` and ``${VAR:-default}`` in string values are replaced from the environment mapping the caller
 passes (``lakehouse.settings`` is the only reader of the process environment), for the variables
-``interpolation.allowed`` in ``lakehouse.yaml`` lists only: a config naming any other fails at load, naming
+``interpolation.allowed`` in ``lakehouse.yaml`` lists only (Dagster's ``{{ env.VAR }}`` templating has no such
+list, so a declaration using it is refused): a config naming any other fails at load, naming
 file, line and variable, so a config cannot read the environment (a database password) into a URL, a query
 or a manifest. Secrets never go through this path: collectors name the variable (``url_env``,
 ``headers_env``, ``params_env``) and read it at run time; a variable named so cannot be allowed.
@@ -21,13 +23,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
 from lakehouse.specs.ml import PIPELINE_KINDS, PipelineSpec
 from lakehouse.specs.models import (
+    PLACEHOLDER_RE,
     InterpolationSpec,
     LakehouseSpec,
     Project,
@@ -35,7 +38,15 @@ from lakehouse.specs.models import (
     ViewSpec,
 )
 
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_RE = PLACEHOLDER_RE
+_DG_TEMPLATE_RE = re.compile(r"\{\{\s*env\b")
+#: a ``defs.yaml``'s ``type`` -> what it declares and the model of its ``attributes``
+#: (the component classes in :mod:`lakehouse.components` name the same models)
+COMPONENT_TYPES: dict[str, tuple[str, Any]] = {
+    "lakehouse.components.Source": ("source", SourceSpec),
+    "lakehouse.components.View": ("view", ViewSpec),
+    "lakehouse.components.Pipeline": ("pipeline", PipelineSpec),
+}
 #: nodes one config file may hold once its aliases are expanded (the largest shipped config has a few hundred)
 MAX_EXPANDED_NODES = 100_000
 
@@ -99,6 +110,12 @@ def _interpolate(
     path: tuple[Any, ...] = (),
 ) -> Any:
     if isinstance(value, str):
+        if _DG_TEMPLATE_RE.search(value):
+            line = next((lines[path[:i]] for i in range(len(path), -1, -1) if path[:i] in lines), 1)
+            raise SpecError(
+                f"{where}:{line}: {'.'.join(map(str, path))}: {{{{ env.VAR }}}} templating is not applied to lakehouse"
+                " declarations: write ${VAR} (a variable interpolation.allowed in lakehouse.yaml lists)"
+            )
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -160,16 +177,15 @@ def _read_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
     return data, lines
 
 
-def _validate(model: Any, path: Path, env: Mapping[str, str], allowed: frozenset[str] | None = None) -> Any:
-    """``path`` read as ``model`` (a pydantic model, or an annotated union of models)."""
+def _settings(path: Path, env: Mapping[str, str]) -> LakehouseSpec:
+    """``lakehouse.yaml``: its own ``interpolation.allowed`` is read before anything is interpolated."""
     data, lines = _read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}:1: expected a mapping at the top level, got {type(data).__name__}")
-    if allowed is None:  # lakehouse.yaml: its own list, read before anything is interpolated
-        raw = data.get("interpolation", {})
-        allowed = frozenset(_model(InterpolationSpec, raw, path, lines, ("interpolation",)).allowed)
+    raw = data.get("interpolation", {})
+    allowed = frozenset(_model(InterpolationSpec, raw, path, lines, ("interpolation",)).allowed)
     data = _interpolate(data, env, allowed, path, lines)
-    return _model(model, data, path, lines)
+    return _model(LakehouseSpec, data, path, lines)
 
 
 def _model(model: Any, data: Any, path: Path, lines: dict[tuple[Any, ...], int], prefix: tuple[Any, ...] = ()) -> Any:
@@ -192,56 +208,114 @@ def _model(model: Any, data: Any, path: Path, lines: dict[tuple[Any, ...], int],
 _UNION_TAGS = {"file_drop", "http", "sql", "library", *PIPELINE_KINDS}
 
 
-def _yaml_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml"))
+def _declarations(defs_dir: Path) -> list[Path]:
+    """Every ``defs.yaml`` under ``defs_dir``, in path order."""
+    if not defs_dir.is_dir():
+        raise SpecError(f"{defs_dir}: the defs folder is missing (lakehouse.yaml's 'defs' names it)")
+    return sorted(p for p in defs_dir.rglob("*") if p.name in ("defs.yaml", "defs.yml", "component.yaml"))
+
+
+class _Declared(NamedTuple):
+    kind: str
+    spec: Any
+    path: Path
+    lines: dict[tuple[Any, ...], int]
+
+
+def _declaration(path: Path, env: Mapping[str, str], allowed: frozenset[str]) -> _Declared:
+    """One ``defs.yaml``: its ``type`` picks the model, its ``${VAR}``-interpolated ``attributes`` are validated."""
+    data, lines = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}:1: expected a mapping at the top level, got {type(data).__name__}")
+    for key in data:
+        if key not in ("type", "attributes"):
+            raise SpecError(
+                f"{path}:{lines.get((key,), 1)}: {key}: not supported in a lakehouse declaration"
+                " (project-wide policy is applied once, in lakehouse/definitions.py)"
+            )
+    component = data.get("type")
+    if component not in COMPONENT_TYPES:
+        raise SpecError(
+            f"{path}:{lines.get(('type',), 1)}: type: {component!r} is not a lakehouse component"
+            f" (known: {', '.join(COMPONENT_TYPES)})"
+        )
+    attributes = data.get("attributes")
+    if not isinstance(attributes, dict):
+        raise SpecError(f"{path}:{lines.get(('attributes',), 1)}: attributes: expected a mapping of the declaration's keys")
+    kind, model = COMPONENT_TYPES[component]
+    attributes = _interpolate(attributes, env, allowed, path, lines, ("attributes",))
+    return _Declared(kind, _model(model, attributes, path, lines, ("attributes",)), path, lines)
+
+
+def _where(item: _Declared, *key: Any) -> str:
+    """``file:line: attributes.<key>`` of a declaration, for a cross-reference error."""
+    loc = ("attributes", *key)
+    line = next((item.lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in item.lines), 1)
+    return f"{item.path}:{line}: {'.'.join(map(str, loc))}"
+
+
+def _check_references(declared: list[_Declared]) -> None:
+    """Names unique per kind; every table a view, a reference rule or an ML pipeline reads is produced."""
+    for kind in ("source", "view", "pipeline"):
+        seen: dict[str, _Declared] = {}
+        for item in (d for d in declared if d.kind == kind):
+            if item.spec.name in seen:
+                raise SpecError(
+                    f"{_where(item, 'name')}: {kind} {item.spec.name!r} is also declared by {seen[item.spec.name].path}"
+                )
+            seen[item.spec.name] = item
+    sources = [d.spec.name for d in declared if d.kind == "source"]
+    views = [d.spec.name for d in declared if d.kind == "view"]
+    zones = {f"{z}/{s}" for s in sources for z in ("formatted", "trusted")}
+    known = zones | {f"exploitation/{v}" for v in views}
+    for item in declared:
+        refs: list[tuple[tuple[Any, ...], str]]
+        if item.kind == "view":
+            refs = [(("inputs", i, "table"), inp.table) for i, inp in enumerate(item.spec.inputs)]
+        elif item.kind == "pipeline":
+            refs = [(("input",), item.spec.input)]
+        else:
+            rules = item.spec.quality.rules
+            refs = [
+                (("quality", "rules", i, "reference", "table"), r.reference.table) for i, r in enumerate(rules) if r.reference
+            ]
+        for key, table in refs:
+            if table not in known:
+                raise SpecError(
+                    f"{_where(item, *key)}: {item.kind} {item.spec.name!r} reads {table!r},"
+                    f" which nothing declares (known: {sorted(known)})"
+                )
 
 
 def load_project(configs_dir: Path, *, env: Mapping[str, str] | None = None) -> Project:
-    """Read ``lakehouse.yaml``, ``sources/``, ``exploitation/`` and ``ml/`` under ``configs_dir``.
+    """Read ``lakehouse.yaml`` under ``configs_dir`` and every declaration of its defs folder.
 
     Args:
-        configs_dir: the configs directory; its parent is the project root relative paths start from.
+        configs_dir: the folder of ``lakehouse.yaml``; its parent is the project root relative paths start from.
         env: values for ``${VAR}`` interpolation (empty when omitted).
 
     Raises:
-        SpecError: a file is missing, not YAML, or does not validate; the message names file, line, key.
+        SpecError: a file is missing, not YAML, or does not validate, or a declaration reads a table nothing
+            declares; the message names file, line, key.
     """
     configs_dir = Path(configs_dir).resolve()
     env = env or {}
     main = configs_dir / "lakehouse.yaml"
     if not main.is_file():
         raise SpecError(f"{main}: missing (every configs directory needs a lakehouse.yaml)")
-    lakehouse = _validate(LakehouseSpec, main, env)
+    lakehouse = _settings(main, env)
     allowed = frozenset(lakehouse.interpolation.allowed)
-    sources = [_validate(SourceSpec, p, env, allowed) for p in _yaml_files(configs_dir / "sources")]
-    views = [_validate(ViewSpec, p, env, allowed) for p in _yaml_files(configs_dir / "exploitation")]
-    pipelines = [_validate(PipelineSpec, p, env, allowed) for p in _yaml_files(configs_dir / "ml")]
-
-    for kind, items in (("source", sources), ("view", views), ("pipeline", pipelines)):
-        names = [i.name for i in items]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise SpecError(f"{configs_dir}: {kind} names must be unique, repeated: {dupes}")
-
-    known = {f"formatted/{s.name}" for s in sources} | {f"trusted/{s.name}" for s in sources}
-    for view in views:
-        for inp in view.inputs:
-            if inp.table.startswith("exploitation/"):
-                continue
-            if inp.table not in known:
-                raise SpecError(
-                    f"{configs_dir / 'exploitation'}: view {view.name!r} reads {inp.table!r},"
-                    f" which no source produces (known: {sorted(known)})"
-                )
+    defs_dir = (configs_dir / lakehouse.defs).resolve()
+    declared = [_declaration(p, env, allowed) for p in _declarations(defs_dir)]
+    _check_references(declared)
     project = Project(
         root=configs_dir.parent,
         configs_dir=configs_dir,
+        defs_dir=defs_dir,
         lakehouse=lakehouse,
-        sources=tuple(sources),
-        views=tuple(views),
-        pipelines=tuple(pipelines),
+        sources=tuple(d.spec for d in declared if d.kind == "source"),
+        views=tuple(d.spec for d in declared if d.kind == "view"),
+        pipelines=tuple(d.spec for d in declared if d.kind == "pipeline"),
     )
     secrets = project.secret_variables()
     leaked = sorted(set(allowed) & set(secrets))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from lakehouse.specs.tables import TableName
 
@@ -129,7 +130,8 @@ class CVConfig(Options):
 class ModelConfig(Options):
     """One model of ``params.models`` (its ``name`` is its key there)."""
 
-    name: str
+    #: given by the model's key (never written in the YAML, so not in its JSON schema)
+    name: SkipJsonSchema[str]
     type: Literal["sklearn_ridge", "sklearn_linear", "sklearn_gbm", "torch_mlp"]
     features: tuple[str, ...] = Field(min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
@@ -208,7 +210,8 @@ class ForecastParams(Options):
 class AnomalyConfig(Options):
     """``params.detector`` of a ``meter_anomaly`` pipeline, with the pipeline's ``columns``."""
 
-    columns: Columns
+    #: the pipeline's ``params.columns`` (never written in the YAML, so not in its JSON schema)
+    columns: SkipJsonSchema[Columns]
     method: Literal["isolation_forest"] = "isolation_forest"
     features: tuple[str, ...] = tuple(FIGURES)
     #: role -> column of the day as received (before cleaning)

@@ -115,6 +115,9 @@ DEFAULT_INTERPOLATION_ALLOWED = (
     "LAKEHOUSE_S3_REGION",
 )
 _VARIABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: ``${VAR}`` / ``${VAR:-default}``: replaced by the loader before validation; one still in a value is the YAML
+#: as written (Dagster's own pre-check of a defs.yaml), checked again by the loader once interpolated
+PLACEHOLDER_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class InterpolationSpec(Spec):
@@ -146,6 +149,9 @@ class LimitsSpec(Spec):
 
 class LakehouseSpec(Spec):
     lake_root: str = ".lakehouse"
+    #: the defs folder of the project's declarations (``sources/<name>/defs.yaml``, ``views/...``, ``ml/...``),
+    #: relative to this file's folder
+    defs: str = "defs"
     storage: StorageSpec = Field(default_factory=StorageSpec)
 
     @field_validator("lake_root")
@@ -166,7 +172,7 @@ class LakehouseSpec(Spec):
 
 
 # ---------------------------------------------------------------------------------------------------
-# configs/sources/<source>.yaml
+# <defs>/sources/<source>/defs.yaml (attributes of lakehouse.components.Source)
 # ---------------------------------------------------------------------------------------------------
 class ColumnSpec(Spec):
     """One column of a canonical table."""
@@ -310,9 +316,10 @@ class HttpCollector(Spec):
     @model_validator(mode="after")
     def _templates(self) -> HttpCollector:
         known = set(MONTH_FIELDS) | set(self.params)
-        _check_template(self.url, known, "collector.url")
+        url = PLACEHOLDER_RE.sub("", self.url)
+        _check_template(url, known, "collector.url")
         _check_template(self.file_name, known, "collector.file_name")
-        if not self.url.startswith(("http://", "https://")):
+        if url == self.url and not url.startswith(("http://", "https://")):
             raise ValueError(f"collector.url {self.url!r} must start with http:// or https://")
         for what, names in (("headers_env", self.headers_env), ("params_env", self.params_env)):
             for option, name in names.items():
@@ -856,7 +863,7 @@ class SourceSpec(Spec):
 
 
 # ---------------------------------------------------------------------------------------------------
-# configs/exploitation/<view>.yaml
+# <defs>/views/<view>/defs.yaml (attributes of lakehouse.components.View)
 # ---------------------------------------------------------------------------------------------------
 class ViewInputSpec(Spec):
     """An input table of a view. ``months``: ``same`` (the view's month), ``all`` (every month),
@@ -992,6 +999,8 @@ class Project(Spec):
 
     root: Path
     configs_dir: Path
+    #: the defs folder the declarations were read from (Dagster's component tree is built over it)
+    defs_dir: Path
     lakehouse: LakehouseSpec
     sources: tuple[SourceSpec, ...]
     views: tuple[ViewSpec, ...] = ()

@@ -26,6 +26,7 @@ from lakehouse.collectors.base import Fetched
 from lakehouse.collectors.landing import land, read_manifest
 from lakehouse.io.lake import Lake
 from lakehouse.specs.loader import SpecError
+from lakehouse_tests.declarations import declaration
 from lakehouse_tests.reliability.helpers import REPO, materialize, project_at
 
 PACKAGE = REPO / "lakehouse"
@@ -56,6 +57,7 @@ def test_nothing_binds_all_interfaces():
         REPO / "Makefile",
         REPO / "workspace.yaml",
         *REPO.glob("configs/**/*.yaml"),
+        *REPO.glob("lakehouse/defs/**/*.yaml"),
         *REPO.glob("dagster_home/*.yaml"),
         *PACKAGE.rglob("*.py"),
         *REPO.glob("scripts/**/*"),
@@ -119,7 +121,7 @@ def test_configs_hold_no_credentials(make_project):
         if c.type == "http":
             assert "@" not in c.url.split("/")[2], c.url
             assert all(re.fullmatch(r"[A-Z][A-Z0-9_]*", v) for v in c.headers_env.values())
-    for path in REPO.glob("configs/**/*.yaml"):
+    for path in [*REPO.glob("configs/**/*.yaml"), *REPO.glob("lakehouse/defs/**/*.yaml")]:
         text = path.read_text()
         assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), f"{path}: a URL with a password"
         assert not re.search(r"(?im)^\s*(password|passwd|secret|token|api_key)\s*:", text), f"{path}: a credential key"
@@ -307,8 +309,8 @@ def test_every_yaml_load_in_the_package_is_safe():
 
 def test_a_config_cannot_run_code(configs_copy, make_project, tmp_path):
     marker = tmp_path / "pwned"
-    path = configs_copy / "sources" / "meter_readings.yaml"
-    path.write_text(path.read_text() + f'\nexploit: !!python/object/apply:os.system ["touch {marker}"]\n')
+    path = declaration(configs_copy, "sources", "meter_readings")
+    path.write_text(path.read_text() + f'\n  exploit: !!python/object/apply:os.system ["touch {marker}"]\n')
     with pytest.raises(SpecError):
         make_project(configs_copy)
     assert not marker.exists()
