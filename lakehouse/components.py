@@ -117,7 +117,7 @@ attributes:
 
 class _PipelineTemplate(_Template):
     text = """\
-# An ML pipeline: `kind` selects its parameters (consumption_forecast, meter_anomaly, consumption_regression);
+# An ML pipeline: `kind` selects its parameters (consumption_forecast, meter_anomaly);
 # every key is documented in docs/ml.md.
 type: {type}
 attributes:

@@ -1,6 +1,7 @@
 """The only reader of the process environment.
 
-``LAKEHOUSE_CONFIGS``   the configs directory (default: ``configs/`` next to this package's parent)
+``LAKEHOUSE_CONFIGS``   the folder of ``lakehouse.yaml`` (default: ``configs/`` next to this package's parent);
+                       its ``defs`` key names the folder of the declarations (Dagster components)
 ``LAKEHOUSE_ROOT``      overrides ``lake_root`` from ``lakehouse.yaml`` (a local path or ``s3://bucket/prefix``)
 the variables ``storage.credentials`` names in ``lakehouse.yaml``  object-store credentials (read by
                        :func:`lake`, never copied into a config, a log or metadata)

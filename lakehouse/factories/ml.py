@@ -1,4 +1,4 @@
-"""ML assets from ``configs/ml/<pipeline>.yaml``; ``kind`` selects the builder.
+"""ML assets from ``lakehouse/defs/ml/<pipeline>/defs.yaml``; ``kind`` selects the builder.
 
 ``consumption_forecast``    features → labels → split (+ leakage check) → one asset per model → champion
                             (+ gates) → monthly predictions (:mod:`lakehouse.factories.ml_forecast`)

@@ -1,7 +1,7 @@
 """The forecasting pipeline as plain functions over frames: the Dagster assets and the ``reproduce``
 command call the same code, so a reproduction is the same computation on the same data.
 
-Parameters (``configs/ml/<pipeline>.yaml`` → ``params``)::
+Parameters (``lakehouse/defs/ml/<pipeline>/defs.yaml`` → ``params``)::
 
     seed: 0
     columns: {entity: [...], time: ..., target: ..., temperature: ..., drivers: [...], categorical: [...]}

@@ -4,7 +4,7 @@ boosting and a torch MLP, all seeded and deterministic.
 All are scikit-learn ``Pipeline`` objects (one-hot for the declared categorical columns, median imputation,
 standardization, then the regressor), so training, prediction, permutation importance, persistence
 (``skops``, torch weights apart: :mod:`lakehouse.ml.models`) and reproduction treat them alike.
-Hyper-parameters come from ``configs/ml/``.
+Hyper-parameters come from ``lakehouse/defs/ml/``.
 
 Cross-validation is declared (``params.cv``) and :func:`cv_folds` makes the folds once for every model of a
 pipeline, so models are compared on the same rows:

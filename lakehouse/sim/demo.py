@@ -42,7 +42,7 @@ def _say(msg: str) -> None:
 
 
 WEATHER_URL_ENV = "LAKEHOUSE_WEATHER_URL"
-#: the port configs/sources/weather.yaml defaults to
+#: the port lakehouse/defs/sources/weather/defs.yaml defaults to
 WEATHER_PORT = 8765
 
 

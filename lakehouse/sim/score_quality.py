@@ -7,7 +7,7 @@ kind, file). The lakehouse records what it caught in ``quality/quarantine`` (rej
 their original key) and ``quality/repairs`` (changed cells, imputed rows). This script matches the two on
 (meter, hour) per fault kind and prints precision and recall, for the months the trusted zone has
 processed (their current batches). Which rule catches which kind is the mapping below (the rule names of
-``configs/sources/meter_readings.yaml``); ``--rule kind=name[,name]`` overrides it.
+``lakehouse/defs/sources/meter_readings/defs.yaml``); ``--rule kind=name[,name]`` overrides it.
 
 Matching, per kind:
 

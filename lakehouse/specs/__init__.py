@@ -1,4 +1,4 @@
-"""Pydantic models of ``configs/*.yaml`` and their loader. No Dagster, no Spark."""
+"""Pydantic models of ``lakehouse.yaml`` and of the declarations (``defs.yaml``), and their loader. No Dagster, no Spark."""
 
 from lakehouse.specs.loader import SpecError, load_project
 from lakehouse.specs.ml import PipelineSpec

@@ -1,4 +1,4 @@
-"""``configs/ml/<pipeline>.yaml``: an analysis pipeline, typed by its ``kind``.
+"""``lakehouse/defs/ml/<pipeline>/defs.yaml`` (attributes of ``lakehouse.components.Pipeline``): an analysis pipeline, typed by its ``kind``.
 
 Each kind's ``params`` is a pydantic model: the file is checked when it is loaded (a mistake names the
 file, line and key), and the ML code receives the typed parameters it runs with. A model's lineage

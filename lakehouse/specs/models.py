@@ -1,4 +1,4 @@
-"""Typed models of the YAML files under ``configs/``.
+"""Typed models of ``configs/lakehouse.yaml`` and of the declarations (``lakehouse/defs/*/<name>/defs.yaml``).
 
 Every model forbids unknown keys, so a typo in a config is an error that names the file and the key
 (see :mod:`lakehouse.specs.loader`). Nothing here imports Dagster or Spark: specs are plain data.

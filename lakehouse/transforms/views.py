@@ -1,4 +1,4 @@
-"""Transforms of exploitation views declared in ``configs/exploitation/`` (pure Spark, one month at a time).
+"""Transforms of exploitation views declared in ``lakehouse/defs/views/`` (pure Spark, one month at a time).
 
 Each function has the view-transform signature ``(inputs: dict[str, DataFrame], month, options)`` and
 returns the view's rows for ``month``; the factory conforms them to the declared columns and writes them.
