@@ -255,7 +255,8 @@ def _where(item: _Declared, *key: Any) -> str:
 
 
 def _check_references(declared: list[_Declared]) -> None:
-    """Names unique per kind; every table a view, a reference rule or an ML pipeline reads is produced."""
+    """Names unique per kind; every table a view or an ML pipeline reads is produced. (A reference rule's table
+    may lie outside the project: a month it has no data for leaves the rule "not evaluated".)"""
     for kind in ("source", "view", "pipeline"):
         seen: dict[str, _Declared] = {}
         for item in (d for d in declared if d.kind == kind):
@@ -269,16 +270,11 @@ def _check_references(declared: list[_Declared]) -> None:
     zones = {f"{z}/{s}" for s in sources for z in ("formatted", "trusted")}
     known = zones | {f"exploitation/{v}" for v in views}
     for item in declared:
-        refs: list[tuple[tuple[Any, ...], str]]
+        refs: list[tuple[tuple[Any, ...], str]] = []
         if item.kind == "view":
             refs = [(("inputs", i, "table"), inp.table) for i, inp in enumerate(item.spec.inputs)]
         elif item.kind == "pipeline":
             refs = [(("input",), item.spec.input)]
-        else:
-            rules = item.spec.quality.rules
-            refs = [
-                (("quality", "rules", i, "reference", "table"), r.reference.table) for i, r in enumerate(rules) if r.reference
-            ]
         for key, table in refs:
             if table not in known:
                 raise SpecError(
