@@ -18,6 +18,7 @@ from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
 from lakehouse.specs import SpecError, load_project
 from lakehouse.specs.loader import COMPONENT_TYPES
+from lakehouse.specs.ml import PIPELINE_KINDS
 from lakehouse_tests.conftest import REPO
 
 VENV = Path(sys.executable).parent
@@ -52,7 +53,7 @@ def dg_project(tmp_path: Path) -> Path:
 def test_the_components_schemas_are_the_specs():
     assert Source.get_model_cls().__name__ == "SourceSpec" and View.get_model_cls().__name__ == "ViewSpec"
     kinds = Pipeline.get_model_cls().model_json_schema()["discriminator"]["mapping"]
-    assert set(kinds) == {"consumption_forecast", "meter_anomaly", "consumption_regression"}
+    assert set(kinds) == set(PIPELINE_KINDS) == {"consumption_forecast", "meter_anomaly"}
     assert set(COMPONENT_TYPES) == {f"lakehouse.components.{c.__name__}" for c in (Source, View, Pipeline)}
 
 

@@ -263,7 +263,7 @@ def test_dagster_env_templating_and_post_processing_are_refused(configs_copy: Pa
         (
             "ml",
             "p",
-            "name: p\nkind: consumption_regression\ninput: exploitation/nothing\nparams: {columns: {time: d, target: y}}\n",
+            "name: p\nkind: meter_anomaly\ninput: exploitation/nothing\nparams:\n  columns: {time: d, target: y}\n  detector: {features: [repeat_run], profile: {repeat_run: r}}\n  drift: {features: [y]}\n",
             "attributes.input",
         ),
     ],
