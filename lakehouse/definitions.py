@@ -1,4 +1,6 @@
-"""The only merge point: the project's configs → one ``Definitions`` for ``dagster dev`` / ``workspace.yaml``."""
+"""The only merge point: ``configs/lakehouse.yaml`` and its declarations (the components of ``lakehouse/defs``,
+cross-references checked as they load) → one ``Definitions`` under project-wide policy, for ``workspace.yaml``
+and ``dg`` (``[tool.dg.project]`` in pyproject.toml)."""
 
 from lakehouse import settings
 from lakehouse.factories import build_definitions

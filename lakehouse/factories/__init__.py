@@ -69,4 +69,7 @@ def build_definitions(project: Project, *, months_per_run: int | None = None) ->
         sensors=[automation_sensor(project), *(components.sensors or [])],
         resources=resources(project),
         executor=dg.in_process_executor,
+        # the component tree and the component types' catalogue, for the UI and `dg`
+        metadata=components.metadata,
+        component_tree=components.component_tree,
     )
