@@ -16,9 +16,11 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+import psutil
 
 from lakehouse import settings
 from lakehouse.factories import build_definitions
@@ -44,6 +46,40 @@ def _say(msg: str) -> None:
 WEATHER_URL_ENV = "LAKEHOUSE_WEATHER_URL"
 #: the port lakehouse/defs/sources/weather/defs.yaml defaults to
 WEATHER_PORT = 8765
+
+
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and every descendant (the Spark JVM, its Python workers),
+    the descendants already reaped included (counted in their parent's ``children_*`` times)."""
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+@dataclass
+class CpuMeter:
+    """How busy the process tree kept the machine's cores since it was made."""
+
+    wall0: float = field(default_factory=time.monotonic)
+    cpu0: float = field(default_factory=tree_cpu_seconds)
+    cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+
+    def figures(self) -> dict[str, float]:
+        """Wall seconds, CPU seconds and utilisation = CPU ÷ (wall × cores)."""
+        wall = time.monotonic() - self.wall0
+        cpu = tree_cpu_seconds() - self.cpu0
+        return {
+            "wall_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
+            "cores": self.cores,
+            "cpu_utilisation": round(cpu / (wall * self.cores), 3),
+        }
 
 
 def build_world(out: Path, start: str, end: str, meters: int, fault_rate: float) -> None:
@@ -145,13 +181,14 @@ def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = 
         tags = demo_tags(stage, start, end) | ({RANGE_START: start, RANGE_END: end} if months else {})
         return demo.resolve_job_def(name).execute_in_process(instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
 
-    t0 = time.monotonic()
+    zones_cpu = CpuMeter()
     _say(
         f"[2/3] materializing {len(zone_assets)} zone assets for {start}..{end} in one run of job {ZONES_JOB} (one Spark session)"
     )
     res = run(ZONES_JOB, "zones", months=True)
     assert res is not None, "the demo's configs declare no zone asset"
-    zones_s = time.monotonic() - t0
+    zones = zones_cpu.figures()
+    zones_s = zones["wall_s"]
     _say(f"      zones {'done' if res.success else 'FAILED (see the errors above)'} in {zones_s:.0f}s:")
     report(res)
     _say(f"[3/3] training {len(ml_assets)} ML asset(s) (job {ML_JOB}), then the monthly ML outputs (job {ML_MONTHLY_JOB})")
@@ -174,6 +211,7 @@ def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = 
     return {
         "success": res.success and (res_ml is None or res_ml.success) and (res_mm is None or res_mm.success),
         "zones_seconds": round(zones_s, 1),
+        "zones_cpu_utilisation": zones["cpu_utilisation"],
         "ml_seconds": round(time.monotonic() - t1, 1),
         "ml": ml_meta,
         "lake_root": str(project.lake_root),
@@ -200,13 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--meters", type=int, default=40)
     parser.add_argument("--fault-rate", type=float, default=0.002)
     args = parser.parse_args(argv)
-    started = time.monotonic()
+    cpu = CpuMeter()
     build_world(args.world, args.start, args.end, args.meters, args.fault_rate)
     with weather_provider():
         result = materialize_all(args.start, args.end, instance=dg.DagsterInstance.get())
     lake = settings.lake(settings.load())
     print("\n== demo summary ==")
-    print(f"wall time: {time.monotonic() - started:.0f}s (zones {result['zones_seconds']}s, ml {result['ml_seconds']}s)")
+    whole = cpu.figures()
+    result["cpu"] = whole
+    print(f"wall time: {whole['wall_s']:.0f}s (zones {result['zones_seconds']}s, ml {result['ml_seconds']}s)")
+    print(
+        f"cpu: {whole['cpu_s']:.0f}s of the process tree over {whole['cores']} cores = {whole['cpu_utilisation']:.0%}"
+        f" utilisation (zones {result['zones_cpu_utilisation']:.0%})"
+    )
     print("\n".join(summary(lake)))
     for asset, meta in result["ml"].items():
         print(f"  {asset}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in meta.items()}))
