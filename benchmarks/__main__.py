@@ -37,6 +37,7 @@ CONTENDERS = {
     "pyspark": "benchmarks.contenders.pyspark_script",
     "pandas": "benchmarks.contenders.pandas_baseline",
     "floor": "benchmarks.contenders.pyarrow_floor",
+    "duckdb_trusted": "benchmarks.contenders.duckdb_trusted",
 }
 EXTRAS = ("incremental", "write_path", "demo")
 
@@ -49,7 +50,7 @@ def machine() -> dict:
     import psutil
 
     versions = {}
-    for pkg in ("dagster", "pyspark", "deltalake", "pyarrow", "pandas", "numpy"):
+    for pkg in ("dagster", "pyspark", "deltalake", "pyarrow", "pandas", "numpy", "duckdb"):
         try:
             from importlib.metadata import version
 

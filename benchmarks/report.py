@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from statistics import median
 
+from benchmarks import check
+
 ORDER = (
     "lakehouse",
     "lakehouse@before",
@@ -17,6 +19,7 @@ ORDER = (
     "pyspark",
     "pandas",
     "floor",
+    "duckdb_trusted",
     "write_collect",
     "write_executors",
 )
@@ -68,6 +71,27 @@ def _scales(session: dict) -> list[str]:
         if r["scale"] not in seen and not r.get("incremental") and r["contender"] != "demo":
             seen.append(r["scale"])
     return seen
+
+
+def _checks(session: dict, scale: str) -> list[str]:
+    """Each contender reporting ``check`` figures against the lakehouse's, repeat by repeat
+    (:mod:`benchmarks.check`): identical trusted rows, sums and quarantined rows per rule, or where not."""
+    lines = []
+    for run in _runs(session, scale, "lakehouse"):
+        expected = run["figures"].get("check")
+        for other in _runs(session, scale, "duckdb_trusted"):
+            if expected and other["repeat"] == run["repeat"] and other["figures"].get("check"):
+                lines.append(f"| duckdb_trusted | {run['repeat']} | {check.summary(expected, other['figures']['check'])} |")
+    if not lines:
+        return []
+    return [
+        "Trusted rows checked against the lakehouse's, month by month:",
+        "",
+        "| contender | repeat | check |",
+        "|---|---|---|",
+        *lines,
+        "",
+    ]
 
 
 def session_md(s: dict) -> list[str]:
@@ -208,6 +232,20 @@ def session_md(s: dict) -> list[str]:
                 "",
             ),
             (
+                "lakehouse ÷ DuckDB (duckdb_trusted), trusted zone seconds",
+                "lakehouse",
+                "duckdb_trusted",
+                lambda r: _zone_s(r, "trusted"),
+                "≤ 1.5× (issue 27)",
+            ),
+            (
+                "lakehouse ÷ DuckDB, peak RSS (the lakehouse runs every zone, DuckDB formatted + trusted)",
+                "lakehouse",
+                "duckdb_trusted",
+                lambda r: r["peak_rss_mb"],
+                "≤ 1.5× (issue 27)",
+            ),
+            (
                 "formatted throughput ÷ floor throughput (floor s ÷ lakehouse formatted s)",
                 "floor",
                 "lakehouse",
@@ -234,6 +272,7 @@ def session_md(s: dict) -> list[str]:
                 ratios.append(f"| {label} | {_ratio(vals)} | {target} |")
         if ratios:
             out += ["| ratio (per repeat, then median) | value | target |", "|---|---|---|", *ratios, ""]
+        out += _checks(s, scale)
     inc = [r for r in s["runs"] if r.get("incremental")]
     if inc:
         by = {r["incremental"]: r for r in inc}
@@ -267,7 +306,14 @@ def session_md(s: dict) -> list[str]:
             out += [
                 "#### `make demo` (40 meters × 48 months: world build, all zones, model)",
                 "",
-                f"{r['status']}: **{r['wall_s']:.0f} s** wall (target ≤ 600 s), peak RSS {r['peak_rss_mb']:.0f} MB. {r['note']}",
+                f"{r['status']}: **{r['wall_s']:.0f} s** wall (target ≤ 600 s), peak RSS {r['peak_rss_mb']:.0f} MB"
+                + (
+                    f", CPU utilisation {cpu['cpu_utilisation']:.0%} ({cpu['cpu_s']:.0f} CPU s ÷ ({cpu['wall_s']:.0f} s × {cpu['cores']}"
+                    " cores); target ≥ 75%)"
+                    if (cpu := r["figures"].get("cpu"))
+                    else ""
+                )
+                + f". {r['note']}",
                 "",
             ]
     return out

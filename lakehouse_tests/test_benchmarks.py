@@ -39,10 +39,11 @@ def test_a_failed_run_is_reported_by_its_cause_not_its_last_stack_frames():
 @pytest.mark.benchmark
 def test_contenders_run_and_agree(tmp_path):
     from benchmarks import runner
+    from benchmarks.check import compare
     from benchmarks.world import Scale, ensure_world
 
     world = ensure_world(Scale(3, 2), log=lambda *_: None)
-    rows = {}
+    rows, checks = {}, {}
     for name, module in (
         ("floor", "benchmarks.contenders.pyarrow_floor"),
         ("pandas", "benchmarks.contenders.pandas_baseline"),
@@ -50,6 +51,7 @@ def test_contenders_run_and_agree(tmp_path):
         ("spark_same", "benchmarks.contenders.spark_same"),
         ("spark_monthly", "benchmarks.contenders.spark_monthly"),
         ("lakehouse", "benchmarks.contenders.lakehouse"),
+        ("duckdb_trusted", "benchmarks.contenders.duckdb_trusted"),
     ):
         work = tmp_path / name
         run = runner.run(
@@ -64,6 +66,7 @@ def test_contenders_run_and_agree(tmp_path):
         assert run.status == "ok", (name, run.note)
         assert run.peak_rss_mb > 0 and run.wall_s > 0
         rows[name] = run.figures["rows"]
+        checks[name] = run.figures.get("check")
     assert rows["floor"]["formatted"] == world["readings"]
     for name in ("pandas", "pyspark", "lakehouse"):
         assert rows[name]["formatted"] == world["readings"], name
@@ -73,6 +76,8 @@ def test_contenders_run_and_agree(tmp_path):
     # lakehouse in every zone
     assert rows["spark_same"] == rows["lakehouse"]
     assert rows["spark_monthly"] == rows["lakehouse"]
+    # DuckDB's cleaning: the same trusted rows, sums and quarantined rows per rule, month by month
+    assert checks["lakehouse"] and compare(checks["lakehouse"], checks["duckdb_trusted"]) == []
 
 
 @pytest.mark.benchmark
@@ -105,3 +110,46 @@ def test_report_renders_a_session(tmp_path):
     report.render([session], tmp_path)
     text = (tmp_path / "RESULTS.md").read_text()
     assert "2.00×" in text and (tmp_path / "cost_vs_size.png").exists()
+
+
+def test_the_duckdb_contender_cleans_a_faulty_world_as_the_trusted_zone_does(spark, tmp_path):
+    """The DuckDB contender's cleaning against the lakehouse's ``clean_month`` on the same formatted rows of
+    a small world with many faults (every kind, Wh files among them), month 2 with month 1 as history: the
+    same trusted rows (values, imputed rows) and the same quarantined rows by rule."""
+    import pyarrow.compute as pc
+
+    from benchmarks.contenders import duckdb_trusted as duck
+    from benchmarks.contenders import meter_files
+    from lakehouse.io.lake import Lake
+    from lakehouse.sim.world import MeterWorld, WorldConfig
+    from lakehouse_tests.test_cleaning import as_rows, clean_and_commit, meter_source
+
+    months = ["2012-01", "2012-02"]
+    MeterWorld(WorldConfig(meters=3, fault_rate=0.05, seed=3)).write(tmp_path / "world", months)
+    source, root, con = meter_source(), tmp_path / "lake", duck.connect()
+    lake_history = duck_history = None
+    seen_rules: set[str] = set()
+    wh_files = 0
+    for month, paths in meter_files(tmp_path / "world").items():
+        duck.read_month(con, paths)
+        assert duck.format_month(con, month) == 0
+        formatted = con.sql(
+            "SELECT meter_id, ts, v AS reading_kwh, file AS _source_file, line AS _source_line FROM a ORDER BY id"
+        ).to_arrow_table()
+        wh_files += con.execute("SELECT count(*) FROM (SELECT file FROM a GROUP BY file HAVING median(v) > 100)").fetchall()[0][0]
+        trusted, quarantined = duck.clean_month(con, duck_history)
+        _, lake_rows = clean_and_commit(spark.createDataFrame(formatted), source, root, month=month, history=lake_history)
+
+        def key(r: dict) -> tuple:
+            return (r["meter_id"], r["ts"], r["reading_kwh"], r["_source_file"], r["_source_line"])
+
+        assert sorted(map(key, as_rows(trusted))) == sorted(key(r) for r in lake_rows["trusted"]), month
+        assert sorted(
+            (r["rule"], r["disposition"], r["_source_file"], r["_source_line"]) for r in as_rows(quarantined)
+        ) == sorted((r["rule"], r["disposition"], r["_source_file"], r["_source_line"]) for r in lake_rows["rejected"]), month
+        assert pc.count(trusted["_source_line"], mode="only_null").as_py() > 0, f"{month}: no gap was filled"
+        seen_rules |= set(quarantined["rule"].to_pylist())
+        duck_history = trusted
+        lake_history = Lake(root).read_arrow("trusted", source.name, months=[month])
+    assert wh_files > 0, "the world sent no file in Wh: the unit step was not exercised"
+    assert {"exact_duplicate", "conflicting_readings", "non_negative_reading", "stuck_meter", "outlier_reading"} <= seen_rules

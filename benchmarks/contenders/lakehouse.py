@@ -2,7 +2,8 @@
 
 One ``dg.materialize`` of the meter assets over the month range, in process (one Spark session), on a
 lake under ``--work`` (``LAKEHOUSE_ROOT``), the world as ``LAKEHOUSE_DEMO_ROOT`` and a SQLite Dagster
-instance under ``--work``. Seconds per zone come from the run's step statistics. ML assets are not run.
+instance under ``--work``. Seconds per zone come from the run's step statistics. ML assets are not run. ``check``: the trusted
+table's figures per month (:func:`benchmarks.check.lake_figures`), which other contenders are compared with.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from benchmarks.check import lake_figures
 from benchmarks.contenders import Clock, arguments, meter_files, write_result
 
 ASSETS = ("landing/meter_readings", "formatted/meter_readings", "trusted/meter_readings", "exploitation/daily_consumption")
@@ -105,6 +107,7 @@ def main() -> None:
             "stages": clock.stages,
             "rows": rows,
             "run_id": result.run_id,
+            "check": lake_figures(lake),
         },
     )
 
