@@ -24,6 +24,7 @@ import psutil
 
 from lakehouse import settings
 from lakehouse.factories import build_definitions
+from lakehouse.factories.executor import threaded_executor
 from lakehouse.io.lake import Lake
 from lakehouse.sim import scores, weather_server
 from lakehouse.sim.customers import CustomerWorld
@@ -127,7 +128,7 @@ def weather_provider(port: int = WEATHER_PORT) -> Iterator[str]:
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def report(result: dg.ExecuteInProcessResult) -> None:
+def report(result: dg.ExecuteJobResult) -> None:
     """One line per materialized asset of a finished run: months, rows (summed over its months), the
     newest Delta version, step time."""
     seconds = {e.step_key: e.step_success_data.duration_ms / 1000 for e in result.all_events if e.is_step_success}
@@ -156,7 +157,13 @@ def demo_tags(stage: str, start: str, end: str) -> dict[str, str]:
     return {"lakehouse/trigger": "demo", "lakehouse/stage": stage, "lakehouse/months": f"{start}..{end}"}
 
 
-def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = None) -> dict:
+def demo_definitions() -> tuple[dg.Definitions, dict[str, int]]:
+    """The project's assets with the demo's jobs, and the number of assets each job materializes.
+
+    The zones job runs independent steps side by side (``step_workers`` threads sharing the Spark session,
+    :mod:`lakehouse.factories.executor`); the ML jobs run one step at a time: their trainings seed global
+    random generators and limit process-wide thread pools.
+    """
     project = settings.load()
     defs = build_definitions(project)
     every = [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition)]
@@ -164,26 +171,43 @@ def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = 
     ml_assets = [a for a in every if a.partitions_def is None]
     # monthly ML outputs (predictions, flagged meter-days) need the trained models: they run last
     ml_monthly = [a for a in every if a.partitions_def is not None and a.key.path[0] == "ml"]
+    zones_executor = threaded_executor(project.lakehouse.step_workers)
     jobs = {
-        name: dg.define_asset_job(name, selection=[k for a in chosen for k in a.keys], description=text)
-        for name, chosen, text in (
-            (ZONES_JOB, zone_assets, "make demo: every zone table over the demo's months"),
-            (ML_JOB, ml_assets, "make demo: the ML pipelines' training assets"),
-            (ML_MONTHLY_JOB, ml_monthly, "make demo: the monthly ML outputs over the demo's months"),
+        name: dg.define_asset_job(name, selection=[k for a in chosen for k in a.keys], description=text, executor_def=executor)
+        for name, chosen, text, executor in (
+            (ZONES_JOB, zone_assets, "make demo: every zone table over the demo's months", zones_executor),
+            (ML_JOB, ml_assets, "make demo: the ML pipelines' training assets", dg.in_process_executor),
+            (ML_MONTHLY_JOB, ml_monthly, "make demo: the monthly ML outputs over the demo's months", dg.in_process_executor),
         )
         if chosen
     }
+    sizes = {ZONES_JOB: len(zone_assets), ML_JOB: len(ml_assets), ML_MONTHLY_JOB: len(ml_monthly)}
     demo = dg.Definitions(assets=defs.assets, jobs=list(jobs.values()), resources=defs.resources, executor=dg.in_process_executor)
+    return demo, {name: sizes[name] for name in jobs}
 
-    def run(name: str, stage: str, *, months: bool) -> dg.ExecuteInProcessResult | None:
-        if name not in jobs:
+
+def demo_job(name: str) -> dg.JobDefinition:
+    """One of the demo's jobs, built from the configs: what ``execute_job`` reconstructs (in this process)."""
+    return demo_definitions()[0].resolve_job_def(name)
+
+
+def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = None) -> dict:
+    instance = instance or dg.DagsterInstance.get()
+    project = settings.load()
+    _, sizes = demo_definitions()
+
+    def run(name: str, stage: str, *, months: bool) -> dg.ExecuteJobResult | None:
+        if name not in sizes:
             return None
         tags = demo_tags(stage, start, end) | ({RANGE_START: start, RANGE_END: end} if months else {})
-        return demo.resolve_job_def(name).execute_in_process(instance=instance, tags=tags, run_config=QUIET, raise_on_error=False)
+        # execute_job, not execute_in_process: the latter replaces a job's executor by the in-process one
+        job = dg.build_reconstructable_job("lakehouse.sim.demo", "demo_job", reconstructable_args=(name,))
+        with dg.execute_job(job, instance=instance, tags=tags, run_config=QUIET, raise_on_error=False) as result:
+            return result
 
     zones_cpu = CpuMeter()
     _say(
-        f"[2/3] materializing {len(zone_assets)} zone assets for {start}..{end} in one run of job {ZONES_JOB} (one Spark session)"
+        f"[2/3] materializing {sizes.get(ZONES_JOB, 0)} zone assets for {start}..{end} in one run of job {ZONES_JOB} (one Spark session)"
     )
     res = run(ZONES_JOB, "zones", months=True)
     assert res is not None, "the demo's configs declare no zone asset"
@@ -191,7 +215,7 @@ def materialize_all(start: str, end: str, instance: dg.DagsterInstance | None = 
     zones_s = zones["wall_s"]
     _say(f"      zones {'done' if res.success else 'FAILED (see the errors above)'} in {zones_s:.0f}s:")
     report(res)
-    _say(f"[3/3] training {len(ml_assets)} ML asset(s) (job {ML_JOB}), then the monthly ML outputs (job {ML_MONTHLY_JOB})")
+    _say(f"[3/3] training {sizes.get(ML_JOB, 0)} ML asset(s) (job {ML_JOB}), then the monthly ML outputs (job {ML_MONTHLY_JOB})")
     t1 = time.monotonic()
     res_ml = run(ML_JOB, "ml", months=False) if res.success else None
     if res_ml is not None:

@@ -167,6 +167,9 @@ class LakehouseSpec(Spec):
     #: months of a backfilled range processed at the same time (threads sharing the Spark session), for
     #: zone assets whose months are independent; 1 processes them one after the other
     month_workers: int = Field(default=3, ge=1, le=16)
+    #: steps of a zone run (``make demo``'s zones job) that run at the same time when they do not depend on
+    #: each other (threads sharing the Spark session, lakehouse.factories.executor); 1: one after the other
+    step_workers: int = Field(default=2, ge=1, le=8)
     interpolation: InterpolationSpec = Field(default_factory=InterpolationSpec)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
 

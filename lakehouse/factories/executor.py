@@ -1,0 +1,156 @@
+"""Independent steps of a run side by side, in threads of the run's one process (one Spark session).
+
+Dagster's in-process executor runs one step after the other; its multiprocess executor starts a process,
+hence a Spark JVM, per step. A run of this project is mostly small Spark jobs and Delta commits whose
+driver waits on the JVM, so steps that do not depend on each other (the sources' landing → formatted →
+trusted chains, the views of different sources) can share the session and keep both cores busy.
+
+The executor is the in-process one with a different loop: Dagster's own ``ActiveExecution`` decides which
+steps may start (dependencies, retries, skips after a failure); up to ``max_concurrent`` of them run at
+once, each in a thread that streams its events back to the run's thread, which records them in order of
+arrival. Log capture stays one per process, as in the in-process executor.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from typing import Any
+
+import dagster as dg
+from dagster._core.definitions.executor_definition import get_retries_config
+from dagster._core.events import DagsterEvent, EngineEventData
+from dagster._core.execution.api import ExecuteRunWithPlanIterable
+from dagster._core.execution.compute_logs import create_compute_log_file_key
+from dagster._core.execution.context.system import PlanExecutionContext, PlanOrchestrationContext
+from dagster._core.execution.context_creation_job import PlanExecutionContextManager
+from dagster._core.execution.plan.execute_plan import _trigger_hook, dagster_event_sequence_for_step
+from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.retries import RetryMode
+from dagster._core.executor.base import Executor
+
+#: a step's thread reports (step key, event or None when the step is done, the exception that ended it)
+_Report = tuple[str, DagsterEvent | None, BaseException | None]
+
+
+def _run_step(step_context: Any, reports: queue.Queue[_Report]) -> None:
+    error: BaseException | None = None
+    try:
+        for event in dagster_event_sequence_for_step(step_context):
+            reports.put((step_context.step.key, event, None))
+    except BaseException as exc:  # noqa: BLE001 - handed to the run's thread, which raises it
+        error = exc
+    reports.put((step_context.step.key, None, error))
+
+
+def threaded_plan_iterator(
+    job_context: PlanExecutionContext, execution_plan: ExecutionPlan, max_concurrent: int
+) -> Iterator[DagsterEvent]:
+    """``inner_plan_execution_iterator`` of Dagster's in-process executor, with up to ``max_concurrent``
+    steps in flight."""
+    compute_log_manager = job_context.instance.compute_log_manager
+    step_keys = [step.key for step in execution_plan.get_steps_to_execute_in_topo_order()]
+    reports: queue.Queue[_Report] = queue.Queue()
+    running: dict[str, tuple[Any, list[DagsterEvent]]] = {}
+    with (
+        InstanceConcurrencyContext(job_context.instance, job_context.dagster_run) as concurrency,
+        execution_plan.start(
+            retry_mode=job_context.retry_mode,
+            max_concurrent=max_concurrent,
+            instance_concurrency_context=concurrency,
+            step_dependency_config=job_context.step_dependency_config,
+        ) as active,
+        ExitStack() as capture,
+        ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="step") as pool,
+    ):
+        log_key = compute_log_manager.build_log_key_for_run(job_context.run_id, create_compute_log_file_key())
+        log_context = capture.enter_context(compute_log_manager.capture_logs(log_key))
+        yield DagsterEvent.capture_logs(job_context, step_keys, log_key, log_context)
+        while not active.is_complete:
+            for step in active.get_steps_to_execute(limit=max_concurrent - len(running)):
+                step_context = job_context.for_step(step, active.get_known_state())
+                running[step.key] = (step_context, [])
+                pool.submit(_run_step, step_context, reports)
+            yield from active.concurrency_event_iterator(job_context)
+            if not running:
+                active.sleep_til_ready()
+                continue
+            key, event, error = reports.get()
+            if event is not None:
+                running[key][1].append(event)
+                yield event
+                active.handle_event(event)
+                continue
+            step_context, events = running.pop(key)
+            if error is not None:
+                raise error
+            active.verify_complete(job_context, key)
+            yield from active.plan_events_iterator(job_context)
+            yield from _trigger_hook(step_context, events)
+
+
+class ThreadedExecutor(Executor):
+    """Dagster's in-process executor running up to ``max_concurrent`` ready steps at once, in threads."""
+
+    def __init__(self, retries: RetryMode, max_concurrent: int) -> None:
+        self._retries = retries
+        self.max_concurrent = max_concurrent
+
+    @property
+    def retries(self) -> RetryMode:
+        return self._retries
+
+    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
+        keys = execution_plan.step_keys_to_execute
+        yield DagsterEvent.engine_event(
+            plan_context,
+            f"Executing steps in process (pid: {os.getpid()}), up to {self.max_concurrent} at once in threads",
+            event_specific_data=EngineEventData.in_process(os.getpid(), keys),
+        )
+
+        def iterator(job_context: PlanExecutionContext, execution_plan: ExecutionPlan, **_: Any) -> Iterator[DagsterEvent]:
+            return threaded_plan_iterator(job_context, execution_plan, self.max_concurrent)
+
+        yield from ExecuteRunWithPlanIterable(
+            execution_plan=plan_context.execution_plan,
+            iterator=iterator,
+            execution_context_manager=PlanExecutionContextManager(
+                job=plan_context.job,
+                retry_mode=plan_context.retry_mode,
+                execution_plan=plan_context.execution_plan,
+                run_config=plan_context.run_config,
+                dagster_run=plan_context.dagster_run,
+                instance=plan_context.instance,
+                raise_on_error=plan_context.raise_on_error,
+                output_capture=plan_context.output_capture,
+            ),
+        )
+        yield DagsterEvent.engine_event(
+            plan_context,
+            f"Finished steps in process (pid: {os.getpid()})",
+            event_specific_data=EngineEventData.in_process(os.getpid(), keys),
+        )
+
+
+def threaded_executor(max_concurrent: int) -> dg.ExecutorDefinition:
+    """An executor running :class:`ThreadedExecutor` with ``max_concurrent`` steps at once
+    by default (run config ``execution: {config: {max_concurrent: N}}`` changes it per run)."""
+
+    @dg.executor(
+        name="in_process_threads",
+        config_schema={
+            "max_concurrent": dg.Field(int, default_value=max_concurrent, description="steps running at once"),
+            "retries": get_retries_config(),
+        },
+    )
+    def _executor(init_context: dg.InitExecutorContext) -> Executor:
+        config: dict[str, Any] = dict(init_context.executor_config)
+        return ThreadedExecutor(
+            RetryMode.from_config(config["retries"]) or RetryMode.ENABLED, max(1, int(config["max_concurrent"]))
+        )
+
+    return _executor

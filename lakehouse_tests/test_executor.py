@@ -1,0 +1,103 @@
+"""The threaded executor: independent steps of one run side by side, dependencies and failures as Dagster's
+in-process executor handles them (lakehouse.factories.executor)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from lakehouse.factories.executor import threaded_executor
+
+#: how long each slow step holds; two of them overlap only if they run at the same time
+HOLD_S = 1.5
+
+
+def _log(name: str) -> None:
+    with Path(os.environ["EXECUTOR_TEST_LOG"]).open("a") as fh:
+        fh.write(f"{name} {time.monotonic()} {threading.get_ident()}\n")
+
+
+@dg.asset
+def left() -> int:
+    _log("left start")
+    time.sleep(HOLD_S)
+    _log("left end")
+    return 1
+
+
+@dg.asset
+def right() -> int:
+    _log("right start")
+    if os.environ.get("EXECUTOR_TEST_FAIL") == "right":
+        raise RuntimeError("right failed on purpose")
+    time.sleep(HOLD_S)
+    _log("right end")
+    return 2
+
+
+@dg.asset
+def both(left: int, right: int) -> int:
+    _log("both start")
+    return left + right
+
+
+def graph_job(max_concurrent: int = 2) -> dg.JobDefinition:
+    defs = dg.Definitions(
+        assets=[left, right, both],
+        jobs=[dg.define_asset_job("graph", executor_def=threaded_executor(max_concurrent))],
+    )
+    return defs.resolve_job_def("graph")
+
+
+def run(tmp_path: Path, monkeypatch, fail: str = "", max_concurrent: int = 2) -> tuple[dg.ExecuteJobResult, dict[str, float]]:
+    log = tmp_path / "steps.log"
+    monkeypatch.setenv("EXECUTOR_TEST_LOG", str(log))
+    monkeypatch.setenv("EXECUTOR_TEST_FAIL", fail)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
+    job = dg.build_reconstructable_job(__name__, "graph_job", reconstructable_args=(max_concurrent,))
+    with dg.execute_job(job, instance=instance, raise_on_error=False) as result:
+        times = {" ".join(line.split()[:2]): float(line.split()[2]) for line in log.read_text().splitlines()}
+        return result, times
+
+
+def test_independent_steps_overlap_and_a_dependent_step_waits_for_both(tmp_path, monkeypatch):
+    result, t = run(tmp_path, monkeypatch)
+    assert result.success
+    # both slow steps started before either ended: they ran side by side
+    assert max(t["left start"], t["right start"]) < min(t["left end"], t["right end"])
+    assert t["both start"] >= max(t["left end"], t["right end"])
+    done = {e.step_key for e in result.all_events if e.is_step_success}
+    assert done == {"left", "right", "both"}
+
+
+def test_one_step_at_a_time_when_bounded_to_one(tmp_path, monkeypatch):
+    result, t = run(tmp_path, monkeypatch, max_concurrent=1)
+    assert result.success
+    first, second = sorted(("left", "right"), key=lambda n: t[f"{n} start"])
+    assert t[f"{second} start"] >= t[f"{first} end"]
+
+
+def test_a_failed_step_fails_the_run_holds_its_dependents_and_lets_the_others_finish(tmp_path, monkeypatch):
+    result, t = run(tmp_path, monkeypatch, fail="right")
+    assert not result.success
+    failed = {e.step_key for e in result.all_events if e.is_step_failure}
+    succeeded = {e.step_key for e in result.all_events if e.is_step_success}
+    started = {e.step_key for e in result.all_events if e.is_step_start}
+    assert failed == {"right"} and succeeded == {"left"} and "both" not in started
+    assert "left end" in t and "both start" not in t
+
+
+@pytest.mark.parametrize("bad", [0, 9])
+def test_the_setting_is_bounded(bad):
+    from pydantic import ValidationError
+
+    from lakehouse.specs.models import LakehouseSpec
+
+    with pytest.raises(ValidationError, match="step_workers"):
+        LakehouseSpec.model_validate({"lake_root": "x", "step_workers": bad})
