@@ -69,7 +69,23 @@ def test_lakehouse_never_imports_the_demo_world():
 
 #: Dagster has no public API to serve its webserver app inside another ASGI app: the UI launcher builds the
 #: workspace context as ``dagster-webserver`` does (pinned dagster; ``make e2e`` runs it)
-PRIVATE_DAGSTER_ALLOWED = {"ui.py": {"dagster._core.workspace.context", "dagster._core.workspace.load_target"}}
+#: Dagster has no public API for an executor's step loop either: the threaded executor reuses the in-process
+#: executor's pieces (pinned dagster; test_executor.py runs it)
+PRIVATE_DAGSTER_ALLOWED = {
+    "ui.py": {"dagster._core.workspace.context", "dagster._core.workspace.load_target"},
+    "factories/executor.py": {
+        "dagster._core.definitions.executor_definition",
+        "dagster._core.events",
+        "dagster._core.execution.api",
+        "dagster._core.execution.compute_logs",
+        "dagster._core.execution.context.system",
+        "dagster._core.execution.context_creation_job",
+        "dagster._core.execution.plan.execute_plan",
+        "dagster._core.execution.plan.instance_concurrency_context",
+        "dagster._core.execution.plan.plan",
+        "dagster._core.execution.retries",
+    },
+}
 
 
 def test_no_private_dagster_import_in_the_package():

@@ -22,7 +22,7 @@ from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.executor_definition import get_retries_config
-from dagster._core.events import DagsterEvent, EngineEventData
+from dagster._core.events import EngineEventData
 from dagster._core.execution.api import ExecuteRunWithPlanIterable
 from dagster._core.execution.compute_logs import create_compute_log_file_key
 from dagster._core.execution.context.system import PlanExecutionContext, PlanOrchestrationContext
@@ -31,10 +31,9 @@ from dagster._core.execution.plan.execute_plan import _trigger_hook, dagster_eve
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.retries import RetryMode
-from dagster._core.executor.base import Executor
 
 #: a step's thread reports (step key, event or None when the step is done, the exception that ended it)
-_Report = tuple[str, DagsterEvent | None, BaseException | None]
+_Report = tuple[str, dg.DagsterEvent | None, BaseException | None]
 
 
 def _run_step(step_context: Any, reports: queue.Queue[_Report]) -> None:
@@ -49,13 +48,13 @@ def _run_step(step_context: Any, reports: queue.Queue[_Report]) -> None:
 
 def threaded_plan_iterator(
     job_context: PlanExecutionContext, execution_plan: ExecutionPlan, max_concurrent: int
-) -> Iterator[DagsterEvent]:
+) -> Iterator[dg.DagsterEvent]:
     """``inner_plan_execution_iterator`` of Dagster's in-process executor, with up to ``max_concurrent``
     steps in flight."""
     compute_log_manager = job_context.instance.compute_log_manager
     step_keys = [step.key for step in execution_plan.get_steps_to_execute_in_topo_order()]
     reports: queue.Queue[_Report] = queue.Queue()
-    running: dict[str, tuple[Any, list[DagsterEvent]]] = {}
+    running: dict[str, tuple[Any, list[dg.DagsterEvent]]] = {}
     with (
         InstanceConcurrencyContext(job_context.instance, job_context.dagster_run) as concurrency,
         execution_plan.start(
@@ -69,7 +68,7 @@ def threaded_plan_iterator(
     ):
         log_key = compute_log_manager.build_log_key_for_run(job_context.run_id, create_compute_log_file_key())
         log_context = capture.enter_context(compute_log_manager.capture_logs(log_key))
-        yield DagsterEvent.capture_logs(job_context, step_keys, log_key, log_context)
+        yield dg.DagsterEvent.capture_logs(job_context, step_keys, log_key, log_context)
         while not active.is_complete:
             for step in active.get_steps_to_execute(limit=max_concurrent - len(running)):
                 step_context = job_context.for_step(step, active.get_known_state())
@@ -93,7 +92,7 @@ def threaded_plan_iterator(
             yield from _trigger_hook(step_context, events)
 
 
-class ThreadedExecutor(Executor):
+class ThreadedExecutor(dg.Executor):
     """Dagster's in-process executor running up to ``max_concurrent`` ready steps at once, in threads."""
 
     def __init__(self, retries: RetryMode, max_concurrent: int) -> None:
@@ -104,15 +103,15 @@ class ThreadedExecutor(Executor):
     def retries(self) -> RetryMode:
         return self._retries
 
-    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[DagsterEvent]:
+    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan) -> Iterator[dg.DagsterEvent]:
         keys = execution_plan.step_keys_to_execute
-        yield DagsterEvent.engine_event(
+        yield dg.DagsterEvent.engine_event(
             plan_context,
             f"Executing steps in process (pid: {os.getpid()}), up to {self.max_concurrent} at once in threads",
             event_specific_data=EngineEventData.in_process(os.getpid(), keys),
         )
 
-        def iterator(job_context: PlanExecutionContext, execution_plan: ExecutionPlan, **_: Any) -> Iterator[DagsterEvent]:
+        def iterator(job_context: PlanExecutionContext, execution_plan: ExecutionPlan, **_: Any) -> Iterator[dg.DagsterEvent]:
             return threaded_plan_iterator(job_context, execution_plan, self.max_concurrent)
 
         yield from ExecuteRunWithPlanIterable(
@@ -129,7 +128,7 @@ class ThreadedExecutor(Executor):
                 output_capture=plan_context.output_capture,
             ),
         )
-        yield DagsterEvent.engine_event(
+        yield dg.DagsterEvent.engine_event(
             plan_context,
             f"Finished steps in process (pid: {os.getpid()})",
             event_specific_data=EngineEventData.in_process(os.getpid(), keys),
@@ -147,7 +146,7 @@ def threaded_executor(max_concurrent: int) -> dg.ExecutorDefinition:
             "retries": get_retries_config(),
         },
     )
-    def _executor(init_context: dg.InitExecutorContext) -> Executor:
+    def _executor(init_context: dg.InitExecutorContext) -> dg.Executor:
         config: dict[str, Any] = dict(init_context.executor_config)
         return ThreadedExecutor(
             RetryMode.from_config(config["retries"]) or RetryMode.ENABLED, max(1, int(config["max_concurrent"]))
