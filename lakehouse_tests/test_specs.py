@@ -277,6 +277,21 @@ def test_a_table_nothing_declares_is_refused_at_load_naming_file_line_and_key(co
     assert f"{path}:{line}: {key}: " in str(err.value) and "which nothing declares" in str(err.value)
 
 
+def test_a_reference_rule_to_an_undeclared_table_is_refused(configs_copy: Path):
+    path = declaration(configs_copy, "sources", "weather")
+    path.write_text(
+        path.read_text().replace(
+            "    rules:\n",
+            "    rules:\n      - {name: known_station, reference: {column: station, table: trusted/stations}}\n",
+            1,
+        )
+    )
+    with pytest.raises(SpecError) as err:
+        load_project(configs_copy, env={})
+    assert f"weather/defs.yaml:{_line_of(path, 'known_station')}: attributes.quality.rules.0.reference.table:" in str(err.value)
+    assert "'trusted/stations', which nothing declares" in str(err.value)
+
+
 def test_two_declarations_of_one_name_are_refused(configs_copy: Path):
     copy = declaration(configs_copy, "sources", "weather_again")
     copy.parent.mkdir()

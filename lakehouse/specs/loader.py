@@ -255,8 +255,8 @@ def _where(item: _Declared, *key: Any) -> str:
 
 
 def _check_references(declared: list[_Declared]) -> None:
-    """Names unique per kind; every table a view or an ML pipeline reads is produced. (A reference rule's table
-    may lie outside the project: a month it has no data for leaves the rule "not evaluated".)"""
+    """Names unique per kind; every table a view, an ML pipeline or a reference rule reads is declared (a
+    declared table without data for a month leaves its reference rule "not evaluated" that month)."""
     for kind in ("source", "view", "pipeline"):
         seen: dict[str, _Declared] = {}
         for item in (d for d in declared if d.kind == kind):
@@ -275,6 +275,11 @@ def _check_references(declared: list[_Declared]) -> None:
             refs = [(("inputs", i, "table"), inp.table) for i, inp in enumerate(item.spec.inputs)]
         elif item.kind == "pipeline":
             refs = [(("input",), item.spec.input)]
+        else:
+            rules = item.spec.quality.rules
+            refs = [
+                (("quality", "rules", i, "reference", "table"), r.reference.table) for i, r in enumerate(rules) if r.reference
+            ]
         for key, table in refs:
             if table not in known:
                 raise SpecError(
