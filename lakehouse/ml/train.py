@@ -36,7 +36,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from lakehouse.ml.evaluate import regression_metrics
-from lakehouse.specs.ml import MODEL_TYPES, CVConfig
+from lakehouse.specs.ml import MODEL_TYPES, CVConfig, model_columns
 
 
 def single_threaded():
@@ -256,11 +256,6 @@ def make_model(
     return BaselineRatioRegressor(model, baseline) if baseline else model
 
 
-def input_columns(features: Sequence[str], baseline: str | None = None) -> list[str]:
-    """The columns a model reads: its features, plus its baseline."""
-    return list(dict.fromkeys([*features, *([baseline] if baseline else [])]))
-
-
 def fit(
     kind: str,
     train: pd.DataFrame,
@@ -271,7 +266,7 @@ def fit(
     baseline: str | None = None,
     categorical: Sequence[str] = (),
 ):
-    cols = input_columns(features, baseline)
+    cols = model_columns(features, baseline)
     missing = [c for c in cols if c not in train.columns]
     if missing:
         raise KeyError(f"model features {missing} are not in the feature table")
@@ -348,7 +343,7 @@ def cross_validate(
     """Fit and score the model on every fold of :func:`cv_folds`; per-fold metrics and pooled
     out-of-fold predictions."""
     folds = cv_folds(train, cfg, time)
-    cols = input_columns(features, baseline)
+    cols = model_columns(features, baseline)
     oof = np.full(len(train), np.nan)
     out = []
     dates = pd.to_datetime(train[time])

@@ -7,6 +7,7 @@ records the parameters as given (:attr:`ForecastParams.raw`), so a reproduction 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -127,6 +128,11 @@ class CVConfig(Options):
     seed: int = 0
 
 
+def model_columns(features: Sequence[str], baseline: str | None = None) -> list[str]:
+    """The columns a model reads: its features, plus its baseline."""
+    return list(dict.fromkeys([*features, *([baseline] if baseline else [])]))
+
+
 class ModelConfig(Options):
     """One model of ``params.models`` (its ``name`` is its key there)."""
 
@@ -142,7 +148,7 @@ class ModelConfig(Options):
     @property
     def columns(self) -> list[str]:
         """The feature table's columns the model reads (its features, and its baseline)."""
-        return list(dict.fromkeys([*self.features, *([self.baseline] if self.baseline else [])]))
+        return model_columns(self.features, self.baseline)
 
 
 class ChampionConfig(Options):
