@@ -21,20 +21,14 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURE_CONFIGS = Path(__file__).resolve().parent / "fixtures" / "configs"
 
 
-def with_fixtures(target: Path, base: Path = REPO / "configs") -> Path:
-    """``base`` (``lakehouse.yaml`` and its declarations) copied to ``target`` with the tests' fixture
-    declarations added (``target/defs``)."""
-    copy_configs(target, base=base)
-    shutil.copytree(FIXTURE_CONFIGS / "defs", target / "defs", dirs_exist_ok=True)
-    return target
-
-
 def _session_configs() -> Path:
-    """One composed configs folder for the session; child processes (servers, crash runs, cluster worlds)
-    find it through ``LAKEHOUSE_CONFIGS``."""
+    """The repository's configs with the tests' fixture declarations added, composed once for the session;
+    child processes (servers, crash runs, cluster worlds) find it through ``LAKEHOUSE_CONFIGS``."""
     root = Path(tempfile.mkdtemp(prefix="lakehouse-test-configs-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
-    return with_fixtures(root / "configs")
+    target = copy_configs(root / "configs")
+    shutil.copytree(FIXTURE_CONFIGS / "defs", target / "defs", dirs_exist_ok=True)
+    return target
 
 
 TEST_CONFIGS = _session_configs()
