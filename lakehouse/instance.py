@@ -33,7 +33,8 @@ def default_base_dir() -> str:
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         raise dg.DagsterInvariantViolationError(
-            "lakehouse.instance.PooledSqliteEventLogStorage: no base_dir in dagster.yaml and DAGSTER_HOME is not set"
+            "lakehouse.instance.PooledSqliteEventLogStorage: dagster.yaml gives no base_dir and DAGSTER_HOME is not"
+            " set; set DAGSTER_HOME to the instance's folder (as Dagster's CLI and webserver need it) or give base_dir"
         )
     return os.path.join(home, "history", "runs")
 

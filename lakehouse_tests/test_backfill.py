@@ -114,7 +114,7 @@ def test_one_bad_month_keeps_the_others_and_its_previous_data(tmp_path, workers)
         assert latest.run_id == second.run_id and latest.asset_materialization.partition in {"2012-01", "2012-03"}
 
 
-def test_cli_partition_range_is_one_run(tmp_path):
+def test_cli_partition_range_is_one_run(tmp_path, monkeypatch):
     """``dg launch --assets ... --partition-range`` with the project's instance yaml: one run, a
     materialization per month, and no Dagster warning printed."""
     home = tmp_path / "dagster_home"
@@ -142,7 +142,8 @@ def test_cli_partition_range_is_one_run(tmp_path):
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Warning" not in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    monkeypatch.setenv("DAGSTER_HOME", str(home))  # as for the CLI: the instance's event log lives under it
+    with dg.DagsterInstance.get() as instance:
         (record,) = instance.get_run_records()
         assert record.dagster_run.tags[ASSET_PARTITION_RANGE_START_TAG] == MONTHS[0]
         assert record.dagster_run.tags[ASSET_PARTITION_RANGE_END_TAG] == MONTHS[1]
