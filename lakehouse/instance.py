@@ -6,7 +6,8 @@ close a database checkpoints it, two more ``fsync`` calls: every check evaluatio
 of these, and a backfill of many months with a dozen checks each writes thousands of events. This storage
 is Dagster's own, the same tables and files, with one small connection pool per database, kept for the most
 recently used databases only (a webserver reads many runs' databases). Commits stay as durable as before
-(SQLite's ``synchronous`` setting is not changed). ``dagster_home/dagster.yaml`` selects it; the PostgreSQL
+(SQLite's ``synchronous`` setting is not changed), and a run's database file is touched after each write so
+that the UI's live view of a run, which watches that file, still sees each event as it comes. ``dagster_home/dagster.yaml`` selects it; the PostgreSQL
 instance (``dagster.postgres.yaml``) does not need it.
 """
 
@@ -19,13 +20,22 @@ from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SQLITE_BUSY_TIMEOUT_SECONDS, SqliteEventLogStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SQLITE_BUSY_TIMEOUT_SECONDS,
+    SqliteEventLogStorage,
+)
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 
 #: databases whose connections stay open (the run being written and the index, plus recently read runs)
 OPEN_DATABASES = 8
+
+
+def _changes(conn: Connection) -> int:
+    """Rows the SQLite connection has inserted, updated or deleted since it was opened."""
+    return conn.connection.dbapi_connection.total_changes  # type: ignore[union-attr]
 
 
 def default_base_dir() -> str:
@@ -87,8 +97,16 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
                 self._initialized_dbs.add(shard)
-            with engine.connect() as conn, conn.begin():
-                yield conn
+            with engine.connect() as conn:
+                changes = _changes(conn)
+                with conn.begin():
+                    yield conn
+                wrote = _changes(conn) != changes
+            if wrote and shard != INDEX_SHARD_NAME:
+                # a run's live view (watch(): a file watcher on the run's database file) learns of new events
+                # from the file changing; with the connection kept open the events stay in the WAL file until a
+                # checkpoint, so the database file is touched instead, as the stock storage's close did
+                os.utime(self.path_for_shard(shard))
 
     def _close_all(self) -> None:
         with self._db_lock:

@@ -102,3 +102,41 @@ def test_the_projects_instance_file_selects_the_pooled_event_log(tmp_path: Path,
         storage = instance.event_log_storage
         assert isinstance(storage, PooledSqliteEventLogStorage)
         assert Path(storage._base_dir) == tmp_path / "history" / "runs"
+
+
+def test_a_watcher_of_a_run_sees_each_event_as_it_is_written(tmp_path: Path) -> None:
+    """The UI's live run view watches the run's database file: events written through a kept-open
+    connection (another process's storage, e.g. a run worker) must still reach it one by one."""
+    import threading
+    import time
+
+    from dagster._core.events.log import EventLogEntry
+
+    writer, watcher = PooledSqliteEventLogStorage(str(tmp_path)), PooledSqliteEventLogStorage(str(tmp_path))
+    run_id = "0" * 8 + "-live"
+
+    def entry(i: int) -> EventLogEntry:
+        return EventLogEntry(
+            error_info=None, level="INFO", user_message=f"event {i}", run_id=run_id, timestamp=time.time(), dagster_event=None
+        )
+
+    writer.store_event(entry(0))  # the run's database exists before anyone watches it
+    seen: list[str] = []
+    arrived = threading.Event()
+
+    def callback(event: EventLogEntry, _cursor) -> None:
+        seen.append(event.user_message)
+        if len(seen) == 4:
+            arrived.set()
+
+    watcher.watch(run_id, None, callback)
+    try:
+        for i in range(1, 4):
+            writer.store_event(entry(i))
+            time.sleep(0.3)
+        assert arrived.wait(20), f"the watcher saw {seen}"
+        assert seen == [f"event {i}" for i in range(4)]
+    finally:
+        watcher.end_watch(run_id, callback)
+        watcher.dispose()
+        writer.dispose()
