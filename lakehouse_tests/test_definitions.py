@@ -71,7 +71,10 @@ def test_lakehouse_never_imports_the_demo_world():
 #: workspace context as ``dagster-webserver`` does (pinned dagster; ``make e2e`` runs it)
 #: Dagster has no public API for an executor's step loop either: the threaded executor reuses the in-process
 #: executor's pieces (pinned dagster; test_executor.py runs it)
+#: The instance's event log extends Dagster's SQLite storage, which Dagster exports only privately
+#: (pinned dagster; test_instance.py compares it with the stock storage)
 PRIVATE_DAGSTER_ALLOWED = {
+    "instance.py": {"dagster._core.storage.event_log.sqlite.sqlite_event_log", "dagster._serdes"},
     "ui.py": {"dagster._core.workspace.context", "dagster._core.workspace.load_target"},
     "factories/executor.py": {
         "dagster._core.definitions.executor_definition",
