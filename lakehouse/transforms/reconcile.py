@@ -2,7 +2,7 @@
 
 Two systems describe the same customers with different ids, spellings and address formats (``MILLER,
 ANNA`` / ``Anna Miller``, ``12 Pine St.`` / ``Pine Street`` + ``12``, ``98123-0412`` / ``98123``). The
-resolution runs in four pure steps, each testable on its own:
+resolution runs in four steps, each testable on its own:
 
 1. **normalize** each side to canonical fields (name tokens, street without number and with standard
    abbreviations, house number, 5-digit postcode, city without state suffix);
@@ -12,12 +12,13 @@ resolution runs in four pure steps, each testable on its own:
 4. **assign**: each billing record goes to its best registry record when the score reaches the threshold.
    A registry customer may own several billing accounts; a billing record matches at most one customer.
 
-:func:`golden_records` then builds one row per real customer (registry fields win, billing fills gaps) and
+:func:`golden_frame` then builds one row per real customer (registry fields win, billing fills gaps) and
 keeps the source ids and the match scores. :func:`golden_customers` is the Spark entry point of the
 ``exploitation/golden_customers`` view; the table is updated with a Delta MERGE month after month.
 
-The core works on pandas frames: customer tables are small (one row per customer), and fuzzy scoring is
-per-pair Python work that Spark would only slow down.
+The per-record work is pure pandas (:func:`normalize`, :func:`blocking_keys`, :func:`score_pairs`) and runs
+inside ``mapInPandas`` on the executors; blocking is a join on the exploded keys, assignment a window and
+the golden rows joins, all in Spark: the driver never holds a source's rows, whatever its size.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -133,17 +134,31 @@ class Fields:
             raise ValueError(f"reconciliation fields {missing} are not mapped to columns")
         return cls(**{k: v for k, v in mapping.items() if k != "input"})
 
+    @property
+    def columns(self) -> list[str]:
+        """The source columns the fields read, each once."""
+        named = (self.id, self.name, self.street, self.postcode, self.city, self.house_number)
+        return list(dict.fromkeys(c for c in named if c))
+
+
+def require_columns(columns: list[str], fields: Fields) -> None:
+    """Raise ``KeyError`` naming the mapped columns a frame with ``columns`` lacks."""
+    missing = [c for c in fields.columns if c not in columns]
+    if missing:
+        raise KeyError(f"columns {missing} are missing; the frame has {list(columns)}")
+
 
 def normalize(df: pd.DataFrame, fields: Fields) -> pd.DataFrame:
-    """One row per source record with canonical fields: ``src_id, name, street, number, postcode, city``."""
-    needed = [c for c in (fields.id, fields.name, fields.street, fields.postcode, fields.city, fields.house_number) if c]
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        raise KeyError(f"columns {missing} are missing; the frame has {list(df.columns)}")
+    """One row per source record with canonical fields: ``src_id, name, street, number, postcode, city``.
+
+    Row by row, so it runs on any batch of a source; ids are checked for uniqueness over the whole source
+    by :func:`normalize_frame`.
+    """
+    require_columns(list(df.columns), fields)
     numbers = df[fields.house_number] if fields.house_number else pd.Series([None] * len(df), index=df.index)
     addresses = [normalize_address(s, n) for s, n in zip(df[fields.street], numbers, strict=True)]
     tokens = [name_tokens(n) for n in df[fields.name]]
-    out = pd.DataFrame(
+    return pd.DataFrame(
         {
             "src_id": df[fields.id].astype(str).to_numpy(),
             "name": [" ".join(t) for t in tokens],
@@ -153,10 +168,6 @@ def normalize(df: pd.DataFrame, fields: Fields) -> pd.DataFrame:
             "city": [normalize_city(c) for c in df[fields.city]],
         }
     )
-    if out["src_id"].duplicated().any():
-        dupes = sorted(out.loc[out["src_id"].duplicated(), "src_id"].unique())[:5]
-        raise ValueError(f"ids must be unique within a source, repeated: {dupes}")
-    return out
 
 
 # ------------------------------------------------------------------------------------------ blocking
@@ -172,20 +183,6 @@ def blocking_keys(row: pd.Series) -> set[str]:
     if long:
         keys.add(f"name:{max(long, key=len)[:3]}")
     return keys
-
-
-def candidate_pairs(left: pd.DataFrame, right: pd.DataFrame) -> pd.DataFrame:
-    """``left_id, right_id`` of every pair sharing a blocking key (no full cross product)."""
-    index: dict[str, list[str]] = {}
-    for _, row in left.iterrows():
-        for k in blocking_keys(row):
-            index.setdefault(k, []).append(row["src_id"])
-    pairs = set()
-    for _, row in right.iterrows():
-        for k in blocking_keys(row):
-            for lid in index.get(k, ()):
-                pairs.add((lid, row["src_id"]))
-    return pd.DataFrame(sorted(pairs), columns=["left_id", "right_id"])
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -219,17 +216,23 @@ def field_scores(left: pd.Series, r: pd.Series) -> dict[str, float]:
     }
 
 
-def score_pairs(
-    left: pd.DataFrame, right: pd.DataFrame, pairs: pd.DataFrame, weights: Mapping[str, float] | None = None
-) -> pd.DataFrame:
-    """``pairs`` with one similarity column per field and their weighted ``score`` in [0, 1]."""
+def checked_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    """The scoring weights (default :data:`DEFAULT_WEIGHTS`), refused when a field is unknown or they sum to 0."""
     weights = dict(weights or DEFAULT_WEIGHTS)
     unknown = sorted(set(weights) - set(DEFAULT_WEIGHTS))
     if unknown:
         raise ValueError(f"unknown weight(s) {unknown}; fields are {sorted(DEFAULT_WEIGHTS)}")
-    total = sum(weights.values())
-    if total <= 0:
+    if sum(weights.values()) <= 0:
         raise ValueError("reconciliation weights must sum to a positive number")
+    return weights
+
+
+def score_pairs(
+    left: pd.DataFrame, right: pd.DataFrame, pairs: pd.DataFrame, weights: Mapping[str, float] | None = None
+) -> pd.DataFrame:
+    """``pairs`` with one similarity column per field and their weighted ``score`` in [0, 1]."""
+    weights = checked_weights(weights)
+    total = sum(weights.values())
     lrows = left.set_index("src_id")
     rrows = right.set_index("src_id")
     rows = []
@@ -241,125 +244,203 @@ def score_pairs(
     return pd.DataFrame(rows, columns=cols)
 
 
-def assign(scored: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Each right record's best left record when its score reaches ``threshold`` (ties: smallest id)."""
-    ok = scored[scored["score"] >= threshold]
-    if ok.empty:
-        return ok.copy()
-    ok = ok.sort_values(["right_id", "score", "left_id"], ascending=[True, False, True])
-    return ok.drop_duplicates("right_id", keep="first").reset_index(drop=True)
+# ------------------------------------------------------------------------------------ Spark (executors)
+#: what :func:`normalize_frame` yields per record: the canonical fields and the sorted blocking keys
+NORMALIZED_SCHEMA = "src_id string, name string, street string, number string, postcode string, city string, keys array<string>"
+_NORMALIZED = ("name", "street", "number", "postcode", "city")
+#: a billing record's normalized fields kept to the golden row (billing-only customers)
+_KEPT = tuple(f"right_{c}" for c in _NORMALIZED[1:])
+#: what :func:`score_candidates` yields per candidate pair (or per right record without one)
+SCORED_SCHEMA = ", ".join(["right_id string", *(f"{c} string" for c in _KEPT), "left_id string", "score double"])
 
 
-# ---------------------------------------------------------------------------------------- resolution
-@dataclass
-class Resolution:
-    """The outcome of one reconciliation: scored candidates, accepted matches and figures."""
+def check_ids(sources: Mapping[str, tuple[DataFrame, Fields]]) -> None:
+    """Ids are the records' identity: a null or repeated id is refused, naming the source and up to five
+    ids (one job over all sources; only those offending ids come back to the driver)."""
+    from pyspark.sql import functions as F
 
-    matches: pd.DataFrame  # left_id (registry), right_id (billing), per-field scores, score
-    scored: pd.DataFrame
-    stats: dict[str, Any] = field(default_factory=dict)
+    ids = None
+    for source, (frame, fields) in sources.items():
+        require_columns(frame.columns, fields)
+        side = frame.select(F.lit(source).alias("source"), frame[fields.id].cast("string").alias("id"))
+        ids = side if ids is None else ids.unionByName(side)
+    if ids is None:
+        return
+    counts = ids.groupBy("source", "id").count()
+    bad = counts.where(F.col("id").isNull() | (F.col("count") > 1))
+    rows = bad.orderBy("source", F.col("id").asc_nulls_first()).limit(5 * len(sources)).collect()
+    for source in sources:
+        found = [r for r in rows if r["source"] == source]
+        if found and found[0]["id"] is None:
+            column = sources[source][1].id
+            raise ValueError(f"{source}: ids must not be null; {found[0]['count']} record(s) have no {column!r}")
+        if found:
+            raise ValueError(f"{source}: ids must be unique within a source, repeated: {[r['id'] for r in found[:5]]}")
 
 
-def resolve(
-    registry: pd.DataFrame,
-    billing: pd.DataFrame,
+def normalize_frame(frame: DataFrame, fields: Fields) -> DataFrame:
+    """:func:`normalize` and :func:`blocking_keys` of a Spark frame, batch by batch on the executors: one
+    row per record with ``src_id`` (the id as text), the canonical fields and ``keys``."""
+    require_columns(frame.columns, fields)
+    cols = [frame[fields.id].cast("string").alias(fields.id), *(frame[c] for c in fields.columns if c != fields.id)]
+
+    def normalized(batches):
+        for batch in batches:
+            out = normalize(batch, fields)
+            out["keys"] = [sorted(blocking_keys(row)) for _, row in out.iterrows()]
+            yield out
+
+    return frame.select(*cols).mapInPandas(normalized, NORMALIZED_SCHEMA)
+
+
+def candidate_pairs(left: DataFrame, right: DataFrame) -> DataFrame:
+    """Every right record with each left record sharing a blocking key (a join on the exploded keys, never
+    the cross product), both records' fields as ``left_*`` / ``right_*``; a right record sharing no key
+    keeps one row with null ``left_*``."""
+    from pyspark.sql import functions as F
+
+    def side(frame: DataFrame, name: str, explode) -> DataFrame:
+        fields = (F.col(c).alias(f"{name}_{c}") for c in _NORMALIZED)
+        return frame.select(F.col("src_id").alias(f"{name}_id"), *fields, explode("keys").alias("key"))
+
+    joined = side(right, "right", F.explode_outer).join(side(left, "left", F.explode), "key", "left")
+    return joined.drop("key").dropDuplicates(["right_id", "left_id"])
+
+
+def score_candidates(pairs: DataFrame, weights: Mapping[str, float] | None = None) -> DataFrame:
+    """:func:`score_pairs` of each candidate pair on the executors (``score`` null for a right record
+    without candidates); the right record's normalized address is kept."""
+    weights = checked_weights(weights)
+
+    def records(batch: pd.DataFrame, side: str) -> pd.DataFrame:
+        names = {f"{side}_id": "src_id", **{f"{side}_{c}": c for c in _NORMALIZED}}
+        return batch[list(names)].rename(columns=names).drop_duplicates("src_id")
+
+    def scored(batches):
+        for batch in batches:
+            out = batch[["right_id", *_KEPT, "left_id"]].assign(score=float("nan"))
+            paired = batch["left_id"].notna().to_numpy()
+            if paired.any():
+                pairs = batch[paired]
+                scores = score_pairs(records(pairs, "left"), records(pairs, "right"), pairs, weights)
+                out.loc[paired, "score"] = scores["score"].to_numpy()
+            yield out
+
+    return pairs.mapInPandas(scored, SCORED_SCHEMA)
+
+
+def assign(scored: DataFrame, threshold: float) -> DataFrame:
+    """One row per right record: its best left record (``left_id``, ``score``) when the score reaches
+    ``threshold``, ties to the smallest left id; nulls when none does. A left record may own several."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    ok = F.coalesce(F.col("score") >= threshold, F.lit(False))
+    best = Window.partitionBy("right_id").orderBy(ok.desc(), F.col("score").desc(), F.col("left_id").asc())
+    ranked = scored.withColumn("_rank", F.row_number().over(best)).where(F.col("_rank") == 1)
+    return ranked.select(
+        "right_id", *_KEPT, F.when(ok, F.col("left_id")).alias("left_id"), F.when(ok, F.col("score")).alias("score")
+    )
+
+
+# ---------------------------------------------------------------------------------------- golden rows
+def golden_frame(
+    registry: DataFrame,
+    billing: DataFrame,
+    assigned: DataFrame,
     registry_fields: Fields,
     billing_fields: Fields,
     *,
-    weights: Mapping[str, float] | None = None,
-    threshold: float = 0.8,
-) -> Resolution:
-    """Match billing records to registry records (see the module docstring for the steps)."""
-    left = normalize(registry, registry_fields)
-    right = normalize(billing, billing_fields)
-    pairs = candidate_pairs(left, right)
-    scored = score_pairs(left, right, pairs, weights)
-    matches = assign(scored, threshold)
-    cross = len(left) * len(right)
-    stats = {
-        "registry_records": len(left),
-        "billing_records": len(right),
-        "candidate_pairs": len(pairs),
-        "cross_product_pairs": cross,
-        "reduction_ratio": round(1 - len(pairs) / cross, 4) if cross else 0.0,
-        "matched_billing_records": len(matches),
-        "matched_customers": int(matches["left_id"].nunique()) if len(matches) else 0,
-        "threshold": threshold,
-    }
-    return Resolution(matches=matches, scored=scored, stats=stats)
-
-
-def golden_records(
-    registry: pd.DataFrame,
-    billing: pd.DataFrame,
-    resolution: Resolution,
-    registry_fields: Fields,
-    billing_fields: Fields,
-    *,
-    registry_columns: list[str] | None = None,
-    billing_columns: list[str] | None = None,
-    month: str | None = None,
-) -> pd.DataFrame:
+    registry_columns: list[str],
+    billing_columns: list[str],
+    month: str | None,
+) -> DataFrame:
     """One row per real customer: a registry customer with its billing accounts, or a billing-only account.
 
-    Columns: ``golden_id`` (``G-<registry id>`` or ``G-<billing id>`` for billing-only customers),
-    ``registry_id``, ``billing_ids`` (``;``-joined, sorted), ``match_score`` (the lowest accepted score of
-    its accounts; null without a match), ``match_status`` (``matched`` / ``registry_only`` /
-    ``billing_only``), the canonical ``name, street, house_number, postcode, city`` (registry wins; billing
-    fills customers the registry does not know, normalized), then ``registry_columns`` from the registry and
-    ``billing_columns`` from the (first) billing account, and ``first_seen_month``/``last_seen_month``.
+    ``assigned`` is :func:`assign`'s outcome per billing record. Columns: ``golden_id`` (``G-<registry id>``
+    or ``G-<billing id>`` for billing-only customers), ``registry_id``, ``billing_ids`` (``;``-joined,
+    sorted), ``match_score`` (the lowest accepted score of its accounts; null without a match),
+    ``match_status`` (``matched`` / ``registry_only`` / ``billing_only``), the canonical ``name, street,
+    house_number, postcode, city`` (registry wins; billing fills customers the registry does not know,
+    normalized), then ``registry_columns`` from the registry and ``billing_columns`` from the (first)
+    billing account, and ``first_seen_month``/``last_seen_month``.
     """
-    registry_columns = list(registry_columns or [])
-    billing_columns = list(billing_columns or [])
-    matches = resolution.matches
-    by_customer: dict[str, list[tuple[str, float]]] = {}
-    for lid, rid, score in matches[["left_id", "right_id", "score"]].itertuples(index=False):
-        by_customer.setdefault(lid, []).append((rid, float(score)))
-    matched_billing = set(matches["right_id"]) if len(matches) else set()
-    reg = registry.assign(_id=registry[registry_fields.id].astype(str)).set_index("_id")
-    bil = billing.assign(_id=billing[billing_fields.id].astype(str)).set_index("_id")
-    bnorm = normalize(billing, billing_fields).set_index("src_id")
-    rows = []
-    for rid in sorted(reg.index):
-        r = reg.loc[rid]
-        accounts = sorted(by_customer.get(rid, []))
-        first = bil.loc[accounts[0][0]] if accounts else None
-        row = {
-            "golden_id": f"G-{rid}",
-            "registry_id": rid,
-            "billing_ids": ";".join(a for a, _ in accounts) or None,
-            "match_score": min(s for _, s in accounts) if accounts else None,
-            "match_status": "matched" if accounts else "registry_only",
-            "name": r[registry_fields.name],
-            "street": r[registry_fields.street],
-            "house_number": str(r[registry_fields.house_number]) if registry_fields.house_number else None,
-            "postcode": str(r[registry_fields.postcode]),
-            "city": r[registry_fields.city],
-        }
-        row.update({c: r[c] for c in registry_columns})
-        row.update({c: (first[c] if first is not None else None) for c in billing_columns})
-        rows.append(row)
-    for bid in sorted(set(bil.index) - matched_billing):
-        b, n = bil.loc[bid], bnorm.loc[bid]
-        row = {
-            "golden_id": f"G-{bid}",
-            "registry_id": None,
-            "billing_ids": bid,
-            "match_score": None,
-            "match_status": "billing_only",
-            "name": b[billing_fields.name],
-            "street": n["street"],
-            "house_number": n["number"] or None,
-            "postcode": n["postcode"],
-            "city": n["city"].title(),
-        }
-        row.update({c: None for c in registry_columns})
-        row.update({c: b[c] for c in billing_columns})
-        rows.append(row)
-    out = pd.DataFrame(rows)
-    out["first_seen_month"] = month
-    out["last_seen_month"] = month
-    return out
+    from pyspark.sql import functions as F
+
+    bil = billing.select(
+        billing[billing_fields.id].cast("string").alias("_bid"),
+        billing[billing_fields.name].cast("string").alias("_name"),
+        *(billing[c].alias(f"_b_{c}") for c in billing_columns),
+    )
+    known = _registry_rows(registry, bil, assigned, registry_fields, registry_columns, billing_columns)
+    unknown = _billing_only_rows(registry, bil, assigned, registry_columns, billing_columns)
+    return known.unionByName(unknown).withColumns(
+        {"first_seen_month": F.lit(month).cast("string"), "last_seen_month": F.lit(month).cast("string")}
+    )
+
+
+def _registry_rows(
+    registry: DataFrame,
+    bil: DataFrame,
+    assigned: DataFrame,
+    fields: Fields,
+    registry_columns: list[str],
+    billing_columns: list[str],
+) -> DataFrame:
+    """Every registry customer with its matched accounts (``billing_columns`` from the smallest account id)."""
+    from pyspark.sql import functions as F
+
+    accounts = (
+        assigned.where(F.col("left_id").isNotNull())
+        .groupBy(F.col("left_id").alias("registry_id"))
+        .agg(
+            F.concat_ws(";", F.sort_array(F.collect_list("right_id"))).alias("billing_ids"),
+            F.min("score").alias("match_score"),
+            F.min("right_id").alias("_bid"),
+        )
+    )
+    own = list(dict.fromkeys([*fields.columns, *registry_columns]))
+    reg = registry.select(registry[fields.id].cast("string").alias("registry_id"), *(registry[c].alias(f"_r_{c}") for c in own))
+    rows = reg.join(accounts, "registry_id", "left").join(bil.drop("_name"), "_bid", "left")
+    number = F.col(f"_r_{fields.house_number}") if fields.house_number else F.lit(None)
+    return rows.select(
+        # ids are checked non-null: coalesce only declares golden_id non-nullable, as the table has it
+        F.concat(F.lit("G-"), F.coalesce(F.col("registry_id"), F.lit(""))).alias("golden_id"),
+        "registry_id",
+        "billing_ids",
+        F.col("match_score").cast("double").alias("match_score"),
+        F.when(F.col("billing_ids").isNull(), "registry_only").otherwise("matched").alias("match_status"),
+        *(F.col(f"_r_{getattr(fields, f)}").cast("string").alias(f) for f in ("name", "street")),
+        number.cast("string").alias("house_number"),
+        *(F.col(f"_r_{getattr(fields, f)}").cast("string").alias(f) for f in ("postcode", "city")),
+        *(F.col(f"_r_{c}").alias(c) for c in registry_columns),
+        *(F.col(f"_b_{c}").alias(c) for c in billing_columns),
+    )
+
+
+def _billing_only_rows(
+    registry: DataFrame, bil: DataFrame, assigned: DataFrame, registry_columns: list[str], billing_columns: list[str]
+) -> DataFrame:
+    """Every billing account no registry customer owns, with its normalized address."""
+    from pyspark.sql import functions as F
+
+    alone = assigned.where(F.col("left_id").isNull()).select(F.col("right_id").alias("_bid"), *_KEPT)
+    rows = alone.join(bil, "_bid")
+    return rows.select(
+        F.concat(F.lit("G-"), F.coalesce(F.col("_bid"), F.lit(""))).alias("golden_id"),
+        F.lit(None).cast("string").alias("registry_id"),
+        F.col("_bid").alias("billing_ids"),
+        F.lit(None).cast("double").alias("match_score"),
+        F.lit("billing_only").alias("match_status"),
+        F.col("_name").alias("name"),
+        F.col("right_street").alias("street"),
+        F.when(F.col("right_number") != "", F.col("right_number")).alias("house_number"),
+        F.col("right_postcode").alias("postcode"),
+        # the normalized city is lower-case words split by single spaces: initcap is str.title there
+        F.initcap("right_city").alias("city"),
+        *(F.lit(None).cast(registry.schema[c].dataType).alias(c) for c in registry_columns),
+        *(F.col(f"_b_{c}").alias(c) for c in billing_columns),
+    )
 
 
 # -------------------------------------------------------------------------------------- Spark entry
@@ -368,7 +449,9 @@ def golden_customers(inputs: dict[str, DataFrame], month: str, options: dict[str
 
     ``options``: ``registry`` / ``billing`` map canonical fields to columns (plus ``input``: the input
     alias, default ``registry``/``billing``); ``registry_columns`` / ``billing_columns`` are carried over;
-    ``weights`` and ``threshold`` tune the scoring. The factory MERGEs the rows into the golden table.
+    ``weights`` and ``threshold`` tune the scoring. Every step runs on the executors, and the assignment
+    per billing record is checkpointed there (the Python steps run once); no input row reaches the
+    driver. The factory MERGEs the rows into the golden table.
     """
     reg_opts, bil_opts = dict(options["registry"]), dict(options["billing"])
     reg_in, bil_in = reg_opts.get("input", "registry"), bil_opts.get("input", "billing")
@@ -376,73 +459,56 @@ def golden_customers(inputs: dict[str, DataFrame], month: str, options: dict[str
         if name not in inputs:
             raise KeyError(f"golden_customers needs input {name!r}; inputs are {sorted(inputs)}")
     reg_fields, bil_fields = Fields.of(reg_opts), Fields.of(bil_opts)
-    registry = inputs[reg_in].toPandas()
-    billing = inputs[bil_in].toPandas()
+    registry, billing = inputs[reg_in], inputs[bil_in]
     registry_columns = list(options.get("registry_columns", []))
     billing_columns = list(options.get("billing_columns", []))
-    resolution = resolve(
+    _check_carried(registry_columns, registry.columns, reg_in, billing_columns, billing.columns, bil_in)
+    weights = checked_weights(options.get("weights"))
+    check_ids({reg_in: (registry, reg_fields), bil_in: (billing, bil_fields)})
+    pairs = candidate_pairs(normalize_frame(registry, reg_fields), normalize_frame(billing, bil_fields))
+    assigned = assign(score_candidates(pairs, weights), float(options.get("threshold", 0.8))).localCheckpoint()
+    return golden_frame(
         registry,
         billing,
-        reg_fields,
-        bil_fields,
-        weights=options.get("weights"),
-        threshold=float(options.get("threshold", 0.8)),
-    )
-    golden = golden_records(
-        registry,
-        billing,
-        resolution,
+        assigned,
         reg_fields,
         bil_fields,
         registry_columns=registry_columns,
         billing_columns=billing_columns,
         month=month,
     )
-    spark = inputs[reg_in].sparkSession
-    schema = _golden_schema(inputs[reg_in], inputs[bil_in], registry_columns, billing_columns)
-    return spark.createDataFrame(_python_rows(golden[schema.fieldNames()], schema), schema)
 
 
-def _python_rows(df: pd.DataFrame, schema) -> list[tuple]:
-    """Rows of plain Python values of the schema's types (``None`` for missing) for ``createDataFrame``
-    (pandas turns an int column with gaps into floats)."""
-    from pyspark.sql import types as T
-
-    def caster(dtype):
-        if isinstance(dtype, (T.IntegerType, T.LongType, T.ShortType, T.ByteType)):
-            return int
-        if isinstance(dtype, (T.DoubleType, T.FloatType)):
-            return float
-        if isinstance(dtype, T.StringType):
-            return str
-        return lambda v: v.item() if hasattr(v, "item") else v
-
-    casts = [caster(f.dataType) for f in schema.fields]
-
-    def plain(v: Any, cast) -> Any:
-        if v is None or (not isinstance(v, (str, bytes)) and pd.isna(v)):
-            return None
-        return cast(v)
-
-    return [tuple(plain(v, c) for v, c in zip(row, casts, strict=True)) for row in df.itertuples(index=False)]
+GOLDEN_COLUMNS = (
+    "golden_id",
+    "registry_id",
+    "billing_ids",
+    "match_score",
+    "match_status",
+    "name",
+    "street",
+    "house_number",
+    "postcode",
+    "city",
+    "first_seen_month",
+    "last_seen_month",
+)
 
 
-def _golden_schema(registry: DataFrame, billing: DataFrame, registry_columns: list[str], billing_columns: list[str]):
-    from pyspark.sql import types as T
-
-    fields = [
-        T.StructField("golden_id", T.StringType(), False),
-        T.StructField("registry_id", T.StringType()),
-        T.StructField("billing_ids", T.StringType()),
-        T.StructField("match_score", T.DoubleType()),
-        T.StructField("match_status", T.StringType(), False),
-        T.StructField("name", T.StringType()),
-        T.StructField("street", T.StringType()),
-        T.StructField("house_number", T.StringType()),
-        T.StructField("postcode", T.StringType()),
-        T.StructField("city", T.StringType()),
-    ]
-    fields += [T.StructField(c, registry.schema[c].dataType) for c in registry_columns]
-    fields += [T.StructField(c, billing.schema[c].dataType) for c in billing_columns]
-    fields += [T.StructField("first_seen_month", T.StringType()), T.StructField("last_seen_month", T.StringType())]
-    return T.StructType(fields)
+def _check_carried(
+    registry_columns: list[str],
+    registry_has: list[str],
+    reg_in: str,
+    billing_columns: list[str],
+    billing_has: list[str],
+    bil_in: str,
+) -> None:
+    """Carried columns exist in their input and name each golden column once."""
+    for wanted, has, name in ((registry_columns, registry_has, reg_in), (billing_columns, billing_has, bil_in)):
+        missing = [c for c in wanted if c not in has]
+        if missing:
+            raise KeyError(f"golden_customers: {name} has no column(s) {missing}; it has {list(has)}")
+    carried = [*registry_columns, *billing_columns]
+    clash = sorted({c for c in carried if c in GOLDEN_COLUMNS or carried.count(c) > 1})
+    if clash:
+        raise ValueError(f"golden_customers: carried column(s) {clash} repeat a golden column or each other")
