@@ -295,8 +295,8 @@ def normalize_frame(frame: DataFrame, fields: Fields) -> DataFrame:
 
 def candidate_pairs(left: DataFrame, right: DataFrame) -> DataFrame:
     """Every right record with each left record sharing a blocking key (a join on the exploded keys, never
-    the cross product), both records' fields as ``left_*`` / ``right_*``; a right record sharing no key
-    keeps one row with null ``left_*``."""
+    the cross product), both records' fields as ``left_*`` / ``right_*``. A right record with a key no left
+    record shares (or without keys) also has one row with null ``left_*``, so every right record is kept."""
     from pyspark.sql import functions as F
 
     def side(frame: DataFrame, name: str, explode) -> DataFrame:
@@ -367,79 +367,52 @@ def golden_frame(
     """
     from pyspark.sql import functions as F
 
+    # one group per registry customer with accounts, and one per billing record without a customer
+    groups = assigned.groupBy(
+        F.col("left_id").alias("registry_id"), F.when(F.col("left_id").isNull(), F.col("right_id")).alias("_alone")
+    ).agg(
+        F.concat_ws(";", F.sort_array(F.collect_list("right_id"))).alias("billing_ids"),
+        F.min("score").alias("match_score"),
+        F.min("right_id").alias("_bid"),
+        *(F.first(c).alias(c) for c in _KEPT),  # a billing-only group has one record
+    )
+    own = list(dict.fromkeys([*registry_fields.columns, *registry_columns]))
+    reg = registry.select(
+        registry[registry_fields.id].cast("string").alias("registry_id"),
+        F.lit(True).alias("_known"),
+        *(registry[c].alias(f"_r_{c}") for c in own),
+    )
     bil = billing.select(
         billing[billing_fields.id].cast("string").alias("_bid"),
         billing[billing_fields.name].cast("string").alias("_name"),
         *(billing[c].alias(f"_b_{c}") for c in billing_columns),
     )
-    known = _registry_rows(registry, bil, assigned, registry_fields, registry_columns, billing_columns)
-    unknown = _billing_only_rows(registry, bil, assigned, registry_columns, billing_columns)
-    return known.unionByName(unknown).withColumns(
-        {"first_seen_month": F.lit(month).cast("string"), "last_seen_month": F.lit(month).cast("string")}
-    )
+    rows = reg.join(groups, "registry_id", "full_outer").join(bil, "_bid", "left")
+    known = F.col("_known").isNotNull()
 
+    def registry_or(field: str, billing_value):
+        column = getattr(registry_fields, field)
+        value = F.col(f"_r_{column}").cast("string") if column else F.lit(None).cast("string")
+        return F.when(known, value).otherwise(billing_value).alias(field)
 
-def _registry_rows(
-    registry: DataFrame,
-    bil: DataFrame,
-    assigned: DataFrame,
-    fields: Fields,
-    registry_columns: list[str],
-    billing_columns: list[str],
-) -> DataFrame:
-    """Every registry customer with its matched accounts (``billing_columns`` from the smallest account id)."""
-    from pyspark.sql import functions as F
-
-    accounts = (
-        assigned.where(F.col("left_id").isNotNull())
-        .groupBy(F.col("left_id").alias("registry_id"))
-        .agg(
-            F.concat_ws(";", F.sort_array(F.collect_list("right_id"))).alias("billing_ids"),
-            F.min("score").alias("match_score"),
-            F.min("right_id").alias("_bid"),
-        )
-    )
-    own = list(dict.fromkeys([*fields.columns, *registry_columns]))
-    reg = registry.select(registry[fields.id].cast("string").alias("registry_id"), *(registry[c].alias(f"_r_{c}") for c in own))
-    rows = reg.join(accounts, "registry_id", "left").join(bil.drop("_name"), "_bid", "left")
-    number = F.col(f"_r_{fields.house_number}") if fields.house_number else F.lit(None)
+    status = F.when(~known, "billing_only").when(F.col("billing_ids").isNull(), "registry_only").otherwise("matched")
     return rows.select(
-        # ids are checked non-null: coalesce only declares golden_id non-nullable, as the table has it
-        F.concat(F.lit("G-"), F.coalesce(F.col("registry_id"), F.lit(""))).alias("golden_id"),
+        # ids are checked non-null: the empty string only declares golden_id non-nullable, as the table has it
+        F.concat(F.lit("G-"), F.coalesce("registry_id", "_bid", F.lit(""))).alias("golden_id"),
         "registry_id",
         "billing_ids",
         F.col("match_score").cast("double").alias("match_score"),
-        F.when(F.col("billing_ids").isNull(), "registry_only").otherwise("matched").alias("match_status"),
-        *(F.col(f"_r_{getattr(fields, f)}").cast("string").alias(f) for f in ("name", "street")),
-        number.cast("string").alias("house_number"),
-        *(F.col(f"_r_{getattr(fields, f)}").cast("string").alias(f) for f in ("postcode", "city")),
+        status.alias("match_status"),
+        registry_or("name", F.col("_name")),
+        registry_or("street", F.col("right_street")),
+        registry_or("house_number", F.when(F.col("right_number") != "", F.col("right_number"))),
+        registry_or("postcode", F.col("right_postcode")),
+        # the normalized city is lower-case words split by single spaces: initcap is str.title there
+        registry_or("city", F.initcap("right_city")),
         *(F.col(f"_r_{c}").alias(c) for c in registry_columns),
         *(F.col(f"_b_{c}").alias(c) for c in billing_columns),
-    )
-
-
-def _billing_only_rows(
-    registry: DataFrame, bil: DataFrame, assigned: DataFrame, registry_columns: list[str], billing_columns: list[str]
-) -> DataFrame:
-    """Every billing account no registry customer owns, with its normalized address."""
-    from pyspark.sql import functions as F
-
-    alone = assigned.where(F.col("left_id").isNull()).select(F.col("right_id").alias("_bid"), *_KEPT)
-    rows = alone.join(bil, "_bid")
-    return rows.select(
-        F.concat(F.lit("G-"), F.coalesce(F.col("_bid"), F.lit(""))).alias("golden_id"),
-        F.lit(None).cast("string").alias("registry_id"),
-        F.col("_bid").alias("billing_ids"),
-        F.lit(None).cast("double").alias("match_score"),
-        F.lit("billing_only").alias("match_status"),
-        F.col("_name").alias("name"),
-        F.col("right_street").alias("street"),
-        F.when(F.col("right_number") != "", F.col("right_number")).alias("house_number"),
-        F.col("right_postcode").alias("postcode"),
-        # the normalized city is lower-case words split by single spaces: initcap is str.title there
-        F.initcap("right_city").alias("city"),
-        *(F.lit(None).cast(registry.schema[c].dataType).alias(c) for c in registry_columns),
-        *(F.col(f"_b_{c}").alias(c) for c in billing_columns),
+        F.lit(month).cast("string").alias("first_seen_month"),
+        F.lit(month).cast("string").alias("last_seen_month"),
     )
 
 
@@ -449,9 +422,8 @@ def golden_customers(inputs: dict[str, DataFrame], month: str, options: dict[str
 
     ``options``: ``registry`` / ``billing`` map canonical fields to columns (plus ``input``: the input
     alias, default ``registry``/``billing``); ``registry_columns`` / ``billing_columns`` are carried over;
-    ``weights`` and ``threshold`` tune the scoring. Every step runs on the executors, and the assignment
-    per billing record is checkpointed there (the Python steps run once); no input row reaches the
-    driver. The factory MERGEs the rows into the golden table.
+    ``weights`` and ``threshold`` tune the scoring. Every step runs on the executors and no input row
+    reaches the driver; the factory MERGEs the rows into the golden table.
     """
     reg_opts, bil_opts = dict(options["registry"]), dict(options["billing"])
     reg_in, bil_in = reg_opts.get("input", "registry"), bil_opts.get("input", "billing")
@@ -466,7 +438,7 @@ def golden_customers(inputs: dict[str, DataFrame], month: str, options: dict[str
     weights = checked_weights(options.get("weights"))
     check_ids({reg_in: (registry, reg_fields), bil_in: (billing, bil_fields)})
     pairs = candidate_pairs(normalize_frame(registry, reg_fields), normalize_frame(billing, bil_fields))
-    assigned = assign(score_candidates(pairs, weights), float(options.get("threshold", 0.8))).localCheckpoint()
+    assigned = assign(score_candidates(pairs, weights), float(options.get("threshold", 0.8)))
     return golden_frame(
         registry,
         billing,
