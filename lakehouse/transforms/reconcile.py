@@ -206,7 +206,7 @@ def name_similarity(a: str, b: str) -> float:
     return fuzz.token_sort_ratio(" ".join(ta), " ".join(tb)) / 100.0
 
 
-def field_scores(left: pd.Series, r: pd.Series) -> dict[str, float]:
+def field_scores(left: Mapping[str, Any], r: Mapping[str, Any]) -> dict[str, float]:
     return {
         "name": name_similarity(left["name"], r["name"]),
         "street": fuzz.ratio(left["street"], r["street"]) / 100.0 if left["street"] and r["street"] else 0.0,
@@ -233,11 +233,12 @@ def score_pairs(
     """``pairs`` with one similarity column per field and their weighted ``score`` in [0, 1]."""
     weights = checked_weights(weights)
     total = sum(weights.values())
-    lrows = left.set_index("src_id")
-    rrows = right.set_index("src_id")
+    # plain dicts: a pandas row lookup per pair would cost more than the scoring
+    lrows = left.set_index("src_id").to_dict("index")
+    rrows = right.set_index("src_id").to_dict("index")
     rows = []
     for lid, rid in pairs[["left_id", "right_id"]].itertuples(index=False):
-        s = field_scores(lrows.loc[lid], rrows.loc[rid])
+        s = field_scores(lrows[lid], rrows[rid])
         s["score"] = sum(weights.get(k, 0.0) * v for k, v in s.items()) / total
         rows.append({"left_id": lid, "right_id": rid, **s})
     cols = ["left_id", "right_id", *DEFAULT_WEIGHTS, "score"]
