@@ -151,8 +151,8 @@ def require_columns(columns: list[str], fields: Fields) -> None:
 def normalize(df: pd.DataFrame, fields: Fields) -> pd.DataFrame:
     """One row per source record with canonical fields: ``src_id, name, street, number, postcode, city``.
 
-    Row by row, so it runs on any batch of a source; ids are checked for uniqueness over the whole source
-    by :func:`normalize_frame`.
+    Row by row, so it runs on any batch of a source; ids are checked over the whole source (null,
+    repeated) by :func:`check_ids`.
     """
     require_columns(list(df.columns), fields)
     numbers = df[fields.house_number] if fields.house_number else pd.Series([None] * len(df), index=df.index)
