@@ -324,6 +324,8 @@ class _Ctx:
     outcomes: dict[str, Outcome]
     notes: list[str]
     held: list
+    #: the columns the month is partitioned by (a series pass grouped by a superset needs no shuffle)
+    series_partition: list[str] = field(default_factory=list)
 
     _earlier: list = field(default_factory=list)
 
@@ -454,6 +456,7 @@ def clean_month(
     if common:
         # every window below partitions by a superset of these columns: one shuffle serves them all
         df = df.repartition(*[F.col(f"`{c}`") for c in common])
+        ctx.series_partition = common
     if source.quality.drop_exact_duplicates:
         outcomes[EXACT_DUPLICATE] = Outcome(
             EXACT_DUPLICATE, "builtin", "merge", "rows identical in every column: the first is kept"

@@ -1,11 +1,14 @@
 """The series steps of the cleaning (outliers, stuck runs, gap imputation, null filling) as vectorized kernels.
 
-Consecutive series steps with the same ``group_by`` run in ONE ``groupBy(group_by).applyInArrow`` pass: each
-series arrives as an Arrow table, the steps run on it one after the other with numpy and pyarrow (each sees
-the statuses and values the previous one left, as the month's steps always do), and the kernel returns the
-series' rows (imputed rows appended) with per-step figures in ``__s<i>_*`` columns. Spark then turns those
-figures into the flags, reasons, error texts, repairs and imputed rows' ids (:func:`_annotate`), so every text
-is formatted by Spark exactly as the rules' are.
+Consecutive series steps with the same ``group_by`` run in ONE pass of a scalar iterator Arrow UDF over the
+month, partitioned by series and sorted by its keys: only the columns the steps read (series keys, times,
+values, status, row id) reach the Python worker, the rest of each row waits in Spark, which re-attaches the
+UDF's result to its row in order. The kernel cuts the batches it gets into series, runs the steps on each
+one after the other with numpy and pyarrow (each sees the statuses and values the previous one left, as the
+month's steps always do), and returns per row its new status, the values the steps wrote, the per-step
+figures (``__s<i>_*``) and the rows imputed after it. Spark turns those figures into the flags, reasons,
+error texts, repairs and imputed rows' ids (:func:`_annotate`), so every text is formatted by Spark exactly
+as the rules' are.
 
 Every step looks at its *active* rows: kept or imputed rows with a non-null value (fill_nulls: with a non-null
 time), ordered by time then row id (nulls first), as ``lakehouse.quality.cleaning`` describes.
@@ -14,7 +17,7 @@ time), ordered by time then row id (nulls first), as ``lakehouse.quality.cleanin
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import TYPE_CHECKING
 
@@ -41,6 +44,7 @@ from lakehouse.specs.models import FillNullsStep, ImputeStep, OutlierStep, Stuck
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
+    from pyspark.sql.types import StructField, StructType
 
 SeriesStep = OutlierStep | StuckStep | ImputeStep | FillNullsStep
 SERIES_STEPS = (OutlierStep, StuckStep, ImputeStep, FillNullsStep)
@@ -50,23 +54,114 @@ IMPUTED_ID = "imputed:"
 WINDOW_CELLS = 1 << 21
 #: the precision of the decimal rounding (wide enough for any double)
 _DECIMAL = Context(prec=800)
+#: the kernel's result column; its field ``NEW_ROWS`` holds the rows imputed after a row
+FIGURES, NEW_ROWS = "__figures", "__new_rows"
+#: the position of a row in its carrier's explosion (0: the row itself) and the imputed row at that position
+POS, NEW = "__pos", "__new"
 
 
 # ------------------------------------------------------------------------------------ Spark side
 def series_pass(df: DataFrame, steps: list[SeriesStep], ctx: _Ctx) -> DataFrame:
-    """Run ``steps`` (same ``group_by``) over ``df`` in one ``applyInArrow`` pass, then annotate in Spark."""
+    """Run ``steps`` (same ``group_by``) over ``df`` in one pass of the kernel, then annotate in Spark."""
     from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import to_arrow_schema
-    from pyspark.sql.types import StructField, StructType
+    from pyspark.sql.pandas.types import to_arrow_type
 
     for step in steps:
         _register(step, ctx)
     types = {f.name: f.dataType for f in df.schema.fields}
     aux = _aux_fields(steps, types)
-    schema = StructType([StructField(f.name, f.dataType, True) for f in df.schema.fields] + aux)
-    kernel = _kernel(steps, to_arrow_schema(StructType(aux), timezone="UTC"))
-    out = df.groupBy(*[F.col(f"`{g}`") for g in steps[0].group_by]).applyInArrow(kernel, schema)
-    return _annotate(out, steps, ctx).drop(*[f.name for f in aux])
+    read, written = _read_columns(steps), _written_columns(steps)
+    figures = _figures_type(steps, types, read, written, aux)
+    # a scalar iterator UDF (from the type hints): the stubs know no struct results for it
+    kernel = F.arrow_udf(_kernel(steps, to_arrow_type(figures, timezone="UTC")), figures)  # type: ignore[call-overload]
+    df = _by_series(df, steps[0].group_by, ctx.series_partition)
+    df = df.withColumn(FIGURES, kernel(F.struct(*[F.col(f"`{c}`") for c in read])))
+    df = _attached(df, steps[0].group_by, written, [f.name for f in aux], figures)
+    return _annotate(df, steps, ctx).drop(*[f.name for f in aux])
+
+
+def _read_columns(steps: list[SeriesStep]) -> list[str]:
+    """What the kernel reads of each row: the series keys, the steps' times and values, status and row id."""
+    cols = [*steps[0].group_by]
+    for step in steps:
+        values = list(step.columns) if isinstance(step, FillNullsStep) else [step.column]
+        cols += [step.time, *values]
+    return list(dict.fromkeys([*cols, STATUS, ROW_ID]))
+
+
+def _written_columns(steps: list[SeriesStep]) -> list[str]:
+    """The columns a step may change on an existing row (an outlier repair, a filled cell)."""
+    cols: list[str] = []
+    for step in steps:
+        if isinstance(step, FillNullsStep):
+            cols += step.columns
+        elif isinstance(step, OutlierStep) and step.action == "repair":
+            cols.append(step.column)
+    return list(dict.fromkeys(cols))
+
+
+def _figures_type(steps: list[SeriesStep], types: dict, read: list[str], written: list[str], aux: list) -> StructType:
+    """What the kernel returns per row: its status when a step changed it, the written columns, the per-step
+    figures, and the rows imputed after it (what they read, their status and figures)."""
+    from pyspark.sql.types import ArrayType, StringType, StructField, StructType
+
+    status = StructField(STATUS, StringType(), True)
+    own = [StructField(c, types[c], True) for c in read if c not in (*steps[0].group_by, STATUS, ROW_ID)]
+    new_rows = StructField(NEW_ROWS, ArrayType(StructType([*own, status, *aux]), True), True)
+    return StructType([status, *[StructField(c, types[c], True) for c in written], *aux, new_rows])
+
+
+def _by_series(df: DataFrame, group_by: list[str], partitioned_by: list[str]) -> DataFrame:
+    """``df`` with each series in one partition, its rows next to each other (sorted by the series keys).
+
+    A month already partitioned by a subset of the keys (``partitioned_by``, see ``clean_month``) is not
+    shuffled again, and Spark drops the sort when the rows are already in that order."""
+    from pyspark.sql import functions as F
+
+    keys = [F.col(f"`{g}`") for g in group_by]
+    if not keys:
+        return df.repartition(1)
+    if not partitioned_by or not set(partitioned_by) <= set(group_by):
+        df = df.repartition(*keys)
+    return df.sortWithinPartitions(*keys)
+
+
+def _attached(df: DataFrame, group_by: list[str], written: list[str], aux: list[str], figures: StructType) -> DataFrame:
+    """The kernel's figures on their rows, and each imputed row after the row that carries it: its series'
+    keys and month as on that row, the values the kernel gave it, empty lists, nulls elsewhere."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, StructType
+
+    fields = [f for f in df.schema.fields if f.name != FIGURES]
+    fig = F.col(FIGURES)
+    element = figures[NEW_ROWS].dataType
+    assert isinstance(element, ArrayType) and isinstance(element.elementType, StructType)
+    element = element.elementType
+    own = set(element.fieldNames())
+    rows = F.concat(F.array(F.lit(None).cast(element)), fig.getField(NEW_ROWS))
+    df = df.select("*", F.posexplode(rows).alias(POS, NEW))
+    new = F.col(NEW)
+
+    def imputed(f: StructField) -> Column:
+        if f.name in group_by or f.name == MONTH:
+            return F.col(f"`{f.name}`")
+        if f.name in own:
+            return new.getField(f.name)
+        if f.name in (FLAGS, REASONS, ERRORS, REPAIRS):
+            return F.array().cast(f.dataType)
+        if f.name == ROW_ID:
+            return F.lit(IMPUTED_ID)
+        return F.lit(None).cast(f.dataType)
+
+    def existing(name: str) -> Column:
+        if name == STATUS:
+            return F.coalesce(fig.getField(STATUS), F.col(STATUS))
+        return fig.getField(name) if name in written else F.col(f"`{name}`")
+
+    first = F.col(POS) == 0
+    out = [F.when(first, existing(f.name)).otherwise(imputed(f)).alias(f.name) for f in fields]
+    out += [F.when(first, fig.getField(a)).otherwise(new.getField(a)).alias(a) for a in aux]
+    return df.select(*out)
 
 
 def _register(step: SeriesStep, ctx: _Ctx) -> None:
@@ -206,11 +301,55 @@ def _outlier_text(step: OutlierStep, p: str) -> Column:
     )
 
 
-def _kernel(steps: list[SeriesStep], aux: pa.Schema):
-    """The function Spark calls with each series' Arrow table."""
+def _kernel(steps: list[SeriesStep], figures: pa.StructType):
+    """The function each Spark task calls with its partition's batches (each series' rows next to each
+    other): one figures struct per row, in the rows' order."""
+    group_by = steps[0].group_by
 
-    def run(table: pa.Table) -> pa.Table:
-        s = _Series(table, steps[0].group_by)
+    def run(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+        pending: pa.Table | None = None  # the rows of a series the batches so far have not finished
+        seen: set[tuple] = set()
+        for batch in batches:
+            rows = pa.Table.from_batches([pa.RecordBatch.from_struct_array(batch)])
+            pending = rows if pending is None else pa.concat_tables([pending, rows])
+            starts = _starts(pending, group_by)
+            if len(starts) > 1:  # every series but the last is complete
+                yield _figures(pending.slice(0, starts[-1]), starts[:-1], steps, figures, seen)
+                pending = pending.slice(starts[-1])
+        if pending is not None and pending.num_rows:
+            yield _figures(pending, _starts(pending, group_by), steps, figures, seen)
+
+    return run
+
+
+def _starts(t: pa.Table, group_by: list[str]) -> np.ndarray:
+    """Where each series of ``t`` starts (its rows are next to each other): where a key differs from the row
+    before (nulls equal nulls, NaN equals NaN, as Spark groups them)."""
+    n = t.num_rows
+    differs = np.zeros(max(n - 1, 0), dtype=bool)
+    for g in group_by:
+        col = t[g].combine_chunks()
+        a, b = col.slice(1), col.slice(0, max(n - 1, 0))
+        same = pc.fill_null(pc.equal(a, b), False).to_numpy(zero_copy_only=False)
+        same |= (pc.is_null(a).to_numpy(zero_copy_only=False)) & pc.is_null(b).to_numpy(zero_copy_only=False)
+        if pa.types.is_floating(col.type):
+            same |= pc.fill_null(pc.and_(pc.is_nan(a), pc.is_nan(b)), False).to_numpy(zero_copy_only=False)
+        differs |= ~same
+    return np.concatenate([[0], np.flatnonzero(differs) + 1]) if n else np.zeros(0, dtype=np.int64)
+
+
+def _figures(t: pa.Table, starts: np.ndarray, steps: list[SeriesStep], figures: pa.StructType, seen: set) -> pa.Array:
+    """The steps run on each series of ``t`` (one starts at each of ``starts``): the figures of its rows."""
+    group_by = steps[0].group_by
+    ends = [*starts[1:], t.num_rows]
+    out = []
+    for a, b in zip(starts, ends, strict=True):
+        rows = t.slice(int(a), int(b - a))
+        key = tuple(rows[g][0].as_py() for g in group_by)
+        if key in seen:
+            raise RuntimeError(f"series {key} of {group_by} arrived in two pieces: its rows must be next to each other")
+        seen.add(key)
+        s = _Series(rows, group_by)
         for i, step in enumerate(steps):
             p = f"__s{i}_"
             if isinstance(step, OutlierStep):
@@ -221,20 +360,23 @@ def _kernel(steps: list[SeriesStep], aux: pa.Schema):
                 _impute(s, step, p)
             else:
                 _fill_nulls(s, step, p)
-        return s.result(aux)
-
-    return run
+        out.append(s.figures(figures))
+    return pa.concat_arrays(out) if out else pa.array([], figures)
 
 
 # ----------------------------------------------------------------------------------- one series
 class _Series:
-    """One series' rows while the steps run: the Arrow table (imputed rows appended), the statuses, and the
-    figures each step reports (``aux``: name → the rows it reports on and their values)."""
+    """One series' rows while the steps run: the Arrow table of what the kernel reads (imputed rows appended),
+    the statuses, and the figures each step reports (``aux``: name → the rows it reports on and their values)."""
 
     def __init__(self, table: pa.Table, group_by: list[str]):
         schema = pa.schema([f.with_nullable(True) for f in table.schema])
         self.table = pa.Table.from_arrays([c.combine_chunks() for c in table.columns], schema=schema)
         self.status = np.asarray(self.table[STATUS].to_numpy(zero_copy_only=False), dtype=object)
+        #: the statuses the rows arrived with, and how many rows arrived
+        self.given, self.n = self.status.copy(), table.num_rows
+        #: per imputed row, the arrived row it is imputed after (its keys' row: the chain of its templates)
+        self.carrier = np.zeros(0, dtype=np.int64)
         self.group_by = group_by
         self.aux: dict[str, tuple[np.ndarray, pa.Array]] = {}
 
@@ -285,17 +427,15 @@ class _Series:
         self.table = self.table.set_column(self.table.schema.get_field_index(name), self.table.schema.field(name), new)
 
     def append(self, template: np.ndarray, columns: dict[str, pa.Array]) -> np.ndarray:
-        """Add imputed rows (``columns`` given, the series' keys and month as on row ``template``, empty
-        lists, nulls elsewhere); returns their indices."""
+        """Add imputed rows (``columns`` given, the series' keys as on row ``template``, nulls elsewhere);
+        returns their indices."""
         m = len(template)
         arrays = []
         for f in self.table.schema:
             if f.name in columns:
                 arrays.append(columns[f.name].cast(f.type))
-            elif f.name in self.group_by or f.name == MONTH:
+            elif f.name in self.group_by:
                 arrays.append(self.column(f.name).take(pa.array(template)))
-            elif f.name in (FLAGS, REASONS, ERRORS, REPAIRS):
-                arrays.append(pa.array([[]] * m, f.type))
             elif f.name == ROW_ID:
                 arrays.append(pa.array([IMPUTED_ID] * m, f.type))
             else:
@@ -304,22 +444,45 @@ class _Series:
         added = pa.Table.from_arrays(arrays, schema=self.table.schema)
         self.table = pa.concat_tables([self.table, added]).combine_chunks()
         self.status = np.concatenate([self.status, np.full(m, IMPUTED, dtype=object)])
+        inherited = self.carrier[np.maximum(template - self.n, 0)] if len(self.carrier) else template
+        self.carrier = np.concatenate([self.carrier, np.where(template < self.n, template, inherited)])
         return np.arange(start, start + m)
 
-    def result(self, aux: pa.Schema) -> pa.Table:
+    def reported(self, name: str, kind: pa.DataType) -> pa.Array:
+        """Figure ``name`` of every row (null where its step reported nothing)."""
         n = self.table.num_rows
-        t = self.table.set_column(
-            self.table.schema.get_field_index(STATUS), self.table.schema.field(STATUS), pa.array(self.status, pa.string())
+        if name not in self.aux or not len(self.aux[name][0]):
+            return pa.nulls(n, kind)
+        rows, values = self.aux[name]
+        idx = np.full(n, -1, dtype=np.int64)
+        idx[rows] = np.arange(len(rows))
+        return values.cast(kind).take(pa.array(idx, mask=idx < 0))
+
+    def figures(self, figures: pa.StructType) -> pa.StructArray:
+        """Per arrived row: its status if a step changed it, the written columns, the figures and the rows
+        imputed after it (what they read, their status and figures)."""
+        n = self.n
+        status = pa.array(self.status, pa.string())
+        changed = pa.array(self.status[:n], pa.string(), mask=self.status[:n] == self.given)
+        new_type = figures.field(NEW_ROWS).type
+        element = new_type.value_type
+
+        def column(name: str, kind: pa.DataType) -> pa.Array:
+            if name == STATUS:
+                return status
+            return self.column(name).cast(kind) if name in self.table.column_names else self.reported(name, kind)
+
+        order = np.argsort(self.carrier, kind="stable")
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(self.carrier, minlength=n))]).astype(np.int32)
+        tail = [column(f.name, f.type).slice(n).take(pa.array(order)) for f in element]
+        new_rows = pa.ListArray.from_arrays(
+            pa.array(offsets), pa.StructArray.from_arrays(tail, fields=list(element)), type=new_type
         )
-        for f in aux:
-            if f.name not in self.aux or not len(self.aux[f.name][0]):
-                t = t.append_column(f.name, pa.nulls(n, f.type))
-                continue
-            rows, values = self.aux[f.name]
-            idx = np.full(n, -1, dtype=np.int64)
-            idx[rows] = np.arange(len(rows))
-            t = t.append_column(f.name, values.cast(f.type).take(pa.array(idx, mask=idx < 0)))
-        return t
+        head = [
+            changed if f.name == STATUS else new_rows if f.name == NEW_ROWS else column(f.name, f.type).slice(0, n)
+            for f in figures
+        ]
+        return pa.StructArray.from_arrays(head, fields=list(figures))
 
 
 def _typed(values: np.ndarray, kind: pa.DataType) -> pa.Array:
