@@ -17,11 +17,14 @@ import statistics
 from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
-from lakehouse.quality.series import plan_steps, spark_round
+import lakehouse.quality.cleaning as cleaning
+from lakehouse.quality.series import _aux_fields, _figures_type, _kernel, _read_columns, _written_columns, plan_steps, spark_round
 from lakehouse.specs.models import FillNullsStep, OutlierStep, StuckStep
-from lakehouse_tests.test_cleaning import SCHEMA, clean_and_commit, meter_source
+from lakehouse_tests.test_cleaning import SCHEMA, clean_and_commit, crafted_rows, meter_source
 
 MONTH = "2012-01"
 T0 = dt.datetime(2012, 1, 3, tzinfo=dt.UTC)
@@ -309,6 +312,27 @@ def test_series_steps_match_the_oracle(spark, case, seed, tmp_path):
     steps = CASES[case]
     source = meter_source(rules=[], cleaning=steps, drop_exact_duplicates=False)
     assert [len(p) for p in plan_steps(source.quality.steps) if isinstance(p, list)] == [4], "the four steps share one pass"
+    assert_matches_oracle(spark, formatted, source, steps, tmp_path)
+
+
+@pytest.mark.parametrize("seed", [4])
+def test_passes_grouped_otherwise_than_the_month_match_the_oracle(spark, seed, tmp_path):
+    """Passes whose series are not the month's partitions (the whole month as one series between two
+    per-meter passes): each is shuffled to its series and still matches the oracle."""
+    formatted = random_month(seed)
+    steps = [
+        step("stuck", name="stuck", min_run=3, ignore_values=[1.5], action="quarantine"),
+        step("outliers", name="spike", group_by=[], method="mad", window="12h", threshold=3, min_points=3),
+        step("impute_gaps", name="gaps", every="1h", max_gap=3, method="linear", round=3),
+    ]
+    source = meter_source(rules=[], cleaning=steps, drop_exact_duplicates=False)
+    assert [len(p) for p in plan_steps(source.quality.steps) if isinstance(p, list)] == [1, 1, 1]
+    assert_matches_oracle(spark, formatted, source, steps, tmp_path)
+
+
+def assert_matches_oracle(spark, formatted: list[tuple], source, steps: list[dict], tmp_path) -> None:
+    """What ``clean_month`` commits (trusted rows, rejected rows with their errors, changed cells, counts)
+    is what the oracle gives."""
     result, got = clean_and_commit(spark.createDataFrame(formatted, SCHEMA), source, tmp_path)
     result.close()
     want = oracle(formatted, [s.model_dump() for s in source.quality.cleaning])
@@ -376,3 +400,83 @@ def test_spark_round_is_half_up_on_the_decimal_text():
     assert spark_round(values, 2, integral=False).tolist() == [0.13, 1.01, -2.5, 2.68, 7.0]
     assert spark_round(values, 0, integral=False).tolist() == [0.0, 1.0, -3.0, 3.0, 7.0]
     assert spark_round(np.array([15, 14, -15]), -1, integral=True).tolist() == [20, 10, -20]
+
+
+# ------------------------------------------------------------------------------- the kernel's input
+def kernel_of(steps: list):
+    """The kernel of a pass over the random months' columns, and the struct type of the rows it reads."""
+    from pyspark.sql.pandas.types import to_arrow_type
+    from pyspark.sql.types import DoubleType, StringType, TimestampType
+
+    types = {"meter_id": StringType(), "ts": TimestampType(), "reading_kwh": DoubleType()}
+    types |= {"__status": StringType(), "__rid": StringType()}
+    read = _read_columns(steps)
+    figures = _figures_type(steps, types, read, _written_columns(steps), _aux_fields(steps, types))
+    fields = pa.struct([(c, to_arrow_type(types[c], timezone="UTC")) for c in read])
+    return _kernel(steps, to_arrow_type(figures, timezone="UTC")), fields
+
+
+def kernel_input(formatted: list[tuple], fields: pa.StructType) -> pa.StructArray:
+    rows = sorted(formatted, key=lambda r: r[0])  # each series' rows next to each other, as Spark sorts them
+    columns = {
+        "meter_id": [r[0] for r in rows],
+        "ts": [r[1] for r in rows],
+        "reading_kwh": [r[2] for r in rows],
+        "__status": ["kept"] * len(rows),
+        "__rid": [f"{r[3]}:{r[4]}" for r in rows],
+    }
+    return pa.StructArray.from_arrays([pa.array(columns[f.name], f.type) for f in fields], fields=list(fields))
+
+
+def test_the_kernel_gives_the_same_figures_however_the_batches_cut_the_series():
+    """Spark hands the kernel a partition in batches that cut series anywhere: the figures do not depend on
+    where (a series is run once all its rows arrived)."""
+    source = meter_source(rules=[], cleaning=CASES["quarantine"], drop_exact_duplicates=False)
+    (steps,) = [p for p in plan_steps(source.quality.steps) if isinstance(p, list)]
+    kernel, fields = kernel_of(steps)
+    rows = kernel_input(random_month(5), fields)
+    whole = pa.concat_arrays(list(kernel(iter([rows]))))
+    assert len(whole) == len(rows)
+    assert pc.sum(pc.list_value_length(whole.field("__new_rows"))).as_py() > 0, "the month imputes rows"
+    assert whole.field("__status").null_count < len(rows), "the month rejects rows"
+    for cuts in ([1, 2, 3], [37, 38, 200], list(range(0, len(rows), 61))):
+        bounds = [0, *cuts, len(rows)]
+        batches = [rows.slice(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+        pieces = list(kernel(iter(batches)))
+        assert pa.concat_arrays(pieces).equals(whole), cuts
+
+
+def test_a_series_in_two_pieces_fails_loudly():
+    """Rows of one series that are not next to each other would be judged as two series: the kernel stops."""
+    source = meter_source(rules=[], cleaning=CASES["quarantine"], drop_exact_duplicates=False)
+    (steps,) = [p for p in plan_steps(source.quality.steps) if isinstance(p, list)]
+    kernel, fields = kernel_of(steps)
+    rows = kernel_input(random_month(5), fields)
+    m0 = pc.equal(rows.field("meter_id"), "M0")
+    first = np.flatnonzero(m0.to_numpy(zero_copy_only=False))
+    split = pa.concat_arrays([rows.slice(0, int(first[-1])), rows.slice(int(first[-1]) + 1), rows.slice(int(first[-1]), 1)])
+    with pytest.raises(RuntimeError, match=r"series \('M0',\) of \['meter_id'\] arrived in two pieces"):
+        list(kernel(iter([split])))
+
+
+def test_the_kernel_reads_only_the_series_columns_and_adds_no_shuffle(spark, tmp_path, monkeypatch):
+    """The meter chain's pass ships the series' keys, time, value, status and row id to Python (not the
+    original record nor the annotations), on the month's own partitions: no shuffle besides the month's."""
+    plans = []
+    stage = cleaning._stage
+
+    def recorded(df, *args, **kwargs):
+        plans.append(df._jdf.queryExecution().executedPlan().toString())
+        return stage(df, *args, **kwargs)
+
+    monkeypatch.setattr(cleaning, "_stage", recorded)
+    result, got = clean_and_commit(spark.createDataFrame(crafted_rows(), SCHEMA), meter_source(), tmp_path)
+    result.close()
+    assert got["trusted"] and any(c["rule"] == "fill_short_gaps" for c in got["repairs"]), "the pass ran"
+    (plan,) = plans
+    (python,) = [line for line in plan.splitlines() if "ArrowEvalPython" in line]
+    for column in ("meter_id", "ts", "reading_kwh", "__status", "__rid"):
+        assert f"{column}#" in python, column
+    for column in ("__orig", "__flags", "__reasons", "__errors", "__repairs", "_source_file", "__received"):
+        assert f"{column}#" not in python, column
+    assert plan.count("Exchange") == 1, plan
