@@ -346,9 +346,12 @@ class _Ctx:
             raise CleaningError(f"{self.source.name}: unknown column {column!r}") from None
 
     def checkpoint(self, df: DataFrame) -> DataFrame:
-        """Materialize ``df`` once (later steps join it with itself) and release the previous one."""
+        """Keep ``df`` once computed (later steps read it again) and release the previous one. The step's
+        first job fills the cache; only a cache computed from a held one is filled first (a job of its own),
+        before that one is released."""
         kept = df.persist()
-        kept.count()
+        if self.held:
+            kept.count()
         self.release()
         self.held.append(kept)
         return kept

@@ -138,7 +138,8 @@ def _attached(df: DataFrame, group_by: list[str], written: list[str], aux: list[
     assert isinstance(element, ArrayType) and isinstance(element.elementType, StructType)
     element = element.elementType
     own = set(element.fieldNames())
-    rows = F.concat(F.array(F.lit(None).cast(element)), fig.getField(NEW_ROWS))
+    alone = F.array(F.lit(None).cast(element))  # a constant: most rows carry no imputed row
+    rows = F.when(F.size(fig.getField(NEW_ROWS)) > 0, F.concat(alone, fig.getField(NEW_ROWS))).otherwise(alone)
     df = df.select("*", F.posexplode(rows).alias(POS, NEW))
     new = F.col(NEW)
 
