@@ -55,6 +55,26 @@ def spark():
 
 
 @pytest.fixture
+def collected(monkeypatch) -> list[list[str]]:
+    """The columns of every DataFrame brought to the driver during the test (``toArrow``, ``collect``,
+    ``toPandas``): what a test of "executors write, the driver commits" asserts on."""
+    from pyspark.sql.classic.dataframe import DataFrame
+
+    seen: list[list[str]] = []
+
+    def spying(real):
+        def spy(self, *args, **kwargs):
+            seen.append(list(self.columns))
+            return real(self, *args, **kwargs)
+
+        return spy
+
+    for name in ("toArrow", "collect", "toPandas"):
+        monkeypatch.setattr(DataFrame, name, spying(getattr(DataFrame, name)))
+    return seen
+
+
+@pytest.fixture
 def configs_copy(tmp_path: Path) -> Path:
     """A writable copy of the tests' configs (the repository's and the fixtures: ``lakehouse.yaml`` and its
     declarations under ``defs/``) under a temporary project root."""

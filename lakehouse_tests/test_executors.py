@@ -76,9 +76,13 @@ def both_lanes(spark, tmp_path: Path, source: SourceSpec, contents: dict[str, by
         (inbox / name).write_bytes(data)
         files.append(str(inbox / name))
     schema = formatting.data_schema(spark, source)
-    staged, bad, fast = formatting.format_month(spark, files, source, MONTH, Storage("/"), str(tmp_path / "table"), schema)
-    accepted = pa.concat_tables([pq.read_table(tmp_path / "table" / s["path"]) for s in staged]) if staged else None
-    return accepted, bad, fast, spark_lane(spark, files, source), staged
+    rejects = formatting.Rejects(str(tmp_path / "quarantine"), lambda rows: rows)  # staged as the tasks hand them over
+    out = formatting.format_month(spark, files, source, MONTH, Storage("/"), str(tmp_path / "table"), schema, rejects=rejects)
+    accepted = pa.concat_tables([pq.read_table(tmp_path / "table" / s["path"]) for s in out.staged]) if out.staged else None
+    bad = [pq.read_table(tmp_path / "quarantine" / s["path"]) for s in out.quarantined]
+    bad = pa.concat_tables(bad) if bad else formatting._REJECTED.empty_table()
+    assert out.rejected == bad.num_rows
+    return accepted, bad, out.fast, spark_lane(spark, files, source), out.staged
 
 
 def ordered(table: pa.Table) -> list[dict]:
@@ -133,6 +137,22 @@ def test_every_fast_type_matches_spark(spark, tmp_path):
     assert ordered(bad) == ordered(ref_bad.cast(bad.schema))
     row = ordered(accepted)[1]
     assert (row["n"], row["x"], row["ok"], row["label"]) == (None, None, False, None)
+
+
+def test_the_spark_lane_s_rows_are_staged_by_its_tasks(spark, tmp_path, collected):
+    """Accepted and rejected rows of faulty files are written by Spark's tasks: the driver collects file
+    lists (the staging's ``kind``/path/size/stats/rows), never a row of the month."""
+    dirty = meter_file(range(0, 48)).replace(b"T05:00:00Z;5.035", b"T05:00:00Z;oops")
+    contents = {"meter_M0001_2012-01.csv": meter_file(range(0, 24)), "meter_X0001_2012-01.csv": dirty}
+    accepted, bad, fast, (ref_good, ref_bad), _ = both_lanes(spark, tmp_path, METER, contents)
+    assert fast == 1 and accepted.num_rows == 24 + 47 and ordered(accepted) == ordered(ref_good.cast(accepted.schema))
+    [row] = bad.to_pylist()
+    record = {"device_id": "M0001", "timestamp": "2012-01-01T05:00:00Z", "reading_kwh": "oops"}
+    assert (row[FILE_COL], row[LINE_COL], json.loads(row["record"])) == ("meter_X0001_2012-01.csv", 7, record)
+    assert "reading_kwh" in row["error"] and ordered(bad) == ordered(ref_bad.cast(bad.schema))
+    # format_month's jobs bring back file lists only; the last frame of rows is the test's own reference
+    assert collected[:-1] and all(c == staging.OUT_SCHEMA.names for c in collected[:-1]), collected
+    assert "reading_kwh" in collected[-1]
 
 
 def test_a_source_the_fast_lane_cannot_cast_takes_the_spark_lane(spark, tmp_path):

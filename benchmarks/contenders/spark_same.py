@@ -37,18 +37,15 @@ from benchmarks.contenders.lakehouse import bench_configs
 def _formatted(spark, source, schema, months: dict[str, list[Path]], out: Path) -> None:
     """The lakehouse's formatting of each month (``format_month``: clean files parsed, cast and written as
     Parquet by Spark's Python workers, the rest through Spark's casts) into ``out/formatted/month=…/``; the
-    rejected rows into ``out/quarantine_formatted/``. No Delta commit: the staged files are the output."""
-    import pyarrow.parquet as pq
-
-    from lakehouse.io.formatting import format_month
+    rejected rows into ``out/quarantine_formatted/month=…/``. No Delta commit: the staged files are the output."""
+    from lakehouse.io.formatting import Rejects, format_month
     from lakehouse.io.storage import Storage
 
+    rejects = Rejects(str(out / "quarantine_formatted"), lambda rows: rows.drop_columns(["month"]))
     for month, paths in months.items():
-        shutil.rmtree(out / "formatted" / f"month={month}", ignore_errors=True)
-        _, bad, _ = format_month(spark, [str(p) for p in paths], source, month, Storage("/"), str(out / "formatted"), schema)
-        if bad.num_rows:
-            (out / "quarantine_formatted").mkdir(parents=True, exist_ok=True)
-            pq.write_table(bad, out / "quarantine_formatted" / f"{month}.parquet")
+        for table in ("formatted", "quarantine_formatted"):
+            shutil.rmtree(out / table / f"month={month}", ignore_errors=True)
+        format_month(spark, [str(p) for p in paths], source, month, Storage("/"), str(out / "formatted"), schema, rejects=rejects)
 
 
 def _trusted(formatted, source, out: Path, month: str = "all", history=None) -> None:

@@ -23,9 +23,9 @@ from lakehouse.factories.checks import (
 )
 from lakehouse.factories.common import LakeResource, SparkResource, escape_md, key, monthly, report, run_months, spec_version
 from lakehouse.factories.schema import column_schema
-from lakehouse.io.formatting import data_schema, format_month
+from lakehouse.io.formatting import Rejects, data_schema, format_month
 from lakehouse.io.lake import Lake
-from lakehouse.quality import quarantine, schemas
+from lakehouse.quality import metrics, quarantine, schemas
 from lakehouse.specs.models import Project, SourceSpec
 
 
@@ -63,23 +63,24 @@ def _format_and_commit(
     """Format ``month``, commit it and publish its quarantine: the month's figures and its rejected-rate check."""
     path = root.table_uri("formatted", source.name)
     files, landed_rows, present = _month_files(root, source, month)
-    # clean files: parsed, cast and staged as Parquet by Spark's Python workers; the rest by Spark's casts
-    staged, bad, fast = format_month(session, files, source, month, root.storage, path, schema, months=span, sizes=present)
-    rejected = quarantine.quarantine_table(bad, dataset=source.name, stage="formatted", run_id=run_id, month=month)
-    version = root.commit_month("formatted", source.name, month, staged, schema)
+    batch = metrics.Batch.new(dataset=source.name, stage="formatted", month=month, run_id=run_id)
+    rejects = Rejects(root.table_uri(*quarantine.TABLE), quarantine.staged_rows(batch))
+    # clean files: parsed, cast and staged as Parquet by Spark's Python workers; the rest by Spark's casts,
+    # whose tasks also stage the rejected rows for the quarantine
+    out = format_month(session, files, source, month, root.storage, path, schema, rejects=rejects, months=span, sizes=present)
+    version = root.commit_month("formatted", source.name, month, out.staged, schema)
     # published even when empty: it supersedes the rows an earlier run of the month quarantined
-    quarantine.write(root, rejected, dataset=source.name, stage="formatted", month=month, run_id=run_id)
-    rows = sum(s["rows"] for s in staged)
+    quarantine.publish_staged(root, out.quarantined, batch)
     rate = rejected_rate_result(
-        rejected=rejected.num_rows,
-        total=max(rows + rejected.num_rows, landed_rows),
-        kept=rows,
+        rejected=out.rejected,
+        total=max(out.rows + out.rejected, landed_rows),
+        kept=out.rows,
         limit=source.max_rejected_rate,
     )
     figures = {
-        "rows": rows,
-        "rows_quarantined": rejected.num_rows,
-        "files_fast_lane": fast,
+        "rows": out.rows,
+        "rows_quarantined": out.rejected,
+        "files_fast_lane": out.fast,
         "delta_version": version,
         "path": dg.MetadataValue.path(path),
     }

@@ -12,14 +12,15 @@ driver's one Delta commit (:meth:`lakehouse.io.lake.Lake.commit_month`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakehouse.io.spark import arrow_frame, parallelism
-from lakehouse.io.staging import FLUSH_ROWS, OUT_SCHEMA, stage_parquet
+from lakehouse.io.staging import FLUSH_ROWS, OUT_SCHEMA, Stager, stage_parquet
 from lakehouse.io.storage import Storage, open_files
 from lakehouse.specs.models import SourceSpec
 from lakehouse.transforms.fast_lane import CastPlan, cast_clean_files, chunks, eligible, file_schema
@@ -178,6 +179,34 @@ def format_on_executors(
     return staged, slow
 
 
+@dataclass(frozen=True)
+class Rejects:
+    """Where the Spark lane's tasks stage the rows they reject: the quarantine's table URI, and the function
+    that turns rejected rows (``month``, lineage, ``record``, ``error``) into the quarantine's rows without
+    the partition column (see :func:`lakehouse.quality.quarantine.staged_rows`)."""
+
+    table_dir: str
+    rows: Callable[[pa.Table], pa.Table]
+
+
+@dataclass(frozen=True)
+class FormattedMonth:
+    """A formatted month as the driver holds it: the files staged for the table and for the quarantine
+    (path, size, statistics, rows of each; nothing committed) and how many files the fast lane took."""
+
+    staged: list[dict]
+    quarantined: list[dict]
+    fast: int
+
+    @property
+    def rows(self) -> int:
+        return sum(s["rows"] for s in self.staged)
+
+    @property
+    def rejected(self) -> int:
+        return sum(s["rows"] for s in self.quarantined)
+
+
 def format_month(
     spark: SparkSession,
     files: Sequence[str],
@@ -187,29 +216,62 @@ def format_month(
     table_dir: str,
     schema: pa.Schema,
     *,
+    rejects: Rejects,
     months: tuple[str, str | None] | None = None,
     sizes: dict[str, int] | None = None,
-) -> tuple[list[dict], pa.Table, int]:
-    """The month's files formatted and staged under ``table_dir``, nothing committed: (the staged files,
-    the rejected rows with ``month``, lineage, ``record`` and ``error``, the files the fast lane took).
+) -> FormattedMonth:
+    """The month's files formatted and staged under ``table_dir``, the rejected rows under
+    ``rejects.table_dir``; nothing committed.
 
     Clean files take the fast lane (one Spark job, :func:`format_on_executors`); the rest are parsed and
-    cast by Spark (one more job) and their accepted rows staged from the driver. ``months``: the source's
-    partition range, for a source whose deliveries span months (see :func:`parse.cast_checked`).
+    cast by Spark, and its tasks stage their accepted and rejected rows (one more job,
+    :func:`_stage_checked`): only file lists come back. ``months``: the source's partition range, for a
+    source whose deliveries span months (see :func:`parse.cast_checked`).
     """
     staged, rest = format_on_executors(spark, files, source, month, storage, table_dir, schema, sizes=sizes)
     if not rest:
-        return staged, _REJECTED.empty_table(), len(files)
-    checked = cast_checked(read_raw(spark, rest, source, storage=storage), source, month, months).toArrow()
-    is_bad = pc.is_valid(checked.column("error"))
-    data = checked.filter(pc.invert(is_bad)).drop_columns(["error", "record", "month"])
-    if data.num_rows:
-        staged.append(stage_parquet(storage, table_dir, f"month={month}", data.cast(file_schema(schema))))
-    bad = checked.filter(is_bad).select(_REJECTED.names).cast(_REJECTED)
-    return staged, bad, len(files) - len(rest)
+        return FormattedMonth(staged, [], len(files))
+    checked = cast_checked(read_raw(spark, rest, source, storage=storage), source, month, months)
+    accepted, rejected = _stage_checked(checked, month, storage, table_dir, file_schema(schema), rejects)
+    return FormattedMonth([*staged, *accepted], rejected, len(files) - len(rest))
 
 
-#: rejected rows as :func:`format_month` returns them (what the quarantine records of a formatted month)
+def _stage_checked(
+    checked: DataFrame, month: str, storage: Storage, table_dir: str, schema: pa.Schema, rejects: Rejects
+) -> tuple[list[dict], list[dict]]:
+    """The Spark lane's rows split by its tasks on ``error`` and staged: accepted rows (``schema``) into
+    ``table_dir``, rejected ones (as ``rejects.rows`` shapes them) into ``rejects.table_dir``. One Spark
+    job; (the table's files, the quarantine's files)."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    partition = f"month={month}"
+
+    def work(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        stagers = {"staged": Stager(storage, table_dir, partition), "rejected": Stager(storage, rejects.table_dir, partition)}
+
+        def written(kind: str, files: list[dict]) -> Iterator[pa.RecordBatch]:
+            if files:
+                yield pa.RecordBatch.from_pylist([{"kind": kind, **f} for f in files], schema=OUT_SCHEMA)
+
+        for batch in batches:
+            t = pa.Table.from_batches([batch])
+            bad = pc.is_valid(t.column("error"))
+            yield from written("staged", stagers["staged"].add(t.filter(pc.invert(bad)).select(schema.names).cast(schema)))
+            if pc.any(bad).as_py():
+                rows = rejects.rows(t.filter(bad).select(_REJECTED.names).cast(_REJECTED))
+                yield from written("rejected", stagers["rejected"].add(rows))
+        for kind, stager in stagers.items():
+            yield from written(kind, stager.flush())
+
+    rows = checked.mapInArrow(work, from_arrow_schema(OUT_SCHEMA)).toArrow().to_pylist()
+    files = {
+        kind: [{k: r[k] for k in ("path", "size", "stats", "rows")} for r in rows if r["kind"] == kind]
+        for kind in ("staged", "rejected")
+    }
+    return files["staged"], files["rejected"]
+
+
+#: rejected rows as the Spark lane's tasks hand them to ``Rejects.rows`` (what the quarantine records of a formatted month)
 _REJECTED = pa.schema(
     [("month", pa.string()), (FILE_COL, pa.string()), (LINE_COL, pa.int64()), ("record", pa.string()), ("error", pa.string())]
 )

@@ -16,6 +16,7 @@ for rows the formatted stage could not parse); ``key`` is the row's key as JSON.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -78,7 +79,7 @@ def quarantine_rows(
 def quarantine_table(rejected: pa.Table, *, dataset: str, stage: str, run_id: str, month: str) -> pa.Table:
     """:func:`quarantine_rows` for rows in Arrow: the lineage columns, ``record`` (text) and ``error``, and
     optionally ``rule`` (default ``parse``), ``disposition`` (default ``rejected``) and ``key`` — as the
-    formatted zone's parse failures (on the driver) or the trusted zone's Spark tasks have them."""
+    formatted zone's Spark lane or the trusted zone's Spark tasks have them."""
     n = rejected.num_rows
     rename = {FILE_COL: "source_file", LINE_COL: "source_line"}
     rows = rejected.rename_columns([rename.get(c, c) for c in rejected.column_names])
@@ -121,31 +122,32 @@ def conform(rows: pa.Table, batch: metrics.Batch) -> pa.Table:
     return _conform(batch.stamp(rows))
 
 
-def append(lake: Lake, rows: pa.Table, batch: metrics.Batch) -> int | None:
-    """Append ``rows`` as part of ``batch`` (not yet published); the new version, None if no rows."""
-    if rows.num_rows == 0:
-        return None
-    return lake.append(*TABLE, conform(rows, batch))
-
-
 def commit(lake: Lake, staged: list[dict], batch: metrics.Batch) -> int | None:
     """Add the Parquet files Spark's tasks staged for ``batch`` (rows as :func:`conform` gives them) in one
     commit (not yet published); the new version, None if there are none."""
     return lake.commit_append(*TABLE, batch.month, staged, SCHEMA)
 
 
-def write(lake: Lake, rows: pa.Table, *, dataset: str, stage: str, month: str, run_id: str | None = None) -> int:
-    """Append one stage's rejected rows for a month and publish the batch; the quarantine's version.
+def staged_rows(batch: metrics.Batch) -> Callable[[pa.Table], pa.Table]:
+    """What a Spark task stages for ``batch``: rejected rows (lineage, ``record``, ``error``; see
+    :func:`quarantine_table`) in the table's shape, stamped, without the partition column."""
 
-    Used by stages that only quarantine (the formatted zone); the trusted zone publishes its batch with
-    its metrics (:func:`lakehouse.quality.metrics.publish`).
+    def rows(rejected: pa.Table) -> pa.Table:
+        shaped = quarantine_table(rejected, dataset=batch.dataset, stage=batch.stage, run_id=batch.run_id, month=batch.month)
+        return conform(shaped, batch).drop_columns(["month"])
+
+    return rows
+
+
+def publish_staged(lake: Lake, staged: list[dict], batch: metrics.Batch) -> int:
+    """Commit one stage's staged rejected rows for a month and publish the batch; the quarantine's version.
+
+    Published even when empty: it supersedes the rows an earlier run of the month quarantined. Used by
+    stages that only quarantine (the formatted zone); the trusted zone publishes its batch with its metrics
+    (:func:`lakehouse.quality.metrics.publish`).
     """
-    if run_id is None:
-        ids = set(rows.column("run_id").to_pylist()) if "run_id" in rows.column_names and rows.num_rows else set()
-        run_id = ids.pop() if len(ids) == 1 else "unknown"
-    batch = metrics.Batch.new(dataset=dataset, stage=stage, month=month, run_id=run_id)
-    append(lake, rows, batch)
-    metrics.publish(lake, batch, rows.num_rows)
+    commit(lake, staged, batch)
+    metrics.publish(lake, batch, sum(s["rows"] for s in staged))
     version = lake.version(*TABLE)
     return -1 if version is None else version
 
