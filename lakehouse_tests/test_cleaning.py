@@ -616,6 +616,34 @@ def test_prev_rule_on_a_single_series_uses_the_rule_s_own_order(spark, tmp_path)
     assert days == {"2012-02-01"}  # -1.0 from January; -0.2 within the month is tolerated
 
 
+def test_prev_rule_s_previous_row_ties_nulls_and_nothing_collected(spark, tmp_path, collected):
+    """The carried row of a series is its latest by time; among rows of the same time the last in the
+    history's order; a row without time is not a candidate; a null value is carried as null (not the last
+    non-null one). History as a Spark frame: the last rows are picked and joined in Spark, never collected."""
+    source = _index_source(rules=[{"name": "index_continuity", "deny": "index_kwh < prev.index_kwh", "action": "quarantine"}])
+    jan = [dt.date(2012, 1, d) for d in (29, 30, 31)]
+    history = [
+        ("T", jan[2], 100.0),  # tie on the 31st: the later row (90) is the previous one
+        ("T", jan[2], 90.0),
+        ("T", jan[0], 200.0),  # older, later in the history's order: not the last row
+        ("N", jan[1], 10.0),
+        ("N", jan[2], None),  # the last row's value is null: carried as null
+        ("U", jan[2], 1.0),
+        ("U", None, 1000.0),  # no time: never the last row
+        (None, jan[2], 50.0),  # the series without meter is a series too
+    ]
+    frame = spark.createDataFrame(history, "meter_id string, day date, index_kwh double").coalesce(1)
+    feb = {"T": [95.0, 96.0], "N": [5.0, 6.0], "U": [5.0, 6.0], "L": [1.0, 2.0]}
+    month = _index_month(spark, "2012-02", feb).union(
+        spark.createDataFrame([(None, dt.date(2012, 2, 1), 40.0, "x.csv", 2)], INDEX_SCHEMA)
+    )
+    result, rows = clean_and_commit(month, source, tmp_path, month="2012-02", history=lambda: frame)
+    rejected = {(json.loads(r["key"]).get("meter_id"), json.loads(r["key"])["day"]) for r in rows["rejected"]}
+    assert rejected == {(None, "2012-02-01")}  # 40 after the meterless series' 50; T: 95 >= 90, N: null, U: 5 >= 1
+    assert result.outcomes["index_continuity"].rejected == 1
+    assert collected and not any("index_kwh" in c for c in collected), collected
+
+
 def _temperature_month(spark):
     """Meter A: temp_c = 10 + day of January, missing on days 1, 5-7, 12, 15, 20 and 25, and a 999 on day
     8 that the range rule quarantines. Meter B: 30 on day 1, then missing on days 2 and 3."""

@@ -996,44 +996,40 @@ def _carry_previous(df: DataFrame, ctx: _Ctx) -> tuple[DataFrame, dict[Series, s
     """For rules with ``prev.``: each series' last row before the month (from ``history``), joined onto the
     month as ``__carried_<n>_<column>``, so a series' first row of the month has a previous row.
 
-    The last rows are picked on the driver (pyarrow: one row per series) and broadcast. Without history
-    (the first month) a series' first row has no previous row. Returns the column prefix per series and
-    the columns added.
+    The last rows are picked by Spark (one aggregation per series, nothing collected): the row with the
+    latest non-null time, among rows of the same time the last in the history's order, its values taken
+    as they are (nulls included). Without history (the first month) a series' first row has no previous
+    row. Returns the column prefix per series and the columns added.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
     from pyspark.sql import functions as F
+
+    from lakehouse.io.spark import arrow_frame
 
     series = list(dict.fromkeys(cr.series for cr in ctx.rules if cr.series is not None))
     earlier = ctx.earlier() if series and ctx.history is not None else None
     if earlier is None:
         return df, {}, []
+    if isinstance(earlier, pa.Table):
+        earlier = arrow_frame(df.sparkSession, earlier)
+    # the history's order, the tie-break among rows of a series with the same time
+    earlier = earlier.withColumn("__carried_order", F.monotonically_increasing_id())
     prefixes, added = {}, []
     for n, s in enumerate(series):
         values = sorted({c for cr in ctx.rules if cr.series == s for dc in cr.constraints for c in dc.columns})
-        needed = list(dict.fromkeys([*s.group_by, s.time, *values]))
-        present = earlier.column_names if isinstance(earlier, pa.Table) else earlier.columns
-        if any(c not in present for c in needed):
+        if any(c not in earlier.columns for c in (*s.group_by, s.time, *values)):
             continue  # history from before the rule existed: no carried rows
-        t = earlier if isinstance(earlier, pa.Table) else earlier.select(*[F.col(f"`{c}`") for c in needed]).toArrow()
-        t = t.select(needed).filter(pc.is_valid(t[s.time])) if t.num_rows else t.select(needed)
-        if not t.num_rows:
-            continue
-        t = t.sort_by([(c, "ascending") for c in (*s.group_by, s.time)])
-        measured = [v for v in values if v not in s.group_by]  # a series' own key is the same on every row
-        if s.group_by:
-            whole = pc.ScalarAggregateOptions(skip_nulls=False)
-            t = t.group_by(list(s.group_by), use_threads=False).aggregate([(v, "last", whole) for v in measured])
-            t = t.rename_columns([c.removesuffix("_last") if c.endswith("_last") else c for c in t.column_names])
-        else:
-            t = t.slice(t.num_rows - 1)
         prefix = f"{CARRIED}{n}_"
         keys = [f"__carried_key_{i}" for i in range(len(s.group_by))]
-        last = df.sparkSession.createDataFrame(
-            pa.table({**{k: t[g] for k, g in zip(keys, s.group_by, strict=True)}, **{prefix + v: t[v] for v in values}})
+        ordered = F.struct(F.col(f"`{s.time}`"), F.col("__carried_order"), *[F.col(f"`{v}`").alias(prefix + v) for v in values])
+        last = (
+            earlier.where(F.col(f"`{s.time}`").isNotNull())
+            .groupBy(*[F.col(f"`{g}`").alias(k) for g, k in zip(s.group_by, keys, strict=True)])
+            .agg(F.max(ordered).alias("__carried_last"))
+            .select(*keys, *[F.col("__carried_last")[prefix + v].alias(prefix + v) for v in values])
         )
         on = [F.col(f"`{g}`").eqNullSafe(F.col(k)) for g, k in zip(s.group_by, keys, strict=True)] or F.lit(True)
-        df = df.join(F.broadcast(last), on=on, how="left").drop(*keys)
+        df = df.join(last, on=on, how="left").drop(*keys)
         prefixes[s] = prefix
         added += [prefix + v for v in values]
     return df, prefixes, added
