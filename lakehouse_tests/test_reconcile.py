@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 
-from lakehouse.io.lake import Lake
 from lakehouse.transforms import reconcile as rc
 
 REGISTRY = pd.DataFrame(
@@ -131,38 +129,6 @@ def test_missing_columns_and_bad_ids_are_clear_errors(spark):
         golden(spark, REGISTRY, BILLING, {**SMALL_OPTIONS, "billing_columns": ["fare"]})
     with pytest.raises(ValueError, match="unknown weight"):
         golden(spark, REGISTRY, BILLING, {**SMALL_OPTIONS, "weights": {"shoe_size": 1.0}})
-
-
-def _rows(month: str, rows: list[tuple[str, str]]) -> pa.Table:
-    return pa.table(
-        {
-            "golden_id": [g for g, _ in rows],
-            "name": [n for _, n in rows],
-            "first_seen_month": [month] * len(rows),
-            "last_seen_month": [month] * len(rows),
-        }
-    )
-
-
-def test_lake_merge_updates_golden_records_as_months_arrive(tmp_path):
-    lake = Lake(tmp_path)
-    kw = {"on": ["golden_id"], "newer": "last_seen_month", "keep_first": ["first_seen_month"]}
-    v0 = lake.merge("exploitation", "golden", _rows("2012-01", [("G1", "Anna"), ("G2", "Ben")]), **kw)
-    v1 = lake.merge("exploitation", "golden", _rows("2012-02", [("G1", "Anna M."), ("G3", "Carla")]), **kw)
-    assert v1 == v0 + 1
-    # a rerun of an older month does not undo the newer state, and first_seen stays the earliest
-    lake.merge("exploitation", "golden", _rows("2012-01", [("G1", "Anna"), ("G3", "Carla (old)")]), **kw)
-    got = {r["golden_id"]: r for r in lake.read_arrow("exploitation", "golden").to_pylist()}
-    assert set(got) == {"G1", "G2", "G3"}
-    assert got["G1"]["name"] == "Anna M." and got["G1"]["first_seen_month"] == "2012-01"
-    assert got["G1"]["last_seen_month"] == "2012-02"
-    assert got["G3"]["name"] == "Carla" and got["G3"]["first_seen_month"] == "2012-01"
-    assert not lake.partitioned("exploitation", "golden")
-    # time travel: the first version still has the first month's state
-    first = {r["golden_id"]: r["name"] for r in lake.read_arrow("exploitation", "golden", version=v0).to_pylist()}
-    assert first == {"G1": "Anna", "G2": "Ben"}
-    with pytest.raises(ValueError, match="repeat a key"):
-        lake.merge("exploitation", "golden", _rows("2012-03", [("G1", "x"), ("G1", "y")]), **kw)
 
 
 # ------------------------------------------- the Spark path against a pure-pandas reference of the same steps

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from lakehouse.io.storage import Storage, StorageAccessError, StorageUnavailableError, options_for, parse_root
@@ -334,8 +334,7 @@ class Lake:
 
         schema = normalized_schema(schema)
         uri = self._uri(zone, table)
-        now = int(time.time() * 1000)
-        actions = [AddAction(s["path"], s["size"], {PARTITION_COLUMN: month}, now, True, s["stats"]) for s in staged]
+        actions = self._adds(staged, month)
         changes: list[AddAction | RemoveAction] = [*actions]
         # the month a commit wrote, in the table's own history (a staged commit records no predicate)
         props = CommitProperties(custom_metadata={MONTH_KEY: month})
@@ -419,53 +418,103 @@ class Lake:
 
     def merge(
         self,
+        spark: SparkSession,
         zone: str,
         table: str,
-        data: pa.Table,
+        data: DataFrame,
         *,
         on: Sequence[str],
         newer: str | None = None,
         keep_first: Sequence[str] = (),
-    ) -> int:
-        """Upsert ``data`` into the unpartitioned ``zone/table`` with one Delta MERGE on the ``on`` columns.
+    ) -> tuple[int, int]:
+        """Upsert ``data`` into the unpartitioned ``zone/table`` on the ``on`` columns: (rows of ``data``,
+        the new version).
 
         New keys are inserted; a matched row is updated from ``data`` — only when its ``newer`` column is
         not older than the stored one (if ``newer`` is given), otherwise only its ``keep_first`` columns
-        move. ``keep_first`` columns always keep the smaller of the stored and the new value. The first
-        call creates the table. Returns the new version.
+        move. ``keep_first`` columns always keep the smaller of the stored and the new value (see
+        :mod:`lakehouse.io.merging`). The first call creates the table. Executors write, the driver
+        commits: Spark joins the stored snapshot with ``data``, its tasks stage the table's next state,
+        and the driver replaces the table with it in one transaction (only file lists and counts come
+        back). ``data`` repeating a key is an error, found by the same tasks; nothing is committed then.
         """
-        data = _utc_timestamps(data)
-        if not on:
-            raise ValueError(f"{zone}/{table}: merge needs key columns")
-        missing = [c for c in [*on, *([newer] if newer else []), *keep_first] if c not in data.column_names]
-        if missing:
-            raise ValueError(f"{zone}/{table}: merge columns {missing} are not in the data {data.column_names}")
-        keys = data.select(list(on)).to_pylist()
-        if len({tuple(k.values()) for k in keys}) != len(keys):
-            raise ValueError(f"{zone}/{table}: the rows to merge repeat a key of {list(on)}")
-        uri = self._uri(zone, table)
+        from lakehouse.io import merging
 
-        def first(c: str) -> str:
-            return f"CASE WHEN t.{c} IS NULL OR s.{c} < t.{c} THEN s.{c} ELSE t.{c} END"
+        what = f"{zone}/{table}"
+        if not on:
+            raise ValueError(f"{what}: merge needs key columns")
+        missing = [c for c in [*on, *([newer] if newer else []), *keep_first] if c not in data.columns]
+        if missing:
+            raise ValueError(f"{what}: merge columns {missing} are not in the data {data.columns}")
+        new = merging.marked(data, on)
+        rows: list[int] = []
 
         def write() -> None:
-            options = self.storage.delta_options
-            if not DeltaTable.is_deltatable(uri, storage_options=options):
-                write_deltalake(uri, data, mode="error", storage_options=options)
+            rows.clear()
+            if not self.exists(zone, table):
+                staged, schema = self._stage_merge(zone, table, new, list(on), rows)
+                self._create(zone, table, staged, schema)
                 return
-            merger = DeltaTable(uri, storage_options=options).merge(
-                data, " AND ".join(f"t.{c} = s.{c}" for c in on), source_alias="s", target_alias="t"
+            # the snapshot read is the one committed against (the thread's open table moves on with other writes)
+            dt = self.delta(zone, table, self.delta(zone, table).version())
+            stored = self.read_spark(spark, zone, table, version=dt.version())
+            if sorted(stored.columns) != sorted(data.columns):
+                raise ValueError(f"{what}: the rows to merge have columns {data.columns} but the table has {stored.columns}")
+            nxt = merging.merged(stored, new, on=on, newer=newer, keep_first=keep_first)
+            staged, schema = self._stage_merge(zone, table, nxt, list(on), rows)
+            current = pa.schema(dt.schema().to_arrow())
+            if [(f.name, f.type) for f in current] != [(f.name, f.type) for f in schema]:
+                raise ValueError(
+                    f"{what}: the merged rows have columns {schema} but the table has {current}; nothing was committed"
+                )
+            dt.create_write_transaction(
+                self._adds(staged, None),
+                mode="overwrite",
+                schema=current,
+                # every merge of the table names the same application: two merges from the same snapshot
+                # conflict even when it holds no file to remove
+                commit_properties=CommitProperties(app_transactions=[Transaction(f"lakehouse.merge:{what}", dt.version() + 1)]),
             )
-            updates = {c: first(c) if c in keep_first else f"s.{c}" for c in data.column_names}
-            if newer is None:
-                merger = merger.when_matched_update(updates)
-            else:
-                merger = merger.when_matched_update(updates, predicate=f"s.{newer} >= t.{newer}")
-                if keep_first:
-                    merger = merger.when_matched_update({c: first(c) for c in keep_first})
-            merger.when_not_matched_insert_all().execute()
 
-        return self._commit(zone, table, write)
+        version = self._commit(zone, table, write)
+        return rows[0], version
+
+    def _stage_merge(
+        self, zone: str, table: str, frame: DataFrame, on: list[str], rows: list[int]
+    ) -> tuple[list[dict], pa.Schema]:
+        """``frame`` (with :mod:`lakehouse.io.merging`'s marks) staged by Spark's tasks into the folder of
+        ``zone/table``; the new rows' count appended to ``rows``."""
+        from lakehouse.io import merging
+        from lakehouse.io.staging import stage_table
+
+        what = f"{zone}/{table}"
+        staged, schema, counts = stage_table(frame, self.storage, self._uri(zone, table), marks=(merging.NEW, merging.REPEATED))
+        if counts[merging.REPEATED]:
+            raise ValueError(
+                f"{what}: the rows to merge repeat a key of {on} ({counts[merging.REPEATED]} rows); nothing was committed"
+            )
+        rows.append(counts[merging.NEW])
+        return staged, schema
+
+    def _adds(self, staged: Sequence[dict], month: str | None):
+        from deltalake.transaction import AddAction
+
+        now = int(time.time() * 1000)
+        values = {} if month is None else {PARTITION_COLUMN: month}
+        return [AddAction(s["path"], s["size"], values, now, True, s["stats"]) for s in staged]
+
+    def _create(self, zone: str, table: str, staged: Sequence[dict], schema: pa.Schema) -> None:
+        """Create the unpartitioned ``zone/table`` from staged files (fails when another writer created it)."""
+        from deltalake import Schema as DeltaSchema
+        from deltalake.transaction import create_table_with_add_actions
+
+        create_table_with_add_actions(
+            self._uri(zone, table),
+            DeltaSchema.from_arrow(normalized_schema(schema)),
+            self._adds(staged, None),
+            mode="error",
+            storage_options=self.storage.delta_options,
+        )
 
     def partitioned(self, zone: str, table: str) -> bool:
         """Whether ``zone/table`` is partitioned by month (merge tables are not)."""
@@ -535,10 +584,9 @@ class Lake:
         partition_filters = None if months is None else [(PARTITION_COLUMN, "in", months)]
         files = dt.file_uris(file_pruning_predicate=partition_filters) if months != [] else []
         if not files:
-            empty = dt.to_pyarrow_table(filters=[(PARTITION_COLUMN, "=", "~none~")])
             from lakehouse.io.spark import arrow_frame
 
-            return arrow_frame(spark, empty.slice(0, 0))
+            return arrow_frame(spark, normalized_schema(pa.schema(dt.schema().to_arrow())).empty_table())
         if not self.storage.spark_native:
             return self._read_spark_arrow(spark, dt, months)
         reader = spark.read.option("basePath", self._uri(zone, table))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -48,12 +48,14 @@ def stats(table: pa.Table) -> str:
 
 
 def stage_parquet(storage: Storage, table_uri: str, partition: str, table: pa.Table) -> dict:
-    """Write ``table`` as one Parquet file into ``table_uri/<partition>/``; what the Delta ``add`` needs.
+    """Write ``table`` as one Parquet file into ``table_uri/<partition>/`` (``table_uri/`` for an
+    unpartitioned table: ``partition=""``); what the Delta ``add`` needs.
 
     The file is not part of the table until a commit lists it."""
     name = f"part-{uuid.uuid4().hex}-c000.snappy.parquet"
-    size = storage.write_parquet(storage.join(table_uri, partition, name), table)
-    return {"path": f"{partition}/{name}", "size": size, "stats": stats(table), "rows": table.num_rows}
+    folder = [partition] if partition else []
+    size = storage.write_parquet(storage.join(table_uri, *folder, name), table)
+    return {"path": "/".join([*folder, name]), "size": size, "stats": stats(table), "rows": table.num_rows}
 
 
 class Stager:
@@ -89,33 +91,72 @@ def stage_frame(df, storage: Storage, table_uri: str, month: str) -> tuple[list[
     partition column), for :meth:`lakehouse.io.lake.Lake.commit_month`. One Spark job; only the files'
     paths and statistics come back to the driver, and nothing is committed."""
     from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
-    from lakehouse.io.lake import PARTITION_COLUMN, normalized_schema
+    from lakehouse.io.lake import PARTITION_COLUMN
 
     if PARTITION_COLUMN not in df.columns:
         df = df.withColumn(PARTITION_COLUMN, F.lit(month))
+
+    def rows(table: pa.Table) -> pa.Table:
+        other = pc.filter(table[PARTITION_COLUMN], pc.not_equal(table[PARTITION_COLUMN], month)).unique().to_pylist()
+        if other or table[PARTITION_COLUMN].null_count:
+            # the task fails, the job with it: nothing is committed (files staged so far are not in the log)
+            raise ValueError(f"{table_uri}: rows for months {sorted(map(str, other))} in a write of month {month}")
+        return table.drop_columns([PARTITION_COLUMN])
+
+    staged, schema, _ = _stage(df, storage, table_uri, f"{PARTITION_COLUMN}={month}", rows)
+    return staged, schema
+
+
+def stage_table(
+    df, storage: Storage, table_uri: str, *, marks: Sequence[str] = ()
+) -> tuple[list[dict], pa.Schema, dict[str, int]]:
+    """The rows of ``df`` written by Spark's tasks as Parquet files into ``table_uri/`` (an unpartitioned
+    table, such as a merge view), as :func:`stage_frame`: (the staged files, the table's Arrow schema, the
+    rows whose boolean ``marks`` columns are true, per column). The ``marks`` are counted by the tasks and
+    not written."""
+    from lakehouse.io.lake import normalized_schema
+
+    def rows(table: pa.Table) -> pa.Table:
+        return table.drop_columns(list(marks))
+
+    staged, schema, counts = _stage(df, storage, table_uri, "", rows, marks=marks)
+    return staged, normalized_schema(pa.schema([f for f in schema if f.name not in marks])), counts
+
+
+def _stage(
+    df, storage: Storage, table_uri: str, partition: str, rows, *, marks: Sequence[str] = ()
+) -> tuple[list[dict], pa.Schema, dict[str, int]]:
+    """One Spark job whose tasks pass each batch of ``df`` through ``rows`` and stage it under ``partition``,
+    and count the true values of each of ``marks``: (the staged files, ``df``'s Arrow schema, the counts)."""
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    from lakehouse.io.lake import normalized_schema
+
     schema = normalized_schema(to_arrow_schema(df.schema, timezone="UTC"))
-    partition = f"{PARTITION_COLUMN}={month}"
 
     def work(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         stager = Stager(storage, table_uri, partition)
+        counts = dict.fromkeys(marks, 0)
         for batch in batches:
             table = pa.Table.from_batches([batch])
-            other = pc.filter(table[PARTITION_COLUMN], pc.not_equal(table[PARTITION_COLUMN], month)).unique().to_pylist()
-            if other or table[PARTITION_COLUMN].null_count:
-                # the task fails, the job with it: nothing is committed (files staged so far are not in the log)
-                raise ValueError(f"{table_uri}: rows for months {sorted(map(str, other))} in a write of month {month}")
-            for staged in stager.add(table.drop_columns([PARTITION_COLUMN])):
+            for m in marks:
+                counts[m] += int(pc.sum(table[m].cast(pa.int64())).as_py() or 0)
+            for staged in stager.add(rows(table)):
                 yield pa.RecordBatch.from_pylist([{"kind": "staged", **staged}], schema=OUT_SCHEMA)
         for staged in stager.flush():
             yield pa.RecordBatch.from_pylist([{"kind": "staged", **staged}], schema=OUT_SCHEMA)
+        if marks:
+            found = [{"kind": f"mark:{m}", "path": None, "size": None, "stats": None, "rows": n} for m, n in counts.items()]
+            yield pa.RecordBatch.from_pylist(found, schema=OUT_SCHEMA)
 
-    rows = df.mapInArrow(work, from_arrow_schema(OUT_SCHEMA)).toArrow().to_pylist()
-    return [r for r in rows if r["kind"] == "staged"], schema
+    found = df.mapInArrow(work, from_arrow_schema(OUT_SCHEMA)).toArrow().to_pylist()
+    counts = {m: sum(r["rows"] for r in found if r["kind"] == f"mark:{m}") for m in marks}
+    return [r for r in found if r["kind"] == "staged"], schema, counts
 
 
-#: a task's row per file: ``kind`` (``staged``; the fast lane's ``slow``: left to Spark), then what the Delta ``add`` needs
+#: a task's row per file: ``kind`` (``staged``; the formatted zone's ``rejected``: a quarantine file; the fast
+#: lane's ``slow``: left to Spark; ``mark:<column>``: a count in ``rows``), then what the Delta ``add`` needs
 OUT_SCHEMA = pa.schema(
     [("kind", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("stats", pa.string()), ("rows", pa.int64())]
 )

@@ -2,7 +2,8 @@
 
     --mode overwrite  writes ``--writes`` versions of month ``--month`` with Lake.overwrite_month
     --mode append     appends ``--writes`` batches (each tagged with the writer and its number)
-    --mode merge      merges ``--writes`` batches of keys ``<writer>-<i>`` into an unpartitioned table
+    --mode merge      merges ``--writes`` batches of keys ``<writer>-<i>`` into an unpartitioned table (through a
+                      local Spark session: Lake.merge's tasks stage the merged table)
 
 Version ``i`` of a writer's payload is a pure function of (writer, i) (:func:`payload`), so a test can
 tell which write a table holds. Starts at ``--start-at`` (epoch seconds) so writers collide; prints one
@@ -45,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-at", type=float, default=0.0)
     args = ap.parse_args(argv)
     lake = Lake(args.root)
+    spark = None
+    if args.mode == "merge":
+        from lakehouse.io.spark import arrow_frame, get_spark
+        from lakehouse.specs.models import SparkSpec
+
+        spark = get_spark(SparkSpec(master="local[1]", conf={"spark.sql.shuffle.partitions": "1"}))
     while time.time() < args.start_at:
         time.sleep(0.001)
     print(json.dumps({"ready": True}), flush=True)
@@ -57,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                 version = lake.append("quality", args.table, data)
             else:
                 keyed = data.append_column("key", pa.array([f"{args.writer}-{i}-{r}" for r in range(args.rows)], pa.string()))
-                version = lake.merge("exploitation", args.table, keyed.drop_columns(["month"]), on=["key"])
+                frame = arrow_frame(spark, keyed.drop_columns(["month"]))
+                _, version = lake.merge(spark, "exploitation", args.table, frame, on=["key"])
             print(json.dumps({"i": i, "ok": True, "version": version}), flush=True)
         except Exception as exc:  # noqa: BLE001 - reported to the test
             print(json.dumps({"i": i, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}), flush=True)

@@ -8,6 +8,7 @@ table); :meth:`Lake._commit` retries both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -130,16 +131,17 @@ def test_a_commit_that_keeps_losing_fails_clearly(tmp_path, monkeypatch):
         lake._commit("formatted", "t", lambda: (_ for _ in ()).throw(ValueError("bad data")))
 
 
-def test_losing_the_race_to_create_a_table_is_retried(tmp_path, monkeypatch):
+def test_losing_the_race_to_create_a_table_is_retried(spark, tmp_path, monkeypatch):
     """Two writers that both see no table: the second one's create fails with "A table already exists";
-    Lake retries it as a MERGE into the table the first one created, so both writes are kept."""
+    Lake retries it as a merge into the table the first one created, so both writes are kept."""
     import pyarrow as pa
 
     from lakehouse.io import lake as lake_mod
+    from lakehouse.io.spark import arrow_frame
 
     lake = Lake(tmp_path / "lake")
-    first = pa.table({"key": ["a"], "value": [1.0]})
-    lake.merge("exploitation", "m", first, on=["key"])  # the rival's create
+    first = arrow_frame(spark, pa.table({"key": ["a"], "value": [1.0]}))
+    lake.merge(spark, "exploitation", "m", first, on=["key"])  # the rival's create
     real = lake_mod.DeltaTable.is_deltatable
     seen = []
 
@@ -149,9 +151,39 @@ def test_losing_the_race_to_create_a_table_is_retried(tmp_path, monkeypatch):
 
     monkeypatch.setattr(lake_mod.DeltaTable, "is_deltatable", staticmethod(stale_check))
     monkeypatch.setattr(lake_mod.time, "sleep", lambda s: None)
-    lake.merge("exploitation", "m", pa.table({"key": ["b"], "value": [2.0]}), on=["key"])
+    lake.merge(spark, "exploitation", "m", arrow_frame(spark, pa.table({"key": ["b"], "value": [2.0]})), on=["key"])
     assert sorted(r["key"] for r in lake.read_arrow("exploitation", "m").to_pylist()) == ["a", "b"]
     assert len(seen) >= 2  # the create failed once and was retried
+
+
+def test_two_merges_from_the_same_snapshot_conflict(spark, tmp_path, monkeypatch):
+    """A merge replaces the table as of the snapshot it read; a rival merge committed since (even into a
+    table with no file to remove) makes the commit lose the race, and the retry merges into the rival's
+    table: both writes are kept."""
+    import pyarrow as pa
+
+    from lakehouse.io import lake as lake_mod
+    from lakehouse.io.spark import arrow_frame
+
+    lake, rival = Lake(tmp_path / "lake"), Lake(tmp_path / "lake")
+    empty = pa.table({"key": pa.array([], pa.string()), "value": pa.array([], pa.float64())})
+    lake.merge(spark, "exploitation", "m", arrow_frame(spark, empty), on=["key"])
+    real = lake_mod.Lake.read_spark
+    calls = []
+
+    def rival_commits_first(self, *args, **kwargs):  # between this merge's read and its commit
+        calls.append(1)
+        if len(calls) == 1:
+            rival.merge(spark, "exploitation", "m", arrow_frame(spark, pa.table({"key": ["r"], "value": [1.0]})), on=["key"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(lake_mod.Lake, "read_spark", rival_commits_first)
+    # the rival stands for another process: it does not wait for this process's lock of the table
+    monkeypatch.setattr(lake_mod, "_table_lock", lambda uri: contextlib.nullcontext())
+    monkeypatch.setattr(lake_mod.time, "sleep", lambda s: None)
+    lake.merge(spark, "exploitation", "m", arrow_frame(spark, pa.table({"key": ["b"], "value": [2.0]})), on=["key"])
+    assert sorted(r["key"] for r in lake.read_arrow("exploitation", "m").to_pylist()) == ["b", "r"]
+    assert len(calls) >= 3  # this merge's read, the rival's, and this merge's retry
 
 
 def test_an_open_table_sees_every_later_commit_and_threads_keep_their_own(tmp_path):
