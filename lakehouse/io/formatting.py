@@ -5,9 +5,10 @@ Two lanes, one commit. The Spark lane (:func:`read_raw`): each task opens its sh
 which Spark's casts type (:func:`parse.cast_checked`). The fast lane (:func:`format_on_executors`): each
 task reads its share of the month's files (balanced by size), parses and casts the *clean* ones with
 pyarrow (:mod:`lakehouse.transforms.fast_lane`) and writes their rows as Parquet files into the table's
-month folder (:func:`lakehouse.io.staging.stage_parquet`), leaving the others to the Spark lane. Only
-file paths and statistics come back; :func:`format_month` joins both lanes' staged files for the
-driver's one Delta commit (:meth:`lakehouse.io.lake.Lake.commit_month`).
+month folder (:func:`lakehouse.io.staging.stage_parquet`), leaving the others to the Spark lane, whose
+tasks stage its accepted rows the same way and its rejected rows into the quarantine. Only file paths
+and statistics come back; :func:`format_month` joins both lanes' staged files for the driver's one Delta
+commit (:meth:`lakehouse.io.lake.Lake.commit_month`).
 """
 
 from __future__ import annotations
