@@ -7,8 +7,8 @@ of these, and a backfill of many months with a dozen checks each writes thousand
 is Dagster's own, the same tables and files, with one small connection pool per database, kept for the most
 recently used databases only (a webserver reads many runs' databases). Commits stay as durable as before
 (SQLite's ``synchronous`` setting is not changed), and a run's database file is touched after each write so
-that the UI's live view of a run, which watches that file, still sees each event as it comes. ``dagster_home/dagster.yaml`` selects it; the PostgreSQL
-instance (``dagster.postgres.yaml``) does not need it.
+that the UI's live view of a run, which watches that file, still sees each event as it comes.
+``dagster_home/dagster.yaml`` selects it; the PostgreSQL instance (``dagster.postgres.yaml``) does not need it.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 # the storage's lock serializes every use; connections move between the run's threads
                 connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
                 pool_size=1,
-                max_overflow=8,
+                max_overflow=8,  # Dagster may open a second connection to a database while one is in use
             )
         self._engines[shard] = engine
         while len(self._engines) > OPEN_DATABASES:
