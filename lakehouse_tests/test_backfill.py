@@ -34,6 +34,10 @@ class ToyConfig(dg.Config):
     bad_months: list[str] = []
     value: int = 1
     workers: int = 1
+    #: > 1: the months go through ``run_months(plan=...)`` in batches of this many
+    per_plan: int = 1
+    #: a batch holding one of these months fails as a whole (each month is then computed alone)
+    bad_plans: list[str] = []
 
 
 @dg.asset(key=["formatted", "toy"], partitions_def=TOY_MONTHS, backfill_policy=dg.BackfillPolicy.single_run())
@@ -46,7 +50,27 @@ def toy(context: dg.AssetExecutionContext, config: ToyConfig, lake: LakeResource
         data = pa.table({"value": [config.value] * 3, "run_id": [context.run.run_id] * 3})
         return {"rows": data.num_rows, "delta_version": lake.lake.overwrite_month("formatted", "toy", data, month)}
 
-    yield from report(context, run_months(context, step, "formatted/toy", workers=config.workers))
+    def plan(months: list[str]) -> dict:
+        PLANS.append(list(months))
+        if len(months) > 1 and set(months) & set(config.bad_plans):
+            raise RuntimeError("the batch's Spark job failed")
+        out: dict = {}
+        for month in months:
+            try:
+                out[month] = step(month)
+            except ValueError as exc:
+                out[month] = exc
+        return out
+
+    if config.per_plan > 1:
+        done = run_months(context, None, "formatted/toy", workers=config.workers, plan=plan, months_per_plan=config.per_plan)
+    else:
+        done = run_months(context, step, "formatted/toy", workers=config.workers)
+    yield from report(context, done)
+
+
+#: the batches of months ``toy``'s plan was called with
+PLANS: list[list[str]] = []
 
 
 def by_month(lake: Lake, zone: str, table: str) -> dict[str, list]:
@@ -62,8 +86,8 @@ def materialized(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult
     return sorted(r.partition_key for r in records if r.run_id == result.run_id)
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_one_bad_month_keeps_the_others_and_its_previous_data(tmp_path, workers):
+@pytest.mark.parametrize(("workers", "per_plan"), [(1, 1), (3, 1), (1, 2), (3, 3)])
+def test_one_bad_month_keeps_the_others_and_its_previous_data(tmp_path, workers, per_plan):
     lake = Lake(tmp_path / "lake")
     resources = {"lake": LakeResource(root=str(lake.root))}
     key = dg.AssetKey(["formatted", "toy"])
@@ -75,7 +99,7 @@ def test_one_bad_month_keeps_the_others_and_its_previous_data(tmp_path, workers)
                 resources=resources,
                 instance=instance,
                 tags=RANGE,
-                run_config={"ops": {"formatted__toy": {"config": {**config, "workers": workers}}}},
+                run_config={"ops": {"formatted__toy": {"config": {**config, "workers": workers, "per_plan": per_plan}}}},
                 raise_on_error=False,
             )
 
@@ -112,6 +136,38 @@ def test_one_bad_month_keeps_the_others_and_its_previous_data(tmp_path, workers)
         assert {(r["value"], r["run_id"]) for r in rows["2012-02"]} == {(1, first.run_id)}
         latest = instance.get_latest_materialization_event(key)
         assert latest.run_id == second.run_id and latest.asset_materialization.partition in {"2012-01", "2012-03"}
+
+
+def test_a_plan_of_months_that_fails_is_computed_again_month_by_month(tmp_path):
+    """``run_months(plan=...)``: months go in batches of ``months_per_plan`` (the first batch alone); when a
+    batch's plan fails as a whole, each of its months is computed again alone, so only a bad month fails."""
+    lake = Lake(tmp_path / "lake")
+    key = dg.AssetKey(["formatted", "toy"])
+    with dg.instance_for_test() as instance:
+
+        def run(**config) -> dg.ExecuteInProcessResult:
+            PLANS.clear()
+            return dg.materialize(
+                [toy],
+                resources={"lake": LakeResource(root=str(lake.root))},
+                instance=instance,
+                tags=RANGE,
+                run_config={"ops": {"formatted__toy": {"config": {**config, "per_plan": 2}}}},
+                raise_on_error=False,
+            )
+
+        assert run(value=1).success
+        assert PLANS == [MONTHS[:2], MONTHS[2:]]
+        assert lake.version("formatted", "toy") == len(MONTHS) - 1  # still one commit per month
+
+        second = run(value=2, bad_plans=["2012-02"], bad_months=["2012-02"])
+        assert not second.success
+        # the failed batch, then each of its months alone; the other batch as one plan
+        assert PLANS == [MONTHS[:2], ["2012-01"], ["2012-02"], MONTHS[2:]]
+        assert materialized(instance, second, key) == ["2012-01", "2012-03"]
+        rows = by_month(lake, "formatted", "toy")
+        assert {r["value"] for r in rows["2012-01"]} == {r["value"] for r in rows["2012-03"]} == {2}
+        assert {r["value"] for r in rows["2012-02"]} == {1}
 
 
 def test_cli_partition_range_is_one_run(tmp_path, monkeypatch):

@@ -192,16 +192,28 @@ def _fresh(
     )
 
 
+#: what a month plan returns for each month it was given: the month's figures, or why the month failed
+PlanResults = Mapping[str, "dict[str, Any] | BaseException"]
+
+
 def run_months(
     context: dg.AssetExecutionContext,
-    step: Callable[[str], dict[str, Any]],
+    step: Callable[[str], dict[str, Any]] | None,
     what: str,
     *,
     workers: int = 1,
     upstream: Sequence[dg.AssetKey] = (),
     inputs: Callable[[str], Any] | None = None,
+    plan: Callable[[list[str]], PlanResults] | None = None,
+    months_per_plan: int = 1,
 ) -> Months:
     """Run ``step`` for each month of the run, each committing on its own.
+
+    ``plan`` (instead of ``step``) computes up to ``months_per_plan`` consecutive months in one Spark plan
+    and commits each of them on its own: a table whose months are independent pays the fixed cost of a
+    Spark job and of planning once per batch of months instead of once per month. It returns each month's
+    figures or the exception that month failed with. When the whole plan fails, each of its months is
+    computed again alone (a plan of one month), so one bad month fails alone.
 
     ``inputs(month)`` identifies what the month is computed from (a landing manifest's version, the data
     files of an input table's month). It is read before and after the step's commit; when it changed, a
@@ -213,13 +225,26 @@ def run_months(
     materialization each, with that month's own figures) and fails the step naming every failed month.
     A month whose ``upstream`` month failed a blocking check is held (not run; :func:`held_months`).
 
-    ``workers`` > 1 runs months in that many threads sharing the process's Spark session, in month order
-    (a month is a few small Spark jobs and Delta commits, so one month at a time leaves the cores mostly
-    idle). Months that read each other's output must wait for it inside ``step`` (see the trusted
-    assets' ``_InOrder``). The first month runs alone: it creates the tables the others
-    commit to. Commits to one table from several threads are retried when they lose a race
+    ``workers`` > 1 runs months (or batches of months) in that many threads sharing the process's Spark
+    session, in month order (a month is a few small Spark jobs and Delta commits, so one month at a time
+    leaves the cores mostly idle). Months that read each other's output must wait for it inside ``step``
+    (see the trusted assets' ``_InOrder``). The first month (batch) runs alone: it creates the tables the
+    others commit to. Commits to one table from several threads are retried when they lose a race
     (:meth:`lakehouse.io.lake.Lake._commit`); the content of every month is the same in any order.
     """
+    if plan is not None:
+        planned = plan
+
+        def alone(month: str) -> dict[str, Any]:
+            got = planned([month])[month]
+            if isinstance(got, BaseException):
+                raise got
+            return got
+
+        step = alone
+    if step is None:
+        raise TypeError("run_months needs a step or a plan")
+    per_month: Callable[[str], dict[str, Any]] = step
     all_months = months_of(context)
     held = held_months(context, upstream, all_months) if upstream else {}
     for month, why in held.items():
@@ -230,35 +255,71 @@ def run_months(
     started = time.monotonic()
     lock = threading.Lock()
 
-    def one(month: str) -> None:
-        t0 = time.monotonic()
-        try:
-            figures = _fresh(context, what, step, inputs, month)
-        except Exception as exc:  # noqa: BLE001 - reported below, per month
+    def record(month: str, got: dict[str, Any] | BaseException, seconds: float) -> None:
+        if isinstance(got, BaseException):
             with lock:
-                failures[month] = exc
-            context.log.error(f"{what} {month}: {type(exc).__name__}: {exc}")
+                failures[month] = got
+            context.log.error(f"{what} {month}: {type(got).__name__}: {got}")
             return
-        figures["seconds"] = round(time.monotonic() - t0, 2)
+        got["seconds"] = round(seconds, 2)
         with lock:
-            results[month] = figures
+            results[month] = got
             done = len(results) + len(failures)
         elapsed = time.monotonic() - started
         left = f", ~{elapsed / done * (len(months) - done):.0f}s left" if done < len(months) else ""
         context.log.info(
             f"{what} {month} ({done}/{len(months)}, {elapsed:.0f}s{left}): "
-            + ", ".join(f"{k}={_short(v)}" for k, v in figures.items() if _is_figure(v))
+            + ", ".join(f"{k}={_short(v)}" for k, v in got.items() if _is_figure(v))
         )
 
-    if months:
-        one(months[0])
-    rest = months[1:]
+    def one(month: str) -> None:
+        t0 = time.monotonic()
+        try:
+            got: dict[str, Any] | BaseException = _fresh(context, what, per_month, inputs, month)
+        except Exception as exc:  # noqa: BLE001 - reported per month
+            got = exc
+        record(month, got, time.monotonic() - t0)
+
+    def batch(chunk: list[str]) -> None:
+        if plan is None or len(chunk) == 1:
+            for month in chunk:
+                one(month)
+            return
+        t0 = time.monotonic()
+        before = {m: inputs(m) for m in chunk} if inputs else {}
+        try:
+            out = plan(chunk)
+        except Exception as exc:  # noqa: BLE001 - each month is computed again alone below
+            context.log.warning(
+                f"{what} {chunk[0]}..{chunk[-1]}: the plan of {len(chunk)} months failed ({type(exc).__name__}: {exc});"
+                " computing each month alone"
+            )
+            for month in chunk:
+                one(month)
+            return
+        each = (time.monotonic() - t0) / len(chunk)
+        for month in chunk:
+            got = out.get(month, RuntimeError(f"{what} {month}: the plan of {chunk[0]}..{chunk[-1]} returned nothing for it"))
+            if inputs and not isinstance(got, BaseException) and inputs(month) != before[month]:
+                context.log.warning(
+                    f"{what} {month}: its inputs changed while it was computed (a concurrent run landed or"
+                    " committed newer data); computing the month again from the new inputs"
+                )
+                one(month)
+                continue
+            record(month, got, each)
+
+    size = max(1, months_per_plan) if plan is not None else 1
+    chunks = [months[i : i + size] for i in range(0, len(months), size)]
+    if chunks:
+        batch(chunks[0])
+    rest = chunks[1:]
     if workers > 1 and len(rest) > 1:
         with ThreadPoolExecutor(max_workers=min(workers, len(rest)), thread_name_prefix="month") as pool:
-            list(pool.map(one, rest))
+            list(pool.map(batch, rest))
     else:
-        for month in rest:
-            one(month)
+        for chunk in rest:
+            batch(chunk)
     return Months(
         what,
         all_months,

@@ -167,6 +167,9 @@ class LakehouseSpec(Spec):
     #: months of a backfilled range processed at the same time (threads sharing the Spark session), for
     #: zone assets whose months are independent; 1 processes them one after the other
     month_workers: int = Field(default=3, ge=1, le=16)
+    #: months of such an asset computed in one Spark plan (each still committed on its own): the fixed
+    #: cost of a Spark job and of planning is paid once per batch; 1: a plan per month
+    months_per_plan: int = Field(default=12, ge=1, le=120)
     #: steps of a zone run (``make demo``'s zones job) that run at the same time when they do not depend on
     #: each other (threads sharing the Spark session, lakehouse.factories.executor); 1: one after the other
     step_workers: int = Field(default=2, ge=1, le=8)
