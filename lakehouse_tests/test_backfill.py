@@ -265,13 +265,23 @@ def test_parallel_months_write_what_one_month_at_a_time_writes(spark, tmp_path, 
 
         return read_spark
 
+    real_clean_months = trusted.clean_months
+    plans: dict[int, list[tuple[str, list[str]]]] = {}
+
+    def clean_months(formatted, source, **kwargs):
+        plans[workers].append((source.name, sorted(kwargs["stagings"])))
+        return real_clean_months(formatted, source, **kwargs)
+
     monkeypatch.setattr(trusted, "_history", history)
+    monkeypatch.setattr(trusted, "clean_months", clean_months)
     monkeypatch.setattr(Lake, "read_spark", formatted_read(Lake.read_spark))
-    for workers in (1, 3):
-        seen[workers] = {}
+    # one by one; then three months at a time, two months per plan for the sources that allow it
+    for workers, per_plan in ((1, 1), (3, 2)):
+        seen[workers], plans[workers] = {}, []
         events.clear()
         project = project_at(tmp_path / f"lake{workers}", world)
-        project = project.model_copy(update={"lakehouse": project.lakehouse.model_copy(update={"month_workers": workers})})
+        settings_ = {"month_workers": workers, "months_per_plan": per_plan}
+        project = project.model_copy(update={"lakehouse": project.lakehouse.model_copy(update=settings_)})
         defs = zone_definitions(project, sources=("meter_readings", "calendar"))
         assert materialize(defs, [a.key for a in defs.assets], MONTHS[0], MONTHS[-1]).success
         lake = Lake(project.lake_root)
@@ -289,5 +299,7 @@ def test_parallel_months_write_what_one_month_at_a_time_writes(spark, tmp_path, 
         # every month's history was read with all the earlier months written, none of the later ones
         assert seen[workers] == {m: MONTHS[:i] for i, m in enumerate(MONTHS)}, seen[workers]
     assert hashes[3] == hashes[1]
+    # the calendar's months went through plans of two months then one; the meter readings' one by one
+    assert plans[1] == [] and plans[3] == [("calendar", MONTHS[:2])]
     # and with workers the months did overlap: the third began cleaning before the second read its history
     assert events.index(("cleaning", MONTHS[2])) < events.index(("history", MONTHS[1])), events

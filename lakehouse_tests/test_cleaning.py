@@ -803,3 +803,91 @@ def test_nothing_may_change_a_derived_column():
     rule = {"quality": {"rules": [{"name": "r", "deny": "hdd > 50", "action": "repair", "repair": {"set": {"hdd": "50"}}}]}}
     with pytest.raises(CleaningError, match=r"repairs derived column\(s\) \['hdd'\]"):
         validate_quality(SourceSpec.model_validate({**base, **rule}))
+
+
+def test_months_cleaned_in_one_plan_are_cleaned_as_each_alone(spark, tmp_path):
+    """``clean_months``: two months in one Spark plan give each month the rows, quarantine, repairs and
+    figures it gets alone. The second month repeats the first one's rows (same meter, hour, value, file
+    names): nothing may be merged, blocked or ordered across months; the same file names were received
+    in the opposite order in each month."""
+    from lakehouse.quality.cleaning import clean_months, months_together
+
+    quality = {
+        "rules": [
+            {"name": "non_negative", "range": {"reading_kwh": {"min": 0}}, "action": "quarantine"},
+            {"name": "one_per_hour", "unique": ["meter_id", "ts"], "action": "repair", "repair": {"keep": "first"}},
+            {"name": "too_big", "deny": "t.reading_kwh > 50", "action": "warn"},
+            {
+                "name": "jump",
+                "deny": "t1.meter_id = t2.meter_id & t1.ts = t2.ts & t1.reading_kwh > t2.reading_kwh + 5",
+                "action": "warn",
+            },
+        ],
+        "cleaning": [
+            {"step": "standardize", "name": "align", "column": "ts", "truncate": "hour"},
+            {"step": "rules"},
+        ],
+    }
+    source = meter_source(**quality)
+    assert months_together(source) and not months_together(meter_source())
+    one = [("M1", at(h, 30 if h == 3 else 0), level(h), "a.csv", h + 2) for h in range(8)]
+    one += [("M1", at(2), 9.0, "b.csv", 2), ("M1", at(4), level(4), "b.csv", 3), ("M2", at(1), -2.0, "b.csv", 4)]
+    one += [("M2", at(5), 60.0, "b.csv", 5), ("M1", at(6), level(6), "a.csv", 8)]  # an exact duplicate, a big one
+    rows = {"2012-01": one, "2012-02": [*one, ("M3", at(1), 1.0, "a.csv", 20)]}
+    received = {
+        "2012-01": {"a.csv": "2012-02-01T07:00:00+00:00", "b.csv": "2012-02-01T08:00:00+00:00"},
+        "2012-02": {"a.csv": "2012-03-01T08:00:00+00:00", "b.csv": "2012-03-01T07:00:00+00:00"},
+    }
+    months = sorted(rows)
+
+    def frame(month_rows):
+        return spark.createDataFrame(month_rows, SCHEMA)
+
+    alone = {m: clean_and_commit(frame(rows[m]), source, tmp_path / f"alone-{m}", month=m, received=received[m]) for m in months}
+
+    lake = Lake(tmp_path / "together")
+    batches = {m: metrics.Batch.new(dataset=source.name, stage="trusted", month=m, run_id="test") for m in months}
+    stagings = {
+        m: Staging(
+            lake.storage,
+            lake.table_uri("trusted", source.name),
+            lake.table_uri(*quarantine.TABLE),
+            lake.table_uri(*repairs.TABLE),
+            batches[m],
+        )
+        for m in months
+    }
+    from pyspark.sql import functions as F
+
+    both = frame(rows["2012-01"]).withColumn("month", F.lit("2012-01"))
+    both = both.unionByName(frame(rows["2012-02"]).withColumn("month", F.lit("2012-02")))
+    together = clean_months(both, source, stagings=stagings, received=received)
+    assert sorted(together) == months
+    for m in months:
+        quarantine.commit(lake, together[m].staged["quarantine"], batches[m])
+        repairs.commit(lake, together[m].staged["repairs"], batches[m])
+        lake.commit_month("trusted", source.name, m, together[m].staged["trusted"], together[m].trusted_schema)
+    lineage = {"source_file": "_source_file", "source_line": "_source_line"}
+
+    def batch_rows(table, month, columns):
+        t = lake.read_arrow(*table, months=[month])
+        t = t.filter(pa.compute.equal(t["batch_id"], batches[month].batch_id))
+        return sorted(as_rows(t.rename_columns([lineage.get(c, c) for c in t.column_names]).select(columns)), key=repr)
+
+    for m in months:
+        result, written = alone[m]
+        assert sorted(as_rows(lake.read_arrow("trusted", source.name, months=[m])), key=repr) == sorted(
+            written["trusted"], key=repr
+        ), m
+        q_cols = ["rule", "disposition", "error", "_source_file", "_source_line", "key", "record"]
+        assert batch_rows(quarantine.TABLE, m, q_cols) == sorted(written["rejected"], key=repr), m
+        r_cols = ["key", "column", "old_value", "new_value", "rule", "row_status", "_source_file", "_source_line"]
+        assert batch_rows(repairs.TABLE, m, r_cols) == sorted(written["repairs"], key=repr), m
+        assert summary_rows(together[m]) == summary_rows(result), m
+        assert together[m].counts == result.counts and together[m].key_uniqueness_in == result.key_uniqueness_in, m
+    # what the case exercises: a merge by receipt order, an exact duplicate, a quarantined and a warned row
+    first = {r["rule"] for r in alone["2012-01"][1]["rejected"]}
+    assert {"one_per_hour", "exact_duplicate", "non_negative"} <= first
+    assert alone["2012-02"][0].counts["rows_in"] == alone["2012-01"][0].counts["rows_in"] + 1
+    with pytest.raises(ValueError, match="cannot be cleaned in one plan"):
+        clean_months(both, meter_source(), stagings=stagings)

@@ -156,8 +156,9 @@ def test_validate_written_counts_failures_of_a_small_month_with_spark(spark, pro
 
 
 def test_a_range_is_vouched_for_month_by_month_and_only_the_rest_goes_to_spark(spark, project, tmp_path, monkeypatch):
-    """With a key, each small month is validated on its own; a month that fails locally and a month too large
-    for the local path go to pandera.pyspark together, and nothing else does. Without a key, the months
+    """With a key, small months are validated locally (consecutive ones together while they fit); a month
+    that fails locally and a month too large for the local path go to pandera.pyspark together, and nothing
+    else does. Without a key, the months
     are validated together."""
     from lakehouse.factories import checks
     from lakehouse.io.lake import Lake
@@ -192,6 +193,12 @@ def test_a_range_is_vouched_for_month_by_month_and_only_the_rest_goes_to_spark(s
     seen.clear()
     assert checks.validate_written(spark, lake, "trusted", "meter_readings", ["2012-01"], contract).passed
     assert seen == []  # vouched for locally: no Spark job
+    # consecutive small months are checked together, as many as one local validation takes: 2012-01 and
+    # 2012-02 (3 rows) fail together and go to Spark together; 2012-03 (3 rows) passes alone
+    monkeypatch.setattr(schemas, "LOCAL_ROWS", 3)
+    report = checks.validate_written(spark, lake, "trusted", "meter_readings", months, contract)
+    assert seen == [["2012-01", "2012-02"]] and report.failures[0].per_month == {"2012-02": 1}
+    seen.clear()
     # without a key (a formatted contract) the months go together: 6 rows > 5, to Spark at once
     monkeypatch.setattr(schemas, "LOCAL_ROWS", 5)
     keyless = source_contract(project.source("meter_readings"), "formatted")

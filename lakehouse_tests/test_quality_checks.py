@@ -169,17 +169,18 @@ def test_blocking_checks_fail_the_run_when_a_row_goes_missing_or_a_fail_rule_bre
     )
     original = cleaning._stage
 
-    def losing_one_row(df, source, month, staging):
-        staged, partials, distinct = original(df, source, month, staging)
+    def losing_one_row(df, source, stagings):
+        staged, partials, distinct = original(df, source, stagings)
+        (month, staging), *_ = stagings.items()
         # a staged trusted file rewritten without one row from the source (an imputed row has no lineage
         # and is not part of the balance)
-        first = staged["trusted"][0]
+        first = staged[month]["trusted"][0]
         rows = staging.storage.read_parquet(f"{staging.trusted}/{first['path']}")
         i = pc.index(pc.is_valid(rows["_source_line"]), True).as_py()
         smaller = stage_parquet(
             staging.storage, staging.trusted, first["path"].split("/")[0], pa.concat_tables([rows.slice(0, i), rows.slice(i + 1)])
         )
-        staged["trusted"][0] = {k: smaller[k] for k in ("path", "size", "stats", "rows")}
+        staged[month]["trusted"][0] = {k: smaller[k] for k in ("path", "size", "stats", "rows")}
         return staged, partials, distinct
 
     monkeypatch.setattr(cleaning, "_stage", losing_one_row)

@@ -91,7 +91,7 @@ def _validate(
     view's contract is derived from it).
 
     ``by_month`` is for contracts with a key that holds within a month: pandera.pyspark checks a key by
-    shuffling the whole range, where a month at a time locally costs one read of each month. A contract
+    shuffling the whole range, where consecutive months that fit one local validation cost one read. A contract
     without a key costs pandera.pyspark only column scans, which Spark runs over the range at once, cheaper
     than reading the months one by one."""
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -99,6 +99,16 @@ def _validate(
     if months is not None and by_month:
         per_month = lake.month_rows(zone, table, months)
         chunks: list[list[str] | None] = [[m] for m in months] or [[]]
+        if per_month is not None:
+            # small months read and checked together (the key holds within each month: the month is part of
+            # it), as many as fit in one local validation
+            packed: list[list[str]] = []
+            for m in months:
+                if packed and sum(per_month[x] for x in packed[-1]) + per_month[m] <= schemas.LOCAL_ROWS:
+                    packed[-1].append(m)
+                else:
+                    packed.append([m])
+            chunks = list(packed) or [[]]
         sizes = [None if per_month is None else sum(per_month[m] for m in chunk or ()) for chunk in chunks]
     else:
         chunks, sizes = [None if months is None else list(months)], [lake.row_count(zone, table, months)]

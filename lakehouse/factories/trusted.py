@@ -43,7 +43,16 @@ from lakehouse.factories.common import (
 from lakehouse.factories.schema import column_schema, derived_lineage
 from lakehouse.io.lake import Lake
 from lakehouse.quality import metrics, quarantine, repairs, schemas
-from lakehouse.quality.cleaning import EXACT_DUPLICATE, CleanResult, Staging, clean_month, history_columns, validate_quality
+from lakehouse.quality.cleaning import (
+    EXACT_DUPLICATE,
+    CleanResult,
+    Staging,
+    clean_month,
+    clean_months,
+    history_columns,
+    months_together,
+    validate_quality,
+)
 from lakehouse.quality.constraints import CompiledRule
 from lakehouse.specs.models import Project, ReferenceSpec, RulesStep, SourceSpec, UnitStep
 from lakehouse.specs.tables import TableRef
@@ -191,6 +200,36 @@ class _TrustedMonths:
             if self.in_order is not None:
                 self.in_order.written(month)
 
+    def plan(self, months: list[str]) -> dict[str, dict | BaseException]:
+        """``months`` cleaned in one Spark plan (a source whose months are independent:
+        :func:`lakehouse.quality.cleaning.months_together`), then each committed and assessed on its own:
+        each month's figures, or why it failed. One month: :meth:`step`."""
+        if len(months) == 1:
+            return {months[0]: self.step(months[0])}
+        root, source = self.root, self.source
+        batches = {m: self._batch(m) for m in months}
+        landing = Month(root.storage, root.table_uri("landing", source.name))
+        results = clean_months(
+            root.read_spark(self.session, "formatted", source.name, months=months),
+            source,
+            stagings={m: self._staging(batches[m]) for m in months},
+            received={m: received_times(landing, m, spans_months=source.spans_months) for m in months},
+        )
+        out: dict[str, dict | BaseException] = {}
+        for month in months:
+            try:
+                out[month] = self._committed(month, batches[month], results[month])
+            except Exception as exc:  # noqa: BLE001 - the month fails alone (run_months reports it)
+                out[month] = exc
+        return out
+
+    def _batch(self, month: str) -> metrics.Batch:
+        return metrics.Batch.new(dataset=self.source.name, stage="trusted", month=month, run_id=self.context.run.run_id)
+
+    def _staging(self, batch: metrics.Batch) -> Staging:
+        root = self.root
+        return Staging(root.storage, self.path, root.table_uri(*quarantine.TABLE), root.table_uri(*repairs.TABLE), batch)
+
     def _earlier_rows(self, month: str):
         if self.in_order is not None:
             self.in_order.wait_for_earlier(month)
@@ -202,12 +241,11 @@ class _TrustedMonths:
         repairs files; the driver gets the file lists and the figures."""
         root, source = self.root, self.source
         formatted = root.read_spark(self.session, "formatted", source.name, months=[month])
-        staging = Staging(root.storage, self.path, root.table_uri(*quarantine.TABLE), root.table_uri(*repairs.TABLE), batch)
         return clean_month(
             formatted,
             source,
             month=month,
-            staging=staging,
+            staging=self._staging(batch),
             history=lambda: self._earlier_rows(month),
             references=_references(root, self.session, source, month),
             received=received_times(
@@ -217,9 +255,12 @@ class _TrustedMonths:
 
     def _cleaned(self, month: str) -> dict:
         """Clean ``month``, commit its tables and publish its assessment: the month's figures."""
+        batch = self._batch(month)
+        return self._committed(month, batch, self._clean(month, batch))
+
+    def _committed(self, month: str, batch: metrics.Batch, result: CleanResult) -> dict:
+        """Commit a cleaned month's tables and publish its assessment: the month's figures."""
         root, source = self.root, self.source
-        batch = metrics.Batch.new(dataset=source.name, stage="trusted", month=month, run_id=self.context.run.run_id)
-        result = self._clean(month, batch)
         # order matters: the metrics row written last publishes the batch (see quality.metrics)
         quarantine.commit(root, result.staged["quarantine"], batch)
         repairs.commit(root, result.staged["repairs"], batch)
@@ -307,6 +348,8 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     # first, so such a source's months overlap only up to the unit step (_InOrder), two at a time; any
     # other source's months are independent
     ordered = history_months(source) > 0
+    # a source whose cleaning reads nothing beyond the month: a batch of months is cleaned in one plan
+    together = months_together(source)
     workers = min(2, project.lakehouse.month_workers) if ordered else project.lakehouse.month_workers
 
     @dg.asset(
@@ -331,11 +374,13 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
         run = _TrustedMonths(context, root, spark.session(), source, ordered=ordered)
         done = run_months(
             context,
-            run.step,
+            None,
             f"trusted/{source.name}",
             workers=workers,
             upstream=[key("formatted", source.name)],
             inputs=lambda month: root.month_files("formatted", source.name, [month]),
+            plan=run.plan,
+            months_per_plan=project.lakehouse.months_per_plan if together else 1,
         )
         yield from report(context, done, checks=run.check_results(done, contract))
 

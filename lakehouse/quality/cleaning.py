@@ -23,6 +23,7 @@ is asserted on what was actually written (see :mod:`lakehouse.quality.metrics`).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -326,6 +327,9 @@ class _Ctx:
     held: list
     #: the columns the month is partitioned by (a series pass grouped by a superset needs no shuffle)
     series_partition: list[str] = field(default_factory=list)
+    #: what every window and block is also partitioned by: ``[month]`` when several months are cleaned in
+    #: one plan (rows of different months never meet), else nothing
+    within: list[str] = field(default_factory=list)
 
     _earlier: list = field(default_factory=list)
 
@@ -448,14 +452,58 @@ def clean_month(
             8601 UTC): ``keep: first``/``last`` and exact duplicates keep the row received first (last),
             then by file and line. Without it, file and line order alone.
     """
+    return clean_months(
+        formatted,
+        source,
+        stagings={month: staging},
+        history=history,
+        references=references,
+        received={month: received} if received else None,
+    )[month]
+
+
+def months_together(source: SourceSpec) -> bool:
+    """Whether several months of ``source`` can be cleaned in one Spark plan (:func:`clean_months`): its
+    months are independent of each other and of other tables (no unit step, no ``prev.`` rule, no
+    reference rule) and no step follows a series across rows (stuck runs, outliers, gaps, fills by
+    series). Rules on one row, rules on two rows (blocked within the month), standardize and derived
+    columns only."""
+    plain = (RulesStep, StandardizeStep)
+    if any(not isinstance(s, plain) for s in source.quality.cleaning):
+        return False
+    return all(cr.reference is None and cr.series is None for cr in validate_quality(source))
+
+
+def clean_months(
+    formatted: DataFrame,
+    source: SourceSpec,
+    *,
+    stagings: Mapping[str, Staging],
+    history: DataFrame | pa.Table | Callable[[], DataFrame | pa.Table | None] | None = None,
+    references: dict[str, DataFrame] | None = None,
+    received: Mapping[str, Mapping[str, str]] | None = None,
+) -> dict[str, CleanResult]:
+    """:func:`clean_month` of every month of ``stagings`` (month → where its rows are staged) in one Spark
+    plan: one job stages every month's rows, each under its own partition and batch, and the figures come
+    back per month. Every window and block is partitioned by the month too, so each month is cleaned
+    exactly as alone. Several months need a source whose months are independent
+    (:func:`months_together`) and ``formatted`` with its ``month`` column; ``received``: month → landed file
+    name → when it was received."""
     from pyspark.sql import functions as F
 
+    months = sorted(stagings)
+    if len(months) > 1 and not (months_together(source) and history is None and not references):
+        raise CleaningError(
+            f"{source.name}: months {months[0]}..{months[-1]} cannot be cleaned in one plan: its cleaning reads"
+            " earlier months, another table or whole series (clean them one by one)"
+        )
     rules = validate_quality(source)
     cols = canonical_columns(source)
     outcomes: dict[str, Outcome] = {}
-    ctx = _Ctx(source, month, rules, history, references or {}, outcomes, [], [])
-    df = _annotated(formatted, source, month, received)
-    common = _common_partition(source, rules)
+    ctx = _Ctx(source, months[0], rules, history, references or {}, outcomes, [], [])
+    ctx.within = [MONTH] if len(months) > 1 else []
+    df = _annotated(formatted, source, months, received)
+    common = [*_common_partition(source, rules), *ctx.within]
     if common:
         # every window below partitions by a superset of these columns: one shuffle serves them all
         df = df.repartition(*[F.col(f"`{c}`") for c in common])
@@ -464,33 +512,42 @@ def clean_month(
         outcomes[EXACT_DUPLICATE] = Outcome(
             EXACT_DUPLICATE, "builtin", "merge", "rows identical in every column: the first is kept"
         )
-        df = _exact_duplicates(df, cols)
+        df = _exact_duplicates(df, [*cols, *ctx.within])
     df = _run_steps(df, ctx)
     # from the cleaned inputs: a filled or repaired input gives the derived value it implies
     df = derive_columns(df, source.derive)
     try:
-        staged, partials, distinct = _stage(df, source, month, staging)
+        staged, partials, distinct = _stage(df, source, stagings)
     finally:
         ctx.release()
-    counts, cells_repaired, comp_in, comp_out, uniq_in, uniq_out = _tally(partials, distinct, source, outcomes)
-    return CleanResult(
-        source=source,
-        month=month,
-        outcomes=outcomes,
-        counts=counts,
-        cells_repaired=cells_repaired,
-        completeness_in=comp_in,
-        completeness_out=comp_out,
-        key_uniqueness_in=uniq_in,
-        key_uniqueness_out=uniq_out,
-        staged=staged,
-        trusted_schema=_trusted_schema(df, source),
-        notes=ctx.notes,
-    )
+    trusted_schema = _trusted_schema(df, source)
+    results = {}
+    for month in months:
+        mine = copy.deepcopy(outcomes)  # each month's own figures
+        counts, cells_repaired, comp_in, comp_out, uniq_in, uniq_out = _tally(
+            [p for p in partials if p["month"] == month], distinct[month], source, mine
+        )
+        results[month] = CleanResult(
+            source=source,
+            month=month,
+            outcomes=mine,
+            counts=counts,
+            cells_repaired=cells_repaired,
+            completeness_in=comp_in,
+            completeness_out=comp_out,
+            key_uniqueness_in=uniq_in,
+            key_uniqueness_out=uniq_out,
+            staged=staged.get(month, {"trusted": [], "quarantine": [], "repairs": []}),
+            trusted_schema=trusted_schema,
+            notes=list(ctx.notes),
+        )
+    return results
 
 
-def _annotated(formatted: DataFrame, source: SourceSpec, month: str, received: Mapping[str, str] | None) -> DataFrame:
-    """The month's formatted rows, each kept with its id, original content, empty annotations, derived
+def _annotated(
+    formatted: DataFrame, source: SourceSpec, months: list[str], received: Mapping[str, Mapping[str, str]] | None
+) -> DataFrame:
+    """The months' formatted rows, each kept with its id, original content, empty annotations, derived
     columns and (when files were received at different times) its file's receipt time."""
     from pyspark.sql import functions as F
 
@@ -499,7 +556,7 @@ def _annotated(formatted: DataFrame, source: SourceSpec, month: str, received: M
         *cols,
         FILE_COL,
         LINE_COL,
-        F.lit(month).alias(MONTH),
+        (F.lit(months[0]) if len(months) == 1 else F.col(MONTH)).alias(MONTH),
         F.concat_ws(":", F.col(FILE_COL), F.col(LINE_COL).cast("string")).alias(ROW_ID),
         F.struct(*cols).alias(ORIG),
         F.lit(KEPT).alias(STATUS),
@@ -509,9 +566,11 @@ def _annotated(formatted: DataFrame, source: SourceSpec, month: str, received: M
         F.array().cast(REPAIR_TYPE).alias(REPAIRS),
     )
     df = derive_columns(df, source.derive)  # the rules and steps may read them
-    if received and len(set(received.values())) > 1:  # one receipt time orders nothing: no join
-        order = formatted.sparkSession.createDataFrame(sorted(received.items()), f"__file string, {RECEIVED} string")
-        df = df.join(F.broadcast(order), df[FILE_COL] == order["__file"], "left").drop("__file")
+    times = sorted((m, f, t) for m, files in (received or {}).items() for f, t in files.items())
+    if len({t for _, _, t in times}) > 1:  # one receipt time orders nothing: no join
+        order = formatted.sparkSession.createDataFrame(times, f"__month string, __file string, {RECEIVED} string")
+        on = (df[FILE_COL] == order["__file"]) & (df[MONTH] == order["__month"])
+        df = df.join(F.broadcast(order), on, "left").drop("__file", "__month")
     else:
         df = df.withColumn(RECEIVED, F.lit(None).cast("string"))
     return df
@@ -578,10 +637,12 @@ def _payload_columns(source: SourceSpec) -> list[Column]:
 
 #: a task splits and counts the annotated month this many rows at a time (its memory stays bounded)
 CHUNK_ROWS = 100_000
-#: what a staging task returns: a staged file (``kind`` = its table), its figures (``tally``), or a key of the
-#: month (``key_in``: a formatted row's, ``key_out``: a trusted row's; followed by the key columns)
+#: what a staging task returns: a staged file (``kind`` = its table) of a ``month``, that month's figures
+#: (``tally``), or a key of the month (``key_in``: a formatted row's, ``key_out``: a trusted row's; followed
+#: by the key columns)
 STAGED_FIELDS = (
     ("kind", "string"),
+    ("month", "string"),
     ("path", "string"),
     ("size", "bigint"),
     ("stats", "string"),
@@ -601,10 +662,10 @@ def _trusted_schema(df: DataFrame, source: SourceSpec) -> pa.Schema:
     return normalized_schema(to_arrow_schema(df.select(*cols).schema, timezone="UTC"))
 
 
-def _stage(df: DataFrame, source: SourceSpec, month: str, staging: Staging):
-    """The annotated month written by Spark's tasks (one job): (the staged files per table, each task's
-    figures, the number of distinct keys in and out). Keys are counted by Spark's ``distinct`` after the
-    tasks: a key's rows may sit in different tasks."""
+def _stage(df: DataFrame, source: SourceSpec, stagings: Mapping[str, Staging]):
+    """The annotated months written by Spark's tasks (one job): (month → the staged files per table, each
+    task's figures per month, month → the number of distinct keys in and out). Keys are counted by Spark's
+    ``distinct`` after the tasks: a key's rows may sit in different tasks."""
     import json
 
     from pyspark.sql import functions as F
@@ -616,28 +677,30 @@ def _stage(df: DataFrame, source: SourceSpec, month: str, staging: Staging):
     fields = [StructField(name, _parse_datatype_string(kind)) for name, kind in STAGED_FIELDS]
     fields += [StructField(f"__k{i}", types[k]) for i, k in enumerate(key)]
     out_type = StructType(fields)
-    task = _stage_task(source, month, staging, to_arrow_schema(out_type, timezone="UTC"))
+    task = _stage_task(source, dict(stagings), to_arrow_schema(out_type, timezone="UTC"))
     emitted = df.select(*_tally_columns(source), *_payload_columns(source)).mapInArrow(task, out_type)
     if key:
         names = [name for name, _ in STAGED_FIELDS]
         # the distinct keys of each kind counted in Spark; the files and figures pass through one row each
         emitted = emitted.distinct().groupBy(*names).agg(F.count(F.lit(1)).alias("__n"))
     rows = emitted.drop(*[f"__k{i}" for i in range(len(key))]).toArrow().to_pylist()
-    staged: dict[str, list[dict]] = {"trusted": [], "quarantine": [], "repairs": []}
-    partials, distinct = [], {"key_in": 0, "key_out": 0}
+    staged: dict[str, dict[str, list[dict]]] = {m: {"trusted": [], "quarantine": [], "repairs": []} for m in stagings}
+    partials: list[dict] = []
+    distinct: dict[str, dict[str, int]] = {m: {"key_in": 0, "key_out": 0} for m in stagings}
     for r in rows:
-        if r["kind"] in staged:
-            staged[r["kind"]].append({k: r[k] for k in ("path", "size", "stats", "rows")})
+        if r["kind"] in ("trusted", "quarantine", "repairs"):
+            staged[r["month"]][r["kind"]].append({k: r[k] for k in ("path", "size", "stats", "rows")})
         elif r["kind"] == "tally":
-            partials.append(json.loads(r["tally"]))
+            partials.append({**json.loads(r["tally"]), "month": r["month"]})
         else:
-            distinct[r["kind"]] = int(r["__n"])
+            distinct[r["month"]][r["kind"]] = int(r["__n"])
     return staged, partials, distinct
 
 
-def _stage_task(source: SourceSpec, month: str, staging: Staging, out_schema: pa.Schema):
-    """The function each Spark task runs over its share of the annotated month: split into trusted,
-    quarantine and repairs rows with pyarrow, staged as Parquet; the share's figures and distinct keys."""
+def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa.Schema):
+    """The function each Spark task runs over its share of the annotated months: each month's rows split
+    into trusted, quarantine and repairs rows with pyarrow, staged as Parquet under the month's partition
+    (and batch); each month's figures and distinct keys."""
 
     def run(batches):
         import json
@@ -649,41 +712,42 @@ def _stage_task(source: SourceSpec, month: str, staging: Staging, out_schema: pa
         from lakehouse.io.staging import Stager
         from lakehouse.quality import quarantine, repairs
 
-        partition = f"{MONTH}={month}"
-        stagers = {
-            "trusted": Stager(staging.storage, staging.trusted, partition),
-            "quarantine": Stager(staging.storage, staging.quarantine, partition),
-            "repairs": Stager(staging.storage, staging.repairs, partition),
-        }
+        stagers: dict[tuple[str, str], Stager] = {}
         key = source.quality.key or []
-        batch = staging.batch
 
-        def record(kind: str, **values) -> pa.RecordBatch:
+        def stager(kind: str, month: str) -> Stager:
+            if (kind, month) not in stagers:
+                staging = stagings[month]
+                stagers[kind, month] = Stager(staging.storage, getattr(staging, kind), f"{MONTH}={month}")
+            return stagers[kind, month]
+
+        def record(kind: str, month: str, **values) -> pa.RecordBatch:
             row: dict[str, Any] = {name: None for name in out_schema.names}
-            row.update(kind=kind, **values)
+            row.update(kind=kind, month=month, **values)
             return pa.RecordBatch.from_pylist([row], schema=out_schema)
 
-        def keys(t: pa.Table, mask, prefix: str, kind: str) -> pa.RecordBatch | None:
+        def keys(t: pa.Table, mask, prefix: str, kind: str, month: str) -> pa.RecordBatch | None:
             part = t.filter(mask).select([f"{prefix}{i}" for i in range(len(key))])
             if not part.num_rows:
                 return None
             part = part.group_by(part.column_names, use_threads=False).aggregate([])
             n = part.num_rows
-            arrays = [pa.array([kind] * n, pa.string())]
-            arrays += [pa.nulls(n, out_schema.field(name).type) for name, _ in STAGED_FIELDS[1:]]
+            arrays = [pa.array([kind] * n, pa.string()), pa.array([month] * n, pa.string())]
+            arrays += [pa.nulls(n, out_schema.field(name).type) for name, _ in STAGED_FIELDS[2:]]
             arrays += [part[f"{prefix}{i}"].cast(out_schema.field(f"__k{i}").type).combine_chunks() for i in range(len(key))]
             return pa.RecordBatch.from_arrays(arrays, schema=out_schema)
 
-        def written(kind: str, files: list[dict]):
+        def written(kind: str, month: str, files: list[dict]):
             for f in files:
-                yield record(kind, path=f["path"], size=f["size"], stats=f["stats"], rows=f["rows"])
+                yield record(kind, month, path=f["path"], size=f["size"], stats=f["stats"], rows=f["rows"])
 
-        def process(t: pa.Table):
-            yield record("tally", path=uuid.uuid4().hex, tally=json.dumps(_partial_tally(t, source)))
+        def process(t: pa.Table, month: str):
+            batch = stagings[month].batch
+            yield record("tally", month, path=uuid.uuid4().hex, tally=json.dumps(_partial_tally(t, source)))
             if key:
                 source_row = pc.not_equal(t[STATUS], IMPUTED)
                 out_row = pc.is_in(t[STATUS], pa.array([KEPT, IMPUTED]))
-                for found in (keys(t, source_row, "__ki", "key_in"), keys(t, out_row, "__ko", "key_out")):
+                for found in (keys(t, source_row, "__ki", "key_in", month), keys(t, out_row, "__ko", "key_out", month)):
                     if found is not None:
                         yield found
             trusted = _trusted_rows(t, source).drop_columns([MONTH])
@@ -695,7 +759,14 @@ def _stage_task(source: SourceSpec, month: str, staging: Staging, out_schema: pa
             ).drop_columns([MONTH])
             cells = repairs.conform(_repaired_cells(t), batch).drop_columns([MONTH])
             for kind, rows in (("trusted", trusted), ("quarantine", rejected), ("repairs", cells)):
-                yield from written(kind, stagers[kind].add(rows))
+                yield from written(kind, month, stager(kind, month).add(rows))
+
+        def by_month(t: pa.Table):
+            if len(stagings) == 1:
+                yield from process(t, next(iter(stagings)))
+                return
+            for month in sorted(pc.unique(t[MONTH]).to_pylist()):
+                yield from process(t.filter(pc.equal(t[MONTH], month)), month)
 
         chunk: list[pa.RecordBatch] = []
         held = 0
@@ -703,12 +774,12 @@ def _stage_task(source: SourceSpec, month: str, staging: Staging, out_schema: pa
             chunk.append(b)
             held += b.num_rows
             if held >= CHUNK_ROWS:
-                yield from process(pa.Table.from_batches(chunk))
+                yield from by_month(pa.Table.from_batches(chunk))
                 chunk, held = [], 0
         if chunk:
-            yield from process(pa.Table.from_batches(chunk))
-        for kind, stager in stagers.items():
-            yield from written(kind, stager.flush())
+            yield from by_month(pa.Table.from_batches(chunk))
+        for (kind, month), stager_ in stagers.items():
+            yield from written(kind, month, stager_.flush())
 
     return run
 
@@ -765,7 +836,7 @@ def _partial_tally(t: pa.Table, source: SourceSpec) -> dict:
     }
 
 
-def _tally(partials: list[dict], distinct: dict[str, int], source: SourceSpec, outcomes: dict[str, Outcome]):
+def _tally(partials: list[dict], distinct: Mapping[str, int], source: SourceSpec, outcomes: dict[str, Outcome]):
     """Status counts, per rule/step figures, completeness and key uniqueness of the annotated month, from
     the tasks' :func:`_partial_tally` sums and the distinct keys Spark counted."""
     cols = canonical_columns(source)
@@ -935,7 +1006,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
         else:
             # every rule sees the same snapshot: the rows kept when the rules step starts
             prefix = carried.get(cr.series) if cr.series is not None else None
-            conditions[col] = rule_condition(cr, ROW_ID, scope=ACTIVE_SQL, carried=prefix)
+            conditions[col] = rule_condition(cr, ROW_ID, scope=ACTIVE_SQL, carried=prefix, within=ctx.within)
         flags[rule.name] = col
     if conditions:
         df = df.withColumns(conditions)
@@ -974,7 +1045,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             keys = cr.blocking_keys() if cr.two_tuple else []
             in_block = _active() & flag
             order = _keep_order(repair.keep or "first", repair.by)
-            w = Window.partitionBy(*[F.col(f"`{k}`") for k in keys], in_block).orderBy(*order)
+            w = Window.partitionBy(*[F.col(f"`{k}`") for k in [*keys, *ctx.within]], in_block).orderBy(*order)
             df = df.withColumns({"__keep_rank": F.row_number().over(w), "__keep_first": F.first(ROW_ID).over(w)})
             error = F.format_string(f"conflicts on {', '.join(keys)}; kept %s (keep {repair.keep})", F.col("__keep_first"))
             df = _remove(df, in_block & (F.col("__keep_rank") > 1), rule.name, error, status=MERGED)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NoReturn
 
@@ -586,7 +586,7 @@ def check_columns(dc: DenialConstraint, columns: list[str]) -> None:
         raise ConstraintError(f"rule {dc.rule!r}: unknown column(s) {missing}; table has {columns}")
 
 
-def block_condition(dc: DenialConstraint, row_id: str, scope: str | None = None) -> Column:
+def block_condition(dc: DenialConstraint, row_id: str, scope: str | None = None, within: Sequence[str] = ()) -> Column:
     """True on the rows that take part in a violation of the two-tuple ``dc`` (a window expression).
 
     The rows are blocked on ``dc``'s equality keys: a window partitioned by them (a hash partitioning —
@@ -594,13 +594,14 @@ def block_condition(dc: DenialConstraint, row_id: str, scope: str | None = None)
     block, and the predicates are tested between each row and the other members of its block, with the
     row as ``t1`` and as ``t2``. Pure key equalities (``unique``) only count the block. ``scope``: a
     boolean SQL expression; only rows where it holds take part (the others form their own blocks).
+    ``within``: columns the blocks are also partitioned by (rows differing in them never meet).
     """
     from pyspark.sql import functions as F
 
     keys = [sql_name(k) for k in dc.blocking_keys()]
     scoped = [f"({scope})"] if scope is not None else []
     inside = " AND ".join([f"{k} IS NOT NULL" for k in keys] + scoped)
-    block = f"PARTITION BY {', '.join(keys + scoped)}"
+    block = f"PARTITION BY {', '.join(keys + [sql_name(c) for c in within] + scoped)}"
     if dc.key_equality_only:
         return F.expr(f"{inside} AND count(1) OVER ({block}) > 1")
     fields = [f"{sql_name(row_id)} AS __id"] + [f"{sql_name(c)} AS {sql_name(c)}" for c in sorted(dc.columns)]
@@ -613,9 +614,11 @@ def block_condition(dc: DenialConstraint, row_id: str, scope: str | None = None)
     return F.expr(f"{inside} AND exists({members}, {_OTHER} -> {other} AND (({row_is('t1')}) OR ({row_is('t2')})))")
 
 
-def rule_condition(cr: CompiledRule, row_id: str, scope: str | None = None, carried: str | None = None) -> Column:
-    """True on the rows violating a one- or two-tuple rule (any of its constraints); ``scope`` as in
-    :func:`block_condition`; ``carried`` as in :func:`previous_sql`."""
+def rule_condition(
+    cr: CompiledRule, row_id: str, scope: str | None = None, carried: str | None = None, within: Sequence[str] = ()
+) -> Column:
+    """True on the rows violating a one- or two-tuple rule (any of its constraints); ``scope`` and
+    ``within`` as in :func:`block_condition`; ``carried`` as in :func:`previous_sql`."""
     from pyspark.sql import functions as F
 
     if cr.reference is not None:
@@ -630,7 +633,7 @@ def rule_condition(cr: CompiledRule, row_id: str, scope: str | None = None, carr
     cond = F.lit(False)
     for dc in cr.constraints:
         if dc.two_tuple:
-            cond = cond | block_condition(dc, row_id, scope)
+            cond = cond | block_condition(dc, row_id, scope, within)
         else:
             cond = cond | violation_condition(dc, {"t": ""}, previous if series is not None else None)
     return cond & F.expr(scope) if scope is not None else cond
