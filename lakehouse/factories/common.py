@@ -192,6 +192,85 @@ def _fresh(
     )
 
 
+class _MonthRunner:
+    """The months of one :func:`run_months` call as they are computed: each month's figures or failure,
+    logged as it completes, with progress."""
+
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        what: str,
+        step: Callable[[str], dict[str, Any]],
+        inputs: Callable[[str], Any] | None,
+        plan: Callable[[list[str]], PlanResults] | None,
+        total: int,
+    ) -> None:
+        self.context, self.what, self.step, self.inputs, self.plan, self.total = context, what, step, inputs, plan, total
+        self.results: dict[str, dict[str, Any]] = {}
+        self.failures: dict[str, BaseException] = {}
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+
+    def record(self, month: str, got: dict[str, Any] | BaseException, seconds: float) -> None:
+        if isinstance(got, BaseException):
+            with self.lock:
+                self.failures[month] = got
+            self.context.log.error(f"{self.what} {month}: {type(got).__name__}: {got}")
+            return
+        got["seconds"] = round(seconds, 2)
+        with self.lock:
+            self.results[month] = got
+            done = len(self.results) + len(self.failures)
+        elapsed = time.monotonic() - self.started
+        left = f", ~{elapsed / done * (self.total - done):.0f}s left" if done < self.total else ""
+        self.context.log.info(
+            f"{self.what} {month} ({done}/{self.total}, {elapsed:.0f}s{left}): "
+            + ", ".join(f"{k}={_short(v)}" for k, v in got.items() if _is_figure(v))
+        )
+
+    def one(self, month: str) -> None:
+        """``month`` alone (its inputs checked for changes, see :func:`_fresh`)."""
+        t0 = time.monotonic()
+        try:
+            got: dict[str, Any] | BaseException = _fresh(self.context, self.what, self.step, self.inputs, month)
+        except Exception as exc:  # noqa: BLE001 - reported per month
+            got = exc
+        self.record(month, got, time.monotonic() - t0)
+
+    def batch(self, chunk: list[str]) -> None:
+        """``chunk`` in one plan (each month alone without a plan, or when the plan fails as a whole); a
+        month whose inputs changed meanwhile is computed again alone."""
+        if self.plan is None or len(chunk) == 1:
+            for month in chunk:
+                self.one(month)
+            return
+        t0 = time.monotonic()
+        before = {m: self.inputs(m) for m in chunk} if self.inputs else {}
+        try:
+            out = self.plan(chunk)
+        except Exception as exc:  # noqa: BLE001 - each month is computed again alone below
+            self.context.log.warning(
+                f"{self.what} {chunk[0]}..{chunk[-1]}: the plan of {len(chunk)} months failed ({type(exc).__name__}:"
+                f" {exc}); computing each month alone"
+            )
+            for month in chunk:
+                self.one(month)
+            return
+        each = (time.monotonic() - t0) / len(chunk)
+        for month in chunk:
+            got = out.get(
+                month, RuntimeError(f"{self.what} {month}: the plan of {chunk[0]}..{chunk[-1]} returned nothing for it")
+            )
+            if self.inputs and not isinstance(got, BaseException) and self.inputs(month) != before[month]:
+                self.context.log.warning(
+                    f"{self.what} {month}: its inputs changed while it was computed (a concurrent run landed or"
+                    " committed newer data); computing the month again from the new inputs"
+                )
+                self.one(month)
+                continue
+            self.record(month, got, each)
+
+
 #: what a month plan returns for each month it was given: the month's figures, or why the month failed
 PlanResults = Mapping[str, "dict[str, Any] | BaseException"]
 
@@ -244,89 +323,31 @@ def run_months(
         step = alone
     if step is None:
         raise TypeError("run_months needs a step or a plan")
-    per_month: Callable[[str], dict[str, Any]] = step
     all_months = months_of(context)
     held = held_months(context, upstream, all_months) if upstream else {}
     for month, why in held.items():
         context.log.error(f"{what} {month}: {why}; the month is not processed")
     months = [m for m in all_months if m not in held]
-    results: dict[str, dict[str, Any]] = {}
-    failures: dict[str, BaseException] = {}
-    started = time.monotonic()
-    lock = threading.Lock()
-
-    def record(month: str, got: dict[str, Any] | BaseException, seconds: float) -> None:
-        if isinstance(got, BaseException):
-            with lock:
-                failures[month] = got
-            context.log.error(f"{what} {month}: {type(got).__name__}: {got}")
-            return
-        got["seconds"] = round(seconds, 2)
-        with lock:
-            results[month] = got
-            done = len(results) + len(failures)
-        elapsed = time.monotonic() - started
-        left = f", ~{elapsed / done * (len(months) - done):.0f}s left" if done < len(months) else ""
-        context.log.info(
-            f"{what} {month} ({done}/{len(months)}, {elapsed:.0f}s{left}): "
-            + ", ".join(f"{k}={_short(v)}" for k, v in got.items() if _is_figure(v))
-        )
-
-    def one(month: str) -> None:
-        t0 = time.monotonic()
-        try:
-            got: dict[str, Any] | BaseException = _fresh(context, what, per_month, inputs, month)
-        except Exception as exc:  # noqa: BLE001 - reported per month
-            got = exc
-        record(month, got, time.monotonic() - t0)
-
-    def batch(chunk: list[str]) -> None:
-        if plan is None or len(chunk) == 1:
-            for month in chunk:
-                one(month)
-            return
-        t0 = time.monotonic()
-        before = {m: inputs(m) for m in chunk} if inputs else {}
-        try:
-            out = plan(chunk)
-        except Exception as exc:  # noqa: BLE001 - each month is computed again alone below
-            context.log.warning(
-                f"{what} {chunk[0]}..{chunk[-1]}: the plan of {len(chunk)} months failed ({type(exc).__name__}: {exc});"
-                " computing each month alone"
-            )
-            for month in chunk:
-                one(month)
-            return
-        each = (time.monotonic() - t0) / len(chunk)
-        for month in chunk:
-            got = out.get(month, RuntimeError(f"{what} {month}: the plan of {chunk[0]}..{chunk[-1]} returned nothing for it"))
-            if inputs and not isinstance(got, BaseException) and inputs(month) != before[month]:
-                context.log.warning(
-                    f"{what} {month}: its inputs changed while it was computed (a concurrent run landed or"
-                    " committed newer data); computing the month again from the new inputs"
-                )
-                one(month)
-                continue
-            record(month, got, each)
-
+    runner = _MonthRunner(context, what, step, inputs, plan, len(months))
     size = max(1, months_per_plan) if plan is not None else 1
     chunks = [months[i : i + size] for i in range(0, len(months), size)]
     if chunks:
-        batch(chunks[0])
+        runner.batch(chunks[0])
     rest = chunks[1:]
     if workers > 1 and len(rest) > 1:
         with ThreadPoolExecutor(max_workers=min(workers, len(rest)), thread_name_prefix="month") as pool:
-            list(pool.map(batch, rest))
+            list(pool.map(runner.batch, rest))
     else:
         for chunk in rest:
-            batch(chunk)
+            runner.batch(chunk)
+    results, failures = runner.results, runner.failures
     return Months(
         what,
         all_months,
         {m: results[m] for m in months if m in results},
         {m: failures[m] for m in months if m in failures},
         held,
-        time.monotonic() - started,
+        time.monotonic() - runner.started,
     )
 
 

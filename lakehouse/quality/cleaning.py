@@ -726,17 +726,6 @@ def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa
             row.update(kind=kind, month=month, **values)
             return pa.RecordBatch.from_pylist([row], schema=out_schema)
 
-        def keys(t: pa.Table, mask, prefix: str, kind: str, month: str) -> pa.RecordBatch | None:
-            part = t.filter(mask).select([f"{prefix}{i}" for i in range(len(key))])
-            if not part.num_rows:
-                return None
-            part = part.group_by(part.column_names, use_threads=False).aggregate([])
-            n = part.num_rows
-            arrays = [pa.array([kind] * n, pa.string()), pa.array([month] * n, pa.string())]
-            arrays += [pa.nulls(n, out_schema.field(name).type) for name, _ in STAGED_FIELDS[2:]]
-            arrays += [part[f"{prefix}{i}"].cast(out_schema.field(f"__k{i}").type).combine_chunks() for i in range(len(key))]
-            return pa.RecordBatch.from_arrays(arrays, schema=out_schema)
-
         def written(kind: str, month: str, files: list[dict]):
             for f in files:
                 yield record(kind, month, path=f["path"], size=f["size"], stats=f["stats"], rows=f["rows"])
@@ -747,7 +736,10 @@ def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa
             if key:
                 source_row = pc.not_equal(t[STATUS], IMPUTED)
                 out_row = pc.is_in(t[STATUS], pa.array([KEPT, IMPUTED]))
-                for found in (keys(t, source_row, "__ki", "key_in", month), keys(t, out_row, "__ko", "key_out", month)):
+                for found in (
+                    _distinct_keys(t.filter(source_row), "__ki", len(key), out_schema, kind="key_in", month=month),
+                    _distinct_keys(t.filter(out_row), "__ko", len(key), out_schema, kind="key_out", month=month),
+                ):
                     if found is not None:
                         yield found
             trusted = _trusted_rows(t, source).drop_columns([MONTH])
@@ -782,6 +774,22 @@ def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa
             yield from written(kind, month, stager_.flush())
 
     return run
+
+
+def _distinct_keys(t: pa.Table, prefix: str, n_key: int, out_schema: pa.Schema, *, kind: str, month: str):
+    """The distinct keys (columns ``<prefix><i>``) of a task's rows, as staging output rows of ``kind``
+    (None when there are none)."""
+    import pyarrow as pa
+
+    part = t.select([f"{prefix}{i}" for i in range(n_key)])
+    if not part.num_rows:
+        return None
+    part = part.group_by(part.column_names, use_threads=False).aggregate([])
+    n = part.num_rows
+    arrays = [pa.array([kind] * n, pa.string()), pa.array([month] * n, pa.string())]
+    arrays += [pa.nulls(n, out_schema.field(name).type) for name, _ in STAGED_FIELDS[2:]]
+    arrays += [part[f"{prefix}{i}"].cast(out_schema.field(f"__k{i}").type).combine_chunks() for i in range(n_key)]
+    return pa.RecordBatch.from_arrays(arrays, schema=out_schema)
 
 
 def _partial_tally(t: pa.Table, source: SourceSpec) -> dict:
