@@ -123,44 +123,49 @@ def _balanced(files: Sequence[tuple[str, str]], slots: int, sizes: dict[str, int
 def _format_slot(
     items: Sequence[tuple[str, str]], plans: Mapping[str, CastPlan], storage: Storage, table_dir: str
 ) -> Iterator[dict]:
-    """One task's share (month, path): staged Parquet files (``kind='staged'``, each under its month's
+    """One task's share (month, path), one month after the other (the task holds one month's share at a
+    time): see :func:`_format_share`."""
+    by_month: dict[str, list[str]] = {}
+    for month, path in items:
+        by_month.setdefault(month, []).append(path)
+    for month, paths in by_month.items():
+        yield from _format_share(paths, plans[month], storage, table_dir)
+
+
+def _format_share(paths: Sequence[str], plan: CastPlan, storage: Storage, table_dir: str) -> Iterator[dict]:
+    """One task's share of one month: staged Parquet files (``kind='staged'``, under the month's
     partition) and the files it leaves to Spark (``kind='slow'``).
 
-    Clean files of one month with the same column order are read and cast together (one pyarrow call per
-    run of ``FLUSH_ROWS`` lines, instead of one per small file). The task holds its share's raw bytes and at
-    most about twice ``FLUSH_ROWS`` parsed rows at a time.
+    Clean files with the same column order are read and cast together (one pyarrow call per run of
+    ``FLUSH_ROWS`` lines, instead of one per small file). The task holds its share's raw bytes and at most
+    about twice ``FLUSH_ROWS`` parsed rows at a time.
     """
-    groups: dict[tuple[str, tuple[str, ...]], list[tuple[str, bytes]]] = {}
-    for month, path in items:
-        plan = plans[month]
+    groups: dict[tuple[str, ...], list[tuple[str, bytes]]] = {}
+    for path in paths:
         data = storage.read(path)
         layout = clean_layout(data, plan.fmt, plan.raw_names)
         if layout is None:
             yield _slow(path)
             continue
         names, header_bytes = layout
-        groups.setdefault((month, tuple(names)), []).append((path, data[header_bytes:]))
+        groups.setdefault(tuple(names), []).append((path, data[header_bytes:]))
 
-    parts: dict[str, list[pa.Table]] = {}
-    rows: dict[str, int] = {}
-
-    def staged(month: str) -> dict:
-        table = pa.concat_tables(parts.pop(month))
-        rows.pop(month)
-        return {"kind": "staged", **stage_parquet(storage, table_dir, _partition(month), table)}
-
-    for (month, group_names), files in groups.items():
+    partition = _partition(plan.month)
+    parts: list[pa.Table] = []
+    rows = 0
+    for group_names, files in groups.items():
         for chunk in chunks(files, FLUSH_ROWS):
-            for out in cast_clean_files(chunk, group_names, plans[month]):
+            for out in cast_clean_files(chunk, group_names, plan):
                 if isinstance(out, str):
                     yield _slow(out)
                     continue
-                parts.setdefault(month, []).append(out)
-                rows[month] = rows.get(month, 0) + out.num_rows
-            if rows.get(month, 0) >= FLUSH_ROWS:
-                yield staged(month)
-    for month in list(parts):
-        yield staged(month)
+                parts.append(out)
+                rows += out.num_rows
+            if rows >= FLUSH_ROWS:
+                yield {"kind": "staged", **stage_parquet(storage, table_dir, partition, pa.concat_tables(parts))}
+                parts, rows = [], 0
+    if parts:
+        yield {"kind": "staged", **stage_parquet(storage, table_dir, partition, pa.concat_tables(parts))}
 
 
 def _slow(path: str) -> dict:
@@ -352,7 +357,12 @@ def _stage_checked(
 
         for record_batch in batches:
             rows = pa.Table.from_batches([record_batch])
-            for month in pc.unique(rows.column("month")).to_pylist():
+            months = pc.unique(rows.column("month")).to_pylist()
+            # a task's files come month after month: a month no longer read is written out, so the task
+            # buffers about one month's rows, as when it formats a single month
+            for key in [k for k in stagers if k[1] not in months]:
+                yield from written(key[0], stagers.pop(key).flush())
+            for month in months:
                 t = rows.filter(pc.equal(rows.column("month"), month))
                 bad = pc.is_valid(t.column("error"))
                 good = t.filter(pc.invert(bad)).select(schema.names).cast(schema)
