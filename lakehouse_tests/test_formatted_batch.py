@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
+import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from lakehouse.factories import build_definitions
@@ -19,6 +20,7 @@ from lakehouse.io import formatting
 from lakehouse.io.lake import Lake
 from lakehouse.io.storage import Storage
 from lakehouse.quality import quarantine
+from lakehouse.specs.models import SourceSpec
 from lakehouse_tests.declarations import declare
 from lakehouse_tests.test_executors import METER, meter_file
 
@@ -136,3 +138,13 @@ def test_a_batch_is_one_job_per_lane_and_stages_each_month_under_its_own_partiti
         assert (bad["month"], bad["_source_file"], bad["_source_line"]) == (month, f"meter_X0001_{month}.csv", 7)
         staged = [pq.read_table(tmp_path / "table" / s["path"]) for s in got.staged]
         assert {t.strftime("%Y-%m") for table in staged for t in table.column("ts").to_pylist()} == {month}
+
+
+def test_a_source_whose_deliveries_span_months_is_not_batched(spark, tmp_path):
+    """One file of such a source can hold rows of several months, and a row's month depends on the month
+    being formatted: its months are formatted one per plan (the factory asks for no more)."""
+    spec = SourceSpec.model_validate({**METER.model_dump(), "spans_months": True})
+    schema = formatting.data_schema(spark, spec)
+    rejects = {m: formatting.Rejects(str(tmp_path / "quarantine"), lambda rows: rows) for m in MONTHS}
+    with pytest.raises(ValueError, match="one at a time"):
+        formatting.format_months(spark, {m: [] for m in MONTHS}, spec, Storage("/"), str(tmp_path / "t"), schema, rejects=rejects)
