@@ -61,7 +61,7 @@ def test_a_file_landed_while_the_month_is_formatted_is_not_lost(configs_copy, ma
     import lakehouse.factories.formatted as formatted
 
     defs, lake = _project(configs_copy, make_project, tmp_path)
-    real = formatted.format_month
+    real = formatted.format_months
     calls = []
 
     def format_while_a_correction_lands(session, files, *args, **kwargs):
@@ -73,7 +73,7 @@ def test_a_file_landed_while_the_month_is_formatted_is_not_lost(configs_copy, ma
         calls.append(list(files))
         return real(session, files, *args, **kwargs)
 
-    monkeypatch.setattr(formatted, "format_month", format_while_a_correction_lands)
+    monkeypatch.setattr(formatted, "format_months", format_while_a_correction_lands)
     run = dg.materialize(
         defs.assets, selection=[dg.AssetKey(["formatted", "heat_drop"])], partition_key=MONTH, resources=defs.resources
     )

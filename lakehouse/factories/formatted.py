@@ -3,7 +3,8 @@
 Spark parses the month's landed files, casts every column to its declared type and writes the month in
 one Delta transaction; rows that cannot be read go to the quarantine with file, line and cause. Clean
 files take the fast lane (:mod:`lakehouse.io.formatting`: Spark's Python workers parse, cast and
-write Parquet), the others Spark's casts; both land in the same commit.
+write Parquet), the others Spark's casts; both land in the same commit. A run formats up to
+``months_per_plan`` months in one Spark plan and still commits each month on its own.
 """
 
 from typing import Any
@@ -23,7 +24,7 @@ from lakehouse.factories.checks import (
 )
 from lakehouse.factories.common import LakeResource, SparkResource, escape_md, key, monthly, report, run_months, spec_version
 from lakehouse.factories.schema import column_schema
-from lakehouse.io.formatting import Rejects, data_schema, format_month
+from lakehouse.io.formatting import FormattedMonth, Rejects, data_schema, format_months
 from lakehouse.io.lake import Lake
 from lakehouse.quality import metrics, quarantine, schemas
 from lakehouse.specs.models import Project, SourceSpec
@@ -58,16 +59,40 @@ def _landed_version(root: Lake, source: SourceSpec, month: str) -> Any:
 
 
 def _format_and_commit(
-    root: Lake, session: SparkSession, source: SourceSpec, month: str, *, run_id: str, schema: pa.Schema, span: tuple
-) -> tuple[dict[str, Any], dg.AssetCheckResult]:
-    """Format ``month``, commit it and publish its quarantine: the month's figures and its rejected-rate check."""
+    root: Lake, session: SparkSession, source: SourceSpec, months: list[str], *, run_id: str, schema: pa.Schema, span: tuple
+) -> dict[str, tuple[dict[str, Any], dg.AssetCheckResult] | Exception]:
+    """Format ``months`` in one Spark plan, then commit each month and publish its quarantine on its own:
+    per month, its figures and its rejected-rate check, or the exception that month failed with."""
     path = root.table_uri("formatted", source.name)
-    files, landed_rows, present = _month_files(root, source, month)
-    batch = metrics.Batch.new(dataset=source.name, stage="formatted", month=month, run_id=run_id)
-    rejects = Rejects(root.table_uri(*quarantine.TABLE), quarantine.staged_rows(batch))
+    out: dict[str, tuple[dict[str, Any], dg.AssetCheckResult] | Exception] = {}
+    found: dict[str, tuple[list[str], int, dict[str, int]]] = {}
+    for month in months:
+        try:
+            found[month] = _month_files(root, source, month)
+        except Exception as exc:  # noqa: BLE001 - this month fails alone, the others are formatted
+            out[month] = exc
+    if not found:
+        return out
+    batches = {m: metrics.Batch.new(dataset=source.name, stage="formatted", month=m, run_id=run_id) for m in found}
+    rejects = {m: Rejects(root.table_uri(*quarantine.TABLE), quarantine.staged_rows(b)) for m, b in batches.items()}
+    sizes = {uri: size for _, _, present in found.values() for uri, size in present.items()}
     # clean files: parsed, cast and staged as Parquet by Spark's Python workers; the rest by Spark's casts,
-    # whose tasks also stage the rejected rows for the quarantine
-    out = format_month(session, files, source, month, root.storage, path, schema, rejects=rejects, months=span, sizes=present)
+    # whose tasks also stage the rejected rows for the quarantine; each lane one job for all the months
+    files = {m: landed for m, (landed, _, _) in found.items()}
+    formatted = format_months(session, files, source, root.storage, path, schema, rejects=rejects, months=span, sizes=sizes)
+    for month, month_out in formatted.items():
+        try:
+            out[month] = _commit(root, source, month_out, batches[month], landed_rows=found[month][1], schema=schema)
+        except Exception as exc:  # noqa: BLE001 - one month's commit failing does not undo the others'
+            out[month] = exc
+    return out
+
+
+def _commit(
+    root: Lake, source: SourceSpec, out: FormattedMonth, batch: metrics.Batch, *, landed_rows: int, schema: pa.Schema
+) -> tuple[dict[str, Any], dg.AssetCheckResult]:
+    """Commit a formatted month and publish its quarantine: the month's figures and its rejected-rate check."""
+    month = batch.month
     version = root.commit_month("formatted", source.name, month, out.staged, schema)
     # published even when empty: it supersedes the rows an earlier run of the month quarantined
     quarantine.publish_staged(root, out.quarantined, batch)
@@ -82,7 +107,7 @@ def _format_and_commit(
         "rows_quarantined": out.rejected,
         "files_fast_lane": out.fast,
         "delta_version": version,
-        "path": dg.MetadataValue.path(path),
+        "path": dg.MetadataValue.path(root.table_uri("formatted", source.name)),
     }
     return figures, rate
 
@@ -116,19 +141,26 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
         span = (project.months_of(source).start, project.months_of(source).end)
         rates: dict[str, dg.AssetCheckResult] = {}
 
-        def step(month: str) -> dict:
-            figures, rates[month] = _format_and_commit(
-                root, session, source, month, run_id=context.run.run_id, schema=schema, span=span
-            )
+        def plan(months: list[str]) -> dict[str, dict[str, Any] | Exception]:
+            out = _format_and_commit(root, session, source, months, run_id=context.run.run_id, schema=schema, span=span)
+            figures: dict[str, dict[str, Any] | Exception] = {}
+            for month, got in out.items():
+                if isinstance(got, Exception):
+                    figures[month] = got
+                else:
+                    figures[month], rates[month] = got
             return figures
 
-        # months are independent (each parses its own landed files)
+        # months are independent (each parses its own landed files), so a batch of them is one Spark plan;
+        # a source whose deliveries span months is formatted a month at a time (see lakehouse.io.formatting)
         done = run_months(
             context,
-            step,
+            None,
             f"formatted/{source.name}",
             workers=project.lakehouse.month_workers,
             inputs=lambda month: _landed_version(root, source, month),
+            plan=plan,
+            months_per_plan=1 if source.spans_months else project.lakehouse.months_per_plan,
         )
         months = list(done.results)
         checks = {m: [rates[m]] for m in months}

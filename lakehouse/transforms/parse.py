@@ -629,8 +629,8 @@ def cast_checked(
     """Every parsed row, cast: the canonical columns, lineage, ``month``, and ``error`` / ``record`` (the
     cause and the row as received), both NULL on rows that are accepted.
 
-    ``month`` is the month the files were delivered for (``YYYY-MM``), or a column giving it per row
-    (e.g. taken from the file name) when several months are cast at once.
+    ``month`` is the month the files were delivered for (``YYYY-MM``), or a column of ``raw`` giving it per
+    row when several months are cast at once (see :func:`lakehouse.io.formatting.read_raw`'s ``delivered``).
 
     One frame for both outcomes, so a caller can compute it in one Spark job (no cache, no second pass
     over the files) and split it on ``error``.
@@ -643,7 +643,6 @@ def cast_checked(
     """
     from pyspark.sql import functions as F
 
-    delivered = F.lit(month) if isinstance(month, str) else month
     typed_columns = {c.name: _typed(c, source.format) for c in source.columns}
     typed = raw.select(
         *[value.alias(name) for name, (value, _) in typed_columns.items()],
@@ -653,7 +652,9 @@ def cast_checked(
         LINE_COL,
         RAW_COL,
         ERROR_COL,
+        (F.lit(month) if isinstance(month, str) else month).alias("__delivered"),
     )
+    delivered = F.col("__delivered")
     problems = [F.col(ERROR_COL)]
     for c in source.columns:
         why = F.col(f"__why_{c.name}")
