@@ -138,7 +138,6 @@ def cleaned(spark, tmp_path_factory):
         "summary": {r["name"]: r for r in summary_rows(result)},
         "formatted_rows": formatted.count(),
     }
-    result.close()
     return out
 
 

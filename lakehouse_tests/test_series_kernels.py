@@ -334,7 +334,6 @@ def assert_matches_oracle(spark, formatted: list[tuple], source, steps: list[dic
     """What ``clean_month`` commits (trusted rows, rejected rows with their errors, changed cells, counts)
     is what the oracle gives."""
     result, got = clean_and_commit(spark.createDataFrame(formatted, SCHEMA), source, tmp_path)
-    result.close()
     want = oracle(formatted, [s.model_dump() for s in source.quality.cleaning])
 
     def trusted_row(r: dict) -> tuple:
@@ -471,7 +470,6 @@ def test_the_kernel_reads_only_the_series_columns_and_adds_no_shuffle(spark, tmp
 
     monkeypatch.setattr(cleaning, "_stage", recorded)
     result, got = clean_and_commit(spark.createDataFrame(crafted_rows(), SCHEMA), meter_source(), tmp_path)
-    result.close()
     assert got["trusted"] and any(c["rule"] == "fill_short_gaps" for c in got["repairs"]), "the pass ran"
     (plan,) = plans
     (python,) = [line for line in plan.splitlines() if "ArrowEvalPython" in line]

@@ -132,7 +132,6 @@ class CleanResult:
     #: the trusted table's Arrow schema (partition column included), what its month is committed with
     trusted_schema: pa.Schema
     notes: list[str] = field(default_factory=list)
-    _held: list = field(default_factory=list, repr=False)
 
     @property
     def failed_rules(self) -> list[str]:
@@ -143,11 +142,6 @@ class CleanResult:
             for o in self.outcomes.values()
             if o.action == "fail" and o.evaluated and o.violations / n > (o.max_rate or 0.0)
         ]
-
-    def close(self) -> None:
-        for df in self._held:
-            df.unpersist()
-        self._held.clear()
 
 
 def _trusted_rows(t: pa.Table, source: SourceSpec) -> pa.Table:
@@ -324,7 +318,6 @@ class _Ctx:
     references: dict[str, DataFrame]
     outcomes: dict[str, Outcome]
     notes: list[str]
-    held: list
     #: the columns the month is partitioned by (a series pass grouped by a superset needs no shuffle)
     series_partition: list[str] = field(default_factory=list)
     #: what every window and block is also partitioned by: ``[month]`` when several months are cleaned in
@@ -348,23 +341,6 @@ class _Ctx:
             return self.source.column(column).type
         except KeyError:
             raise CleaningError(f"{self.source.name}: unknown column {column!r}") from None
-
-    def checkpoint(self, df: DataFrame) -> DataFrame:
-        """Keep ``df`` once computed (later steps read it again) and release the previous one. The step's
-        first job fills the cache; only a cache computed from a held one is filled first (a job of its own),
-        before that one is released."""
-        kept = df.persist()
-        if self.held:
-            kept.count()
-        self.release()
-        self.held.append(kept)
-        return kept
-
-    def release(self) -> None:
-        """Unpersist what the month holds (``CleanResult.close`` does the same for a returned month)."""
-        for old in self.held:
-            old.unpersist()
-        self.held.clear()
 
 
 def validate_quality(source: SourceSpec) -> list[CompiledRule]:
@@ -500,7 +476,7 @@ def clean_months(
     rules = validate_quality(source)
     cols = canonical_columns(source)
     outcomes: dict[str, Outcome] = {}
-    ctx = _Ctx(source, months[0], rules, history, references or {}, outcomes, [], [])
+    ctx = _Ctx(source, months[0], rules, history, references or {}, outcomes, [])
     ctx.within = [MONTH] if len(months) > 1 else []
     df = _annotated(formatted, source, months, received)
     common = [*_common_partition(source, rules), *ctx.within]
@@ -516,10 +492,7 @@ def clean_months(
     df = _run_steps(df, ctx)
     # from the cleaned inputs: a filled or repaired input gives the derived value it implies
     df = derive_columns(df, source.derive)
-    try:
-        staged, partials, distinct = _stage(df, source, stagings)
-    finally:
-        ctx.release()
+    staged, partials, distinct = _stage(df, source, stagings)
     trusted_schema = _trusted_schema(df, source)
     results = {}
     for month in months:
@@ -590,7 +563,9 @@ def _run_steps(df: DataFrame, ctx: _Ctx) -> DataFrame:
         elif isinstance(step, StandardizeStep):
             df = _standardize(df, step, ctx)
         elif isinstance(step, UnitStep):
-            df = _unit(ctx.checkpoint(df), step, ctx)
+            # its aggregation is a job of its own; the month's staging job computes the steps before it
+            # again rather than reading a cache (caching the annotated rows costs more than recomputing them)
+            df = _unit(df, step, ctx)
     return df
 
 
