@@ -9,9 +9,9 @@ jobs and Delta commits, the unit step's history of earlier months (the range is 
 compared with the fleet), the quality metrics table, pandera validation and asset checks. lakehouse ÷ this
 contender is therefore the price of orchestration and of working month by month, on the same transforms.
 
-The driver's heap is the lakehouse's (``spark.driver.memory`` 4g) unless ``BENCH_SPARK_DRIVER_MEMORY`` sets
-another: holding the whole range at once, the script runs out of a 4 GB heap from about 12M readings on
-(docs/benchmarks.md), where the lakehouse, a month at a time, does not.
+The driver's heap is the lakehouse's (``spark.driver.memory`` in ``lakehouse.io.spark.DEFAULT_CONF``) unless
+``BENCH_SPARK_DRIVER_MEMORY`` sets another: holding the whole range at once, the script ran out of a 4 GB
+heap from about 12M readings on (docs/benchmarks.md), where the lakehouse, a month at a time, does not.
 
 Across month boundaries it may differ from the lakehouse by a few rows: a gap spanning two months can be
 imputed here (the lakehouse cleans each month alone), and the rows' counts are reported for comparison.
