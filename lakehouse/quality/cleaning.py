@@ -312,7 +312,6 @@ def _set(df: DataFrame, cond: Column, column: str, new: Column, rule: str, spark
 @dataclass
 class _Ctx:
     source: SourceSpec
-    month: str
     rules: list[CompiledRule]
     history: DataFrame | pa.Table | Callable[[], DataFrame | pa.Table | None] | None
     references: dict[str, DataFrame]
@@ -476,7 +475,7 @@ def clean_months(
     rules = validate_quality(source)
     cols = canonical_columns(source)
     outcomes: dict[str, Outcome] = {}
-    ctx = _Ctx(source, months[0], rules, history, references or {}, outcomes, [])
+    ctx = _Ctx(source, rules, history, references or {}, outcomes, [])
     ctx.within = [MONTH] if len(months) > 1 else []
     df = _annotated(formatted, source, months, received)
     common = [*_common_partition(source, rules), *ctx.within]
