@@ -47,8 +47,8 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
-    # what the driver holds is bounded (no month's rows are collected): a local[2] driver cleans a 5M-reading
-    # month in a 1 GiB heap, and the JVM grows to its ceiling under load, so a larger one only costs memory
+    # the driver collects no month's rows (what it holds is bounded by configuration, see docs/benchmarks.md
+    # "driver memory"), and the JVM grows to its ceiling under load: a larger heap only costs memory
     "spark.driver.memory": "2g",
     # a month is read as an explicit list of files (the landing manifest, the Delta snapshot); above 32
     # paths Spark lists them with a distributed job — on one machine that costs more than a local stat
