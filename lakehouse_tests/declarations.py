@@ -14,6 +14,25 @@ REPO = Path(__file__).resolve().parent.parent
 
 COMPONENTS = {"sources": "Source", "views": "View", "ml": "Pipeline"}
 
+#: a small csv file-drop source of hourly heat readings (``heat_<device>_<YYYY-MM>.csv`` in its inbox)
+HEAT_DROP = """
+name: heat_drop
+description: Hourly heat readings dropped as csv.
+collector:
+  type: file_drop
+  inbox: ${LAKEHOUSE_DEMO_ROOT}/inbox/heat_drop
+  pattern: "heat_*.csv"
+  month_regex: '_(\\d{4}-\\d{2})\\.csv$'
+format: {delimiter: ","}
+columns:
+  - {name: meter_id, type: string, nullable: false}
+  - {name: ts, type: timestamp, nullable: false}
+  - {name: reading_kwh, type: double, nullable: false}
+partitioning: {kind: time_column, column: ts}
+quality:
+  key: [meter_id, ts]
+"""
+
 
 def declare(configs: Path, kind: str, name: str, attributes: str) -> Path:
     """``<configs>/defs/<kind>/<name>/defs.yaml`` holding ``attributes`` (YAML text) under its component type.

@@ -21,26 +21,9 @@ from lakehouse.io.lake import Lake
 from lakehouse.io.storage import Storage
 from lakehouse.quality import quarantine
 from lakehouse.specs.models import SourceSpec
-from lakehouse_tests.declarations import declare
+from lakehouse_tests.declarations import HEAT_DROP, declare
 from lakehouse_tests.test_executors import METER, meter_file
 
-SOURCE = """
-name: heat_drop
-description: Hourly heat readings dropped as csv.
-collector:
-  type: file_drop
-  inbox: ${LAKEHOUSE_DEMO_ROOT}/inbox/heat_drop
-  pattern: "heat_*.csv"
-  month_regex: '_(\\d{4}-\\d{2})\\.csv$'
-format: {delimiter: ","}
-columns:
-  - {name: meter_id, type: string, nullable: false}
-  - {name: ts, type: timestamp, nullable: false}
-  - {name: reading_kwh, type: double, nullable: false}
-partitioning: {kind: time_column, column: ts}
-quality:
-  key: [meter_id, ts]
-"""
 MONTHS = ["2012-01", "2012-02", "2012-03"]
 HEADER = b"meter_id,ts,reading_kwh\n"
 DROPS = {
@@ -96,7 +79,7 @@ def test_a_range_as_one_plan_writes_what_month_by_month_writes(configs_copy, mak
     inbox.mkdir(parents=True)
     for name, data in DROPS.items():
         (inbox / name).write_bytes(data)
-    declare(configs_copy, "sources", "heat_drop", SOURCE)
+    declare(configs_copy, "sources", "heat_drop", HEAT_DROP)
 
     batched, batches, batch_figures = _formatted_range(configs_copy, make_project, tmp_path / "batched", 3, monkeypatch)
     single, singles, single_figures = _formatted_range(configs_copy, make_project, tmp_path / "single", 1, monkeypatch)

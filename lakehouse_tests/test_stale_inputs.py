@@ -14,25 +14,8 @@ import dagster as dg
 from lakehouse.collectors.landing import land, read_manifest
 from lakehouse.factories import build_definitions
 from lakehouse.io.lake import Lake
-from lakehouse_tests.declarations import declare
+from lakehouse_tests.declarations import HEAT_DROP, declare
 
-SOURCE = """
-name: heat_drop
-description: Hourly heat readings dropped as csv.
-collector:
-  type: file_drop
-  inbox: ${LAKEHOUSE_DEMO_ROOT}/inbox/heat_drop
-  pattern: "heat_*.csv"
-  month_regex: '_(\\d{4}-\\d{2})\\.csv$'
-format: {delimiter: ","}
-columns:
-  - {name: meter_id, type: string, nullable: false}
-  - {name: ts, type: timestamp, nullable: false}
-  - {name: reading_kwh, type: double, nullable: false}
-partitioning: {kind: time_column, column: ts}
-quality:
-  key: [meter_id, ts]
-"""
 MONTH = "2012-02"
 OLD = b"meter_id,ts,reading_kwh\nM1,2012-02-01T00:00:00Z,1.0\nM1,2012-02-01T01:00:00Z,2.0\n"
 NEW = b"meter_id,ts,reading_kwh\nM1,2012-02-01T00:00:00Z,10.0\nM1,2012-02-01T01:00:00Z,20.0\nM1,2012-02-01T02:00:00Z,30.0\n"
@@ -42,7 +25,7 @@ def _project(configs_copy: Path, make_project, tmp_path: Path):
     inbox = tmp_path / "world" / "inbox" / "heat_drop"
     inbox.mkdir(parents=True)
     (inbox / f"heat_a_{MONTH}.csv").write_bytes(OLD)
-    declare(configs_copy, "sources", "heat_drop", SOURCE)
+    declare(configs_copy, "sources", "heat_drop", HEAT_DROP)
     project = make_project(configs_copy)
     defs = build_definitions(project)
     lake = Lake(project.lake_root)
