@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakehouse.io.spark import arrow_frame, parallelism
-from lakehouse.io.staging import FLUSH_ROWS, OUT_SCHEMA, Stager, stage_parquet
+from lakehouse.io.staging import FLUSH_ROWS, OUT_SCHEMA, Stager, month_folder, stage_parquet
 from lakehouse.io.storage import Storage, open_files
 from lakehouse.specs.models import SourceSpec
 from lakehouse.transforms.fast_lane import CastPlan, cast_clean_files, chunks, eligible, file_schema
@@ -150,7 +150,7 @@ def _format_share(paths: Sequence[str], plan: CastPlan, storage: Storage, table_
         names, header_bytes = layout
         groups.setdefault(tuple(names), []).append((path, data[header_bytes:]))
 
-    partition = _partition(plan.month)
+    partition = month_folder(plan.month)
     parts: list[pa.Table] = []
     rows = 0
     for group_names, files in groups.items():
@@ -172,16 +172,9 @@ def _slow(path: str) -> dict:
     return {"kind": "slow", "path": path, "size": None, "stats": None, "rows": None}
 
 
-def _partition(month: str) -> str:
-    """The folder of ``month``'s files in a table partitioned by month."""
-    from lakehouse.io.lake import PARTITION_COLUMN
-
-    return f"{PARTITION_COLUMN}={month}"
-
-
 def _month_of(staged: dict) -> str:
     """The month of a staged file: its partition folder (``month=<m>/part-...``)."""
-    return staged["path"].split("/", 1)[0].removeprefix(_partition(""))
+    return staged["path"].split("/", 1)[0].removeprefix(month_folder(""))
 
 
 def _by_month(months: Sequence[str], staged: Sequence[dict]) -> dict[str, list[dict]]:
@@ -348,7 +341,7 @@ def _stage_checked(
         def stager(kind: str, month: str) -> Stager:
             if (kind, month) not in stagers:
                 where = table_dir if kind == "staged" else rejects[month].table_dir
-                stagers[kind, month] = Stager(storage, where, _partition(month))
+                stagers[kind, month] = Stager(storage, where, month_folder(month))
             return stagers[kind, month]
 
         def written(kind: str, files: list[dict]) -> Iterator[pa.RecordBatch]:

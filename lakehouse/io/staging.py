@@ -47,6 +47,13 @@ def stats(table: pa.Table) -> str:
     return json.dumps({"numRecords": table.num_rows, "minValues": lows, "maxValues": highs, "nullCount": nulls})
 
 
+def month_folder(month: str) -> str:
+    """The folder of ``month``'s files in a table partitioned by month (``month=<YYYY-MM>``)."""
+    from lakehouse.io.lake import PARTITION_COLUMN
+
+    return f"{PARTITION_COLUMN}={month}"
+
+
 def stage_parquet(storage: Storage, table_uri: str, partition: str, table: pa.Table) -> dict:
     """Write ``table`` as one Parquet file into ``table_uri/<partition>/`` (``table_uri/`` for an
     unpartitioned table: ``partition=""``); what the Delta ``add`` needs.
@@ -104,7 +111,7 @@ def stage_frame(df, storage: Storage, table_uri: str, month: str) -> tuple[list[
             raise ValueError(f"{table_uri}: rows for months {sorted(map(str, other))} in a write of month {month}")
         return table.drop_columns([PARTITION_COLUMN])
 
-    staged, schema, _ = _stage(df, storage, table_uri, f"{PARTITION_COLUMN}={month}", rows)
+    staged, schema, _ = _stage(df, storage, table_uri, month_folder(month), rows)
     return staged, schema
 
 
