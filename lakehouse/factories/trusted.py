@@ -208,12 +208,11 @@ class _TrustedMonths:
             return {months[0]: self.step(months[0])}
         root, source = self.root, self.source
         batches = {m: self._batch(m) for m in months}
-        landing = Month(root.storage, root.table_uri("landing", source.name))
         results = clean_months(
             root.read_spark(self.session, "formatted", source.name, months=months),
             source,
             stagings={m: self._staging(batches[m]) for m in months},
-            received={m: received_times(landing, m, spans_months=source.spans_months) for m in months},
+            received={m: self._received(m) for m in months},
         )
         out: dict[str, dict | BaseException] = {}
         for month in months:
@@ -225,6 +224,11 @@ class _TrustedMonths:
 
     def _batch(self, month: str) -> metrics.Batch:
         return metrics.Batch.new(dataset=self.source.name, stage="trusted", month=month, run_id=self.context.run.run_id)
+
+    def _received(self, month: str) -> dict[str, str]:
+        """When each of the month's landed files was received (the landing manifest)."""
+        landing = Month(self.root.storage, self.root.table_uri("landing", self.source.name))
+        return received_times(landing, month, spans_months=self.source.spans_months)
 
     def _staging(self, batch: metrics.Batch) -> Staging:
         root = self.root
@@ -248,9 +252,7 @@ class _TrustedMonths:
             staging=self._staging(batch),
             history=lambda: self._earlier_rows(month),
             references=_references(root, self.session, source, month),
-            received=received_times(
-                Month(root.storage, root.table_uri("landing", source.name)), month, spans_months=source.spans_months
-            ),
+            received=self._received(month),
         )
 
     def _cleaned(self, month: str) -> dict:

@@ -509,7 +509,7 @@ def clean_months(
             completeness_out=comp_out,
             key_uniqueness_in=uniq_in,
             key_uniqueness_out=uniq_out,
-            staged=staged.get(month, {"trusted": [], "quarantine": [], "repairs": []}),
+            staged=staged[month],
             trusted_schema=trusted_schema,
             notes=list(ctx.notes),
         )
@@ -683,7 +683,7 @@ def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        from lakehouse.io.staging import Stager
+        from lakehouse.io.staging import Stager, month_folder
         from lakehouse.quality import quarantine, repairs
 
         stagers: dict[tuple[str, str], Stager] = {}
@@ -692,7 +692,7 @@ def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa
         def stager(kind: str, month: str) -> Stager:
             if (kind, month) not in stagers:
                 staging = stagings[month]
-                stagers[kind, month] = Stager(staging.storage, getattr(staging, kind), f"{MONTH}={month}")
+                stagers[kind, month] = Stager(staging.storage, getattr(staging, kind), month_folder(month))
             return stagers[kind, month]
 
         def record(kind: str, month: str, **values) -> pa.RecordBatch:
