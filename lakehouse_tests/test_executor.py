@@ -46,21 +46,28 @@ def both(left: int, right: int) -> int:
     return left + right
 
 
-def graph_job(max_concurrent: int = 2) -> dg.JobDefinition:
+def graph_job(max_concurrent: int = 2, heavy: str = "") -> dg.JobDefinition:
+    """The graph's job; ``heavy`` names the asset that weighs more than the others (none: all weigh the same)."""
+
+    def weigh(key: dg.AssetKey) -> float:
+        return 1e9 if key.path[-1] == heavy else 1.0
+
     defs = dg.Definitions(
         assets=[left, right, both],
-        jobs=[dg.define_asset_job("graph", executor_def=threaded_executor(max_concurrent))],
+        jobs=[dg.define_asset_job("graph", executor_def=threaded_executor(max_concurrent, weigh if heavy else None))],
     )
     return defs.resolve_job_def("graph")
 
 
-def run(tmp_path: Path, monkeypatch, fail: str = "", max_concurrent: int = 2) -> tuple[dg.ExecuteJobResult, dict[str, float]]:
+def run(
+    tmp_path: Path, monkeypatch, fail: str = "", max_concurrent: int = 2, heavy: str = ""
+) -> tuple[dg.ExecuteJobResult, dict[str, float]]:
     log = tmp_path / "steps.log"
     monkeypatch.setenv("EXECUTOR_TEST_LOG", str(log))
     monkeypatch.setenv("EXECUTOR_TEST_FAIL", fail)
     (tmp_path / "home").mkdir(exist_ok=True)
     instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
-    job = dg.build_reconstructable_job(__name__, "graph_job", reconstructable_args=(max_concurrent,))
+    job = dg.build_reconstructable_job(__name__, "graph_job", reconstructable_args=(max_concurrent, heavy))
     with dg.execute_job(job, instance=instance, raise_on_error=False) as result:
         times = {" ".join(line.split()[:2]): float(line.split()[2]) for line in log.read_text().splitlines()}
         return result, times
@@ -81,6 +88,41 @@ def test_one_step_at_a_time_when_bounded_to_one(tmp_path, monkeypatch):
     assert result.success
     first, second = sorted(("left", "right"), key=lambda n: t[f"{n} start"])
     assert t[f"{second} start"] >= t[f"{first} end"]
+
+
+@pytest.mark.parametrize("heavy", ["left", "right"])
+def test_the_ready_step_that_weighs_more_starts_first(tmp_path, monkeypatch, heavy):
+    result, t = run(tmp_path, monkeypatch, max_concurrent=1, heavy=heavy)
+    assert result.success
+    light = "right" if heavy == "left" else "left"
+    assert t[f"{light} start"] >= t[f"{heavy} end"]
+
+
+def test_an_asset_weighs_the_bytes_landed_for_its_sources(tmp_path):
+    from lakehouse.io.lake import Lake
+    from lakehouse.sim.demo import landed_bytes
+
+    @dg.asset(key=["landing", "big"])
+    def landing_big() -> None: ...
+
+    @dg.asset(key=["landing", "small"])
+    def landing_small() -> None: ...
+
+    @dg.asset(key=["trusted", "big"], deps=[landing_big])
+    def trusted_big() -> None: ...
+
+    @dg.asset(key=["exploitation", "view"], deps=[trusted_big, landing_small])
+    def view() -> None: ...
+
+    for source, sizes in {"big": [300, 200], "small": [7]}.items():
+        for i, size in enumerate(sizes):
+            path = tmp_path / "lake" / "landing" / source / "2015-01" / f"f{i}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x" * size)
+    graph = dg.Definitions(assets=[landing_big, landing_small, trusted_big, view]).resolve_asset_graph()
+    weigh = landed_bytes(Lake(tmp_path / "lake"), graph)
+    assert [weigh(dg.AssetKey(k)) for k in (["landing", "big"], ["trusted", "big"], ["landing", "small"])] == [500, 500, 7]
+    assert weigh(dg.AssetKey(["exploitation", "view"])) == 507
 
 
 def test_a_failed_step_fails_the_run_holds_its_dependents_and_lets_the_others_finish(tmp_path, monkeypatch):

@@ -9,13 +9,17 @@ The executor is the in-process one with a different loop: Dagster's own ``Active
 steps may start (dependencies, retries, skips after a failure); up to ``max_concurrent`` of them run at
 once, each in a thread that streams its events back to the run's thread, which records them in order of
 arrival. Log capture stays one per process, as in the in-process executor.
+
+Among the steps ready at once, the one with the most data upstream starts first (after Dagster's
+``dagster/priority`` tag): the largest source's chain is the longest, and starting it early keeps the small
+chains for the other worker instead of leaving it to run alone at the end (longest processing time first).
 """
 
 from __future__ import annotations
 
 import os
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
@@ -30,7 +34,12 @@ from dagster._core.execution.context_creation_job import PlanExecutionContextMan
 from dagster._core.execution.plan.execute_plan import _trigger_hook, dagster_event_sequence_for_step
 from dagster._core.execution.plan.instance_concurrency_context import InstanceConcurrencyContext
 from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode
+from dagster._core.storage.tags import PRIORITY_TAG
+
+#: how much data an asset is computed from (any unit; larger starts first among ready steps)
+Weigh = Callable[[dg.AssetKey], float]
 
 #: a step's thread reports (step key, event or None when the step is done, the exception that ended it)
 _Report = tuple[str, dg.DagsterEvent | None, BaseException | None]
@@ -46,11 +55,34 @@ def _run_step(step_context: Any, reports: queue.Queue[_Report]) -> None:
     reports.put((step_context.step.key, None, error))
 
 
+def largest_first(job_context: PlanExecutionContext, weigh: Weigh | None) -> Callable[[ExecutionStep], float]:
+    """The order of ready steps: higher ``dagster/priority`` first, then the step whose asset ``weigh``
+    gives more. A step is weighed once, when it is first ready (its upstream steps are done, so what it
+    reads is there), and a step of no single asset weighs nothing."""
+    layer = job_context.job_def.asset_layer
+    weights: dict[str, float] = {}
+
+    def weight(step: ExecutionStep) -> float:
+        assets = layer.get_assets_def_for_node(step.node_handle)
+        if weigh is None or assets is None or len(assets.keys) != 1:
+            return 0.0
+        return max(0.0, float(weigh(assets.key)))
+
+    def sort_key(step: ExecutionStep) -> float:
+        if step.key not in weights:
+            weights[step.key] = weight(step)
+        w = weights[step.key]
+        # the weight only orders steps of the same priority: w / (w + 1) stays below 1
+        return -int(step.tags.get(PRIORITY_TAG, 0)) - w / (w + 1)
+
+    return sort_key
+
+
 def threaded_plan_iterator(
-    job_context: PlanExecutionContext, execution_plan: ExecutionPlan, max_concurrent: int
+    job_context: PlanExecutionContext, execution_plan: ExecutionPlan, max_concurrent: int, weigh: Weigh | None = None
 ) -> Iterator[dg.DagsterEvent]:
     """``inner_plan_execution_iterator`` of Dagster's in-process executor, with up to ``max_concurrent``
-    steps in flight."""
+    steps in flight, ready steps started in the order of :func:`largest_first`."""
     compute_log_manager = job_context.instance.compute_log_manager
     step_keys = [step.key for step in execution_plan.get_steps_to_execute_in_topo_order()]
     reports: queue.Queue[_Report] = queue.Queue()
@@ -60,6 +92,7 @@ def threaded_plan_iterator(
         execution_plan.start(
             retry_mode=job_context.retry_mode,
             max_concurrent=max_concurrent,
+            sort_key_fn=largest_first(job_context, weigh),
             instance_concurrency_context=concurrency,
             step_dependency_config=job_context.step_dependency_config,
         ) as active,
@@ -95,9 +128,10 @@ def threaded_plan_iterator(
 class ThreadedExecutor(dg.Executor):
     """Dagster's in-process executor running up to ``max_concurrent`` ready steps at once, in threads."""
 
-    def __init__(self, retries: RetryMode, max_concurrent: int) -> None:
+    def __init__(self, retries: RetryMode, max_concurrent: int, weigh: Weigh | None = None) -> None:
         self._retries = retries
         self.max_concurrent = max_concurrent
+        self.weigh = weigh
 
     @property
     def retries(self) -> RetryMode:
@@ -112,7 +146,7 @@ class ThreadedExecutor(dg.Executor):
         )
 
         def iterator(job_context: PlanExecutionContext, execution_plan: ExecutionPlan, **_: Any) -> Iterator[dg.DagsterEvent]:
-            return threaded_plan_iterator(job_context, execution_plan, self.max_concurrent)
+            return threaded_plan_iterator(job_context, execution_plan, self.max_concurrent, self.weigh)
 
         yield from ExecuteRunWithPlanIterable(
             execution_plan=plan_context.execution_plan,
@@ -135,9 +169,10 @@ class ThreadedExecutor(dg.Executor):
         )
 
 
-def threaded_executor(max_concurrent: int) -> dg.ExecutorDefinition:
+def threaded_executor(max_concurrent: int, weigh: Weigh | None = None) -> dg.ExecutorDefinition:
     """An executor running :class:`ThreadedExecutor` with ``max_concurrent`` steps at once
-    by default (run config ``execution: {config: {max_concurrent: N}}`` changes it per run)."""
+    by default (run config ``execution: {config: {max_concurrent: N}}`` changes it per run); ``weigh``
+    orders the ready steps (:func:`largest_first`)."""
 
     @dg.executor(
         name="in_process_threads",
@@ -149,7 +184,7 @@ def threaded_executor(max_concurrent: int) -> dg.ExecutorDefinition:
     def _executor(init_context: dg.InitExecutorContext) -> dg.Executor:
         config: dict[str, Any] = dict(init_context.executor_config)
         return ThreadedExecutor(
-            RetryMode.from_config(config["retries"]) or RetryMode.ENABLED, max(1, int(config["max_concurrent"]))
+            RetryMode.from_config(config["retries"]) or RetryMode.ENABLED, max(1, int(config["max_concurrent"])), weigh
         )
 
     return _executor

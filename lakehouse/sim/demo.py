@@ -18,17 +18,21 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import psutil
 
 from lakehouse import settings
 from lakehouse.factories import build_definitions
-from lakehouse.factories.executor import threaded_executor
+from lakehouse.factories.executor import Weigh, threaded_executor
 from lakehouse.io.lake import Lake
 from lakehouse.sim import scores, weather_server
 from lakehouse.sim.customers import CustomerWorld
 from lakehouse.sim.world import MeterWorld, WorldConfig, months_between
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 
 # the demo prints progress for people; Dagster's notices about beta parameters would bury it
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -157,11 +161,22 @@ def demo_tags(stage: str, start: str, end: str) -> dict[str, str]:
     return {"lakehouse/trigger": "demo", "lakehouse/stage": stage, "lakehouse/months": f"{start}..{end}"}
 
 
+def landed_bytes(lake: Lake, graph: AssetGraph) -> Weigh:
+    """An asset's weight in the zones run's order of steps: the bytes landed for the sources it is
+    computed from (the landing assets among its ancestors, itself included)."""
+
+    def weigh(key: dg.AssetKey) -> float:
+        sources = [k.path[-1] for k in graph.get_ancestor_asset_keys(key, include_self=True) if k.path[0] == "landing"]
+        return float(sum(size for source in sources for _, size in lake.storage.list(lake.uri("landing", source))))
+
+    return weigh
+
+
 def demo_definitions() -> tuple[dg.Definitions, dict[str, int]]:
     """The project's assets with the demo's jobs, and the number of assets each job materializes.
 
     The zones job runs independent steps side by side (``step_workers`` threads sharing the Spark session,
-    :mod:`lakehouse.factories.executor`); the ML jobs run one step at a time: their trainings seed global
+    :mod:`lakehouse.factories.executor`), the steps computed from the most landed data first; the ML jobs run one step at a time: their trainings seed global
     random generators and limit process-wide thread pools.
     """
     project = settings.load()
@@ -171,7 +186,9 @@ def demo_definitions() -> tuple[dg.Definitions, dict[str, int]]:
     ml_assets = [a for a in every if a.partitions_def is None]
     # monthly ML outputs (predictions, flagged meter-days) need the trained models: they run last
     ml_monthly = [a for a in every if a.partitions_def is not None and a.key.path[0] == "ml"]
-    zones_executor = threaded_executor(project.lakehouse.step_workers)
+    zones_executor = threaded_executor(
+        project.lakehouse.step_workers, landed_bytes(settings.lake(project), defs.resolve_asset_graph())
+    )
     jobs = {
         name: dg.define_asset_job(name, selection=[k for a in chosen for k in a.keys], description=text, executor_def=executor)
         for name, chosen, text, executor in (
