@@ -55,7 +55,7 @@ def _run_step(step_context: Any, reports: queue.Queue[_Report]) -> None:
     reports.put((step_context.step.key, None, error))
 
 
-def largest_first(job_context: PlanExecutionContext, weigh: Weigh | None) -> Callable[[ExecutionStep], float]:
+def largest_first(job_context: PlanExecutionContext, weigh: Weigh | None) -> Callable[[ExecutionStep], Any]:
     """The order of ready steps: higher ``dagster/priority`` first, then the step whose asset ``weigh``
     gives more. A step is weighed once, when it is first ready (its upstream steps are done, so what it
     reads is there), and a step of no single asset weighs nothing."""
@@ -68,12 +68,10 @@ def largest_first(job_context: PlanExecutionContext, weigh: Weigh | None) -> Cal
             return 0.0
         return max(0.0, float(weigh(assets.key)))
 
-    def sort_key(step: ExecutionStep) -> float:
+    def sort_key(step: ExecutionStep) -> tuple[int, float]:
         if step.key not in weights:
             weights[step.key] = weight(step)
-        w = weights[step.key]
-        # the weight only orders steps of the same priority: w / (w + 1) stays below 1
-        return -int(step.tags.get(PRIORITY_TAG, 0)) - w / (w + 1)
+        return -int(step.tags.get(PRIORITY_TAG, 0)), -weights[step.key]
 
     return sort_key
 

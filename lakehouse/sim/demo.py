@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -163,10 +164,14 @@ def demo_tags(stage: str, start: str, end: str) -> dict[str, str]:
 
 def landed_bytes(lake: Lake, graph: AssetGraph) -> Weigh:
     """An asset's weight in the zones run's order of steps: the bytes landed for the sources it is
-    computed from (the landing assets among its ancestors, itself included)."""
+    computed from (the landing assets among its ancestors, itself included). A landing asset weighs more
+    than any other: what it lands is unknown before it runs and weighs every step after it, and collecting
+    only copies bytes, so the collectors run first."""
 
     def weigh(key: dg.AssetKey) -> float:
-        sources = [k.path[-1] for k in graph.get_ancestor_asset_keys(key, include_self=True) if k.path[0] == "landing"]
+        if key.path[0] == "landing":
+            return math.inf
+        sources = [k.path[-1] for k in graph.get_ancestor_asset_keys(key) if k.path[0] == "landing"]
         return float(sum(size for source in sources for _, size in lake.storage.list(lake.uri("landing", source))))
 
     return weigh
