@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import pyarrow as pa
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
@@ -214,11 +215,13 @@ def test_a_transform_of_months_must_give_each_row_its_month(spark, tmp_path):
     )
 
     def monthless(inputs, months, options):
-        return inputs["meter_readings"]
+        return inputs["meter_readings"].drop("month")  # even a batch of one month needs it
 
-    frames = {"meter_readings": spark.createDataFrame([("M1", 1.0)], "meter_id string, kwh double")}
+    lake = Lake(tmp_path)
+    lake.overwrite_month("trusted", "meter_readings", pa.table({"meter_id": ["M1"], "kwh": [1.0]}), MONTHS[0])
     with pytest.raises(ValueError, match="must give each row its 'month' column"):
-        _ViewMonths(Lake(tmp_path), spark, view, monthless)._result(frames, MONTHS)
+        _ViewMonths(lake, spark, view, monthless).plan(MONTHS[:1])
+    assert not lake.exists("exploitation", "v")
     assert months_together(view, daily_of_months) and not months_together(view, daily_of_month)
     latest = view.model_copy(update={"inputs": [view.inputs[0].model_copy(update={"months": "latest"})]})
     assert not months_together(latest, daily_of_months)  # each month would read another snapshot
