@@ -25,9 +25,10 @@ def _days(month: str) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((nxt - start).days)]
 
 
-def write_fixture_lake(lake: Lake) -> None:
-    """Trusted tables for two months: meters M1 (Seattle) and M2 (Tacoma), M9 unknown to the registry."""
-    for month in MONTHS:
+def write_fixture_lake(lake: Lake, months: list[str] = MONTHS) -> None:
+    """Trusted tables for ``months`` (two by default): meters M1 (Seattle) and M2 (Tacoma), M9 unknown to the
+    registry."""
+    for month in months:
         days = _days(month)
         ts, meters, values = [], [], []
         for meter, base in (("M1", 1.0), ("M2", 2.0), ("M9", 0.5)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -93,49 +93,72 @@ class Stager:
 
 
 def stage_frame(df, storage: Storage, table_uri: str, month: str) -> tuple[list[dict], pa.Schema]:
-    """The rows of ``df`` (one month, with or without its ``month`` column) written by Spark's tasks as
-    Parquet files into ``table_uri/month=<month>/``: (the staged files, the table's Arrow schema with the
-    partition column), for :meth:`lakehouse.io.lake.Lake.commit_month`. One Spark job; only the files'
-    paths and statistics come back to the driver, and nothing is committed."""
+    """The rows of ``df`` (one month, with or without its ``month`` column) staged under
+    ``table_uri/month=<month>/``: :func:`stage_months` of that one month (its files, the table's schema)."""
+    staged, schema = stage_months(df, storage, table_uri, [month])
+    return staged[month], schema
+
+
+def stage_months(df, storage: Storage, table_uri: str, months: Sequence[str]) -> tuple[dict[str, list[dict]], pa.Schema]:
+    """The rows of ``df`` written by Spark's tasks as Parquet files, each row under its month's folder
+    ``table_uri/month=<month>/`` (the ``month`` column, which one month's rows may leave out): (each month's
+    staged files, the table's Arrow schema with the partition column), for
+    :meth:`lakehouse.io.lake.Lake.commit_month` month by month. One Spark job; only the files' paths and
+    statistics come back to the driver, and nothing is committed. A row of a month outside ``months``, or
+    without a month, fails the job."""
     from pyspark.sql import functions as F
 
     from lakehouse.io.lake import PARTITION_COLUMN
 
+    months = list(months)
     if PARTITION_COLUMN not in df.columns:
-        df = df.withColumn(PARTITION_COLUMN, F.lit(month))
+        if len(months) != 1:
+            raise ValueError(f"{table_uri}: rows of months {months} need their {PARTITION_COLUMN!r} column")
+        df = df.withColumn(PARTITION_COLUMN, F.lit(months[0]))
+    what = f"month {months[0]}" if len(months) == 1 else f"months {', '.join(months)}"
 
-    def rows(table: pa.Table) -> pa.Table:
-        other = pc.filter(table[PARTITION_COLUMN], pc.not_equal(table[PARTITION_COLUMN], month)).unique().to_pylist()
-        if other or table[PARTITION_COLUMN].null_count:
+    def rows(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+        column = table[PARTITION_COLUMN]
+        other = pc.filter(column, pc.invert(pc.is_in(column, value_set=pa.array(months, column.type)))).unique().to_pylist()
+        if other or column.null_count:
             # the task fails, the job with it: nothing is committed (files staged so far are not in the log)
-            raise ValueError(f"{table_uri}: rows for months {sorted(map(str, other))} in a write of month {month}")
-        return table.drop_columns([PARTITION_COLUMN])
+            found = sorted(map(str, (m for m in other if m is not None))) + (["null"] if column.null_count else [])
+            raise ValueError(f"{table_uri}: rows for months {found} in a write of {what}")
+        for month in pc.unique(column).to_pylist():
+            yield month_folder(month), table.filter(pc.equal(column, month)).drop_columns([PARTITION_COLUMN])
 
-    staged, schema, _ = _stage(df, storage, table_uri, month_folder(month), rows)
-    return staged, schema
+    staged, schema, _ = _stage(df, storage, table_uri, rows)
+    return {m: [f for f in staged if f["path"].startswith(month_folder(m) + "/")] for m in months}, schema
 
 
 def stage_table(
     df, storage: Storage, table_uri: str, *, marks: Sequence[str] = ()
 ) -> tuple[list[dict], pa.Schema, dict[str, int]]:
     """The rows of ``df`` written by Spark's tasks as Parquet files into ``table_uri/`` (an unpartitioned
-    table, such as a merge view), as :func:`stage_frame`: (the staged files, the table's Arrow schema, the
+    table, such as a merge view), as :func:`stage_months`: (the staged files, the table's Arrow schema, the
     rows whose boolean ``marks`` columns are true, per column). The ``marks`` are counted by the tasks and
     not written."""
     from lakehouse.io.lake import normalized_schema
 
-    def rows(table: pa.Table) -> pa.Table:
-        return table.drop_columns(list(marks))
+    def rows(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+        yield "", table.drop_columns(list(marks))
 
-    staged, schema, counts = _stage(df, storage, table_uri, "", rows, marks=marks)
+    staged, schema, counts = _stage(df, storage, table_uri, rows, marks=marks)
     return staged, normalized_schema(pa.schema([f for f in schema if f.name not in marks])), counts
 
 
 def _stage(
-    df, storage: Storage, table_uri: str, partition: str, rows, *, marks: Sequence[str] = ()
+    df,
+    storage: Storage,
+    table_uri: str,
+    rows: Callable[[pa.Table], Iterator[tuple[str, pa.Table]]],
+    *,
+    marks: Sequence[str] = (),
 ) -> tuple[list[dict], pa.Schema, dict[str, int]]:
-    """One Spark job whose tasks pass each batch of ``df`` through ``rows`` and stage it under ``partition``,
-    and count the true values of each of ``marks``: (the staged files, ``df``'s Arrow schema, the counts)."""
+    """One Spark job whose tasks pass each batch of ``df`` through ``rows`` (the batch's rows per partition
+    folder, ``""`` for an unpartitioned table), stage each partition's rows under its folder (a
+    :class:`Stager` each), and count the true values of each of ``marks``: (the staged files, ``df``'s
+    Arrow schema, the counts). A task holds at most about ``FLUSH_ROWS`` rows over all its partitions."""
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
     from lakehouse.io.lake import normalized_schema
@@ -143,16 +166,27 @@ def _stage(
     schema = normalized_schema(to_arrow_schema(df.schema, timezone="UTC"))
 
     def work(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        stager = Stager(storage, table_uri, partition)
+        stagers: dict[str, Stager] = {}
         counts = dict.fromkeys(marks, 0)
+
+        def written(files: list[dict]) -> Iterator[pa.RecordBatch]:
+            for staged in files:
+                yield pa.RecordBatch.from_pylist([{"kind": "staged", **staged}], schema=OUT_SCHEMA)
+
         for batch in batches:
             table = pa.Table.from_batches([batch])
             for m in marks:
                 counts[m] += int(pc.sum(table[m].cast(pa.int64())).as_py() or 0)
-            for staged in stager.add(rows(table)):
-                yield pa.RecordBatch.from_pylist([{"kind": "staged", **staged}], schema=OUT_SCHEMA)
-        for staged in stager.flush():
-            yield pa.RecordBatch.from_pylist([{"kind": "staged", **staged}], schema=OUT_SCHEMA)
+            for partition, part in rows(table):
+                if partition not in stagers:
+                    stagers[partition] = Stager(storage, table_uri, partition)
+                yield from written(stagers[partition].add(part))
+            if sum(s.rows for s in stagers.values()) >= FLUSH_ROWS:
+                # rows of many partitions interleaved: the task still holds about one file's rows at most
+                for each in stagers.values():
+                    yield from written(each.flush())
+        for each in stagers.values():
+            yield from written(each.flush())
         if marks:
             found = [{"kind": f"mark:{m}", "path": None, "size": None, "stats": None, "rows": n} for m, n in counts.items()]
             yield pa.RecordBatch.from_pylist(found, schema=OUT_SCHEMA)

@@ -918,7 +918,8 @@ class ViewWriteSpec(Spec):
 
 class ViewSpec(Spec):
     """An exploitation view: Spark SQL over its inputs (registered as temp views under their alias),
-    or a named Python transform ``module:function`` taking ``(inputs: dict[str, DataFrame], month, options)``.
+    or a named Python transform ``module:function`` taking ``(inputs: dict[str, DataFrame], month, options)``
+    or, to compute a batch of months in one plan, ``(inputs, months, options)`` (docs/ml.md, "View transforms").
 
     ``columns``, when declared, are the view's contract: the result is reduced to them in this order and
     cast to their types (a missing column fails the month), and they give the asset its column schema and

@@ -1,7 +1,9 @@
-"""Transforms of exploitation views declared in ``lakehouse/defs/views/`` (pure Spark, one month at a time).
+"""Transforms of exploitation views declared in ``lakehouse/defs/views/`` (pure Spark).
 
-Each function has the view-transform signature ``(inputs: dict[str, DataFrame], month, options)`` and
-returns the view's rows for ``month``; the factory conforms them to the declared columns and writes them.
+A view transform is ``(inputs: dict[str, DataFrame], months: list[str], options)``: the rows of a batch of
+months in one Spark plan, each row with its ``month`` column (its inputs hold the union of those months);
+or ``(inputs, month: str, options)``: one month's rows. The factory conforms them to the declared columns
+and writes and commits each month on its own (docs/ml.md, "View transforms").
 """
 
 from __future__ import annotations
@@ -65,9 +67,10 @@ def daily_meter_profile(readings: DataFrame, prefix: str = "") -> DataFrame:
     return day.select("meter_id", "date", *(F.col(c).alias(prefix + c) for c in day.columns if c not in ("meter_id", "date")))
 
 
-def consumption_daily(inputs: dict[str, DataFrame], month: str, options: dict[str, Any]) -> DataFrame:
+def consumption_daily(inputs: dict[str, DataFrame], months: list[str], options: dict[str, Any]) -> DataFrame:
     """Per meter and day: consumption (trusted readings), that day's weather at the station observing the
-    building's city, the building's features (golden customer) and the calendar.
+    building's city, the building's features (golden customer) and the calendar, for each of ``months``
+    (a day's figures read that day's rows only, so a batch of months gives each month's rows alone).
 
     Inputs (aliases): ``readings`` (trusted/meter_readings), ``weather`` (trusted/weather), ``calendar``
     (trusted/calendar), ``customers`` (exploitation/golden_customers), and optionally ``raw``
@@ -111,4 +114,4 @@ def consumption_daily(inputs: dict[str, DataFrame], month: str, options: dict[st
         .join(weather, ["station", "date"], "left")
         .join(calendar, "date", "left")
     )
-    return out.withColumn("month", F.date_format("date", "yyyy-MM")).where(F.col("month") == month)
+    return out.withColumn("month", F.date_format("date", "yyyy-MM")).where(F.col("month").isin(list(months)))
