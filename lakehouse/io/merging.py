@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakehouse.io.staging import OUT_SCHEMA, Stager
+from lakehouse.io.staging import FLUSH_ROWS, OUT_SCHEMA, Stager
 from lakehouse.io.storage import Storage
 
 if TYPE_CHECKING:
@@ -144,12 +144,13 @@ def _each(indices: Column) -> Column:
 
 
 def stage_states(
-    df: DataFrame, storage: Storage, table_uri: str
+    df: DataFrame, storage: Storage, table_uri: str, *, rows: int = FLUSH_ROWS
 ) -> tuple[dict[int, list[dict]], pa.Schema, dict[int, dict[str, int]]]:
     """The rows of :func:`states` written by Spark's tasks as Parquet files into ``table_uri/`` (an
-    unpartitioned table), each state's files of their own (one :class:`lakehouse.io.staging.Stager` per state
-    and task): (each state's staged files, the Arrow schema of the table's columns, each state's sums of the
-    marks). One Spark job; only the files' paths and statistics come back, and nothing is committed."""
+    unpartitioned table), each state's files of their own (one :class:`lakehouse.io.staging.Stager` per
+    state and task, together holding about ``rows`` rows at most): (each state's staged files, the Arrow
+    schema of the table's columns, each state's sums of the marks). One Spark job; only the files' paths
+    and statistics come back, and nothing is committed."""
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
     from lakehouse.io.lake import normalized_schema
@@ -168,11 +169,14 @@ def stage_states(
         for batch in batches:
             table = pa.Table.from_batches([batch])
             for state in pc.unique(table[STATE]).to_pylist():
-                rows = table.filter(pc.equal(table[STATE], state))
+                part = table.filter(pc.equal(table[STATE], state))
                 for mark in (NEW, REPEATED):
-                    counts[mark, state] = counts.get((mark, state), 0) + int(pc.sum(rows[mark]).as_py() or 0)
-                stager = stagers.setdefault(state, Stager(storage, table_uri, ""))
-                yield from files(state, stager.add(rows.drop_columns(dropped)))
+                    counts[mark, state] = counts.get((mark, state), 0) + int(pc.sum(part[mark]).as_py() or 0)
+                stager = stagers.setdefault(state, Stager(storage, table_uri, "", rows=rows))
+                yield from files(state, stager.add(part.drop_columns(dropped)))
+            if sum(s.rows for s in stagers.values()) >= rows:
+                for state, stager in stagers.items():
+                    yield from files(state, stager.flush())
         for state, stager in stagers.items():
             yield from files(state, stager.flush())
         found = [{"kind": f"mark:{m}:{s}", "path": None, "size": None, "stats": None, "rows": n} for (m, s), n in counts.items()]
