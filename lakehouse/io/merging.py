@@ -68,7 +68,8 @@ def states(
     parts = ([tagged(stored, 0)] if stored is not None else []) + [tagged(f, i) for i, f in sorted(new.items())]
     rows = reduce(lambda a, b: a.unionAll(b), parts)
     keys = [names[k] for k in on]
-    by_pos = F.array_sort(  # ties only in a month that repeats a key, which is never committed
+    # ties: rows of one month repeating a key (never committed) or with a null key (each taken alone)
+    by_pos = F.array_sort(
         F.collect_list(F.struct(_POS, *names.values())),
         lambda a, b: F.when(a[_POS] < b[_POS], -1).when(a[_POS] > b[_POS], 1).otherwise(0),
     )
