@@ -428,73 +428,153 @@ class Lake:
         keep_first: Sequence[str] = (),
     ) -> tuple[int, int]:
         """Upsert ``data`` into the unpartitioned ``zone/table`` on the ``on`` columns: (rows of ``data``,
-        the new version).
+        the new version). A merge of one month (:meth:`merge_months`).
 
         New keys are inserted; a matched row is updated from ``data`` — only when its ``newer`` column is
         not older than the stored one (if ``newer`` is given), otherwise only its ``keep_first`` columns
         move. ``keep_first`` columns always keep the smaller of the stored and the new value (see
-        :mod:`lakehouse.io.merging`). The first call creates the table. Executors write, the driver
-        commits: Spark joins the stored snapshot with ``data``, its tasks stage the table's next state,
-        and the driver replaces the table with it in one transaction (only file lists and counts come
-        back). ``data`` repeating a key is an error, found by the same tasks; nothing is committed then.
+        :mod:`lakehouse.io.merging`). The first call creates the table. ``data`` repeating a key is an
+        error, found by the staging tasks; nothing is committed then.
         """
-        from lakehouse.io import merging
+        [got] = self.merge_months(spark, zone, table, [data], on=on, newer=newer, keep_first=keep_first)
+        if isinstance(got, BaseException):
+            raise got
+        return got
 
+    def merge_months(
+        self,
+        spark: SparkSession,
+        zone: str,
+        table: str,
+        months: Sequence[DataFrame | BaseException],
+        *,
+        on: Sequence[str],
+        newer: str | None = None,
+        keep_first: Sequence[str] = (),
+    ) -> list[tuple[int, int] | BaseException]:
+        """Upsert the rows of each of ``months`` (consecutive months, in order; an exception stands for a month
+        whose rows could not be computed) into ``zone/table`` as :meth:`merge` does, one after the other: per
+        month, (its rows, the version of its commit) or why it failed.
+
+        Executors write, the driver commits: one Spark plan folds the months into the stored snapshot
+        (:func:`lakehouse.io.merging.states`: the table's state after each month), its tasks stage every
+        state's files in one job, and the driver replaces the table with each state in turn, one commit per
+        month (only file lists and counts come back). A month that fails (its rows repeat a key, its columns
+        differ from the table's) fails alone: the others are folded without it, as when merged one by one.
+        When a commit fails or loses a race with another writer, no later state (built on it) is committed:
+        the months after it are merged one at a time from the table as it then is.
+        """
         what = f"{zone}/{table}"
         if not on:
             raise ValueError(f"{what}: merge needs key columns")
-        missing = [c for c in [*on, *([newer] if newer else []), *keep_first] if c not in data.columns]
-        if missing:
-            raise ValueError(f"{what}: merge columns {missing} are not in the data {data.columns}")
-        new = merging.marked(data, on)
-        rows: list[int] = []
+        rule = (list(on), newer, list(keep_first))
+        out: dict[int, tuple[int, int] | BaseException] = {}
+        todo: dict[int, DataFrame] = {}
+        for i, data in enumerate(months):
+            if isinstance(data, BaseException):
+                out[i] = data
+            elif missing := [c for c in [*on, *([newer] if newer else []), *keep_first] if c not in data.columns]:
+                out[i] = ValueError(f"{what}: merge columns {missing} are not in the data {data.columns}")
+            else:
+                todo[i] = data
+        if len(todo) > 1:
+            try:
+                with _table_lock(self._uri(zone, table)):
+                    self._fold(spark, zone, table, todo, rule, out, alone=False)
+            except Exception:  # noqa: BLE001 - nothing of the months left was committed: each is merged alone below
+                pass
+        for i, data in todo.items():
+            if i in out:
+                continue
 
-        def write() -> None:
-            rows.clear()
-            if not self.exists(zone, table):
-                staged, schema = self._stage_merge(zone, table, new, list(on), rows)
-                self._create(zone, table, staged, schema)
-                return
-            # the snapshot read is the one committed against (the thread's open table moves on with other writes)
-            dt = self.delta(zone, table, self.delta(zone, table).version())
-            stored = self.read_spark(spark, zone, table, version=dt.version())
-            if sorted(stored.columns) != sorted(data.columns):
-                raise ValueError(f"{what}: the rows to merge have columns {data.columns} but the table has {stored.columns}")
-            nxt = merging.merged(stored, new, on=on, newer=newer, keep_first=keep_first)
-            staged, schema = self._stage_merge(zone, table, nxt, list(on), rows)
-            current = pa.schema(dt.schema().to_arrow())
-            if [(f.name, f.type) for f in current] != [(f.name, f.type) for f in schema]:
-                raise ValueError(
-                    f"{what}: the merged rows have columns {schema} but the table has {current}; nothing was committed"
-                )
-            dt.create_write_transaction(
-                self._adds(staged, None),
-                mode="overwrite",
-                schema=current,
-                # every merge of the table names the same application: two merges from the same snapshot
-                # conflict even when it holds no file to remove
-                commit_properties=CommitProperties(app_transactions=[Transaction(f"lakehouse.merge:{what}", dt.version() + 1)]),
-            )
+            def alone(i: int = i, data: DataFrame = data) -> None:
+                self._fold(spark, zone, table, {i: data}, rule, out, alone=True)
+                if isinstance(failed := out[i], BaseException):
+                    raise failed
 
-        version = self._commit(zone, table, write)
-        return rows[0], version
+            try:
+                self._commit(zone, table, alone)
+            except Exception as exc:  # noqa: BLE001 - reported per month
+                out[i] = exc
+        return [out[i] for i in range(len(months))]
 
-    def _stage_merge(
-        self, zone: str, table: str, frame: DataFrame, on: list[str], rows: list[int]
-    ) -> tuple[list[dict], pa.Schema]:
-        """``frame`` (with :mod:`lakehouse.io.merging`'s marks) staged by Spark's tasks into the folder of
-        ``zone/table``; the new rows' count appended to ``rows``."""
+    def _fold(
+        self,
+        spark: SparkSession,
+        zone: str,
+        table: str,
+        months: dict[int, DataFrame],
+        rule: tuple[list[str], str | None, list[str]],
+        out: dict[int, tuple[int, int] | BaseException],
+        *,
+        alone: bool,
+    ) -> None:
+        """``months`` folded into the table's newest snapshot in one plan, staged by one job and committed
+        in order; each settled month into ``out``. A commit that fails ends the fold: raised ``alone`` (a
+        lost race is then run again by :meth:`_commit`), else the month failed (left unsettled after a lost
+        race) and the months after it are left unsettled too."""
         from lakehouse.io import merging
-        from lakehouse.io.staging import stage_table
 
         what = f"{zone}/{table}"
-        staged, schema, counts = stage_table(frame, self.storage, self._uri(zone, table), marks=(merging.NEW, merging.REPEATED))
-        if counts[merging.REPEATED]:
-            raise ValueError(
-                f"{what}: the rows to merge repeat a key of {on} ({counts[merging.REPEATED]} rows); nothing was committed"
-            )
-        rows.append(counts[merging.NEW])
-        return staged, schema
+        on, newer, keep_first = rule
+        base = self.delta(zone, table).version() if self.exists(zone, table) else None
+        # the snapshot read is the one committed against (the thread's open table moves on with other writes)
+        stored = None if base is None else self.read_spark(spark, zone, table, version=base)
+        columns = (stored if stored is not None else months[min(months)]).columns
+        todo = {}
+        for i, data in months.items():
+            if sorted(data.columns) != sorted(columns):
+                out[i] = ValueError(f"{what}: the rows to merge have columns {data.columns} but the table has {columns}")
+            else:
+                todo[i] = data
+        while todo:
+            # a month whose rows repeat a key fails: the fold is computed again without it
+            frame = merging.states(stored, dict(enumerate(todo.values(), start=1)), on=on, newer=newer, keep_first=keep_first)
+            found, schema, counts = merging.stage_states(frame, self.storage, self._uri(zone, table))
+            marks = {i: counts.get(n, {merging.NEW: 0, merging.REPEATED: 0}) for n, i in enumerate(todo, start=1)}
+            staged = {i: found.get(n, []) for n, i in enumerate(todo, start=1)}
+            repeated = [i for i, m in marks.items() if m[merging.REPEATED]]
+            for i in repeated:
+                out[i] = ValueError(
+                    f"{what}: the rows to merge repeat a key of {on} ({marks[i][merging.REPEATED]} rows); nothing was committed"
+                )
+                del todo[i]
+            if not repeated:
+                break
+        for i in todo:
+            try:
+                version = self._commit_state(zone, table, base, staged[i], schema)
+            except Exception as exc:
+                if alone:
+                    raise
+                if not _lost_race(exc):
+                    out[i] = _delta_error(exc, what, self.storage) or exc
+                return
+            out[i] = (marks[i][merging.NEW], version)
+            if version != (0 if base is None else base + 1):
+                return  # another writer committed around this commit: the months after it start from the table as it is
+            base = version
+
+    def _commit_state(self, zone: str, table: str, base: int | None, staged: Sequence[dict], schema: pa.Schema) -> int:
+        """Replace ``zone/table`` at version ``base`` (None: create it) with the staged files; the table's
+        version after the commit."""
+        what = f"{zone}/{table}"
+        if base is None:
+            self._create(zone, table, staged, schema)
+            return self.delta(zone, table).version()
+        dt = self.delta(zone, table, base)
+        current = pa.schema(dt.schema().to_arrow())
+        if [(f.name, f.type) for f in current] != [(f.name, f.type) for f in schema]:
+            raise ValueError(f"{what}: the merged rows have columns {schema} but the table has {current}; nothing was committed")
+        dt.create_write_transaction(
+            self._adds(staged, None),
+            mode="overwrite",
+            schema=current,
+            # every merge of the table names the same application: two merges from the same snapshot
+            # conflict even when it holds no file to remove
+            commit_properties=CommitProperties(app_transactions=[Transaction(f"lakehouse.merge:{what}", base + 1)]),
+        )
+        return self.delta(zone, table).version()
 
     def _adds(self, staged: Sequence[dict], month: str | None):
         from deltalake.transaction import AddAction

@@ -117,7 +117,7 @@ def stage_months(df, storage: Storage, table_uri: str, months: Sequence[str]) ->
         df = df.withColumn(PARTITION_COLUMN, F.lit(months[0]))
     what = f"month {months[0]}" if len(months) == 1 else f"months {', '.join(months)}"
 
-    def rows(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    def split(table: pa.Table) -> Iterator[tuple[str, str, pa.Table]]:
         column = table[PARTITION_COLUMN]
         other = pc.filter(column, pc.invert(pc.is_in(column, value_set=pa.array(months, column.type)))).unique().to_pylist()
         if other or column.null_count:
@@ -125,40 +125,26 @@ def stage_months(df, storage: Storage, table_uri: str, months: Sequence[str]) ->
             found = sorted(map(str, (m for m in other if m is not None))) + (["null"] if column.null_count else [])
             raise ValueError(f"{table_uri}: rows for months {found} in a write of {what}")
         for month in pc.unique(column).to_pylist():
-            yield month_folder(month), table.filter(pc.equal(column, month)).drop_columns([PARTITION_COLUMN])
+            yield month, month_folder(month), table.filter(pc.equal(column, month)).drop_columns([PARTITION_COLUMN])
 
-    staged, schema, _ = _stage(df, storage, table_uri, rows)
-    return {m: [f for f in staged if f["path"].startswith(month_folder(m) + "/")] for m in months}, schema
-
-
-def stage_table(
-    df, storage: Storage, table_uri: str, *, marks: Sequence[str] = ()
-) -> tuple[list[dict], pa.Schema, dict[str, int]]:
-    """The rows of ``df`` written by Spark's tasks as Parquet files into ``table_uri/`` (an unpartitioned
-    table, such as a merge view), as :func:`stage_months`: (the staged files, the table's Arrow schema, the
-    rows whose boolean ``marks`` columns are true, per column). The ``marks`` are counted by the tasks and
-    not written."""
-    from lakehouse.io.lake import normalized_schema
-
-    def rows(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
-        yield "", table.drop_columns(list(marks))
-
-    staged, schema, counts = _stage(df, storage, table_uri, rows, marks=marks)
-    return staged, normalized_schema(pa.schema([f for f in schema if f.name not in marks])), counts
+    staged, schema, _ = stage_groups(df, storage, table_uri, split)
+    return {m: staged.get(m, []) for m in months}, schema
 
 
-def _stage(
+def stage_groups(
     df,
     storage: Storage,
     table_uri: str,
-    rows: Callable[[pa.Table], Iterator[tuple[str, pa.Table]]],
+    split: Callable[[pa.Table], Iterator[tuple[str, str, pa.Table]]],
     *,
     marks: Sequence[str] = (),
-) -> tuple[list[dict], pa.Schema, dict[str, int]]:
-    """One Spark job whose tasks pass each batch of ``df`` through ``rows`` (the batch's rows per partition
-    folder, ``""`` for an unpartitioned table), stage each partition's rows under its folder (a
-    :class:`Stager` each), and count the true values of each of ``marks``: (the staged files, ``df``'s
-    Arrow schema, the counts). A task holds at most about ``FLUSH_ROWS`` rows over all its partitions."""
+    rows: int = FLUSH_ROWS,
+) -> tuple[dict[str, list[dict]], pa.Schema, dict[str, dict[str, int]]]:
+    """One Spark job whose tasks pass each batch of ``df`` through ``split`` (the batch's rows per group:
+    the group, its folder — ``""`` for the table's root — and its rows), stage each group's rows under its
+    folder (a :class:`Stager` each), and count the true values (or the sum) of each of ``marks`` per group,
+    columns that are not written: (each group's staged files, ``df``'s Arrow schema without the marks, each
+    group's mark counts). A task holds at most about ``rows`` rows over all its groups."""
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
     from lakehouse.io.lake import normalized_schema
@@ -167,33 +153,38 @@ def _stage(
 
     def work(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         stagers: dict[str, Stager] = {}
-        counts = dict.fromkeys(marks, 0)
+        counts: dict[tuple[str, str], int] = {}
 
-        def written(files: list[dict]) -> Iterator[pa.RecordBatch]:
+        def written(group: str, files: list[dict]) -> Iterator[pa.RecordBatch]:
             for staged in files:
-                yield pa.RecordBatch.from_pylist([{"kind": "staged", **staged}], schema=OUT_SCHEMA)
+                yield pa.RecordBatch.from_pylist([{**staged, "kind": f"staged:{group}"}], schema=OUT_SCHEMA)
 
         for batch in batches:
-            table = pa.Table.from_batches([batch])
-            for m in marks:
-                counts[m] += int(pc.sum(table[m].cast(pa.int64())).as_py() or 0)
-            for partition, part in rows(table):
-                if partition not in stagers:
-                    stagers[partition] = Stager(storage, table_uri, partition)
-                yield from written(stagers[partition].add(part))
-            if sum(s.rows for s in stagers.values()) >= FLUSH_ROWS:
-                # rows of many partitions interleaved: the task still holds about one file's rows at most
-                for each in stagers.values():
-                    yield from written(each.flush())
-        for each in stagers.values():
-            yield from written(each.flush())
-        if marks:
-            found = [{"kind": f"mark:{m}", "path": None, "size": None, "stats": None, "rows": n} for m, n in counts.items()]
+            for group, folder, part in split(pa.Table.from_batches([batch])):
+                for m in marks:
+                    counts[group, m] = counts.get((group, m), 0) + int(pc.sum(part[m].cast(pa.int64())).as_py() or 0)
+                stager = stagers.setdefault(group, Stager(storage, table_uri, folder, rows=rows))
+                yield from written(group, stager.add(part.drop_columns(list(marks))))
+            if sum(s.rows for s in stagers.values()) >= rows:
+                # rows of many groups interleaved: the task still holds about one file's rows at most
+                for group, each in stagers.items():
+                    yield from written(group, each.flush())
+        for group, each in stagers.items():
+            yield from written(group, each.flush())
+        found = [{"kind": f"mark:{m}:{g}", "path": None, "size": None, "stats": None, "rows": n} for (g, m), n in counts.items()]
+        if found:
             yield pa.RecordBatch.from_pylist(found, schema=OUT_SCHEMA)
 
-    found = df.mapInArrow(work, from_arrow_schema(OUT_SCHEMA)).toArrow().to_pylist()
-    counts = {m: sum(r["rows"] for r in found if r["kind"] == f"mark:{m}") for m in marks}
-    return [r for r in found if r["kind"] == "staged"], schema, counts
+    staged: dict[str, list[dict]] = {}
+    counted: dict[str, dict[str, int]] = {}
+    for r in df.mapInArrow(work, from_arrow_schema(OUT_SCHEMA)).toArrow().to_pylist():
+        kind, _, rest = r["kind"].partition(":")
+        if kind == "staged":
+            staged.setdefault(rest, []).append({k: r[k] for k in ("path", "size", "stats", "rows")})
+        else:
+            mark, _, group = rest.partition(":")
+            counted.setdefault(group, dict.fromkeys(marks, 0))[mark] += r["rows"]
+    return staged, normalized_schema(pa.schema([f for f in schema if f.name not in marks])), counted
 
 
 #: a task's row per file: ``kind`` (``staged``; the formatted zone's ``rejected``: a quarantine file; the fast
