@@ -38,6 +38,10 @@ class ToyConfig(dg.Config):
     per_plan: int = 1
     #: a batch holding one of these months fails as a whole (each month is then computed alone)
     bad_plans: list[str] = []
+    #: this month's inputs change while a batch holding it is computed (a concurrent run committed them)
+    stale_month: str = ""
+    #: each month builds on the one before (``run_months(ordered=True)``, as a merge view)
+    ordered: bool = False
 
 
 @dg.asset(key=["formatted", "toy"], partitions_def=TOY_MONTHS, backfill_policy=dg.BackfillPolicy.single_run())
@@ -54,6 +58,8 @@ def toy(context: dg.AssetExecutionContext, config: ToyConfig, lake: LakeResource
         PLANS.append(list(months))
         if len(months) > 1 and set(months) & set(config.bad_plans):
             raise RuntimeError("the batch's Spark job failed")
+        if len(months) > 1 and config.stale_month in months:
+            INPUTS[config.stale_month] = INPUTS.get(config.stale_month, 0) + 1
         out: dict = {}
         for month in months:
             try:
@@ -63,7 +69,16 @@ def toy(context: dg.AssetExecutionContext, config: ToyConfig, lake: LakeResource
         return out
 
     if config.per_plan > 1:
-        done = run_months(context, None, "formatted/toy", workers=config.workers, plan=plan, months_per_plan=config.per_plan)
+        done = run_months(
+            context,
+            None,
+            "formatted/toy",
+            workers=config.workers,
+            plan=plan,
+            months_per_plan=config.per_plan,
+            inputs=lambda month: INPUTS.get(month, 0),
+            ordered=config.ordered,
+        )
     else:
         done = run_months(context, step, "formatted/toy", workers=config.workers)
     yield from report(context, done)
@@ -71,6 +86,8 @@ def toy(context: dg.AssetExecutionContext, config: ToyConfig, lake: LakeResource
 
 #: the batches of months ``toy``'s plan was called with
 PLANS: list[list[str]] = []
+#: a version of each month's inputs (``toy``'s ``inputs``), bumped when they change
+INPUTS: dict[str, int] = {}
 
 
 def by_month(lake: Lake, zone: str, table: str) -> dict[str, list]:
@@ -303,3 +320,24 @@ def test_parallel_months_write_what_one_month_at_a_time_writes(spark, tmp_path, 
     assert plans[1] == [] and plans[3] == [("calendar", MONTHS[:2])]
     # and with workers the months did overlap: the third began cleaning before the second read its history
     assert events.index(("cleaning", MONTHS[2])) < events.index(("history", MONTHS[1])), events
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_a_month_whose_inputs_changed_during_its_plan_is_computed_again_and_so_are_the_months_built_on_it(tmp_path, ordered):
+    """A month of a batch whose inputs changed while the plan ran is computed again alone; when each month
+    builds on the one before (a merge view), every later month of the batch is computed again after it."""
+    lake = Lake(tmp_path / "lake")
+    PLANS.clear()
+    INPUTS.clear()
+    with dg.instance_for_test() as instance:
+        run = dg.materialize(
+            [toy],
+            resources={"lake": LakeResource(root=str(lake.root))},
+            instance=instance,
+            tags=RANGE,
+            run_config={"ops": {"formatted__toy": {"config": {"per_plan": 3, "stale_month": "2012-02", "ordered": ordered}}}},
+        )
+        assert run.success
+        again = [["2012-02"], ["2012-03"]] if ordered else [["2012-02"]]
+        assert PLANS == [MONTHS, *again]
+        assert materialized(instance, run, dg.AssetKey(["formatted", "toy"])) == MONTHS

@@ -204,8 +204,10 @@ class _MonthRunner:
         inputs: Callable[[str], Any] | None,
         plan: Callable[[list[str]], PlanResults] | None,
         total: int,
+        ordered: bool = False,
     ) -> None:
         self.context, self.what, self.step, self.inputs, self.plan, self.total = context, what, step, inputs, plan, total
+        self.ordered = ordered
         self.results: dict[str, dict[str, Any]] = {}
         self.failures: dict[str, BaseException] = {}
         self.started = time.monotonic()
@@ -239,7 +241,8 @@ class _MonthRunner:
 
     def batch(self, chunk: list[str]) -> None:
         """``chunk`` in one plan (each month alone without a plan, or when the plan fails as a whole); a
-        month whose inputs changed meanwhile is computed again alone."""
+        month whose inputs changed meanwhile is computed again alone, and when each month builds on the one
+        before (``ordered``), so is every later month of the chunk, after it."""
         if self.plan is None or len(chunk) == 1:
             for month in chunk:
                 self.one(month)
@@ -257,16 +260,22 @@ class _MonthRunner:
                 self.one(month)
             return
         each = (time.monotonic() - t0) / len(chunk)
+        again: str | None = None  # the month computed again that the later months of an ordered chunk build on
         for month in chunk:
             got = out.get(
                 month, RuntimeError(f"{self.what} {month}: the plan of {chunk[0]}..{chunk[-1]} returned nothing for it")
             )
+            if again is not None:
+                self.context.log.warning(f"{self.what} {month}: computed again after {again}, which it builds on")
+                self.one(month)
+                continue
             if self.inputs and not isinstance(got, BaseException) and self.inputs(month) != before[month]:
                 self.context.log.warning(
                     f"{self.what} {month}: its inputs changed while it was computed (a concurrent run landed or"
                     " committed newer data); computing the month again from the new inputs"
                 )
                 self.one(month)
+                again = month if self.ordered else None
                 continue
             self.record(month, got, each)
 
@@ -285,6 +294,7 @@ def run_months(
     inputs: Callable[[str], Any] | None = None,
     plan: Callable[[list[str]], PlanResults] | None = None,
     months_per_plan: int = 1,
+    ordered: bool = False,
 ) -> Months:
     """Run ``step`` for each month of the run, each committing on its own.
 
@@ -299,6 +309,8 @@ def run_months(
     concurrent run landed or committed newer inputs meanwhile and this commit may hold superseded data, so
     the month is computed again from the new inputs (up to :data:`STALE_ATTEMPTS` times, then it fails with
     :class:`StaleInputsError`). Whichever run commits last has read the newest inputs: the newest data wins.
+    ``ordered``: each month of a plan builds on the one before (a merge view folds them into one table), so
+    the months of the plan after one computed again are computed again too, after it.
 
     A month that fails does not stop the others; :func:`report` then reports the committed months (one
     materialization each, with that month's own figures) and fails the step naming every failed month.
@@ -328,7 +340,7 @@ def run_months(
     for month, why in held.items():
         context.log.error(f"{what} {month}: {why}; the month is not processed")
     months = [m for m in all_months if m not in held]
-    runner = _MonthRunner(context, what, step, inputs, plan, len(months))
+    runner = _MonthRunner(context, what, step, inputs, plan, len(months), ordered)
     size = max(1, months_per_plan) if plan is not None else 1
     chunks = [months[i : i + size] for i in range(0, len(months), size)]
     if chunks:
