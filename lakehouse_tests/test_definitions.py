@@ -86,6 +86,7 @@ PRIVATE_DAGSTER_ALLOWED = {
         "dagster._core.execution.plan.execute_plan",
         "dagster._core.execution.plan.instance_concurrency_context",
         "dagster._core.execution.plan.plan",
+        "dagster._core.execution.plan.step",
         "dagster._core.execution.retries",
     },
 }

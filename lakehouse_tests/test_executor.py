@@ -119,8 +119,8 @@ def test_an_asset_weighs_the_bytes_landed_for_its_sources(tmp_path):
             path = tmp_path / "lake" / "landing" / source / "2015-01" / f"f{i}.csv"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"x" * size)
-    graph = dg.Definitions(assets=[landing_big, landing_small, trusted_big, view]).resolve_asset_graph()
-    weigh = landed_bytes(Lake(tmp_path / "lake"), graph)
+    defs = dg.Definitions(assets=[landing_big, landing_small, trusted_big, view])
+    weigh = landed_bytes(Lake(tmp_path / "lake"), defs)
     assert weigh(dg.AssetKey(["trusted", "big"])) == 500
     assert weigh(dg.AssetKey(["exploitation", "view"])) == 507
     # the collectors first: what they land is unknown before they run

@@ -36,8 +36,9 @@ from dagster._core.execution.plan.instance_concurrency_context import InstanceCo
 from dagster._core.execution.plan.plan import ExecutionPlan
 from dagster._core.execution.plan.step import ExecutionStep
 from dagster._core.execution.retries import RetryMode
-from dagster._core.storage.tags import PRIORITY_TAG
 
+#: Dagster's tag for the order of ready steps (higher first), as its own executors read it
+PRIORITY_TAG = "dagster/priority"
 #: how much data an asset is computed from (any unit; larger starts first among ready steps)
 Weigh = Callable[[dg.AssetKey], float]
 

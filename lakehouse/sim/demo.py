@@ -19,7 +19,6 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import dagster as dg
 import psutil
@@ -31,9 +30,6 @@ from lakehouse.io.lake import Lake
 from lakehouse.sim import scores, weather_server
 from lakehouse.sim.customers import CustomerWorld
 from lakehouse.sim.world import MeterWorld, WorldConfig, months_between
-
-if TYPE_CHECKING:
-    from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 
 # the demo prints progress for people; Dagster's notices about beta parameters would bury it
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -162,11 +158,12 @@ def demo_tags(stage: str, start: str, end: str) -> dict[str, str]:
     return {"lakehouse/trigger": "demo", "lakehouse/stage": stage, "lakehouse/months": f"{start}..{end}"}
 
 
-def landed_bytes(lake: Lake, graph: AssetGraph) -> Weigh:
+def landed_bytes(lake: Lake, defs: dg.Definitions) -> Weigh:
     """An asset's weight in the zones run's order of steps: the bytes landed for the sources it is
-    computed from (the landing assets among its ancestors, itself included). A landing asset weighs more
-    than any other: what it lands is unknown before it runs and weighs every step after it, and collecting
-    only copies bytes, so the collectors run first."""
+    computed from (the landing assets among its ancestors in ``defs``). A landing asset weighs more than
+    any other: what it lands is unknown before it runs and weighs every step after it, and collecting only
+    copies bytes, so the collectors run first."""
+    graph = defs.resolve_asset_graph()
 
     def weigh(key: dg.AssetKey) -> float:
         if key.path[0] == "landing":
@@ -191,9 +188,7 @@ def demo_definitions() -> tuple[dg.Definitions, dict[str, int]]:
     ml_assets = [a for a in every if a.partitions_def is None]
     # monthly ML outputs (predictions, flagged meter-days) need the trained models: they run last
     ml_monthly = [a for a in every if a.partitions_def is not None and a.key.path[0] == "ml"]
-    zones_executor = threaded_executor(
-        project.lakehouse.step_workers, landed_bytes(settings.lake(project), defs.resolve_asset_graph())
-    )
+    zones_executor = threaded_executor(project.lakehouse.step_workers, landed_bytes(settings.lake(project), defs))
     jobs = {
         name: dg.define_asset_job(name, selection=[k for a in chosen for k in a.keys], description=text, executor_def=executor)
         for name, chosen, text, executor in (
