@@ -204,6 +204,21 @@ def test_lake_merges_months_in_one_plan_as_one_by_one(spark, tmp_path):
     assert [h["operation"] for h in batch_lake.history("exploitation", "golden")][::-1] == ["CREATE TABLE", "WRITE", "WRITE"]
 
 
+def test_a_table_created_by_a_batch_declares_the_columns_as_the_rows_do(spark, tmp_path):
+    """The fold's output loses NOT NULL; the table it creates keeps what the rows to merge declare."""
+    from pyspark.sql import functions as F
+
+    lake = Lake(tmp_path)
+    months = [
+        _month(spark, m, ["G1", "G2"]).withColumn("golden_id", F.coalesce("golden_id", F.lit("?")))
+        for m in ("2012-01", "2012-02")
+    ]
+    assert [f.nullable for f in months[0].schema.fields if f.name == "golden_id"] == [False]
+    lake.merge_months(spark, "exploitation", "golden", months, **KW)
+    declared = {f.name: f.nullable for f in lake.delta("exploitation", "golden").schema().to_arrow()}
+    assert declared == {f.name: f.nullable for f in months[0].schema.fields}
+
+
 def test_the_driver_collects_no_row_of_a_batch(spark, tmp_path, collected):
     lake = Lake(tmp_path)
     got = lake.merge_months(

@@ -88,6 +88,12 @@ _TABLE_LOCKS: dict[str, threading.Lock] = {}
 _TABLE_LOCKS_GUARD = threading.Lock()
 
 
+def _nullable_as(schema: pa.Schema, frame: DataFrame) -> pa.Schema:
+    """``schema`` with each of its columns nullable as ``frame``'s column of that name is."""
+    nullable = {f.name: f.nullable for f in frame.schema.fields}
+    return pa.schema([f.with_nullable(nullable.get(f.name, True)) for f in schema])
+
+
 def _table_lock(uri: str) -> threading.Lock:
     """This process's lock for commits to the table at ``uri``."""
     with _TABLE_LOCKS_GUARD:
@@ -531,6 +537,9 @@ class Lake:
             # a month whose rows repeat a key fails: the fold is computed again without it
             frame = merging.states(stored, dict(enumerate(todo.values(), start=1)), on=on, newer=newer, keep_first=keep_first)
             found, schema, counts = merging.stage_states(frame, self.storage, self._uri(zone, table))
+            # a table the fold creates declares its columns as the rows to merge do (the fold's own output
+            # loses their NOT NULL)
+            schema = _nullable_as(schema, months[min(months)])
             marks = {i: counts.get(n, {merging.NEW: 0, merging.REPEATED: 0}) for n, i in enumerate(todo, start=1)}
             staged = {i: found.get(n, []) for n, i in enumerate(todo, start=1)}
             repeated = [i for i, m in marks.items() if m[merging.REPEATED]]
