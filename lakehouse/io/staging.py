@@ -187,8 +187,9 @@ def stage_groups(
     return staged, normalized_schema(pa.schema([f for f in schema if f.name not in marks])), counted
 
 
-#: a task's row per file: ``kind`` (``staged``; the formatted zone's ``rejected``: a quarantine file; the fast
-#: lane's ``slow``: left to Spark; ``mark:<column>``: a count in ``rows``), then what the Delta ``add`` needs
+#: a task's row per file: ``kind`` (``staged``, or ``staged:<group>`` from :func:`stage_groups`; the formatted
+#: zone's ``rejected``: a quarantine file; the fast lane's ``slow``: left to Spark; ``mark:<column>:<group>``: a
+#: count in ``rows``), then what the Delta ``add`` needs
 OUT_SCHEMA = pa.schema(
     [("kind", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("stats", pa.string()), ("rows", pa.int64())]
 )

@@ -178,7 +178,8 @@ def demo_definitions() -> tuple[dg.Definitions, dict[str, int]]:
     """The project's assets with the demo's jobs, and the number of assets each job materializes.
 
     The zones job runs independent steps side by side (``step_workers`` threads sharing the Spark session,
-    :mod:`lakehouse.factories.executor`), the steps computed from the most landed data first; the ML jobs run one step at a time: their trainings seed global
+    :mod:`lakehouse.factories.executor`), the collectors first, then the steps computed from the most
+    landed bytes (:func:`landed_bytes`); the ML jobs run one step at a time: their trainings seed global
     random generators and limit process-wide thread pools.
     """
     project = settings.load()
