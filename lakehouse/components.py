@@ -102,7 +102,7 @@ attributes:
 class _ViewTemplate(_Template):
     text = """\
 # An exploitation view: Spark SQL (or a Python transform) over trusted tables and other views, per month.
-# Every key is documented in docs/sources.md ("Views").
+# Every key is documented in docs/ml.md ("Views").
 type: {type}
 attributes:
   name: {name}
