@@ -85,14 +85,14 @@ attributes:
     - name: id
       type: string
       nullable: false
-    - name: measured_at
+    - name: recorded_at
       type: timestamp
   partitioning:
     # each row's month comes from its own timestamp column
     kind: time_column
-    column: measured_at
+    column: recorded_at
   quality:
-    key: [id, measured_at]
+    key: [id, recorded_at]
     rules:
       - name: no_null_ids
         not_null: [id]

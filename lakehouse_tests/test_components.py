@@ -68,9 +68,9 @@ def test_a_scaffolded_source_filled_in_materializes_through_trusted(dg_project: 
     assert declared["type"] == "lakehouse.components.Source"
     filled = template.replace("    - name: id\n      type: string", "    - name: meter_id\n      type: string")
     filled = filled.replace(
-        "    - name: measured_at\n      type: timestamp", "    - name: ts\n      type: timestamp\n      nullable: false"
+        "    - name: recorded_at\n      type: timestamp", "    - name: ts\n      type: timestamp\n      nullable: false"
     )
-    filled = filled.replace("    column: measured_at", "    column: ts").replace("key: [id, measured_at]", "key: [meter_id, ts]")
+    filled = filled.replace("    column: recorded_at", "    column: ts").replace("key: [id, recorded_at]", "key: [meter_id, ts]")
     filled = filled.replace("not_null: [id]", "not_null: [meter_id]").replace(
         "      nullable: false\n", "      nullable: false\n    - name: reading_kwh\n      type: double\n", 1
     )

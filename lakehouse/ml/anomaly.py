@@ -156,7 +156,7 @@ def score(detector: DayDetector, feats: pd.DataFrame) -> pd.DataFrame:
 
 
 def drift_frame(daily: pd.DataFrame, cfg: AnomalyConfig, ratios: dict[str, tuple[str, str]] | None = None) -> pd.DataFrame:
-    """The columns drift is measured on: the input's own plus ``hdd``, each declared ratio
+    """The columns drift is computed on: the input's own plus ``hdd``, each declared ratio
     (``name: [numerator, denominator]``) and ``signature_log_ratio`` — log of the day's target over what
     the entity's energy signature (fitted on all its complete days) expects for that day's weather.
     Weather itself drifts from year to year; this one only moves when the entities start behaving

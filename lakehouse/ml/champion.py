@@ -171,7 +171,7 @@ def rescore(lake: Lake, current: dict, candidate_dir: str, tables: Tables, notes
         cols = params.models[lineage["model"]].columns
         with single_threaded():
             return evaluate.regression_metrics(data.y_valid, model.predict(data.valid[cols]))["rmse"]
-    except Exception as exc:  # noqa: BLE001 - a champion that cannot score today's rows keeps its record
+    except Exception as exc:  # noqa: BLE001 - a champion that cannot score the current rows keeps its record
         notes.append(f"current champion could not be re-scored ({type(exc).__name__}: {exc}); using its recorded RMSE")
         return float(current["rmse"])
 

@@ -49,7 +49,7 @@ def forecast_ratio(lake: Lake, world: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{len(pred) - len(both)} validation meter-days of {model_dir} are missing from the truth")
         rmse = float(np.sqrt(np.mean((both["predicted"] - both["actual"]) ** 2)))
         noise = float(np.sqrt(np.mean(both["noise_kwh"] ** 2)))
-        # how far the labels the model was scored on are from what the meters really measured
+        # how far the labels the model was scored on are from what the meters really recorded
         label_err = float(np.sqrt(np.mean((both["actual"] - both["true_kwh"]) ** 2)))
         out.append(
             {
