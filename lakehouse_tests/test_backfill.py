@@ -255,48 +255,56 @@ def test_parallel_months_run_the_first_alone_then_overlap(tmp_path):
 
 
 def test_parallel_months_write_what_one_month_at_a_time_writes(spark, tmp_path, monkeypatch):
-    """The real zone factories with ``month_workers: 3`` and ``1``: the same rows in every table.
+    """The real zone factories one month at a time, with ``month_workers: 3``, with months in one plan, and
+    with months in one plan whose unit-step estimates are wrong: the same rows in every table.
 
     ``trusted/meter_readings`` reads the trusted months before each month (its unit step's history): with
     workers its months overlap, yet each month must read its history only after every earlier month of
-    the run wrote its trusted rows, exactly what a one-by-one run shows it.
+    the run wrote its trusted rows, exactly what a one-by-one run shows it. In one plan, a month's history
+    holds months of the plan: the decisions rest on estimates, settled on the staged rows; a month decided
+    otherwise, and every month after it, is cleaned again alone.
     """
     from lakehouse.factories import trusted
+    from lakehouse.quality import units
     from lakehouse_tests.reliability.helpers import content_hash, materialize, project_at, zone_definitions
 
     world = tmp_path / "world"
     MeterWorld(WorldConfig(meters=2, fault_rate=0.02, seed=11)).write(world, MONTHS)
-    real_history = trusted._history
-    hashes, seen, events = {}, {}, []
+    real_history, real_estimate = trusted._history, units._estimate
+    hashes, seen, events, cleanings = {}, {}, [], {}
+    run = ""
 
     def history(root, source, month):
-        seen[workers][month] = root.months("trusted", source.name)
+        seen[run][month] = root.months("trusted", source.name)
         events.append(("history", month))
         return real_history(root, source, month)
 
     def formatted_read(read):
         def read_spark(self, session, zone, table, *args, **kwargs):
             if (zone, table) == ("formatted", "meter_readings"):
-                events.append(("cleaning", kwargs["months"][0]))
+                events.append(("cleaning", *kwargs["months"]))
             return read(self, session, zone, table, *args, **kwargs)
 
         return read_spark
 
     real_clean_months = trusted.clean_months
-    plans: dict[int, list[tuple[str, list[str]]]] = {}
+    plans: dict[str, list[tuple[str, list[str]]]] = {}
 
     def clean_months(formatted, source, **kwargs):
-        plans[workers].append((source.name, sorted(kwargs["stagings"])))
+        plans[run].append((source.name, sorted(kwargs["stagings"])))
         return real_clean_months(formatted, source, **kwargs)
+
+    def wrong_estimate(months):  # every series' history far below any reading: every file looks 1000x off
+        return {key: (1e-9, 10**6) for key in real_estimate(months)} if run == "wrong" else real_estimate(months)
 
     monkeypatch.setattr(trusted, "_history", history)
     monkeypatch.setattr(trusted, "clean_months", clean_months)
+    monkeypatch.setattr(units, "_estimate", wrong_estimate)
     monkeypatch.setattr(Lake, "read_spark", formatted_read(Lake.read_spark))
-    # one by one; then three months at a time, two months per plan for the sources that allow it
-    for workers, per_plan in ((1, 1), (3, 2)):
-        seen[workers], plans[workers] = {}, []
+    for run, workers, per_plan in (("one", 1, 1), ("overlap", 3, 1), ("plan", 3, 2), ("wrong", 1, 3)):
+        seen[run], plans[run] = {}, []
         events.clear()
-        project = project_at(tmp_path / f"lake{workers}", world)
+        project = project_at(tmp_path / f"lake-{run}", world)
         settings_ = {"month_workers": workers, "months_per_plan": per_plan}
         project = project.model_copy(update={"lakehouse": project.lakehouse.model_copy(update=settings_)})
         defs = zone_definitions(project, sources=("meter_readings", "calendar"))
@@ -310,16 +318,25 @@ def test_parallel_months_write_what_one_month_at_a_time_writes(spark, tmp_path, 
             ("quality", "quarantine"),
             ("quality", "repairs"),
         ]
-        hashes[workers] = {f"{z}/{t}": content_hash(lake, z, t) for z, t in tables}
+        hashes[run] = {f"{z}/{t}": content_hash(lake, z, t) for z, t in tables}
         assert lake.months("trusted", "calendar") == MONTHS and lake.months("formatted", "meter_readings") == MONTHS
         assert lake.months("trusted", "meter_readings") == MONTHS
-        # every month's history was read with all the earlier months written, none of the later ones
-        assert seen[workers] == {m: MONTHS[:i] for i, m in enumerate(MONTHS)}, seen[workers]
-    assert hashes[3] == hashes[1]
-    # the calendar's months went through plans of two months then one; the meter readings' one by one
-    assert plans[1] == [] and plans[3] == [("calendar", MONTHS[:2])]
-    # and with workers the months did overlap: the third began cleaning before the second read its history
-    assert events.index(("cleaning", MONTHS[2])) < events.index(("history", MONTHS[1])), events
+        if per_plan == 1:
+            # every month's history was read with all the earlier months written, none of the later ones
+            assert seen[run] == {m: MONTHS[:i] for i, m in enumerate(MONTHS)}, seen[run]
+        if run == "overlap":
+            # the months did overlap: the third began cleaning before the second read its history
+            assert events.index(("cleaning", MONTHS[2])) < events.index(("history", MONTHS[1])), events
+        cleanings[run] = [e for e in events if e[0] == "cleaning"]
+    # January reads no month; February's estimate was wrong: February and March cleaned again, alone
+    assert cleanings["wrong"] == [("cleaning", *MONTHS), ("cleaning", MONTHS[1]), ("cleaning", MONTHS[2])]
+    assert hashes["overlap"] == hashes["one"] and hashes["plan"] == hashes["one"] and hashes["wrong"] == hashes["one"]
+    assert plans["one"] == [] and plans["overlap"] == []
+    # in plans of two months then one: the calendar's and the meter readings' first two months
+    assert sorted(plans["plan"]) == [("calendar", MONTHS[:2]), ("meter_readings", MONTHS[:2])]
+    assert sorted(plans["wrong"]) == [("calendar", MONTHS), ("meter_readings", MONTHS)]
+    # nothing was cleaned again where the estimates held
+    assert cleanings["plan"] == [("cleaning", *MONTHS[:2]), ("cleaning", MONTHS[2])]
 
 
 @pytest.mark.parametrize("ordered", [False, True])

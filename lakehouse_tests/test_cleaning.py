@@ -413,7 +413,7 @@ def test_group_medians_match_spark_median(spark):
     import pyarrow as pa
 
     from lakehouse.io.spark import arrow_frame
-    from lakehouse.quality.cleaning import _group_medians as in_spark
+    from lakehouse.quality.units import group_medians as in_spark
 
     def _group_medians(t, keys, value):
         return in_spark(arrow_frame(spark, t), keys, value)
@@ -809,7 +809,7 @@ def test_months_cleaned_in_one_plan_are_cleaned_as_each_alone(spark, tmp_path):
     figures it gets alone. The second month repeats the first one's rows (same meter, hour, value, file
     names): nothing may be merged, blocked or ordered across months; the same file names were received
     in the opposite order in each month."""
-    from lakehouse.quality.cleaning import clean_months, months_together
+    from lakehouse.quality.cleaning import clean_months, months_together, one_plan
 
     quality = {
         "rules": [
@@ -821,6 +821,11 @@ def test_months_cleaned_in_one_plan_are_cleaned_as_each_alone(spark, tmp_path):
                 "deny": "t1.meter_id = t2.meter_id & t1.ts = t2.ts & t1.reading_kwh > t2.reading_kwh + 5",
                 "action": "warn",
             },
+            {
+                "name": "known",
+                "reference": {"column": "meter_id", "table": "trusted/customers", "to": "meter_id", "months": "latest"},
+                "action": "warn",
+            },
         ],
         "cleaning": [
             {"step": "standardize", "name": "align", "column": "ts", "truncate": "hour"},
@@ -828,7 +833,9 @@ def test_months_cleaned_in_one_plan_are_cleaned_as_each_alone(spark, tmp_path):
         ],
     }
     source = meter_source(**quality)
-    assert months_together(source) and not months_together(meter_source())
+    assert one_plan(source) and not months_together(source)  # the reference rule reads another table
+    # the registry has no month for January; February's lists M1 and M2, not M3 (kept, flagged)
+    registry = {"2012-02": spark.createDataFrame([("M1",), ("M2",)], "meter_id string")}
     one = [("M1", at(h, 30 if h == 3 else 0), level(h), "a.csv", h + 2) for h in range(8)]
     one += [("M1", at(2), 9.0, "b.csv", 2), ("M1", at(4), level(4), "b.csv", 3), ("M2", at(1), -2.0, "b.csv", 4)]
     one += [("M2", at(5), 60.0, "b.csv", 5), ("M1", at(6), level(6), "a.csv", 8)]  # an exact duplicate, a big one
@@ -842,7 +849,17 @@ def test_months_cleaned_in_one_plan_are_cleaned_as_each_alone(spark, tmp_path):
     def frame(month_rows):
         return spark.createDataFrame(month_rows, SCHEMA)
 
-    alone = {m: clean_and_commit(frame(rows[m]), source, tmp_path / f"alone-{m}", month=m, received=received[m]) for m in months}
+    alone = {
+        m: clean_and_commit(
+            frame(rows[m]),
+            source,
+            tmp_path / f"alone-{m}",
+            month=m,
+            received=received[m],
+            references={"known": registry[m]} if m in registry else None,
+        )
+        for m in months
+    }
 
     lake = Lake(tmp_path / "together")
     batches = {m: metrics.Batch.new(dataset=source.name, stage="trusted", month=m, run_id="test") for m in months}
@@ -860,7 +877,7 @@ def test_months_cleaned_in_one_plan_are_cleaned_as_each_alone(spark, tmp_path):
 
     both = frame(rows["2012-01"]).withColumn("month", F.lit("2012-01"))
     both = both.unionByName(frame(rows["2012-02"]).withColumn("month", F.lit("2012-02")))
-    together = clean_months(both, source, stagings=stagings, received=received)
+    together = clean_months(both, source, stagings=stagings, received=received, references={"known": registry})
     assert sorted(together) == months
     for m in months:
         quarantine.commit(lake, together[m].staged["quarantine"], batches[m])
@@ -888,5 +905,9 @@ def test_months_cleaned_in_one_plan_are_cleaned_as_each_alone(spark, tmp_path):
     first = {r["rule"] for r in alone["2012-01"][1]["rejected"]}
     assert {"one_per_hour", "exact_duplicate", "non_negative"} <= first
     assert alone["2012-02"][0].counts["rows_in"] == alone["2012-01"][0].counts["rows_in"] + 1
-    with pytest.raises(ValueError, match="cannot be cleaned in one plan"):
+    assert not together["2012-01"].outcomes["known"].evaluated and together["2012-02"].outcomes["known"].violations == 1
+    with pytest.raises(ValueError, match="a unit step needs the months each reads"):
         clean_months(both, meter_source(), stagings=stagings)
+    previous = meter_source(rules=[{"name": "rise", "deny": "reading_kwh > prev.reading_kwh + 50", "action": "warn"}])
+    with pytest.raises(ValueError, match="cannot be cleaned in one plan"):
+        clean_months(both, previous, stagings=stagings)

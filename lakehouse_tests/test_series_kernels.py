@@ -409,10 +409,11 @@ def kernel_of(steps: list):
 
     types = {"meter_id": StringType(), "ts": TimestampType(), "reading_kwh": DoubleType()}
     types |= {"__status": StringType(), "__rid": StringType()}
-    read = _read_columns(steps)
-    figures = _figures_type(steps, types, read, _written_columns(steps), _aux_fields(steps, types))
+    keys = steps[0].group_by
+    read = _read_columns(steps, keys)
+    figures = _figures_type(keys, types, read, _written_columns(steps), _aux_fields(steps, types))
     fields = pa.struct([(c, to_arrow_type(types[c], timezone="UTC")) for c in read])
-    return _kernel(steps, to_arrow_type(figures, timezone="UTC")), fields
+    return _kernel(steps, keys, to_arrow_type(figures, timezone="UTC")), fields
 
 
 def kernel_input(formatted: list[tuple], fields: pa.StructType) -> pa.StructArray:

@@ -13,7 +13,7 @@ import threading
 
 import dagster as dg
 import pyarrow as pa
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from lakehouse.collectors.landing import Month, received_times
 from lakehouse.factories.checks import (
@@ -45,16 +45,18 @@ from lakehouse.io.lake import Lake
 from lakehouse.quality import metrics, quarantine, repairs, schemas
 from lakehouse.quality.cleaning import (
     EXACT_DUPLICATE,
+    MONTH,
     CleanResult,
     Staging,
     clean_month,
     clean_months,
     history_columns,
-    months_together,
+    history_months_of,
+    one_plan,
     validate_quality,
 )
 from lakehouse.quality.constraints import CompiledRule
-from lakehouse.specs.models import Project, ReferenceSpec, RulesStep, SourceSpec, UnitStep
+from lakehouse.specs.models import Project, ReferenceSpec, RulesStep, SourceSpec
 from lakehouse.specs.tables import TableRef
 from lakehouse.transforms.parse import LINE_COL
 
@@ -103,9 +105,8 @@ def history_months(source: SourceSpec) -> int:
     """How many trusted months before a month its unit steps compare with, at least one when a rule reads
     the previous row of a series (``prev.``: a series' first row of the month has its previous row in the
     month before); 0: none, the months are independent."""
-    units = max((s.history_months for s in source.quality.cleaning if isinstance(s, UnitStep)), default=0)
     previous = any(cr.series is not None for cr in validate_quality(source))
-    return max(units, 1 if previous else 0)
+    return max(history_months_of(source), 1 if previous else 0)
 
 
 def _history(root: Lake, source: SourceSpec, month: str) -> list[str] | None:
@@ -118,9 +119,18 @@ def _history(root: Lake, source: SourceSpec, month: str) -> list[str] | None:
 
 
 def _history_rows(root: Lake, session, source: SourceSpec, months: list[str]):
-    """The columns the cleaning reads of the trusted ``months``, as a Spark DataFrame (the unit step
-    aggregates them per series in Spark)."""
-    return root.read_spark(session, "trusted", source.name, months=months).select(*history_columns(source))
+    """The columns the cleaning reads of the trusted ``months``, and their month, as a Spark DataFrame (the
+    unit step aggregates them per series in Spark)."""
+    rows = root.read_spark(session, "trusted", source.name, months=months)
+    return rows.select(*dict.fromkeys([*history_columns(source), MONTH]))
+
+
+def _reads(root: Lake, source: SourceSpec, months: list[str]) -> dict[str, list[str]]:
+    """For each of ``months`` (one plan), the months before it its unit steps compare with: as in a run month
+    by month, the last ``history_months`` of the written months and the plan's months before it."""
+    n = history_months(source)
+    written = root.months("trusted", source.name) if root.exists("trusted", source.name) else []
+    return {m: sorted({k for k in [*written, *months] if k < m})[-n:] if n else [] for m in months}
 
 
 class _InOrder:
@@ -201,25 +211,46 @@ class _TrustedMonths:
                 self.in_order.written(month)
 
     def plan(self, months: list[str]) -> dict[str, dict | BaseException]:
-        """``months`` cleaned in one Spark plan (a source whose months are independent:
-        :func:`lakehouse.quality.cleaning.months_together`), then each committed and assessed on its own:
-        each month's figures, or why it failed. One month: :meth:`step`."""
+        """``months`` (consecutive) cleaned in one Spark plan (:func:`lakehouse.quality.cleaning.clean_months`),
+        then each committed and assessed on its own: each month's figures, or why it failed. The months the
+        plan leaves to be cleaned again (a unit step decided otherwise on exact histories) are cleaned one by
+        one after the others, and so are, for a source reading earlier months, the months after one that
+        failed (they were computed on its rows). One month: :meth:`step`."""
         if len(months) == 1:
             return {months[0]: self.step(months[0])}
         root, source = self.root, self.source
         batches = {m: self._batch(m) for m in months}
+        reads = _reads(root, source, months)
+        written = sorted({k for ks in reads.values() for k in ks} - set(months))
         results = clean_months(
             root.read_spark(self.session, "formatted", source.name, months=months),
             source,
             stagings={m: self._staging(batches[m]) for m in months},
+            history=_history_rows(root, self.session, source, written) if written else None,
+            reads=reads,
+            references=self._references(months),
             received={m: self._received(m) for m in months},
         )
         out: dict[str, dict | BaseException] = {}
+        again = False
         for month in months:
             try:
-                out[month] = self._committed(month, batches[month], results[month])
+                if again or month not in results:
+                    again = True
+                    out[month] = self._cleaned(month)
+                else:
+                    out[month] = self._committed(month, batches[month], results[month])
             except Exception as exc:  # noqa: BLE001 - the month fails alone (run_months reports it)
                 out[month] = exc
+                again = again or history_months(source) > 0
+        return out
+
+    def _references(self, months: list[str]) -> dict[str, dict[str, DataFrame]]:
+        """Rule → month → the rows its reference rule reads in that month."""
+        out: dict[str, dict[str, DataFrame]] = {}
+        for month in months:
+            for rule, rows in _references(self.root, self.session, self.source, month).items():
+                out.setdefault(rule, {})[month] = rows
         return out
 
     def _batch(self, month: str) -> metrics.Batch:
@@ -350,9 +381,13 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     # first, so such a source's months overlap only up to the unit step (_InOrder), two at a time; any
     # other source's months are independent
     ordered = history_months(source) > 0
-    # a source whose cleaning reads nothing beyond the month: a batch of months is cleaned in one plan
-    together = months_together(source)
-    workers = min(2, project.lakehouse.month_workers) if ordered else project.lakehouse.month_workers
+    # a batch of months cleaned in one plan (unless a rule reads the previous row across months); the
+    # batches of a source reading earlier months run one after the other
+    per_plan = project.lakehouse.months_per_plan if one_plan(source) else 1
+    if per_plan > 1:
+        workers = 1 if ordered else project.lakehouse.month_workers
+    else:
+        workers = min(2, project.lakehouse.month_workers) if ordered else project.lakehouse.month_workers
 
     @dg.asset(
         key=key("trusted", source.name),
@@ -373,7 +408,7 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     )
     def _trusted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource):
         root = lake.lake
-        run = _TrustedMonths(context, root, spark.session(), source, ordered=ordered)
+        run = _TrustedMonths(context, root, spark.session(), source, ordered=ordered and workers > 1)
         done = run_months(
             context,
             None,
@@ -382,7 +417,8 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
             upstream=[key("formatted", source.name)],
             inputs=lambda month: root.month_files("formatted", source.name, [month]),
             plan=run.plan,
-            months_per_plan=project.lakehouse.months_per_plan if together else 1,
+            months_per_plan=per_plan,
+            ordered=ordered,
         )
         yield from report(context, done, checks=run.check_results(done, contract))
 

@@ -693,11 +693,7 @@ class Lake:
 
     def _read_spark_arrow(self, spark: SparkSession, dt: DeltaTable, months: list[str] | None) -> DataFrame:
         """The snapshot's Parquet files read by Spark's Python workers through :class:`Storage` (object stores:
-        Spark's JVM has no S3 client here), one task per share of files; partition values come from the log."""
-        from pyspark.sql.pandas.types import from_arrow_schema
-
-        from lakehouse.io.spark import parallelism
-
+        Spark's JVM has no S3 client here); partition values come from the log."""
         schema = normalized_schema(pa.schema(dt.schema().to_arrow()))
         actions = pa.table(dt.get_add_actions(flatten=True))
         column = f"partition.{PARTITION_COLUMN}"
@@ -707,20 +703,33 @@ class Lake:
             for path, part in zip(actions["path"].to_pylist(), parts, strict=True)
             if months is None or part in months
         ]
-        storage = self.storage
-        slots = max(1, min(len(files), parallelism(spark)))
-        shares = [files[i::slots] for i in range(slots)]
-
-        def read(batches):
-            for batch in batches:
-                for slot in batch.column("id").to_pylist():
-                    for uri, part in shares[slot]:
-                        data = storage.read_parquet(uri)
-                        if PARTITION_COLUMN in schema.names and PARTITION_COLUMN not in data.column_names:
-                            data = data.append_column(PARTITION_COLUMN, pa.array([part] * data.num_rows, pa.string()))
-                        yield from data.select(schema.names).cast(schema).to_batches()
-
-        return spark.range(slots, numPartitions=slots).mapInArrow(read, from_arrow_schema(schema))
+        return read_files_spark(spark, self.storage, files, schema)
 
     def history(self, zone: str, table: str) -> list[dict]:
         return self.delta(zone, table).history() if self.exists(zone, table) else []
+
+
+def read_files_spark(
+    spark: SparkSession, storage: Storage, files: Sequence[tuple[str, str | None]], schema: pa.Schema
+) -> DataFrame:
+    """Parquet ``files`` (URI, its month) read by Spark's Python workers through ``storage`` (any store,
+    staged files not in a table's log included), one task per share of files: the columns of ``schema``,
+    its partition column (if it has one) from each file's month."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from lakehouse.io.spark import parallelism
+
+    slots = max(1, min(len(files), parallelism(spark)))
+    shares = [files[i::slots] for i in range(slots)]
+    stored = [n for n in schema.names if n != PARTITION_COLUMN]
+
+    def read(batches):
+        for batch in batches:
+            for slot in batch.column("id").to_pylist():
+                for uri, part in shares[slot]:
+                    data = storage.read_parquet(uri, columns=stored)
+                    if PARTITION_COLUMN in schema.names and PARTITION_COLUMN not in data.column_names:
+                        data = data.append_column(PARTITION_COLUMN, pa.array([part] * data.num_rows, pa.string()))
+                    yield from data.select(schema.names).cast(schema).to_batches()
+
+    return spark.range(slots, numPartitions=slots).mapInArrow(read, from_arrow_schema(schema))

@@ -24,8 +24,7 @@ is asserted on what was actually written (see :mod:`lakehouse.quality.metrics`).
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -314,9 +313,19 @@ class _Ctx:
     source: SourceSpec
     rules: list[CompiledRule]
     history: DataFrame | pa.Table | Callable[[], DataFrame | pa.Table | None] | None
-    references: dict[str, DataFrame]
+    #: rule name → month → the referenced rows that month reads (a month without them: not evaluated)
+    references: Mapping[str, Mapping[str, DataFrame]]
     outcomes: dict[str, Outcome]
-    notes: list[str]
+    #: the months of the plan, in order, and what each month's steps say in words
+    months: list[str]
+    notes: dict[str, list[str]]
+    session: Any = None
+    #: month → the earlier months its unit steps compare with, when several months are one plan (their
+    #: written rows in ``history``, with their month; the others are months of the plan); None: one month,
+    #: ``history`` exactly the rows it reads
+    reads: Mapping[str, Sequence[str]] | None = None
+    #: the unit steps' decisions (see :mod:`lakehouse.quality.units`)
+    units: list = field(default_factory=list)
     #: the columns the month is partitioned by (a series pass grouped by a superset needs no shuffle)
     series_partition: list[str] = field(default_factory=list)
     #: what every window and block is also partitioned by: ``[month]`` when several months are cleaned in
@@ -432,21 +441,24 @@ def clean_month(
         source,
         stagings={month: staging},
         history=history,
-        references=references,
+        references={rule: {month: rows} for rule, rows in (references or {}).items()},
         received={month: received} if received else None,
     )[month]
 
 
 def months_together(source: SourceSpec) -> bool:
-    """Whether several months of ``source`` can be cleaned in one Spark plan (:func:`clean_months`): its
-    months are independent of each other and of other tables (no unit step, no ``prev.`` rule, no
-    reference rule) and no step follows a series across rows (stuck runs, outliers, gaps, fills by
-    series). Rules on one row, rules on two rows (blocked within the month), standardize and derived
-    columns only."""
-    plain = (RulesStep, StandardizeStep)
-    if any(not isinstance(s, plain) for s in source.quality.cleaning):
+    """Whether the months of ``source`` are independent of each other and of other tables (no unit step, no
+    ``prev.`` rule, no reference rule): any number of them may be cleaned side by side, in any order."""
+    if any(isinstance(s, UnitStep) for s in source.quality.cleaning):
         return False
     return all(cr.reference is None and cr.series is None for cr in validate_quality(source))
+
+
+def one_plan(source: SourceSpec) -> bool:
+    """Whether several consecutive months of ``source`` can be cleaned in one Spark plan
+    (:func:`clean_months`): every window, block and series is cut at the month, so no rule may read the
+    previous row of a series (``prev.``: a month's first row continues the month before)."""
+    return all(cr.series is None for cr in validate_quality(source))
 
 
 def clean_months(
@@ -455,28 +467,33 @@ def clean_months(
     *,
     stagings: Mapping[str, Staging],
     history: DataFrame | pa.Table | Callable[[], DataFrame | pa.Table | None] | None = None,
-    references: dict[str, DataFrame] | None = None,
+    reads: Mapping[str, Sequence[str]] | None = None,
+    references: Mapping[str, Mapping[str, DataFrame]] | None = None,
     received: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, CleanResult]:
     """:func:`clean_month` of every month of ``stagings`` (month → where its rows are staged) in one Spark
     plan: one job stages every month's rows, each under its own partition and batch, and the figures come
-    back per month. Every window and block is partitioned by the month too, so each month is cleaned
-    exactly as alone. Several months need a source whose months are independent
-    (:func:`months_together`) and ``formatted`` with its ``month`` column; ``received``: month → landed file
-    name → when it was received."""
+    back per month. Every window, block and series is partitioned by the month too, so each month is
+    cleaned exactly as alone. Several months need ``formatted`` with its ``month`` column and a source
+    whose rules do not read the previous row (:func:`one_plan`); ``received``: month → landed file name →
+    when it was received; ``references``: rule → month → the rows that month's reference rule reads.
+
+    A unit step compares a month with the trusted months before it: ``reads`` (month → those months) and
+    ``history`` (the rows of those not in the plan, with their month). Its decisions for months reading
+    months of the plan rest on estimates and are settled once staged (:mod:`lakehouse.quality.units`):
+    the result then holds the months up to the first one decided differently, the others are to be cleaned
+    again one by one."""
     from pyspark.sql import functions as F
 
     months = sorted(stagings)
-    if len(months) > 1 and not (months_together(source) and history is None and not references):
-        raise CleaningError(
-            f"{source.name}: months {months[0]}..{months[-1]} cannot be cleaned in one plan: its cleaning reads"
-            " earlier months, another table or whole series (clean them one by one)"
-        )
+    several = len(months) > 1
+    _check_plan(source, months, reads)
     rules = validate_quality(source)
     cols = canonical_columns(source)
     outcomes: dict[str, Outcome] = {}
-    ctx = _Ctx(source, rules, history, references or {}, outcomes, [])
-    ctx.within = [MONTH] if len(months) > 1 else []
+    ctx = _Ctx(source, rules, history, references or {}, outcomes, months, {m: [] for m in months})
+    ctx.session, ctx.reads = formatted.sparkSession, reads if several else None
+    ctx.within = [MONTH] if several else []
     df = _annotated(formatted, source, months, received)
     common = [*_common_partition(source, rules), *ctx.within]
     if common:
@@ -493,9 +510,14 @@ def clean_months(
     df = derive_columns(df, source.derive)
     staged, partials, distinct = _stage(df, source, stagings)
     trusted_schema = _trusted_schema(df, source)
+    from lakehouse.quality.units import settle
+
+    unsettled = settle(ctx, staged, stagings, trusted_schema)
     results = {}
     for month in months:
-        mine = copy.deepcopy(outcomes)  # each month's own figures
+        if unsettled is not None and month >= unsettled:
+            break
+        mine = _month_outcomes(ctx, month)
         counts, cells_repaired, comp_in, comp_out, uniq_in, uniq_out = _tally(
             [p for p in partials if p["month"] == month], distinct[month], source, mine
         )
@@ -511,9 +533,35 @@ def clean_months(
             key_uniqueness_out=uniq_out,
             staged=staged[month],
             trusted_schema=trusted_schema,
-            notes=list(ctx.notes),
+            notes=ctx.notes[month],
         )
     return results
+
+
+def _check_plan(source: SourceSpec, months: list[str], reads: Mapping[str, Sequence[str]] | None) -> None:
+    if len(months) > 1 and not one_plan(source):
+        raise CleaningError(
+            f"{source.name}: months {months[0]}..{months[-1]} cannot be cleaned in one plan: a rule reads the"
+            " previous row of a series across months (clean them one by one)"
+        )
+    if len(months) > 1 and history_months_of(source) and reads is None:
+        raise CleaningError(f"{source.name}: months {months[0]}..{months[-1]}: a unit step needs the months each reads")
+
+
+def history_months_of(source: SourceSpec) -> int:
+    """How many trusted months before a month its unit steps compare with (0: none)."""
+    return max((s.history_months for s in source.quality.cleaning if isinstance(s, UnitStep)), default=0)
+
+
+def _month_outcomes(ctx: _Ctx, month: str) -> dict[str, Outcome]:
+    """The plan's outcomes as one month has them (its own copy): a reference rule whose table has no rows
+    for the month is not evaluated in it."""
+    mine = copy.deepcopy(ctx.outcomes)
+    for cr in ctx.rules:
+        if cr.reference is not None and month not in ctx.references.get(cr.name, {}):
+            mine[cr.name].evaluated = False
+            mine[cr.name].note = f"not evaluated: {cr.reference.table} has no data for this month"
+    return mine
 
 
 def _annotated(
@@ -552,6 +600,7 @@ def _run_steps(df: DataFrame, ctx: _Ctx) -> DataFrame:
     """The declared cleaning steps in order; each run of consecutive series steps grouped alike is one
     vectorized pass over the series (:mod:`lakehouse.quality.series`)."""
     from lakehouse.quality.series import plan_steps, series_pass
+    from lakehouse.quality.units import unit_step
 
     source = ctx.source
     for step in plan_steps(source.quality.steps):
@@ -564,7 +613,7 @@ def _run_steps(df: DataFrame, ctx: _Ctx) -> DataFrame:
         elif isinstance(step, UnitStep):
             # its aggregation is a job of its own; the month's staging job computes the steps before it
             # again rather than reading a cache (caching the annotated rows costs more than recomputing them)
-            df = _unit(df, step, ctx)
+            df = unit_step(df, step, ctx)
     return df
 
 
@@ -873,91 +922,8 @@ def _standardize(df: DataFrame, step: StandardizeStep, ctx: _Ctx) -> DataFrame:
     return _set(df, col.isNotNull(), step.column, new, step.name, ctx.type_of(step.column))
 
 
-def _group_medians(df: DataFrame, keys: list[str], value: str) -> dict[tuple, tuple[float, int]]:
-    """Median and number of the non-null ``value`` per distinct ``keys`` of ``df`` (null keys are a group of
-    their own; an even count averages the two middle values), aggregated by Spark: one row per group comes
-    back to the driver. Keys come back as the Python values Spark's ``collect`` gives."""
-    from pyspark.sql import functions as F
-
-    v = F.col(f"`{value}`")
-    groups = [F.col(f"`{k}`") for k in keys]
-    per = df.filter(v.isNotNull()).groupBy(*groups).agg(F.sort_array(F.collect_list(v)).alias("__vals"))
-    out = per.select(*groups, _middle(F.col("__vals"), F.size("__vals")).alias("__med"), F.size("__vals").alias("__n")).toArrow()
-    found = zip(*[out[k].to_pylist() for k in keys], out["__med"].to_pylist(), out["__n"].to_pylist(), strict=True)
-    return {tuple(row[:-2]): (float(row[-2]), int(row[-1])) for row in found}
-
-
-def _unit(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
-    """Find files delivered in a unit ``factor`` times too small and convert them (see UnitStep).
-
-    The medians per file and per series of the history are Spark aggregations; the driver gets one
-    figure per file and per series, and decides which files to convert.
-    """
-    import pyarrow as pa
-    from pyspark.sql import functions as F
-
-    from lakehouse.io.spark import arrow_frame
-
-    ctx.step_outcome(step, "repair", f"{step.column} in a unit {step.factor:g}x off")
-    group = step.group_by
-    value = F.col(f"`{step.column}`")
-    active = df.filter(_active())
-    per_file = _group_medians(active, [*group, FILE_COL], step.column)
-    files = [
-        {**dict(zip([*group, FILE_COL], k, strict=True)), "med": med, "n": n}
-        for k, (med, n) in sorted(per_file.items(), key=lambda item: repr(item[0]))
-    ]
-    if not files:
-        return df
-    positive = sorted(f["med"] for f in files if f["med"] > 0)
-    fleet = (
-        positive[len(positive) // 2]
-        if len(positive) % 2
-        else ((positive[len(positive) // 2 - 1] + positive[len(positive) // 2]) / 2 if positive else None)
-    )
-    history: dict[tuple, tuple[float, int]] = {}
-    earlier = ctx.earlier() if step.history_months > 0 else None
-    if earlier is not None:
-        if isinstance(earlier, pa.Table):
-            earlier = arrow_frame(df.sparkSession, earlier)
-        history = _group_medians(earlier, group, step.column)
-    limit = math.sqrt(step.factor)
-    converted = []
-    for f in files:
-        gkey = tuple(f[g] for g in group)
-        med = f["med"]
-        h = history.get(gkey)
-        if h is not None and h[1] >= step.min_history and h[0] and h[0] > 0:
-            ref, basis = h[0], "its own history"
-        elif fleet is not None and len(positive) >= step.min_fleet:
-            ref, basis = fleet, "the month's other files"
-        else:
-            ref, basis = None, "the absolute bound"
-        if f[FILE_COL] is None:
-            continue
-        scaled = (med / ref > limit) if ref else (step.max_typical is not None and med > step.max_typical)
-        if scaled:
-            why = f"median {med:g} vs {ref:g} from {basis}" if ref else f"median {med:g} > max_typical {step.max_typical:g}"
-            converted.append((gkey, f[FILE_COL]))
-            ctx.notes.append(f"{step.name}: {f[FILE_COL]} ({', '.join(map(str, gkey))}) divided by {step.factor:g}: {why}")
-    if not converted:
-        return df
-    marker = F.concat_ws("\u0001", *[F.col(f"`{g}`").cast("string") for g in group], F.col(FILE_COL))
-    targets = ["\u0001".join([*map(str, g), f]) for g, f in converted]
-    return _set(df, marker.isin(targets), step.column, value / F.lit(step.factor), step.name, ctx.type_of(step.column))
-
-
 def _per(step) -> str:
     return f"per {', '.join(step.group_by)}" if step.group_by else "of the series"
-
-
-def _middle(sorted_arr: Column, n: Column) -> Column:
-    """Median of a sorted array of length ``n`` (mean of the two middle elements when even)."""
-    from pyspark.sql import functions as F
-
-    lo = F.element_at(sorted_arr, F.floor((n + 1) / 2).cast("int"))
-    hi = F.element_at(sorted_arr, F.ceil((n + 1) / 2).cast("int"))
-    return (lo + hi) / 2
 
 
 # ------------------------------------------------------------------------------------------ rules
@@ -975,16 +941,12 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
         ctx.outcomes[rule.name] = outcome
         col = f"__v{i}"
         if cr.reference is not None:
-            if rule.name not in ctx.references:
+            given = {m: rows for m, rows in ctx.references.get(rule.name, {}).items() if m in ctx.months}
+            if not given:
                 outcome.evaluated = False
                 outcome.note = f"not evaluated: {cr.reference.table} has no data for this month"
                 continue
-            known = reference_flags(cr, ctx.references[rule.name])
-            value = F.col(f"`{cr.reference.column}`")
-            df = df.join(known, value == F.col("__ref_value"), "left")
-            df = df.withColumn(col, _active() & value.isNotNull() & F.col("__ref_found").isNull()).drop(
-                "__ref_value", "__ref_found"
-            )
+            df = _referenced(df, cr, given, ctx, col)
         else:
             # every rule sees the same snapshot: the rows kept when the rules step starts
             prefix = carried.get(cr.series) if cr.series is not None else None
@@ -1033,6 +995,28 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             df = _remove(df, in_block & (F.col("__keep_rank") > 1), rule.name, error, status=MERGED)
             df = df.drop("__keep_rank", "__keep_first")
     return df.drop(*flags.values(), *carried_columns)
+
+
+def _referenced(df: DataFrame, cr: CompiledRule, given: Mapping[str, DataFrame], ctx: _Ctx, col: str) -> DataFrame:
+    """``df`` with ``col`` true where a kept row's value is missing from the rows its month's reference rule
+    reads (``given``: month → those rows; a month without them is not evaluated: nothing is flagged)."""
+    from pyspark.sql import functions as F
+
+    assert cr.reference is not None, f"rule {cr.name!r} is not a reference rule"
+    value = F.col(f"`{cr.reference.column}`")
+    if ctx.within:
+        tagged = [rows.withColumn(MONTH, F.lit(m)) for m, rows in sorted(given.items())]
+        union = tagged[0]
+        for rows in tagged[1:]:
+            union = union.unionByName(rows)
+        known = reference_flags(cr, union, by=MONTH)
+        on = (value == F.col("__ref_value")) & (F.col(MONTH) == F.col("__ref_month"))
+        evaluated = F.col(MONTH).isin(sorted(given))
+    else:
+        known, on, evaluated = reference_flags(cr, next(iter(given.values()))), value == F.col("__ref_value"), F.lit(True)
+    df = df.join(known, on, "left")
+    missing = _active() & evaluated & value.isNotNull() & F.col("__ref_found").isNull()
+    return df.withColumn(col, missing).drop("__ref_value", "__ref_month", "__ref_found")
 
 
 def history_columns(source: SourceSpec) -> list[str]:

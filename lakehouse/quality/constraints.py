@@ -665,8 +665,9 @@ def rule_violations(df: DataFrame, cr: CompiledRule, row_id: str, reference: Dat
     return df.withColumn("__violates", rule_condition(cr, row_id)).filter(F.col("__violates")).select(row_id)
 
 
-def reference_flags(cr: CompiledRule, reference: DataFrame | None) -> DataFrame:
-    """The distinct known values of a reference rule (``__ref_value``, ``__ref_found``), to broadcast."""
+def reference_flags(cr: CompiledRule, reference: DataFrame | None, by: str | None = None) -> DataFrame:
+    """The distinct known values of a reference rule (``__ref_value``, ``__ref_found``), to broadcast; with
+    ``by``, per value of that column of ``reference`` too (``__ref_month``)."""
     from pyspark.sql import functions as F
 
     r = cr.reference
@@ -675,7 +676,8 @@ def reference_flags(cr: CompiledRule, reference: DataFrame | None) -> DataFrame:
         raise ConstraintError(f"rule {cr.name!r}: the referenced table {r.table} is not available")
     if r.target_column not in reference.columns:
         raise ConstraintError(f"rule {cr.name!r}: {r.table} has no column {r.target_column!r}")
-    known = reference.select(F.col(f"`{r.target_column}`").alias("__ref_value")).where("__ref_value IS NOT NULL")
+    tag = [F.col(f"`{by}`").alias("__ref_month")] if by else []
+    known = reference.select(F.col(f"`{r.target_column}`").alias("__ref_value"), *tag).where("__ref_value IS NOT NULL")
     return F.broadcast(known.distinct().withColumn("__ref_found", F.lit(True)))
 
 

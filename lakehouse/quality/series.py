@@ -70,19 +70,21 @@ def series_pass(df: DataFrame, steps: list[SeriesStep], ctx: _Ctx) -> DataFrame:
         _register(step, ctx)
     types = {f.name: f.dataType for f in df.schema.fields}
     aux = _aux_fields(steps, types)
-    read, written = _read_columns(steps), _written_columns(steps)
-    figures = _figures_type(steps, types, read, written, aux)
+    # a series is its group's rows of one month (several months cleaned in one plan: ctx.within)
+    keys = list(dict.fromkeys([*steps[0].group_by, *ctx.within]))
+    read, written = _read_columns(steps, keys), _written_columns(steps)
+    figures = _figures_type(keys, types, read, written, aux)
     # a scalar iterator UDF (from the type hints): the stubs know no struct results for it
-    kernel = F.arrow_udf(_kernel(steps, to_arrow_type(figures, timezone="UTC")), figures)  # type: ignore[call-overload]
-    df = _by_series(df, steps[0].group_by, ctx.series_partition)
+    kernel = F.arrow_udf(_kernel(steps, keys, to_arrow_type(figures, timezone="UTC")), figures)  # type: ignore[call-overload]
+    df = _by_series(df, keys, ctx.series_partition)
     df = df.withColumn(FIGURES, kernel(F.struct(*[F.col(f"`{c}`") for c in read])))
-    df = _attached(df, steps[0].group_by, written, [f.name for f in aux], figures)
+    df = _attached(df, keys, written, [f.name for f in aux], figures)
     return _annotate(df, steps, ctx).drop(*[f.name for f in aux])
 
 
-def _read_columns(steps: list[SeriesStep]) -> list[str]:
+def _read_columns(steps: list[SeriesStep], keys: list[str]) -> list[str]:
     """What the kernel reads of each row: the series keys, the steps' times and values, status and row id."""
-    cols = [*steps[0].group_by]
+    cols = [*keys]
     for step in steps:
         values = list(step.columns) if isinstance(step, FillNullsStep) else [step.column]
         cols += [step.time, *values]
@@ -100,13 +102,13 @@ def _written_columns(steps: list[SeriesStep]) -> list[str]:
     return list(dict.fromkeys(cols))
 
 
-def _figures_type(steps: list[SeriesStep], types: dict, read: list[str], written: list[str], aux: list) -> StructType:
+def _figures_type(keys: list[str], types: dict, read: list[str], written: list[str], aux: list) -> StructType:
     """What the kernel returns per row: its status when a step changed it, the written columns, the per-step
     figures, and the rows imputed after it (what they read, their status and figures)."""
     from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
     status = StructField(STATUS, StringType(), True)
-    own = [StructField(c, types[c], True) for c in read if c not in (*steps[0].group_by, STATUS, ROW_ID)]
+    own = [StructField(c, types[c], True) for c in read if c not in (*keys, STATUS, ROW_ID)]
     new_rows = StructField(NEW_ROWS, ArrayType(StructType([*own, status, *aux]), True), True)
     return StructType([status, *[StructField(c, types[c], True) for c in written], *aux, new_rows])
 
@@ -302,10 +304,9 @@ def _outlier_text(step: OutlierStep, p: str) -> Column:
     )
 
 
-def _kernel(steps: list[SeriesStep], figures: pa.StructType):
+def _kernel(steps: list[SeriesStep], keys: list[str], figures: pa.StructType):
     """The function each Spark task calls with its partition's batches (each series' rows next to each
-    other): one figures struct per row, in the rows' order."""
-    group_by = steps[0].group_by
+    other; a series: the rows equal in ``keys``): one figures struct per row, in the rows' order."""
 
     def run(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
         pending: pa.Table | None = None  # the rows of a series the batches so far have not finished
@@ -313,12 +314,12 @@ def _kernel(steps: list[SeriesStep], figures: pa.StructType):
         for batch in batches:
             rows = pa.Table.from_batches([pa.RecordBatch.from_struct_array(batch)])
             pending = rows if pending is None else pa.concat_tables([pending, rows])
-            starts = _starts(pending, group_by)
+            starts = _starts(pending, keys)
             if len(starts) > 1:  # every series but the last is complete
-                yield _figures(pending.slice(0, starts[-1]), starts[:-1], steps, figures, seen)
+                yield _figures(pending.slice(0, starts[-1]), starts[:-1], steps, keys, figures, seen)
                 pending = pending.slice(starts[-1])
         if pending is not None and pending.num_rows:
-            yield _figures(pending, _starts(pending, group_by), steps, figures, seen)
+            yield _figures(pending, _starts(pending, keys), steps, keys, figures, seen)
 
     return run
 
@@ -339,18 +340,19 @@ def _starts(t: pa.Table, group_by: list[str]) -> np.ndarray:
     return np.concatenate([[0], np.flatnonzero(differs) + 1]) if n else np.zeros(0, dtype=np.int64)
 
 
-def _figures(t: pa.Table, starts: np.ndarray, steps: list[SeriesStep], figures: pa.StructType, seen: set) -> pa.Array:
+def _figures(
+    t: pa.Table, starts: np.ndarray, steps: list[SeriesStep], keys: list[str], figures: pa.StructType, seen: set
+) -> pa.Array:
     """The steps run on each series of ``t`` (one starts at each of ``starts``): the figures of its rows."""
-    group_by = steps[0].group_by
     ends = [*starts[1:], t.num_rows]
     out = []
     for a, b in zip(starts, ends, strict=True):
         rows = t.slice(int(a), int(b - a))
-        key = tuple(rows[g][0].as_py() for g in group_by)
+        key = tuple(rows[g][0].as_py() for g in keys)
         if key in seen:
-            raise RuntimeError(f"series {key} of {group_by} arrived in two pieces: its rows must be next to each other")
+            raise RuntimeError(f"series {key} of {keys} arrived in two pieces: its rows must be next to each other")
         seen.add(key)
-        s = _Series(rows, group_by)
+        s = _Series(rows, keys)
         for i, step in enumerate(steps):
             p = f"__s{i}_"
             if isinstance(step, OutlierStep):
