@@ -236,6 +236,11 @@ class _TrustedMonths:
         for month in months:
             try:
                 if again or month not in results:
+                    if not again:
+                        self.context.log.info(
+                            f"trusted/{source.name} {month}..{months[-1]}: cleaned again one month at a time"
+                            " (a unit step decides otherwise on the exact history, or an earlier month failed)"
+                        )
                     again = True
                     out[month] = self._cleaned(month)
                 else:

@@ -339,6 +339,9 @@ class Lake:
         from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
         schema = normalized_schema(schema)
+        if PARTITION_COLUMN in schema.names:  # a row's month is never null, however the rows were computed
+            at = schema.get_field_index(PARTITION_COLUMN)
+            schema = schema.set(at, schema.field(at).with_nullable(False))
         uri = self._uri(zone, table)
         actions = self._adds(staged, month)
         changes: list[AddAction | RemoveAction] = [*actions]
