@@ -274,7 +274,8 @@ BILLING = ["account_no", "holder_name", "address_line", "zip", "town", "tariff",
 
 def _write_inputs(lake: Lake) -> None:
     """Four months of registry and billing: a customer renamed in March, one absent in March, one new in
-    March, an account opened in February; February's registry repeats an id (its transform fails)."""
+    March, an account opened in February; February's billing has an account numbered as a registry customer
+    but elsewhere (billing-only): its golden rows repeat the key ``G-C2``, so February fails alone."""
     import datetime as dt
 
     for n, month in enumerate(MONTHS, start=1):
@@ -283,8 +284,6 @@ def _write_inputs(lake: Lake) -> None:
             registry.append(("C2", "M2", "Ben Schmidt", "Maple Avenue", 7, "98402", "Tacoma"))
         if n >= 3:
             registry.append(("C3", "M3", "Cleo Park", "Oak Road", 3, "98101", "Seattle"))
-        if n == 2:
-            registry.append(registry[0])
         rows = [(*r, "office" if r[0] == "C2" else "detached", 100.0 * n, 1965, "heat_pump") for r in registry]
         lake.overwrite_month(
             "trusted", "customers", pa.Table.from_pylist([dict(zip(REGISTRY, r, strict=True)) for r in rows]), month
@@ -292,6 +291,8 @@ def _write_inputs(lake: Lake) -> None:
         billing = [("A1", "MILLER, ANNA", "12 Pine St.", "98123-0412", "SEATTLE", f"tariff-{n}", dt.date(2010, 1, 1))]
         if n >= 2:
             billing.append(("A7", "Olga Wolf", "17 Elm Avenue", "98111", "Tacoma", "residential", dt.date(2012, 2, 3)))
+        if n == 2:
+            billing.append(("C2", "Zoe Quinn", "5 Harbor Way", "98160", "Redmond", "residential", dt.date(2012, 2, 9)))
         lake.overwrite_month(
             "trusted", "billing_customers", pa.Table.from_pylist([dict(zip(BILLING, r, strict=True)) for r in billing]), month
         )

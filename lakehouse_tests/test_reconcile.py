@@ -58,10 +58,15 @@ def precision_recall(predicted: set, truth: set) -> tuple[float, float]:
     return (hit / len(predicted) if predicted else 0.0, hit / len(truth))
 
 
+def of_month(spark, rows: pd.DataFrame, month: str):
+    """A pandas fixture as a Spark frame whose records are read for ``month``."""
+    return spark.createDataFrame(rows.assign(month=month))
+
+
 def resolved(spark, registry: pd.DataFrame, billing: pd.DataFrame, **kw):
     """The Spark steps on two pandas fixtures: (candidate pairs, matched pairs) as sets of ids."""
-    left = rc.normalize_frame(spark.createDataFrame(registry), RF)
-    right = rc.normalize_frame(spark.createDataFrame(billing), BF)
+    left = rc.normalize_frame(of_month(spark, registry, "2012-03"), RF)
+    right = rc.normalize_frame(of_month(spark, billing, "2012-03"), BF)
     pairs = rc.candidate_pairs(left, right)
     assigned = rc.assign(rc.score_candidates(pairs, kw.get("weights")), kw.get("threshold", 0.8))
     cands = {(r.left_id, r.right_id) for r in pairs.where("left_id IS NOT NULL").collect()}
@@ -69,8 +74,8 @@ def resolved(spark, registry: pd.DataFrame, billing: pd.DataFrame, **kw):
 
 
 def golden(spark, registry, billing, options=SMALL_OPTIONS, month="2012-03") -> pd.DataFrame:
-    inputs = {"registry": spark.createDataFrame(registry), "billing": spark.createDataFrame(billing)}
-    return rc.golden_customers(inputs, month, options).toPandas().set_index("golden_id")
+    inputs = {"registry": of_month(spark, registry, month), "billing": of_month(spark, billing, month)}
+    return rc.golden_customers(inputs, [month], options).toPandas().set_index("golden_id")
 
 
 def test_normalization_of_spellings():
@@ -117,11 +122,13 @@ def test_missing_columns_and_bad_ids_are_clear_errors(spark):
         rc.normalize(BILLING.drop(columns=["holder_name"]), BF)
     with pytest.raises(KeyError, match="holder_name"):
         golden(spark, REGISTRY, BILLING.drop(columns=["holder_name"]))
-    with pytest.raises(ValueError, match=r"billing: ids must be unique within a source, repeated: \['A1'\]"):
+    with pytest.raises(
+        ValueError, match=r"billing, month 2012-03: ids must be unique within a source's month, repeated: \['A1'\]"
+    ):
         golden(spark, REGISTRY, pd.concat([BILLING, BILLING.head(1)]))
     nameless = REGISTRY.astype({"customer_id": object})
     nameless.loc[2, "customer_id"] = None
-    with pytest.raises(ValueError, match="registry: ids must not be null; 1 record"):
+    with pytest.raises(ValueError, match="registry, month 2012-03: ids must not be null; 1 record"):
         golden(spark, nameless, BILLING)
     with pytest.raises(ValueError, match="unknown reconciliation field"):
         rc.Fields.of({"id": "a", "name": "b", "street": "c", "postcode": "d", "city": "e", "zipcode": "f"})
@@ -160,6 +167,14 @@ EDGE_BILLING = [
     ("B8", "Ben Schmidt", "Maple Ave 7", "98101-2222", "Bellevue", "commercial"),
 ]
 EDGE_OPTIONS = {**SMALL_OPTIONS, "registry_columns": ["meter_id", "heated_area_m2"], "threshold": 0.6}
+
+
+def edge_frame(spark, side: str, month: str):
+    """The edge fixture of ``side`` (``registry`` / ``billing``) as a Spark frame read for ``month``."""
+    from pyspark.sql import functions as F
+
+    rows = EDGE_REGISTRY if side == "registry" else EDGE_BILLING
+    return spark.createDataFrame(rows, EDGE_SCHEMA[side]).withColumn("month", F.lit(month))
 
 
 def _plain(value):
@@ -225,17 +240,17 @@ def reference_golden(registry: pd.DataFrame, billing: pd.DataFrame, options: dic
             }
         )
     for row in rows:
-        row.update(first_seen_month=month, last_seen_month=month)
+        row.update(first_seen_month=month, last_seen_month=month, month=month)
     return sorted(rows, key=lambda r: r["golden_id"])
 
 
 def test_spark_path_gives_the_rows_of_the_pure_steps(spark):
-    registry = spark.createDataFrame(EDGE_REGISTRY, EDGE_SCHEMA["registry"])
-    billing = spark.createDataFrame(EDGE_BILLING, EDGE_SCHEMA["billing"])
-    got = rc.golden_customers({"registry": registry, "billing": billing}, "2013-05", EDGE_OPTIONS)
+    registry = edge_frame(spark, "registry", "2013-05")
+    billing = edge_frame(spark, "billing", "2013-05")
+    got = rc.golden_customers({"registry": registry, "billing": billing}, ["2013-05"], EDGE_OPTIONS)
     got_rows = sorted((r.asDict() for r in got.collect()), key=lambda r: r["golden_id"])
-    reg_pd = pd.DataFrame(EDGE_REGISTRY, columns=registry.columns)
-    bil_pd = pd.DataFrame(EDGE_BILLING, columns=billing.columns)
+    reg_pd = pd.DataFrame(EDGE_REGISTRY, columns=registry.columns[:-1])
+    bil_pd = pd.DataFrame(EDGE_BILLING, columns=billing.columns[:-1])
     expected = reference_golden(reg_pd, bil_pd, EDGE_OPTIONS, "2013-05")
     assert got_rows == expected
     # the fixture exercises what it claims: ties (R1/R2 and R8/R9, the smaller id owns), a customer with two
@@ -250,8 +265,8 @@ def test_spark_path_gives_the_rows_of_the_pure_steps(spark):
 
 def test_no_input_row_reaches_the_driver(spark, monkeypatch):
     """Every way PySpark brings rows to the driver is counted while the transform builds and runs."""
-    registry = spark.createDataFrame(EDGE_REGISTRY, EDGE_SCHEMA["registry"])
-    billing = spark.createDataFrame(EDGE_BILLING, EDGE_SCHEMA["billing"])
+    registry = edge_frame(spark, "registry", "2013-05")
+    billing = edge_frame(spark, "billing", "2013-05")
     collected: list[tuple[str, int]] = []
     cls = type(registry)
     for name in ("collect", "toPandas", "toArrow", "toLocalIterator", "take", "head", "tail", "first"):
@@ -264,7 +279,7 @@ def test_no_input_row_reaches_the_driver(spark, monkeypatch):
             return out
 
         monkeypatch.setattr(cls, name, counted)
-    out = rc.golden_customers({"registry": registry, "billing": billing}, "2013-05", EDGE_OPTIONS)
+    out = rc.golden_customers({"registry": registry, "billing": billing}, ["2013-05"], EDGE_OPTIONS)
     out.write.format("noop").mode("overwrite").save()
     assert sum(n for _, n in collected) == 0, collected  # the id check's query returns no offending id
     # the counter sees a collect of the inputs (what the transform used to do with toPandas)

@@ -224,4 +224,5 @@ def test_a_transform_of_months_must_give_each_row_its_month(spark, tmp_path):
     assert not lake.exists("exploitation", "v")
     assert months_together(view, daily_of_months) and not months_together(view, daily_of_month)
     latest = view.model_copy(update={"inputs": [view.inputs[0].model_copy(update={"months": "latest"})]})
-    assert not months_together(latest, daily_of_months)  # each month would read another snapshot
+    # a latest input's rows are tagged with the month they are read for: the batch says which snapshot each reads
+    assert months_together(latest, daily_of_months) and not months_together(latest, daily_of_month)

@@ -36,6 +36,7 @@ from lakehouse.io.storage import Storage, StorageAccessError, StorageUnavailable
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+    from lakehouse.io.merging import MonthRows
     from lakehouse.specs.models import StorageSpec
 
 PARTITION_COLUMN = "month"
@@ -88,7 +89,7 @@ _TABLE_LOCKS: dict[str, threading.Lock] = {}
 _TABLE_LOCKS_GUARD = threading.Lock()
 
 
-def _nullable_as(schema: pa.Schema, frame: DataFrame) -> pa.Schema:
+def _nullable_as(schema: pa.Schema, frame: DataFrame | MonthRows) -> pa.Schema:
     """``schema`` with each of its columns nullable as ``frame``'s column of that name is."""
     nullable = {f.name: f.nullable for f in frame.schema.fields}
     return pa.schema([f.with_nullable(nullable.get(f.name, True)) for f in schema])
@@ -455,7 +456,7 @@ class Lake:
         spark: SparkSession,
         zone: str,
         table: str,
-        months: Sequence[DataFrame | BaseException],
+        months: Sequence[DataFrame | MonthRows | BaseException],
         *,
         on: Sequence[str],
         newer: str | None = None,
@@ -472,13 +473,20 @@ class Lake:
         differ from the table's) fails alone: the others are folded without it, as when merged one by one.
         When a commit fails or loses a race with another writer, no later state (built on it) is committed:
         the months after it are merged one at a time from the table as it then is.
+
+        A month may be a :class:`lakehouse.io.merging.MonthRows`, its share of a frame holding a batch of
+        months (each row with its month): that frame is computed once for the fold. When the fold's plan
+        fails and its months share such a frame, nothing is committed and the error is raised: one month
+        alone would compute the whole frame again, so the caller computes the months again alone.
         """
+        from lakehouse.io.merging import MonthRows
+
         what = f"{zone}/{table}"
         if not on:
             raise ValueError(f"{what}: merge needs key columns")
         rule = (list(on), newer, list(keep_first))
         out: dict[int, tuple[int, int] | BaseException] = {}
-        todo: dict[int, DataFrame] = {}
+        todo: dict[int, DataFrame | MonthRows] = {}
         for i, data in enumerate(months):
             if isinstance(data, BaseException):
                 out[i] = data
@@ -490,13 +498,15 @@ class Lake:
             try:
                 with _table_lock(self._uri(zone, table)):
                     self._fold(spark, zone, table, todo, rule, out, alone=False)
-            except Exception:  # noqa: BLE001 - nothing of the months left was committed: each is merged alone below
-                pass
+            except Exception:
+                # nothing of the months left was committed: each is merged alone below, unless they share a frame
+                if any(isinstance(data, MonthRows) for i, data in todo.items() if i not in out):
+                    raise
         for i, data in todo.items():
             if i in out:
                 continue
 
-            def alone(i: int = i, data: DataFrame = data) -> None:
+            def alone(i: int = i, data: DataFrame | MonthRows = data) -> None:
                 self._fold(spark, zone, table, {i: data}, rule, out, alone=True)
                 if isinstance(failed := out[i], BaseException):
                     raise failed
@@ -512,7 +522,7 @@ class Lake:
         spark: SparkSession,
         zone: str,
         table: str,
-        months: dict[int, DataFrame],
+        months: dict[int, DataFrame | MonthRows],
         rule: tuple[list[str], str | None, list[str]],
         out: dict[int, tuple[int, int] | BaseException],
         *,

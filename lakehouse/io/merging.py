@@ -13,11 +13,16 @@ Several months are merged in one plan by folding, per key, the stored row and ea
 order with exactly that rule (:func:`states`): the state after month ``i`` is the stored table merged with
 the months up to ``i`` one after the other, as if each had been merged and committed alone. A stored table
 holds each non-null key once (every merge keeps it so).
+
+A month's rows are a DataFrame of their own, or a :class:`MonthRows`: one month's share of a frame that
+holds a batch of months with their month column (a view transform taking ``months``). The months of one
+such frame are read from it in one pass, so that frame is computed once for the whole fold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import reduce
 from typing import TYPE_CHECKING
 
@@ -29,6 +34,7 @@ from lakehouse.io.storage import Storage
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
+    from pyspark.sql.types import StructType
 
 #: a state's marks, counted by the staging tasks (:func:`stage_states`), never written: how many of the month's
 #: new rows a row of its state stands for, and how many of them repeat a key of the month
@@ -38,13 +44,33 @@ STATE = "__merge_state"
 _POS = "__merge_pos"
 
 
+@dataclass(frozen=True, eq=False)
+class MonthRows:
+    """The rows of ``frame`` whose ``column`` is ``month``, without that column: one month of a frame that
+    holds a batch of months. :func:`states` reads every month of the same frame in one pass."""
+
+    frame: DataFrame
+    column: str
+    month: str
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for c in self.frame.columns if c != self.column]
+
+    @property
+    def schema(self) -> StructType:
+        from pyspark.sql.types import StructType
+
+        return StructType([f for f in self.frame.schema.fields if f.name != self.column])
+
+
 def _field(i: int) -> str:
     return f"__c{i}"
 
 
 def states(
     stored: DataFrame | None,
-    new: Mapping[int, DataFrame],
+    new: Mapping[int, DataFrame | MonthRows],
     *,
     on: Sequence[str],
     newer: str | None,
@@ -56,16 +82,27 @@ def states(
     column order of ``stored`` (else of the first month), with :data:`STATE` and the marks :data:`NEW`
     (how many of that month's rows it stands for: they sum to the month's rows) and :data:`REPEATED`
     (how many of them repeat a key of the month; when that is not zero the month must fail, and its
-    states and the later ones must be computed again without it)."""
+    states and the later ones must be computed again without it). The months of ``new`` that are
+    :class:`MonthRows` of one frame are one read of that frame, each row tagged with its month's index."""
     from pyspark.sql import functions as F
 
     columns = (stored if stored is not None else new[min(new)]).columns
     names = {c: _field(i) for i, c in enumerate(columns)}
 
-    def tagged(frame: DataFrame, pos: int) -> DataFrame:
-        return frame.select(F.lit(pos).alias(_POS), *[F.col(f"`{c}`").alias(names[c]) for c in columns])
+    def tagged(frame: DataFrame, pos: Column) -> DataFrame:
+        return frame.select(pos.alias(_POS), *[F.col(f"`{c}`").alias(names[c]) for c in columns])
 
-    parts = ([tagged(stored, 0)] if stored is not None else []) + [tagged(f, i) for i, f in sorted(new.items())]
+    parts = [tagged(stored, F.lit(0))] if stored is not None else []
+    batches: dict[tuple[int, str], tuple[DataFrame, dict[str, int]]] = {}
+    for i, data in sorted(new.items()):
+        if isinstance(data, MonthRows):
+            batches.setdefault((id(data.frame), data.column), (data.frame, {}))[1][data.month] = i
+        else:
+            parts.append(tagged(data, F.lit(i)))
+    for (_, column), (frame, positions) in batches.items():
+        month = F.col(f"`{column}`")
+        index = F.create_map(*[F.lit(v) for pair in positions.items() for v in pair])[month]
+        parts.append(tagged(frame.where(month.isin(list(positions))), index))
     rows = reduce(lambda a, b: a.unionAll(b), parts)
     keys = [names[k] for k in on]
     # ties: rows of one month repeating a key (never committed) or with a null key (each taken alone)

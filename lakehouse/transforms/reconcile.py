@@ -19,6 +19,11 @@ keeps the source ids and the match scores. :func:`golden_customers` is the Spark
 The per-record work is pure pandas (:func:`normalize`, :func:`blocking_keys`, :func:`score_pairs`) and runs
 inside ``mapInPandas`` on the executors; blocking is a join on the exploded keys, assignment a window and
 the golden rows joins, all in Spark: the driver never holds a source's rows, whatever its size.
+
+The Spark steps reconcile a batch of months at once: every record carries the month it is read for
+(:data:`MONTH`), and the month is part of every key — of the ids checked, the blocking join, the
+scoring, the assignment window and the golden rows' joins — so no record meets a record of another month,
+and each month's rows are those the month reconciled alone gives.
 """
 
 from __future__ import annotations
@@ -61,6 +66,8 @@ STREET_WORDS = {
 #: US state suffixes seen after a town name (``Seattle WA``)
 STATE_SUFFIXES = {"wa", "washington"}
 
+#: the column holding the month a record is read for (:data:`lakehouse.io.lake.PARTITION_COLUMN`)
+MONTH = "month"
 DEFAULT_WEIGHTS = {"name": 0.3, "street": 0.2, "house_number": 0.2, "postcode": 0.15, "city": 0.15}
 CANONICAL = ("id", "name", "street", "house_number", "postcode", "city")
 
@@ -246,48 +253,65 @@ def score_pairs(
 
 
 # ------------------------------------------------------------------------------------ Spark (executors)
-#: what :func:`normalize_frame` yields per record: the canonical fields and the sorted blocking keys
-NORMALIZED_SCHEMA = "src_id string, name string, street string, number string, postcode string, city string, keys array<string>"
+#: what :func:`normalize_frame` yields per record: its month, the canonical fields and the sorted blocking keys
+NORMALIZED_SCHEMA = (
+    f"{MONTH} string, src_id string, name string, street string, number string, postcode string, city string, keys array<string>"
+)
 _NORMALIZED = ("name", "street", "number", "postcode", "city")
 #: a billing record's normalized fields kept to the golden row (billing-only customers)
 _KEPT = tuple(f"right_{c}" for c in _NORMALIZED[1:])
 #: what :func:`score_candidates` yields per candidate pair (or per right record without one)
-SCORED_SCHEMA = ", ".join(["right_id string", *(f"{c} string" for c in _KEPT), "left_id string", "score double"])
+SCORED_SCHEMA = ", ".join(
+    [f"{MONTH} string", "right_id string", *(f"{c} string" for c in _KEPT), "left_id string", "score double"]
+)
 
 
 def check_ids(sources: Mapping[str, tuple[DataFrame, Fields]]) -> None:
-    """Ids are the records' identity: a null or repeated id is refused, naming the source and up to five
-    ids (one job over all sources; only those offending ids come back to the driver)."""
+    """Ids are the records' identity within a month: a null id, or an id repeated within a month of a
+    source, is refused, naming the source, the month and up to five ids. One job over all sources and
+    months; only the offending ids (up to five per source and month) come back to the driver, and the
+    earliest month with one is reported."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     ids = None
     for source, (frame, fields) in sources.items():
         require_columns(frame.columns, fields)
-        side = frame.select(F.lit(source).alias("source"), frame[fields.id].cast("string").alias("id"))
+        side = frame.select(F.lit(source).alias("source"), MONTH, frame[fields.id].cast("string").alias("id"))
         ids = side if ids is None else ids.unionByName(side)
     if ids is None:
         return
-    counts = ids.groupBy("source", "id").count()
+    counts = ids.groupBy("source", MONTH, "id").count()
     bad = counts.where(F.col("id").isNull() | (F.col("count") > 1))
-    rows = bad.orderBy("source", F.col("id").asc_nulls_first()).limit(5 * len(sources)).collect()
-    for source in sources:
-        found = [r for r in rows if r["source"] == source]
-        if found and found[0]["id"] is None:
-            column = sources[source][1].id
-            raise ValueError(f"{source}: ids must not be null; {found[0]['count']} record(s) have no {column!r}")
-        if found:
-            raise ValueError(f"{source}: ids must be unique within a source, repeated: {[r['id'] for r in found[:5]]}")
+    first = Window.partitionBy("source", MONTH).orderBy(F.col("id").asc_nulls_first())
+    rows = bad.withColumn("_n", F.row_number().over(first)).where(F.col("_n") <= 5).drop("_n").collect()
+    for month in sorted({r[MONTH] for r in rows}):
+        for source in sources:
+            found = sorted(
+                (r for r in rows if r["source"] == source and r[MONTH] == month), key=lambda r: (r["id"] is not None, r["id"])
+            )
+            if found and found[0]["id"] is None:
+                column = sources[source][1].id
+                raise ValueError(
+                    f"{source}, month {month}: ids must not be null; {found[0]['count']} record(s) have no {column!r}"
+                )
+            if found:
+                raise ValueError(
+                    f"{source}, month {month}: ids must be unique within a source's month, repeated: {[r['id'] for r in found]}"
+                )
 
 
 def normalize_frame(frame: DataFrame, fields: Fields) -> DataFrame:
     """:func:`normalize` and :func:`blocking_keys` of a Spark frame, batch by batch on the executors: one
-    row per record with ``src_id`` (the id as text), the canonical fields and ``keys``."""
+    row per record with its :data:`MONTH`, ``src_id`` (the id as text), the canonical fields and ``keys``."""
     require_columns(frame.columns, fields)
-    cols = [frame[fields.id].cast("string").alias(fields.id), *(frame[c] for c in fields.columns if c != fields.id)]
+    id_column = frame[fields.id].cast("string").alias(fields.id)
+    cols = [frame[MONTH], id_column, *(frame[c] for c in fields.columns if c != fields.id)]
 
     def normalized(batches):
         for batch in batches:
             out = normalize(batch, fields)
+            out.insert(0, MONTH, batch[MONTH].to_numpy())
             out["keys"] = [sorted(blocking_keys(row)) for _, row in out.iterrows()]
             yield out
 
@@ -295,22 +319,24 @@ def normalize_frame(frame: DataFrame, fields: Fields) -> DataFrame:
 
 
 def candidate_pairs(left: DataFrame, right: DataFrame) -> DataFrame:
-    """Every right record with each left record sharing a blocking key (a join on the exploded keys, never
-    the cross product), both records' fields as ``left_*`` / ``right_*``. A right record with a key no left
-    record shares (or without keys) also has one row with null ``left_*``, so every right record is kept."""
+    """Every right record with each left record of its month sharing a blocking key (a join on the month
+    and the exploded keys, never the cross product), both records' fields as ``left_*`` / ``right_*``. A
+    right record with a key no left record shares (or without keys) also has one row with null ``left_*``,
+    so every right record is kept."""
     from pyspark.sql import functions as F
 
     def side(frame: DataFrame, name: str, explode) -> DataFrame:
         fields = (F.col(c).alias(f"{name}_{c}") for c in _NORMALIZED)
-        return frame.select(F.col("src_id").alias(f"{name}_id"), *fields, explode("keys").alias("key"))
+        return frame.select(MONTH, F.col("src_id").alias(f"{name}_id"), *fields, explode("keys").alias("key"))
 
-    joined = side(right, "right", F.explode_outer).join(side(left, "left", F.explode), "key", "left")
-    return joined.drop("key").dropDuplicates(["right_id", "left_id"])
+    joined = side(right, "right", F.explode_outer).join(side(left, "left", F.explode), [MONTH, "key"], "left")
+    return joined.drop("key").dropDuplicates([MONTH, "right_id", "left_id"])
 
 
 def score_candidates(pairs: DataFrame, weights: Mapping[str, float] | None = None) -> DataFrame:
-    """:func:`score_pairs` of each candidate pair on the executors (``score`` null for a right record
-    without candidates); the right record's normalized address is kept."""
+    """:func:`score_pairs` of each candidate pair on the executors, a month at a time (a record's fields
+    are those of its month; ``score`` null for a right record without candidates); the right record's
+    month and normalized address are kept."""
     weights = checked_weights(weights)
 
     def records(batch: pd.DataFrame, side: str) -> pd.DataFrame:
@@ -319,28 +345,27 @@ def score_candidates(pairs: DataFrame, weights: Mapping[str, float] | None = Non
 
     def scored(batches):
         for batch in batches:
-            out = batch[["right_id", *_KEPT, "left_id"]].assign(score=float("nan"))
-            paired = batch["left_id"].notna().to_numpy()
-            if paired.any():
-                pairs = batch[paired]
+            out = batch[[MONTH, "right_id", *_KEPT, "left_id"]].assign(score=float("nan"))
+            for _, pairs in batch[batch["left_id"].notna()].groupby(MONTH, sort=False):
                 scores = score_pairs(records(pairs, "left"), records(pairs, "right"), pairs, weights)
-                out.loc[paired, "score"] = scores["score"].to_numpy()
+                out.loc[pairs.index, "score"] = scores["score"].to_numpy()
             yield out
 
     return pairs.mapInPandas(scored, SCORED_SCHEMA)
 
 
 def assign(scored: DataFrame, threshold: float) -> DataFrame:
-    """One row per right record: its best left record (``left_id``, ``score``) when the score reaches
-    ``threshold``, ties to the smallest left id; nulls when none does. A left record may own several."""
+    """One row per right record and month: its best left record of that month (``left_id``, ``score``)
+    when the score reaches ``threshold``, ties to the smallest left id; nulls when none does. A left record
+    may own several."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     ok = F.coalesce(F.col("score") >= threshold, F.lit(False))
-    best = Window.partitionBy("right_id").orderBy(ok.desc(), F.col("score").desc(), F.col("left_id").asc())
+    best = Window.partitionBy(MONTH, "right_id").orderBy(ok.desc(), F.col("score").desc(), F.col("left_id").asc())
     ranked = scored.withColumn("_rank", F.row_number().over(best)).where(F.col("_rank") == 1)
     return ranked.select(
-        "right_id", *_KEPT, F.when(ok, F.col("left_id")).alias("left_id"), F.when(ok, F.col("score")).alias("score")
+        MONTH, "right_id", *_KEPT, F.when(ok, F.col("left_id")).alias("left_id"), F.when(ok, F.col("score")).alias("score")
     )
 
 
@@ -354,23 +379,24 @@ def golden_frame(
     *,
     registry_columns: list[str],
     billing_columns: list[str],
-    month: str | None,
 ) -> DataFrame:
-    """One row per real customer: a registry customer with its billing accounts, or a billing-only account.
+    """One row per real customer and month: a registry customer with its billing accounts of that month,
+    or a billing-only account.
 
-    ``assigned`` is :func:`assign`'s outcome per billing record. Columns: ``golden_id`` (``G-<registry id>``
+    ``assigned`` is :func:`assign`'s outcome per billing record; every frame has the :data:`MONTH`
+    column, and records are joined within their month only. Columns: ``golden_id`` (``G-<registry id>``
     or ``G-<billing id>`` for billing-only customers), ``registry_id``, ``billing_ids`` (``;``-joined,
     sorted), ``match_score`` (the lowest accepted score of its accounts; null without a match),
     ``match_status`` (``matched`` / ``registry_only`` / ``billing_only``), the canonical ``name, street,
     house_number, postcode, city`` (registry wins; billing fills customers the registry does not know,
     normalized), then ``registry_columns`` from the registry and ``billing_columns`` from the (first)
-    billing account, and ``first_seen_month``/``last_seen_month``.
+    billing account, ``first_seen_month``/``last_seen_month`` (the row's month) and :data:`MONTH`.
     """
     from pyspark.sql import functions as F
 
     # one group per registry customer with accounts, and one per billing record without a customer
     groups = assigned.groupBy(
-        F.col("left_id").alias("registry_id"), F.when(F.col("left_id").isNull(), F.col("right_id")).alias("_alone")
+        MONTH, F.col("left_id").alias("registry_id"), F.when(F.col("left_id").isNull(), F.col("right_id")).alias("_alone")
     ).agg(
         F.concat_ws(";", F.sort_array(F.collect_list("right_id"))).alias("billing_ids"),
         F.min("score").alias("match_score"),
@@ -379,16 +405,18 @@ def golden_frame(
     )
     own = list(dict.fromkeys([*registry_fields.columns, *registry_columns]))
     reg = registry.select(
+        registry[MONTH],
         registry[registry_fields.id].cast("string").alias("registry_id"),
         F.lit(True).alias("_known"),
         *(registry[c].alias(f"_r_{c}") for c in own),
     )
     bil = billing.select(
+        billing[MONTH],
         billing[billing_fields.id].cast("string").alias("_bid"),
         billing[billing_fields.name].cast("string").alias("_name"),
         *(billing[c].alias(f"_b_{c}") for c in billing_columns),
     )
-    rows = reg.join(groups, "registry_id", "full_outer").join(bil, "_bid", "left")
+    rows = reg.join(groups, [MONTH, "registry_id"], "full_outer").join(bil, [MONTH, "_bid"], "left")
     known = F.col("_known").isNotNull()
 
     def registry_or(field: str, billing_value):
@@ -412,19 +440,24 @@ def golden_frame(
         registry_or("city", F.initcap("right_city")),
         *(F.col(f"_r_{c}").alias(c) for c in registry_columns),
         *(F.col(f"_b_{c}").alias(c) for c in billing_columns),
-        F.lit(month).cast("string").alias("first_seen_month"),
-        F.lit(month).cast("string").alias("last_seen_month"),
+        F.col(MONTH).cast("string").alias("first_seen_month"),
+        F.col(MONTH).cast("string").alias("last_seen_month"),
+        MONTH,
     )
 
 
 # -------------------------------------------------------------------------------------- Spark entry
-def golden_customers(inputs: dict[str, DataFrame], month: str, options: dict[str, Any]) -> DataFrame:
-    """View transform: the month's registry and billing snapshots → golden customer rows of that month.
+def golden_customers(inputs: dict[str, DataFrame], months: list[str], options: dict[str, Any]) -> DataFrame:
+    """View transform of a batch of months: each month's registry and billing snapshots → golden customer
+    rows of that month, all months of ``months`` in one plan.
 
-    ``options``: ``registry`` / ``billing`` map canonical fields to columns (plus ``input``: the input
-    alias, default ``registry``/``billing``); ``registry_columns`` / ``billing_columns`` are carried over;
-    ``weights`` and ``threshold`` tune the scoring. Every step runs on the executors and no input row
-    reaches the driver; the factory MERGEs the rows into the golden table.
+    Each input holds, for every month of the batch, the snapshot that month reads, its rows tagged with
+    that month in the :data:`MONTH` column (docs/ml.md, "View transforms"); every result row carries its
+    month there too, and each month's rows are those the month computed alone gives. ``options``:
+    ``registry`` / ``billing`` map canonical fields to columns (plus ``input``: the input alias, default
+    ``registry``/``billing``); ``registry_columns`` / ``billing_columns`` are carried over; ``weights`` and
+    ``threshold`` tune the scoring. Every step runs on the executors and no input row reaches the driver;
+    the factory MERGEs each month's rows into the golden table.
     """
     reg_opts, bil_opts = dict(options["registry"]), dict(options["billing"])
     reg_in, bil_in = reg_opts.get("input", "registry"), bil_opts.get("input", "billing")
@@ -437,6 +470,9 @@ def golden_customers(inputs: dict[str, DataFrame], month: str, options: dict[str
     billing_columns = list(options.get("billing_columns", []))
     _check_carried(registry_columns, registry.columns, reg_in, billing_columns, billing.columns, bil_in)
     weights = checked_weights(options.get("weights"))
+    for name, frame in ((reg_in, registry), (bil_in, billing)):
+        if MONTH not in frame.columns:
+            raise KeyError(f"golden_customers: {name} has no {MONTH!r} column (the month each record is read for)")
     check_ids({reg_in: (registry, reg_fields), bil_in: (billing, bil_fields)})
     pairs = candidate_pairs(normalize_frame(registry, reg_fields), normalize_frame(billing, bil_fields))
     assigned = assign(score_candidates(pairs, weights), float(options.get("threshold", 0.8)))
@@ -448,7 +484,6 @@ def golden_customers(inputs: dict[str, DataFrame], month: str, options: dict[str
         bil_fields,
         registry_columns=registry_columns,
         billing_columns=billing_columns,
-        month=month,
     )
 
 
@@ -482,6 +517,6 @@ def _check_carried(
         if missing:
             raise KeyError(f"golden_customers: {name} has no column(s) {missing}; it has {list(has)}")
     carried = [*registry_columns, *billing_columns]
-    clash = sorted({c for c in carried if c in GOLDEN_COLUMNS or carried.count(c) > 1})
+    clash = sorted({c for c in carried if c in (*GOLDEN_COLUMNS, MONTH) or carried.count(c) > 1})
     if clash:
         raise ValueError(f"golden_customers: carried column(s) {clash} repeat a golden column or each other")
