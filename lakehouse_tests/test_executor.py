@@ -46,28 +46,36 @@ def both(left: int, right: int) -> int:
     return left + right
 
 
-def graph_job(max_concurrent: int = 2, heavy: str = "") -> dg.JobDefinition:
-    """The graph's job; ``heavy`` names the asset that weighs more than the others (none: all weigh the same)."""
+@dg.asset
+def aside() -> int:
+    _log("aside start")
+    _log("aside end")
+    return 3
+
+
+def graph_job(max_concurrent: int = 2, heavy: str = "", with_aside: bool = False) -> dg.JobDefinition:
+    """The graph's job; ``heavy`` names the asset that weighs more than the others (none: all weigh the
+    same); ``with_aside``: plus an asset no other reads, which weighs more than ``left`` and ``right``."""
 
     def weigh(key: dg.AssetKey) -> float:
-        return 1e9 if key.path[-1] == heavy else 1.0
+        return 1e9 if key.path[-1] == heavy else 2.0 if key.path[-1] == "aside" else 1.0
 
     defs = dg.Definitions(
-        assets=[left, right, both],
+        assets=[left, right, both, *([aside] if with_aside else [])],
         jobs=[dg.define_asset_job("graph", executor_def=threaded_executor(max_concurrent, weigh if heavy else None))],
     )
     return defs.resolve_job_def("graph")
 
 
 def run(
-    tmp_path: Path, monkeypatch, fail: str = "", max_concurrent: int = 2, heavy: str = ""
+    tmp_path: Path, monkeypatch, fail: str = "", max_concurrent: int = 2, heavy: str = "", with_aside: bool = False
 ) -> tuple[dg.ExecuteJobResult, dict[str, float]]:
     log = tmp_path / "steps.log"
     monkeypatch.setenv("EXECUTOR_TEST_LOG", str(log))
     monkeypatch.setenv("EXECUTOR_TEST_FAIL", fail)
     (tmp_path / "home").mkdir(exist_ok=True)
     instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
-    job = dg.build_reconstructable_job(__name__, "graph_job", reconstructable_args=(max_concurrent, heavy))
+    job = dg.build_reconstructable_job(__name__, "graph_job", reconstructable_args=(max_concurrent, heavy, with_aside))
     with dg.execute_job(job, instance=instance, raise_on_error=False) as result:
         times = {" ".join(line.split()[:2]): float(line.split()[2]) for line in log.read_text().splitlines()}
         return result, times
@@ -96,6 +104,14 @@ def test_the_ready_step_that_weighs_more_starts_first(tmp_path, monkeypatch, hea
     assert result.success
     light = "right" if heavy == "left" else "left"
     assert t[f"{light} start"] >= t[f"{heavy} end"]
+
+
+def test_the_steps_leading_to_the_heaviest_asset_start_first(tmp_path, monkeypatch):
+    """``both`` (computed from ``left`` and ``right``) weighs the most: both its inputs run before
+    ``aside``, which weighs more than either of them but leads to nothing."""
+    result, t = run(tmp_path, monkeypatch, max_concurrent=1, heavy="both", with_aside=True)
+    assert result.success
+    assert t["aside start"] >= max(t["left end"], t["right end"]), t
 
 
 def test_an_asset_weighs_the_bytes_landed_for_its_sources(tmp_path):

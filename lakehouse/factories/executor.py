@@ -10,9 +10,11 @@ steps may start (dependencies, retries, skips after a failure); up to ``max_conc
 once, each in a thread that streams its events back to the run's thread, which records them in order of
 arrival. Log capture stays one per process, as in the in-process executor.
 
-Among the steps ready at once, the one with the most data upstream starts first (after Dagster's
-``dagster/priority`` tag): the largest source's chain is the longest, and starting it early keeps the small
-chains for the other worker instead of leaving it to run alone at the end (longest processing time first).
+Among the steps ready at once, the one leading to the asset with the most data upstream starts first
+(after Dagster's ``dagster/priority`` tag), and among those the one with the most data upstream itself:
+the largest source's chain is the longest, and starting it early keeps the small chains for the other
+worker instead of leaving it to run alone at the end (longest processing time first), the small chains
+its views also read going before the others.
 """
 
 from __future__ import annotations
@@ -57,22 +59,37 @@ def _run_step(step_context: Any, reports: queue.Queue[_Report]) -> None:
 
 
 def largest_first(job_context: PlanExecutionContext, weigh: Weigh | None) -> Callable[[ExecutionStep], Any]:
-    """The order of ready steps: higher ``dagster/priority`` first, then the step whose asset ``weigh``
-    gives more. A step is weighed once, when it is first ready (its upstream steps are done, so what it
-    reads is there), and a step of no single asset weighs nothing."""
+    """The order of ready steps: higher ``dagster/priority`` first, then the step leading to the heaviest
+    asset of the run (its own, or one of the run's assets downstream of it: a small source that a view of
+    the largest source also reads must be done when that source's chain is), then the step whose own asset
+    ``weigh`` gives more. A step is weighed once, when it is first ready (its upstream steps are done, so
+    what it reads is there), and a step of no single asset weighs nothing."""
     layer = job_context.job_def.asset_layer
-    weights: dict[str, float] = {}
+    graph = layer.asset_graph
+    in_run = set(layer.selected_asset_keys)
+    weights: dict[str, tuple[float, float]] = {}
 
-    def weight(step: ExecutionStep) -> float:
+    def downstream(key: dg.AssetKey) -> set[dg.AssetKey]:
+        seen, todo = set(), [key]
+        while todo:
+            for child in graph.get(todo.pop()).child_keys:
+                if child in in_run and child not in seen:
+                    seen.add(child)
+                    todo.append(child)
+        return seen
+
+    def weight(step: ExecutionStep) -> tuple[float, float]:
         assets = layer.get_assets_def_for_node(step.node_handle)
         if weigh is None or assets is None or len(assets.keys) != 1:
-            return 0.0
-        return max(0.0, float(weigh(assets.key)))
+            return 0.0, 0.0
+        own = max(0.0, float(weigh(assets.key)))
+        return max([own, *(float(weigh(k)) for k in downstream(assets.key))]), own
 
-    def sort_key(step: ExecutionStep) -> tuple[int, float]:
+    def sort_key(step: ExecutionStep) -> tuple[int, float, float]:
         if step.key not in weights:
             weights[step.key] = weight(step)
-        return -int(step.tags.get(PRIORITY_TAG, 0)), -weights[step.key]
+        heaviest, own = weights[step.key]
+        return -int(step.tags.get(PRIORITY_TAG, 0)), -heaviest, -own
 
     return sort_key
 
