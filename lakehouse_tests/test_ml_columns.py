@@ -146,3 +146,29 @@ def test_no_scenario_column_name_is_a_constant_in_the_ml_package():
         for n, line in enumerate(py.read_text().splitlines(), 1):
             found += [f"{py.name}:{n}: {m}" for m in re.findall(r"[\"']([a-z_0-9]+)[\"']", line) if m in names]
     assert found == []
+
+
+def test_folds_fitted_side_by_side_score_as_one_after_the_other(monkeypatch):
+    """Gradient boosting's folds on as many threads as cores: every fold's figures and the out-of-fold
+    predictions are those of a one-core run."""
+    daily = series(days=500).assign(t2=lambda d: d["t_out"] ** 2)
+    x = daily.assign(hdd=np.maximum(0, 15 - daily["t_out"]))
+    cfg = train.CVConfig(kind="kfold", folds=4, seed=3)
+    threads: dict[int, set[str]] = {}
+    real_fit = train.fit
+
+    def fit(*args, **kwargs):
+        import threading
+
+        threads.setdefault(cores, set()).add(threading.current_thread().name)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit)
+    got = {}
+    for cores in (1, 4):
+        monkeypatch.setattr(train.os, "cpu_count", lambda cores=cores: cores)
+        got[cores] = train.cross_validate(
+            "sklearn_gbm", x, x["gas"].to_numpy(), ["hdd", "t2"], {"max_iter": 30}, 0, cfg, ["d"], "d"
+        )
+    assert len(threads[1]) == 1 and len(threads[4]) > 1  # the folds did run side by side
+    assert got[4].folds == got[1].folds and np.array_equal(got[4].oof, got[1].oof)

@@ -20,7 +20,9 @@ pipeline, so models are compared on the same rows:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -347,9 +349,19 @@ def cross_validate(
     oof = np.full(len(train), np.nan)
     out = []
     dates = pd.to_datetime(train[time])
-    for k, (fit_rows, test_rows) in enumerate(folds, 1):
-        model = fit(kind, train.iloc[fit_rows], target[fit_rows], features, params, seed, baseline, categorical)
-        pred = model.predict(train.iloc[test_rows][cols])
+
+    def predicted(fold: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        fit_rows, test_rows = fold
+        with single_threaded():  # OpenMP's thread count is the calling thread's own
+            model = fit(kind, train.iloc[fit_rows], target[fit_rows], features, params, seed, baseline, categorical)
+            return model.predict(train.iloc[test_rows][cols])
+
+    # each fold is its own seeded fit on one native thread: fitted side by side, the folds give the same
+    # predictions; torch keeps its seed and thread count process-wide, so its folds go one at a time
+    threads = 1 if kind.startswith("torch") else max(1, min(os.cpu_count() or 1, len(folds)))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cv") as pool:
+        preds = list(pool.map(predicted, folds))
+    for k, ((fit_rows, test_rows), pred) in enumerate(zip(folds, preds, strict=True), 1):
         oof[test_rows] = pred
         m = regression_metrics(target[test_rows], pred)
         row: dict[str, Any] = {"fold": k, "fit_rows": int(len(fit_rows)), "test_rows": int(len(test_rows))}
