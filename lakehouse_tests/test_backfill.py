@@ -358,3 +358,30 @@ def test_a_month_whose_inputs_changed_during_its_plan_is_computed_again_and_so_a
         again = [["2012-02"], ["2012-03"]] if ordered else [["2012-02"]]
         assert PLANS == [MONTHS, *again]
         assert materialized(instance, run, dg.AssetKey(["formatted", "toy"])) == MONTHS
+
+
+def test_large_months_of_a_trusted_table_go_one_per_plan():
+    """``rows_per_plan`` bounds the formatted rows a trusted plan holds: the months per plan shrink as the
+    run's months grow, down to one; a source with a ``prev.`` rule is always one per plan."""
+    from lakehouse.factories.trusted import _months_per_plan
+    from lakehouse.specs import load_project
+    from lakehouse.specs.models import SourceSpec
+    from lakehouse_tests.test_cleaning import meter_source
+
+    class Rows:
+        def __init__(self, per_month: int) -> None:
+            self.per_month = per_month
+
+        def exists(self, zone, table):
+            return True
+
+        def month_rows(self, zone, table, months):
+            return dict.fromkeys(months, self.per_month)
+
+    project = load_project(REPO / "configs", env={})
+    settings_ = {"months_per_plan": 12, "rows_per_plan": 1_000_000}
+    project = project.model_copy(update={"lakehouse": project.lakehouse.model_copy(update=settings_)})
+    source = meter_source()
+    assert [_months_per_plan(project, Rows(n), source, MONTHS) for n in (30_000, 200_000, 600_000, 1_050_000)] == [12, 5, 1, 1]
+    previous = meter_source(rules=[{"name": "rise", "deny": "reading_kwh > prev.reading_kwh + 50", "action": "warn"}])
+    assert isinstance(previous, SourceSpec) and _months_per_plan(project, Rows(10), previous, MONTHS) == 1

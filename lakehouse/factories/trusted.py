@@ -362,6 +362,20 @@ class _TrustedMonths:
         return checks
 
 
+def _months_per_plan(project: Project, root: Lake, source: SourceSpec, months: list[str]) -> int:
+    """How many of a run's months are cleaned in one plan: ``months_per_plan`` (none but one for a source
+    with a ``prev.`` rule), fewer when the months' formatted rows average more than ``rows_per_plan``
+    divided by it (a large month's cost is its rows; one plan of several would only hold more at once)."""
+    if not one_plan(source) or not months:
+        return 1
+    settings_ = project.lakehouse
+    rows = root.month_rows("formatted", source.name, months) if root.exists("formatted", source.name) else None
+    average = sum(rows.values()) / len(months) if rows else 0
+    return max(
+        1, min(settings_.months_per_plan, int(settings_.rows_per_plan // average) if average else settings_.months_per_plan)
+    )
+
+
 def _description(source: SourceSpec, compiled: list[CompiledRule]) -> str:
     """The asset's description: where its rows go, its rules and cleaning steps."""
     rules = "\n".join(f"- `{cr.name}` ({cr.spec.action}): {escape_md(cr.spec.description or cr.describe())}" for cr in compiled)
@@ -386,13 +400,6 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     # first, so such a source's months overlap only up to the unit step (_InOrder), two at a time; any
     # other source's months are independent
     ordered = history_months(source) > 0
-    # a batch of months cleaned in one plan (unless a rule reads the previous row across months); the
-    # batches of a source reading earlier months run one after the other
-    per_plan = project.lakehouse.months_per_plan if one_plan(source) else 1
-    if per_plan > 1:
-        workers = 1 if ordered else project.lakehouse.month_workers
-    else:
-        workers = min(2, project.lakehouse.month_workers) if ordered else project.lakehouse.month_workers
 
     @dg.asset(
         key=key("trusted", source.name),
@@ -413,6 +420,12 @@ def build_trusted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefini
     )
     def _trusted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource):
         root = lake.lake
+        per_plan = _months_per_plan(project, root, source, months_of(context))
+        # the batches of a source reading earlier months run one after the other; its months one by one,
+        # two at a time
+        workers = (
+            project.lakehouse.month_workers if not ordered else 1 if per_plan > 1 else min(2, project.lakehouse.month_workers)
+        )
         run = _TrustedMonths(context, root, spark.session(), source, ordered=ordered and workers > 1)
         done = run_months(
             context,

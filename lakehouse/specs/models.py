@@ -170,6 +170,9 @@ class LakehouseSpec(Spec):
     #: months of such an asset computed in one Spark plan (each still committed on its own): the fixed
     #: cost of a Spark job and of planning is paid once per batch; 1: a plan per month
     months_per_plan: int = Field(default=12, ge=1, le=120)
+    #: at most this many input rows in one plan of ``trusted/*`` (fewer months per plan when months are
+    #: large: their cost is their rows, not the fixed cost of a job)
+    rows_per_plan: int = Field(default=1_000_000, ge=1)
     #: steps of a zone run (``make demo``'s zones job) that run at the same time when they do not depend on
     #: each other (threads sharing the Spark session, lakehouse.factories.executor); 1: one after the other
     step_workers: int = Field(default=2, ge=1, le=8)
