@@ -53,6 +53,37 @@ def aside() -> int:
     return 3
 
 
+@dg.asset
+def a_start() -> int:
+    _log("a_start start")
+    return 1
+
+
+@dg.asset
+def b_start() -> int:
+    _log("b_start start")
+    return 1
+
+
+@dg.asset
+def b_middle(b_start: int) -> int:
+    return b_start
+
+
+@dg.asset
+def end(a_start: int, b_middle: int) -> int:
+    return a_start + b_middle
+
+
+def chains_job() -> dg.JobDefinition:
+    """Two chains to one last asset, ``b``'s a step longer; every asset weighs the same."""
+    defs = dg.Definitions(
+        assets=[a_start, b_start, b_middle, end],
+        jobs=[dg.define_asset_job("chains", executor_def=threaded_executor(1, lambda key: 1.0))],
+    )
+    return defs.resolve_job_def("chains")
+
+
 def graph_job(max_concurrent: int = 2, heavy: str = "", with_aside: bool = False) -> dg.JobDefinition:
     """The graph's job; ``heavy`` names the asset that weighs more than the others (none: all weigh the
     same); ``with_aside``: plus an asset no other reads, which weighs more than ``left`` and ``right``."""
@@ -112,6 +143,18 @@ def test_the_steps_leading_to_the_heaviest_asset_start_first(tmp_path, monkeypat
     result, t = run(tmp_path, monkeypatch, max_concurrent=1, heavy="both", with_aside=True)
     assert result.success
     assert t["aside start"] >= max(t["left end"], t["right end"]), t
+
+
+def test_the_ready_step_with_more_work_ahead_starts_first(tmp_path, monkeypatch):
+    """Both chains end in ``end``; ``b``'s has one step more ahead of it: it starts first."""
+    log = tmp_path / "steps.log"
+    monkeypatch.setenv("EXECUTOR_TEST_LOG", str(log))
+    (tmp_path / "home").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(tmp_path / "home"))
+    with dg.execute_job(dg.build_reconstructable_job(__name__, "chains_job"), instance=instance) as result:
+        assert result.success
+    started = [line.split()[0] for line in log.read_text().splitlines()]
+    assert started == ["b_start", "a_start"], started
 
 
 def test_an_asset_weighs_the_bytes_landed_for_its_sources(tmp_path):

@@ -10,11 +10,11 @@ steps may start (dependencies, retries, skips after a failure); up to ``max_conc
 once, each in a thread that streams its events back to the run's thread, which records them in order of
 arrival. Log capture stays one per process, as in the in-process executor.
 
-Among the steps ready at once, the one leading to the asset with the most data upstream starts first
-(after Dagster's ``dagster/priority`` tag), and among those the one with the most data upstream itself:
-the largest source's chain is the longest, and starting it early keeps the small chains for the other
-worker instead of leaving it to run alone at the end (longest processing time first), the small chains
-its views also read going before the others.
+Among the steps ready at once, the one with the most work ahead of it starts first (after Dagster's
+``dagster/priority`` tag): the sum of the weights (data upstream) along the heaviest path from the step to
+the end of the run. The largest source's chain is the longest, and starting it early keeps the small
+chains for the other worker instead of leaving it to run alone at the end; among the small chains, the
+one with more steps before the last view goes first (critical path first).
 """
 
 from __future__ import annotations
@@ -58,49 +58,46 @@ def _run_step(step_context: Any, reports: queue.Queue[_Report]) -> None:
     reports.put((step_context.step.key, None, error))
 
 
-def largest_first(job_context: PlanExecutionContext, weigh: Weigh | None) -> Callable[[ExecutionStep], Any]:
-    """The order of ready steps: higher ``dagster/priority`` first, then the step leading to the heaviest
-    asset of the run (its own, or one of the run's assets downstream of it: a small source that a view of
-    the largest source also reads must be done when that source's chain is), then the step whose own asset
-    ``weigh`` gives more. A step is weighed once, when it is first ready (its upstream steps are done, so
-    what it reads is there), and a step of no single asset weighs nothing."""
-    layer = job_context.job_def.asset_layer
-    graph = layer.asset_graph
-    in_run = set(layer.selected_asset_keys)
-    weights: dict[str, tuple[float, float]] = {}
+class LongestFirst:
+    """The order of ready steps (a ``sort_key`` for Dagster's ``ActiveExecution``): higher
+    ``dagster/priority`` first, then the step with the most work ahead of it — its asset's weight
+    (``weigh``) plus the most of its children's in the run, down to the end of the run (critical path
+    first). Weights are taken again after each step of the run ends (:meth:`forget`): what a step reads is
+    there once its upstream steps are done, and every step compared at a time is weighed on the same data.
+    A step of no single asset weighs nothing."""
 
-    def downstream(key: dg.AssetKey) -> set[dg.AssetKey]:
-        seen, todo = set(), [key]
-        while todo:
-            for child in graph.get(todo.pop()).child_keys:
-                if child in in_run and child not in seen:
-                    seen.add(child)
-                    todo.append(child)
-        return seen
+    def __init__(self, job_context: PlanExecutionContext, weigh: Weigh | None) -> None:
+        self.layer = job_context.job_def.asset_layer
+        self.in_run = set(self.layer.selected_asset_keys)
+        self.weigh = weigh
+        self.ahead: dict[dg.AssetKey, float] = {}
 
-    def weight(step: ExecutionStep) -> tuple[float, float]:
-        assets = layer.get_assets_def_for_node(step.node_handle)
-        if weigh is None or assets is None or len(assets.keys) != 1:
-            return 0.0, 0.0
-        own = max(0.0, float(weigh(assets.key)))
-        return max([own, *(float(weigh(k)) for k in downstream(assets.key))]), own
+    def forget(self) -> None:
+        self.ahead.clear()
 
-    def sort_key(step: ExecutionStep) -> tuple[int, float, float]:
-        if step.key not in weights:
-            weights[step.key] = weight(step)
-        heaviest, own = weights[step.key]
-        return -int(step.tags.get(PRIORITY_TAG, 0)), -heaviest, -own
+    def _ahead(self, key: dg.AssetKey) -> float:
+        """``key``'s weight plus the largest of its children's (in the run), recursively."""
+        if key not in self.ahead:
+            assert self.weigh is not None, "weights need a weigh function"
+            children = [c for c in self.layer.asset_graph.get(key).child_keys if c in self.in_run]
+            own = max(0.0, float(self.weigh(key)))
+            self.ahead[key] = own + max((self._ahead(c) for c in children), default=0.0)
+        return self.ahead[key]
 
-    return sort_key
+    def __call__(self, step: ExecutionStep) -> Any:  # (priority, work ahead), compared as a tuple
+        assets = self.layer.get_assets_def_for_node(step.node_handle)
+        single = self.weigh is not None and assets is not None and len(assets.keys) == 1
+        return -int(step.tags.get(PRIORITY_TAG, 0)), -(self._ahead(assets.key) if single and assets else 0.0)
 
 
 def threaded_plan_iterator(
     job_context: PlanExecutionContext, execution_plan: ExecutionPlan, max_concurrent: int, weigh: Weigh | None = None
 ) -> Iterator[dg.DagsterEvent]:
     """``inner_plan_execution_iterator`` of Dagster's in-process executor, with up to ``max_concurrent``
-    steps in flight, ready steps started in the order of :func:`largest_first`."""
+    steps in flight, ready steps started in the order of :class:`LongestFirst`."""
     compute_log_manager = job_context.instance.compute_log_manager
     step_keys = [step.key for step in execution_plan.get_steps_to_execute_in_topo_order()]
+    order = LongestFirst(job_context, weigh)
     reports: queue.Queue[_Report] = queue.Queue()
     running: dict[str, tuple[Any, list[dg.DagsterEvent]]] = {}
     with (
@@ -108,7 +105,7 @@ def threaded_plan_iterator(
         execution_plan.start(
             retry_mode=job_context.retry_mode,
             max_concurrent=max_concurrent,
-            sort_key_fn=largest_first(job_context, weigh),
+            sort_key_fn=order,
             instance_concurrency_context=concurrency,
             step_dependency_config=job_context.step_dependency_config,
         ) as active,
@@ -134,6 +131,7 @@ def threaded_plan_iterator(
                 active.handle_event(event)
                 continue
             step_context, events = running.pop(key)
+            order.forget()
             if error is not None:
                 raise error
             active.verify_complete(job_context, key)
@@ -188,7 +186,7 @@ class ThreadedExecutor(dg.Executor):
 def threaded_executor(max_concurrent: int, weigh: Weigh | None = None) -> dg.ExecutorDefinition:
     """An executor running :class:`ThreadedExecutor` with ``max_concurrent`` steps at once
     by default (run config ``execution: {config: {max_concurrent: N}}`` changes it per run); ``weigh``
-    orders the ready steps (:func:`largest_first`)."""
+    orders the ready steps (:class:`LongestFirst`)."""
 
     @dg.executor(
         name="in_process_threads",

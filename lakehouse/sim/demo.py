@@ -14,6 +14,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -178,8 +179,8 @@ def demo_definitions() -> tuple[dg.Definitions, dict[str, int]]:
     """The project's assets with the demo's jobs, and the number of assets each job materializes.
 
     The zones job runs independent steps side by side (``step_workers`` threads sharing the Spark session,
-    :mod:`lakehouse.factories.executor`), the collectors first, then the steps computed from the most
-    landed bytes (:func:`landed_bytes`); the ML jobs run one step at a time: their trainings seed global
+    :mod:`lakehouse.factories.executor`), the collectors first, then the steps with the most landed
+    bytes ahead of them (:func:`landed_bytes` along their heaviest path to the end of the run); the ML jobs run one step at a time: their trainings seed global
     random generators and limit process-wide thread pools.
     """
     project = settings.load()
@@ -272,6 +273,15 @@ def summary(lake: Lake) -> list[str]:
     return lines
 
 
+def _start_spark() -> None:
+    """This process's Spark session, started ahead of the zones run. A session that cannot start is left
+    to the run, whose step then fails saying why."""
+    from lakehouse.io.spark import get_spark
+
+    with contextlib.suppress(Exception):
+        get_spark(settings.load().lakehouse.spark)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lakehouse.sim.demo", description=__doc__)
     parser.add_argument("--world", type=Path, default=Path(".demo"))
@@ -281,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-rate", type=float, default=0.002)
     args = parser.parse_args(argv)
     cpu = CpuMeter()
+    # the Spark JVM starts on the other core while the world is written (the zones run then finds it)
+    spark = threading.Thread(target=_start_spark, name="spark-start", daemon=True)
+    spark.start()
     build_world(args.world, args.start, args.end, args.meters, args.fault_rate)
+    spark.join()
     with weather_provider():
         result = materialize_all(args.start, args.end, instance=dg.DagsterInstance.get())
     lake = settings.lake(settings.load())

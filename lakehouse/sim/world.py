@@ -209,7 +209,7 @@ class MeterWorld:
         """Apply faults to one meter-month; rows as (timestamp text, value text) and the fault log."""
         rate = self.config.fault_rate
         kinds = set(self.config.kinds) if rate > 0 else set()
-        ts = [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in stamps]
+        ts = [f"{t}Z" for t in np.datetime_as_string(stamps.tz_convert("UTC").tz_localize(None).values, unit="s")]
         vals = [f"{v:.3f}" for v in values]
         faults: list[dict] = []
         n_days = len(ts) // 24
