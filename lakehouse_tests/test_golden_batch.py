@@ -17,11 +17,11 @@ import dagster as dg
 import pandas as pd
 import pyarrow as pa
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from lakehouse.io import merging
 from lakehouse.io.lake import Lake
 from lakehouse.transforms import reconcile as rc
+from lakehouse_tests.reliability.helpers import materialize
 from lakehouse_tests.test_merge_batch import BILLING, REGISTRY
 from lakehouse_tests.test_reconcile import reference_golden
 
@@ -162,14 +162,7 @@ def _materialize(make_project, root: Path, per_plan: int, monkeypatch, repeat: s
     monkeypatch.setattr(merging, "states", spied_states)
     defs = build_definitions(project)
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(
-        defs.assets,
-        selection=[KEY],
-        resources=defs.resources,
-        instance=instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: MONTHS[0], ASSET_PARTITION_RANGE_END_TAG: MONTHS[-1]},
-        raise_on_error=False,
-    )
+    result = materialize(defs, [KEY], MONTHS[0], MONTHS[-1], instance=instance, raise_on_error=False)
     monkeypatch.setattr(rc, "golden_customers", transform)
     monkeypatch.setattr(merging, "states", states)
     failures = result.get_step_failure_events()

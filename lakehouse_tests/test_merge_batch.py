@@ -17,12 +17,12 @@ from collections.abc import Sequence
 import dagster as dg
 import pyarrow as pa
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from deltalake import write_deltalake
 
 from lakehouse.io import merging
 from lakehouse.io.lake import Lake
 from lakehouse.io.spark import arrow_frame
+from lakehouse_tests.reliability.helpers import materialize
 
 SCHEMA = pa.schema(
     [("golden_id", pa.string()), ("region", pa.string()), ("name", pa.string()), ("first", pa.string()), ("last", pa.string())]
@@ -318,14 +318,7 @@ def _materialize(make_project, root, per_plan: int, monkeypatch) -> tuple[Lake, 
     defs = build_definitions(project)
     key = dg.AssetKey(["exploitation", "golden_customers"])
     instance = dg.DagsterInstance.ephemeral()
-    result = dg.materialize(
-        defs.assets,
-        selection=[key],
-        resources=defs.resources,
-        instance=instance,
-        tags={ASSET_PARTITION_RANGE_START_TAG: MONTHS[0], ASSET_PARTITION_RANGE_END_TAG: MONTHS[-1]},
-        raise_on_error=False,
-    )
+    result = materialize(defs, [key], MONTHS[0], MONTHS[-1], instance=instance, raise_on_error=False)
     monkeypatch.setattr(Lake, "merge_months", real)
     assert not result.success  # February fails
     figures = {}
