@@ -440,8 +440,10 @@ def golden_frame(
         registry_or("city", F.initcap("right_city")),
         *(F.col(f"_r_{c}").alias(c) for c in registry_columns),
         *(F.col(f"_b_{c}").alias(c) for c in billing_columns),
-        F.col(MONTH).cast("string").alias("first_seen_month"),
-        F.col(MONTH).cast("string").alias("last_seen_month"),
+        # every row has its month (the joins' key): the empty string only declares them non-nullable, as
+        # the table has them
+        F.coalesce(F.col(MONTH).cast("string"), F.lit("")).alias("first_seen_month"),
+        F.coalesce(F.col(MONTH).cast("string"), F.lit("")).alias("last_seen_month"),
         MONTH,
     )
 
