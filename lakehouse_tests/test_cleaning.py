@@ -809,7 +809,7 @@ def test_months_cleaned_in_one_plan_are_cleaned_as_each_alone(spark, tmp_path):
     figures it gets alone. The second month repeats the first one's rows (same meter, hour, value, file
     names): nothing may be merged, blocked or ordered across months; the same file names were received
     in the opposite order in each month."""
-    from lakehouse.quality.cleaning import clean_months, months_together, one_plan
+    from lakehouse.quality.cleaning import clean_months, one_plan
 
     quality = {
         "rules": [
@@ -833,7 +833,7 @@ def test_months_cleaned_in_one_plan_are_cleaned_as_each_alone(spark, tmp_path):
         ],
     }
     source = meter_source(**quality)
-    assert one_plan(source) and not months_together(source)  # the reference rule reads another table
+    assert one_plan(source)
     # the registry has no month for January; February's lists M1 and M2, not M3 (kept, flagged)
     registry = {"2012-02": spark.createDataFrame([("M1",), ("M2",)], "meter_id string")}
     one = [("M1", at(h, 30 if h == 3 else 0), level(h), "a.csv", h + 2) for h in range(8)]

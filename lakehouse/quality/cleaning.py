@@ -446,14 +446,6 @@ def clean_month(
     )[month]
 
 
-def months_together(source: SourceSpec) -> bool:
-    """Whether the months of ``source`` are independent of each other and of other tables (no unit step, no
-    ``prev.`` rule, no reference rule): any number of them may be cleaned side by side, in any order."""
-    if any(isinstance(s, UnitStep) for s in source.quality.cleaning):
-        return False
-    return all(cr.reference is None and cr.series is None for cr in validate_quality(source))
-
-
 def one_plan(source: SourceSpec) -> bool:
     """Whether several consecutive months of ``source`` can be cleaned in one Spark plan
     (:func:`clean_months`): every window, block and series is cut at the month, so no rule may read the

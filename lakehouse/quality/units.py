@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lakehouse.quality.cleaning import MONTH, _active, _Ctx, _set
@@ -63,7 +63,6 @@ class Decisions:
     files: dict[str, list[FileMedian]]
     converted: dict[str, set[tuple[tuple, str]]]
     estimated: bool
-    notes: dict[str, list[str]] = field(default_factory=dict)
 
 
 def group_medians(df: DataFrame, keys: list[str], value: str) -> Medians:
