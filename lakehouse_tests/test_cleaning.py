@@ -911,3 +911,53 @@ def test_months_cleaned_in_one_plan_are_cleaned_as_each_alone(spark, tmp_path):
     previous = meter_source(rules=[{"name": "rise", "deny": "reading_kwh > prev.reading_kwh + 50", "action": "warn"}])
     with pytest.raises(ValueError, match="cannot be cleaned in one plan"):
         clean_months(both, previous, stagings=stagings)
+
+
+@pytest.mark.parametrize("history_months", [0, 3])
+def test_a_batch_with_a_unit_step_converts_the_files_each_month_alone_converts(spark, tmp_path, history_months):
+    """A unit step over two months in one plan: each month's Wh file is found and converted as when the
+    month is cleaned alone after the one before; with ``history_months: 0`` nothing is estimated (the fleet
+    decides), with 3 February's estimate is settled on January's staged rows. Both months are kept."""
+    from pyspark.sql import functions as F
+
+    from lakehouse.quality.cleaning import clean_months
+
+    step = {
+        "step": "unit_harmonization", "name": "wh", "column": "reading_kwh", "group_by": ["meter_id"],
+        "factor": 1000, "history_months": history_months, "min_history": 5, "min_fleet": 3, "max_typical": 100,
+    }  # fmt: skip
+    source = meter_source(rules=[], cleaning=[step])
+    feb = dt.datetime(2012, 2, 1, tzinfo=dt.UTC)
+
+    def rows(start: dt.datetime, wh: str) -> list[tuple]:
+        out = []
+        for meter, scale in (("A", 1.0), ("B", 2.0), ("C", 3.0)):
+            factor = 1000 if meter == wh else 1
+            for h in range(12):
+                out.append((meter, start + dt.timedelta(hours=h), round(scale * level(h) * factor, 3), f"{meter}.csv", h + 2))
+        return out
+
+    months = {"2012-01": rows(T0, "B"), "2012-02": rows(feb, "C")}
+    alone_root = tmp_path / "alone"
+    alone = {}
+    for m in sorted(months):
+        lake = Lake(alone_root)
+        history = lake.read_spark(spark, "trusted", source.name) if lake.exists("trusted", source.name) else None
+        alone[m] = clean_and_commit(spark.createDataFrame(months[m], SCHEMA), source, alone_root, month=m, history=history)
+    lake = Lake(tmp_path / "together")
+    batches = {m: metrics.Batch.new(dataset=source.name, stage="trusted", month=m, run_id="t") for m in months}
+    stagings = {
+        m: Staging(lake.storage, lake.table_uri("trusted", source.name), lake.table_uri(*quarantine.TABLE), lake.table_uri(*repairs.TABLE), batches[m])
+        for m in months
+    }  # fmt: skip
+    both = None
+    for m, r in months.items():
+        frame = spark.createDataFrame(r, SCHEMA).withColumn("month", F.lit(m))
+        both = frame if both is None else both.unionByName(frame)
+    together = clean_months(both, source, stagings=stagings, reads={"2012-01": [], "2012-02": ["2012-01"]})
+    assert sorted(together) == sorted(months)  # nothing left to clean again
+    for m in sorted(months):
+        lake.commit_month("trusted", source.name, m, together[m].staged["trusted"], together[m].trusted_schema)
+        got = sorted(as_rows(lake.read_arrow("trusted", source.name, months=[m])), key=repr)
+        assert got == sorted(alone[m][1]["trusted"], key=repr), m
+        assert together[m].notes == alone[m][0].notes and len(together[m].notes) == 1, (m, together[m].notes)

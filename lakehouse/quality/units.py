@@ -166,13 +166,16 @@ def _decided_estimated(step: UnitStep, files: dict[str, list[FileMedian]], ctx: 
             monthly.setdefault(k, {})[tuple(key)] = got
     converted: dict[str, set[tuple[tuple, str]]] = {}
     for month in ctx.months:
-        found = decide(step, files[month], _estimate([monthly.get(k, {}) for k in ctx.reads[month]]))
+        read = ctx.reads[month] if step.history_months > 0 else []  # a step without history reads none
+        found = decide(step, files[month], _estimate([monthly.get(k, {}) for k in read]))
         converted[month] = {(k, f) for k, f, _ in found}
+        if step.history_months == 0:  # decided on the month's own files: final, nothing to settle
+            ctx.notes[month] += [note for _, _, note in found]
         per: dict[tuple, list[tuple[float, int]]] = {}
         for f in files[month]:
             per.setdefault(f.key, []).append((f.median / step.factor if (f.key, f.file) in converted[month] else f.median, f.n))
         monthly[month] = _estimate([{key: got} for key, values in per.items() for got in values])
-    return Decisions(step, files, converted, estimated=True)
+    return Decisions(step, files, converted, estimated=step.history_months > 0)
 
 
 def _estimate(months: Sequence[Medians]) -> Medians:
