@@ -112,10 +112,7 @@ def history_months(source: SourceSpec) -> int:
 def _history(root: Lake, source: SourceSpec, month: str) -> list[str] | None:
     """The trusted months before ``month`` that unit steps compare with and ``prev.`` rules continue from
     (None if there are none)."""
-    n = history_months(source)
-    if n == 0 or not root.exists("trusted", source.name):
-        return None
-    return [m for m in root.months("trusted", source.name) if m < month][-n:] or None
+    return _reads(root, source, [month])[month] or None
 
 
 def _history_rows(root: Lake, session, source: SourceSpec, months: list[str]):
@@ -129,7 +126,7 @@ def _reads(root: Lake, source: SourceSpec, months: list[str]) -> dict[str, list[
     """For each of ``months`` (one plan), the months before it its unit steps compare with: as in a run month
     by month, the last ``history_months`` of the written months and the plan's months before it."""
     n = history_months(source)
-    written = root.months("trusted", source.name) if root.exists("trusted", source.name) else []
+    written = root.months("trusted", source.name) if n and root.exists("trusted", source.name) else []
     return {m: sorted({k for k in [*written, *months] if k < m})[-n:] if n else [] for m in months}
 
 
@@ -164,17 +161,24 @@ def _reference_months(ref: ReferenceSpec, month: str, available: list[str]) -> l
     return [m for m in available if m <= month][-1:]
 
 
-def _references(root: Lake, session, source: SourceSpec, month: str) -> dict:
-    out = {}
+def _references(root: Lake, session, source: SourceSpec, months: list[str]) -> dict[str, dict[str, DataFrame]]:
+    """Rule → month → the rows its reference rule reads in that month (a month whose referenced table has
+    no month for it is left out). Months reading the same snapshot share one read."""
+    out: dict[str, dict[str, DataFrame]] = {}
+    read: dict[tuple, DataFrame] = {}
     for rule in source.quality.rules:
         if rule.reference is None:
             continue
         zone, table = TableRef.of(rule.reference.table)
         if not root.exists(zone, table):
             continue
-        months = _reference_months(rule.reference, month, root.months(zone, table))
-        if months:
-            out[rule.name] = root.read_spark(session, zone, table, months=months)
+        available = root.months(zone, table)
+        for month in months:
+            wanted = _reference_months(rule.reference, month, available)
+            if wanted:
+                if (zone, table, *wanted) not in read:
+                    read[zone, table, *wanted] = root.read_spark(session, zone, table, months=wanted)
+                out.setdefault(rule.name, {})[month] = read[zone, table, *wanted]
     return out
 
 
@@ -228,7 +232,7 @@ class _TrustedMonths:
             stagings={m: self._staging(batches[m]) for m in months},
             history=_history_rows(root, self.session, source, written) if written else None,
             reads=reads,
-            references=self._references(months),
+            references=_references(root, self.session, source, months),
             received={m: self._received(m) for m in months},
         )
         out: dict[str, dict | BaseException] = {}
@@ -248,14 +252,6 @@ class _TrustedMonths:
             except Exception as exc:  # noqa: BLE001 - the month fails alone (run_months reports it)
                 out[month] = exc
                 again = again or history_months(source) > 0
-        return out
-
-    def _references(self, months: list[str]) -> dict[str, dict[str, DataFrame]]:
-        """Rule → month → the rows its reference rule reads in that month."""
-        out: dict[str, dict[str, DataFrame]] = {}
-        for month in months:
-            for rule, rows in _references(self.root, self.session, self.source, month).items():
-                out.setdefault(rule, {})[month] = rows
         return out
 
     def _batch(self, month: str) -> metrics.Batch:
@@ -287,7 +283,7 @@ class _TrustedMonths:
             month=month,
             staging=self._staging(batch),
             history=lambda: self._earlier_rows(month),
-            references=_references(root, self.session, source, month),
+            references={rule: rows[month] for rule, rows in _references(root, self.session, source, [month]).items()},
             received=self._received(month),
         )
 

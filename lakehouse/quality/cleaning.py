@@ -338,10 +338,16 @@ class _Ctx:
         """Register what cleaning ``step`` does (its own description, else ``default``) before it runs."""
         self.outcomes[step.name] = Outcome(step.name, "step", action, step.description or default, max_rate=step.max_rate)
 
-    def earlier(self) -> DataFrame | pa.Table | None:
-        """The trusted rows of earlier months (``history``), read once for every step and rule that asks."""
+    def earlier(self) -> DataFrame | None:
+        """The trusted rows of earlier months (``history``, an Arrow table as a Spark one), read once for every
+        step and rule that asks."""
+        import pyarrow as pa
+
+        from lakehouse.io.spark import arrow_frame
+
         if not self._earlier:
-            self._earlier.append(self.history() if callable(self.history) else self.history)
+            rows = self.history() if callable(self.history) else self.history
+            self._earlier.append(arrow_frame(self.session, rows) if isinstance(rows, pa.Table) else rows)
         return self._earlier[0]
 
     def type_of(self, column: str) -> str:
@@ -934,9 +940,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
         col = f"__v{i}"
         if cr.reference is not None:
             given = {m: rows for m, rows in ctx.references.get(rule.name, {}).items() if m in ctx.months}
-            if not given:
-                outcome.evaluated = False
-                outcome.note = f"not evaluated: {cr.reference.table} has no data for this month"
+            if not given:  # no month of the plan has the table's rows: each month's outcome says so
                 continue
             df = _referenced(df, cr, given, ctx, col)
         else:
@@ -1030,17 +1034,12 @@ def _carry_previous(df: DataFrame, ctx: _Ctx) -> tuple[DataFrame, dict[Series, s
     as they are (nulls included). Without history (the first month) a series' first row has no previous
     row. Returns the column prefix per series and the columns added.
     """
-    import pyarrow as pa
     from pyspark.sql import functions as F
-
-    from lakehouse.io.spark import arrow_frame
 
     series = list(dict.fromkeys(cr.series for cr in ctx.rules if cr.series is not None))
     earlier = ctx.earlier() if series and ctx.history is not None else None
     if earlier is None:
         return df, {}, []
-    if isinstance(earlier, pa.Table):
-        earlier = arrow_frame(df.sparkSession, earlier)
     # the history's order, the tie-break among rows of a series with the same time
     earlier = earlier.withColumn("__carried_order", F.monotonically_increasing_id())
     prefixes, added = {}, []

@@ -138,16 +138,10 @@ def unit_step(df: DataFrame, step: UnitStep, ctx: _Ctx) -> DataFrame:
 
 def _decided_alone(step: UnitStep, files: dict[str, list[FileMedian]], ctx: _Ctx) -> Decisions:
     """One month's decisions, its history (``ctx.history``: the trusted rows read, written) exact."""
-    import pyarrow as pa
-
-    from lakehouse.io.spark import arrow_frame
-
     (month,) = ctx.months
     history: Medians = {}
     earlier = ctx.earlier() if step.history_months > 0 else None
     if earlier is not None:
-        if isinstance(earlier, pa.Table):
-            earlier = arrow_frame(ctx.session, earlier)
         history = group_medians(earlier, step.group_by, step.column)
     found = decide(step, files[month], history)
     ctx.notes[month] += [note for _, _, note in found]
@@ -218,7 +212,6 @@ def _exact_histories(
     from pyspark.sql import functions as F
 
     from lakehouse.io.lake import read_files_spark
-    from lakehouse.io.spark import arrow_frame
 
     assert ctx.reads is not None, "a batch names the months each month reads"
     cols = [*step.group_by, step.column]
@@ -231,8 +224,6 @@ def _exact_histories(
     rows = read_files_spark(ctx.session, storage, files, wanted)
     earlier = ctx.earlier()
     if earlier is not None:
-        if isinstance(earlier, pa.Table):
-            earlier = arrow_frame(ctx.session, earlier)
         rows = rows.unionByName(earlier.select(*cols, MONTH))
     reads = ctx.session.createDataFrame(pairs, "__from string, __for string")
     joined = rows.join(F.broadcast(reads), F.col(MONTH) == F.col("__from"))
