@@ -16,7 +16,9 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: install demo test lint dg-check ui java-check clean reliability bench instance e2e spark-connect spark-cluster cluster-test
 
+# The Spark driver's class archive (lakehouse/io/class_archive.py): built once per Java and PySpark, in the venv
 install: $(STAMP)
+	@$(PY) -m lakehouse.io.class_archive
 
 # Reinstalls only when pyproject.toml changes (the stamp is newer otherwise).
 $(STAMP): pyproject.toml

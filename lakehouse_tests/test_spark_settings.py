@@ -107,3 +107,35 @@ def test_a_listening_connect_server_passes_the_check_with_or_without_parameters(
         port = server.getsockname()[1]
         _check_connect(f"sc://127.0.0.1:{port}")
         _check_connect(f"sc://127.0.0.1:{port}/;user_id=lakehouse")
+
+
+def test_the_driver_maps_the_class_archive_once_it_is_built(tmp_path, monkeypatch):
+    from lakehouse.io import class_archive
+
+    archive = tmp_path / "spark-classes-x.jsa"
+    monkeypatch.setattr(class_archive, "path", lambda: archive)
+    spec = SparkSpec(master="local[2]", conf={"spark.driver.extraJavaOptions": "-Xss4m"})
+    assert "SharedArchiveFile" not in session_conf(spec)["spark.driver.extraJavaOptions"]  # not built: plain start
+    archive.write_bytes(b"archive")
+    options = session_conf(spec)["spark.driver.extraJavaOptions"]
+    assert options.startswith("-Xss4m ") and f"-XX:SharedArchiveFile={archive}" in options  # added to the project's
+    cluster = session_conf(SparkSpec(master="spark://10.0.0.5:7077"))["spark.driver.extraJavaOptions"]
+    assert f"-XX:SharedArchiveFile={archive}" in cluster  # the driver runs here on a cluster too
+    # a Spark Connect client starts no JVM
+    assert not any("SharedArchiveFile" in v for v in session_conf(SparkSpec(remote="sc://127.0.0.1:15002")).values())
+
+
+def test_the_class_archive_is_named_by_the_java_build_and_pyspark(tmp_path, monkeypatch):
+    from lakehouse.io import class_archive
+
+    java = tmp_path / "jdk" / "bin" / "java"
+    java.parent.mkdir(parents=True)
+    java.write_bytes(b"one build")
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
+    first = class_archive.path()
+    assert first is not None and first.name.startswith("spark-classes-") and first.suffix == ".jsa"
+    java.write_bytes(b"another build of java")
+    assert class_archive.path() != first  # another Java finds no archive, so it starts as without one
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "none"))
+    monkeypatch.setattr(class_archive.shutil, "which", lambda _: None)
+    assert class_archive.path() is None and class_archive.java_options() == ""

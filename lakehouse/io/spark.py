@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from pyspark.sql import SparkSession
 
+from lakehouse.io import class_archive
 from lakehouse.specs.models import SparkSpec
 
 if TYPE_CHECKING:
@@ -136,7 +137,11 @@ def session_conf(spec: SparkSpec | None = None) -> dict[str, str]:
         conf = {k: v for k, v in conf.items() if k.startswith("spark.sql.") and k not in STATIC_CONF}
         return {"spark.remote": spec.remote, **conf}
     local = LOCAL_CONF if is_local(spec.master) else {}
-    return {"spark.master": spec.master, "spark.app.name": "lakehouse", **DEFAULT_CONF, **local, **spec.conf}
+    conf = {"spark.master": spec.master, "spark.app.name": "lakehouse", **DEFAULT_CONF, **local, **spec.conf}
+    archive = class_archive.java_options()  # the driver JVM maps its classes when the archive is built
+    if archive:
+        conf["spark.driver.extraJavaOptions"] = f"{conf.get('spark.driver.extraJavaOptions', '')} {archive}".strip()
+    return conf
 
 
 def server_conf(master: str = "local[2]") -> dict[str, str]:
