@@ -1,6 +1,6 @@
 """A class-data-sharing archive of Spark's driver JVM: the classes a lakehouse run loads, mapped at start.
 
-A process that runs a month starts a JVM that loads and verifies some 15,000 classes from Spark's jars
+A process that runs a month starts a JVM that loads and verifies thousands of classes from Spark's jars
 before its first job ends; a fresh process (a run launched by the daemon or a sensor, a test session, the
 demo) pays that each time. HotSpot's application class-data sharing (AppCDS, ``-XX:SharedArchiveFile``)
 maps them from an archive instead. The archive is built once per installation (``make install`` runs
