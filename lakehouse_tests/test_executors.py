@@ -75,7 +75,7 @@ def both_lanes(spark, tmp_path: Path, source: SourceSpec, contents: dict[str, by
     for name, data in contents.items():
         (inbox / name).write_bytes(data)
         files.append(str(inbox / name))
-    schema = formatting.data_schema(spark, source)
+    schema = formatting.data_schema(source)
     rejects = formatting.Rejects(str(tmp_path / "quarantine"), lambda rows: rows)  # staged as the tasks hand them over
     out = formatting.format_month(spark, files, source, MONTH, Storage("/"), str(tmp_path / "table"), schema, rejects=rejects)
     accepted = pa.concat_tables([pq.read_table(tmp_path / "table" / s["path"]) for s in out.staged]) if out.staged else None
@@ -116,7 +116,7 @@ def test_clean_and_dirty_files_give_the_spark_lanes_rows(spark, tmp_path):
     )  # columns in another order: still the fast lane
     accepted, bad, fast, (ref_good, ref_bad), _ = both_lanes(spark, tmp_path, METER, contents)
     assert 3 <= fast < len(contents), fast  # both lanes were taken
-    assert accepted.schema.equals(fast_lane.file_schema(formatting.data_schema(spark, METER)))
+    assert accepted.schema.equals(fast_lane.file_schema(formatting.data_schema(METER)))
     assert ordered(accepted) == ordered(ref_good.cast(accepted.schema))
     assert ordered(bad) == ordered(ref_bad.cast(bad.schema)) and bad.num_rows > 0
 
@@ -197,7 +197,7 @@ def staged_month(lake: Lake, month: str, rows: int, schema: pa.Schema) -> list[d
 
 def test_commit_month_replaces_one_month_in_one_transaction(spark, tmp_path):
     lake = Lake(tmp_path / "lake")
-    schema = formatting.data_schema(spark, METER)
+    schema = formatting.data_schema(METER)
     assert lake.commit_month("formatted", "m", "2012-01", staged_month(lake, "2012-01", 5, schema), schema) == 0
     assert lake.commit_month("formatted", "m", "2012-02", staged_month(lake, "2012-02", 3, schema), schema) == 1
     assert lake.commit_month("formatted", "m", "2012-01", staged_month(lake, "2012-01", 2, schema), schema) == 2
@@ -219,7 +219,7 @@ def test_commit_month_replaces_one_month_in_one_transaction(spark, tmp_path):
 
 def test_commit_month_refuses_other_columns(spark, tmp_path):
     lake = Lake(tmp_path / "lake")
-    schema = formatting.data_schema(spark, METER)
+    schema = formatting.data_schema(METER)
     lake.commit_month("formatted", "m", "2012-01", staged_month(lake, "2012-01", 2, schema), schema)
     other = pa.schema([f if f.name != "reading_kwh" else pa.field("reading_kwh", pa.string()) for f in schema])
     with pytest.raises(ValueError, match=r"formatted/m: month 2012-02 has columns .*reading_kwh: string.* but the table has"):
@@ -240,3 +240,36 @@ def test_file_statistics_bound_every_column():
     assert stats["numRecords"] == 2 and stats["nullCount"] == {"ts": 0, "x": 1, "s": 0, "long": 0}
     assert stats["minValues"] == {"ts": "2012-01-01T00:00:00Z", "x": 2.5, "s": "a"}
     assert stats["maxValues"] == {"ts": "2012-01-02T03:04:05.000006Z", "x": 2.5, "s": "b"}
+
+
+def test_the_formatted_schema_is_what_spark_s_casts_give(spark):
+    """``data_schema`` reads the declaration alone; Spark's casts of an empty frame are the oracle."""
+    from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
+
+    from lakehouse import settings
+    from lakehouse.io.lake import normalized_schema
+    from lakehouse.transforms.parse import cast_checked, raw_schema
+
+    formats = SourceSpec.model_validate(
+        {
+            "name": "formats",
+            "collector": {"type": "file_drop", "inbox": "in"},
+            "format": {"kind": "csv", "delimiter": ";", "header": True, "decimal": ",", "thousands": "."},
+            "columns": [
+                {"name": "at", "type": "timestamp", "format": "dd.MM.yyyy HH:mm", "nullable": False},
+                {"name": "on", "type": "date", "format": "dd/MM/yyyy"},
+                {"name": "code", "type": "string", "pattern": "[A-Z]{2}[0-9]+", "nullable": False},
+                {"name": "n", "type": "int"},
+                {"name": "ok", "type": "boolean", "nullable": False},
+                {"name": "big", "type": "bigint"},
+                {"name": "amount", "type": "double"},
+            ],
+            "partitioning": {"kind": "time_column", "column": "at"},
+            "spans_months": True,
+        }
+    )
+    for source in [METER, WIDE, formats, *settings.load().sources]:
+        raw = spark.createDataFrame([], from_arrow_schema(raw_schema([c.raw_name for c in source.columns])))
+        checked = cast_checked(raw, source, "2000-01").drop("error", "record")
+        spark_schema = normalized_schema(to_arrow_schema(checked.schema, timezone="UTC"))
+        assert formatting.data_schema(source).equals(spark_schema), source.name

@@ -107,7 +107,7 @@ def test_a_batch_is_one_job_per_lane_and_stages_each_month_under_its_own_partiti
         for name, data in ((f"meter_M0001_{month}.csv", clean), (f"meter_X0001_{month}.csv", dirty)):
             (inbox / name).write_bytes(data)
             files.setdefault(month, []).append(str(inbox / name))
-    schema = formatting.data_schema(spark, METER)
+    schema = formatting.data_schema(METER)
     collected.clear()
     rejects = {m: formatting.Rejects(str(tmp_path / "quarantine"), lambda rows: rows) for m in MONTHS}
     out = formatting.format_months(spark, files, METER, Storage("/"), str(tmp_path / "table"), schema, rejects=rejects)
@@ -127,7 +127,7 @@ def test_a_source_whose_deliveries_span_months_is_not_batched(spark, tmp_path):
     """One file of such a source can hold rows of several months, and a row's month depends on the month
     being formatted: its months are formatted one per plan (the factory asks for no more)."""
     spec = SourceSpec.model_validate({**METER.model_dump(), "spans_months": True})
-    schema = formatting.data_schema(spark, spec)
+    schema = formatting.data_schema(spec)
     rejects = {m: formatting.Rejects(str(tmp_path / "quarantine"), lambda rows: rows) for m in MONTHS}
     with pytest.raises(ValueError, match="one at a time"):
         formatting.format_months(spark, {m: [] for m in MONTHS}, spec, Storage("/"), str(tmp_path / "t"), schema, rejects=rejects)

@@ -95,7 +95,7 @@ def main(per_month: bool = False) -> None:
     clock.lap("spark_start")
     out = args.work / "spark_same"
     months = meter_files(args.world, args.months)
-    schema = data_schema(spark, source)  # the formatted table's columns, as the lakehouse writes them
+    schema = data_schema(source)  # the formatted table's columns, as the lakehouse writes them
 
     if per_month:
         n = history_months(source)

@@ -137,7 +137,7 @@ def build_formatted_asset(project: Project, source: SourceSpec) -> dg.AssetsDefi
     )
     def _formatted(context: dg.AssetExecutionContext, lake: LakeResource, spark: SparkResource):
         root, session = lake.lake, spark.session()
-        schema = data_schema(session, source)
+        schema = data_schema(source)
         span = (project.months_of(source).start, project.months_of(source).end)
         rates: dict[str, dg.AssetCheckResult] = {}
 

@@ -93,19 +93,25 @@ def read_raw(
 DELIVERED_COL = "_delivered_month"
 
 
-def empty_raw(spark: SparkSession, source: SourceSpec) -> DataFrame:
-    return arrow_frame(spark, raw_schema([c.raw_name for c in source.columns]).empty_table())
+#: the Arrow type of each declared column type, as Spark's casts (:func:`parse.cast_checked`) give it
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int": pa.int32(),
+    "bigint": pa.int64(),
+    "double": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
 
 
-def data_schema(spark: SparkSession, source: SourceSpec) -> pa.Schema:
-    """The formatted table's Arrow schema as the Spark lane produces it (partition column included)."""
-    from pyspark.sql.pandas.types import to_arrow_schema
-
-    from lakehouse.io.lake import normalized_schema
-
-    checked = cast_checked(empty_raw(spark, source), source, "2000-01")
-    schema = to_arrow_schema(checked.drop("error", "record").schema, timezone="UTC")
-    return normalized_schema(schema)
+def data_schema(source: SourceSpec) -> pa.Schema:
+    """The formatted table's Arrow schema (partition column included): the rows of
+    :func:`parse.cast_checked` (every value may be NULL: an empty or rejected one) with lineage, as the Spark
+    lane stages them. From the declaration alone, so a run builds no Spark plan for it."""
+    columns = [pa.field(c.name, _ARROW_TYPES[c.type]) for c in source.columns]
+    lineage = [pa.field(FILE_COL, pa.string()), pa.field(LINE_COL, pa.int64())]
+    return pa.schema([*columns, *lineage, pa.field("month", pa.string(), nullable=False)])
 
 
 def _balanced(files: Sequence[tuple[str, str]], slots: int, sizes: dict[str, int]) -> list[list[tuple[str, str]]]:
