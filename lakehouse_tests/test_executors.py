@@ -139,6 +139,26 @@ def test_every_fast_type_matches_spark(spark, tmp_path):
     assert (row["n"], row["x"], row["ok"], row["label"]) == (None, None, False, None)
 
 
+def test_spaces_inside_values_take_the_fast_lane_and_spaces_spark_trims_do_not(spark, tmp_path):
+    header = b"day,n,big,x,ok,label\n"
+    good = header + b"2012-01-05,7,-9,0.25,true,Kirkland WA\n2012-01-31,,12,,false,a  b c\n2012-01-01,-3,0,10,,z\n"
+    contents = {
+        "wide_2012-01_a.csv": good,
+        "wide_2012-01_b.csv": good.replace(b",Kirkland", b", Kirkland"),  # leading: Spark trims it
+        "wide_2012-01_c.csv": good.replace(b"WA\n", b"WA \n"),  # trailing
+        "wide_2012-01_d.csv": good.replace(b",a  b c", b",   "),  # only spaces: empty once trimmed
+        "wide_2012-01_e.csv": good.replace(b",7,", b", 7,"),  # a number with a space before it
+        "wide_2012-01_f.csv": good.replace(b"a  b c", b"a\tb"),  # a tab
+        "wide_2012-01_g.csv": good + b" \n",  # a line of a space
+    }
+    accepted, bad, fast, (ref_good, ref_bad), _ = both_lanes(spark, tmp_path, WIDE, contents)
+    assert fast == 1  # the file with spaces inside values only
+    assert ordered(accepted) == ordered(ref_good.cast(accepted.schema))
+    assert ordered(bad) == ordered(ref_bad.cast(bad.schema))
+    labels = [r["label"] for r in ordered(accepted) if r[FILE_COL] == "wide_2012-01_a.csv"]
+    assert labels == ["Kirkland WA", "a  b c", "z"]
+
+
 def test_the_spark_lane_s_rows_are_staged_by_its_tasks(spark, tmp_path, collected):
     """Accepted and rejected rows of faulty files are written by Spark's tasks: the driver collects file
     lists (the staging's ``kind``/path/size/stats/rows), never a row of the month."""

@@ -49,9 +49,10 @@ MAX_RAW_CHARS = 2000
 MAX_FIELD_CHARS = 1 << 30
 
 
-#: bytes that Python's ``str.strip`` removes, and control bytes (which reject a record): a file holding none
-#: of them needs no stripping, has no blank-looking lines and nothing to reject for its bytes
-_NOT_CLEAN = bytes(range(0x20)).replace(b"\n", b"") + b" \x7f"
+#: control bytes (which reject a record, or are whitespace ``str.strip`` removes) and DEL: a file holding none
+#: of them, and no space at a value's edge (:func:`_space_at_an_edge`), needs no stripping, has no
+#: blank-looking lines and nothing to reject for its bytes
+_NOT_CLEAN = bytes(range(0x20)).replace(b"\n", b"") + b"\x7f"
 _FAST_ENCODINGS = ("utf8", "utf8sig", "ascii", "usascii")
 
 
@@ -59,8 +60,9 @@ def clean_layout(data: bytes, fmt: FormatSpec, raw_names: Sequence[str]) -> tupl
     """A clean file's column names in file order and the bytes its header takes; ``None`` when the file
     needs the full parser.
 
-    Clean means: an uncompressed csv in ASCII, every line terminated by ``\n``, no blank line, no
-    whitespace or control byte, no quote or escape character, a header naming exactly the declared
+    Clean means: an uncompressed csv in ASCII, every line terminated by ``\n``, no blank line, no control
+    byte (tabs included), a space only inside a value (none next to a delimiter or a line's end: the
+    parser trims values), no quote or escape character, a header naming exactly the declared
     columns (once each), no repeated header, at least one data line. On such a file the parser
     (:func:`parse_file`) would emit one row per line, values as written, line ``i + 2`` (``i + 1`` without
     a header), no ``_raw``, no ``_error`` — which :func:`read_clean` returns, many times faster, when every
@@ -77,6 +79,7 @@ def clean_layout(data: bytes, fmt: FormatSpec, raw_names: Sequence[str]) -> tupl
         or b"\n\n" in data
         or not data.isascii()
         or len(data.translate(None, _NOT_CLEAN)) != len(data)
+        or _space_at_an_edge(data, fmt.delimiter)
         or any(c is not None and c.encode() in data for c in (fmt.quote, fmt.escape))
     ):
         return None
@@ -90,6 +93,12 @@ def clean_layout(data: bytes, fmt: FormatSpec, raw_names: Sequence[str]) -> tupl
     if end + 1 == len(data):
         return None  # header only: the full parser reports it
     return header, end + 1
+
+
+def _space_at_an_edge(data: bytes, delimiter: str) -> bool:
+    """Whether a value of ``data`` may start or end with a space (what the parser would trim)."""
+    d = delimiter.encode()
+    return data.startswith(b" ") or any(edge in data for edge in (b" " + d, d + b" ", b" \n", b"\n "))
 
 
 def read_clean(
