@@ -103,8 +103,8 @@ def clean_and_commit(
         batch,
     )
     result = clean_month(formatted, source, month=month, staging=staging, **kwargs)
-    quarantine.commit(lake, result.staged["quarantine"], batch)
-    repairs.commit(lake, result.staged["repairs"], batch)
+    quarantine.commit(lake, {batch: result.staged["quarantine"]})
+    repairs.commit(lake, {batch: result.staged["repairs"]})
     lake.commit_month("trusted", source.name, month, result.staged["trusted"], result.trusted_schema)
     lineage = {"source_file": "_source_file", "source_line": "_source_line"}
 
@@ -879,9 +879,9 @@ def test_months_cleaned_in_one_plan_are_cleaned_as_each_alone(spark, tmp_path):
     both = both.unionByName(frame(rows["2012-02"]).withColumn("month", F.lit("2012-02")))
     together = clean_months(both, source, stagings=stagings, received=received, references={"known": registry})
     assert sorted(together) == months
+    quarantine.commit(lake, {batches[m]: together[m].staged["quarantine"] for m in months})
+    repairs.commit(lake, {batches[m]: together[m].staged["repairs"] for m in months})
     for m in months:
-        quarantine.commit(lake, together[m].staged["quarantine"], batches[m])
-        repairs.commit(lake, together[m].staged["repairs"], batches[m])
         lake.commit_month("trusted", source.name, m, together[m].staged["trusted"], together[m].trusted_schema)
     lineage = {"source_file": "_source_file", "source_line": "_source_line"}
 

@@ -91,12 +91,19 @@ def test_a_job_that_fails_half_way_leaves_the_table_as_it_was(spark, tmp_path):
 def test_appended_files_add_to_an_append_only_table(spark, tmp_path):
     lake = Lake(tmp_path)
     uri = lake.table_uri("quality", "log")
-    assert lake.commit_append("quality", "log", MONTH, [], pa.schema([])) is None  # nothing to add: no commit
+    assert lake.commit_append("quality", "log", {MONTH: []}, pa.schema([])) is None  # nothing to add: no commit
     first, schema = stage_frame(spark.createDataFrame(rows(30), SCHEMA), lake.storage, uri, MONTH)
-    lake.commit_append("quality", "log", MONTH, first, schema)
+    lake.commit_append("quality", "log", {MONTH: first}, schema)
     second, _ = stage_frame(spark.createDataFrame(rows(5, 9.0), SCHEMA), lake.storage, uri, MONTH)
-    lake.commit_append("quality", "log", MONTH, second, schema)
+    lake.commit_append("quality", "log", {MONTH: second}, schema)
     assert lake.read_arrow("quality", "log").num_rows == 35
     assert lake.count_rows("quality", "log", MONTH, where={"meter_id": "M1"}) == sum(
         1 for r in rows(30) + rows(5) if r[0] == "M1"
     )
+    # files of several months (a batch of months' quality rows) go in one commit, which names its months
+    april, _ = stage_frame(spark.createDataFrame(rows(4), SCHEMA), lake.storage, uri, "2012-04")
+    third, _ = stage_frame(spark.createDataFrame(rows(2), SCHEMA), lake.storage, uri, MONTH)
+    before = lake.version("quality", "log")
+    assert lake.commit_append("quality", "log", {MONTH: third, "2012-04": april, "2012-05": []}, schema) == before + 1
+    assert lake.month_rows("quality", "log", [MONTH, "2012-04"]) == {MONTH: 37, "2012-04": 4}
+    assert lake.history("quality", "log")[0].get(MONTH_KEY) == f"{MONTH},2012-04"

@@ -4,7 +4,8 @@ Spark parses the month's landed files, casts every column to its declared type a
 one Delta transaction; rows that cannot be read go to the quarantine with file, line and cause. Clean
 files take the fast lane (:mod:`lakehouse.io.formatting`: Spark's Python workers parse, cast and
 write Parquet), the others Spark's casts; both land in the same commit. A run formats up to
-``months_per_plan`` months in one Spark plan and still commits each month on its own.
+``months_per_plan`` months in one Spark plan and still commits each month on its own; the quarantine of
+the plan's committed months is then published in one quarantine commit and one metrics commit.
 """
 
 from typing import Any
@@ -61,8 +62,9 @@ def _landed_version(root: Lake, source: SourceSpec, month: str) -> Any:
 def _format_and_commit(
     root: Lake, session: SparkSession, source: SourceSpec, months: list[str], *, run_id: str, schema: pa.Schema, span: tuple
 ) -> dict[str, tuple[dict[str, Any], dg.AssetCheckResult] | Exception]:
-    """Format ``months`` in one Spark plan, then commit each month and publish its quarantine on its own:
-    per month, its figures and its rejected-rate check, or the exception that month failed with."""
+    """Format ``months`` in one Spark plan, commit each month on its own, then publish the quarantine of
+    the committed months together (:func:`_publish`): per month, its figures and its rejected-rate check,
+    or the exception that month failed with."""
     path = root.table_uri("formatted", source.name)
     out: dict[str, tuple[dict[str, Any], dg.AssetCheckResult] | Exception] = {}
     found: dict[str, tuple[list[str], int, dict[str, int]]] = {}
@@ -80,22 +82,40 @@ def _format_and_commit(
     # whose tasks also stage the rejected rows for the quarantine; each lane one job for all the months
     files = {m: landed for m, (landed, _, _) in found.items()}
     formatted = format_months(session, files, source, root.storage, path, schema, rejects=rejects, months=span, sizes=sizes)
+    committed: dict[str, tuple[FormattedMonth, int]] = {}
     for month, month_out in formatted.items():
         try:
-            out[month] = _commit(root, source, month_out, batches[month], landed_rows=found[month][1], schema=schema)
+            committed[month] = month_out, root.commit_month("formatted", source.name, month, month_out.staged, schema)
         except Exception as exc:  # noqa: BLE001 - one month's commit failing does not undo the others'
             out[month] = exc
-    return out
+    return {**out, **_publish(root, source, committed, batches, {m: found[m][1] for m in committed})}
 
 
-def _commit(
-    root: Lake, source: SourceSpec, out: FormattedMonth, batch: metrics.Batch, *, landed_rows: int, schema: pa.Schema
+def _publish(
+    root: Lake,
+    source: SourceSpec,
+    committed: dict[str, tuple[FormattedMonth, int]],
+    batches: dict[str, metrics.Batch],
+    landed_rows: dict[str, int],
+) -> dict[str, tuple[dict[str, Any], dg.AssetCheckResult] | Exception]:
+    """Publish the quarantine of the months whose data ``committed`` (month -> its output and Delta version):
+    their rejected rows in one quarantine commit, their batches in one metrics commit (each published even
+    when empty: it supersedes the rows an earlier run of the month quarantined). Each month's figures and
+    rejected-rate check; when publishing fails, every one of these months fails with it (their data stands
+    unpublished: a rerun of the months publishes them)."""
+    if not committed:
+        return {}
+    try:
+        quarantine.publish_staged(root, {batches[m]: out.quarantined for m, (out, _) in committed.items()})
+    except Exception as exc:  # noqa: BLE001 - reported per month by run_months
+        return dict.fromkeys(committed, exc)
+    return {m: _figures(root, source, out, version, landed_rows[m]) for m, (out, version) in committed.items()}
+
+
+def _figures(
+    root: Lake, source: SourceSpec, out: FormattedMonth, version: int, landed_rows: int
 ) -> tuple[dict[str, Any], dg.AssetCheckResult]:
-    """Commit a formatted month and publish its quarantine: the month's figures and its rejected-rate check."""
-    month = batch.month
-    version = root.commit_month("formatted", source.name, month, out.staged, schema)
-    # published even when empty: it supersedes the rows an earlier run of the month quarantined
-    quarantine.publish_staged(root, out.quarantined, batch)
+    """A committed and published month's figures and its rejected-rate check."""
     rate = rejected_rate_result(
         rejected=out.rejected,
         total=max(out.rows + out.rejected, landed_rows),

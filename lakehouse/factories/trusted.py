@@ -10,6 +10,7 @@ check has one result per month; a month that fails a blocking check holds that m
 """
 
 import threading
+from dataclasses import dataclass
 
 import dagster as dg
 import pyarrow as pa
@@ -193,6 +194,16 @@ def conservation(root: Lake, source: SourceSpec, month: str, batch: metrics.Batc
     return metrics.Conservation(formatted, trusted, imputed, rejected, merged)
 
 
+@dataclass(frozen=True)
+class _Committed:
+    """A month whose trusted rows are committed, to be published: its batch, cleaning result and version."""
+
+    month: str
+    batch: metrics.Batch
+    result: CleanResult
+    version: int
+
+
 class _TrustedMonths:
     """One run of ``source``'s trusted asset: each month cleaned and committed, and what the run's checks
     need of it afterwards (its verdicts, its batch and its rejected-rate result)."""
@@ -216,10 +227,12 @@ class _TrustedMonths:
 
     def plan(self, months: list[str]) -> dict[str, dict | BaseException]:
         """``months`` (consecutive) cleaned in one Spark plan (:func:`lakehouse.quality.cleaning.clean_months`),
-        then each committed and assessed on its own: each month's figures, or why it failed. The months the
-        plan leaves to be cleaned again (a unit step decided otherwise on exact histories) are cleaned one by
-        one after the others, and so are, for a source reading earlier months, the months after one that
-        failed (they were computed on its rows). One month: :meth:`step`."""
+        then each month's trusted rows committed on its own, and the committed months published together
+        (:meth:`_publish`): each month's figures, or why it failed. The months the plan leaves to be cleaned
+        again (a unit step decided otherwise on exact histories) are cleaned one by one after the others, and
+        so are, for a source reading earlier months, the months after one whose trusted rows were not
+        committed (they were computed on its rows); they are published with the others. One month:
+        :meth:`step`."""
         if len(months) == 1:
             return {months[0]: self.step(months[0])}
         root, source = self.root, self.source
@@ -236,6 +249,7 @@ class _TrustedMonths:
             received={m: self._received(m) for m in months},
         )
         out: dict[str, dict | BaseException] = {}
+        committed: list[_Committed] = []
         again = False
         for month in months:
             try:
@@ -246,13 +260,14 @@ class _TrustedMonths:
                             " (a unit step decides otherwise on the exact history, or an earlier month failed)"
                         )
                     again = True
-                    out[month] = self._cleaned(month)
+                    batch = self._batch(month)
+                    committed.append(self._commit_data(month, batch, self._clean(month, batch)))
                 else:
-                    out[month] = self._committed(month, batches[month], results[month])
+                    committed.append(self._commit_data(month, batches[month], results[month]))
             except Exception as exc:  # noqa: BLE001 - the month fails alone (run_months reports it)
                 out[month] = exc
                 again = again or history_months(source) > 0
-        return out
+        return {**out, **self._publish(committed)}
 
     def _batch(self, month: str) -> metrics.Batch:
         return metrics.Batch.new(dataset=self.source.name, stage="trusted", month=month, run_id=self.context.run.run_id)
@@ -290,20 +305,54 @@ class _TrustedMonths:
     def _cleaned(self, month: str) -> dict:
         """Clean ``month``, commit its tables and publish its assessment: the month's figures."""
         batch = self._batch(month)
-        return self._committed(month, batch, self._clean(month, batch))
+        got = self._publish([self._commit_data(month, batch, self._clean(month, batch))])[month]
+        if isinstance(got, BaseException):
+            raise got
+        return got
 
-    def _committed(self, month: str, batch: metrics.Batch, result: CleanResult) -> dict:
-        """Commit a cleaned month's tables and publish its assessment: the month's figures."""
-        root, source = self.root, self.source
-        # order matters: the metrics row written last publishes the batch (see quality.metrics)
-        quarantine.commit(root, result.staged["quarantine"], batch)
-        repairs.commit(root, result.staged["repairs"], batch)
-        version = root.commit_month("trusted", source.name, month, result.staged["trusted"], result.trusted_schema)
+    def _commit_data(self, month: str, batch: metrics.Batch, result: CleanResult) -> _Committed:
+        """Commit a cleaned month's trusted rows (its quarantine, repairs and assessment follow in
+        :meth:`_publish`)."""
+        version = self.root.commit_month("trusted", self.source.name, month, result.staged["trusted"], result.trusted_schema)
         if self.in_order is not None:
             self.in_order.written(month)
-        summary = self._assess(month, batch, result)
         for note in result.notes:
-            self.context.log.info(f"trusted/{source.name} {month}: {note}")
+            self.context.log.info(f"trusted/{self.source.name} {month}: {note}")
+        return _Committed(month, batch, result, version)
+
+    def _publish(self, committed: list[_Committed]) -> dict[str, dict | BaseException]:
+        """Publish the months whose trusted rows are ``committed``: their quarantine rows in one commit and
+        their repairs in one, then each month's checks on what was written, then one metrics commit with
+        every assessed month's figures and publish row (the rows written last: see quality.metrics). Each
+        month's figures, or why it failed (a month not published keeps its data unpublished; a rerun
+        publishes it)."""
+        if not committed:
+            return {}
+        out: dict[str, dict | BaseException] = {}
+        try:
+            quarantine.commit(self.root, {c.batch: c.result.staged["quarantine"] for c in committed})
+            repairs.commit(self.root, {c.batch: c.result.staged["repairs"] for c in committed})
+        except Exception as exc:  # noqa: BLE001 - reported per month by run_months
+            return {c.month: exc for c in committed}
+        assessed: dict[str, tuple[_Committed, list[metrics.CheckEval], dg.AssetCheckResult, pa.Table]] = {}
+        for c in committed:
+            try:
+                assessed[c.month] = (c, *self._assess(c))
+            except Exception as exc:  # noqa: BLE001 - the month fails alone, the others are published
+                out[c.month] = exc
+        marks = {c.batch: sum(f["rows"] for f in c.result.staged["quarantine"]) for c, *_ in assessed.values()}
+        try:
+            metrics.publish(self.root, marks, pa.concat_tables([rows for *_, rows in assessed.values()]) if marks else None)
+        except Exception as exc:  # noqa: BLE001 - reported per month by run_months
+            return {**out, **dict.fromkeys(assessed, exc)}
+        for month, (c, checks, rate, _) in assessed.items():
+            self.verdicts[month], self.rates[month], self.batches[month] = checks, rate, c.batch
+            out[month] = self._figures(c, metrics.summary_rows(c.result, checks))
+        return out
+
+    def _figures(self, c: _Committed, summary: list[dict]) -> dict:
+        """A published month's figures."""
+        result = c.result
         return {
             "rows": sum(f["rows"] for f in result.staged["trusted"]),
             "rows_in": result.counts["rows_in"],
@@ -311,27 +360,23 @@ class _TrustedMonths:
             "rows_merged": result.counts["rows_merged"],
             "rows_imputed": result.counts["rows_imputed"],
             "cells_repaired": result.cells_repaired,
-            "delta_version": version,
+            "delta_version": c.version,
             "path": dg.MetadataValue.path(self.path),
             "checks": dg.MetadataValue.table([dg.TableRecord(r) for r in summary], schema=SUMMARY_SCHEMA),
         }
 
-    def _assess(self, month: str, batch: metrics.Batch, result: CleanResult) -> list[dict]:
-        """The month's checks on what was written, published with its figures (the batch's last row); the
-        summary table of its checks."""
-        cons = conservation(self.root, self.source, month, batch)
-        checks = metrics.evaluate(result, cons)
-        figures = metrics.rows(batch, metrics.figures(result, cons, checks))
-        metrics.publish(self.root, batch, sum(f["rows"] for f in result.staged["quarantine"]), figures)
-        self.rates[month] = rejected_rate_result(
-            rejected=result.counts["rows_rejected"],
-            total=result.counts["rows_in"],
+    def _assess(self, c: _Committed) -> tuple[list[metrics.CheckEval], dg.AssetCheckResult, pa.Table]:
+        """A committed month's checks on what was written (its quarantine rows committed too): its
+        verdicts, its rejected-rate result and its metric rows (to publish)."""
+        cons = conservation(self.root, self.source, c.month, c.batch)
+        checks = metrics.evaluate(c.result, cons)
+        rate = rejected_rate_result(
+            rejected=c.result.counts["rows_rejected"],
+            total=c.result.counts["rows_in"],
             kept=cons.trusted_rows - cons.imputed_rows,
             limit=self.source.max_rejected_rate,
         )
-        self.verdicts[month] = checks
-        self.batches[month] = batch
-        return metrics.summary_rows(result, checks)
+        return checks, rate, metrics.rows(c.batch, metrics.figures(c.result, cons, checks))
 
     def check_results(self, done: Months, contract) -> dict[str, list[dg.AssetCheckResult]]:
         """Every committed month's check results, the pandera schema's included (its figures appended to

@@ -325,17 +325,19 @@ class Lake:
         The table is created when missing. An existing table whose columns differ from ``schema`` is not
         touched (the error names both), because its other months were written with the old columns.
         """
-        return self._commit_staged(zone, table, month, staged, schema, mode="overwrite")
+        return self._commit_staged(zone, table, {month: staged}, schema, mode="overwrite")
 
-    def commit_append(self, zone: str, table: str, month: str, staged: Sequence[dict], schema: pa.Schema) -> int | None:
-        """Add Parquet files already written into ``month``'s folder to the append-only ``zone/table`` (the
-        quarantine, the repairs log) in one transaction, as :meth:`commit_month` does for a month it replaces;
-        the new version, None when there is nothing to add."""
+    def commit_append(self, zone: str, table: str, staged: Mapping[str, Sequence[dict]], schema: pa.Schema) -> int | None:
+        """Add Parquet files already written into their month's folder (month -> files) to the append-only
+        ``zone/table`` (the quarantine, the repairs log) in one transaction for all the months, as
+        :meth:`commit_month` does for a month it replaces; the new version, None when there is nothing to add."""
+        staged = {month: files for month, files in staged.items() if files}
         if not staged:
             return None
-        return self._commit_staged(zone, table, month, staged, schema, mode="append")
+        return self._commit_staged(zone, table, staged, schema, mode="append")
 
-    def _commit_staged(self, zone: str, table: str, month: str, staged: Sequence[dict], schema: pa.Schema, *, mode: str) -> int:
+    def _commit_staged(self, zone: str, table: str, staged: Mapping[str, Sequence[dict]], schema: pa.Schema, *, mode: str) -> int:
+        """Commit ``staged`` (month -> files) in one transaction: ``overwrite`` replaces its one month."""
         from deltalake import Schema as DeltaSchema
         from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
@@ -344,10 +346,14 @@ class Lake:
             at = schema.get_field_index(PARTITION_COLUMN)
             schema = schema.set(at, schema.field(at).with_nullable(False))
         uri = self._uri(zone, table)
-        actions = self._adds(staged, month)
+        months = sorted(staged)
+        if mode == "overwrite" and len(months) != 1:
+            raise ValueError(f"{zone}/{table}: a staged overwrite replaces one month, not {months}")
+        month, named = months[0], ",".join(months)
+        actions = [action for m in months for action in self._adds(staged[m], m)]
         changes: list[AddAction | RemoveAction] = [*actions]
-        # the month a commit wrote, in the table's own history (a staged commit records no predicate)
-        props = CommitProperties(custom_metadata={MONTH_KEY: month})
+        # the month(s) a commit wrote, in the table's own history (a staged commit records no predicate)
+        props = CommitProperties(custom_metadata={MONTH_KEY: named})
 
         def write() -> None:
             if not DeltaTable.is_deltatable(uri, storage_options=self.storage.delta_options):
@@ -365,7 +371,7 @@ class Lake:
             stored = pa.schema(dt.schema().to_arrow())
             if [(f.name, f.type) for f in stored] != [(f.name, f.type) for f in schema]:
                 raise ValueError(
-                    f"{zone}/{table}: month {month} has columns {[f'{f.name}: {f.type}' for f in schema]} but the"
+                    f"{zone}/{table}: month {named} has columns {[f'{f.name}: {f.type}' for f in schema]} but the"
                     f" table has {[f'{f.name}: {f.type}' for f in stored]}; nothing was committed"
                 )
             filters = [(PARTITION_COLUMN, "=", month)] if mode == "overwrite" else None

@@ -14,14 +14,15 @@ One long table (a row per figure), append-only, partitioned by month::
 Each write of a dataset/stage/month is a *batch* (``batch_id``); its ``rows_quarantined`` row is written
 last and *publishes* the batch: the current quarantine and repairs of a slice are the rows of its newest
 published batch (:func:`current`). Rows of a batch that crashed before publishing stay in the tables —
-append-only — but are never current.
+append-only — but are never current. The months a run computes in one plan publish their batches in one
+commit (:func:`publish`), after each month's data commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +88,14 @@ class Batch:
         return rows
 
 
+def by_month(staged: Mapping[Batch, Sequence[dict]]) -> dict[str, Sequence[dict]]:
+    """The staged files of batches of distinct months, by month (what :meth:`Lake.commit_append` takes)."""
+    months = [batch.month for batch in staged]
+    if len(set(months)) != len(months):
+        raise ValueError(f"one commit of staged rows takes one batch per month, got months {sorted(months)}")
+    return {batch.month: files for batch, files in staged.items()}
+
+
 def rows(batch: Batch, figures: Iterable[tuple[str, str | None, str | None, float | None]]) -> pa.Table:
     """Metric rows ``(metric, rule, column, value)`` of ``batch``."""
     figures = list(figures)
@@ -109,11 +118,14 @@ def append(lake: Lake, table: pa.Table) -> int:
     return lake.append(*TABLE, table.select(SCHEMA.names).cast(SCHEMA))
 
 
-def publish(lake: Lake, batch: Batch, rows_quarantined: int, extra: pa.Table | None = None) -> int:
-    """Write ``extra`` metric rows and the batch's ``rows_quarantined`` row in one commit (publishes it)."""
-    marker = rows(batch, [(PUBLISH_METRIC, None, None, rows_quarantined)])
-    table = marker if extra is None else pa.concat_tables([extra.cast(SCHEMA), marker])
-    return append(lake, table)
+def publish(lake: Lake, marks: Mapping[Batch, int], extra: pa.Table | None = None) -> int | None:
+    """Write ``extra`` metric rows and the ``rows_quarantined`` row of every batch of ``marks`` (batch ->
+    the rows it quarantined) in one commit: it publishes all those batches at once, or none of them if it
+    fails. The batches of a run's months go together (one commit for a batch of months, not one per
+    month); None when there is nothing to write."""
+    tables = [] if extra is None else [extra.cast(SCHEMA)]
+    tables += [rows(batch, [(PUBLISH_METRIC, None, None, n)]) for batch, n in marks.items()]
+    return append(lake, pa.concat_tables(tables)) if tables else None
 
 
 def read(lake: Lake, *, months: list[str] | None = None) -> pa.Table:

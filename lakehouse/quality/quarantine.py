@@ -16,7 +16,7 @@ for rows the formatted stage could not parse); ``key`` is the row's key as JSON.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -122,10 +122,10 @@ def conform(rows: pa.Table, batch: metrics.Batch) -> pa.Table:
     return _conform(batch.stamp(rows))
 
 
-def commit(lake: Lake, staged: list[dict], batch: metrics.Batch) -> int | None:
-    """Add the Parquet files Spark's tasks staged for ``batch`` (rows as :func:`conform` gives them) in one
-    commit (not yet published); the new version, None if there are none."""
-    return lake.commit_append(*TABLE, batch.month, staged, SCHEMA)
+def commit(lake: Lake, staged: Mapping[metrics.Batch, Sequence[dict]]) -> int | None:
+    """Add the Parquet files Spark's tasks staged for each batch (one month each; rows as :func:`conform`
+    gives them) in one commit for all of them (not yet published); the new version, None if there are none."""
+    return lake.commit_append(*TABLE, metrics.by_month(staged), SCHEMA)
 
 
 def staged_rows(batch: metrics.Batch) -> Callable[[pa.Table], pa.Table]:
@@ -139,17 +139,17 @@ def staged_rows(batch: metrics.Batch) -> Callable[[pa.Table], pa.Table]:
     return rows
 
 
-def publish_staged(lake: Lake, staged: list[dict], batch: metrics.Batch) -> int:
-    """Commit one stage's staged rejected rows for a month and publish the batch; the quarantine's version.
+def publish_staged(lake: Lake, staged: Mapping[metrics.Batch, Sequence[dict]]) -> None:
+    """Commit the staged rejected rows of a stage's batches (one per month) in one commit, then publish
+    every one of them in one metrics commit.
 
-    Published even when empty: it supersedes the rows an earlier run of the month quarantined. Used by
-    stages that only quarantine (the formatted zone); the trusted zone publishes its batch with its metrics
+    Each batch is published even when empty: it supersedes the rows an earlier run of its month
+    quarantined. Used by stages that only quarantine (the formatted zone), for the months whose data
+    commit succeeded; the trusted zone publishes its batches with their metrics
     (:func:`lakehouse.quality.metrics.publish`).
     """
-    commit(lake, staged, batch)
-    metrics.publish(lake, batch, sum(s["rows"] for s in staged))
-    version = lake.version(*TABLE)
-    return -1 if version is None else version
+    commit(lake, staged)
+    metrics.publish(lake, {batch: sum(s["rows"] for s in files) for batch, files in staged.items()})
 
 
 def current(lake: Lake, *, dataset: str | None = None, stage: str | None = None, months: list[str] | None = None) -> pa.Table:

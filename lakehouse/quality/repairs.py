@@ -11,6 +11,8 @@ of the newest published batch of each slice, like the quarantine.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import pyarrow as pa
 
 from lakehouse.io.lake import Lake
@@ -55,10 +57,10 @@ def append(lake: Lake, rows: pa.Table, batch: metrics.Batch) -> int | None:
     return lake.append(*TABLE, conform(rows, batch))
 
 
-def commit(lake: Lake, staged: list[dict], batch: metrics.Batch) -> int | None:
-    """Add the Parquet files Spark's tasks staged for ``batch`` (rows as :func:`conform` gives them) in one
-    commit; the new version, None if there are none."""
-    return lake.commit_append(*TABLE, batch.month, staged, SCHEMA)
+def commit(lake: Lake, staged: Mapping[metrics.Batch, Sequence[dict]]) -> int | None:
+    """Add the Parquet files Spark's tasks staged for each batch (one month each; rows as :func:`conform`
+    gives them) in one commit for all of them; the new version, None if there are none."""
+    return lake.commit_append(*TABLE, metrics.by_month(staged), SCHEMA)
 
 
 def current(lake: Lake, *, dataset: str | None = None, months: list[str] | None = None) -> pa.Table:
