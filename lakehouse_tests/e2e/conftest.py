@@ -126,7 +126,8 @@ def _location_loaded(server: DagsterServer) -> bool:
 
 
 SENSORS = """query { sensorsOrError(repositorySelector: %s) { __typename
-  ... on Sensors { results { id name sensorType sensorState { status } } } ... on PythonError { message } } }"""
+  ... on Sensors { results { id name sensorType sensorState { status ticks(limit: 1) { status } } } }
+  ... on PythonError { message } } }"""
 STOP_SENSOR = """mutation($id: String!) { stopSensor(id: $id) { __typename
   ... on StopSensorMutationResult { instigationState { status } } ... on Error { message } } }"""
 
@@ -139,6 +140,19 @@ def sensor_states(server: DagsterServer) -> dict[str, dict]:
     data = server.graphql(SENSORS % _selector_literal())["sensorsOrError"]
     assert data["__typename"] == "Sensors", data
     return {s["name"]: s for s in data["results"]}
+
+
+def stop_sensors(server: DagsterServer) -> bool:
+    """Stop every running sensor; whether none was running and none is in the middle of a tick. A tick in
+    flight when its sensor is stopped writes the sensor's state back when it ends (running again), and
+    may see files that arrive meanwhile: call it until it holds."""
+    states = sensor_states(server)
+    running = [s for s in states.values() if s["sensorState"]["status"] == "RUNNING"]
+    for s in running:
+        result = server.graphql(STOP_SENSOR, {"id": s["id"]})["stopSensor"]
+        assert result.get("instigationState", {}).get("status") == "STOPPED", result
+    ticking = [s for s in states.values() if s["sensorState"]["ticks"] and s["sensorState"]["ticks"][0]["status"] == "STARTED"]
+    return not running and not ticking
 
 
 def stop_process_group(proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -221,10 +235,14 @@ def dagster_server(tmp_path_factory) -> Iterator[DagsterServer]:
         server.timings["startup_s"] = round(time.monotonic() - t0, 1)
         states = sensor_states(server)
         server.initial_sensor_states = {name: s["sensorState"]["status"] for name, s in states.items()}
-        for s in states.values():
-            if s["sensorState"]["status"] == "RUNNING":
-                result = server.graphql(STOP_SENSOR, {"id": s["id"]})["stopSensor"]
-                assert result.get("instigationState", {}).get("status") == "STOPPED", result
+        # twice in a row, a second apart: a tick the daemon was about to begin has begun and ended
+        quiet = [False]
+
+        def stopped() -> bool:
+            was, quiet[0] = quiet[0], stop_sensors(server)
+            return was and quiet[0]
+
+        poll("every sensor stopped, no tick in flight", stopped, 120, every=1)
         shutil.copytree(staging / "inbox", world / "inbox", dirs_exist_ok=True)
         yield server
     finally:
