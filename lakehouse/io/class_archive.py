@@ -25,8 +25,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-#: the JVM options that map an archive (its own log lines off: a stale archive is only not used)
-_USE = "-XX:SharedArchiveFile={path} -Xlog:cds=off -Xlog:cds+dynamic=off"
+#: class sharing's own log lines off (a stale archive is only not used)
+_QUIET = "-Xlog:cds=off -Xlog:cds+dynamic=off"
 
 
 def _java() -> Path | None:
@@ -51,7 +51,7 @@ def path() -> Path | None:
 def java_options() -> str:
     """The driver JVM options that use the archive; empty when it is not built."""
     archive = path()
-    return _USE.format(path=archive) if archive is not None and archive.is_file() else ""
+    return f"-XX:SharedArchiveFile={archive} {_QUIET}" if archive is not None and archive.is_file() else ""
 
 
 def _same(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -112,7 +112,7 @@ def _dump(partial: str) -> None:
 
     conf = session_conf()
     options = conf.get("spark.driver.extraJavaOptions", "").replace(java_options(), "").strip()
-    conf["spark.driver.extraJavaOptions"] = f"{options} -XX:ArchiveClassesAtExit={partial} -Xlog:cds=off -Xlog:cds+dynamic=off"
+    conf["spark.driver.extraJavaOptions"] = f"{options} -XX:ArchiveClassesAtExit={partial} {_QUIET}"
     session_from_conf(conf)
     _workload()
     context = SparkContext._active_spark_context

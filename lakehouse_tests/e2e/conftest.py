@@ -236,11 +236,12 @@ def dagster_server(tmp_path_factory) -> Iterator[DagsterServer]:
         states = sensor_states(server)
         server.initial_sensor_states = {name: s["sensorState"]["status"] for name, s in states.items()}
         # twice in a row, a second apart: a tick the daemon was about to begin has begun and ended
-        quiet = [False]
+        quiet = False
 
         def stopped() -> bool:
-            was, quiet[0] = quiet[0], stop_sensors(server)
-            return was and quiet[0]
+            nonlocal quiet
+            was, quiet = quiet, stop_sensors(server)
+            return was and quiet
 
         poll("every sensor stopped, no tick in flight", stopped, 120, every=1)
         shutil.copytree(staging / "inbox", world / "inbox", dirs_exist_ok=True)
