@@ -139,3 +139,19 @@ def test_the_class_archive_is_named_by_the_java_build_and_pyspark(tmp_path, monk
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "none"))
     monkeypatch.setattr(class_archive.shutil, "which", lambda _: None)
     assert class_archive.path() is None and class_archive.java_options() == ""
+
+
+def test_python_kernels_get_batches_bounded_by_rows_not_resized_after_every_row(spark):
+    """Spark checks a batch's byte size after every row it adds unless the byte limit is INT_MAX; the record
+    limit still bounds every batch the series and staging kernels receive."""
+    assert int(spark.conf.get("spark.sql.execution.arrow.maxBytesPerBatch")) == 2**31 - 1
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "7")
+    try:
+        sizes = (
+            spark.range(50)
+            .repartition(1)
+            .mapInArrow(lambda batches: (pa.RecordBatch.from_pydict({"n": [b.num_rows]}) for b in batches), "n long")
+        )
+        assert sorted(r["n"] for r in sizes.collect()) == [1, *[7] * 7]
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")

@@ -65,6 +65,10 @@ DEFAULT_CONF: dict[str, str] = {
     # segments) are too few for a month's plans: every month recompiled ~28 classes and ran them in the
     # interpreter again (see the SQL lambdas of lakehouse.quality.constraints). Static: the session is built with it
     "spark.sql.codegen.cache.maxEntries": "1000",
+    # rows go to the Python kernels (series steps, staging) in Arrow batches of maxRecordsPerBatch rows;
+    # with a byte limit too, Spark sizes the whole batch again after every row it adds (every vector of
+    # every nested column): INT_MAX turns that check off, the record limit still bounds each batch
+    "spark.sql.execution.arrow.maxBytesPerBatch": "2147483647",
     # the throughput collector: a month's windows copy every row into buffers, short-lived garbage that
     # G1 (the JVM's default) collects with more bookkeeping. Launch option of the
     # driver JVM: not sent to Spark Connect
