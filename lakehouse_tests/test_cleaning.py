@@ -166,6 +166,59 @@ def test_many_tasks_and_small_shares_give_the_rows_and_figures_of_one(spark, cle
     assert len(cleaned["repairs"]) > HOURS and len(cleaned["rejected"]) == 10  # the comparison saw rows
 
 
+def test_keys_counted_by_spark_match_the_keys_counted_in_the_tasks(spark, cleaned, tmp_path, monkeypatch):
+    """The meter month is partitioned by meter, a key column no step changes: each task counts its own
+    keys. Counted by Spark's distinct over the keys the tasks emit instead, the figures are the same."""
+    from lakehouse.quality import cleaning
+
+    assert cleaning._keys_together(meter_source(), ["meter_id"])
+    monkeypatch.setattr(cleaning, "_keys_together", lambda source, partitioned_by: False)
+    monkeypatch.setattr(cleaning, "CHUNK_ROWS", 11)
+    result, _ = clean_and_commit(spark.createDataFrame(crafted_rows(), SCHEMA).repartition(3), meter_source(), tmp_path)
+    collected = cleaned["result"]
+    assert (result.key_uniqueness_in, result.key_uniqueness_out) == (collected.key_uniqueness_in, collected.key_uniqueness_out)
+    assert result.key_uniqueness_in < 1.0  # the month repeats keys: the counts were compared on something
+
+
+def staged_plan(spark, tmp_path, monkeypatch) -> tuple[str, dict]:
+    """The physical plan of the crafted month's staging job (what the tasks run), and the month's rows."""
+    from lakehouse.quality import cleaning
+
+    plans = []
+    stage = cleaning._stage
+
+    def recorded(df, *args, **kwargs):
+        plans.append(df._jdf.queryExecution().executedPlan().toString())
+        return stage(df, *args, **kwargs)
+
+    monkeypatch.setattr(cleaning, "_stage", recorded)
+    _, rows = clean_and_commit(spark.createDataFrame(crafted_rows(), SCHEMA), meter_source(), tmp_path)
+    (plan,) = plans
+    return plan, rows
+
+
+def test_the_rules_blocks_and_keep_repairs_share_one_sort(spark, tmp_path, monkeypatch):
+    """The meter month is sorted twice: for the exact duplicates (before the hour alignment) and once for
+    the rules' blocks and both keep-first repairs on (meter_id, ts) (two windows each: the rank, then the
+    kept row), whose windows partition and order the rows alike (a rule's scope filters a block's
+    members instead of splitting the block)."""
+    plan, _ = staged_plan(spark, tmp_path, monkeypatch)
+    operators = re.findall(r"^[\s+:-]*(?:\*\(\d+\) )?(\w+)", plan, flags=re.M)
+    assert (operators.count("Window"), operators.count("Sort")) == (6, 2), plan
+
+
+def test_keys_are_counted_in_the_tasks_only_when_a_key_s_rows_share_a_task():
+    from lakehouse.quality import cleaning
+
+    source = meter_source()
+    assert cleaning._keys_together(source, ["meter_id", cleaning.MONTH])  # several months in one plan
+    assert not cleaning._keys_together(source, [])  # the formatted rows as they come: no partitioning
+    assert not cleaning._keys_together(source, ["ts"])  # aligned to the hour: a key's rows may part ways
+    assert not cleaning._keys_together(meter_source(key=["ts"]), ["meter_id"])  # not a key column
+    standardized = [{"step": "standardize", "name": "upper", "column": "meter_id", "case": "upper"}]
+    assert not cleaning._keys_together(meter_source(cleaning=standardized), ["meter_id"])
+
+
 def test_the_next_month_reuses_the_generated_code(spark, cleaned, tmp_path):
     """Spark caches generated classes by their code: a month's plans are the same code as the last
     month's, so nothing compiles again (a Python lambda in a higher-order function names its variable

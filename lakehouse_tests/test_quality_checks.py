@@ -169,8 +169,8 @@ def test_blocking_checks_fail_the_run_when_a_row_goes_missing_or_a_fail_rule_bre
     )
     original = cleaning._stage
 
-    def losing_one_row(df, source, stagings):
-        staged, partials, distinct = original(df, source, stagings)
+    def losing_one_row(df, source, stagings, **kwargs):
+        staged, partials, distinct = original(df, source, stagings, **kwargs)
         (month, staging), *_ = stagings.items()
         # a staged trusted file rewritten without one row from the source (an imputed row has no lineage
         # and is not part of the balance)

@@ -21,10 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-import lakehouse.quality.cleaning as cleaning
 from lakehouse.quality.series import _aux_fields, _figures_type, _kernel, _read_columns, _written_columns, plan_steps, spark_round
 from lakehouse.specs.models import FillNullsStep, OutlierStep, StuckStep
-from lakehouse_tests.test_cleaning import SCHEMA, clean_and_commit, crafted_rows, meter_source
+from lakehouse_tests.test_cleaning import SCHEMA, clean_and_commit, meter_source, staged_plan
 
 MONTH = "2012-01"
 T0 = dt.datetime(2012, 1, 3, tzinfo=dt.UTC)
@@ -462,17 +461,8 @@ def test_a_series_in_two_pieces_fails_loudly():
 def test_the_kernel_reads_only_the_series_columns_and_adds_no_shuffle(spark, tmp_path, monkeypatch):
     """The meter chain's pass ships the series' keys, time, value, status and row id to Python (not the
     original record nor the annotations), on the month's own partitions: no shuffle besides the month's."""
-    plans = []
-    stage = cleaning._stage
-
-    def recorded(df, *args, **kwargs):
-        plans.append(df._jdf.queryExecution().executedPlan().toString())
-        return stage(df, *args, **kwargs)
-
-    monkeypatch.setattr(cleaning, "_stage", recorded)
-    result, got = clean_and_commit(spark.createDataFrame(crafted_rows(), SCHEMA), meter_source(), tmp_path)
+    plan, got = staged_plan(spark, tmp_path, monkeypatch)
     assert got["trusted"] and any(c["rule"] == "fill_short_gaps" for c in got["repairs"]), "the pass ran"
-    (plan,) = plans
     (python,) = [line for line in plan.splitlines() if "ArrowEvalPython" in line]
     for column in ("meter_id", "ts", "reading_kwh", "__status", "__rid"):
         assert f"{column}#" in python, column

@@ -36,6 +36,7 @@ from lakehouse.quality.constraints import (
     default_series,
     reference_flags,
     rule_condition,
+    sql_name,
 )
 from lakehouse.specs.models import (
     FillNullsStep,
@@ -506,7 +507,7 @@ def clean_months(
     df = _run_steps(df, ctx)
     # from the cleaned inputs: a filled or repaired input gives the derived value it implies
     df = derive_columns(df, source.derive)
-    staged, partials, distinct = _stage(df, source, stagings)
+    staged, partials, distinct = _stage(df, source, stagings, keys_together=_keys_together(source, common))
     trusted_schema = _trusted_schema(df, source)
     from lakehouse.quality.units import settle
 
@@ -631,6 +632,32 @@ def _common_partition(source: SourceSpec, rules: list[CompiledRule]) -> list[str
     return [c for c in canonical_columns(source) if c in common]
 
 
+def _rewritten(source: SourceSpec) -> set[str]:
+    """The columns a cleaning step or a repair may change in an existing row."""
+    cols: set[str] = set()
+    for step in source.quality.steps:
+        if isinstance(step, StandardizeStep | UnitStep):
+            cols.add(step.column)
+        elif isinstance(step, OutlierStep) and step.action == "repair":
+            cols.add(step.column)
+        elif isinstance(step, FillNullsStep):
+            cols.update(step.columns)
+    for rule in source.quality.rules:
+        if rule.repair is not None and rule.repair.set:
+            cols.update(rule.repair.set)
+    return cols
+
+
+def _keys_together(source: SourceSpec, partitioned_by: list[str]) -> bool:
+    """Whether the rows sharing a month and a key, before cleaning and after, sit in one task: the annotated
+    months are partitioned by ``partitioned_by`` (every later window and join keeps that partitioning, a
+    subset of their own keys), and each of those columns is the month or a key column no step changes (an
+    imputed row copies its series' keys). The tasks then count the distinct keys themselves."""
+    key = set(source.quality.key or [])
+    unchanged = key - _rewritten(source)
+    return bool(partitioned_by) and all(c == MONTH or c in unchanged for c in partitioned_by)
+
+
 def _tally_columns(source: SourceSpec) -> list[Column]:
     """What the figures need of each row: status, flag/reason/repair lists, one null-flag per column, the
     key before and after."""
@@ -683,10 +710,11 @@ def _trusted_schema(df: DataFrame, source: SourceSpec) -> pa.Schema:
     return normalized_schema(to_arrow_schema(df.select(*cols).schema, timezone="UTC"))
 
 
-def _stage(df: DataFrame, source: SourceSpec, stagings: Mapping[str, Staging]):
+def _stage(df: DataFrame, source: SourceSpec, stagings: Mapping[str, Staging], *, keys_together: bool = False):
     """The annotated months written by Spark's tasks (one job): (month → the staged files per table, each
-    task's figures per month, month → the number of distinct keys in and out). Keys are counted by Spark's
-    ``distinct`` after the tasks: a key's rows may sit in different tasks."""
+    task's figures per month, month → the number of distinct keys in and out). With ``keys_together`` (see
+    :func:`_keys_together`) each task counts its keys and the counts add up; otherwise a key's rows may sit
+    in different tasks, and Spark's ``distinct`` counts the keys the tasks emit."""
     import json
 
     from pyspark.sql import functions as F
@@ -698,9 +726,9 @@ def _stage(df: DataFrame, source: SourceSpec, stagings: Mapping[str, Staging]):
     fields = [StructField(name, _parse_datatype_string(kind)) for name, kind in STAGED_FIELDS]
     fields += [StructField(f"__k{i}", types[k]) for i, k in enumerate(key)]
     out_type = StructType(fields)
-    task = _stage_task(source, dict(stagings), to_arrow_schema(out_type, timezone="UTC"))
+    task = _stage_task(source, dict(stagings), to_arrow_schema(out_type, timezone="UTC"), keys_together)
     emitted = df.select(*_tally_columns(source), *_payload_columns(source)).mapInArrow(task, out_type)
-    if key:
+    if key and not keys_together:
         names = [name for name, _ in STAGED_FIELDS]
         # the distinct keys of each kind counted in Spark; the files and figures pass through one row each
         emitted = emitted.distinct().groupBy(*names).agg(F.count(F.lit(1)).alias("__n"))
@@ -713,15 +741,18 @@ def _stage(df: DataFrame, source: SourceSpec, stagings: Mapping[str, Staging]):
             staged[r["month"]][r["kind"]].append({k: r[k] for k in ("path", "size", "stats", "rows")})
         elif r["kind"] == "tally":
             partials.append({**json.loads(r["tally"]), "month": r["month"]})
+        elif keys_together:
+            distinct[r["month"]][r["kind"]] += int(r["rows"])
         else:
             distinct[r["month"]][r["kind"]] = int(r["__n"])
     return staged, partials, distinct
 
 
-def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa.Schema):
+def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa.Schema, keys_together: bool):
     """The function each Spark task runs over its share of the annotated months: each month's rows split
     into trusted, quarantine and repairs rows with pyarrow, staged as Parquet under the month's partition
-    (and batch); each month's figures and distinct keys."""
+    (and batch); each month's figures and distinct keys (``keys_together``: their number, one row per
+    kind and month at the end)."""
 
     def run(batches):
         import json
@@ -735,6 +766,8 @@ def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa
 
         stagers: dict[tuple[str, str], Stager] = {}
         key = source.quality.key or []
+        #: (kind, month) -> each chunk's distinct keys, counted together once the task has seen every chunk
+        keys_seen: dict[tuple[str, str], list[pa.Table]] = {}
 
         def stager(kind: str, month: str) -> Stager:
             if (kind, month) not in stagers:
@@ -757,11 +790,14 @@ def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa
             if key:
                 source_row = pc.not_equal(t[STATUS], IMPUTED)
                 out_row = pc.is_in(t[STATUS], pa.array([KEPT, IMPUTED]))
-                for found in (
-                    _distinct_keys(t.filter(source_row), "__ki", len(key), out_schema, kind="key_in", month=month),
-                    _distinct_keys(t.filter(out_row), "__ko", len(key), out_schema, kind="key_out", month=month),
-                ):
-                    if found is not None:
+                for kind, prefix, rows in (("key_in", "__ki", source_row), ("key_out", "__ko", out_row)):
+                    found = _distinct_keys(t.filter(rows), prefix, len(key), out_schema, kind=kind, month=month)
+                    if found is None:
+                        continue
+                    if keys_together:
+                        names = [f"__k{i}" for i in range(len(key))]
+                        keys_seen.setdefault((kind, month), []).append(pa.Table.from_batches([found]).select(names))
+                    else:
                         yield found
             trusted = _trusted_rows(t, source).drop_columns([MONTH])
             rejected = quarantine.conform(
@@ -793,6 +829,9 @@ def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa
             yield from by_month(pa.Table.from_batches(chunk))
         for (kind, month), stager_ in stagers.items():
             yield from written(kind, month, stager_.flush())
+        for (kind, month), parts in keys_seen.items():
+            together = pa.concat_tables(parts)
+            yield record(kind, month, rows=together.group_by(together.column_names, use_threads=False).aggregate([]).num_rows)
 
     return run
 
@@ -933,6 +972,9 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
     flags: dict[str, str] = {}
     conditions: dict[str, Column] = {}  # added in one projection: each DataFrame step costs an analysis
     df, carried, carried_columns = _carry_previous(df, ctx)
+    # the blocks' windows sort their rows as the first keep repair does: its window then sorts nothing
+    keeps = [cr.spec.repair for cr in ctx.rules if cr.spec.action == "repair" and cr.spec.repair and not cr.spec.repair.set]
+    block_order = _keep_order_sql(keeps[0].keep or "first", keeps[0].by) if keeps else []
     for i, cr in enumerate(ctx.rules):
         rule = cr.spec
         outcome = Outcome(rule.name, "rule", rule.action, rule.description or cr.describe(), max_rate=rule.max_rate)
@@ -946,7 +988,7 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
         else:
             # every rule sees the same snapshot: the rows kept when the rules step starts
             prefix = carried.get(cr.series) if cr.series is not None else None
-            conditions[col] = rule_condition(cr, ROW_ID, scope=ACTIVE_SQL, carried=prefix, within=ctx.within)
+            conditions[col] = rule_condition(cr, ROW_ID, scope=ACTIVE_SQL, carried=prefix, within=ctx.within, order=block_order)
         flags[rule.name] = col
     if conditions:
         df = df.withColumns(conditions)
@@ -985,8 +1027,17 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             keys = cr.blocking_keys() if cr.two_tuple else []
             in_block = _active() & flag
             order = _keep_order(repair.keep or "first", repair.by)
-            w = Window.partitionBy(*[F.col(f"`{k}`") for k in [*keys, *ctx.within]], in_block).orderBy(*order)
-            df = df.withColumns({"__keep_rank": F.row_number().over(w), "__keep_first": F.first(ROW_ID).over(w)})
+            # a block's rows in keep order, the rows outside it skipped: a row's rank among the block's rows
+            # so far, then the id of the block's rank-1 row (the partitioning and order of the rules' block
+            # windows: no sort of their own)
+            w = (
+                Window.partitionBy(*[F.col(f"`{k}`") for k in [*keys, *ctx.within]])
+                .orderBy(*order)
+                .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+            )
+            df = df.withColumn("__keep_rank", F.sum(in_block.cast("int")).over(w))
+            kept = in_block & (F.col("__keep_rank") == 1)
+            df = df.withColumn("__keep_first", F.max(F.when(kept, F.col(ROW_ID))).over(w))
             error = F.format_string(f"conflicts on {', '.join(keys)}; kept %s (keep {repair.keep})", F.col("__keep_first"))
             df = _remove(df, in_block & (F.col("__keep_rank") > 1), rule.name, error, status=MERGED)
             df = df.drop("__keep_rank", "__keep_first")
@@ -1063,16 +1114,23 @@ def _carry_previous(df: DataFrame, ctx: _Ctx) -> tuple[DataFrame, dict[Series, s
     return df, prefixes, added
 
 
+def _keep_keys(keep: str, by: str | None) -> list[tuple[str, bool]]:
+    """The order in which ``keep`` keeps the first row of a block: (column, descending) pairs, nulls last."""
+    lineage = [RECEIVED, FILE_COL, LINE_COL]
+    if keep in ("first", "last"):
+        return [(c, keep == "last") for c in lineage]
+    assert by is not None, f"keep {keep!r} names its column"
+    return [(by, keep == "max"), *[(c, False) for c in lineage]]
+
+
 def _keep_order(keep: str, by: str | None) -> list[Column]:
     from pyspark.sql import functions as F
 
-    lineage = [F.col(RECEIVED).asc_nulls_last(), F.col(FILE_COL).asc_nulls_last(), F.col(LINE_COL).asc_nulls_last()]
-    if keep == "first":
-        return lineage
-    if keep == "last":
-        return [F.col(RECEIVED).desc_nulls_last(), F.col(FILE_COL).desc_nulls_last(), F.col(LINE_COL).desc_nulls_last()]
-    column = F.col(f"`{by}`")
-    return [column.asc_nulls_last() if keep == "min" else column.desc_nulls_last(), *lineage]
+    return [F.col(f"`{c}`").desc_nulls_last() if desc else F.col(f"`{c}`").asc_nulls_last() for c, desc in _keep_keys(keep, by)]
+
+
+def _keep_order_sql(keep: str, by: str | None) -> list[str]:
+    return [f"{sql_name(c)} {'DESC' if desc else 'ASC'} NULLS LAST" for c, desc in _keep_keys(keep, by)]
 
 
 def summary_rows(result: CleanResult) -> list[dict[str, Any]]:

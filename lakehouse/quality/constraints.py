@@ -586,26 +586,39 @@ def check_columns(dc: DenialConstraint, columns: list[str]) -> None:
         raise ConstraintError(f"rule {dc.rule!r}: unknown column(s) {missing}; table has {columns}")
 
 
-def block_condition(dc: DenialConstraint, row_id: str, scope: str | None = None, within: Sequence[str] = ()) -> Column:
+def block_condition(
+    dc: DenialConstraint, row_id: str, scope: str | None = None, within: Sequence[str] = (), order: Sequence[str] = ()
+) -> Column:
     """True on the rows that take part in a violation of the two-tuple ``dc`` (a window expression).
 
     The rows are blocked on ``dc``'s equality keys: a window partitioned by them (a hash partitioning —
     rows of different blocks never meet, so nothing like a cross join is ever planned) gathers each
     block, and the predicates are tested between each row and the other members of its block, with the
     row as ``t1`` and as ``t2``. Pure key equalities (``unique``) only count the block. ``scope``: a
-    boolean SQL expression; only rows where it holds take part (the others form their own blocks).
+    boolean SQL expression; only rows where it holds take part (the others are no member of any block).
     ``within``: columns the blocks are also partitioned by (rows differing in them never meet).
+    ``order``: SQL sort keys of the block's rows; the result does not depend on them, but a later window
+    over the same blocks in that order then needs no sort of its own.
     """
     from pyspark.sql import functions as F
 
     keys = [sql_name(k) for k in dc.blocking_keys()]
     scoped = [f"({scope})"] if scope is not None else []
     inside = " AND ".join([f"{k} IS NOT NULL" for k in keys] + scoped)
-    block = f"PARTITION BY {', '.join(keys + [sql_name(c) for c in within] + scoped)}"
+    # the scope filters the members, it does not split the blocks: every window over these keys (the
+    # repairs' keep-first windows too) then shares one partitioning and one sort of the rows
+    sorted_by = f" ORDER BY {', '.join(order)}" if order else ""
+    block = f"PARTITION BY {', '.join(keys + [sql_name(c) for c in within])}{sorted_by}"
+    block += " ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING"
+
+    def member(value: str) -> str:
+        return f"IF({scope}, {value}, NULL)" if scope is not None else value
+
     if dc.key_equality_only:
-        return F.expr(f"{inside} AND count(1) OVER ({block}) > 1")
+        return F.expr(f"{inside} AND count({member('1')}) OVER ({block}) > 1")
     fields = [f"{sql_name(row_id)} AS __id"] + [f"{sql_name(c)} AS {sql_name(c)}" for c in sorted(dc.columns)]
-    members = f"collect_list(struct({', '.join(fields)})) OVER ({block})"
+    row = f"struct({', '.join(fields)})"
+    members = f"collect_list({member(row)}) OVER ({block})"
 
     def row_is(tup: str) -> str:
         return _condition_sql(dc, lambda r: sql_name(r.column) if r.tuple == tup else f"{_OTHER}.{sql_name(r.column)}")
@@ -615,10 +628,15 @@ def block_condition(dc: DenialConstraint, row_id: str, scope: str | None = None,
 
 
 def rule_condition(
-    cr: CompiledRule, row_id: str, scope: str | None = None, carried: str | None = None, within: Sequence[str] = ()
+    cr: CompiledRule,
+    row_id: str,
+    scope: str | None = None,
+    carried: str | None = None,
+    within: Sequence[str] = (),
+    order: Sequence[str] = (),
 ) -> Column:
-    """True on the rows violating a one- or two-tuple rule (any of its constraints); ``scope`` and
-    ``within`` as in :func:`block_condition`; ``carried`` as in :func:`previous_sql`."""
+    """True on the rows violating a one- or two-tuple rule (any of its constraints); ``scope``, ``within``
+    and ``order`` as in :func:`block_condition`; ``carried`` as in :func:`previous_sql`."""
     from pyspark.sql import functions as F
 
     if cr.reference is not None:
@@ -633,7 +651,7 @@ def rule_condition(
     cond = F.lit(False)
     for dc in cr.constraints:
         if dc.two_tuple:
-            cond = cond | block_condition(dc, row_id, scope, within)
+            cond = cond | block_condition(dc, row_id, scope, within, order)
         else:
             cond = cond | violation_condition(dc, {"t": ""}, previous if series is not None else None)
     return cond & F.expr(scope) if scope is not None else cond
