@@ -155,3 +155,16 @@ def test_python_kernels_get_batches_bounded_by_rows_not_resized_after_every_row(
         assert sorted(r["n"] for r in sizes.collect()) == [1, *[7] * 7]
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+
+
+def test_group_medians_of_thousands_of_groups_stay_a_hash_aggregation(spark):
+    """The unit step's medians collect each group's values (an object aggregation): with Spark's default
+    threshold the tasks fall back to sorting every row past 128 groups; the medians are the same either way."""
+    from pyspark.sql import functions as F
+
+    from lakehouse.quality.units import group_medians
+
+    assert int(spark.conf.get("spark.sql.objectHashAggregate.sortBased.fallbackThreshold")) >= 10_000
+    rows = spark.range(6000).select((F.col("id") % 3000).alias("g"), F.col("id").cast("double").alias("v")).repartition(1)
+    medians = group_medians(rows, ["g"], "v")
+    assert len(medians) == 3000 and medians[(7,)] == (1507.0, 2)

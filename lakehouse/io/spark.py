@@ -69,6 +69,9 @@ DEFAULT_CONF: dict[str, str] = {
     # with a byte limit too, Spark sizes the whole batch again after every row it adds (every vector of
     # every nested column): INT_MAX turns that check off, the record limit still bounds each batch
     "spark.sql.execution.arrow.maxBytesPerBatch": "2147483647",
+    # a month's per-file and per-series medians collect each group's values: past 128 groups (the default)
+    # Spark gives up its hash aggregation and sorts every row instead; a month has thousands of groups
+    "spark.sql.objectHashAggregate.sortBased.fallbackThreshold": "100000",
     # the throughput collector: a month's windows copy every row into buffers, short-lived garbage that
     # G1 (the JVM's default) collects with more bookkeeping. Launch option of the
     # driver JVM: not sent to Spark Connect

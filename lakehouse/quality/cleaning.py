@@ -788,17 +788,7 @@ def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa
             batch = stagings[month].batch
             yield record("tally", month, path=uuid.uuid4().hex, tally=json.dumps(_partial_tally(t, source)))
             if key:
-                source_row = pc.not_equal(t[STATUS], IMPUTED)
-                out_row = pc.is_in(t[STATUS], pa.array([KEPT, IMPUTED]))
-                for kind, prefix, rows in (("key_in", "__ki", source_row), ("key_out", "__ko", out_row)):
-                    found = _distinct_keys(t.filter(rows), prefix, len(key), out_schema, kind=kind, month=month)
-                    if found is None:
-                        continue
-                    if keys_together:
-                        names = [f"__k{i}" for i in range(len(key))]
-                        keys_seen.setdefault((kind, month), []).append(pa.Table.from_batches([found]).select(names))
-                    else:
-                        yield found
+                yield from _share_keys(t, len(key), out_schema, month, keys_seen if keys_together else None)
             trusted = _trusted_rows(t, source).drop_columns([MONTH])
             rejected = quarantine.conform(
                 quarantine.quarantine_table(
@@ -834,6 +824,25 @@ def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa
             yield record(kind, month, rows=together.group_by(together.column_names, use_threads=False).aggregate([]).num_rows)
 
     return run
+
+
+def _share_keys(t: pa.Table, n_key: int, out_schema: pa.Schema, month: str, seen: dict[tuple[str, str], list] | None):
+    """The distinct keys of a share of a month's rows, before cleaning (``key_in``: the formatted rows) and
+    after (``key_out``: the trusted rows), as staging output rows; with ``seen`` ((kind, month) → key
+    tables) kept there instead, to be counted when the task has seen all its rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    source_row = pc.not_equal(t[STATUS], IMPUTED)
+    out_row = pc.is_in(t[STATUS], pa.array([KEPT, IMPUTED]))
+    for kind, prefix, rows in (("key_in", "__ki", source_row), ("key_out", "__ko", out_row)):
+        found = _distinct_keys(t.filter(rows), prefix, n_key, out_schema, kind=kind, month=month)
+        if found is None:
+            continue
+        if seen is None:
+            yield found
+        else:
+            seen.setdefault((kind, month), []).append(pa.Table.from_batches([found]).select([f"__k{i}" for i in range(n_key)]))
 
 
 def _distinct_keys(t: pa.Table, prefix: str, n_key: int, out_schema: pa.Schema, *, kind: str, month: str):
