@@ -652,8 +652,12 @@ def _keys_together(source: SourceSpec, partitioned_by: list[str]) -> bool:
     """Whether the rows sharing a month and a key, before cleaning and after, sit in one task: the annotated
     months are partitioned by ``partitioned_by`` (every later window and join keeps that partitioning, a
     subset of their own keys), and each of those columns is the month or a key column no step changes (an
-    imputed row copies its series' keys). The tasks then count the distinct keys themselves."""
+    imputed row copies its series' keys). The tasks then count the distinct keys themselves, with pyarrow;
+    a key with a floating-point column is left to Spark, whose ``distinct`` takes -0.0 for 0.0 and every
+    NaN for one value."""
     key = set(source.quality.key or [])
+    if any(source.column(k).type == "double" for k in key):
+        return False
     unchanged = key - _rewritten(source)
     return bool(partitioned_by) and all(c == MONTH or c in unchanged for c in partitioned_by)
 
