@@ -157,7 +157,7 @@ def test_python_kernels_get_batches_bounded_by_rows_not_resized_after_every_row(
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
 
 
-def test_group_medians_of_thousands_of_groups_stay_a_hash_aggregation(spark):
+def test_medians_of_thousands_of_groups_keep_the_hash_aggregation_threshold_and_are_exact(spark):
     """The unit step's medians collect each group's values (an object aggregation): with Spark's default
     threshold the tasks fall back to sorting every row past 128 groups; the medians are the same either way."""
     from pyspark.sql import functions as F
