@@ -148,7 +148,7 @@ def choose(lake: Lake, params: ForecastParams, folder: Callable[[str], str], poi
         if current_dir == best.model_dir:
             current_rmse = best.rmse
         elif metric == "cv_rmse" and current.get("metrics", {}).get("cv_folds_hash") == best.metrics.get("cv_folds_hash"):
-            current_rmse = float(current["metrics"]["cv_rmse"])  # cross-validated on the same folds: comparable as they stand
+            current_rmse = float(current["metrics"]["cv_rmse"])
         else:
             current_rmse = rescore(lake, current, best.model_dir, tables, notes)
             if metric != "rmse":  # other folds: compare on the candidate's validation rows instead
@@ -171,7 +171,7 @@ def rescore(lake: Lake, current: dict, candidate_dir: str, tables: Tables, notes
         cols = params.models[lineage["model"]].columns
         with single_threaded():
             return evaluate.regression_metrics(data.y_valid, model.predict(data.valid[cols]))["rmse"]
-    except Exception as exc:  # noqa: BLE001 - a champion whose model cannot predict these rows is compared on what its run wrote
+    except Exception as exc:  # noqa: BLE001 - a model that cannot be loaded or run here falls back to its pointer's value
         notes.append(f"current champion could not be re-scored ({type(exc).__name__}: {exc}); using its recorded RMSE")
         return float(current["rmse"])
 
