@@ -634,14 +634,11 @@ def _common_partition(source: SourceSpec, rules: list[CompiledRule]) -> list[str
 
 def _rewritten(source: SourceSpec) -> set[str]:
     """The columns a cleaning step or a repair may change in an existing row."""
-    cols: set[str] = set()
-    for step in source.quality.steps:
-        if isinstance(step, StandardizeStep | UnitStep):
-            cols.add(step.column)
-        elif isinstance(step, OutlierStep) and step.action == "repair":
-            cols.add(step.column)
-        elif isinstance(step, FillNullsStep):
-            cols.update(step.columns)
+    from lakehouse.quality.series import SERIES_STEPS, _written_columns
+
+    steps = source.quality.steps
+    cols = {s.column for s in steps if isinstance(s, StandardizeStep | UnitStep)}
+    cols.update(_written_columns([s for s in steps if isinstance(s, SERIES_STEPS)]))
     for rule in source.quality.rules:
         if rule.repair is not None and rule.repair.set:
             cols.update(rule.repair.set)
@@ -824,8 +821,7 @@ def _stage_task(source: SourceSpec, stagings: dict[str, Staging], out_schema: pa
         for (kind, month), stager_ in stagers.items():
             yield from written(kind, month, stager_.flush())
         for (kind, month), parts in keys_seen.items():
-            together = pa.concat_tables(parts)
-            yield record(kind, month, rows=together.group_by(together.column_names, use_threads=False).aggregate([]).num_rows)
+            yield record(kind, month, rows=_unique_rows(pa.concat_tables(parts)).num_rows)
 
     return run
 
@@ -840,24 +836,24 @@ def _share_keys(t: pa.Table, n_key: int, out_schema: pa.Schema, month: str, seen
     source_row = pc.not_equal(t[STATUS], IMPUTED)
     out_row = pc.is_in(t[STATUS], pa.array([KEPT, IMPUTED]))
     for kind, prefix, rows in (("key_in", "__ki", source_row), ("key_out", "__ko", out_row)):
-        found = _distinct_keys(t.filter(rows), prefix, n_key, out_schema, kind=kind, month=month)
-        if found is None:
+        part = _unique_rows(t.filter(rows).select([f"{prefix}{i}" for i in range(n_key)]))
+        if not part.num_rows:
             continue
         if seen is None:
-            yield found
+            yield _key_rows(part, prefix, n_key, out_schema, kind=kind, month=month)
         else:
-            seen.setdefault((kind, month), []).append(pa.Table.from_batches([found]).select([f"__k{i}" for i in range(n_key)]))
+            seen.setdefault((kind, month), []).append(part)
 
 
-def _distinct_keys(t: pa.Table, prefix: str, n_key: int, out_schema: pa.Schema, *, kind: str, month: str):
-    """The distinct keys (columns ``<prefix><i>``) of a task's rows, as staging output rows of ``kind``
-    (None when there are none)."""
+def _unique_rows(t: pa.Table) -> pa.Table:
+    """The distinct rows of ``t`` (nulls equal nulls)."""
+    return t.group_by(t.column_names, use_threads=False).aggregate([])
+
+
+def _key_rows(part: pa.Table, prefix: str, n_key: int, out_schema: pa.Schema, *, kind: str, month: str):
+    """A share's distinct keys ``part`` (columns ``<prefix><i>``) as staging output rows of ``kind``."""
     import pyarrow as pa
 
-    part = t.select([f"{prefix}{i}" for i in range(n_key)])
-    if not part.num_rows:
-        return None
-    part = part.group_by(part.column_names, use_threads=False).aggregate([])
     n = part.num_rows
     arrays = [pa.array([kind] * n, pa.string()), pa.array([month] * n, pa.string())]
     arrays += [pa.nulls(n, out_schema.field(name).type) for name, _ in STAGED_FIELDS[2:]]
