@@ -199,12 +199,12 @@ def staged_plan(spark, tmp_path, monkeypatch) -> tuple[str, dict]:
 
 def test_the_rules_blocks_and_keep_repairs_share_one_sort(spark, tmp_path, monkeypatch):
     """The meter month is sorted twice: for the exact duplicates (before the hour alignment) and once for
-    the rules' blocks and both keep-first repairs on (meter_id, ts) (two windows each: the rank, then the
-    kept row), whose windows partition and order the rows alike (a rule's scope filters a block's
-    members instead of splitting the block)."""
+    the rules' blocks and both keep-first repairs on (meter_id, ts) (one window each: the rank and the
+    kept row together), whose windows partition and order the rows alike (a rule's scope filters a
+    block's members instead of splitting the block)."""
     plan, _ = staged_plan(spark, tmp_path, monkeypatch)
     operators = re.findall(r"^[\s+:-]*(?:\*\(\d+\) )?(\w+)", plan, flags=re.M)
-    assert (operators.count("Window"), operators.count("Sort")) == (6, 2), plan
+    assert (operators.count("Window"), operators.count("Sort")) == (4, 2), plan
 
 
 def test_keys_are_counted_in_the_tasks_only_when_a_key_s_rows_share_a_task():

@@ -1037,16 +1037,17 @@ def _apply_rules(df: DataFrame, ctx: _Ctx) -> DataFrame:
             in_block = _active() & flag
             order = _keep_order(repair.keep or "first", repair.by)
             # a block's rows in keep order, the rows outside it skipped: a row's rank among the block's rows
-            # so far, then the id of the block's rank-1 row (the partitioning and order of the rules' block
-            # windows: no sort of their own)
-            w = (
-                Window.partitionBy(*[F.col(f"`{k}`") for k in [*keys, *ctx.within]])
-                .orderBy(*order)
-                .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+            # so far, and the id of the block's first row, in one window (the partitioning and order of the
+            # rules' block windows: no sort of its own)
+            block = Window.partitionBy(*[F.col(f"`{k}`") for k in [*keys, *ctx.within]]).orderBy(*order)
+            so_far = block.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+            whole = block.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+            df = df.withColumns(
+                {
+                    "__keep_rank": F.sum(in_block.cast("int")).over(so_far),
+                    "__keep_first": F.first(F.when(in_block, F.col(ROW_ID)), ignorenulls=True).over(whole),
+                }
             )
-            df = df.withColumn("__keep_rank", F.sum(in_block.cast("int")).over(w))
-            kept = in_block & (F.col("__keep_rank") == 1)
-            df = df.withColumn("__keep_first", F.max(F.when(kept, F.col(ROW_ID))).over(w))
             error = F.format_string(f"conflicts on {', '.join(keys)}; kept %s (keep {repair.keep})", F.col("__keep_first"))
             df = _remove(df, in_block & (F.col("__keep_rank") > 1), rule.name, error, status=MERGED)
             df = df.drop("__keep_rank", "__keep_first")
