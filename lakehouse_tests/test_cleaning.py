@@ -536,6 +536,36 @@ def test_keep_first_keeps_the_row_received_first(spark, received, kept, tmp_path
     assert trusted[at(4)] == (level(4) + 1, first_file)  # the exact duplicate keeps the first received copy
 
 
+def test_keep_skips_the_block_s_rows_already_quarantined(spark, tmp_path):
+    """A block's first row in keep order that a quarantine rule took out is no candidate: the next row of
+    the block is kept, and the later one is merged naming it. A second keep repair on the same block
+    sees only the rows the first left."""
+    rows = [("M1", at(h), level(h), "a.csv", h + 2) for h in range(4)]
+    rows += [("M1", at(1), -1.0, "e.csv", 2), ("M1", at(1), 7.0, "c.csv", 2), ("M1", at(1), 8.0, "d.csv", 2)]
+    quality = {
+        "rules": [
+            {"name": "non_negative", "range": {"reading_kwh": {"min": 0}}, "action": "quarantine"},
+            {
+                "name": "conflict",
+                "deny": "t1.meter_id = t2.meter_id & t1.ts = t2.ts & t1.reading_kwh != t2.reading_kwh",
+                "action": "repair",
+                "repair": {"keep": "last"},
+            },
+            {"name": "one_per_hour", "unique": ["meter_id", "ts"], "action": "repair", "repair": {"keep": "first"}},
+        ],
+        "cleaning": [{"step": "rules"}],
+    }
+    _, written = clean_and_commit(spark.createDataFrame(rows, SCHEMA), meter_source(**quality), tmp_path)
+    hour1 = [(r["reading_kwh"], r["_source_file"]) for r in written["trusted"] if r["ts"] == at(1)]
+    assert hour1 == [(8.0, "d.csv")]  # keep last: d.csv, the quarantined e.csv (last in that order) takes no part
+    merged = sorted((r["_source_file"], r["rule"], r["error"]) for r in written["rejected"] if r["disposition"] == "merged")
+    assert merged == [
+        ("a.csv", "conflict", "conflicts on meter_id, ts; kept d.csv:2 (keep last)"),
+        ("c.csv", "conflict", "conflicts on meter_id, ts; kept d.csv:2 (keep last)"),
+    ]
+    assert [r["_source_file"] for r in written["rejected"] if r["rule"] == "non_negative"] == ["e.csv"]
+
+
 def test_series_steps_on_a_single_daily_series_without_group_by(spark, tmp_path):
     """One meter's daily export: no entity column, a date as the time. A stuck run, a spike and two
     missing days are handled by the same steps the hourly meters use, with ``every: 1d``."""
