@@ -493,12 +493,13 @@ def clean_months(
     ctx = _Ctx(source, rules, history, references or {}, outcomes, months, {m: [] for m in months})
     ctx.session, ctx.reads = formatted.sparkSession, reads if several else None
     ctx.within = [MONTH] if several else []
-    df = _annotated(formatted, source, months, received)
     common = [*_common_partition(source, rules), *ctx.within]
     if common:
-        # every window below partitions by a superset of these columns: one shuffle serves them all
-        df = df.repartition(*[F.col(f"`{c}`") for c in common])
+        # every window below partitions by a superset of these columns: one shuffle serves them all, of
+        # the formatted rows (the annotations are added after it, not shuffled)
+        formatted = formatted.repartition(*[F.col(f"`{c}`") for c in common])
         ctx.series_partition = common
+    df = _annotated(formatted, source, months, received)
     if source.quality.drop_exact_duplicates:
         outcomes[EXACT_DUPLICATE] = Outcome(
             EXACT_DUPLICATE, "builtin", "merge", "rows identical in every column: the first is kept"
