@@ -207,6 +207,18 @@ def test_the_rules_blocks_and_keep_repairs_share_one_sort(spark, tmp_path, monke
     assert (operators.count("Window"), operators.count("Sort")) == (4, 2), plan
 
 
+def test_the_month_s_shuffle_moves_the_formatted_rows_only(spark, tmp_path, monkeypatch):
+    """The one shuffle of the month (by meter) carries the formatted columns; the original record, the id
+    and the empty annotation lists are added after it, on each task's own rows."""
+    plan, _ = staged_plan(spark, tmp_path, monkeypatch)
+    lines = plan.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if "Exchange hashpartitioning" in line]
+    below = "\n".join(lines[at:])
+    for column in ("__orig", "__rid", "__flags", "__status"):
+        assert f"{column}#" not in below, (column, below)
+    assert "__orig#" in "\n".join(lines[:at])
+
+
 def test_keys_are_counted_in_the_tasks_only_when_a_key_s_rows_share_a_task():
     from lakehouse.quality import cleaning
 
