@@ -137,6 +137,30 @@ def test_local_validation_vouches_only_for_a_table_that_passes(spark, project, c
         assert spark_report.passed is (case == "NaN reading"), case
 
 
+@pytest.mark.parametrize("rows", [GOOD, [*GOOD, ("M1", T0, 2.0, "a.csv", 4, "2012-01")]], ids=["passes", "fails"])
+def test_local_validation_lets_the_table_go(project, rows):
+    """Once validated (passed or not), nothing holds the table's buffers: a month read for the check is
+    freed when the caller drops it, even while the cyclic collector does not run (pandas and pandera leave
+    the frame in reference cycles; a million-row month each, months after months in the asset's process)."""
+    import gc
+
+    import pyarrow as pa
+
+    from lakehouse.quality.schemas import validate_local
+
+    contract = source_contract(project.source("meter_readings"), "trusted")
+    before = pa.total_allocated_bytes()
+    table = _arrow(rows * 5_000)
+    assert pa.total_allocated_bytes() > before
+    gc.disable()
+    try:
+        validate_local(table, contract)
+        del table
+        assert pa.total_allocated_bytes() == before
+    finally:
+        gc.enable()
+
+
 def test_validate_written_counts_failures_of_a_small_month_with_spark(spark, project, tmp_path):
     """A small month that fails locally is still reported with counts and examples (pandera.pyspark)."""
     from lakehouse.factories.checks import validate_written
