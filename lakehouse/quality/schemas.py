@@ -41,6 +41,8 @@ MONTH = "month"
 #: data of up to this many rows (a month, the step's months or an unpartitioned table; see above) is
 #: validated with pandera's pandas backend first, held in memory as Arrow
 LOCAL_ROWS = 2_000_000
+#: a table validated locally from this size on is freed as soon as its caller drops it (see validate_local)
+COLLECT_BYTES = 16 * 2**20
 
 
 def _spark_type(name: str):
@@ -274,10 +276,13 @@ def validate_local(table, contract: Contract) -> Report | None:
     except (ArrowException, TypeError, ValueError):  # a value pandas cannot hold or compare: Spark decides
         return None
     finally:
-        # validating leaves the frame in reference cycles, which would keep the table's buffers until the
-        # collector's next pass: a million-row month each, months after months in the asset's process
+        # the frame (pandas, and pandera's errors when a check fails) ends in reference cycles, which keep
+        # the table's buffers until the collector's next full pass: a large month each, months after
+        # months in the asset's process. A full pass costs a noticeable fraction of a second there, so
+        # only a large table is worth one.
         del frame
-        gc.collect()
+        if table.nbytes >= COLLECT_BYTES:
+            gc.collect()
     return Report(contract.name, table.num_rows, [])
 
 
