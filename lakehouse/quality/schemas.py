@@ -278,8 +278,8 @@ def validate_local(table, contract: Contract) -> Report | None:
     finally:
         # the frame (pandas, and pandera's errors when a check fails) ends in reference cycles, which keep
         # the table's buffers until the collector's next full pass: a large month each, months after
-        # months in the asset's process. A full pass costs a noticeable fraction of a second there, so
-        # only a large table is worth one.
+        # months in the asset's process. A full pass walks every object of that process, so only a large
+        # table is worth one.
         del frame
         if table.nbytes >= COLLECT_BYTES:
             gc.collect()
