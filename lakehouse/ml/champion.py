@@ -2,9 +2,9 @@
 
 The champion pointer is a small JSON file (``ml/<prefix>_champion/champion.json``): which
 model version serves predictions and how it scored. A candidate replaces it only when it is not worse
-than the current champion *measured on the same validation rows* (the current model is re-scored on
-today's validation set when it can be; otherwise its recorded score stands), and when no severe drift
-was detected in the months it is validated on.
+than the current champion *compared on the same validation rows* (the current model is re-scored on
+the candidate's validation set when it can be; otherwise its recorded score stands), and when no severe
+drift was detected in the months it is validated on.
 """
 
 from __future__ import annotations
